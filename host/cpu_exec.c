@@ -1,0 +1,151 @@
+/*
+ * cpu_exec.c -- the CPU executor: the same rules (kernels/rules.h) applied
+ * to host memory, one plan block per OpenMP task.
+ *
+ * Each block is processed in tiles: the tile's parameters (or master
+ * weights) and gradients are widened into fp32 arrays, the update loop runs
+ * over plain float arrays (which the compiler vectorizes), and the results
+ * are rounded back.  Every input is read once and every output written once.
+ */
+#include <omp.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define TILE 512
+/* Below this many elements a step is done by the calling thread alone:
+ * waking a team costs more than the work. */
+#define PARALLEL_MIN_ELEMS (1 << 16)
+
+typedef struct step_ctx {
+  const fo_optimizer *opt;
+  fo_rule_scalars scalars[FO_MAX_GROUPS];
+  int64_t t;
+} step_ctx;
+
+static void widen(int dtype, const void *src, int64_t at, float *dst, int n) {
+  if (dtype == FO_DTYPE_F32) {
+    memcpy(dst, (const float *)src + at, (size_t)n * sizeof(float));
+  } else if (dtype == FO_DTYPE_F16) {
+    const uint16_t *s = (const uint16_t *)src + at;
+    for (int i = 0; i < n; i++) dst[i] = fo_f16_to_f32(s[i]);
+  } else {
+    const uint16_t *s = (const uint16_t *)src + at;
+    for (int i = 0; i < n; i++) dst[i] = fo_bf16_to_f32(s[i]);
+  }
+}
+
+static void narrow(int dtype, const float *src, void *dst, int64_t at, int n) {
+  if (dtype == FO_DTYPE_F32) {
+    memcpy((float *)dst + at, src, (size_t)n * sizeof(float));
+  } else if (dtype == FO_DTYPE_F16) {
+    uint16_t *d = (uint16_t *)dst + at;
+    for (int i = 0; i < n; i++) d[i] = fo_f32_to_f16(src[i]);
+  } else {
+    uint16_t *d = (uint16_t *)dst + at;
+    for (int i = 0; i < n; i++) d[i] = fo_f32_to_bf16(src[i]);
+  }
+}
+
+/* bf16 without master weights, stochastically rounded: the random bits
+ * depend only on (seed, step, tensor, element), as on the GPU. */
+static void narrow_bf16_sr(const float *src, uint16_t *dst, int64_t at, int n,
+                           uint64_t seed, int64_t t, int64_t tensor) {
+  for (int i = 0; i < n; i++)
+    dst[at + i] = fo_f32_to_bf16_sr(
+        src[i], fo_sr_bits(seed, (uint64_t)t, (uint64_t)tensor, (uint64_t)(at + i)));
+}
+
+/* The update loop over one tile of float arrays.  Separate loops per
+ * algorithm keep each one simple enough to vectorize. */
+static void update_tile(int alg, float *restrict p, float *restrict m,
+                        float *restrict v, float *restrict vmax,
+                        const float *restrict g, int n, const fo_rule_scalars *s) {
+  switch (alg) {
+    case FO_RULE_SGD:
+      for (int i = 0; i < n; i++) fo_update_sgd(&p[i], &m[i], g[i], s);
+      break;
+    case FO_RULE_ADAM:
+      for (int i = 0; i < n; i++) fo_update_adam(0, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
+      break;
+    case FO_RULE_ADAMW:
+      for (int i = 0; i < n; i++) fo_update_adam(1, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
+      break;
+    default:
+      for (int i = 0; i < n; i++) fo_update_lion(&p[i], &m[i], g[i], s);
+      break;
+  }
+}
+
+static void step_block(const step_ctx *c, const fo_plan_block *b) {
+  const fo_optimizer *opt = c->opt;
+  const fo_plan_tensor *t = &opt->tensors[b->tensor];
+  const fo_rule_scalars *s = &c->scalars[t->group];
+  int pd = (int)opt->options.param_dtype, gd = (int)opt->options.grad_dtype;
+  int sr = opt->options.stochastic_rounding;
+  int64_t end = t->numel - b->start < opt->chunk ? t->numel : b->start + opt->chunk;
+  /* Buffers the optimizer does not keep are never read by the rules for
+   * this configuration; they point at scratch so the loops stay uniform. */
+  float p[TILE], g[TILE], scratch_m[TILE], scratch_v[TILE], scratch_x[TILE];
+  for (int64_t at = b->start; at < end; at += TILE) {
+    int n = end - at < TILE ? (int)(end - at) : TILE;
+    if (t->master)
+      memcpy(p, t->master + at, (size_t)n * sizeof(float));
+    else
+      widen(pd, t->param, at, p, n);
+    widen(gd, t->grad, at, g, n);
+    float *m = t->exp_avg ? t->exp_avg + at : scratch_m;
+    float *v = t->exp_avg_sq ? t->exp_avg_sq + at : scratch_v;
+    float *x = t->max_exp_avg_sq ? t->max_exp_avg_sq + at : scratch_x;
+    update_tile((int)opt->options.algorithm, p, m, v, x, g, n, s);
+    if (t->master) memcpy(t->master + at, p, (size_t)n * sizeof(float));
+    if (sr)
+      narrow_bf16_sr(p, (uint16_t *)t->param, at, n, opt->options.seed, c->t, b->tensor);
+    else
+      narrow(pd, p, t->param, at, n);
+  }
+}
+
+static int thread_count(const fo_optimizer *opt) {
+  return opt->options.num_threads > 0 ? opt->options.num_threads : omp_get_max_threads();
+}
+
+static int run_parallel(const fo_optimizer *opt) {
+  return opt->num_blocks > 1 && opt->total_elems >= PARALLEL_MIN_ELEMS;
+}
+
+fo_status fo_cpu_step(fo_optimizer *opt, int64_t t) {
+  step_ctx c;
+  c.opt = opt;
+  c.t = t;
+  fo_step_scalars(opt, t, c.scalars);
+  int64_t nb = opt->num_blocks;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
+  for (int64_t b = 0; b < nb; b++) step_block(&c, &opt->blocks[b]);
+  return FO_SUCCESS;
+}
+
+fo_status fo_cpu_sync_master(fo_optimizer *opt) {
+  int64_t nb = opt->num_blocks;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
+  for (int64_t b = 0; b < nb; b++) {
+    const fo_plan_block *blk = &opt->blocks[b];
+    const fo_plan_tensor *t = &opt->tensors[blk->tensor];
+    int64_t n = t->numel - blk->start < opt->chunk ? t->numel - blk->start : opt->chunk;
+    widen((int)opt->options.param_dtype, t->param, blk->start, t->master + blk->start,
+          (int)n);
+  }
+  return FO_SUCCESS;
+}
+
+fo_status fo_cpu_zero_grad(fo_optimizer *opt) {
+  size_t gs = fo_dtype_size(opt->options.grad_dtype);
+  if (opt->arena[FO_ROLE_GRAD]) {
+    memset(opt->arena[FO_ROLE_GRAD], 0, (size_t)opt->total_elems * gs);
+    return FO_SUCCESS;
+  }
+  for (int64_t i = 0; i < opt->num_tensors; i++)
+    if (opt->tensors[i].numel > 0)
+      memset(opt->tensors[i].grad, 0, (size_t)opt->tensors[i].numel * gs);
+  return FO_SUCCESS;
+}

@@ -1,0 +1,121 @@
+/*
+ * internal.h -- what host/ files share: the optimizer object, error
+ * reporting, the plan builder and the two executors.  Not installed.
+ */
+#ifndef FO_INTERNAL_H
+#define FO_INTERNAL_H
+
+#include <stdint.h>
+
+#include "fusedopt.h"
+#include "plan.h"
+#include "rules.h"
+
+/* Alignment of every tensor inside a role buffer, in elements: 128 elements
+ * are 256 bytes of a 16-bit dtype and 512 of fp32, so every tensor starts on
+ * a 256-byte boundary in every role. */
+#define FO_TENSOR_ALIGN_ELEMS 128
+/* Elements per block of the CPU executor (a unit of work for one thread). */
+#define FO_CPU_CHUNK 16384
+
+/* ---------------------------------------------------------------- errors */
+
+/* Record a failure: sets the thread-local message "<func>: <detail>" and
+ * returns status, so that `return fo_fail(...)` reads naturally. */
+fo_status fo_fail(fo_status status, const char *func, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Propagate a failing status to a cleanup label (NCCLCHECK style). */
+#define FO_TRY(call)                  \
+  do {                                \
+    st = (call);                      \
+    if (st != FO_SUCCESS) goto done;  \
+  } while (0)
+
+/* ------------------------------------------------------------- optimizer */
+
+/* Which state roles the optimizer keeps. */
+typedef struct fo_state_flags {
+  int master;
+  int exp_avg;
+  int exp_avg_sq;
+  int max_exp_avg_sq;
+} fo_state_flags;
+
+struct fo_optimizer {
+  fo_options options;
+  fo_hparams hparams[FO_MAX_GROUPS];
+  int num_groups;
+  int64_t step;
+  fo_state_flags keeps;
+
+  int64_t num_tensors;
+  char **names;            /* per tensor, may hold NULLs */
+  int64_t *offsets;        /* element offset of each tensor in the role buffers */
+  int64_t total_elems;     /* elements in each role buffer, padding included */
+  fo_plan_tensor *tensors; /* host copy of the plan's tensor table */
+
+  /* Role buffers in the executor's memory; NULL for roles not kept (and
+   * for PARAM/GRAD with external storage). */
+  void *arena[FO_ROLE_COUNT];
+
+  /* The plan: host copy, and device copies for the CUDA executor. */
+  int64_t chunk;
+  int64_t num_blocks;
+  fo_plan_block *blocks;
+  fo_plan_block *d_blocks;
+  fo_plan_tensor *d_tensors;
+};
+
+/* --------------------------------------------------------------- helpers */
+
+int fo_dtype_valid(int dtype);
+size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role);
+
+/* Validate one group's hyper-parameters for alg; on failure the message
+ * names func and "hparams[group]". */
+fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group,
+                              const fo_hparams *h);
+
+/* Fill out[g] with the scalars group g needs for step t (1-based). */
+void fo_step_scalars(const fo_optimizer *opt, int64_t t,
+                     fo_rule_scalars *out);
+
+/* ------------------------------------------------------------------ plan */
+
+/* Number of blocks that cover n tensors with chunks of chunk elements, or
+ * -1 if the count overflows int64 or an argument is invalid. */
+int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n,
+                             int64_t chunk);
+/* Write the fo_plan_count_blocks() blocks, tensor by tensor, in order. */
+void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk,
+                         fo_plan_block *out);
+
+/* ------------------------------------------------------------- executors */
+
+/* CPU executor (host/cpu_exec.c). */
+fo_status fo_cpu_step(fo_optimizer *opt, int64_t t);
+fo_status fo_cpu_sync_master(fo_optimizer *opt);
+fo_status fo_cpu_zero_grad(fo_optimizer *opt);
+
+/* CUDA executor (host/cuda_exec.c). */
+fo_status fo_cuda_available(const char *func, int device);
+/* Check that ptr .. ptr+bytes is memory the executor may use: device memory
+ * of device (cuda != 0) or host memory (cuda == 0). */
+fo_status fo_cuda_check_pointer(const char *func, const char *what,
+                                const void *ptr, int cuda, int device);
+fo_status fo_cuda_check_stream(const char *func, fo_stream_t stream,
+                               int device);
+fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes,
+                               void **out);
+void fo_cuda_free(int device, void *p);
+fo_status fo_cuda_upload_plan(const char *func, fo_optimizer *opt);
+fo_status fo_cuda_step(fo_optimizer *opt, int64_t t, fo_stream_t stream);
+fo_status fo_cuda_sync_master(fo_optimizer *opt, fo_stream_t stream);
+fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream);
+fo_status fo_cuda_synchronize(int device);
+
+#endif /* FO_INTERNAL_H */

@@ -1,0 +1,57 @@
+/*
+ * launch.h -- the only way host code reaches the kernels: thin extern "C"
+ * launchers.  Each returns a cudaError_t value (0 on success) and never
+ * synchronizes.  The structs are plain C so host/ can fill them.
+ */
+#ifndef FO_LAUNCH_H
+#define FO_LAUNCH_H
+
+#include <stdint.h>
+
+#include "plan.h"
+#include "rules.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Threads per block of the step kernels, and the elements one block covers
+ * (the plan's chunk for the CUDA executor). */
+#define FO_CUDA_THREADS 256
+#define FO_CUDA_CHUNK 32768
+
+/* Everything one fused step launch needs, passed by value. */
+typedef struct fo_step_launch {
+  const fo_plan_block *blocks;   /* device memory */
+  const fo_plan_tensor *tensors; /* device memory */
+  int64_t num_blocks;
+  int64_t chunk;
+  int32_t algorithm;   /* FO_RULE_SGD ... FO_RULE_LION */
+  int32_t param_dtype; /* FO_RULE_F32 / F16 / BF16 */
+  int32_t grad_dtype;
+  int32_t master;      /* tensors carry fp32 master weights */
+  int32_t stochastic;  /* bf16 params without master: stochastic rounding */
+  int32_t num_groups;
+  uint64_t seed;
+  int64_t step; /* 1-based number of this step (for SR's random bits) */
+  fo_rule_scalars groups[FO_PLAN_MAX_GROUPS];
+} fo_step_launch;
+
+/* Per-step launch of the fused update over the whole plan on stream. */
+int fo_launch_step(const fo_step_launch *args, void *stream);
+
+/* master = widen(param) for every element of every tensor in the plan. */
+int fo_launch_sync_master(const fo_plan_block *blocks,
+                          const fo_plan_tensor *tensors, int64_t num_blocks,
+                          int64_t chunk, int32_t param_dtype, void *stream);
+
+/* Zero every gradient in the plan (used for scattered external tensors). */
+int fo_launch_zero_grad(const fo_plan_block *blocks,
+                        const fo_plan_tensor *tensors, int64_t num_blocks,
+                        int64_t chunk, int32_t grad_dtype, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FO_LAUNCH_H */

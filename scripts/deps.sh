@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what fusedopt needs to build and test on a Debian machine, and
+# checks what cannot be installed from Debian (the CUDA 13 toolkit and NCCL).
+# Installs only what is missing, so a second run costs a second.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_cmd cmake || need+=(cmake)
+have_cmd ninja || need+=(ninja-build)
+have_cmd pkg-config || need+=(pkg-config)
+have_cmd gcc || need+=(gcc)
+have_cmd g++ || need+=(g++)
+pkg-config --exists criterion 2>/dev/null || need+=(libcriterion-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! have_cmd nvcc; then
+  if [ -x /usr/local/cuda/bin/nvcc ]; then
+    echo "deps: nvcc is not on PATH; add /usr/local/cuda/bin (export PATH=/usr/local/cuda/bin:\$PATH)" >&2
+  else
+    echo "deps: the CUDA toolkit (nvcc, CUDA 12.8 or newer) is required and is not a Debian package here" >&2
+  fi
+  exit 1
+fi

@@ -1,0 +1,24 @@
+/* Links the installed library, runs one SGD step on the CPU, and checks it. */
+#include <fusedopt.h>
+#include <stdio.h>
+
+int main(void) {
+  float p[3] = {1.0f, 2.0f, 3.0f}, g[3] = {0.5f, -1.0f, 2.0f};
+  fo_options o;
+  fo_hparams h;
+  fo_options_default(&o);
+  o.algorithm = FO_ALG_SGD;
+  fo_hparams_default(FO_ALG_SGD, &h);
+  h.lr = 0.5f;
+  fo_tensor_desc t = {3, 0, p, g, "p"};
+  fo_optimizer *opt = NULL;
+  if (fo_optimizer_create(&opt, &o, &h, 1, &t, 1) != FO_SUCCESS ||
+      fo_optimizer_step(opt, NULL) != FO_SUCCESS) {
+    fprintf(stderr, "consumer: %s\n", fo_last_error());
+    return 1;
+  }
+  fo_optimizer_destroy(opt);
+  int ok = p[0] == 0.75f && p[1] == 2.5f && p[2] == 2.0f;
+  printf("consumer: fusedopt %s, step %s\n", fo_version_string(), ok ? "ok" : "WRONG");
+  return ok && fo_version_number() == FO_VERSION_NUMBER ? 0 : 1;
+}
