@@ -60,16 +60,25 @@ static void narrow_bf16_sr(const float *src, uint16_t *dst, int64_t at, int n,
  * algorithm keep each one simple enough to vectorize. */
 static void update_tile(int alg, float *restrict p, float *restrict m,
                         float *restrict v, float *restrict vmax,
-                        const float *restrict g, int n, const fo_rule_scalars *s) {
+                        const float *restrict g, int n, const fo_rule_scalars *sp) {
+  /* A local copy: the compiler then knows no store in the loop changes
+   * the scalars, and hoists them and the flag tests out of it. */
+  const fo_rule_scalars copy = *sp, *s = &copy;
   switch (alg) {
     case FO_RULE_SGD:
       for (int i = 0; i < n; i++) fo_update_sgd(&p[i], &m[i], g[i], s);
       break;
     case FO_RULE_ADAM:
-      for (int i = 0; i < n; i++) fo_update_adam(0, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
+      if (s->flags & FO_RULE_AMSGRAD)
+        for (int i = 0; i < n; i++) fo_update_adam_x(0, 1, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
+      else
+        for (int i = 0; i < n; i++) fo_update_adam_x(0, 0, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
       break;
     case FO_RULE_ADAMW:
-      for (int i = 0; i < n; i++) fo_update_adam(1, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
+      if (s->flags & FO_RULE_AMSGRAD)
+        for (int i = 0; i < n; i++) fo_update_adam_x(1, 1, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
+      else
+        for (int i = 0; i < n; i++) fo_update_adam_x(1, 0, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
       break;
     default:
       for (int i = 0; i < n; i++) fo_update_lion(&p[i], &m[i], g[i], s);

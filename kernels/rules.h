@@ -177,9 +177,12 @@ FO_HD void fo_update_sgd(float *p, float *buf, float g,
 
 /* Adam (L2 decay into the gradient) and AdamW (decoupled decay), as
  * torch.optim: denom = sqrt(v or vmax) / sqrt(1-b2^t) + eps,
- * p -= lr/(1-b1^t) * m/denom; AMSGrad keeps the max of the raw v. */
-FO_HD void fo_update_adam(int decoupled, float *p, float *m, float *v,
-                          float *vmax, float g, const fo_rule_scalars *s) {
+ * p -= lr/(1-b1^t) * m/denom; AMSGrad keeps the max of the raw v.
+ * amsgrad is an argument rather than read from the flags so that a caller
+ * can make it a constant: a loop then has no conditional store and
+ * vectorizes. */
+FO_HD void fo_update_adam_x(int decoupled, int amsgrad, float *p, float *m, float *v,
+                            float *vmax, float g, const fo_rule_scalars *s) {
   float d = g * s->grad_coef;
   if (s->flags & FO_RULE_MAXIMIZE) d = -d;
   float w = *p;
@@ -191,12 +194,17 @@ FO_HD void fo_update_adam(int decoupled, float *p, float *m, float *v,
   float vv = s->beta2 * *v + s->one_minus_b2 * d * d;
   *m = mm;
   *v = vv;
-  if (s->flags & FO_RULE_AMSGRAD) {
+  if (amsgrad) {
     vv = fmaxf(*vmax, vv);
     *vmax = vv;
   }
   float denom = sqrtf(vv) / s->bc2_sqrt + s->eps;
   *p = w - s->step_size * (mm / denom);
+}
+
+FO_HD void fo_update_adam(int decoupled, float *p, float *m, float *v, float *vmax, float g,
+                          const fo_rule_scalars *s) {
+  fo_update_adam_x(decoupled, (s->flags & FO_RULE_AMSGRAD) != 0, p, m, v, vmax, g, s);
 }
 
 /* Lion: c = b1*m + (1-b1)*g; p = p*(1-lr*wd) - lr*sign(c);
