@@ -19,8 +19,8 @@
 
 typedef struct step_ctx {
   const fo_optimizer *opt;
-  fo_rule_scalars scalars[FO_MAX_GROUPS];
-  int64_t t;
+  const fo_rule_scalars *scalars; /* per group, from the step state */
+  int64_t t;                      /* 1-based number of this step */
 } step_ctx;
 
 static void widen(int dtype, const void *src, int64_t at, float *dst, int n) {
@@ -107,6 +107,10 @@ static void step_block(const step_ctx *c, const fo_plan_block *b) {
     float *v = t->exp_avg_sq ? t->exp_avg_sq + at : scratch_v;
     float *x = t->max_exp_avg_sq ? t->max_exp_avg_sq + at : scratch_x;
     update_tile((int)opt->options.algorithm, p, m, v, x, g, n, s);
+    if (opt->options.write_unscaled_grads) {
+      for (int i = 0; i < n; i++) g[i] *= s->grad_coef;
+      narrow(gd, g, t->grad, at, n);
+    }
     if (t->master) memcpy(t->master + at, p, (size_t)n * sizeof(float));
     if (sr)
       narrow_bf16_sr(p, (uint16_t *)t->param, at, n, opt->options.seed, c->t, b->tensor);
@@ -123,12 +127,35 @@ static int run_parallel(const fo_optimizer *opt) {
   return opt->num_blocks > 1 && opt->total_elems >= PARALLEL_MIN_ELEMS;
 }
 
-fo_status fo_cpu_step(fo_optimizer *opt, int64_t t) {
-  step_ctx c;
-  c.opt = opt;
-  c.t = t;
-  fo_step_scalars(opt, t, c.scalars);
+/* Sum of squares of one block's gradients, in double: a finite fp32 value
+ * squared cannot overflow it, so the sum is non-finite exactly when a
+ * gradient is. */
+static double block_sumsq(const fo_optimizer *opt, const fo_plan_block *b) {
+  const fo_plan_tensor *t = &opt->tensors[b->tensor];
+  int64_t end = t->numel - b->start < opt->chunk ? t->numel : b->start + opt->chunk;
+  float g[TILE];
+  double sum = 0.0;
+  for (int64_t at = b->start; at < end; at += TILE) {
+    int n = end - at < TILE ? (int)(end - at) : TILE;
+    widen((int)opt->options.grad_dtype, t->grad, at, g, n);
+    for (int i = 0; i < n; i++) sum += (double)g[i] * (double)g[i];
+  }
+  return sum;
+}
+
+fo_status fo_cpu_step(fo_optimizer *opt) {
   int64_t nb = opt->num_blocks;
+  double total = 0.0;
+  if (opt->check_grads) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
+    for (int64_t b = 0; b < nb; b++) opt->partials[b] = block_sumsq(opt, &opt->blocks[b]);
+    for (int64_t b = 0; b < nb; b++) total += opt->partials[b]; /* fixed order */
+  }
+  fo_prepare_args args;
+  fo_prepare_args_fill(opt, &args);
+  fo_prepare_step(&args, total, opt->state);
+  if (opt->state->skip) return FO_SUCCESS;
+  step_ctx c = {opt, opt->state->groups, opt->state->step};
 #pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
   for (int64_t b = 0; b < nb; b++) step_block(&c, &opt->blocks[b]);
   return FO_SUCCESS;

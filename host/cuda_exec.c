@@ -171,7 +171,19 @@ fo_status fo_cuda_upload_plan(const char *fn, fo_optimizer *opt) {
     return FO_SUCCESS;                                                     \
   } while (0)
 
-fo_status fo_cuda_step(fo_optimizer *opt, int64_t t, fo_stream_t stream) {
+/* Enqueue the pre-pass, the prepare kernel and the fused update (and the
+ * optional unscaled-gradient write) on stream, without waiting. */
+static int enqueue_step(fo_optimizer *opt, fo_stream_t stream) {
+  int e = 0;
+  if (opt->check_grads)
+    e = fo_launch_grad_sumsq(opt->d_blocks, opt->d_tensors, opt->num_blocks, opt->chunk,
+                             (int32_t)opt->options.grad_dtype, opt->partials, stream);
+  if (e) return e;
+  fo_prepare_args pa;
+  fo_prepare_args_fill(opt, &pa);
+  e = fo_launch_prepare(&pa, opt->check_grads ? opt->partials : NULL, opt->num_blocks,
+                        opt->state, stream);
+  if (e) return e;
   fo_step_launch a;
   memset(&a, 0, sizeof a);
   a.blocks = opt->d_blocks;
@@ -185,9 +197,35 @@ fo_status fo_cuda_step(fo_optimizer *opt, int64_t t, fo_stream_t stream) {
   a.stochastic = opt->options.stochastic_rounding;
   a.num_groups = opt->num_groups;
   a.seed = opt->options.seed;
-  a.step = t;
-  fo_step_scalars(opt, t, a.groups);
-  FO_CUDA_LAUNCH("fo_optimizer_step", opt, "step kernel", fo_launch_step(&a, stream));
+  a.state = opt->state;
+  e = fo_launch_step(&a, stream);
+  if (e || !opt->options.write_unscaled_grads) return e;
+  return fo_launch_unscale_grads(opt->d_blocks, opt->d_tensors, opt->num_blocks, opt->chunk,
+                                 (int32_t)opt->options.grad_dtype, opt->state, stream);
+}
+
+fo_status fo_cuda_step(fo_optimizer *opt, fo_stream_t stream) {
+  FO_CUDA_LAUNCH("fo_optimizer_step", opt, "step launch", enqueue_step(opt, stream));
+}
+
+fo_status fo_cuda_read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
+  int prev, dev = opt->options.device;
+  fo_status st = enter_device(fn, dev, &prev);
+  if (st != FO_SUCCESS) return st;
+  cudaError_t e = cudaDeviceSynchronize();
+  if (e == cudaSuccess) e = cudaMemcpy(out, opt->state, sizeof *out, cudaMemcpyDeviceToHost);
+  leave_device(dev, prev);
+  return e == cudaSuccess ? FO_SUCCESS : cuda_fail(fn, "reading the step state", e);
+}
+
+fo_status fo_cuda_write_state(const char *fn, fo_optimizer *opt, const fo_step_state *in) {
+  int prev, dev = opt->options.device;
+  fo_status st = enter_device(fn, dev, &prev);
+  if (st != FO_SUCCESS) return st;
+  cudaError_t e = cudaDeviceSynchronize();
+  if (e == cudaSuccess) e = cudaMemcpy(opt->state, in, sizeof *in, cudaMemcpyHostToDevice);
+  leave_device(dev, prev);
+  return e == cudaSuccess ? FO_SUCCESS : cuda_fail(fn, "writing the step state", e);
 }
 
 fo_status fo_cuda_sync_master(fo_optimizer *opt, fo_stream_t stream) {

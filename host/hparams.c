@@ -75,41 +75,127 @@ fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group,
   return FO_SUCCESS;
 }
 
-void fo_step_scalars(const fo_optimizer *opt, int64_t t, fo_rule_scalars *out) {
-  fo_algorithm alg = opt->options.algorithm;
+_Static_assert(FO_SCHED_CONSTANT == FO_RULE_SCHED_CONSTANT &&
+                   FO_SCHED_COSINE == FO_RULE_SCHED_COSINE &&
+                   FO_SCHED_STEP == FO_RULE_SCHED_STEP &&
+                   FO_SCHED_EXPONENTIAL == FO_RULE_SCHED_EXPONENTIAL &&
+                   FO_SCHED_COSINE_RESTARTS == FO_RULE_SCHED_COSINE_RESTARTS &&
+                   FO_SCHED_CYCLIC == FO_RULE_SCHED_CYCLIC,
+               "schedule codes of step_state.h must equal fo_schedule_kind");
+
+static fo_status validate_schedule(const char *fn, const fo_schedule *s) {
+  if ((int)s->kind < 0 || s->kind >= FO_SCHED_COUNT)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown schedule kind %d", (int)s->kind);
+  if (s->warmup_steps < 0 || s->total_steps < 0 || s->step_size < 0 || s->period < 0 ||
+      s->period_mult < 0)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule step counts must be >= 0");
+  if (!isfinite(s->gamma) || !isfinite(s->min_ratio) || s->min_ratio < 0.0f ||
+      s->min_ratio > 1.0f)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "schedule.min_ratio = %g must be in [0, 1] and gamma finite",
+                   (double)s->min_ratio);
+  switch (s->kind) {
+    case FO_SCHED_COSINE:
+      if (s->total_steps <= s->warmup_steps)
+        return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                       "cosine schedule: total_steps = %lld must exceed warmup_steps = %lld",
+                       (long long)s->total_steps, (long long)s->warmup_steps);
+      break;
+    case FO_SCHED_STEP:
+    case FO_SCHED_EXPONENTIAL:
+      if (!(s->gamma > 0.0f && s->gamma <= 1.0f))
+        return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule.gamma = %g must be in (0, 1]",
+                       (double)s->gamma);
+      if (s->kind == FO_SCHED_STEP && s->step_size <= 0)
+        return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "step schedule: step_size must be > 0");
+      break;
+    case FO_SCHED_COSINE_RESTARTS:
+      if (s->period <= 0 || s->period_mult < 1)
+        return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                       "cosine-restarts schedule: period must be > 0 and period_mult >= 1");
+      break;
+    case FO_SCHED_CYCLIC:
+      if (s->step_size <= 0 || s->step_size > INT64_MAX / 2)
+        return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "cyclic schedule: step_size must be > 0");
+      break;
+    default: break;
+  }
+  return FO_SUCCESS;
+}
+
+static fo_status validate_scaler(const char *fn, const fo_loss_scaler_options *l) {
+  if (l->enabled != 0 && l->enabled != 1)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.enabled must be 0 or 1");
+  if (!(isfinite(l->init_scale) && l->init_scale > 0.0f))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.init_scale = %g must be finite and > 0",
+                   (double)l->init_scale);
+  if (!(isfinite(l->growth_factor) && l->growth_factor > 1.0f))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.growth_factor = %g must be > 1",
+                   (double)l->growth_factor);
+  if (!(l->backoff_factor > 0.0f && l->backoff_factor < 1.0f))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "loss_scaler.backoff_factor = %g must be in (0, 1)", (double)l->backoff_factor);
+  if (l->growth_interval < 1 || l->hysteresis < 1)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "loss_scaler.growth_interval and hysteresis must be >= 1");
+  if (!(isfinite(l->max_scale) && l->max_scale >= 0.0f))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.max_scale = %g must be finite and >= 0",
+                   (double)l->max_scale);
+  if (l->max_scale > 0.0f && l->max_scale < l->init_scale)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "loss_scaler.max_scale = %g is below init_scale = %g", (double)l->max_scale,
+                   (double)l->init_scale);
+  return FO_SUCCESS;
+}
+
+fo_status fo_validate_step_options(const char *fn, const fo_options *o) {
+  if (!(isfinite(o->max_grad_norm) && o->max_grad_norm >= 0.0f))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "max_grad_norm = %g must be finite and >= 0",
+                   (double)o->max_grad_norm);
+  if (o->write_unscaled_grads != 0 && o->write_unscaled_grads != 1)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "write_unscaled_grads must be 0 or 1");
+  fo_status st = validate_scaler(fn, &o->loss_scaler);
+  if (st != FO_SUCCESS) return st;
+  return validate_schedule(fn, &o->schedule);
+}
+
+void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *a) {
+  const fo_options *o = &opt->options;
+  memset(a, 0, sizeof *a);
+  a->algorithm = (int32_t)o->algorithm;
+  a->num_groups = opt->num_groups;
+  a->check_grads = opt->check_grads;
+  a->max_grad_norm = o->max_grad_norm;
+  a->grad_divisor = 1.0f;
+  a->scaler.enabled = o->loss_scaler.enabled;
+  a->scaler.growth_interval = o->loss_scaler.growth_interval;
+  a->scaler.hysteresis = o->loss_scaler.hysteresis;
+  a->scaler.growth_factor = o->loss_scaler.growth_factor;
+  a->scaler.backoff_factor = o->loss_scaler.backoff_factor;
+  a->scaler.max_scale = o->loss_scaler.max_scale;
+  const fo_schedule *s = &o->schedule;
+  a->schedule = (fo_schedule_params){(int32_t)s->kind, s->warmup_steps, s->total_steps,
+                                     s->step_size,     s->period,       s->period_mult,
+                                     (double)s->gamma, (double)s->min_ratio};
   for (int g = 0; g < opt->num_groups; g++) {
     const fo_hparams *h = &opt->hparams[g];
-    fo_rule_scalars s;
-    memset(&s, 0, sizeof s);
-    s.lr = h->lr;
-    s.weight_decay = h->weight_decay;
-    s.eps = h->eps;
-    s.grad_coef = 1.0f;
-    /* Products and powers in double, rounded once, as PyTorch computes its
-     * Python-side scalars. */
-    s.decay = (float)(1.0 - (double)h->lr * (double)h->weight_decay);
-    if (alg == FO_ALG_SGD) {
-      s.beta1 = h->momentum;
-      s.one_minus_b1 = (float)(1.0 - (double)h->dampening);
-      if (h->momentum != 0.0f) s.flags |= FO_RULE_MOMENTUM;
-      if (h->nesterov) s.flags |= FO_RULE_NESTEROV;
-      if (t == 1) s.flags |= FO_RULE_FIRST_STEP;
-    } else {
-      s.beta1 = h->beta1;
-      s.beta2 = h->beta2;
-      s.one_minus_b1 = (float)(1.0 - (double)h->beta1);
-      s.one_minus_b2 = (float)(1.0 - (double)h->beta2);
-      double bc1 = 1.0 - pow((double)h->beta1, (double)t);
-      double bc2 = 1.0 - pow((double)h->beta2, (double)t);
-      s.step_size = (float)((double)h->lr / bc1);
-      s.bc2_sqrt = (float)sqrt(bc2);
-      if (h->amsgrad) s.flags |= FO_RULE_AMSGRAD;
-    }
-    /* AdamW and Lion decay decoupled; SGD and Adam add wd*p to the
-     * gradient (rules.h reads weight_decay for that). */
-    if (alg == FO_ALG_ADAMW || alg == FO_ALG_LION) s.weight_decay = 0.0f;
-    if (alg == FO_ALG_SGD || alg == FO_ALG_ADAM) s.decay = 1.0f;
-    if (h->maximize) s.flags |= FO_RULE_MAXIMIZE;
-    out[g] = s;
+    fo_group_hparams *d = &a->groups[g];
+    d->lr = h->lr;
+    d->weight_decay = h->weight_decay;
+    d->momentum = h->momentum;
+    d->dampening = h->dampening;
+    d->beta1 = h->beta1;
+    d->beta2 = h->beta2;
+    d->eps = h->eps;
+    d->flags = (h->amsgrad ? FO_RULE_AMSGRAD : 0u) | (h->nesterov ? FO_RULE_NESTEROV : 0u) |
+               (h->maximize ? FO_RULE_MAXIMIZE : 0u);
   }
+}
+
+void fo_step_state_init(const fo_options *o, fo_step_state *out) {
+  memset(out, 0, sizeof *out);
+  out->scale = o->loss_scaler.enabled ? o->loss_scaler.init_scale : 1.0f;
+  out->hysteresis_left = o->loss_scaler.hysteresis;
+  out->grad_coef = 1.0f;
+  out->lr_factor = 1.0f;
 }

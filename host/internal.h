@@ -10,6 +10,7 @@
 #include "fusedopt.h"
 #include "plan.h"
 #include "rules.h"
+#include "step_state.h"
 
 /* Alignment of every tensor inside a role buffer, in elements: 128 elements
  * are 256 bytes of a 16-bit dtype and 512 of fp32, so every tensor starts on
@@ -49,8 +50,15 @@ struct fo_optimizer {
   fo_options options;
   fo_hparams hparams[FO_MAX_GROUPS];
   int num_groups;
-  int64_t step;
   fo_state_flags keeps;
+  /* A pre-pass over the gradients runs before each step (clipping or loss
+   * scaling is on). */
+  int check_grads;
+
+  /* Per-step state and the pre-pass's partial sums, in the executor's
+   * memory (device memory on CUDA). */
+  fo_step_state *state;
+  double *partials; /* one per plan block */
 
   int64_t num_tensors;
   char **names;            /* per tensor, may hold NULLs */
@@ -80,9 +88,14 @@ size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role);
 fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group,
                               const fo_hparams *h);
 
-/* Fill out[g] with the scalars group g needs for step t (1-based). */
-void fo_step_scalars(const fo_optimizer *opt, int64_t t,
-                     fo_rule_scalars *out);
+/* Validate the schedule, loss-scaler and clipping options. */
+fo_status fo_validate_step_options(const char *func, const fo_options *o);
+
+/* The prepare step's arguments from the optimizer's current settings. */
+void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *out);
+
+/* The state of a fresh optimizer: step 0, the initial loss scale. */
+void fo_step_state_init(const fo_options *o, fo_step_state *out);
 
 /* ------------------------------------------------------------------ plan */
 
@@ -97,7 +110,7 @@ void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk,
 /* ------------------------------------------------------------- executors */
 
 /* CPU executor (host/cpu_exec.c). */
-fo_status fo_cpu_step(fo_optimizer *opt, int64_t t);
+fo_status fo_cpu_step(fo_optimizer *opt);
 fo_status fo_cpu_sync_master(fo_optimizer *opt);
 fo_status fo_cpu_zero_grad(fo_optimizer *opt);
 
@@ -113,7 +126,10 @@ fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes,
                                void **out);
 void fo_cuda_free(int device, void *p);
 fo_status fo_cuda_upload_plan(const char *func, fo_optimizer *opt);
-fo_status fo_cuda_step(fo_optimizer *opt, int64_t t, fo_stream_t stream);
+fo_status fo_cuda_step(fo_optimizer *opt, fo_stream_t stream);
+/* Copy the step state between the device and host (synchronizes). */
+fo_status fo_cuda_read_state(const char *func, const fo_optimizer *opt, fo_step_state *out);
+fo_status fo_cuda_write_state(const char *func, fo_optimizer *opt, const fo_step_state *in);
 fo_status fo_cuda_sync_master(fo_optimizer *opt, fo_stream_t stream);
 fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream);
 fo_status fo_cuda_synchronize(int device);

@@ -49,6 +49,8 @@ static fo_status validate_options(const char *fn, const fo_options *o) {
     if (o->reserved[i] != 0)
       return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
                      "options->reserved[%zu] is not zero", i);
+  fo_status st = fo_validate_step_options(fn, o);
+  if (st != FO_SUCCESS) return st;
   if (o->stochastic_rounding &&
       (o->param_dtype != FO_DTYPE_BF16 || o->master_weights))
     return fo_fail(FO_ERR_UNSUPPORTED, fn,
@@ -202,6 +204,8 @@ static void free_buffer(const fo_optimizer *opt, void *p) {
 
 static void free_optimizer(fo_optimizer *opt) {
   for (int r = 0; r < FO_ROLE_COUNT; r++) free_buffer(opt, opt->arena[r]);
+  free_buffer(opt, opt->state);
+  free_buffer(opt, opt->partials);
   if (opt->d_blocks) fo_cuda_free(opt->options.device, opt->d_blocks);
   if (opt->d_tensors) fo_cuda_free(opt->options.device, opt->d_tensors);
   if (opt->names)
@@ -280,6 +284,22 @@ static fo_status build_plan(const char *fn, fo_optimizer *opt) {
   return FO_SUCCESS;
 }
 
+/* The step state and the pre-pass's partial sums, in executor memory. */
+static fo_status alloc_step_state(const char *fn, fo_optimizer *opt) {
+  fo_step_state init;
+  fo_step_state_init(&opt->options, &init);
+  fo_status st = alloc_zeroed(fn, opt, sizeof init, (void **)&opt->state);
+  if (st != FO_SUCCESS) return st;
+  if (opt->check_grads) {
+    st = alloc_zeroed(fn, opt, (size_t)(opt->num_blocks + 1) * sizeof(double),
+                      (void **)&opt->partials);
+    if (st != FO_SUCCESS) return st;
+  }
+  if (opt->options.executor == FO_EXEC_CUDA) return fo_cuda_write_state(fn, opt, &init);
+  *opt->state = init;
+  return FO_SUCCESS;
+}
+
 /* --------------------------------------------------------------- create */
 
 fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
@@ -325,6 +345,7 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
   memcpy(opt->hparams, hparams, (size_t)num_groups * sizeof *hparams);
   opt->num_groups = num_groups;
   opt->keeps = state_needed(options, hparams, num_groups);
+  opt->check_grads = options->max_grad_norm > 0.0f || options->loss_scaler.enabled;
   opt->num_tensors = num_tensors;
   size_t n1 = (size_t)num_tensors + 1; /* never malloc(0) */
   opt->names = calloc(n1, sizeof *opt->names);
@@ -345,6 +366,7 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
   }
   FO_TRY(layout_tensors(fn, opt, tensors));
   FO_TRY(build_plan(fn, opt));
+  FO_TRY(alloc_step_state(fn, opt));
   if (opt->keeps.master && options->storage == FO_STORAGE_EXTERNAL) {
     if (options->executor == FO_EXEC_CUDA) {
       FO_TRY(fo_cuda_sync_master(opt, NULL));
@@ -381,6 +403,14 @@ fo_status fo_options_default(fo_options *out) {
   out->param_dtype = FO_DTYPE_F32;
   out->grad_dtype = FO_DTYPE_F32;
   out->master_weights = 1;
+  out->loss_scaler.init_scale = 65536.0f;
+  out->loss_scaler.growth_factor = 2.0f;
+  out->loss_scaler.backoff_factor = 0.5f;
+  out->loss_scaler.growth_interval = 2000;
+  out->loss_scaler.hysteresis = 1;
+  out->schedule.kind = FO_SCHED_CONSTANT;
+  out->schedule.period_mult = 1;
+  out->schedule.gamma = 0.1f;
   return FO_SUCCESS;
 }
 
@@ -404,13 +434,7 @@ fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream) {
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
   fo_status st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
-  if (opt->step == INT64_MAX)
-    return fo_fail(FO_ERR_INVALID_STATE, fn, "the step count would overflow");
-  int64_t t = opt->step + 1;
-  st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_step(opt, t, stream)
-                                             : fo_cpu_step(opt, t);
-  if (st == FO_SUCCESS) opt->step = t;
-  return st;
+  return opt->options.executor == FO_EXEC_CUDA ? fo_cuda_step(opt, stream) : fo_cpu_step(opt);
 }
 
 fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
@@ -433,12 +457,21 @@ fo_status fo_optimizer_sync_master(fo_optimizer *opt, fo_stream_t stream) {
 
 /* ------------------------------------------------------------- accessors */
 
+/* A copy of the step state, wherever it lives. */
+static fo_status read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
+  if (opt->options.executor == FO_EXEC_CUDA) return fo_cuda_read_state(fn, opt, out);
+  *out = *opt->state;
+  return FO_SUCCESS;
+}
+
 fo_status fo_optimizer_get_step(const fo_optimizer *opt, int64_t *out) {
   static const char fn[] = "fo_optimizer_get_step";
   if (!opt || !out)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  *out = opt->step;
-  return FO_SUCCESS;
+  fo_step_state s;
+  fo_status st = read_state(fn, opt, &s);
+  if (st == FO_SUCCESS) *out = s.step;
+  return st;
 }
 
 fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step) {
@@ -447,7 +480,43 @@ fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step) {
   if (step < 0)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "step = %lld is negative",
                    (long long)step);
-  opt->step = step;
+  if (opt->options.executor == FO_EXEC_CPU) {
+    opt->state->step = step;
+    return FO_SUCCESS;
+  }
+  fo_step_state s;
+  fo_status st = fo_cuda_read_state(fn, opt, &s);
+  if (st != FO_SUCCESS) return st;
+  s.step = step;
+  return fo_cuda_write_state(fn, opt, &s);
+}
+
+fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
+  static const char fn[] = "fo_optimizer_get_info";
+  if (!opt || !out)
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_step_state s;
+  fo_status st = read_state(fn, opt, &s);
+  if (st != FO_SUCCESS) return st;
+  memset(out, 0, sizeof *out);
+  out->step = s.step;
+  out->skipped_steps = s.skipped;
+  out->last_step_skipped = s.skip;
+  out->loss_scale = s.scale;
+  out->grad_norm = s.grad_norm;
+  out->grad_coef = s.grad_coef;
+  out->lr_factor = s.lr_factor;
+  out->growth_tracker = s.growth_tracker;
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out) {
+  static const char fn[] = "fo_optimizer_loss_scale_ptr";
+  if (!opt || !out)
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (!opt->options.loss_scaler.enabled)
+    return fo_fail(FO_ERR_INVALID_STATE, fn, "loss scaling is not enabled");
+  *out = &opt->state->scale;
   return FO_SUCCESS;
 }
 

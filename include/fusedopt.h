@@ -222,6 +222,57 @@ typedef struct fo_hparams {
  *  Lion lr 1e-4, betas (0.9, 0.99), wd 0. */
 FO_API fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out);
 
+/* ---------------------------------------------- schedules, scaler, clip */
+
+/** Learning-rate schedules, evaluated on the device from the step counter.
+ *  The learning rate of step k+1 (after k applied steps) is the group's lr
+ *  times factor(k); closed forms in docs/numerics.md.  With warmup_steps W
+ *  > 0, every kind starts with a linear warmup, factor(k) = (k+1)/W for
+ *  k < W, and the kind's own curve then runs on j = k - W. */
+typedef enum fo_schedule_kind {
+  FO_SCHED_CONSTANT = 0,    /**< factor 1 (after the warmup, if any) */
+  FO_SCHED_COSINE = 1,      /**< cosine from 1 down to min_ratio at total_steps
+                             *   (warmup included), min_ratio after */
+  FO_SCHED_STEP = 2,        /**< gamma^floor(j / step_size) */
+  FO_SCHED_EXPONENTIAL = 3, /**< gamma^j */
+  FO_SCHED_COSINE_RESTARTS = 4, /**< SGDR: cosine from 1 to min_ratio over
+                                 *   period steps, restarting; each period
+                                 *   is period_mult times the last */
+  FO_SCHED_CYCLIC = 5,      /**< triangular: min_ratio up to 1 over step_size
+                             *   steps and back down over step_size */
+  FO_SCHED_COUNT            /**< number of kinds; not a kind */
+} fo_schedule_kind;
+
+/** A schedule; fields a kind does not use are ignored (but validated as
+ *  non-negative). */
+typedef struct fo_schedule {
+  fo_schedule_kind kind; /**< default FO_SCHED_CONSTANT */
+  int64_t warmup_steps;  /**< linear warmup length; 0 (default): none */
+  int64_t total_steps;   /**< COSINE: > warmup_steps */
+  int64_t step_size;     /**< STEP: decay interval; CYCLIC: half period; > 0 */
+  int64_t period;        /**< COSINE_RESTARTS: first period, > 0 */
+  int64_t period_mult;   /**< COSINE_RESTARTS: >= 1 (default 1) */
+  float gamma;           /**< STEP, EXPONENTIAL: in (0, 1] (default 0.1) */
+  float min_ratio;       /**< COSINE, COSINE_RESTARTS, CYCLIC: floor, a
+                          *   fraction of lr in [0, 1] (default 0) */
+} fo_schedule;
+
+/** Dynamic loss scaling (PyTorch GradScaler semantics).  The caller scales
+ *  its loss by the current scale (fo_optimizer_loss_scale_ptr gives a
+ *  pointer the backward pass can read on the device); the step divides the
+ *  gradients by it inside the update.  A step that sees an inf or NaN
+ *  gradient changes nothing and the scale backs off. */
+typedef struct fo_loss_scaler_options {
+  int enabled;          /**< default 0 */
+  float init_scale;     /**< default 65536 */
+  float growth_factor;  /**< > 1; default 2 */
+  float backoff_factor; /**< in (0, 1); default 0.5 */
+  int growth_interval;  /**< clean steps before growth, >= 1; default 2000 */
+  float max_scale;      /**< 0 (default): no maximum but never inf */
+  int hysteresis;       /**< back off after this many consecutive
+                         *   overflows, >= 1; default 1 (PyTorch) */
+} fo_loss_scaler_options;
+
 /* --------------------------------------------------------------- options */
 
 /** The optimizer's options.  Fill with fo_options_default() first, then
@@ -249,9 +300,20 @@ typedef struct fo_options {
   uint64_t seed; /**< seed of stochastic rounding; default 0 */
   /** CPU executor: number of threads; 0 (default) uses every core. */
   int num_threads;
-  /** Reserved for loss scaling, clipping, schedules and communicators of
-   *  later versions; must be zero. */
-  uint64_t reserved[8];
+  /** Clip the global L2 norm of the (unscaled) gradients to this value:
+   *  gradients are multiplied by min(1, max_grad_norm / (norm + 1e-6)) inside
+   *  the update.  0 (default): no clipping.  Needs one extra read of the
+   *  gradients per step (shared with the loss scaler's overflow check). */
+  float max_grad_norm;
+  /** Write the unscaled (and clipped) gradients back into the gradient
+   *  buffers after a step that was not skipped (default 0: gradients are
+   *  never written, which saves a pass over memory). */
+  int write_unscaled_grads;
+  fo_loss_scaler_options loss_scaler; /**< default: disabled */
+  fo_schedule schedule;               /**< default: constant */
+  /** Reserved for communicators and checkpoints of later versions; must be
+   *  zero. */
+  uint64_t reserved[4];
 } fo_options;
 
 /** Fill *out with the defaults listed on each field of fo_options. */
@@ -318,7 +380,12 @@ FO_API fo_status fo_optimizer_create(fo_optimizer **out,
 FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
 
 /** Apply one step to every registered tensor with the current gradients.
- *  Increments the step count.  stream must be NULL for FO_EXEC_CPU. */
+ *  With clipping or loss scaling on, a pre-pass first reads every gradient
+ *  once for the global norm and the non-finite check; a non-finite gradient
+ *  skips the step (nothing changes but the scaler).  Otherwise increments
+ *  the step count.  stream must be NULL for FO_EXEC_CPU.  On FO_EXEC_CUDA
+ *  the call only enqueues work (no host synchronization), so a stream
+ *  capture of it is a replayable CUDA graph. */
 FO_API fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream);
 
 /** Set every registered gradient to zero. */
@@ -330,16 +397,47 @@ FO_API fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream);
 FO_API fo_status fo_optimizer_sync_master(fo_optimizer *opt,
                                           fo_stream_t stream);
 
-/** The number of steps applied so far. */
+/** The number of steps applied so far.  With loss scaling or clipping on
+ *  FO_EXEC_CUDA the count lives on the device (a step may be skipped) and
+ *  this call synchronizes, like fo_optimizer_get_info(). */
 FO_API fo_status fo_optimizer_get_step(const fo_optimizer *opt,
                                        int64_t *out);
 
-/** Set the step count (for resuming); bias corrections and SGD's first-step
- *  rule use it.  Must be >= 0. */
+/** What the last step did, read back from the executor's memory. */
+typedef struct fo_step_info {
+  int64_t step;          /**< steps applied so far */
+  int64_t skipped_steps; /**< steps skipped for a non-finite gradient */
+  int last_step_skipped; /**< the last step call was skipped */
+  float loss_scale;      /**< the scale for the next backward (1 without
+                          *   loss scaling) */
+  float grad_norm;       /**< global L2 norm of the unscaled gradients seen
+                          *   by the last step (inf or NaN if non-finite; 0
+                          *   when neither clipping nor loss scaling is on) */
+  float grad_coef;       /**< what the last step multiplied gradients by */
+  float lr_factor;       /**< the schedule's factor at the last applied step */
+  int growth_tracker;    /**< clean steps since the scale last changed */
+} fo_step_info;
+
+/** Read the step state.  On FO_EXEC_CUDA this waits until the device is
+ *  idle (it synchronizes): call it for logging, not inside the step loop. */
+FO_API fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out);
+
+/** A pointer to the current loss scale (one float in the executor's memory:
+ *  device memory on FO_EXEC_CUDA), for a backward pass that scales the loss
+ *  gradient without a host synchronization.  The step updates it.  Fails
+ *  with FO_ERR_INVALID_STATE when loss scaling is off. */
+FO_API fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out);
+
+/** Set the step count (for resuming); bias corrections, the schedule and
+ *  SGD's first-step rule use it.  Must be >= 0.  On FO_EXEC_CUDA it is
+ *  written to the device in stream order of the legacy default stream
+ *  (it synchronizes). */
 FO_API fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step);
 
-/** Set the learning rate of one group, or of every group when group is -1;
- *  the next step uses it.  Must be >= 0 and finite. */
+/** Set the base learning rate of one group, or of every group when group is
+ *  -1; the next step uses it (times the schedule's factor).  Must be >= 0
+ *  and finite.  A step captured in a CUDA graph keeps the hyper-parameters
+ *  it was captured with; the schedule still advances on the device. */
 FO_API fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr);
 
 /** Read the learning rate of one group. */

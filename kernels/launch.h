@@ -10,6 +10,7 @@
 
 #include "plan.h"
 #include "rules.h"
+#include "step_state.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +36,10 @@ typedef struct fo_step_launch {
   uint64_t seed;
   int64_t step; /* 1-based number of this step (for SR's random bits) */
   fo_rule_scalars groups[FO_PLAN_MAX_GROUPS];
+  /* When non-NULL (the library's step), the scalars, the step number and
+   * the skip decision come from here, written on the device by the prepare
+   * kernel, and groups/step above are ignored. */
+  const fo_step_state *state;
 } fo_step_launch;
 
 /* Per-step launch of the fused update over the whole plan on stream. */
@@ -49,6 +54,22 @@ int fo_launch_sync_master(const fo_plan_block *blocks,
 int fo_launch_zero_grad(const fo_plan_block *blocks,
                         const fo_plan_tensor *tensors, int64_t num_blocks,
                         int64_t chunk, int32_t grad_dtype, void *stream);
+
+/* The gradient pre-pass: partials[b] = sum of squares (double) of plan
+ * block b's gradients. */
+int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                         int64_t num_blocks, int64_t chunk, int32_t grad_dtype,
+                         double *partials, void *stream);
+
+/* One block: total the partials (NULL: no pre-pass ran) and run
+ * fo_prepare_step on the device state. */
+int fo_launch_prepare(const fo_prepare_args *args, const double *partials,
+                      int64_t num_partials, fo_step_state *state, void *stream);
+
+/* g *= state->grad_coef for every gradient, unless the step was skipped. */
+int fo_launch_unscale_grads(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                            int64_t num_blocks, int64_t chunk, int32_t grad_dtype,
+                            const fo_step_state *state, void *stream);
 
 #ifdef __cplusplus
 }

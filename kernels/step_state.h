@@ -1,0 +1,217 @@
+/*
+ * step_state.h -- what a step decides before it touches a tensor, written
+ * once for both executors (C and CUDA, like rules.h).
+ *
+ * Per step, in this order:
+ *   1. the gradient pre-pass leaves one partial sum of squares per plan
+ *      block (double; a non-finite gradient makes its partial non-finite);
+ *   2. fo_prepare_step() folds the total into the norm, decides whether the
+ *      step is skipped, computes the combined gradient coefficient (unscale,
+ *      clip, average), the schedule's learning-rate factor and every group's
+ *      scalars, advances the step counter and updates the loss scaler;
+ *   3. the update reads the scalars from the state and does nothing when
+ *      the state says the step is skipped.
+ * On the CUDA executor the state lives in device memory and steps 1-3 are
+ * three launches with no host synchronization; the CPU executor runs the
+ * same functions on host memory.
+ */
+#ifndef FO_STEP_STATE_H
+#define FO_STEP_STATE_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "plan.h"
+#include "rules.h"
+
+/* Schedule kinds: equal to fo_schedule_kind. */
+#define FO_RULE_SCHED_CONSTANT 0
+#define FO_RULE_SCHED_COSINE 1
+#define FO_RULE_SCHED_STEP 2
+#define FO_RULE_SCHED_EXPONENTIAL 3
+#define FO_RULE_SCHED_COSINE_RESTARTS 4
+#define FO_RULE_SCHED_CYCLIC 5
+
+/* A group's hyper-parameters as the prepare step reads them. */
+typedef struct fo_group_hparams {
+  float lr, weight_decay, momentum, dampening, beta1, beta2, eps;
+  uint32_t flags; /* FO_RULE_AMSGRAD | FO_RULE_NESTEROV | FO_RULE_MAXIMIZE */
+} fo_group_hparams;
+
+typedef struct fo_schedule_params {
+  int32_t kind;
+  int64_t warmup_steps, total_steps, step_size, period, period_mult;
+  double gamma, min_ratio;
+} fo_schedule_params;
+
+typedef struct fo_scaler_params {
+  int32_t enabled;
+  int32_t growth_interval;
+  int32_t hysteresis;
+  float growth_factor, backoff_factor, max_scale; /* max_scale 0: none */
+} fo_scaler_params;
+
+/* Everything the prepare step needs that the host owns; passed by value. */
+typedef struct fo_prepare_args {
+  int32_t algorithm;
+  int32_t num_groups;
+  int32_t check_grads; /* a pre-pass ran: partials are valid */
+  float max_grad_norm; /* 0: no clipping */
+  float grad_divisor;  /* 1, or the world size of a data-parallel run */
+  fo_scaler_params scaler;
+  fo_schedule_params schedule;
+  fo_group_hparams groups[FO_PLAN_MAX_GROUPS];
+} fo_prepare_args;
+
+/* The optimizer's per-step state; in the executor's memory. */
+typedef struct fo_step_state {
+  int64_t step;    /* applied steps */
+  int64_t skipped; /* steps skipped for a non-finite gradient */
+  float scale;     /* the loss scale the next backward pass should use */
+  int32_t growth_tracker;  /* clean steps since the scale last changed */
+  int32_t hysteresis_left; /* overflows still tolerated before a backoff */
+  int32_t skip;            /* the current step is skipped */
+  float grad_norm;         /* global L2 norm of the unscaled gradients */
+  float grad_coef;         /* what the update multiplies gradients by */
+  float lr_factor;         /* the schedule's factor of the current step */
+  int32_t pad;
+  fo_rule_scalars groups[FO_PLAN_MAX_GROUPS];
+} fo_step_state;
+
+/* ------------------------------------------------------------ schedules */
+
+/* The learning-rate factor after k completed steps (the step about to run
+ * is number k+1).  Closed forms, documented in docs/numerics.md. */
+FO_HD double fo_schedule_factor(const fo_schedule_params *s, int64_t k) {
+  const double pi = 3.14159265358979323846;
+  if (s->warmup_steps > 0 && k < s->warmup_steps)
+    return (double)(k + 1) / (double)s->warmup_steps;
+  int64_t j = k - (s->warmup_steps > 0 ? s->warmup_steps : 0); /* steps after warmup */
+  switch (s->kind) {
+    case FO_RULE_SCHED_COSINE: {
+      int64_t span = s->total_steps - (s->warmup_steps > 0 ? s->warmup_steps : 0);
+      double p = span > 0 ? (double)j / (double)span : 1.0;
+      if (p > 1.0) p = 1.0;
+      return s->min_ratio + (1.0 - s->min_ratio) * 0.5 * (1.0 + cos(pi * p));
+    }
+    case FO_RULE_SCHED_STEP: return pow(s->gamma, (double)(j / s->step_size));
+    case FO_RULE_SCHED_EXPONENTIAL: return pow(s->gamma, (double)j);
+    case FO_RULE_SCHED_COSINE_RESTARTS: {
+      int64_t len = s->period, pos = j;
+      while (pos >= len) { /* at most ~62 rounds when period_mult >= 2 */
+        pos -= len;
+        if (s->period_mult > 1) {
+          if (len > INT64_MAX / s->period_mult) break;
+          len *= s->period_mult;
+        } else {
+          pos %= len; /* equal periods: jump straight to the last one */
+        }
+      }
+      double p = (double)pos / (double)len;
+      return s->min_ratio + (1.0 - s->min_ratio) * 0.5 * (1.0 + cos(pi * p));
+    }
+    case FO_RULE_SCHED_CYCLIC: {
+      double x = (double)(j % (2 * s->step_size)) / (double)s->step_size; /* [0, 2) */
+      double tri = x <= 1.0 ? x : 2.0 - x; /* 0 -> 1 -> 0 */
+      return s->min_ratio + (1.0 - s->min_ratio) * tri;
+    }
+    default: return 1.0;
+  }
+}
+
+/* ------------------------------------------------------------- scalars */
+
+/* One group's scalars for step t (1-based) with learning rate lr. */
+FO_HD void fo_group_scalars(int alg, const fo_group_hparams *h, int64_t t, double lr,
+                            float grad_coef, fo_rule_scalars *out) {
+  fo_rule_scalars s;
+  s.lr = (float)lr;
+  s.weight_decay = (alg == FO_RULE_SGD || alg == FO_RULE_ADAM) ? h->weight_decay : 0.0f;
+  s.eps = h->eps;
+  s.grad_coef = grad_coef;
+  s.flags = h->flags & FO_RULE_MAXIMIZE;
+  /* AdamW and Lion decay decoupled; SGD and Adam add wd*p to the gradient. */
+  s.decay = (alg == FO_RULE_ADAMW || alg == FO_RULE_LION)
+                ? (float)(1.0 - lr * (double)h->weight_decay)
+                : 1.0f;
+  s.beta2 = s.one_minus_b2 = s.step_size = s.bc2_sqrt = 0.0f;
+  if (alg == FO_RULE_SGD) {
+    s.beta1 = h->momentum;
+    s.one_minus_b1 = (float)(1.0 - (double)h->dampening);
+    if (h->momentum != 0.0f) s.flags |= FO_RULE_MOMENTUM;
+    s.flags |= h->flags & FO_RULE_NESTEROV;
+    if (t == 1) s.flags |= FO_RULE_FIRST_STEP;
+  } else {
+    s.beta1 = h->beta1;
+    s.beta2 = h->beta2;
+    s.one_minus_b1 = (float)(1.0 - (double)h->beta1);
+    s.one_minus_b2 = (float)(1.0 - (double)h->beta2);
+    /* Products and powers in double, rounded once, as PyTorch computes
+     * its Python-side scalars. */
+    double bc1 = 1.0 - pow((double)h->beta1, (double)t);
+    double bc2 = 1.0 - pow((double)h->beta2, (double)t);
+    s.step_size = (float)(lr / bc1);
+    s.bc2_sqrt = (float)sqrt(bc2);
+    s.flags |= h->flags & FO_RULE_AMSGRAD;
+  }
+  *out = s;
+}
+
+/* ------------------------------------------------------------- scaler */
+
+/* PyTorch GradScaler's update, plus an optional maximum and hysteresis:
+ * an overflow backs off only after `hysteresis` consecutive overflows; a
+ * clean step restores the hysteresis; growth_interval consecutive clean
+ * steps multiply the scale by growth_factor unless that would reach inf
+ * or pass max_scale. */
+FO_HD void fo_scaler_update(const fo_scaler_params *p, fo_step_state *st, int overflow) {
+  if (overflow) {
+    st->growth_tracker = 0;
+    if (--st->hysteresis_left <= 0) {
+      st->scale *= p->backoff_factor;
+      st->hysteresis_left = p->hysteresis;
+    }
+    return;
+  }
+  st->hysteresis_left = p->hysteresis;
+  if (++st->growth_tracker < p->growth_interval) return;
+  st->growth_tracker = 0;
+  float grown = st->scale * p->growth_factor;
+  if (isfinite(grown) && (p->max_scale <= 0.0f || grown <= p->max_scale)) st->scale = grown;
+  else if (isfinite(p->max_scale) && p->max_scale > 0.0f && st->scale < p->max_scale)
+    st->scale = p->max_scale;
+}
+
+/* -------------------------------------------------------------- prepare */
+
+/* Decide the step from the total sum of squares of the (scaled, summed
+ * over ranks) gradients.  Runs on one thread. */
+FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state *st) {
+  int nonfinite = a->check_grads && !isfinite(sumsq);
+  float scale = a->scaler.enabled ? st->scale : 1.0f;
+  /* 1/scale and 1/world in double, rounded once */
+  double unscale = 1.0 / ((double)scale * (double)a->grad_divisor);
+  double norm = a->check_grads ? sqrt(sumsq) * unscale : 0.0;
+  double clip = 1.0;
+  if (a->max_grad_norm > 0.0f && !nonfinite) {
+    double c = (double)a->max_grad_norm / (norm + 1e-6);
+    if (c < 1.0) clip = c;
+  }
+  st->grad_norm = (float)norm;
+  st->skip = nonfinite;
+  st->grad_coef = (float)(unscale * clip);
+  if (a->scaler.enabled) fo_scaler_update(&a->scaler, st, nonfinite);
+  if (nonfinite) {
+    st->skipped++;
+    return;
+  }
+  int64_t t = st->step + 1;
+  double f = fo_schedule_factor(&a->schedule, st->step);
+  st->lr_factor = (float)f;
+  for (int g = 0; g < a->num_groups; g++)
+    fo_group_scalars(a->algorithm, &a->groups[g], t, (double)a->groups[g].lr * f,
+                     st->grad_coef, &st->groups[g]);
+  st->step = t;
+}
+
+#endif /* FO_STEP_STATE_H */
