@@ -42,11 +42,14 @@ fo_status fo_convert_from_f32(fo_dtype dtype, const float *src, void *dst,
   fo_status st = check_convert_args(fn, dtype, src, dst, n);
   if (st != FO_SUCCESS) return st;
   size_t count = (size_t)n;
+  if ((const void *)src != dst &&
+      bytes_overlap(src, count * 4, dst, count * fo_dtype_size(dtype)))
+    return fo_fail(FO_ERR_OVERLAP, fn, "src and dst overlap");
   if (dtype == FO_DTYPE_F32) {
-    if ((const void *)src != dst) memmove(dst, src, count * 4);
+    if ((const void *)src != dst) memcpy(dst, src, count * 4);
     return FO_SUCCESS;
   }
-  if (bytes_overlap(src, count * 4, dst, count * 2))
+  if (count && (const void *)src == dst)
     return fo_fail(FO_ERR_OVERLAP, fn, "src and dst overlap");
   uint16_t *out = (uint16_t *)dst;
   for (size_t i = 0; i < count; i++)
@@ -60,11 +63,14 @@ fo_status fo_convert_to_f32(fo_dtype dtype, const void *src, float *dst,
   fo_status st = check_convert_args(fn, dtype, src, dst, n);
   if (st != FO_SUCCESS) return st;
   size_t count = (size_t)n;
+  if (src != (const void *)dst &&
+      bytes_overlap(src, count * fo_dtype_size(dtype), dst, count * 4))
+    return fo_fail(FO_ERR_OVERLAP, fn, "src and dst overlap");
   if (dtype == FO_DTYPE_F32) {
-    if (src != (const void *)dst) memmove(dst, src, count * 4);
+    if (src != (const void *)dst) memcpy(dst, src, count * 4);
     return FO_SUCCESS;
   }
-  if (bytes_overlap(src, count * 2, dst, count * 4))
+  if (count && src == (const void *)dst)
     return fo_fail(FO_ERR_OVERLAP, fn, "src and dst overlap");
   const uint16_t *in = (const uint16_t *)src;
   for (size_t i = 0; i < count; i++)

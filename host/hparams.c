@@ -57,7 +57,7 @@ fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group,
     return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
                    "hparams[%d]: nesterov, amsgrad and maximize must be 0 or 1",
                    group);
-  if (h->dampening > 1.0f)
+  if (alg == FO_ALG_SGD && h->dampening > 1.0f)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].dampening = %g is above 1",
                    group, (double)h->dampening);
   if (alg == FO_ALG_SGD && h->nesterov && (h->momentum <= 0.0f || h->dampening != 0.0f))
@@ -86,13 +86,21 @@ _Static_assert(FO_SCHED_CONSTANT == FO_RULE_SCHED_CONSTANT &&
 static fo_status validate_schedule(const char *fn, const fo_schedule *s) {
   if ((int)s->kind < 0 || s->kind >= FO_SCHED_COUNT)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown schedule kind %d", (int)s->kind);
-  if (s->warmup_steps < 0 || s->total_steps < 0 || s->step_size < 0 || s->period < 0 ||
-      s->period_mult < 0)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule step counts must be >= 0");
-  if (!isfinite(s->gamma) || !isfinite(s->min_ratio) || s->min_ratio < 0.0f ||
-      s->min_ratio > 1.0f)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "schedule.min_ratio = %g must be in [0, 1] and gamma finite",
+  const struct {
+    const char *name;
+    int64_t value;
+  } counts[] = {{"warmup_steps", s->warmup_steps}, {"total_steps", s->total_steps},
+                {"step_size", s->step_size},       {"period", s->period},
+                {"period_mult", s->period_mult}};
+  for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
+    if (counts[i].value < 0)
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule.%s = %lld is negative",
+                     counts[i].name, (long long)counts[i].value);
+  if (!isfinite(s->gamma) || s->gamma < 0.0f)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule.gamma = %g must be finite and >= 0",
+                   (double)s->gamma);
+  if (!isfinite(s->min_ratio) || s->min_ratio < 0.0f || s->min_ratio > 1.0f)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule.min_ratio = %g must be in [0, 1]",
                    (double)s->min_ratio);
   switch (s->kind) {
     case FO_SCHED_COSINE:

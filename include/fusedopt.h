@@ -183,7 +183,8 @@ typedef enum fo_role {
 
 /** The hyper-parameters of one parameter group.  Fill with
  *  fo_hparams_default(), which sets PyTorch's defaults for the algorithm;
- *  fields an algorithm does not use are ignored but must still be finite.
+ *  fields an algorithm does not use are ignored but must still be finite
+ *  and non-negative (garbage there is a sign of an uninitialised struct).
  *
  *  | field        | SGD | Adam | AdamW | Lion | range               |
  *  |--------------|-----|------|-------|------|---------------------|
@@ -243,8 +244,8 @@ typedef enum fo_schedule_kind {
   FO_SCHED_COUNT            /**< number of kinds; not a kind */
 } fo_schedule_kind;
 
-/** A schedule; fields a kind does not use are ignored (but validated as
- *  non-negative). */
+/** A schedule; fields a kind does not use are ignored, but every count and
+ *  gamma must be >= 0 and min_ratio in [0, 1] whatever the kind. */
 typedef struct fo_schedule {
   fo_schedule_kind kind; /**< default FO_SCHED_CONSTANT */
   int64_t warmup_steps;  /**< linear warmup length; 0 (default): none */
