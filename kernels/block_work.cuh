@@ -1,0 +1,519 @@
+/*
+ * block_work.cuh -- the work of ONE thread block of the step, sync-master and
+ * zero-grad kernels, as plain functions of (launch arguments, block index,
+ * thread index, thread count).
+ *
+ * Why a separate header: the __global__ kernels in step.cu are one-line
+ * wrappers around these functions, and the same functions compile as host
+ * C++ (g++), so the CPU test tier (tests/test_block_work.cpp) runs the exact
+ * loop a kernel runs -- every block, every thread slot, the vector path, the
+ * scalar path and the tails -- over host buffers and proves coverage and
+ * results without a GPU (DESIGN.md, "The kernels' own index arithmetic on
+ * the CPU").  Nothing here uses shared memory or warp intrinsics, so the
+ * threads of a block are independent and may be run one after another.
+ *
+ * Shape of the work.  Block b owns elements [start, start + n) of tensor
+ * blocks[b].tensor, n = min(chunk, numel - start).  fo_block_loop() hands
+ * each thread its elements in groups:
+ *   - vector path (the block's buffers are 16-byte aligned at its start):
+ *     vectors of W elements, W = 4 when every array is fp32 (one float4 per
+ *     array) and W = 8 when a 16-bit array is involved (one 16-byte load per
+ *     16-bit array, two float4 per fp32 array).  A thread takes ILP vectors
+ *     at a time, nthreads vectors apart so that a warp's accesses are
+ *     contiguous; the visitor loads all of them, then computes, then stores,
+ *     so ILP independent 16-byte loads per array are in flight per thread.
+ *     The n % W elements left over go through the scalar path.
+ *   - scalar path (misaligned buffers, or the vector tail): single elements,
+ *     ILP_SCALAR at a time, nthreads apart.
+ * The loop does no memory access itself: it calls a visitor with the block-
+ * relative element offsets of one group.  The kernels pass the real
+ * operation (fo_step_op, ...); the tests pass a recorder, or a spy that
+ * records and forwards to the real operation.
+ *
+ * Every input is read once and every output written once: the step reads
+ * the parameter (or the fp32 master when there is one), the gradient and the
+ * state buffers the configuration uses, and writes the state, the master and
+ * the rounded parameter.  All arithmetic is rules.h's, with the group's
+ * scalars (from the device step state, step_state.h, when the launch has
+ * one), so the CUDA and CPU executors compute the same thing.
+ */
+#ifndef FO_BLOCK_WORK_CUH
+#define FO_BLOCK_WORK_CUH
+
+#include <stdint.h>
+#include <string.h>
+
+#include "launch.h"
+#include "plan.h"
+#include "rules.h"
+#include "step_state.h"
+
+#if defined(__CUDACC__)
+#define FO_BW_FN __host__ __device__ __forceinline__
+#else
+#define FO_BW_FN inline
+#endif
+/* Full unrolling of the fixed-size register loops; only the device compiler
+ * knows the pragma (g++ unrolls them by itself at -O2). */
+#if defined(__CUDA_ARCH__)
+#define FO_BW_UNROLL _Pragma("unroll")
+#else
+#define FO_BW_UNROLL
+#endif
+
+/* ------------------------------------------------------------- the loop */
+
+/* Hand thread tid of nthreads its elements of a block of n elements.
+ * Visitor must have
+ *   template <int N, int K> void operator()(const int64_t (&off)[K]);
+ * which processes K groups of N consecutive elements starting at the
+ * block-relative offsets off[k]; an offset of -1 marks an empty slot (the
+ * thread's last round of a block).  N is W on the vector path and 1 on the
+ * scalar path; K is ILP_VEC or ILP_SCALAR.  vec must only be true when
+ * every buffer the visitor touches is 16-byte aligned at offset 0. */
+template <int W, int ILP_VEC, int ILP_SCALAR, class Visitor>
+FO_BW_FN void fo_block_loop(int64_t n, bool vec, int tid, int nthreads,
+                            Visitor &visit) {
+  int64_t scalar_from = 0;
+  if (vec) {
+    const int64_t nvec = n / W;
+    const int64_t stride = (int64_t)nthreads * ILP_VEC;
+    for (int64_t base = tid; base < nvec; base += stride) {
+      int64_t off[ILP_VEC];
+      FO_BW_UNROLL
+      for (int k = 0; k < ILP_VEC; k++) {
+        const int64_t v = base + (int64_t)k * nthreads;
+        off[k] = v < nvec ? v * W : -1;
+      }
+      visit.template operator()<W, ILP_VEC>(off);
+    }
+    scalar_from = nvec * W;
+  }
+  const int64_t stride = (int64_t)nthreads * ILP_SCALAR;
+  for (int64_t base = scalar_from + tid; base < n; base += stride) {
+    int64_t off[ILP_SCALAR];
+    FO_BW_UNROLL
+    for (int k = 0; k < ILP_SCALAR; k++) {
+      const int64_t e = base + (int64_t)k * nthreads;
+      off[k] = e < n ? e : -1;
+    }
+    visit.template operator()<1, ILP_SCALAR>(off);
+  }
+}
+
+/* Run one thread of one block: the single entry of every kernel's block
+ * work.  Op is a visitor of fo_block_loop that also carries its shape
+ * (static W, ILP_VEC, ILP_SCALAR) and the block's size n and path vec.  The
+ * tests pass a spy with the same members that records each access and
+ * forwards it to the real op, so what they check is this loop with the
+ * kernel's own n and vec. */
+template <class Op>
+FO_BW_FN void fo_run_block(const Op &op, int tid, int nthreads) {
+  fo_block_loop<Op::W, Op::ILP_VEC, Op::ILP_SCALAR>(op.n, op.vec, tid, nthreads, op);
+}
+
+/* The block's tensor and its element range; n <= 0 means nothing to do
+ * (a plan never produces that; the guard makes a bad plan harmless). */
+struct fo_block_range {
+  fo_plan_tensor t;
+  int64_t tensor; /* index into the tensor table */
+  int64_t start;  /* first element of the block in its tensor */
+  int64_t n;      /* elements in the block */
+};
+
+FO_BW_FN fo_block_range fo_block_range_of(const fo_plan_block *blocks,
+                                          const fo_plan_tensor *tensors,
+                                          int64_t chunk, int64_t b) {
+  fo_block_range r;
+  const fo_plan_block blk = blocks[b];
+  r.tensor = blk.tensor;
+  r.start = blk.start;
+  r.t = tensors[blk.tensor];
+  const int64_t left = r.t.numel - r.start;
+  r.n = left < chunk ? left : chunk;
+  return r;
+}
+
+/* True when p is 16-byte aligned, so 16-byte vector accesses from it are
+ * legal. */
+FO_BW_FN bool fo_aligned16(const void *p) {
+  return ((uintptr_t)p & 15u) == 0;
+}
+
+/* ------------------------------------------------- loads and stores */
+
+/* The storage type of a dtype code. */
+template <int DT> struct fo_elem { typedef uint16_t type; };
+template <> struct fo_elem<FO_RULE_F32> { typedef float type; };
+
+/* Bytes of one element of a dtype code. */
+template <int DT> struct fo_elem_size {
+  static constexpr int value = DT == FO_RULE_F32 ? 4 : 2;
+};
+
+/* N consecutive fp32 values.  On the device, 16-byte streaming loads
+ * (__ldcs: every byte is touched once per step, so do not let it evict
+ * what the caller's next kernel needs from L2); on the host, memcpy. */
+template <int N>
+FO_BW_FN void fo_ld_f32(const float *p, float (&x)[N]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (N % 4 == 0) {
+    FO_BW_UNROLL
+    for (int q = 0; q < N / 4; q++) {
+      const float4 v = __ldcs(reinterpret_cast<const float4 *>(p) + q);
+      x[4 * q + 0] = v.x;
+      x[4 * q + 1] = v.y;
+      x[4 * q + 2] = v.z;
+      x[4 * q + 3] = v.w;
+    }
+  } else {
+    FO_BW_UNROLL
+    for (int j = 0; j < N; j++) x[j] = __ldcs(p + j);
+  }
+#else
+  memcpy(x, p, sizeof x);
+#endif
+}
+
+template <int N>
+FO_BW_FN void fo_st_f32(float *p, const float (&x)[N]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (N % 4 == 0) {
+    FO_BW_UNROLL
+    for (int q = 0; q < N / 4; q++)
+      __stcs(reinterpret_cast<float4 *>(p) + q,
+             make_float4(x[4 * q], x[4 * q + 1], x[4 * q + 2], x[4 * q + 3]));
+  } else {
+    FO_BW_UNROLL
+    for (int j = 0; j < N; j++) __stcs(p + j, x[j]);
+  }
+#else
+  memcpy(p, x, sizeof x);
+#endif
+}
+
+/* N consecutive 16-bit values: one 16-byte load per 8 on the device. */
+template <int N>
+FO_BW_FN void fo_ld_u16(const uint16_t *p, uint16_t (&h)[N]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (N % 8 == 0) {
+    FO_BW_UNROLL
+    for (int q = 0; q < N / 8; q++) {
+      const uint4 v = __ldcs(reinterpret_cast<const uint4 *>(p) + q);
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+      FO_BW_UNROLL
+      for (int i = 0; i < 4; i++) {
+        h[8 * q + 2 * i] = (uint16_t)(w[i] & 0xffffu);
+        h[8 * q + 2 * i + 1] = (uint16_t)(w[i] >> 16);
+      }
+    }
+  } else {
+    FO_BW_UNROLL
+    for (int j = 0; j < N; j++)
+      h[j] = __ldcs(reinterpret_cast<const unsigned short *>(p) + j);
+  }
+#else
+  memcpy(h, p, sizeof h);
+#endif
+}
+
+template <int N>
+FO_BW_FN void fo_st_u16(uint16_t *p, const uint16_t (&h)[N]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (N % 8 == 0) {
+    FO_BW_UNROLL
+    for (int q = 0; q < N / 8; q++) {
+      uint32_t w[4];
+      FO_BW_UNROLL
+      for (int i = 0; i < 4; i++)
+        w[i] = (uint32_t)h[8 * q + 2 * i] | ((uint32_t)h[8 * q + 2 * i + 1] << 16);
+      __stcs(reinterpret_cast<uint4 *>(p) + q, make_uint4(w[0], w[1], w[2], w[3]));
+    }
+  } else {
+    FO_BW_UNROLL
+    for (int j = 0; j < N; j++)
+      __stcs(reinterpret_cast<unsigned short *>(p) + j, (unsigned short)h[j]);
+  }
+#else
+  memcpy(p, h, sizeof h);
+#endif
+}
+
+/* N values of dtype DT at p, widened to fp32. */
+template <int DT, int N>
+FO_BW_FN void fo_ld_widen(const typename fo_elem<DT>::type *p, float (&x)[N]) {
+  if constexpr (DT == FO_RULE_F32) {
+    fo_ld_f32<N>(p, x);
+  } else {
+    uint16_t h[N];
+    fo_ld_u16<N>(p, h);
+    FO_BW_UNROLL
+    for (int j = 0; j < N; j++)
+      x[j] = DT == FO_RULE_BF16 ? fo_bf16_to_f32(h[j]) : fo_f16_to_f32(h[j]);
+  }
+}
+
+/* N fp32 values rounded to nearest even into dtype DT at p. */
+template <int DT, int N>
+FO_BW_FN void fo_st_round(typename fo_elem<DT>::type *p, const float (&x)[N]) {
+  if constexpr (DT == FO_RULE_F32) {
+    fo_st_f32<N>(p, x);
+  } else {
+    uint16_t h[N];
+    FO_BW_UNROLL
+    for (int j = 0; j < N; j++)
+      h[j] = DT == FO_RULE_BF16 ? fo_f32_to_bf16(x[j]) : fo_f32_to_f16(x[j]);
+    fo_st_u16<N>(p, h);
+  }
+}
+
+/* ------------------------------------------------------------ the step */
+
+/* Vector width and ILP of the step for a (param, grad) dtype pair: 16 bytes
+ * per access of the narrowest array, 16 elements per thread per round
+ * either way (the chunk is a multiple of W * nthreads * ILP, so every round
+ * but a tensor's last block's is full). */
+template <int PT, int GT> struct fo_step_shape {
+  static constexpr int W = (PT == FO_RULE_F32 && GT == FO_RULE_F32) ? 4 : 8;
+  static constexpr int ILP_VEC = 16 / W;
+  static constexpr int ILP_SCALAR = 4;
+};
+
+/* The update of one block, as a visitor of fo_block_loop.  ALG is the rule,
+ * PT and GT the parameter and gradient dtypes; MASTER: fp32 master weights
+ * are read and written and the parameter is only written; SR: the bf16
+ * parameter (no master) is rounded stochastically. */
+template <int ALG, int PT, int GT, bool MASTER, bool SR>
+struct fo_step_op {
+  typedef typename fo_elem<PT>::type param_t;
+  typedef typename fo_elem<GT>::type grad_t;
+  typedef fo_step_shape<PT, GT> shape;
+  static constexpr int W = shape::W;
+  static constexpr int ILP_VEC = shape::ILP_VEC;
+  static constexpr int ILP_SCALAR = shape::ILP_SCALAR;
+  static_assert(!SR || (PT == FO_RULE_BF16 && !MASTER),
+                "stochastic rounding is for bf16 parameters without master");
+  static_assert(!MASTER || PT != FO_RULE_F32, "fp32 parameters keep no master");
+
+  /* The block's buffers, offset to its first element. */
+  param_t *param;
+  const grad_t *grad;
+  float *master;
+  float *m;    /* exp_avg / momentum buffer */
+  float *v;    /* exp_avg_sq */
+  float *vmax; /* max_exp_avg_sq */
+  /* Which state this block touches: a buffer is used when the tensor has it
+   * and the group's flags need it (a group without momentum or AMSGrad in
+   * an optimizer that keeps the buffer for another group leaves it alone).
+   * load_m is false on SGD's first step, which sets the buffer without
+   * reading it. */
+  bool use_m, load_m, use_v, use_vmax;
+  fo_rule_scalars s;
+  uint64_t seed, step, tensor, start;
+  int64_t n;
+  bool vec;
+
+  FO_BW_FN fo_step_op(const fo_step_launch &a, int64_t b) {
+    const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
+    /* The library's step reads the scalars, the step number and the skip
+     * decision from the step state the prepare kernel wrote (device memory,
+     * so a captured graph replays correctly); a launch without a state
+     * carries them by value. */
+    const fo_step_state *st = a.state;
+    s = st ? st->groups[r.t.group] : a.groups[r.t.group];
+    step = (uint64_t)(st ? st->step : a.step);
+    n = st && st->skip ? 0 : r.n;
+    tensor = (uint64_t)r.tensor;
+    start = (uint64_t)r.start;
+    seed = a.seed;
+    param = r.t.param ? (param_t *)r.t.param + r.start : nullptr;
+    grad = r.t.grad ? (const grad_t *)r.t.grad + r.start : nullptr;
+    master = MASTER && r.t.master ? r.t.master + r.start : nullptr;
+    m = r.t.exp_avg ? r.t.exp_avg + r.start : nullptr;
+    v = r.t.exp_avg_sq ? r.t.exp_avg_sq + r.start : nullptr;
+    vmax = r.t.max_exp_avg_sq ? r.t.max_exp_avg_sq + r.start : nullptr;
+    if (ALG == FO_RULE_SGD) {
+      use_m = m && (s.flags & FO_RULE_MOMENTUM);
+      load_m = use_m && !(s.flags & FO_RULE_FIRST_STEP);
+      use_v = use_vmax = false;
+    } else {
+      use_m = load_m = m != nullptr;
+      use_v = ALG != FO_RULE_LION && v != nullptr;
+      use_vmax = ALG != FO_RULE_LION && vmax && (s.flags & FO_RULE_AMSGRAD);
+    }
+    if (!use_m) m = nullptr;
+    if (!use_v) v = nullptr;
+    if (!use_vmax) vmax = nullptr;
+    /* A block whose master (when MASTER) or parameter or gradient is missing
+     * is a broken plan: do nothing rather than fault. */
+    if (!param || !grad || (MASTER && !master)) n = 0;
+    vec = r.t.vector_ok && aligned_at(0);
+  }
+
+  /* True when every buffer this block touches is 16-byte aligned at
+   * block-relative element off: the condition of a vector access there
+   * (checked by the CPU tier at every vector access it runs). */
+  FO_BW_FN bool aligned_at(int64_t off) const {
+    return fo_aligned16(param + off) && fo_aligned16(grad + off) &&
+           (!master || fo_aligned16(master + off)) && (!m || fo_aligned16(m + off)) &&
+           (!v || fo_aligned16(v + off)) && (!vmax || fo_aligned16(vmax + off));
+  }
+
+  template <int N, int K>
+  FO_BW_FN void operator()(const int64_t (&off)[K]) const {
+    /* Unused state stays 0 in registers: the rules never read it for this
+     * configuration (rules.h: m, v, vmax may point at dummies). */
+    float p[K][N], g[K][N], mm[K][N], vv[K][N], xx[K][N];
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++) {
+      FO_BW_UNROLL
+      for (int j = 0; j < N; j++) mm[k][j] = vv[k][j] = xx[k][j] = 0.0f;
+    }
+    /* 1. every load of the group, so they are all in flight at once */
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++) {
+      if (off[k] < 0) continue;
+      const int64_t e = off[k];
+      if constexpr (MASTER)
+        fo_ld_f32<N>(master + e, p[k]);
+      else
+        fo_ld_widen<PT, N>(param + e, p[k]);
+      fo_ld_widen<GT, N>(grad + e, g[k]);
+      if (load_m) fo_ld_f32<N>(m + e, mm[k]);
+      if (use_v) fo_ld_f32<N>(v + e, vv[k]);
+      if (use_vmax) fo_ld_f32<N>(vmax + e, xx[k]);
+    }
+    /* 2. the arithmetic, rules.h's */
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++) {
+      if (off[k] < 0) continue;
+      FO_BW_UNROLL
+      for (int j = 0; j < N; j++)
+        fo_update_element(ALG, &p[k][j], &mm[k][j], &vv[k][j], &xx[k][j],
+                          g[k][j], &s);
+    }
+    /* 3. every store */
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++) {
+      if (off[k] < 0) continue;
+      const int64_t e = off[k];
+      if (use_m) fo_st_f32<N>(m + e, mm[k]);
+      if (use_v) fo_st_f32<N>(v + e, vv[k]);
+      if (use_vmax) fo_st_f32<N>(vmax + e, xx[k]);
+      if constexpr (MASTER) fo_st_f32<N>(master + e, p[k]);
+      if constexpr (SR) {
+        uint16_t h[N];
+        FO_BW_UNROLL
+        for (int j = 0; j < N; j++)
+          h[j] = fo_f32_to_bf16_sr(
+              p[k][j], fo_sr_bits(seed, step, tensor, start + (uint64_t)(e + j)));
+        fo_st_u16<N>(param + e, h);
+      } else {
+        fo_st_round<PT, N>(param + e, p[k]);
+      }
+    }
+  }
+};
+
+/* The step's work for block b, thread tid of nthreads: what the kernel
+ * runs, and what the CPU tier runs for every (b, tid). */
+template <int ALG, int PT, int GT, bool MASTER, bool SR>
+FO_BW_FN void fo_step_block(const fo_step_launch &a, int64_t b, int tid,
+                            int nthreads) {
+  fo_run_block(fo_step_op<ALG, PT, GT, MASTER, SR>(a, b), tid, nthreads);
+}
+
+/* --------------------------------------------------- sync-master, zero */
+
+/* Plan arguments shared by the sync-master and zero-grad launches. */
+struct fo_plan_args {
+  const fo_plan_block *blocks;
+  const fo_plan_tensor *tensors;
+  int64_t num_blocks;
+  int64_t chunk;
+};
+
+/* master = widen(param) for one block; PT is the parameter dtype.  W is one
+ * 16-byte access of the parameter. */
+template <int PT>
+struct fo_sync_master_op {
+  typedef typename fo_elem<PT>::type param_t;
+  static constexpr int W = 16 / fo_elem_size<PT>::value;
+  static constexpr int ILP_VEC = 2;
+  static constexpr int ILP_SCALAR = 4;
+
+  const param_t *param;
+  float *master;
+  int64_t n;
+  bool vec;
+
+  FO_BW_FN fo_sync_master_op(const fo_plan_args &a, int64_t b) {
+    const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
+    param = r.t.param ? (const param_t *)r.t.param + r.start : nullptr;
+    master = r.t.master ? r.t.master + r.start : nullptr;
+    n = param && master ? r.n : 0;
+    vec = r.t.vector_ok && aligned_at(0);
+  }
+
+  FO_BW_FN bool aligned_at(int64_t off) const {
+    return fo_aligned16(param + off) && fo_aligned16(master + off);
+  }
+
+  template <int N, int K>
+  FO_BW_FN void operator()(const int64_t (&off)[K]) const {
+    float x[K][N];
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++)
+      if (off[k] >= 0) fo_ld_widen<PT, N>(param + off[k], x[k]);
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++)
+      if (off[k] >= 0) fo_st_f32<N>(master + off[k], x[k]);
+  }
+};
+
+template <int PT>
+FO_BW_FN void fo_sync_master_block(const fo_plan_args &a, int64_t b, int tid,
+                                   int nthreads) {
+  fo_run_block(fo_sync_master_op<PT>(a, b), tid, nthreads);
+}
+
+/* grad = 0 for one block; GT is the gradient dtype.  Zero is all-zero bits
+ * in every dtype, so the store needs no conversion. */
+template <int GT>
+struct fo_zero_grad_op {
+  typedef typename fo_elem<GT>::type grad_t;
+  static constexpr int W = 16 / fo_elem_size<GT>::value;
+  static constexpr int ILP_VEC = 2;
+  static constexpr int ILP_SCALAR = 4;
+
+  grad_t *grad;
+  int64_t n;
+  bool vec;
+
+  FO_BW_FN fo_zero_grad_op(const fo_plan_args &a, int64_t b) {
+    const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
+    grad = r.t.grad ? (grad_t *)r.t.grad + r.start : nullptr;
+    n = grad ? r.n : 0;
+    vec = r.t.vector_ok && aligned_at(0);
+  }
+
+  FO_BW_FN bool aligned_at(int64_t off) const { return fo_aligned16(grad + off); }
+
+  template <int N, int K>
+  FO_BW_FN void operator()(const int64_t (&off)[K]) const {
+    float zero[N];
+    FO_BW_UNROLL
+    for (int j = 0; j < N; j++) zero[j] = 0.0f;
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++)
+      if (off[k] >= 0) fo_st_round<GT, N>(grad + off[k], zero);
+  }
+};
+
+template <int GT>
+FO_BW_FN void fo_zero_grad_block(const fo_plan_args &a, int64_t b, int tid,
+                                 int nthreads) {
+  fo_run_block(fo_zero_grad_op<GT>(a, b), tid, nthreads);
+}
+
+#endif /* FO_BLOCK_WORK_CUH */
