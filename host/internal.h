@@ -12,6 +12,10 @@
 #include "rules.h"
 #include "step_state.h"
 
+#ifdef __cplusplus
+extern "C" { /* the C++ tests of the kernels' block work call the plan */
+#endif
+
 /* Alignment of every tensor inside a role buffer, in elements: 128 elements
  * are 256 bytes of a 16-bit dtype and 512 of fp32, so every tensor starts on
  * a 256-byte boundary in every role. */
@@ -133,5 +137,9 @@ fo_status fo_cuda_write_state(const char *func, fo_optimizer *opt, const fo_step
 fo_status fo_cuda_sync_master(fo_optimizer *opt, fo_stream_t stream);
 fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream);
 fo_status fo_cuda_synchronize(int device);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* FO_INTERNAL_H */

@@ -367,14 +367,12 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
   FO_TRY(layout_tensors(fn, opt, tensors));
   FO_TRY(build_plan(fn, opt));
   FO_TRY(alloc_step_state(fn, opt));
-  if (opt->keeps.master && options->storage == FO_STORAGE_EXTERNAL) {
-    if (options->executor == FO_EXEC_CUDA) {
-      FO_TRY(fo_cuda_sync_master(opt, NULL));
-      FO_TRY(fo_cuda_synchronize(options->device));
-    } else {
-      FO_TRY(fo_cpu_sync_master(opt));
-    }
-  }
+  if (opt->keeps.master && options->storage == FO_STORAGE_EXTERNAL)
+    FO_TRY(options->executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, NULL)
+                                              : fo_cpu_sync_master(opt));
+  /* The zero-fills, uploads and master copy above ran on the legacy default
+   * stream; wait for them, so a caller's non-blocking stream sees them. */
+  if (options->executor == FO_EXEC_CUDA) FO_TRY(fo_cuda_synchronize(options->device));
 done:
   if (st != FO_SUCCESS) {
     free_optimizer(opt);

@@ -516,4 +516,103 @@ FO_BW_FN void fo_zero_grad_block(const fo_plan_args &a, int64_t b, int tid,
   fo_run_block(fo_zero_grad_op<GT>(a, b), tid, nthreads);
 }
 
+/* ------------------------------------ the gradient pre-pass and unscale */
+
+/* Sum of squares of one block's gradients, for the global norm and the
+ * non-finite check (step_state.h).  Each square is formed in double, so a
+ * finite gradient cannot overflow it.  sum is the calling thread's own
+ * accumulator; GT is the gradient dtype. */
+template <int GT>
+struct fo_grad_sumsq_op {
+  typedef typename fo_elem<GT>::type grad_t;
+  static constexpr int W = 16 / fo_elem_size<GT>::value;
+  static constexpr int ILP_VEC = 2;
+  static constexpr int ILP_SCALAR = 4;
+
+  const grad_t *grad;
+  int64_t n;
+  bool vec;
+  double *sum;
+
+  FO_BW_FN fo_grad_sumsq_op(const fo_plan_args &a, int64_t b, double *acc) : sum(acc) {
+    const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
+    grad = r.t.grad ? (const grad_t *)r.t.grad + r.start : nullptr;
+    n = grad ? r.n : 0;
+    vec = r.t.vector_ok && aligned_at(0);
+  }
+
+  FO_BW_FN bool aligned_at(int64_t off) const { return fo_aligned16(grad + off); }
+
+  template <int N, int K>
+  FO_BW_FN void operator()(const int64_t (&off)[K]) const {
+    float g[K][N];
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++)
+      if (off[k] >= 0) fo_ld_widen<GT, N>(grad + off[k], g[k]);
+    double s = *sum;
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++) {
+      if (off[k] < 0) continue;
+      FO_BW_UNROLL
+      for (int j = 0; j < N; j++) s += (double)g[k][j] * (double)g[k][j];
+    }
+    *sum = s;
+  }
+};
+
+/* Thread tid's share of block b's sum of squares. */
+template <int GT>
+FO_BW_FN double fo_grad_sumsq_block(const fo_plan_args &a, int64_t b, int tid, int nthreads) {
+  double sum = 0.0;
+  fo_run_block(fo_grad_sumsq_op<GT>(a, b, &sum), tid, nthreads);
+  return sum;
+}
+
+/* g = g * grad_coef for one block, rounded to the gradient dtype: the
+ * optional write-back of unscaled (clipped, averaged) gradients after a
+ * step that was not skipped. */
+template <int GT>
+struct fo_unscale_op {
+  typedef typename fo_elem<GT>::type grad_t;
+  static constexpr int W = 16 / fo_elem_size<GT>::value;
+  static constexpr int ILP_VEC = 2;
+  static constexpr int ILP_SCALAR = 4;
+
+  grad_t *grad;
+  float coef;
+  int64_t n;
+  bool vec;
+
+  FO_BW_FN fo_unscale_op(const fo_plan_args &a, const fo_step_state *st, int64_t b) {
+    const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
+    grad = r.t.grad ? (grad_t *)r.t.grad + r.start : nullptr;
+    coef = st->grad_coef;
+    n = grad && !st->skip ? r.n : 0;
+    vec = r.t.vector_ok && aligned_at(0);
+  }
+
+  FO_BW_FN bool aligned_at(int64_t off) const { return fo_aligned16(grad + off); }
+
+  template <int N, int K>
+  FO_BW_FN void operator()(const int64_t (&off)[K]) const {
+    float g[K][N];
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++)
+      if (off[k] >= 0) fo_ld_widen<GT, N>(grad + off[k], g[k]);
+    FO_BW_UNROLL
+    for (int k = 0; k < K; k++) {
+      if (off[k] < 0) continue;
+      FO_BW_UNROLL
+      for (int j = 0; j < N; j++) g[k][j] *= coef;
+      fo_st_round<GT, N>(grad + off[k], g[k]);
+    }
+  }
+};
+
+template <int GT>
+FO_BW_FN void fo_unscale_block(const fo_plan_args &a, const fo_step_state *st, int64_t b,
+                               int tid, int nthreads) {
+  fo_run_block(fo_unscale_op<GT>(a, st, b), tid, nthreads);
+}
+
 #endif /* FO_BLOCK_WORK_CUH */

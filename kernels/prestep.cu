@@ -11,32 +11,27 @@
  *   fo_unscale_kernel      optional: writes g * coef back, for callers that
  *                          inspect their gradients.
  *
- * Every reduction has a fixed shape (thread mapping and tree), so the norm
+ * The per-block work (which thread reads which gradient, 16-byte loads) is
+ * block_work.cuh's, so the CPU tier checks it; only the block reductions
+ * here are GPU-only.  Every reduction has a fixed shape (thread mapping and tree), so the norm
  * is bit-identical from run to run: no float atomics.
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "block_work.cuh"
+#include "grid.cuh"
 #include "launch.h"
 #include "step_state.h"
 
-#define PRE_THREADS 256
 #define PREPARE_THREADS 1024
 
-template <int GT>
-static __device__ __forceinline__ float load_grad(const void *g, int64_t i) {
-  if (GT == FO_RULE_F32) return static_cast<const float *>(g)[i];
-  const uint16_t h = static_cast<const uint16_t *>(g)[i];
-  return GT == FO_RULE_F16 ? fo_f16_to_f32(h) : fo_bf16_to_f32(h);
-}
-
-template <int GT>
-static __device__ __forceinline__ void store_grad(void *g, int64_t i, float x) {
-  if (GT == FO_RULE_F32)
-    static_cast<float *>(g)[i] = x;
-  else
-    static_cast<uint16_t *>(g)[i] = GT == FO_RULE_F16 ? fo_f32_to_f16(x) : fo_f32_to_bf16(x);
-}
+/* Arguments of the per-plan-block pre-pass and unscale kernels. */
+struct fo_prestep_args {
+  fo_plan_args plan;
+  double *partials;           /* pre-pass output, one per plan block */
+  const fo_step_state *state; /* unscale input */
+};
 
 /* Sum of v over the block, the same tree every time; result in thread 0. */
 template <int THREADS>
@@ -52,23 +47,15 @@ static __device__ double block_sum(double v) {
   return v;
 }
 
-/* Each square is formed in double: a finite fp32 gradient cannot overflow
- * it, so a partial is non-finite exactly when one of its gradients is. */
+/* Each thread sums its share with the block work's own loop (16-byte
+ * loads), then the block reduces the shares in a fixed tree. */
 template <int GT>
-__global__ void __launch_bounds__(PRE_THREADS)
-    fo_grad_sumsq_kernel(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
-                         int64_t chunk, int64_t first_block, double *partials) {
+__global__ void __launch_bounds__(FO_CUDA_THREADS)
+    fo_grad_sumsq_kernel(const __grid_constant__ fo_prestep_args a, int64_t first_block) {
   const int64_t b = first_block + blockIdx.x;
-  const fo_plan_block blk = blocks[b];
-  const fo_plan_tensor t = tensors[blk.tensor];
-  const int64_t end = t.numel - blk.start < chunk ? t.numel : blk.start + chunk;
-  double sum = 0.0;
-  for (int64_t i = blk.start + threadIdx.x; i < end; i += PRE_THREADS) {
-    const double g = (double)load_grad<GT>(t.grad, i);
-    sum += g * g;
-  }
-  sum = block_sum<PRE_THREADS>(sum);
-  if (threadIdx.x == 0) partials[b] = sum;
+  double sum = fo_grad_sumsq_block<GT>(a.plan, b, (int)threadIdx.x, (int)blockDim.x);
+  sum = block_sum<FO_CUDA_THREADS>(sum);
+  if (threadIdx.x == 0) a.partials[b] = sum;
 }
 
 __global__ void __launch_bounds__(PREPARE_THREADS)
@@ -82,54 +69,26 @@ __global__ void __launch_bounds__(PREPARE_THREADS)
 }
 
 template <int GT>
-__global__ void __launch_bounds__(PRE_THREADS)
-    fo_unscale_kernel(const fo_plan_block *blocks, const fo_plan_tensor *tensors, int64_t chunk,
-                      int64_t first_block, const fo_step_state *state) {
-  if (state->skip) return;
-  const float coef = state->grad_coef;
-  const fo_plan_block blk = blocks[first_block + blockIdx.x];
-  const fo_plan_tensor t = tensors[blk.tensor];
-  const int64_t end = t.numel - blk.start < chunk ? t.numel : blk.start + chunk;
-  for (int64_t i = blk.start + threadIdx.x; i < end; i += PRE_THREADS)
-    store_grad<GT>(t.grad, i, load_grad<GT>(t.grad, i) * coef);
+__global__ void __launch_bounds__(FO_CUDA_THREADS)
+    fo_unscale_kernel(const __grid_constant__ fo_prestep_args a, int64_t first_block) {
+  fo_unscale_block<GT>(a.plan, a.state, first_block + blockIdx.x, (int)threadIdx.x,
+                       (int)blockDim.x);
 }
 
 /* ------------------------------------------------------------ launchers */
 
-static const int64_t MAX_GRID = 2147483647;
-
-/* Launch a per-plan-block kernel over num_blocks blocks in grid slices. */
-template <class Launch>
-static int over_plan(int64_t num_blocks, Launch launch) {
-  for (int64_t first = 0; first < num_blocks; first += MAX_GRID) {
-    const int64_t left = num_blocks - first;
-    launch((unsigned)(left < MAX_GRID ? left : MAX_GRID), first);
-    const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return (int)e;
-  }
-  return 0;
-}
-
 extern "C" int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
                                     int64_t num_blocks, int64_t chunk, int32_t grad_dtype,
                                     double *partials, void *stream) {
-  cudaStream_t s = (cudaStream_t)stream;
-  return over_plan(num_blocks, [&](unsigned grid, int64_t first) {
-    switch (grad_dtype) {
-      case FO_RULE_F32:
-        fo_grad_sumsq_kernel<FO_RULE_F32><<<grid, PRE_THREADS, 0, s>>>(blocks, tensors, chunk,
-                                                                       first, partials);
-        break;
-      case FO_RULE_F16:
-        fo_grad_sumsq_kernel<FO_RULE_F16><<<grid, PRE_THREADS, 0, s>>>(blocks, tensors, chunk,
-                                                                       first, partials);
-        break;
-      default:
-        fo_grad_sumsq_kernel<FO_RULE_BF16><<<grid, PRE_THREADS, 0, s>>>(blocks, tensors, chunk,
-                                                                        first, partials);
-        break;
-    }
-  });
+  if (num_blocks <= 0) return (int)cudaSuccess;
+  const fo_prestep_args a = {{blocks, tensors, num_blocks, chunk}, partials, nullptr};
+  const cudaStream_t s = (cudaStream_t)stream;
+  switch (grad_dtype) {
+    case FO_RULE_F32: return fo_launch_grid(fo_grad_sumsq_kernel<FO_RULE_F32>, a, num_blocks, s);
+    case FO_RULE_F16: return fo_launch_grid(fo_grad_sumsq_kernel<FO_RULE_F16>, a, num_blocks, s);
+    case FO_RULE_BF16: return fo_launch_grid(fo_grad_sumsq_kernel<FO_RULE_BF16>, a, num_blocks, s);
+    default: return (int)cudaErrorInvalidValue;
+  }
 }
 
 extern "C" int fo_launch_prepare(const fo_prepare_args *args, const double *partials,
@@ -143,21 +102,13 @@ extern "C" int fo_launch_unscale_grads(const fo_plan_block *blocks,
                                        const fo_plan_tensor *tensors, int64_t num_blocks,
                                        int64_t chunk, int32_t grad_dtype,
                                        const fo_step_state *state, void *stream) {
-  cudaStream_t s = (cudaStream_t)stream;
-  return over_plan(num_blocks, [&](unsigned grid, int64_t first) {
-    switch (grad_dtype) {
-      case FO_RULE_F32:
-        fo_unscale_kernel<FO_RULE_F32><<<grid, PRE_THREADS, 0, s>>>(blocks, tensors, chunk, first,
-                                                                    state);
-        break;
-      case FO_RULE_F16:
-        fo_unscale_kernel<FO_RULE_F16><<<grid, PRE_THREADS, 0, s>>>(blocks, tensors, chunk, first,
-                                                                    state);
-        break;
-      default:
-        fo_unscale_kernel<FO_RULE_BF16><<<grid, PRE_THREADS, 0, s>>>(blocks, tensors, chunk,
-                                                                     first, state);
-        break;
-    }
-  });
+  if (num_blocks <= 0) return (int)cudaSuccess;
+  const fo_prestep_args a = {{blocks, tensors, num_blocks, chunk}, nullptr, state};
+  const cudaStream_t s = (cudaStream_t)stream;
+  switch (grad_dtype) {
+    case FO_RULE_F32: return fo_launch_grid(fo_unscale_kernel<FO_RULE_F32>, a, num_blocks, s);
+    case FO_RULE_F16: return fo_launch_grid(fo_unscale_kernel<FO_RULE_F16>, a, num_blocks, s);
+    case FO_RULE_BF16: return fo_launch_grid(fo_unscale_kernel<FO_RULE_BF16>, a, num_blocks, s);
+    default: return (int)cudaErrorInvalidValue;
+  }
 }

@@ -14,11 +14,9 @@
 #include <stdint.h>
 
 #include "block_work.cuh"
+#include "grid.cuh"
 #include "launch.h"
 
-/* blockIdx.x is at most 2^31 - 1: a larger plan is covered by several
- * launches, each with the index of its first block. */
-static const int64_t FO_MAX_GRID = 2147483647;
 
 /* ---------------------------------------------------------------- kernels */
 
@@ -46,20 +44,6 @@ __global__ void __launch_bounds__(FO_CUDA_THREADS)
                          (int)blockDim.x);
 }
 
-/* Launch kernel over num_blocks blocks in slices of at most FO_MAX_GRID;
- * returns the first launch error. */
-template <class Args>
-static int fo_launch_grid(void (*kernel)(Args, int64_t), const Args &args,
-                          int64_t num_blocks, cudaStream_t stream) {
-  for (int64_t first = 0; first < num_blocks; first += FO_MAX_GRID) {
-    const int64_t left = num_blocks - first;
-    const unsigned grid = (unsigned)(left < FO_MAX_GRID ? left : FO_MAX_GRID);
-    kernel<<<grid, FO_CUDA_THREADS, 0, stream>>>(args, first);
-    const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return (int)e;
-  }
-  return (int)cudaSuccess;
-}
 
 /* ---------------------------------------------------- step dispatching */
 

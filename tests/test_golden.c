@@ -261,7 +261,7 @@ static int compare(const golden *g, fo_storage sto, const char *what, int t, con
     g_worst_ratio = rep.worst_err / rep.worst_tol;
   free(w);
   if (!ok) {
-    char label[160], line[512];
+    char label[256], line[512];
     snprintf(label, sizeof label, "%s (%s): %s of tensor %d", g->name,
              sto == FO_STORAGE_ARENA ? "arena" : "external", what, t);
     tu_report_format(&rep, label, line, sizeof line);

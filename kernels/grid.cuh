@@ -1,0 +1,32 @@
+/*
+ * grid.cuh -- launching a per-plan-block kernel over any number of blocks.
+ *
+ * blockIdx.x is at most 2^31 - 1: a larger plan is covered by several
+ * launches, each passing the index of its first block.
+ */
+#ifndef FO_GRID_CUH
+#define FO_GRID_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "launch.h"
+
+static const int64_t FO_MAX_GRID = 2147483647;
+
+/* Launch kernel over num_blocks blocks in slices of at most FO_MAX_GRID;
+ * returns the first launch error. */
+template <class Args>
+static int fo_launch_grid(void (*kernel)(Args, int64_t), const Args &args,
+                          int64_t num_blocks, cudaStream_t stream) {
+  for (int64_t first = 0; first < num_blocks; first += FO_MAX_GRID) {
+    const int64_t left = num_blocks - first;
+    const unsigned grid = (unsigned)(left < FO_MAX_GRID ? left : FO_MAX_GRID);
+    kernel<<<grid, FO_CUDA_THREADS, 0, stream>>>(args, first);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return (int)e;
+  }
+  return (int)cudaSuccess;
+}
+
+#endif /* FO_GRID_CUH */
