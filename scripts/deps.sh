@@ -2,6 +2,8 @@
 # Installs what fusedopt needs to build and test on a Debian machine, and
 # checks what cannot be installed from Debian (the CUDA 13 toolkit and NCCL).
 # Installs only what is missing, so a second run costs a second.
+#   deps.sh          what building and testing need
+#   deps.sh --demo   also what the demo's plot needs (gnuplot)
 set -euo pipefail
 
 need=()
@@ -12,6 +14,9 @@ have_cmd pkg-config || need+=(pkg-config)
 have_cmd gcc || need+=(gcc)
 have_cmd g++ || need+=(g++)
 pkg-config --exists criterion 2>/dev/null || need+=(libcriterion-dev)
+pkg-config --exists zlib 2>/dev/null || need+=(zlib1g-dev) # examples/train reads gzip
+# The demo draws its loss curves with gnuplot; the tests do not need it.
+if [ "${1:-}" = "--demo" ]; then have_cmd gnuplot || need+=(gnuplot-nox); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

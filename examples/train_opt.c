@@ -1,0 +1,101 @@
+/*
+ * train_opt.c -- from the flags to the library's hyper-parameters and
+ * schedule, with each optimizer's defaults in one table.
+ */
+#include <math.h>
+#include <stdio.h>
+
+#include "train.h"
+
+typedef struct opt_defaults {
+  float lr, wd, momentum;
+} opt_defaults;
+
+/* Training the MLP (tuned on the digits; see docs/train.md). */
+static const opt_defaults train_defaults[OPT_COUNT] = {
+    [OPT_SGD] = {0.2f, 5e-4f, 0.0f},  [OPT_NESTEROV] = {0.05f, 5e-4f, 0.9f},
+    [OPT_ADAM] = {2e-3f, 0.0f, 0.0f}, [OPT_ADAMW] = {2e-3f, 0.05f, 0.0f},
+    [OPT_LION] = {5e-4f, 0.1f, 0.0f},
+};
+
+/* The quadratic bowl: no weight decay, one learning rate for all. */
+static const opt_defaults bowl_defaults[OPT_COUNT] = {
+    [OPT_SGD] = {0.05f, 0.0f, 0.0f},  [OPT_NESTEROV] = {0.05f, 0.0f, 0.9f},
+    [OPT_ADAM] = {0.05f, 0.0f, 0.0f}, [OPT_ADAMW] = {0.05f, 0.0f, 0.0f},
+    [OPT_LION] = {0.05f, 0.0f, 0.0f},
+};
+
+int fo_failed(fo_status st, const char *call) {
+  if (st == FO_SUCCESS) return 0;
+  fprintf(stderr, "train: %s: %s: %s\n", call, fo_status_string(st), fo_last_error());
+  return 1;
+}
+
+fo_algorithm opt_algorithm(int opt) {
+  switch (opt) {
+    case OPT_ADAM: return FO_ALG_ADAM;
+    case OPT_ADAMW: return FO_ALG_ADAMW;
+    case OPT_LION: return FO_ALG_LION;
+    default: return FO_ALG_SGD;
+  }
+}
+
+static float given_or(double value, float fallback) {
+  return isnan(value) ? fallback : (float)value;
+}
+
+void make_hparams(const train_config *cfg, int opt, fo_hparams *weights, fo_hparams *biases) {
+  const opt_defaults *d = cfg->bowl ? &bowl_defaults[opt] : &train_defaults[opt];
+  fo_hparams_default(opt_algorithm(opt), weights); /* PyTorch's betas and eps */
+  weights->lr = given_or(cfg->lr, d->lr);
+  weights->weight_decay = given_or(cfg->wd, d->wd);
+  if (opt == OPT_SGD || opt == OPT_NESTEROV) {
+    weights->momentum = given_or(cfg->momentum, d->momentum);
+    weights->nesterov = opt == OPT_NESTEROV;
+  }
+  weights->beta1 = given_or(cfg->beta1, weights->beta1);
+  weights->beta2 = given_or(cfg->beta2, weights->beta2);
+  *biases = *weights;
+  biases->weight_decay = 0.0f;
+}
+
+/* The kinds' own lengths, as fractions of the steps after the warmup. */
+static void fill_schedule_shape(fo_schedule *s, int64_t decay_steps) {
+  int64_t third = decay_steps / 3 > 0 ? decay_steps / 3 : 1;
+  switch (s->kind) {
+    case FO_SCHED_STEP: /* x0.1 twice */
+      s->step_size = third;
+      s->gamma = 0.1f;
+      break;
+    case FO_SCHED_EXPONENTIAL: /* down to 1% at the end */
+      s->gamma = decay_steps > 0 ? (float)pow(0.01, 1.0 / (double)decay_steps) : 1.0f;
+      break;
+    case FO_SCHED_COSINE_RESTARTS: /* three equal periods */
+      s->period = third;
+      s->period_mult = 1;
+      break;
+    case FO_SCHED_CYCLIC: /* two triangles between 10% and 100% */
+      s->step_size = decay_steps / 4 > 0 ? decay_steps / 4 : 1;
+      s->min_ratio = 0.1f;
+      break;
+    default: break;
+  }
+}
+
+int make_schedule(const train_config *cfg, int64_t total_steps, int64_t default_warmup,
+                  fo_schedule *out) {
+  fo_options defaults;
+  fo_options_default(&defaults);
+  *out = defaults.schedule;
+  int kind = cfg->schedule >= 0 ? cfg->schedule : cfg->bowl ? SCHED_CONSTANT : SCHED_COSINE;
+  out->kind = (fo_schedule_kind)kind; /* sched_choice follows fo_schedule_kind */
+  out->warmup_steps = cfg->warmup >= 0 ? cfg->warmup : default_warmup;
+  if (out->warmup_steps >= total_steps && kind != SCHED_CONSTANT) {
+    fprintf(stderr, "train: --warmup %lld leaves nothing of the %lld steps for the %s schedule\n",
+            (long long)out->warmup_steps, (long long)total_steps, schedule_name(kind));
+    return EXIT_TRAIN_USAGE;
+  }
+  out->total_steps = total_steps;
+  fill_schedule_shape(out, total_steps - out->warmup_steps);
+  return 0;
+}
