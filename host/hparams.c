@@ -174,7 +174,7 @@ void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *a) {
   a->num_groups = opt->num_groups;
   a->check_grads = opt->check_grads;
   a->max_grad_norm = o->max_grad_norm;
-  a->grad_divisor = 1.0f;
+  a->grad_divisor = opt->grad_divisor;
   a->scaler.enabled = o->loss_scaler.enabled;
   a->scaler.growth_interval = o->loss_scaler.growth_interval;
   a->scaler.hysteresis = o->loss_scaler.hysteresis;

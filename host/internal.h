@@ -58,6 +58,9 @@ struct fo_optimizer {
   /* A pre-pass over the gradients runs before each step (clipping or loss
    * scaling is on). */
   int check_grads;
+  /* Gradients are divided by this inside the update (the number of ranks
+   * whose gradients were summed; 1 without a communicator). */
+  float grad_divisor;
 
   /* Per-step state and the pre-pass's partial sums, in the executor's
    * memory (device memory on CUDA). */

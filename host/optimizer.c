@@ -346,6 +346,7 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
   opt->num_groups = num_groups;
   opt->keeps = state_needed(options, hparams, num_groups);
   opt->check_grads = options->max_grad_norm > 0.0f || options->loss_scaler.enabled;
+  opt->grad_divisor = 1.0f;
   opt->num_tensors = num_tensors;
   size_t n1 = (size_t)num_tensors + 1; /* never malloc(0) */
   opt->names = calloc(n1, sizeof *opt->names);
