@@ -17,10 +17,13 @@
  *   - pointers in the wrong memory: FO_ERR_BAD_POINTER.
  *
  * Tolerances against the CPU executor.  The kernels call the same rules.h
- * functions with the same scalars, but nvcc contracts a*b + c into fused
- * multiply-adds and gcc (ISO C mode) does not (docs/numerics.md), so each
- * contracted operation skips one rounding: at most ~8 per element and step,
- * six steps, <= ~50 u ~ 3e-6 of the magnitudes involved.  Hence:
+ * functions, and neither compiler contracts a*b + c (gcc in ISO C mode,
+ * nvcc with --fmad=false), but the per-step scalars come from double pow()
+ * and cos(), whose device versions may differ from glibc's in the last bit
+ * (docs/numerics.md).  The bounds below are those of an FMA-contracted
+ * build, kept so the tier also holds for a build without --fmad=false: at
+ * most ~8 skipped roundings per element and step, six steps, <= ~50 u ~ 3e-6
+ * of the magnitudes involved.  Hence:
  *   - fp32 values (fp32 parameters, master weights, moments): |d| <= 1e-5 x
  *     the buffer's largest magnitude + 1e-5 x |value|;
  *   - 16-bit parameters with master: that plus 1 ulp of the 16-bit type
