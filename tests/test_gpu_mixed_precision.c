@@ -76,86 +76,10 @@
 #include "fusedopt.h"
 #include "reference.h"
 #include "testutil.h"
+#include "gpu_harness.h"
 
 #define GAP 96 /* poisoned bytes at least between two tensors */
 
-#define CK(call)                                                                  \
-  do {                                                                            \
-    cudaError_t e_ = (call);                                                      \
-    cr_assert_eq(e_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorName(e_),     \
-                 cudaGetErrorString(e_));                                         \
-  } while (0)
-#define OK(call)                                                                  \
-  do {                                                                            \
-    fo_status s_ = (call);                                                        \
-    cr_assert_eq(s_, FO_SUCCESS, "%s: %s (%s)", #call, fo_status_string(s_),      \
-                 fo_last_error());                                                \
-  } while (0)
-
-/* --------------------------------------------------------------- device */
-
-/* 1: run on the CUDA device; 0: the stand-in (FO_GPU_TEST_STAND_IN=cpu).
- * device_only: no stand-in (the test needs real streams). */
-static int require_device(int device_only) {
-  const char *s = getenv("FO_GPU_TEST_STAND_IN");
-  int n = 0;
-  if (fo_cuda_device_count(&n) == FO_SUCCESS && n > 0) return 1;
-  if (!device_only && s && strcmp(s, "cpu") == 0) return 0;
-  cr_skip_test("no usable CUDA device: %s", fo_last_error());
-}
-
-/* Memory of the executor under test (device memory, or host memory for the
- * stand-in) and the stream its copies and steps use. */
-typedef struct dev {
-  int cuda;
-  cudaStream_t stream;
-} dev;
-
-static void *dev_alloc(const dev *d, size_t bytes) {
-  void *p = NULL;
-  if (d->cuda)
-    CK(cudaMalloc(&p, bytes ? bytes : 1));
-  else
-    p = malloc(bytes ? bytes : 1);
-  cr_assert_not_null(p);
-  return p;
-}
-
-static void dev_free(const dev *d, void *p) {
-  if (d->cuda)
-    CK(cudaFree(p));
-  else
-    free(p);
-}
-
-static void dev_put(const dev *d, void *dst, const void *src, size_t bytes) {
-  if (!bytes) return;
-  if (d->cuda)
-    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, d->stream));
-  else
-    memcpy(dst, src, bytes);
-}
-
-static void dev_sync(const dev *d) {
-  if (d->cuda) CK(cudaStreamSynchronize(d->stream));
-}
-
-static void dev_get(const dev *d, void *dst, const void *src, size_t bytes) {
-  if (!bytes) return;
-  if (d->cuda) {
-    CK(cudaStreamSynchronize(d->stream));
-    CK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
-  } else {
-    memcpy(dst, src, bytes);
-  }
-}
-
-static void dev_poison(const dev *d, void *p, size_t bytes) {
-  if (d->cuda)
-    CK(cudaMemsetAsync(p, (int)TU_POISON, bytes, d->stream));
-  else
-    tu_poison(p, bytes);
-}
 
 static fo_stream_t dev_stream(const dev *d) { return d->cuda ? d->stream : NULL; }
 

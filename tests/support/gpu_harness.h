@@ -1,0 +1,97 @@
+/*
+ * gpu_harness.h -- what the GPU-tier tests share: status-checking macros,
+ * the skip-or-stand-in decision, and memory of the executor under test
+ * (device memory, or host memory when FO_GPU_TEST_STAND_IN=cpu runs a test's
+ * plumbing against the CPU executor on a machine without a GPU).
+ *
+ * Include after <criterion/criterion.h>, <cuda_runtime_api.h> and
+ * testutil.h.
+ */
+#ifndef FO_GPU_HARNESS_H
+#define FO_GPU_HARNESS_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "fusedopt.h"
+#include "testutil.h"
+
+#define CK(call)                                                                  \
+  do {                                                                            \
+    cudaError_t e_ = (call);                                                      \
+    cr_assert_eq(e_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorName(e_),     \
+                 cudaGetErrorString(e_));                                         \
+  } while (0)
+#define OK(call)                                                                  \
+  do {                                                                            \
+    fo_status s_ = (call);                                                        \
+    cr_assert_eq(s_, FO_SUCCESS, "%s: %s (%s)", #call, fo_status_string(s_),      \
+                 fo_last_error());                                                \
+  } while (0)
+
+/* --------------------------------------------------------------- device */
+
+/* 1: run on the CUDA device; 0: the stand-in (FO_GPU_TEST_STAND_IN=cpu).
+ * device_only: no stand-in (the test needs real streams). */
+static inline int require_device(int device_only) {
+  const char *s = getenv("FO_GPU_TEST_STAND_IN");
+  int n = 0;
+  if (fo_cuda_device_count(&n) == FO_SUCCESS && n > 0) return 1;
+  if (!device_only && s && strcmp(s, "cpu") == 0) return 0;
+  cr_skip_test("no usable CUDA device: %s", fo_last_error());
+}
+
+/* Memory of the executor under test (device memory, or host memory for the
+ * stand-in) and the stream its copies and steps use. */
+typedef struct dev {
+  int cuda;
+  cudaStream_t stream;
+} dev;
+
+static inline void *dev_alloc(const dev *d, size_t bytes) {
+  void *p = NULL;
+  if (d->cuda)
+    CK(cudaMalloc(&p, bytes ? bytes : 1));
+  else
+    p = malloc(bytes ? bytes : 1);
+  cr_assert_not_null(p);
+  return p;
+}
+
+static inline void dev_free(const dev *d, void *p) {
+  if (d->cuda)
+    CK(cudaFree(p));
+  else
+    free(p);
+}
+
+static inline void dev_put(const dev *d, void *dst, const void *src, size_t bytes) {
+  if (!bytes) return;
+  if (d->cuda)
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, d->stream));
+  else
+    memcpy(dst, src, bytes);
+}
+
+static inline void dev_sync(const dev *d) {
+  if (d->cuda) CK(cudaStreamSynchronize(d->stream));
+}
+
+static inline void dev_get(const dev *d, void *dst, const void *src, size_t bytes) {
+  if (!bytes) return;
+  if (d->cuda) {
+    CK(cudaStreamSynchronize(d->stream));
+    CK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+  } else {
+    memcpy(dst, src, bytes);
+  }
+}
+
+static inline void dev_poison(const dev *d, void *p, size_t bytes) {
+  if (d->cuda)
+    CK(cudaMemsetAsync(p, (int)TU_POISON, bytes, d->stream));
+  else
+    tu_poison(p, bytes);
+}
+
+#endif /* FO_GPU_HARNESS_H */
