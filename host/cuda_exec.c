@@ -72,9 +72,9 @@ fo_status fo_cuda_device_count(int *count) {
                                                   : fo_fail(FO_ERR_INTERNAL, fn, "device count");
 }
 
-fo_status fo_cuda_check_pointer(const char *fn, const char *what, const void *ptr,
-                                int cuda, int device) {
-  if (!cuda && devices_present() == 0) return FO_SUCCESS; /* no driver: host memory */
+/* Check one address: device memory of device (cuda != 0) or host memory. */
+static fo_status check_address(const char *fn, const char *what, const void *ptr, int cuda,
+                               int device) {
   struct cudaPointerAttributes a;
   cudaError_t e = cudaPointerGetAttributes(&a, ptr);
   if (e != cudaSuccess) {
@@ -97,6 +97,17 @@ fo_status fo_cuda_check_pointer(const char *fn, const char *what, const void *pt
                    "%s = %p is device memory; the CPU executor needs host memory", what,
                    ptr);
   return FO_SUCCESS;
+}
+
+fo_status fo_cuda_check_pointer(const char *fn, const char *what, const void *ptr, size_t bytes,
+                                int cuda, int device) {
+  if (!cuda && devices_present() == 0) return FO_SUCCESS; /* no driver: host memory */
+  fo_status st = check_address(fn, what, ptr, cuda, device);
+  /* The last byte too: a buffer that runs off its allocation into host
+   * memory (or another device's) would be written out of bounds. */
+  if (st == FO_SUCCESS && bytes > 1)
+    st = check_address(fn, what, (const char *)ptr + (bytes - 1), cuda, device);
+  return st;
 }
 
 fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
@@ -224,6 +235,9 @@ fo_status fo_cuda_write_state(const char *fn, fo_optimizer *opt, const fo_step_s
   if (st != FO_SUCCESS) return st;
   cudaError_t e = cudaDeviceSynchronize();
   if (e == cudaSuccess) e = cudaMemcpy(opt->state, in, sizeof *in, cudaMemcpyHostToDevice);
+  /* A copy from pageable memory may return before the data has landed:
+   * wait, so a step on any stream (non-blocking ones too) reads it. */
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
   leave_device(dev, prev);
   return e == cudaSuccess ? FO_SUCCESS : cuda_fail(fn, "writing the step state", e);
 }

@@ -61,6 +61,21 @@ struct fo_optimizer {
   /* Gradients are divided by this inside the update (the number of ranks
    * whose gradients were summed; 1 without a communicator). */
   float grad_divisor;
+  /* Data parallelism (host/comm_dp.c): the attached communicator and its
+   * gradient buckets, NULL without one.  grads_poisoned: a collective over
+   * the gradients failed and left them partly summed, so every step refuses
+   * (FO_ERR_COMM) until fo_optimizer_zero_grad() clears it. */
+  struct fo_dp *dp;
+  int grads_poisoned;
+  /* Faults (host/checkpoint_fault.c, docs/reliability.md): FO_SUCCESS while
+   * the state is sound.  When work on the executor fails past a call's
+   * argument checks, the state may be half-updated: fault keeps that
+   * failure's status and fault_msg its message, and every later call that
+   * would run on the state refuses until fo_optimizer_load() succeeds.
+   * inject: a fault point armed by a test through fo_inject_fault(). */
+  fo_status fault;
+  char fault_msg[320];
+  int inject;
 
   /* Per-step state and the pre-pass's partial sums, in the executor's
    * memory (device memory on CUDA). */
@@ -126,7 +141,7 @@ fo_status fo_cuda_available(const char *func, int device);
 /* Check that ptr .. ptr+bytes is memory the executor may use: device memory
  * of device (cuda != 0) or host memory (cuda == 0). */
 fo_status fo_cuda_check_pointer(const char *func, const char *what,
-                                const void *ptr, int cuda, int device);
+                                const void *ptr, size_t bytes, int cuda, int device);
 fo_status fo_cuda_check_stream(const char *func, fo_stream_t stream,
                                int device);
 fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes,
@@ -140,6 +155,43 @@ fo_status fo_cuda_write_state(const char *func, fo_optimizer *opt, const fo_step
 fo_status fo_cuda_sync_master(fo_optimizer *opt, fo_stream_t stream);
 fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream);
 fo_status fo_cuda_synchronize(int device);
+
+/* Data parallelism (host/comm_dp.c).  before_step refuses poisoned
+ * gradients and reduces the buckets not yet reduced; zero_grad clears the
+ * poison and the per-step bucket marks; free detaches the communicator. */
+fo_status fo_dp_before_step(const char *func, fo_optimizer *opt, fo_stream_t stream);
+void fo_dp_zero_grad(fo_optimizer *opt);
+void fo_dp_free(fo_optimizer *opt);
+
+/* ---------------------------------------------------------------- faults */
+
+/* Where a test can make the library fail (fo_inject_fault); never armed
+ * outside tests.  Each stays armed until FO_FAULT_NONE is injected. */
+typedef enum fo_fault_point {
+  FO_FAULT_NONE = 0,
+  FO_FAULT_STEP,       /* the executor's step runs, then reports FO_ERR_CUDA */
+  FO_FAULT_ZERO_GRAD,  /* zero_grad runs, then reports FO_ERR_CUDA */
+  FO_FAULT_SAVE_WRITE, /* a write of the checkpoint's data fails (ENOSPC) */
+  FO_FAULT_SAVE_CRASH, /* the process is killed halfway through the data */
+  FO_FAULT_LOAD_APPLY, /* copying the validated state in fails halfway */
+  FO_FAULT_COUNT
+} fo_fault_point;
+
+/* Arm (or with FO_FAULT_NONE disarm) a fault point; test-only, not
+ * exported from the shared library. */
+fo_status fo_inject_fault(fo_optimizer *opt, fo_fault_point where);
+/* Whether the fault point is armed. */
+int fo_fault_armed(const fo_optimizer *opt, fo_fault_point where);
+/* FO_SUCCESS when the state is sound, else FO_ERR_INVALID_STATE with the
+ * original failure in the message, under func's name. */
+fo_status fo_fault_check(const char *func, const fo_optimizer *opt);
+/* Pass status through; a failure marks the state as unusable (keeping
+ * fo_last_error()'s message).  The injected fault of where, when armed,
+ * turns a success into FO_ERR_CUDA first. */
+fo_status fo_fault_after(const char *func, fo_optimizer *opt, fo_fault_point where,
+                         fo_status status);
+/* The state is sound again (a checkpoint was loaded). */
+void fo_fault_clear(fo_optimizer *opt);
 
 #ifdef __cplusplus
 }

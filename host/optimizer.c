@@ -136,10 +136,12 @@ static fo_status check_external_pointers(const char *fn, const fo_options *o,
     if (t[i].numel == 0) continue;
     fo_status st;
     snprintf(what, sizeof what, "tensors[%lld].param", (long long)i);
-    st = fo_cuda_check_pointer(fn, what, t[i].param, cuda, o->device);
+    st = fo_cuda_check_pointer(fn, what, t[i].param,
+                               (size_t)t[i].numel * fo_dtype_size(o->param_dtype), cuda, o->device);
     if (st != FO_SUCCESS) return st;
     snprintf(what, sizeof what, "tensors[%lld].grad", (long long)i);
-    st = fo_cuda_check_pointer(fn, what, t[i].grad, cuda, o->device);
+    st = fo_cuda_check_pointer(fn, what, t[i].grad,
+                               (size_t)t[i].numel * fo_dtype_size(o->grad_dtype), cuda, o->device);
     if (st != FO_SUCCESS) return st;
   }
   return FO_SUCCESS;
@@ -203,6 +205,7 @@ static void free_buffer(const fo_optimizer *opt, void *p) {
 }
 
 static void free_optimizer(fo_optimizer *opt) {
+  fo_dp_free(opt);
   for (int r = 0; r < FO_ROLE_COUNT; r++) free_buffer(opt, opt->arena[r]);
   free_buffer(opt, opt->state);
   free_buffer(opt, opt->partials);
@@ -431,27 +434,37 @@ static fo_status check_stream(const char *fn, const fo_optimizer *opt,
 fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream) {
   static const char fn[] = "fo_optimizer_step";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = check_stream(fn, opt, stream);
+  fo_status st = fo_fault_check(fn, opt);
+  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
+  if (st == FO_SUCCESS) st = fo_dp_before_step(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
-  return opt->options.executor == FO_EXEC_CUDA ? fo_cuda_step(opt, stream) : fo_cpu_step(opt);
+  /* past this point a failure may leave the state half-updated */
+  st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_step(opt, stream) : fo_cpu_step(opt);
+  return fo_fault_after(fn, opt, FO_FAULT_STEP, st);
 }
 
 fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
   static const char fn[] = "fo_optimizer_zero_grad";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = check_stream(fn, opt, stream);
+  fo_status st = fo_fault_check(fn, opt);
+  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
-  return opt->options.executor == FO_EXEC_CUDA ? fo_cuda_zero_grad(opt, stream)
-                                               : fo_cpu_zero_grad(opt);
+  st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_zero_grad(opt, stream)
+                                             : fo_cpu_zero_grad(opt);
+  st = fo_fault_after(fn, opt, FO_FAULT_ZERO_GRAD, st);
+  if (st == FO_SUCCESS) fo_dp_zero_grad(opt);
+  return st;
 }
 
 fo_status fo_optimizer_sync_master(fo_optimizer *opt, fo_stream_t stream) {
   static const char fn[] = "fo_optimizer_sync_master";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = check_stream(fn, opt, stream);
+  fo_status st = fo_fault_check(fn, opt);
+  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS || !opt->keeps.master) return st;
-  return opt->options.executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, stream)
-                                               : fo_cpu_sync_master(opt);
+  st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, stream)
+                                             : fo_cpu_sync_master(opt);
+  return fo_fault_after(fn, opt, FO_FAULT_NONE, st);
 }
 
 /* ------------------------------------------------------------- accessors */

@@ -97,11 +97,14 @@ typedef enum fo_status {
   FO_ERR_BAD_POINTER = 8,
   /** A CUDA call failed; the message holds CUDA's error name and text. */
   FO_ERR_CUDA = 9,
-  /** Reserved: a communicator (NCCL or MPI) call failed. */
+  /** A communicator (NCCL or MPI) call failed; the message holds the
+   *  back-end's own. */
   FO_ERR_COMM = 10,
-  /** Reserved: reading or writing a file failed. */
+  /** Reading or writing a file failed (the OS's reason is in the
+   *  message): a missing file, a full disk, a failed fsync or rename. */
   FO_ERR_IO = 11,
-  /** Reserved: a checkpoint file is malformed or does not match. */
+  /** A checkpoint file is malformed, corrupt, of a newer format, or does
+   *  not fit the optimizer; the message says which and where. */
   FO_ERR_CHECKPOINT = 12,
   /** The feature is declared but not built in this version. */
   FO_ERR_NOT_IMPLEMENTED = 13,
@@ -386,7 +389,9 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *  skips the step (nothing changes but the scaler).  Otherwise increments
  *  the step count.  stream must be NULL for FO_EXEC_CPU.  On FO_EXEC_CUDA
  *  the call only enqueues work (no host synchronization), so a stream
- *  capture of it is a replayable CUDA graph. */
+ *  capture of it is a replayable CUDA graph.  If the step fails once its
+ *  work has started (a CUDA error), the optimizer is faulted: see
+ *  fo_optimizer_get_fault(). */
 FO_API fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream);
 
 /** Set every registered gradient to zero. */
@@ -486,6 +491,278 @@ FO_API fo_status fo_optimizer_state_ptr(const fo_optimizer *opt,
  *  not keep. */
 FO_API fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role,
                                     void **base, size_t *bytes);
+
+/* ---------------------------------------------------------- communicators */
+
+/** A communicator: the N ranks of a data-parallel run, one process (and,
+ *  on FO_EXEC_CUDA, one GPU) per rank.  Attached to an optimizer with
+ *  fo_optimizer_set_comm(), it makes the optimizer sum every gradient over
+ *  the ranks before each step; the division by N is folded into the step's
+ *  gradient coefficient (clip / (loss_scale * N)), so averaging costs no
+ *  extra pass over memory.  The pre-pass (norm, non-finite check) then runs
+ *  on the summed gradients, which are the same on every rank: the norm, the
+ *  skip decision and the loss scale agree across ranks with no extra
+ *  communication and no host synchronization.
+ *
+ *  Two kinds:
+ *    - FO_COMM_NCCL, for FO_EXEC_CUDA: fo_comm_wrap_nccl() wraps an
+ *      ncclComm_t the caller already has; fo_comm_init_nccl() creates one
+ *      from an id the caller hands to every rank (fusedopt_mpi.h's
+ *      fo_comm_create_nccl_mpi() does this through MPI);
+ *    - FO_COMM_HOST, for FO_EXEC_CPU: fo_comm_create_host() takes a table
+ *      of collective functions over host memory; fusedopt_mpi.h's
+ *      fo_comm_create_mpi() fills it with MPI_Allreduce.  libfusedopt does
+ *      not link MPI: the MPI glue is the separate library fusedopt_mpi.
+ *
+ *  Every rank must register the same tensors with the same options and
+ *  issue the same collectives in the same order (the same buckets, in the
+ *  same order, then the step).  A communicator must outlive the optimizers
+ *  attached to it, and it and they are used from one thread at a time.
+ *  See docs/data-parallel.md. */
+typedef struct fo_comm fo_comm;
+
+/** What carries a communicator's collectives. */
+typedef enum fo_comm_kind {
+  FO_COMM_NCCL = 0, /**< NCCL over device memory (FO_EXEC_CUDA) */
+  FO_COMM_HOST = 1, /**< caller-supplied functions over host memory
+                     *   (FO_EXEC_CPU), e.g. MPI through fusedopt_mpi */
+  FO_COMM_KIND_COUNT /**< number of kinds; not a kind */
+} fo_comm_kind;
+
+/** NCCL's communicator handle: the same type as ncclComm_t, so one passes
+ *  without a cast and this header needs no NCCL header. */
+typedef struct ncclComm *fo_nccl_comm_t;
+
+/** The size of NCCL's unique id (NCCL_UNIQUE_ID_BYTES). */
+#define FO_NCCL_ID_BYTES 128
+
+/** NCCL's unique id (ncclUniqueId), as plain bytes to send to every rank. */
+typedef struct fo_nccl_id {
+  char internal[FO_NCCL_ID_BYTES];
+} fo_nccl_id;
+
+/** ncclGetUniqueId: one rank (rank 0) calls this and sends the bytes to
+ *  every other rank before they all call fo_comm_init_nccl(). */
+FO_API fo_status fo_nccl_get_id(fo_nccl_id *out);
+
+/** Create an NCCL communicator for rank rank of size ranks on CUDA device
+ *  device (ncclCommInitRank; a collective call: every rank must make it).
+ *  The communicator owns the NCCL communicator and destroys it.  Fails with
+ *  FO_ERR_NO_DEVICE without a usable device, FO_ERR_COMM when NCCL fails
+ *  (the message holds NCCL's). */
+FO_API fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id,
+                                   int rank, int size, int device);
+
+/** Wrap an NCCL communicator the caller created; fo_comm_destroy() leaves it
+ *  alone.  Its rank, size and device are read from NCCL. */
+FO_API fo_status fo_comm_wrap_nccl(fo_comm **out, fo_nccl_comm_t nccl);
+
+/** The collective functions of an FO_COMM_HOST communicator.  Fill with
+ *  zeros, set struct_size = sizeof(fo_comm_ops) and the functions. */
+typedef struct fo_comm_ops {
+  size_t struct_size; /**< sizeof(fo_comm_ops) */
+  /** Required.  Sum count elements of dtype in buf (host memory) over every
+   *  rank, in place; every rank must end with the same bits.  16-bit
+   *  dtypes are summed in their own type (widened to fp32 for each
+   *  addition and rounded to nearest-even after it, as NCCL does).  Return
+   *  0 on success; on failure a nonzero code, with a message written into
+   *  err (err_cap bytes, NUL-terminated). */
+  int (*allreduce_sum)(void *ctx, void *buf, int64_t count, fo_dtype dtype,
+                       char *err, size_t err_cap);
+  /** Optional (may be NULL): called once by fo_comm_destroy() with ctx. */
+  void (*release)(void *ctx);
+} fo_comm_ops;
+
+/** Create an FO_COMM_HOST communicator for rank rank of size ranks (0 <=
+ *  rank < size) whose collectives are ops' functions called with ctx.
+ *  *ops is copied; ctx belongs to the caller until ops->release is called
+ *  with it: by fo_comm_destroy, or by this function when it fails (unless
+ *  ops itself is NULL or has the wrong struct_size). */
+FO_API fo_status fo_comm_create_host(fo_comm **out, const fo_comm_ops *ops,
+                                     void *ctx, int rank, int size);
+
+/** Destroy a communicator.  NULL is a no-op.  Fails with
+ *  FO_ERR_INVALID_STATE (and destroys nothing) while an optimizer is still
+ *  attached to it. */
+FO_API fo_status fo_comm_destroy(fo_comm *comm);
+
+/** This rank's index and the number of ranks; either out may be NULL. */
+FO_API fo_status fo_comm_get_rank(const fo_comm *comm, int *rank, int *size);
+
+/** The communicator's kind. */
+FO_API fo_status fo_comm_get_kind(const fo_comm *comm, fo_comm_kind *out);
+
+/** Sum count elements of dtype in buf over every rank, in place: device
+ *  memory enqueued on stream for FO_COMM_NCCL, host memory and a blocking
+ *  call (stream NULL) for FO_COMM_HOST.  For the caller's own reductions
+ *  (a loss to log, say). */
+FO_API fo_status fo_comm_allreduce_sum(fo_comm *comm, void *buf,
+                                       int64_t count, fo_dtype dtype,
+                                       fo_stream_t stream);
+
+/** How an optimizer averages its gradients; fill with
+ *  fo_dp_options_default(). */
+typedef struct fo_dp_options {
+  size_t struct_size; /**< sizeof(fo_dp_options); set by the default */
+  /** Gradient bytes per bucket (default 25 MiB, PyTorch DDP's): buckets are
+   *  runs of consecutive tensors; a bucket closes before the tensor that
+   *  would take it past this size (a larger tensor is a bucket of its
+   *  own).  0: one bucket for everything. */
+  size_t bucket_bytes;
+  /** Reduce 16-bit gradients in fp32 (default 0: in their own dtype): each
+   *  bucket is widened into an fp32 buffer, summed, and rounded back once.
+   *  Costs twice the traffic and a bucket-sized fp32 buffer. */
+  int reduce_in_f32;
+  uint64_t reserved[4]; /**< must be zero */
+} fo_dp_options;
+
+/** Fill *out with the defaults listed on each field of fo_dp_options. */
+FO_API fo_status fo_dp_options_default(fo_dp_options *out);
+
+/** Attach comm to opt (options NULL: the defaults), or detach with comm
+ *  NULL.  From now on the optimizer's gradients are summed over the ranks
+ *  before every step and divided by the number of ranks inside it.  The
+ *  executor must match the kind (FO_EXEC_CUDA: FO_COMM_NCCL on the
+ *  optimizer's device; FO_EXEC_CPU: FO_COMM_HOST), else
+ *  FO_ERR_UNSUPPORTED.  Buckets already reduced for the coming step are
+ *  forgotten.  On FO_EXEC_CUDA, replacing or detaching a communicator
+ *  waits for the device. */
+FO_API fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
+                                       const fo_dp_options *options);
+
+/** The number of gradient buckets (0 without a communicator). */
+FO_API fo_status fo_optimizer_num_buckets(const fo_optimizer *opt,
+                                          int64_t *out);
+
+/** The tensors of bucket: indices first .. first + count - 1.  A bucket is
+ *  ready to be reduced once the backward pass has produced all of them. */
+FO_API fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt,
+                                             int64_t bucket, int64_t *first,
+                                             int64_t *count);
+
+/** Sum one bucket's gradients over the ranks now, so that communication
+ *  overlaps the rest of the backward pass.  FO_EXEC_CUDA: enqueued on
+ *  stream, which must be the stream that produced the bucket's gradients
+ *  or one ordered after it; the next step's stream waits for it (an event,
+ *  no host synchronization).  FO_EXEC_CPU: blocking, stream NULL.  Each
+ *  bucket is reduced at most once per step (FO_ERR_INVALID_STATE the
+ *  second time).  A reduction that fails (FO_ERR_COMM; FO_ERR_CUDA)
+ *  leaves the gradients partly summed: the optimizer then refuses to step
+ *  or reduce (FO_ERR_COMM) until fo_optimizer_zero_grad(); parameters and
+ *  state are never touched.  One thread driving several GPUs wraps every
+ *  rank's reductions in one ncclGroupStart/End and steps on the same
+ *  streams (reduce_in_f32 is not available inside such a group). */
+FO_API fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket,
+                                            fo_stream_t stream);
+
+/** Reduce every bucket not reduced since the last step, in bucket order.
+ *  fo_optimizer_step() calls it itself, so a caller who does not overlap
+ *  needs neither call. */
+FO_API fo_status fo_optimizer_reduce_grads(fo_optimizer *opt,
+                                           fo_stream_t stream);
+
+/** For communicator back-ends built outside the library (fusedopt_mpi):
+ *  record "func: message" as this thread's fo_last_error() and return
+ *  status. */
+FO_API fo_status fo_set_last_error(fo_status status, const char *func,
+                                   const char *message);
+
+/* ------------------------------------------------------------ checkpoints */
+
+/** The checkpoint format version this library writes, and the newest it
+ *  reads (every older one it reads too). */
+#define FO_CHECKPOINT_FORMAT_VERSION 1
+
+/** Save the optimizer's whole state to the file path: the parameters (in
+ *  their dtype), the fp32 master weights, the moments, momentum buffers and
+ *  AMSGrad maxima, every group's hyper-parameters, the step state (step
+ *  count, skipped steps, loss scale, growth tracker, hysteresis) and the
+ *  options, so that fo_optimizer_load() into a fresh optimizer created with
+ *  the same options and tensors resumes bit for bit.  Gradients are not
+ *  saved.
+ *
+ *  The file is safetensors (Python's safetensors, numpy and torch open it):
+ *  the parameters under each tensor's fo_tensor_desc.name ("tensor.<i>"
+ *  when it has none), state as "<name>.master", ".exp_avg", ".exp_avg_sq",
+ *  ".max_exp_avg_sq" (SGD: ".momentum_buffer"), and fusedopt's metadata,
+ *  with a CRC-32 of every tensor and of the metadata, in "__metadata__"
+ *  (docs/reliability.md has the layout).
+ *
+ *  The file is written as a temporary file next to path, flushed, fsynced
+ *  and renamed over path, and the directory is fsynced: at every moment
+ *  path holds either the previous file or the complete new one, and a
+ *  failure (or a crash) leaves the previous one intact.  A crash can leave
+ *  a "<path>.tmp-*" file behind; nothing reads it.  (Only when the final
+ *  fsync of the directory fails is the new file already in place: the
+ *  FO_ERR_IO message says so.)
+ *
+ *  On FO_EXEC_CUDA the call waits until the device is idle and copies the
+ *  state through host memory (it synchronizes); stream is checked as for a
+ *  step.  On FO_EXEC_CPU stream must be NULL.  Host memory use is bounded
+ *  (16 MiB of staging), whatever the model's size.
+ *
+ *  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (empty path, bad
+ *  stream), FO_ERR_INVALID_STATE (the optimizer is faulted; or two tensors
+ *  would be saved under one name, or a name is not UTF-8), FO_ERR_IO (the
+ *  OS's reason in the message), FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY. */
+FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path,
+                                   fo_stream_t stream);
+
+/** Restore a checkpoint written by fo_optimizer_save() into opt, which must
+ *  have been created with the same algorithm, parameter dtype, master
+ *  weights, stochastic rounding and loss scaling on or off, the same number
+ *  of groups, and the same tensors (count, names, sizes), each checked with
+ *  its own message.  The file may come from the other executor and the
+ *  other storage mode.  Restored: the parameters (written into the
+ *  caller's buffers with external storage), the state buffers, every
+ *  group's hyper-parameters and the step state.  Not restored: options,
+ *  which stay the loading optimizer's own (schedule, scaler constants,
+ *  clipping, seed, gradient dtype); resuming is exact when they are equal.
+ *
+ *  Everything is read and checked before anything is written: the
+ *  container (header length, strict JSON, offsets in range, no overlap, no
+ *  hole), the format version (a newer one is refused), the metadata's and
+ *  every tensor's CRC-32, the fit with opt, the hyper-parameters (as
+ *  fo_optimizer_set_hparams() checks them) and the loss-scaler state.  A
+ *  failed load changes nothing: FO_ERR_IO for the OS's failures (missing
+ *  file, unreadable), FO_ERR_CHECKPOINT for the file's content, with the
+ *  detail in fo_last_error().
+ *
+ *  A successful load clears a fault (fo_optimizer_get_fault()): it is how
+ *  a faulted optimizer becomes usable again.  On FO_EXEC_CUDA the call
+ *  waits for the device before and after the copies (it synchronizes); a
+ *  CUDA error during the copies leaves the optimizer faulted.  Needs host
+ *  memory for the whole file. */
+FO_API fo_status fo_optimizer_load(fo_optimizer *opt, const char *path,
+                                   fo_stream_t stream);
+
+/** Check a checkpoint file on its own, without an optimizer: the container,
+ *  the format version and every checksum.  FO_SUCCESS if it is intact;
+ *  otherwise FO_ERR_IO or FO_ERR_CHECKPOINT as fo_optimizer_load() says. */
+FO_API fo_status fo_checkpoint_verify(const char *path);
+
+/** Faults.  When work already under way fails -- a step whose kernels hit
+ *  a CUDA error (FO_ERR_CUDA), a zero_grad or sync_master that fails on the
+ *  device, a load whose copies to the device fail -- part of the state may
+ *  have been updated and part not.  The failing call returns its error;
+ *  from then on the optimizer is faulted: fo_optimizer_step, _zero_grad,
+ *  _sync_master and fo_optimizer_save refuse with FO_ERR_INVALID_STATE and
+ *  the original error in the message, so no step ever runs on (and no
+ *  checkpoint ever records) a half-updated state.  Reading calls still
+ *  work.  A successful fo_optimizer_load() clears the fault; so does
+ *  destroying the optimizer.  (After a sticky CUDA error such as an illegal
+ *  address, the CUDA context itself is unusable: the process must reset
+ *  the device, create a new optimizer and load.)  A failed collective of a
+ *  communicator leaves only the gradients partly summed and is handled
+ *  there (see fo_optimizer_reduce_bucket): it does not fault the state.
+ *
+ *  fo_optimizer_get_fault() sets *status to FO_SUCCESS when the optimizer
+ *  is usable, else to the status of the failure that faulted it, and
+ *  copies that failure's message into message (capacity bytes,
+ *  NUL-terminated; message may be NULL when capacity is 0). */
+FO_API fo_status fo_optimizer_get_fault(const fo_optimizer *opt,
+                                        fo_status *status, char *message,
+                                        size_t capacity);
 
 /* -------------------------------------------------------------- utilities */
 

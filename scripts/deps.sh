@@ -15,6 +15,9 @@ have_cmd gcc || need+=(gcc)
 have_cmd g++ || need+=(g++)
 pkg-config --exists criterion 2>/dev/null || need+=(libcriterion-dev)
 pkg-config --exists zlib 2>/dev/null || need+=(zlib1g-dev) # examples/train reads gzip
+# Open MPI: the fusedopt_mpi glue and the multi-rank tests (mpirun -np 2, 4)
+have_cmd mpirun || need+=(openmpi-bin)
+pkg-config --exists ompi-c 2>/dev/null || need+=(libopenmpi-dev)
 # The demo draws its loss curves with gnuplot; the tests do not need it.
 if [ "${1:-}" = "--demo" ]; then have_cmd gnuplot || need+=(gnuplot-nox); fi
 if [ ${#need[@]} -gt 0 ]; then

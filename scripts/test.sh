@@ -1,7 +1,43 @@
 #!/usr/bin/env bash
-# Set up, build and run the whole test suite.  GPU tests skip themselves,
-# printing why, on a machine without a usable CUDA device.
+# Set up, build and run the whole test suite; then the CPU tier again under
+# AddressSanitizer + UndefinedBehaviorSanitizer; then the checkpoint
+# reader's fuzz target for a bounded number of executions.  GPU tests skip
+# themselves, printing why, on a machine without a usable CUDA device.
+#   FO_BUILD_DIR       the main build (default build)
+#   FO_SAN_BUILD_DIR   the sanitizer build (default build-asan)
+#   FO_FUZZ_BUILD_DIR  the fuzz build (default build-fuzz)
+#   FO_TEST_SANITIZE=0 / FO_TEST_FUZZ=0   skip that pass (local runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+jobs="$(nproc)"
 bash scripts/build.sh
-ctest --test-dir "${FO_BUILD_DIR:-build}" --output-on-failure -j "$(nproc)"
+ctest --test-dir "${FO_BUILD_DIR:-build}" --output-on-failure -j "$jobs"
+
+# The CPU tier (and the multi-rank tier) under ASan + UBSan.  The kernels
+# only need to compile in this build, so one CUDA architecture (half the
+# nvcc time) and no examples or benchmarks.  The GPU tier is left out: it
+# runs under compute-sanitizer on a GPU machine (docs/gpu-verification.md).
+if [ "${FO_TEST_SANITIZE:-1}" != 0 ]; then
+  san="${FO_SAN_BUILD_DIR:-build-asan}"
+  echo "test.sh: the CPU tier under AddressSanitizer + UndefinedBehaviorSanitizer ($san)"
+  FO_BUILD_DIR="$san" FO_CMAKE_ARGS="-DFO_SANITIZE=ON -DCMAKE_CUDA_ARCHITECTURES=80 \
+-DFO_BUILD_EXAMPLES=OFF -DFO_BUILD_BENCH=OFF" bash scripts/build.sh
+  ctest --test-dir "$san" --output-on-failure -j "$jobs" -E '^(test_gpu|install_consumer)'
+fi
+
+# The checkpoint reader's libFuzzer target: a separate clang build of only
+# the reader's C sources (tests/fuzz/CMakeLists.txt), run from the
+# committed seed corpus.
+if [ "${FO_TEST_FUZZ:-1}" != 0 ]; then
+  if ! command -v clang >/dev/null 2>&1; then
+    echo "test.sh: installing clang (libFuzzer) for the fuzz run"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang >/dev/null
+  fi
+  fuzz="${FO_FUZZ_BUILD_DIR:-build-fuzz}"
+  echo "test.sh: fuzzing the checkpoint reader ($fuzz)"
+  cmake -S tests/fuzz -B "$fuzz" -G Ninja -DCMAKE_C_COMPILER=clang >/dev/null
+  cmake --build "$fuzz" -j "$jobs"
+  ctest --test-dir "$fuzz" --output-on-failure
+fi

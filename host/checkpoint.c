@@ -1,0 +1,365 @@
+/*
+ * checkpoint.c -- fo_optimizer_save / fo_optimizer_load: the files.
+ *
+ * Saving writes a temporary file next to the target, fsyncs it, renames it
+ * over the target and fsyncs the directory, so the target is at every
+ * moment either the old checkpoint or the complete new one.  The data
+ * streams from the executor's memory (through a bounded host staging
+ * buffer on CUDA) and is checksummed on the way; the header, whose length
+ * does not depend on the checksums, is written first with zeros and
+ * rewritten in place at the end.
+ *
+ * Loading reads the whole file into host memory and checks all of it
+ * (checkpoint_format.c) before it writes anything: a bad file changes
+ * nothing.  Only a failing copy into device memory after that can leave
+ * the optimizer half-restored, and that marks it faulted
+ * (checkpoint_fault.c).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoint_cuda.h"
+#include "checkpoint_format.h"
+
+/* Host memory passes through write() in pieces of this size, and device
+ * memory through a staging buffer of this size. */
+#define IO_CHUNK ((size_t)16 << 20)
+
+/* ------------------------------------------------------------------ I/O */
+
+static fo_status io_fail(const char *fn, const char *what, const char *path, int err) {
+  char msg[160];
+  if (strerror_r(err, msg, sizeof msg) != 0) snprintf(msg, sizeof msg, "errno %d", err);
+  return fo_fail(FO_ERR_IO, fn, "%s \"%.200s\": %s", what, path, msg);
+}
+
+static fo_status write_all(const char *fn, int fd, const void *data, size_t n, const char *path) {
+  const char *p = data;
+  while (n > 0) {
+    ssize_t k = write(fd, p, n < IO_CHUNK ? n : IO_CHUNK);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return io_fail(fn, "cannot write", path, k < 0 ? errno : EIO);
+    p += k;
+    n -= (size_t)k;
+  }
+  return FO_SUCCESS;
+}
+
+static fo_status pwrite_all(const char *fn, int fd, const void *data, size_t n, off_t at,
+                            const char *path) {
+  const char *p = data;
+  while (n > 0) {
+    ssize_t k = pwrite(fd, p, n, at);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return io_fail(fn, "cannot write", path, k < 0 ? errno : EIO);
+    p += k;
+    at += k;
+    n -= (size_t)k;
+  }
+  return FO_SUCCESS;
+}
+
+/* The whole file in one malloc'd buffer. */
+static fo_status read_file(const char *fn, const char *path, unsigned char **out, size_t *len) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return io_fail(fn, "cannot open", path, errno);
+  struct stat sb;
+  fo_status st = FO_SUCCESS;
+  if (fstat(fd, &sb) != 0)
+    st = io_fail(fn, "cannot stat", path, errno);
+  else if (!S_ISREG(sb.st_mode))
+    st = io_fail(fn, "cannot read", path, S_ISDIR(sb.st_mode) ? EISDIR : EINVAL);
+  else if ((uint64_t)sb.st_size >= SIZE_MAX)
+    st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "\"%.200s\" is too large to read", path);
+  size_t n = st == FO_SUCCESS ? (size_t)sb.st_size : 0, got = 0;
+  unsigned char *buf = st == FO_SUCCESS ? malloc(n + 1) : NULL;
+  if (st == FO_SUCCESS && !buf)
+    st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to read %zu bytes of \"%.200s\"", n, path);
+  while (st == FO_SUCCESS && got < n) {
+    ssize_t k = read(fd, buf + got, n - got < IO_CHUNK ? n - got : IO_CHUNK);
+    if (k < 0 && errno == EINTR) continue;
+    if (k < 0)
+      st = io_fail(fn, "cannot read", path, errno);
+    else if (k == 0)
+      st = fo_fail(FO_ERR_IO, fn, "\"%.200s\" shrank while it was read", path);
+    else
+      got += (size_t)k;
+  }
+  close(fd);
+  if (st != FO_SUCCESS) {
+    free(buf);
+    return st;
+  }
+  *out = buf;
+  *len = n;
+  return FO_SUCCESS;
+}
+
+/* ------------------------------------------------------- the temp file */
+
+/* "<path>.tmp-<pid>-<8 hex>", created exclusively next to path (so the
+ * rename stays within one file system).  The suffix mixes the clock and
+ * the attempt: two savers racing for one name both retry. */
+static fo_status open_temp(const char *fn, const char *path, char **tmp, int *fd) {
+  size_t n = strlen(path) + 48;
+  char *name = malloc(n);
+  if (!name) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a file name");
+  for (unsigned attempt = 0; attempt < 100; attempt++) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t h = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32)) * 0x9E3779B97F4A7C15ull;
+    h ^= (uint64_t)attempt * 0xBF58476D1CE4E5B9ull + (uint64_t)(uintptr_t)&ts;
+    snprintf(name, n, "%s.tmp-%ld-%08x", path, (long)getpid(), (unsigned)(h >> 32));
+    *fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (*fd >= 0) {
+      *tmp = name;
+      return FO_SUCCESS;
+    }
+    if (errno != EEXIST) break;
+  }
+  fo_status st = io_fail(fn, "cannot create", name, errno);
+  free(name);
+  return st;
+}
+
+/* fsync the directory holding path, so the rename itself is durable.
+ * File systems that cannot sync a directory say EINVAL: nothing to do. */
+static fo_status sync_dir(const char *fn, const char *path) {
+  const char *slash = strrchr(path, '/');
+  size_t n = slash ? (size_t)(slash - path) : 1;
+  char *dir = malloc(n + 2);
+  if (!dir) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a file name");
+  if (!slash)
+    strcpy(dir, ".");
+  else if (n == 0)
+    strcpy(dir, "/");
+  else {
+    memcpy(dir, path, n);
+    dir[n] = '\0';
+  }
+  fo_status st = FO_SUCCESS;
+  int fd = open(dir, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL && errno != ENOTSUP))
+    st = fo_fail(FO_ERR_IO, fn,
+                 "the checkpoint was renamed into place, but syncing its directory \"%.200s\" "
+                 "failed (%d): it may not survive a power loss",
+                 dir, errno);
+  if (fd >= 0) close(fd);
+  free(dir);
+  return st;
+}
+
+/* --------------------------------------------------------------- saving */
+
+typedef struct saver {
+  const char *fn;
+  const fo_optimizer *opt;
+  int fd;
+  const char *tmp;
+  fo_crc32 crc;
+  unsigned char *staging; /* CUDA: IO_CHUNK bytes of host memory */
+  uint64_t written, total;
+} saver;
+
+/* The test hooks of a save: a failing write or a killed process once half
+ * of the data is written. */
+static fo_status save_fault(saver *s) {
+  if (s->written < s->total / 2) return FO_SUCCESS;
+  if (fo_fault_armed(s->opt, FO_FAULT_SAVE_CRASH)) raise(SIGKILL);
+  if (fo_fault_armed(s->opt, FO_FAULT_SAVE_WRITE))
+    return io_fail(s->fn, "cannot write (injected fault)", s->tmp, ENOSPC);
+  return FO_SUCCESS;
+}
+
+/* One piece of host memory: checksum it, write it. */
+static fo_status save_piece(saver *s, fo_ckpt_entry *e, const void *p, size_t n) {
+  fo_status st = save_fault(s);
+  if (st != FO_SUCCESS) return st;
+  e->crc = fo_crc32_update(&s->crc, e->crc, p, n);
+  st = write_all(s->fn, s->fd, p, n, s->tmp);
+  s->written += n;
+  return st;
+}
+
+static fo_status save_entry(saver *s, fo_ckpt_entry *e) {
+  const unsigned char *src = fo_ckpt_entry_src(s->opt, e);
+  int cuda = s->opt->options.executor == FO_EXEC_CUDA;
+  e->crc = 0;
+  for (uint64_t at = 0; at < e->bytes;) {
+    size_t n = e->bytes - at < IO_CHUNK ? (size_t)(e->bytes - at) : IO_CHUNK;
+    const void *piece = src + at;
+    if (cuda) {
+      fo_status st = fo_ckpt_cuda_copy(s->fn, s->opt->options.device, s->staging, piece, n, 0);
+      if (st != FO_SUCCESS) return st;
+      piece = s->staging;
+    }
+    fo_status st = save_piece(s, e, piece, n);
+    if (st != FO_SUCCESS) return st;
+    at += n;
+  }
+  return FO_SUCCESS;
+}
+
+/* Header (with zero checksums), data, header again (with the real ones). */
+static fo_status save_contents(saver *s, const fo_step_state *state, fo_ckpt_plan *plan) {
+  char *hdr = NULL;
+  size_t hlen = 0, hlen2 = 0;
+  fo_status st = fo_ckpt_header(s->fn, s->opt, state, plan, &hdr, &hlen);
+  if (st != FO_SUCCESS) return st;
+  unsigned char len8[8];
+  for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+  st = write_all(s->fn, s->fd, len8, 8, s->tmp);
+  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, hdr, hlen, s->tmp);
+  free(hdr);
+  hdr = NULL;
+  for (int64_t k = 0; k < plan->n && st == FO_SUCCESS; k++) st = save_entry(s, &plan->e[k]);
+  if (st == FO_SUCCESS) st = save_fault(s); /* a crash after the last byte, too */
+  if (st == FO_SUCCESS) st = fo_ckpt_header(s->fn, s->opt, state, plan, &hdr, &hlen2);
+  if (st == FO_SUCCESS && hlen2 != hlen)
+    st = fo_fail(FO_ERR_INTERNAL, s->fn, "the checkpoint header changed length (%zu, %zu)", hlen,
+                 hlen2);
+  if (st == FO_SUCCESS) st = pwrite_all(s->fn, s->fd, hdr, hlen, 8, s->tmp);
+  free(hdr);
+  if (st == FO_SUCCESS && fsync(s->fd) != 0) st = io_fail(s->fn, "cannot fsync", s->tmp, errno);
+  return st;
+}
+
+static fo_status check_stream(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
+  if (opt->options.executor == FO_EXEC_CUDA)
+    return fo_cuda_check_stream(fn, stream, opt->options.device);
+  if (stream)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream must be NULL for the CPU executor");
+  return FO_SUCCESS;
+}
+
+/* The step state, after every step enqueued so far has finished. */
+static fo_status read_step_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
+  if (opt->options.executor == FO_EXEC_CUDA) return fo_cuda_read_state(fn, opt, out);
+  *out = *opt->state;
+  return FO_SUCCESS;
+}
+
+static fo_status check_args(const char *fn, const fo_optimizer *opt, const char *path,
+                            fo_stream_t stream) {
+  if (!opt || !path) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "path" : "opt");
+  if (!path[0]) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "path is empty");
+  return check_stream(fn, opt, stream);
+}
+
+static fo_status save_to_temp(saver *s, const char *path, char **tmp) {
+  fo_step_state state;
+  fo_ckpt_plan plan;
+  fo_status st = read_step_state(s->fn, s->opt, &state);
+  if (st != FO_SUCCESS) return st;
+  if ((st = fo_ckpt_plan_build(s->fn, s->opt, &plan)) != FO_SUCCESS) return st;
+  s->total = plan.data_len;
+  if (s->opt->options.executor == FO_EXEC_CUDA && !(s->staging = malloc(IO_CHUNK)))
+    st = fo_fail(FO_ERR_OUT_OF_MEMORY, s->fn, "no memory for the staging buffer");
+  if (st == FO_SUCCESS) st = open_temp(s->fn, path, tmp, &s->fd);
+  if (st == FO_SUCCESS) {
+    s->tmp = *tmp;
+    fo_crc32_init(&s->crc);
+    st = save_contents(s, &state, &plan);
+    if (close(s->fd) != 0 && st == FO_SUCCESS) st = io_fail(s->fn, "cannot close", *tmp, errno);
+  }
+  free(s->staging);
+  fo_ckpt_plan_free(&plan);
+  return st;
+}
+
+fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_save";
+  fo_status st = check_args(fn, opt, path, stream);
+  if (st == FO_SUCCESS) st = fo_fault_check(fn, opt); /* never save a half-updated state */
+  if (st != FO_SUCCESS) return st;
+  saver *s = calloc(1, sizeof *s); /* the CRC tables are 8 KiB: not on the stack */
+  if (!s) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to save");
+  s->fn = fn;
+  s->opt = opt;
+  char *tmp = NULL;
+  st = save_to_temp(s, path, &tmp);
+  free(s);
+  if (st == FO_SUCCESS && rename(tmp, path) != 0)
+    st = io_fail(fn, "cannot rename the checkpoint onto", path, errno);
+  if (st != FO_SUCCESS && tmp) unlink(tmp); /* the old checkpoint, if any, is untouched */
+  free(tmp);
+  if (st != FO_SUCCESS) return st;
+  return sync_dir(fn, path);
+}
+
+/* -------------------------------------------------------------- loading */
+
+/* Write a validated checkpoint into the optimizer.  Only a failing device
+ * copy can stop this halfway; the optimizer is then marked faulted. */
+static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore *r) {
+  int cuda = opt->options.executor == FO_EXEC_CUDA;
+  int64_t stop = -1;
+  if (fo_fault_armed(opt, FO_FAULT_LOAD_APPLY)) stop = opt->num_tensors / 2;
+  fo_ckpt_cuda_ctx ctx = {fn, opt->options.device};
+  fo_status st = FO_SUCCESS;
+  if (cuda) st = fo_ckpt_cuda_wait(fn, opt->options.device); /* no step still writing */
+  if (st == FO_SUCCESS)
+    st = fo_ckpt_apply_tensors(fn, opt, r, cuda ? fo_ckpt_cuda_copy_in : fo_ckpt_copy_host, &ctx,
+                               stop);
+  if (st == FO_SUCCESS && cuda) st = fo_cuda_write_state(fn, opt, &r->state);
+  if (st == FO_SUCCESS && cuda) st = fo_ckpt_cuda_wait(fn, opt->options.device);
+  if (st != FO_SUCCESS) return fo_fault_after(fn, opt, FO_FAULT_NONE, st);
+  if (!cuda) *opt->state = r->state;
+  memcpy(opt->hparams, r->hparams, (size_t)opt->num_groups * sizeof *opt->hparams);
+  fo_fault_clear(opt);
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_load(fo_optimizer *opt, const char *path, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_load";
+  fo_status st = check_args(fn, opt, path, stream);
+  if (st != FO_SUCCESS) return st;
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  if ((st = read_file(fn, path, &buf, &len)) != FO_SUCCESS) return st;
+  char where[240]; /* content errors name the file, as the OS's errors do */
+  snprintf(where, sizeof where, "%s: \"%.200s\"", fn, path);
+  fo_ckpt_restore r;
+  st = fo_ckpt_validate(where, opt, buf, len, &r);
+  if (st == FO_SUCCESS) {
+    st = apply(fn, opt, &r);
+    fo_ckpt_restore_free(&r);
+  }
+  free(buf);
+  return st;
+}
+
+fo_status fo_checkpoint_verify(const char *path) {
+  static const char fn[] = "fo_checkpoint_verify";
+  if (!path) return fo_fail(FO_ERR_NULL_POINTER, fn, "path is NULL");
+  unsigned char *buf = NULL;
+  size_t len = 0;
+  fo_status st = read_file(fn, path, &buf, &len);
+  if (st != FO_SUCCESS) return st;
+  char where[240];
+  snprintf(where, sizeof where, "%s: \"%.200s\"", fn, path);
+  st = fo_ckpt_verify(where, buf, len);
+  free(buf);
+  return st;
+}
+
+fo_status fo_optimizer_get_fault(const fo_optimizer *opt, fo_status *status, char *message,
+                                 size_t capacity) {
+  static const char fn[] = "fo_optimizer_get_fault";
+  if (!opt || !status)
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "status" : "opt");
+  if (!message && capacity > 0)
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "message is NULL with capacity %zu", capacity);
+  *status = opt->fault;
+  if (capacity > 0) snprintf(message, capacity, "%s", opt->fault_msg);
+  return FO_SUCCESS;
+}

@@ -1,0 +1,140 @@
+/*
+ * comm.c -- the communicator object: host communicators (caller-supplied
+ * collectives over host memory, e.g. fusedopt_mpi's MPI), the accessors,
+ * and the dispatch of one collective to NCCL (comm_nccl.c) or to the host
+ * functions.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm_internal.h"
+
+/* ---------------------------------------------------------------- create */
+
+fo_status fo_comm_create_host(fo_comm **out, const fo_comm_ops *ops, void *ctx,
+                              int rank, int size) {
+  static const char fn[] = "fo_comm_create_host";
+  fo_status st = FO_SUCCESS;
+  if (!out || !ops) {
+    st = fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", out ? "ops" : "out");
+  } else if (ops->struct_size != sizeof(fo_comm_ops)) {
+    st = fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                 "ops->struct_size = %zu, expected %zu (sizeof(fo_comm_ops))",
+                 ops->struct_size, sizeof(fo_comm_ops));
+  } else if (!ops->allreduce_sum) {
+    st = fo_fail(FO_ERR_NULL_POINTER, fn, "ops->allreduce_sum is NULL");
+  } else if (size < 1 || rank < 0 || rank >= size) {
+    st = fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                 "rank = %d, size = %d: need size >= 1 and 0 <= rank < size", rank,
+                 size);
+  }
+  fo_comm *c = NULL;
+  if (st == FO_SUCCESS && !(c = calloc(1, sizeof *c)))
+    st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the communicator");
+  if (st != FO_SUCCESS) {
+    /* ctx was handed over: give it back to its owner's release */
+    if (ops && ops->struct_size == sizeof(fo_comm_ops) && ops->release) ops->release(ctx);
+    return st;
+  }
+  c->kind = FO_COMM_HOST;
+  c->rank = rank;
+  c->size = size;
+  c->device = -1;
+  c->ops = *ops;
+  c->ctx = ctx;
+  *out = c;
+  return FO_SUCCESS;
+}
+
+fo_status fo_comm_destroy(fo_comm *comm) {
+  static const char fn[] = "fo_comm_destroy";
+  if (!comm) return FO_SUCCESS;
+  if (comm->attached > 0)
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "%d optimizer(s) still use the communicator: detach them "
+                   "(fo_optimizer_set_comm with NULL) or destroy them first",
+                   comm->attached);
+  if (comm->kind == FO_COMM_NCCL)
+    fo_nccl_release(comm);
+  else if (comm->ops.release)
+    comm->ops.release(comm->ctx);
+  free(comm);
+  return FO_SUCCESS;
+}
+
+/* ------------------------------------------------------------- accessors */
+
+fo_status fo_comm_get_rank(const fo_comm *comm, int *rank, int *size) {
+  if (!comm) return fo_fail(FO_ERR_NULL_POINTER, "fo_comm_get_rank", "comm is NULL");
+  if (rank) *rank = comm->rank;
+  if (size) *size = comm->size;
+  return FO_SUCCESS;
+}
+
+fo_status fo_comm_get_kind(const fo_comm *comm, fo_comm_kind *out) {
+  static const char fn[] = "fo_comm_get_kind";
+  if (!comm || !out)
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", comm ? "out" : "comm");
+  *out = comm->kind;
+  return FO_SUCCESS;
+}
+
+fo_status fo_set_last_error(fo_status status, const char *func, const char *message) {
+  return fo_fail(status, func ? func : "(unknown)", "%s", message ? message : "");
+}
+
+/* -------------------------------------------------------------- dispatch */
+
+static fo_status host_sum(const char *fn, fo_comm *c, void *buf, int64_t count,
+                          fo_dtype dtype) {
+  char err[FO_COMM_ERR_CAP];
+  err[0] = '\0';
+  int rc = c->ops.allreduce_sum(c->ctx, buf, count, dtype, err, sizeof err);
+  if (rc == 0) return FO_SUCCESS;
+  err[sizeof err - 1] = '\0';
+  return fo_fail(FO_ERR_COMM, fn, "all-reduce of %lld elements failed (code %d): %s",
+                 (long long)count, rc, err[0] ? err : "no message");
+}
+
+fo_status fo_comm_sum(const char *fn, fo_comm *c, void *buf, int64_t count,
+                      fo_dtype dtype, fo_stream_t stream) {
+  if (count == 0) return FO_SUCCESS;
+  if (c->kind == FO_COMM_NCCL) return fo_nccl_sum(fn, c, buf, count, dtype, stream);
+  return host_sum(fn, c, buf, count, dtype);
+}
+
+fo_status fo_comm_group_start(const char *fn, fo_comm *c) {
+  return c->kind == FO_COMM_NCCL ? fo_nccl_group_start(fn) : FO_SUCCESS;
+}
+
+fo_status fo_comm_group_end(const char *fn, fo_comm *c, fo_status so_far) {
+  if (c->kind != FO_COMM_NCCL) return so_far;
+  fo_status st = fo_nccl_group_end(fn);
+  return so_far != FO_SUCCESS ? so_far : st;
+}
+
+fo_status fo_comm_check_async(const char *fn, fo_comm *c) {
+  return c->kind == FO_COMM_NCCL ? fo_nccl_check_async(fn, c) : FO_SUCCESS;
+}
+
+fo_status fo_comm_allreduce_sum(fo_comm *comm, void *buf, int64_t count, fo_dtype dtype,
+                                fo_stream_t stream) {
+  static const char fn[] = "fo_comm_allreduce_sum";
+  if (!comm) return fo_fail(FO_ERR_NULL_POINTER, fn, "comm is NULL");
+  if (!buf && count > 0) return fo_fail(FO_ERR_NULL_POINTER, fn, "buf is NULL");
+  if (count < 0)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "count = %lld is negative",
+                   (long long)count);
+  if (!fo_dtype_valid((int)dtype))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown dtype %d", (int)dtype);
+  if (comm->kind == FO_COMM_HOST && stream)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "stream must be NULL for a host communicator");
+  if (comm->kind == FO_COMM_NCCL) {
+    fo_status st = fo_cuda_check_stream(fn, stream, comm->device);
+    if (st == FO_SUCCESS) st = fo_comm_check_async(fn, comm);
+    if (st != FO_SUCCESS) return st;
+  }
+  return fo_comm_sum(fn, comm, buf, count, dtype, stream);
+}

@@ -1,0 +1,429 @@
+/*
+ * comm_dp.c -- gradient averaging: an optimizer's communicator, its
+ * gradient buckets, and their reduction before the step.
+ *
+ * Buckets are runs of consecutive tensors (fo_dp_options.bucket_bytes of
+ * gradients each).  A bucket's gradient memory is a list of segments:
+ *   - arena storage: one segment per bucket, the contiguous slice of the
+ *     gradient arena from the first tensor's start to the last one's end
+ *     (the zero padding between tensors is summed too: zeros stay zeros);
+ *   - external storage: one segment per run of tensors whose gradients are
+ *     adjacent in memory, so contiguous tensors cost one collective.
+ * A bucket of one segment is summed in place.  Otherwise (or when 16-bit
+ * gradients are reduced in fp32) it is packed into a scratch buffer,
+ * summed with one collective and unpacked -- except on CUDA with the
+ * gradients' own dtype, where the segments are summed in place as one NCCL
+ * group (one launch, no copies).
+ *
+ * The sum is divided by the number of ranks inside the step (grad_divisor
+ * in the step's gradient coefficient), and the pre-pass then reads the
+ * summed gradients: the norm, the non-finite flag and the loss scale are
+ * the same on every rank without another collective.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm_internal.h"
+
+#define FO_DP_DEFAULT_BUCKET_BYTES ((size_t)25 << 20)
+
+/* ------------------------------------------------------------- options */
+
+fo_status fo_dp_options_default(fo_dp_options *out) {
+  if (!out) return fo_fail(FO_ERR_NULL_POINTER, "fo_dp_options_default", "out is NULL");
+  memset(out, 0, sizeof *out);
+  out->struct_size = sizeof *out;
+  out->bucket_bytes = FO_DP_DEFAULT_BUCKET_BYTES;
+  return FO_SUCCESS;
+}
+
+static fo_status validate_options(const char *fn, const fo_dp_options *o) {
+  if (o->struct_size != sizeof(fo_dp_options))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "options->struct_size = %zu, expected %zu (fill it with "
+                   "fo_dp_options_default)",
+                   o->struct_size, sizeof(fo_dp_options));
+  if (o->reduce_in_f32 != 0 && o->reduce_in_f32 != 1)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "options->reduce_in_f32 = %d must be 0 or 1",
+                   o->reduce_in_f32);
+  for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++)
+    if (o->reserved[i] != 0)
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "options->reserved[%zu] is not zero", i);
+  return FO_SUCCESS;
+}
+
+/* The communicator must speak the executor's memory. */
+static fo_status check_kind(const char *fn, const fo_optimizer *opt, const fo_comm *c) {
+  int cuda = opt->options.executor == FO_EXEC_CUDA;
+  if (cuda && c->kind != FO_COMM_NCCL)
+    return fo_fail(FO_ERR_UNSUPPORTED, fn,
+                   "a CUDA optimizer needs an NCCL communicator (this one is a host "
+                   "communicator)");
+  if (!cuda && c->kind != FO_COMM_HOST)
+    return fo_fail(FO_ERR_UNSUPPORTED, fn,
+                   "a CPU optimizer needs a host communicator (this one is NCCL)");
+  if (cuda && c->device != opt->options.device)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "the NCCL communicator runs on device %d; the optimizer on device %d",
+                   c->device, opt->options.device);
+  return FO_SUCCESS;
+}
+
+/* --------------------------------------------------------------- layout */
+
+static int is_cuda(const fo_optimizer *opt) { return opt->options.executor == FO_EXEC_CUDA; }
+
+static size_t grad_size(const fo_optimizer *opt) {
+  return fo_dtype_size(opt->options.grad_dtype);
+}
+
+/* Append count elements at grad to bucket b, extending its last segment
+ * when the memory continues it. */
+static void add_span(fo_dp *dp, fo_dp_bucket *b, void *grad, int64_t count, size_t gs) {
+  if (count == 0) return;
+  fo_dp_segment *last = b->num_segs ? &dp->segs[b->first_seg + b->num_segs - 1] : NULL;
+  if (last && (char *)last->grad + (size_t)last->count * gs == (char *)grad) {
+    last->count += count;
+  } else {
+    dp->segs[dp->num_segs++] = (fo_dp_segment){grad, count, b->count};
+    b->num_segs++;
+  }
+  b->count += count;
+}
+
+/* The memory of tensors [first, end) of bucket b. */
+static void add_tensors(const fo_optimizer *opt, fo_dp *dp, fo_dp_bucket *b, int64_t first,
+                        int64_t end) {
+  size_t gs = grad_size(opt);
+  if (opt->arena[FO_ROLE_GRAD]) { /* one slice of the arena */
+    int64_t lo = opt->offsets[first];
+    int64_t hi = opt->offsets[end - 1] + opt->tensors[end - 1].numel;
+    add_span(dp, b, (char *)opt->arena[FO_ROLE_GRAD] + (size_t)lo * gs, hi - lo, gs);
+    return;
+  }
+  for (int64_t i = first; i < end; i++)
+    add_span(dp, b, opt->tensors[i].grad, opt->tensors[i].numel, gs);
+}
+
+/* Split the tensors into buckets of at most limit gradient bytes (a larger
+ * tensor is a bucket of its own). */
+static void build_buckets(const fo_optimizer *opt, fo_dp *dp) {
+  size_t gs = grad_size(opt);
+  size_t limit = dp->options.bucket_bytes ? dp->options.bucket_bytes : SIZE_MAX;
+  int64_t first = 0;
+  size_t bytes = 0;
+  for (int64_t i = 0; i <= opt->num_tensors; i++) {
+    size_t t = i < opt->num_tensors ? (size_t)opt->tensors[i].numel * gs : 0;
+    int full = bytes > 0 && t > 0 && (bytes >= limit || t > limit - bytes);
+    int close = i == opt->num_tensors ? i > first : full;
+    if (close) {
+      fo_dp_bucket *b = &dp->buckets[dp->num_buckets++];
+      *b = (fo_dp_bucket){first, i - first, dp->num_segs, 0, 0};
+      add_tensors(opt, dp, b, first, i);
+      first = i;
+      bytes = 0;
+    }
+    bytes += t;
+  }
+}
+
+/* A bucket goes through the scratch buffer: widened to fp32, or packed on
+ * the CPU because its memory is scattered. */
+static int packed(const fo_optimizer *opt, const fo_dp *dp, const fo_dp_bucket *b) {
+  return dp->wire != opt->options.grad_dtype || (!is_cuda(opt) && b->num_segs > 1);
+}
+
+static size_t scratch_needed(const fo_optimizer *opt, const fo_dp *dp) {
+  size_t most = 0, ws = fo_dtype_size(dp->wire);
+  for (int64_t i = 0; i < dp->num_buckets; i++)
+    if (packed(opt, dp, &dp->buckets[i]) && (size_t)dp->buckets[i].count * ws > most)
+      most = (size_t)dp->buckets[i].count * ws;
+  return most;
+}
+
+/* ------------------------------------------------------ create, destroy */
+
+static void dp_destroy(fo_optimizer *opt, fo_dp *dp) {
+  if (!dp) return;
+  int dev = opt->options.device;
+  if (dp->comm) dp->comm->attached--;
+  if (is_cuda(opt)) {
+    fo_dp_cuda_events_destroy(dev, dp->events, dp->num_buckets);
+    fo_cuda_free(dev, dp->scratch);
+  } else {
+    free(dp->scratch);
+  }
+  free(dp->events);
+  free(dp->streams);
+  free(dp->reduced);
+  free(dp->segs);
+  free(dp->buckets);
+  free(dp);
+}
+
+static fo_status alloc_scratch(const char *fn, const fo_optimizer *opt, fo_dp *dp) {
+  dp->scratch_bytes = scratch_needed(opt, dp);
+  if (dp->scratch_bytes == 0) return FO_SUCCESS;
+  if (is_cuda(opt))
+    return fo_cuda_alloc_zeroed(fn, opt->options.device, dp->scratch_bytes, &dp->scratch);
+  dp->scratch = malloc(dp->scratch_bytes);
+  if (!dp->scratch)
+    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a %zu-byte bucket buffer",
+                   dp->scratch_bytes);
+  return FO_SUCCESS;
+}
+
+static fo_status dp_create(const char *fn, fo_optimizer *opt, fo_comm *comm,
+                           const fo_dp_options *o, fo_dp **out) {
+  fo_status st = FO_SUCCESS;
+  fo_dp *dp = calloc(1, sizeof *dp);
+  if (!dp) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the buckets");
+  dp->options = *o;
+  dp->wire = o->reduce_in_f32 ? FO_DTYPE_F32 : opt->options.grad_dtype;
+  dp->last_packed = -1;
+  size_t n1 = (size_t)opt->num_tensors + 1; /* never more buckets or segments */
+  dp->buckets = calloc(n1, sizeof *dp->buckets);
+  dp->segs = calloc(n1, sizeof *dp->segs);
+  dp->reduced = calloc(n1, 1);
+  dp->events = calloc(n1, sizeof *dp->events);
+  dp->streams = calloc(n1, sizeof *dp->streams);
+  if (!dp->buckets || !dp->segs || !dp->reduced || !dp->events || !dp->streams) {
+    st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld buckets",
+                 (long long)opt->num_tensors);
+    goto done;
+  }
+  build_buckets(opt, dp);
+  FO_TRY(alloc_scratch(fn, opt, dp));
+  if (is_cuda(opt))
+    FO_TRY(fo_dp_cuda_events_create(fn, opt->options.device, dp->events, dp->num_buckets));
+  dp->comm = comm; /* last: dp_destroy then releases the attachment */
+  comm->attached++;
+done:
+  if (st != FO_SUCCESS) {
+    dp_destroy(opt, dp);
+    return st;
+  }
+  *out = dp;
+  return FO_SUCCESS;
+}
+
+/* Drop the attachment; on CUDA after the device has finished with it. */
+static void detach(fo_optimizer *opt) {
+  if (!opt->dp) return;
+  if (is_cuda(opt)) (void)fo_cuda_synchronize(opt->options.device);
+  dp_destroy(opt, opt->dp);
+  opt->dp = NULL;
+  opt->grad_divisor = 1.0f;
+}
+
+fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
+                                const fo_dp_options *options) {
+  static const char fn[] = "fo_optimizer_set_comm";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_dp_options o;
+  fo_dp_options_default(&o);
+  if (options) {
+    fo_status st = validate_options(fn, options);
+    if (st != FO_SUCCESS) return st;
+    o = *options;
+  }
+  if (!comm) {
+    detach(opt);
+    return FO_SUCCESS;
+  }
+  fo_status st = check_kind(fn, opt, comm);
+  fo_dp *dp = NULL;
+  if (st == FO_SUCCESS) st = dp_create(fn, opt, comm, &o, &dp);
+  if (st != FO_SUCCESS) return st;
+  detach(opt);
+  opt->dp = dp;
+  opt->grad_divisor = (float)comm->size;
+  return FO_SUCCESS;
+}
+
+void fo_dp_free(fo_optimizer *opt) {
+  dp_destroy(opt, opt->dp);
+  opt->dp = NULL;
+}
+
+/* ------------------------------------------------------------ accessors */
+
+fo_status fo_optimizer_num_buckets(const fo_optimizer *opt, int64_t *out) {
+  static const char fn[] = "fo_optimizer_num_buckets";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  *out = opt->dp ? opt->dp->num_buckets : 0;
+  return FO_SUCCESS;
+}
+
+static fo_status check_bucket(const char *fn, const fo_optimizer *opt, int64_t bucket) {
+  if (!opt->dp)
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "the optimizer has no communicator (fo_optimizer_set_comm)");
+  if (bucket < 0 || bucket >= opt->dp->num_buckets)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "bucket = %lld is outside [0, %lld)",
+                   (long long)bucket, (long long)opt->dp->num_buckets);
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, int64_t *first,
+                                      int64_t *count) {
+  static const char fn[] = "fo_optimizer_bucket_tensors";
+  if (!opt || !first || !count)
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL",
+                   !opt ? "opt" : !first ? "first" : "count");
+  fo_status st = check_bucket(fn, opt, bucket);
+  if (st != FO_SUCCESS) return st;
+  *first = opt->dp->buckets[bucket].first_tensor;
+  *count = opt->dp->buckets[bucket].num_tensors;
+  return FO_SUCCESS;
+}
+
+/* ------------------------------------------------------------- reduce */
+
+/* Copy count elements between the gradient memory and the scratch buffer,
+ * converting between the gradient dtype and the wire dtype. */
+static fo_status move(const char *fn, const fo_optimizer *opt, const fo_dp *dp, void *grad,
+                      void *wire, int64_t count, int to_wire, fo_stream_t stream) {
+  fo_dtype gd = opt->options.grad_dtype;
+  if (is_cuda(opt))
+    return to_wire ? fo_dp_cuda_convert(fn, opt->options.device, grad, gd, wire, dp->wire,
+                                        count, stream)
+                   : fo_dp_cuda_convert(fn, opt->options.device, wire, dp->wire, grad, gd,
+                                        count, stream);
+  if (dp->wire == gd) {
+    size_t bytes = (size_t)count * fo_dtype_size(gd);
+    memcpy(to_wire ? wire : grad, to_wire ? grad : wire, bytes);
+    return FO_SUCCESS;
+  }
+  return to_wire ? fo_convert_to_f32(gd, grad, (float *)wire, count)
+                 : fo_convert_from_f32(gd, (const float *)wire, grad, count);
+}
+
+/* Pack the bucket into the scratch buffer, sum it, unpack.  On CUDA the
+ * scratch is shared by the buckets: wait for the last bucket that used it
+ * when that one ran on another stream. */
+static fo_status reduce_packed(const char *fn, fo_optimizer *opt, int64_t bi,
+                               fo_stream_t stream) {
+  fo_dp *dp = opt->dp;
+  const fo_dp_bucket *b = &dp->buckets[bi];
+  size_t ws = fo_dtype_size(dp->wire);
+  fo_status st = FO_SUCCESS;
+  if (is_cuda(opt) && dp->last_packed >= 0 && dp->streams[dp->last_packed] != stream)
+    FO_TRY(fo_dp_cuda_wait(fn, opt->options.device, stream, dp->events[dp->last_packed]));
+  for (int64_t s = b->first_seg; s < b->first_seg + b->num_segs; s++)
+    FO_TRY(move(fn, opt, dp, dp->segs[s].grad,
+                (char *)dp->scratch + (size_t)dp->segs[s].packed_at * ws, dp->segs[s].count, 1,
+                stream));
+  FO_TRY(fo_comm_sum(fn, dp->comm, dp->scratch, b->count, dp->wire, stream));
+  for (int64_t s = b->first_seg; s < b->first_seg + b->num_segs; s++)
+    FO_TRY(move(fn, opt, dp, dp->segs[s].grad,
+                (char *)dp->scratch + (size_t)dp->segs[s].packed_at * ws, dp->segs[s].count, 0,
+                stream));
+  dp->last_packed = bi;
+done:
+  return st;
+}
+
+/* Sum the bucket's segments where they are: one collective, or one NCCL
+ * group of them. */
+static fo_status reduce_in_place(const char *fn, fo_optimizer *opt, const fo_dp_bucket *b,
+                                 fo_stream_t stream) {
+  fo_dp *dp = opt->dp;
+  const fo_dp_segment *seg = &dp->segs[b->first_seg];
+  if (b->num_segs == 1)
+    return fo_comm_sum(fn, dp->comm, seg->grad, seg->count, dp->wire, stream);
+  fo_status st = fo_comm_group_start(fn, dp->comm);
+  if (st != FO_SUCCESS) return st;
+  for (int64_t s = 0; s < b->num_segs && st == FO_SUCCESS; s++)
+    st = fo_comm_sum(fn, dp->comm, seg[s].grad, seg[s].count, dp->wire, stream);
+  return fo_comm_group_end(fn, dp->comm, st);
+}
+
+static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi,
+                               fo_stream_t stream) {
+  fo_dp *dp = opt->dp;
+  const fo_dp_bucket *b = &dp->buckets[bi];
+  fo_status st = fo_comm_check_async(fn, dp->comm);
+  if (st == FO_SUCCESS && b->count > 0)
+    st = packed(opt, dp, b) ? reduce_packed(fn, opt, bi, stream)
+                            : reduce_in_place(fn, opt, b, stream);
+  if (st == FO_SUCCESS && is_cuda(opt))
+    st = fo_dp_cuda_record(fn, opt->options.device, dp->events[bi], stream);
+  if (st != FO_SUCCESS) {
+    opt->grads_poisoned = 1; /* partly summed: never step on them */
+    return st;
+  }
+  dp->streams[bi] = stream;
+  dp->reduced[bi] = 1;
+  return FO_SUCCESS;
+}
+
+static fo_status reduce_remaining(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
+  for (int64_t b = 0; b < opt->dp->num_buckets; b++) {
+    if (opt->dp->reduced[b]) continue;
+    fo_status st = reduce_bucket(fn, opt, b, stream);
+    if (st != FO_SUCCESS) return st;
+  }
+  return FO_SUCCESS;
+}
+
+static fo_status refuse_poisoned(const char *fn) {
+  return fo_fail(FO_ERR_COMM, fn,
+                 "an earlier all-reduce of the gradients failed and left them partly "
+                 "summed; zero them (fo_optimizer_zero_grad), recompute them and try again");
+}
+
+/* The arguments every reduce call shares. */
+static fo_status check_reduce(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  if (!opt->dp)
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "the optimizer has no communicator (fo_optimizer_set_comm)");
+  if (!is_cuda(opt) && stream)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream must be NULL for the CPU executor");
+  if (is_cuda(opt)) {
+    fo_status st = fo_cuda_check_stream(fn, stream, opt->options.device);
+    if (st != FO_SUCCESS) return st;
+  }
+  return opt->grads_poisoned ? refuse_poisoned(fn) : FO_SUCCESS;
+}
+
+fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_reduce_bucket";
+  fo_status st = check_reduce(fn, opt, stream);
+  if (st == FO_SUCCESS) st = check_bucket(fn, opt, bucket);
+  if (st != FO_SUCCESS) return st;
+  if (opt->dp->reduced[bucket])
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "bucket %lld was already reduced for this step (a second sum would "
+                   "count every rank twice)",
+                   (long long)bucket);
+  return reduce_bucket(fn, opt, bucket, stream);
+}
+
+fo_status fo_optimizer_reduce_grads(fo_optimizer *opt, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_reduce_grads";
+  fo_status st = check_reduce(fn, opt, stream);
+  if (st != FO_SUCCESS) return st;
+  return reduce_remaining(fn, opt, stream);
+}
+
+/* ----------------------------------------------------------- step hooks */
+
+fo_status fo_dp_before_step(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
+  if (opt->grads_poisoned) return refuse_poisoned(fn);
+  fo_dp *dp = opt->dp;
+  if (!dp) return FO_SUCCESS;
+  fo_status st = reduce_remaining(fn, opt, stream);
+  for (int64_t b = 0; b < dp->num_buckets && st == FO_SUCCESS && is_cuda(opt); b++)
+    if (dp->streams[b] != stream)
+      st = fo_dp_cuda_wait(fn, opt->options.device, stream, dp->events[b]);
+  if (st != FO_SUCCESS) return st;
+  memset(dp->reduced, 0, (size_t)dp->num_buckets);
+  return FO_SUCCESS;
+}
+
+void fo_dp_zero_grad(fo_optimizer *opt) {
+  opt->grads_poisoned = 0;
+  if (opt->dp) memset(opt->dp->reduced, 0, (size_t)opt->dp->num_buckets);
+}

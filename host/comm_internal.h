@@ -1,0 +1,102 @@
+/*
+ * comm_internal.h -- what the communicator files share (host/comm.c,
+ * comm_nccl.c, comm_cuda.c, comm_dp.c): the communicator object, the
+ * data-parallel attachment of an optimizer, and the back-end calls.
+ * Not installed; the rest of host/ sees only the fo_dp_* hooks declared
+ * in internal.h.
+ */
+#ifndef FO_COMM_INTERNAL_H
+#define FO_COMM_INTERNAL_H
+
+#include "internal.h"
+
+/* Room for a back-end's error message. */
+#define FO_COMM_ERR_CAP 256
+
+struct fo_comm {
+  fo_comm_kind kind;
+  int rank, size;
+  int attached; /* optimizers attached: destroy refuses while > 0 */
+  /* FO_COMM_NCCL */
+  fo_nccl_comm_t nccl;
+  int owns_nccl; /* created by fo_comm_init_nccl: destroyed with us */
+  int device;    /* the NCCL communicator's CUDA device */
+  /* FO_COMM_HOST */
+  fo_comm_ops ops;
+  void *ctx;
+};
+
+/* A run of gradient memory that one collective covers. */
+typedef struct fo_dp_segment {
+  void *grad;        /* first element, in the executor's memory */
+  int64_t count;     /* elements of the gradient dtype */
+  int64_t packed_at; /* element offset in the bucket's packed buffer */
+} fo_dp_segment;
+
+/* Consecutive tensors whose gradients are reduced together. */
+typedef struct fo_dp_bucket {
+  int64_t first_tensor, num_tensors;
+  int64_t first_seg, num_segs;
+  int64_t count; /* elements over all segments */
+} fo_dp_bucket;
+
+/* An optimizer's data-parallel attachment. */
+typedef struct fo_dp fo_dp;
+struct fo_dp {
+  fo_comm *comm;
+  fo_dp_options options;
+  fo_dtype wire; /* dtype on the wire: the gradient dtype, or fp32 */
+  int64_t num_buckets, num_segs;
+  fo_dp_bucket *buckets;
+  fo_dp_segment *segs;
+  unsigned char *reduced; /* per bucket: reduced since the last step */
+  /* The packed (or widened) bucket, in the executor's memory; NULL when
+   * every bucket is reduced in place. */
+  void *scratch;
+  size_t scratch_bytes;
+  /* FO_EXEC_CUDA: per bucket, an event recorded after its reduction and
+   * the stream it was enqueued on (the step's stream waits for it). */
+  void **events;
+  fo_stream_t *streams;
+  int64_t last_packed; /* the bucket that last used the scratch, or -1 */
+};
+
+/* ------------------------------------------------------ comm.c (dispatch) */
+
+/* Sum count elements of dtype in buf over the ranks (one collective). */
+fo_status fo_comm_sum(const char *func, fo_comm *c, void *buf, int64_t count,
+                      fo_dtype dtype, fo_stream_t stream);
+/* Bracket several fo_comm_sum calls into one launch (NCCL group); no-ops
+ * for host communicators.  end must follow a successful start even when a
+ * sum in between failed; it returns the first error. */
+fo_status fo_comm_group_start(const char *func, fo_comm *c);
+fo_status fo_comm_group_end(const char *func, fo_comm *c, fo_status so_far);
+/* FO_ERR_COMM when the communicator reports an asynchronous error (a
+ * collective that failed after it was enqueued: NCCL). */
+fo_status fo_comm_check_async(const char *func, fo_comm *c);
+
+/* --------------------------------------------------------- comm_nccl.c */
+
+fo_status fo_nccl_sum(const char *func, fo_comm *c, void *buf, int64_t count,
+                      fo_dtype dtype, fo_stream_t stream);
+fo_status fo_nccl_group_start(const char *func);
+fo_status fo_nccl_group_end(const char *func);
+fo_status fo_nccl_check_async(const char *func, fo_comm *c);
+/* Destroy the NCCL communicator when owned (abort it after an error). */
+void fo_nccl_release(fo_comm *c);
+
+/* --------------------------------------------------------- comm_cuda.c */
+
+/* Convert n elements between dtypes in device memory, on stream. */
+fo_status fo_dp_cuda_convert(const char *func, int device, const void *src,
+                             fo_dtype from, void *dst, fo_dtype to, int64_t n,
+                             fo_stream_t stream);
+fo_status fo_dp_cuda_events_create(const char *func, int device, void **events,
+                                   int64_t n);
+void fo_dp_cuda_events_destroy(int device, void **events, int64_t n);
+fo_status fo_dp_cuda_record(const char *func, int device, void *event,
+                            fo_stream_t stream);
+fo_status fo_dp_cuda_wait(const char *func, int device, fo_stream_t stream,
+                          void *event);
+
+#endif /* FO_COMM_INTERNAL_H */

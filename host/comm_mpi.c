@@ -1,0 +1,222 @@
+/*
+ * comm_mpi.c -- the library fusedopt_mpi (include/fusedopt_mpi.h): host
+ * communicators over MPI, and NCCL communicators bootstrapped through MPI.
+ *
+ * Built apart from libfusedopt, against the public API only (so it keeps
+ * libfusedopt free of an MPI link); errors reach fo_last_error() through
+ * fo_set_last_error().
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mpi.h>
+
+#include "fusedopt.h"
+#include "fusedopt_mpi.h"
+
+/* Elements per MPI call: MPI counts are ints. */
+#define MPI_MAX_COUNT ((int64_t)1 << 30)
+/* Elements a 16-bit sum widens at a time (on the stack). */
+#define SUM_TILE 256
+
+typedef struct mpi_ctx {
+  MPI_Comm comm; /* our duplicate, with MPI_ERRORS_RETURN */
+  MPI_Op sum_f16, sum_bf16;
+} mpi_ctx;
+
+/* "what: MPI's message for rc" into buf. */
+static void mpi_message(int rc, const char *what, char *buf, size_t cap) {
+  char s[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  if (MPI_Error_string(rc, s, &len) != MPI_SUCCESS) snprintf(s, sizeof s, "MPI error %d", rc);
+  snprintf(buf, cap, "%s: %s", what, s);
+}
+
+static fo_status mpi_fail(const char *fn, const char *what, int rc) {
+  char msg[512];
+  mpi_message(rc, what, msg, sizeof msg);
+  return fo_set_last_error(FO_ERR_COMM, fn, msg);
+}
+
+/* ------------------------------------------------------- 16-bit sums */
+
+/* inout[i] = round(widen(in[i]) + widen(inout[i])) for n elements. */
+static void sum16(const void *in, void *inout, int n, fo_dtype dtype) {
+  float a[SUM_TILE], b[SUM_TILE];
+  for (int at = 0; at < n; at += SUM_TILE) {
+    int k = n - at < SUM_TILE ? n - at : SUM_TILE;
+    uint16_t *io = (uint16_t *)inout + at;
+    (void)fo_convert_to_f32(dtype, (const uint16_t *)in + at, a, k);
+    (void)fo_convert_to_f32(dtype, io, b, k);
+    for (int i = 0; i < k; i++) b[i] += a[i];
+    (void)fo_convert_from_f32(dtype, b, io, k);
+  }
+}
+
+static void op_sum_f16(void *in, void *inout, int *len, MPI_Datatype *type) {
+  (void)type;
+  sum16(in, inout, *len, FO_DTYPE_F16);
+}
+
+static void op_sum_bf16(void *in, void *inout, int *len, MPI_Datatype *type) {
+  (void)type;
+  sum16(in, inout, *len, FO_DTYPE_BF16);
+}
+
+/* ----------------------------------------------------------- the ops */
+
+static int mpi_allreduce(void *vctx, void *buf, int64_t count, fo_dtype dtype, char *err,
+                         size_t err_cap) {
+  const mpi_ctx *c = vctx;
+  MPI_Datatype type = dtype == FO_DTYPE_F32 ? MPI_FLOAT : MPI_UINT16_T;
+  MPI_Op op = dtype == FO_DTYPE_F32   ? MPI_SUM
+              : dtype == FO_DTYPE_F16 ? c->sum_f16
+                                      : c->sum_bf16;
+  size_t es = fo_dtype_size(dtype);
+  for (int64_t at = 0; at < count; at += MPI_MAX_COUNT) {
+    int n = (int)(count - at < MPI_MAX_COUNT ? count - at : MPI_MAX_COUNT);
+    int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + (size_t)at * es, n, type, op, c->comm);
+    if (rc != MPI_SUCCESS) {
+      mpi_message(rc, "MPI_Allreduce", err, err_cap);
+      return rc;
+    }
+  }
+  return 0;
+}
+
+static void mpi_release(void *vctx) {
+  mpi_ctx *c = vctx;
+  if (!c) return;
+  int finalized = 1;
+  MPI_Finalized(&finalized);
+  if (!finalized) {
+    if (c->sum_f16 != MPI_OP_NULL) MPI_Op_free(&c->sum_f16);
+    if (c->sum_bf16 != MPI_OP_NULL) MPI_Op_free(&c->sum_bf16);
+    if (c->comm != MPI_COMM_NULL) MPI_Comm_free(&c->comm);
+  }
+  free(c);
+}
+
+/* MPI is usable and comm names a communicator. */
+static fo_status check_mpi(const char *fn, MPI_Comm comm) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized)
+    return fo_set_last_error(FO_ERR_INVALID_STATE, fn,
+                             finalized ? "MPI has been finalised"
+                                       : "MPI is not initialised (call MPI_Init first)");
+  if (comm == MPI_COMM_NULL)
+    return fo_set_last_error(FO_ERR_INVALID_ARGUMENT, fn, "comm is MPI_COMM_NULL");
+  return FO_SUCCESS;
+}
+
+/* Our duplicate of comm, its error handler and the 16-bit operations. */
+static fo_status ctx_init(const char *fn, MPI_Comm comm, mpi_ctx *c) {
+  int rc = MPI_Comm_dup(comm, &c->comm);
+  if (rc != MPI_SUCCESS) {
+    c->comm = MPI_COMM_NULL;
+    return mpi_fail(fn, "MPI_Comm_dup", rc);
+  }
+  rc = MPI_Comm_set_errhandler(c->comm, MPI_ERRORS_RETURN);
+  if (rc != MPI_SUCCESS) return mpi_fail(fn, "MPI_Comm_set_errhandler", rc);
+  rc = MPI_Op_create(op_sum_f16, 1, &c->sum_f16);
+  if (rc != MPI_SUCCESS) return mpi_fail(fn, "MPI_Op_create", rc);
+  rc = MPI_Op_create(op_sum_bf16, 1, &c->sum_bf16);
+  if (rc != MPI_SUCCESS) return mpi_fail(fn, "MPI_Op_create", rc);
+  return FO_SUCCESS;
+}
+
+fo_status fo_comm_create_mpi(fo_comm **out, MPI_Comm comm) {
+  static const char fn[] = "fo_comm_create_mpi";
+  if (!out) return fo_set_last_error(FO_ERR_NULL_POINTER, fn, "out is NULL");
+  fo_status st = check_mpi(fn, comm);
+  if (st != FO_SUCCESS) return st;
+  mpi_ctx *c = calloc(1, sizeof *c);
+  if (!c) return fo_set_last_error(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the context");
+  c->comm = MPI_COMM_NULL;
+  c->sum_f16 = c->sum_bf16 = MPI_OP_NULL;
+  st = ctx_init(fn, comm, c);
+  int rank = 0, size = 0;
+  if (st == FO_SUCCESS) {
+    MPI_Comm_rank(c->comm, &rank);
+    MPI_Comm_size(c->comm, &size);
+  }
+  if (st != FO_SUCCESS) {
+    mpi_release(c);
+    return st;
+  }
+  fo_comm_ops ops;
+  memset(&ops, 0, sizeof ops);
+  ops.struct_size = sizeof ops;
+  ops.allreduce_sum = mpi_allreduce;
+  ops.release = mpi_release;
+  return fo_comm_create_host(out, &ops, c, rank, size); /* releases c on failure */
+}
+
+/* ------------------------------------------------------ NCCL over MPI */
+
+/* The rank's index among the ranks of its node. */
+static int local_rank(MPI_Comm comm) {
+  int rank = 0, local = 0;
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_rank(comm, &rank);
+  if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node) !=
+      MPI_SUCCESS)
+    return rank;
+  MPI_Comm_rank(node, &local);
+  MPI_Comm_free(&node);
+  return local;
+}
+
+/* Pick this rank's device and make every rank agree that all have one.
+ * Returns FO_SUCCESS on every rank, or a failure on every rank. */
+static fo_status agree_on_devices(const char *fn, MPI_Comm comm, int device, int *out) {
+  int ndev = 0;
+  fo_status st = fo_cuda_device_count(&ndev);
+  int dev = device >= 0 ? device : (ndev > 0 ? local_rank(comm) % ndev : 0);
+  if (st == FO_SUCCESS && dev >= ndev) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "device = %d, but this node has %d CUDA devices", dev, ndev);
+    st = fo_set_last_error(FO_ERR_INVALID_ARGUMENT, fn, msg);
+  }
+  int ok = st == FO_SUCCESS, all_ok = 0;
+  int rc = MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm);
+  if (rc != MPI_SUCCESS) return mpi_fail(fn, "MPI_Allreduce", rc);
+  if (!ok) return st; /* our own reason is in fo_last_error() */
+  if (!all_ok)
+    return fo_set_last_error(FO_ERR_NO_DEVICE, fn,
+                             "another rank has no usable CUDA device (see its message)");
+  *out = dev;
+  return FO_SUCCESS;
+}
+
+fo_status fo_comm_create_nccl_mpi(fo_comm **out, MPI_Comm comm, int device) {
+  static const char fn[] = "fo_comm_create_nccl_mpi";
+  if (!out) return fo_set_last_error(FO_ERR_NULL_POINTER, fn, "out is NULL");
+  if (device < -1)
+    return fo_set_last_error(FO_ERR_INVALID_ARGUMENT, fn, "device must be >= -1");
+  fo_status st = check_mpi(fn, comm);
+  if (st != FO_SUCCESS) return st;
+  int rank = 0, size = 0, dev = 0;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  st = agree_on_devices(fn, comm, device, &dev);
+  if (st != FO_SUCCESS) return st;
+  /* rank 0's id and whether it got one, so a failure cannot hang the rest */
+  struct {
+    int status;
+    fo_nccl_id id;
+  } msg;
+  memset(&msg, 0, sizeof msg);
+  if (rank == 0) msg.status = (int)fo_nccl_get_id(&msg.id);
+  int rc = MPI_Bcast(&msg, (int)sizeof msg, MPI_BYTE, 0, comm);
+  if (rc != MPI_SUCCESS) return mpi_fail(fn, "MPI_Bcast of the NCCL id", rc);
+  if (msg.status != (int)FO_SUCCESS)
+    return rank == 0 ? (fo_status)msg.status
+                     : fo_set_last_error(FO_ERR_COMM, fn,
+                                         "rank 0 could not create the NCCL id (see its "
+                                         "message)");
+  return fo_comm_init_nccl(out, &msg.id, rank, size, dev);
+}

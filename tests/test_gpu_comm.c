@@ -1,0 +1,381 @@
+/*
+ * test_gpu_comm.c -- the GPU tier of the communicators: the NCCL path.
+ *
+ * Every test first asks fo_cuda_device_count(); without a usable device it
+ * is skipped with the reason.  NCCL refuses two ranks on one GPU, so on one
+ * GPU the NCCL path runs with one rank: a sum over one rank is the
+ * identity and the divisor is 1, so an optimizer with the communicator
+ * attached must end bit-identical to one without -- through every path of
+ * the reduction (the arena in place, scattered external tensors as one
+ * NCCL group, 16-bit gradients widened to fp32 and back, buckets reduced on
+ * a side stream with the step waiting on their events, a step captured in
+ * a CUDA graph with its all-reduce).  With two or more GPUs, one rank per
+ * GPU from this one thread (ncclCommInitAll, the reductions in one NCCL
+ * group): the ranks end bit-identical.  The sums themselves, the agreement
+ * on overflow and the comparison with one process on the whole batch are
+ * the MPI tier's (tests/mpi, CPU); multi-process NCCL runs bootstrap
+ * through MPI (fusedopt_mpi.h).
+ */
+#include <criterion/criterion.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <nccl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fusedopt.h"
+#include "testutil.h"
+
+#define CK(call)                                                                  \
+  do {                                                                            \
+    cudaError_t e_ = (call);                                                      \
+    cr_assert_eq(e_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorName(e_),     \
+                 cudaGetErrorString(e_));                                         \
+  } while (0)
+#define NC(call)                                                                  \
+  do {                                                                            \
+    ncclResult_t r_ = (call);                                                     \
+    cr_assert_eq(r_, ncclSuccess, "%s: %s", #call, ncclGetErrorString(r_));       \
+  } while (0)
+#define OK(call)                                                                  \
+  do {                                                                            \
+    fo_status s_ = (call);                                                        \
+    cr_assert_eq(s_, FO_SUCCESS, "%s: %s (%s)", #call, fo_status_string(s_),      \
+                 fo_last_error());                                                \
+  } while (0)
+
+static int devices(int least) {
+  int n = 0;
+  if (fo_cuda_device_count(&n) != FO_SUCCESS || n == 0)
+    cr_skip_test("no usable CUDA device: %s", fo_last_error());
+  if (n < least) cr_skip_test("needs %d CUDA devices, found %d", least, n);
+  return n;
+}
+
+/* --------------------------------------------------------------- the rig */
+
+#define NT 6
+static const int64_t SIZES[NT] = {1000, 3, 0, 70001, 128, 4097};
+#define NMAX 70001
+
+typedef struct rig {
+  fo_optimizer *opt;
+  void *pbuf, *gbuf; /* external storage: one device buffer per role */
+  fo_dtype pd, gd;
+  int device;
+} rig;
+
+typedef struct config {
+  fo_storage storage;
+  fo_dtype pd, gd;
+  int64_t gap;
+  size_t bucket_bytes;
+  int reduce_in_f32;
+} config;
+
+static void rig_make(rig *r, const config *c, int device) {
+  memset(r, 0, sizeof *r);
+  r->pd = c->pd;
+  r->gd = c->gd;
+  r->device = device;
+  CK(cudaSetDevice(device));
+  fo_options o;
+  OK(fo_options_default(&o));
+  o.executor = FO_EXEC_CUDA;
+  o.device = device;
+  o.storage = c->storage;
+  o.param_dtype = c->pd;
+  o.grad_dtype = c->gd;
+  o.max_grad_norm = 0.5f;
+  o.loss_scaler.enabled = 1;
+  o.loss_scaler.init_scale = 1024.0f;
+  fo_hparams h[2];
+  OK(fo_hparams_default(FO_ALG_ADAMW, &h[0]));
+  h[0].lr = 0.0137f;
+  h[1] = h[0];
+  h[1].weight_decay = 0.0f;
+  int64_t total = 0, off = 0;
+  for (int i = 0; i < NT; i++) total += SIZES[i] + c->gap;
+  int ext = c->storage == FO_STORAGE_EXTERNAL;
+  if (ext) {
+    CK(cudaMalloc(&r->pbuf, (size_t)total * 4));
+    CK(cudaMalloc(&r->gbuf, (size_t)total * 4));
+  }
+  fo_tensor_desc t[NT];
+  for (int i = 0; i < NT; i++) {
+    t[i] = (fo_tensor_desc){SIZES[i], i % 2,
+                            ext ? (char *)r->pbuf + (size_t)off * fo_dtype_size(c->pd) : NULL,
+                            ext ? (char *)r->gbuf + (size_t)off * fo_dtype_size(c->gd) : NULL,
+                            NULL};
+    off += SIZES[i] + c->gap;
+  }
+  OK(fo_optimizer_create(&r->opt, &o, h, 2, t, NT));
+  float *v = malloc(NMAX * sizeof(float));
+  uint16_t *h16 = malloc(NMAX * sizeof(float));
+  cr_assert(v && h16);
+  tu_rng rng;
+  tu_rng_seed(&rng, 3, 1);
+  for (int i = 0; i < NT; i++) {
+    void *p;
+    OK(fo_optimizer_param_ptr(r->opt, i, &p));
+    for (int64_t e = 0; e < SIZES[i]; e++) v[e] = (float)tu_rng_range(&rng, -1.0, 1.0);
+    OK(fo_convert_from_f32(c->pd, v, h16, SIZES[i]));
+    if (SIZES[i]) CK(cudaMemcpy(p, h16, (size_t)SIZES[i] * fo_dtype_size(c->pd), cudaMemcpyHostToDevice));
+  }
+  OK(fo_optimizer_sync_master(r->opt, NULL));
+  CK(cudaDeviceSynchronize());
+  free(v);
+  free(h16);
+}
+
+static void rig_free(rig *r) {
+  OK(fo_optimizer_destroy(r->opt));
+  if (r->pbuf) CK(cudaFree(r->pbuf));
+  if (r->gbuf) CK(cudaFree(r->gbuf));
+}
+
+/* The scaled gradients of step k for rank, written with a blocking copy. */
+static void rig_grads(rig *r, int k, int rank) {
+  CK(cudaSetDevice(r->device));
+  fo_step_info info;
+  OK(fo_optimizer_get_info(r->opt, &info)); /* synchronizes */
+  float *v = malloc(NMAX * sizeof(float));
+  uint16_t *h16 = malloc(NMAX * sizeof(float));
+  cr_assert(v && h16);
+  tu_rng rng;
+  tu_rng_seed(&rng, 1000 + (uint64_t)k, 2 + (uint64_t)rank);
+  for (int i = 0; i < NT; i++) {
+    void *g;
+    OK(fo_optimizer_grad_ptr(r->opt, i, &g));
+    for (int64_t e = 0; e < SIZES[i]; e++)
+      v[e] = info.loss_scale * (float)tu_rng_range(&rng, -0.02, 0.02);
+    if (k == 3 && i == 3) v[5] = INFINITY; /* an overflow step */
+    OK(fo_convert_from_f32(r->gd, v, h16, SIZES[i]));
+    if (SIZES[i]) CK(cudaMemcpy(g, h16, (size_t)SIZES[i] * fo_dtype_size(r->gd), cudaMemcpyHostToDevice));
+  }
+  CK(cudaDeviceSynchronize()); /* a pageable copy may still be in flight */
+  free(v);
+  free(h16);
+}
+
+/* The parameters of every tensor, on the host, in the parameter dtype. */
+static unsigned char *rig_params(const rig *r, size_t *bytes) {
+  size_t total = 0, es = fo_dtype_size(r->pd);
+  for (int i = 0; i < NT; i++) total += (size_t)SIZES[i] * es;
+  unsigned char *h = malloc(total + 1), *at = h;
+  cr_assert(h);
+  CK(cudaSetDevice(r->device));
+  CK(cudaDeviceSynchronize());
+  for (int i = 0; i < NT; i++) {
+    void *p;
+    OK(fo_optimizer_param_ptr(r->opt, i, &p));
+    if (SIZES[i]) CK(cudaMemcpy(at, p, (size_t)SIZES[i] * es, cudaMemcpyDeviceToHost));
+    at += (size_t)SIZES[i] * es;
+  }
+  *bytes = total;
+  return h;
+}
+
+static void expect_same_params(const rig *a, const rig *b, const char *what) {
+  size_t na, nb;
+  unsigned char *pa = rig_params(a, &na), *pb = rig_params(b, &nb);
+  cr_assert_eq(na, nb);
+  cr_assert(memcmp(pa, pb, na) == 0, "%s: parameters differ", what);
+  free(pa);
+  free(pb);
+}
+
+static fo_comm *one_rank_comm(int device) {
+  fo_nccl_id id;
+  OK(fo_nccl_get_id(&id));
+  fo_comm *c = NULL;
+  OK(fo_comm_init_nccl(&c, &id, 0, 1, device));
+  int rank = -1, size = -1;
+  OK(fo_comm_get_rank(c, &rank, &size));
+  cr_assert(rank == 0 && size == 1);
+  return c;
+}
+
+/* K steps with and without a one-rank communicator: bit-identical.
+ * side_stream: buckets reduced on another stream, last first. */
+static void one_rank_case(const config *c, int side_stream) {
+  rig dp, ref;
+  rig_make(&dp, c, 0);
+  rig_make(&ref, c, 0);
+  fo_comm *comm = one_rank_comm(0);
+  fo_dp_options o;
+  OK(fo_dp_options_default(&o));
+  o.bucket_bytes = c->bucket_bytes;
+  o.reduce_in_f32 = c->reduce_in_f32;
+  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
+  cudaStream_t step_stream, comm_stream;
+  CK(cudaStreamCreateWithFlags(&step_stream, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
+  int64_t nb = 0;
+  OK(fo_optimizer_num_buckets(dp.opt, &nb));
+  for (int k = 0; k < 6; k++) {
+    rig_grads(&dp, k, 0);
+    rig_grads(&ref, k, 0);
+    if (side_stream)
+      for (int64_t b = nb - 1; b >= 0; b--)
+        OK(fo_optimizer_reduce_bucket(dp.opt, b, (fo_stream_t)comm_stream));
+    OK(fo_optimizer_step(dp.opt, (fo_stream_t)step_stream));
+    OK(fo_optimizer_step(ref.opt, (fo_stream_t)step_stream));
+    fo_step_info a, b;
+    OK(fo_optimizer_get_info(dp.opt, &a));
+    OK(fo_optimizer_get_info(ref.opt, &b));
+    cr_assert_eq(a.last_step_skipped, k == 3);
+    cr_assert_eq(a.grad_norm, b.grad_norm);
+    cr_assert_eq(a.grad_coef, b.grad_coef);
+    expect_same_params(&dp, &ref, "one rank");
+  }
+  CK(cudaStreamDestroy(step_stream));
+  CK(cudaStreamDestroy(comm_stream));
+  rig_free(&dp);
+  OK(fo_comm_destroy(comm));
+  rig_free(&ref);
+}
+
+Test(gpu_comm, one_rank_arena_in_place, .timeout = 120) {
+  devices(1);
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 0, 0};
+  one_rank_case(&c, 0);
+}
+
+Test(gpu_comm, one_rank_buckets_on_a_side_stream, .timeout = 120) {
+  devices(1);
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0};
+  one_rank_case(&c, 1);
+}
+
+Test(gpu_comm, one_rank_scattered_external_as_one_group, .timeout = 120) {
+  devices(1);
+  config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_F16, FO_DTYPE_F16, 77, 0, 0};
+  one_rank_case(&c, 0);
+}
+
+Test(gpu_comm, one_rank_bf16_reduced_in_f32, .timeout = 120) {
+  devices(1);
+  config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 4096, 1};
+  one_rank_case(&c, 1);
+  config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F16, 0, 0, 1};
+  one_rank_case(&a, 0);
+}
+
+/* A step captured with its all-reduce replays like eager steps. */
+Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
+  devices(1);
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0};
+  rig dp, ref;
+  rig_make(&dp, &c, 0);
+  rig_make(&ref, &c, 0);
+  fo_comm *comm = one_rank_comm(0);
+  OK(fo_optimizer_set_comm(dp.opt, comm, NULL));
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  OK(fo_optimizer_step(dp.opt, (fo_stream_t)s));
+  CK(cudaStreamEndCapture(s, &graph));
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int k = 0; k < 5; k++) {
+    if (k == 3) continue; /* rig_grads' overflow step: covered above */
+    rig_grads(&dp, k, 0);
+    rig_grads(&ref, k, 0);
+    CK(cudaGraphLaunch(exec, s));
+    OK(fo_optimizer_step(ref.opt, (fo_stream_t)s));
+    CK(cudaStreamSynchronize(s));
+    expect_same_params(&dp, &ref, "graph replay");
+  }
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  CK(cudaStreamDestroy(s));
+  rig_free(&dp);
+  OK(fo_comm_destroy(comm));
+  rig_free(&ref);
+}
+
+Test(gpu_comm, wrap_and_kinds, .timeout = 60) {
+  devices(1);
+  int dev0 = 0;
+  ncclComm_t nccl;
+  NC(ncclCommInitAll(&nccl, 1, &dev0));
+  fo_comm *c = NULL;
+  OK(fo_comm_wrap_nccl(&c, nccl));
+  fo_comm_kind kind;
+  OK(fo_comm_get_kind(c, &kind));
+  cr_expect_eq(kind, FO_COMM_NCCL);
+  /* a CPU optimizer cannot use NCCL */
+  float p[4] = {0}, g[4] = {0};
+  fo_options o;
+  fo_hparams h;
+  OK(fo_options_default(&o));
+  OK(fo_hparams_default(o.algorithm, &h));
+  fo_tensor_desc t = {4, 0, p, g, NULL};
+  fo_optimizer *cpu = NULL;
+  OK(fo_optimizer_create(&cpu, &o, &h, 1, &t, 1));
+  cr_expect_eq(fo_optimizer_set_comm(cpu, c, NULL), FO_ERR_UNSUPPORTED, "%s", fo_last_error());
+  OK(fo_optimizer_destroy(cpu));
+  /* the caller's own sum, on the device */
+  float *d, host[3] = {1.0f, 2.0f, 3.0f};
+  CK(cudaMalloc((void **)&d, sizeof host));
+  CK(cudaMemcpy(d, host, sizeof host, cudaMemcpyHostToDevice));
+  OK(fo_comm_allreduce_sum(c, d, 3, FO_DTYPE_F32, NULL));
+  CK(cudaMemcpy(host, d, sizeof host, cudaMemcpyDeviceToHost));
+  cr_expect(host[0] == 1.0f && host[1] == 2.0f && host[2] == 3.0f);
+  CK(cudaFree(d));
+  OK(fo_comm_destroy(c)); /* leaves the caller's NCCL communicator alone */
+  NC(ncclCommDestroy(nccl));
+}
+
+/* ------------------------------------------------- one rank per GPU */
+
+#define MAX_GPUS 8
+
+Test(gpu_comm, one_rank_per_gpu, .timeout = 300) {
+  int n = devices(2);
+  if (n > MAX_GPUS) n = MAX_GPUS;
+  int devs[MAX_GPUS];
+  for (int i = 0; i < n; i++) devs[i] = i;
+  ncclComm_t nccl[MAX_GPUS];
+  NC(ncclCommInitAll(nccl, n, devs));
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 16384, 0};
+  rig r[MAX_GPUS];
+  fo_comm *comm[MAX_GPUS];
+  cudaStream_t s[MAX_GPUS];
+  for (int i = 0; i < n; i++) {
+    rig_make(&r[i], &c, i);
+    OK(fo_comm_wrap_nccl(&comm[i], nccl[i]));
+    OK(fo_optimizer_set_comm(r[i].opt, comm[i], NULL));
+    CK(cudaSetDevice(i));
+    CK(cudaStreamCreateWithFlags(&s[i], cudaStreamNonBlocking));
+  }
+  for (int k = 0; k < 3; k++) {
+    for (int i = 0; i < n; i++) rig_grads(&r[i], k, i);
+    /* one thread drives every rank: the ranks' collectives must be one
+     * NCCL group, and every rank's reduction enqueued before any step */
+    NC(ncclGroupStart());
+    for (int i = 0; i < n; i++) OK(fo_optimizer_reduce_grads(r[i].opt, (fo_stream_t)s[i]));
+    NC(ncclGroupEnd());
+    for (int i = 0; i < n; i++) OK(fo_optimizer_step(r[i].opt, (fo_stream_t)s[i]));
+    size_t b0, bi;
+    unsigned char *p0 = rig_params(&r[0], &b0);
+    for (int i = 1; i < n; i++) {
+      unsigned char *pi = rig_params(&r[i], &bi);
+      cr_assert(b0 == bi && memcmp(p0, pi, b0) == 0, "step %d: rank %d differs from rank 0",
+                k, i);
+      free(pi);
+    }
+    free(p0);
+  }
+  for (int i = 0; i < n; i++) {
+    CK(cudaSetDevice(i));
+    CK(cudaStreamDestroy(s[i]));
+    rig_free(&r[i]);
+    OK(fo_comm_destroy(comm[i]));
+    NC(ncclCommDestroy(nccl[i]));
+  }
+}
