@@ -1,0 +1,407 @@
+/*
+ * run.c -- one row of the benchmark: (tensor list, algorithm, config).
+ *
+ *   1. input sets: each its own parameter and gradient slabs (tensors
+ *      carved at 128-element boundaries, as a framework's caching
+ *      allocator places them) and its own optimizer over them, external
+ *      storage; enough sets that the bytes touched between two uses of one
+ *      set are at least 4x the last-level cache, so no timed step finds its
+ *      inputs in cache;
+ *   2. the timing of the reference copy, the fused step, the graph-replayed
+ *      step where asked and the naive step on the same buffers: after
+ *      warm-up, a mark between any two consecutive steps, never waiting in
+ *      between; each figure is the median of its intervals.  On the CPU
+ *      the modes are interleaved round by round, so that the copy and the
+ *      steps see the machine (a shared host whose bandwidth drifts) in the
+ *      same moments; on CUDA each mode runs its steps back to back
+ *      (time_row);
+ *   3. the check: from the same initial values, a few fused steps and a few
+ *      naive steps, compared on windows of every tensor.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+
+/* Tensors start at multiples of this many elements in their slab: 256 bytes
+ * of bf16, 512 of fp32 (PyTorch's allocator rounds to 512 bytes). */
+#define ALIGN_ELEMS 128
+/* Seeds of the inputs; set i uses SEED + i. */
+#define PARAM_SEED 1000
+#define GRAD_SEED 2000
+/* Initial weights in [-0.05, 0.05) (GPT-2's init has std 0.02), gradients
+ * in [-1, 1). */
+#define PARAM_SCALE 0.05f
+#define GRAD_SCALE 1.0f
+/* The bytes touched between two uses of one input set, over the cache. */
+#define ROTATION_CACHES 4
+#define MAX_SETS 64
+/* Elements compared by the check, over all tensors. */
+#define CHECK_BUDGET (3 << 20)
+
+typedef struct bench_set {
+  void *param_slab, *grad_slab;
+  fo_optimizer *opt;
+  naive_tensor *nt;
+  int64_t naive_t; /* naive steps since the last reset */
+  void *graph;
+} bench_set;
+
+typedef struct row {
+  const bench_backend *b;
+  const bench_list *l;
+  fo_algorithm alg;
+  const bench_config *c;
+  fo_hparams h[2];
+  int64_t *offsets; /* element offset of each tensor in the slabs */
+  int64_t slab_elems;
+  bench_set *sets;
+  int nsets;
+  int64_t turn; /* steps taken, for the rotation */
+  bench_copy copy;
+} row;
+
+/* ------------------------------------------------------------ sets */
+
+static int64_t align_up(int64_t x) { return (x + ALIGN_ELEMS - 1) / ALIGN_ELEMS * ALIGN_ELEMS; }
+
+static void layout(row *r) {
+  r->offsets = malloc((size_t)r->l->count * sizeof *r->offsets);
+  if (!r->offsets) bench_die("out of host memory");
+  int64_t at = 0;
+  for (int64_t i = 0; i < r->l->count; i++) {
+    r->offsets[i] = at;
+    at = align_up(at + r->l->tensors[i].numel);
+  }
+  r->slab_elems = at;
+}
+
+/* Sets to rotate among: enough that ROTATION_CACHES caches' worth of bytes
+ * pass between two uses of a set, as many as fit in the memory the
+ * reference copy left. */
+static int rotation_sets(const row *r, const bench_opts *o) {
+  const int64_t footprint = r->slab_elems * bench_footprint_per_param(r->alg, r->c);
+  int64_t n = o->sets;
+  if (n <= 0) n = ((int64_t)r->b->cache_bytes * ROTATION_CACHES + footprint - 1) / footprint;
+  if (n > MAX_SETS) n = MAX_SETS;
+  const int64_t copy_bytes = 2 * r->copy.side * r->copy.sets;
+  const int64_t fit = ((int64_t)(r->b->free_bytes / 10 * 9) - copy_bytes) / footprint;
+  if (n > fit) n = fit;
+  if (n < 1)
+    bench_die("list %s (%s) needs %.1f GB per input set and the copy %.1f GB; %.1f GB are "
+              "free", r->l->name, r->l->what, footprint / 1e9, copy_bytes / 1e9,
+              r->b->free_bytes / 1e9);
+  return (int)n;
+}
+
+static fo_options row_options(const row *r) {
+  fo_options o;
+  FO_CHECK(fo_options_default(&o));
+  o.algorithm = r->alg;
+  o.executor = r->b->executor;
+  o.param_dtype = r->c->param;
+  o.grad_dtype = r->c->grad;
+  o.master_weights = r->c->master;
+  o.num_threads = r->b->threads;
+  return o;
+}
+
+static void fill_params(const row *r, bench_set *s, int index) {
+  r->b->fill(s->param_slab, r->c->param, r->slab_elems, PARAM_SEED + (uint64_t)index,
+             PARAM_SCALE);
+}
+
+/* The naive step's view of the set: the optimizer's own state buffers. */
+static void naive_table(const row *r, bench_set *s, const fo_tensor_desc *d) {
+  const int64_t n = r->l->count;
+  s->nt = calloc((size_t)n, sizeof *s->nt);
+  if (!s->nt) bench_die("out of host memory");
+  const int adam = r->alg == FO_ALG_ADAM || r->alg == FO_ALG_ADAMW;
+  for (int64_t i = 0; i < n; i++) {
+    naive_tensor *t = &s->nt[i];
+    t->param = d[i].param;
+    t->grad = d[i].grad;
+    t->numel = d[i].numel;
+    t->group = d[i].group;
+    FO_CHECK(fo_optimizer_state_ptr(s->opt, i, FO_ROLE_EXP_AVG, &t->m));
+    if (adam) FO_CHECK(fo_optimizer_state_ptr(s->opt, i, FO_ROLE_EXP_AVG_SQ, &t->v));
+    if (r->c->master) FO_CHECK(fo_optimizer_state_ptr(s->opt, i, FO_ROLE_MASTER, &t->master));
+  }
+}
+
+static void set_create(const row *r, bench_set *s, int index) {
+  const bench_backend *b = r->b;
+  const size_t ps = fo_dtype_size(r->c->param), gs = fo_dtype_size(r->c->grad);
+  memset(s, 0, sizeof *s);
+  s->param_slab = b->alloc((size_t)r->slab_elems * ps);
+  s->grad_slab = b->alloc((size_t)r->slab_elems * gs);
+  fill_params(r, s, index);
+  b->fill(s->grad_slab, r->c->grad, r->slab_elems, GRAD_SEED + (uint64_t)index, GRAD_SCALE);
+  b->sync(); /* create reads the parameters into the master weights */
+
+  const int64_t n = r->l->count;
+  fo_tensor_desc *d = calloc((size_t)n, sizeof *d);
+  if (!d) bench_die("out of host memory");
+  for (int64_t i = 0; i < n; i++) {
+    d[i].numel = r->l->tensors[i].numel;
+    d[i].group = r->l->tensors[i].group;
+    d[i].param = (char *)s->param_slab + (size_t)r->offsets[i] * ps;
+    d[i].grad = (char *)s->grad_slab + (size_t)r->offsets[i] * gs;
+  }
+  const fo_options o = row_options(r);
+  FO_CHECK(fo_optimizer_create(&s->opt, &o, r->h, r->l->num_groups, d, n));
+  naive_table(r, s, d);
+  free(d);
+}
+
+static void set_destroy(const row *r, bench_set *s) {
+  if (s->graph) r->b->graph_destroy(s->graph);
+  FO_CHECK(fo_optimizer_destroy(s->opt));
+  r->b->release(s->param_slab);
+  r->b->release(s->grad_slab);
+  free(s->nt);
+  memset(s, 0, sizeof *s);
+}
+
+/* Back to the state right after create: initial weights, zero moments,
+ * step 0.  Gradients are never written by either step. */
+static void set_reset(const row *r, bench_set *s, int index) {
+  const bench_backend *b = r->b;
+  b->sync();
+  fill_params(r, s, index);
+  for (int64_t i = 0; i < r->l->count; i++) {
+    const naive_tensor *t = &s->nt[i];
+    const size_t bytes = (size_t)t->numel * sizeof(float);
+    b->zero(t->m, bytes);
+    if (t->v) b->zero(t->v, bytes);
+  }
+  if (r->c->master) FO_CHECK(fo_optimizer_sync_master(s->opt, b->stream));
+  b->sync();
+  FO_CHECK(fo_optimizer_set_step(s->opt, 0));
+  s->naive_t = 0;
+}
+
+/* ------------------------------------------------------------ steps */
+
+static bench_set *next_set(row *r) { return &r->sets[r->turn++ % r->nsets]; }
+
+static void fused_step(row *r, bench_set *s) {
+  FO_CHECK(fo_optimizer_step(s->opt, r->b->stream));
+}
+
+/* The naive step computes its scalars on the host every step, as an eager
+ * framework does. */
+static void naive_step(row *r, bench_set *s) {
+  naive_scalars sc[2];
+  s->naive_t++;
+  for (int g = 0; g < r->l->num_groups; g++)
+    bench_naive_scalars(r->alg, &r->h[g], s->naive_t, &sc[g]);
+  naive_step_args a = {(int)r->alg, (int)r->c->param, (int)r->c->grad, r->c->master, sc};
+  r->b->naive_step(s->nt, r->l->count, &a);
+}
+
+/* What the timing loop runs; the column each fills. */
+enum { M_COPY, M_FUSED, M_GRAPH, M_NAIVE, M_COUNT };
+
+static void run_mode(row *r, int mode) {
+  switch (mode) {
+    case M_COPY: bench_copy_next(r->b, &r->copy); break;
+    case M_FUSED: fused_step(r, next_set(r)); break;
+    case M_GRAPH: r->b->graph_launch(next_set(r)->graph); break;
+    default: naive_step(r, next_set(r)); break;
+  }
+}
+
+/* Capture one step of every set; 0 when a capture failed (the backend
+ * said why). */
+static int capture_graphs(row *r) {
+  int ok = 1;
+  for (int i = 0; i < r->nsets; i++) {
+    r->sets[i].graph = r->b->graph_capture(r->sets[i].opt);
+    ok = ok && r->sets[i].graph;
+  }
+  return ok;
+}
+
+/* The modes of the row, in the order one round runs them. */
+static int row_modes(row *r, const bench_opts *o, int *modes) {
+  int n = 0;
+  modes[n++] = M_COPY;
+  modes[n++] = M_FUSED;
+  if (o->graph && r->b->graph_capture && capture_graphs(r)) modes[n++] = M_GRAPH;
+  if (o->naive) modes[n++] = M_NAIVE;
+  return n;
+}
+
+/* Timed marks around `rounds` rounds of the nm modes; us gets rounds * nm
+ * intervals, round-major. */
+static void timed_rounds(row *r, const int *modes, int nm, int rounds, double *us) {
+  const bench_backend *b = r->b;
+  b->sync();
+  b->timer_begin(rounds * nm + 1);
+  b->timer_mark(0);
+  for (int i = 0, k = 0; i < rounds; i++)
+    for (int m = 0; m < nm; m++) {
+      run_mode(r, modes[m]);
+      b->timer_mark(++k);
+    }
+  b->timer_read(us, rounds * nm);
+}
+
+/* Warm-up, then the timed steps; med[mode] = median microseconds (0 for
+ * modes not run).  Interleaved (the CPU): rounds of every mode, so that
+ * the copy and the steps see the machine in the same moments.  In blocks
+ * (CUDA, a machine of our own): each mode's steps back to back, so the
+ * device queue stays full as in a training loop and no step pays for the
+ * one before it leaving the device idle. */
+static void time_row(row *r, const bench_opts *o, double med[M_COUNT]) {
+  int modes[M_COUNT];
+  const int nm = row_modes(r, o, modes);
+  double *us = malloc((size_t)o->reps * nm * sizeof *us), *one = malloc((size_t)o->reps * sizeof *one);
+  if (!us || !one) bench_die("out of host memory");
+  for (int m = 0; m < M_COUNT; m++) med[m] = 0.0;
+  if (r->b->interleave) {
+    for (int i = 0; i < o->warmup; i++)
+      for (int m = 0; m < nm; m++) run_mode(r, modes[m]);
+    timed_rounds(r, modes, nm, o->reps, us);
+    for (int m = 0; m < nm; m++) {
+      for (int i = 0; i < o->reps; i++) one[i] = us[i * nm + m];
+      med[modes[m]] = bench_median(one, o->reps);
+    }
+  } else {
+    for (int m = 0; m < nm; m++) {
+      for (int i = 0; i < o->warmup; i++) run_mode(r, modes[m]);
+      timed_rounds(r, &modes[m], 1, o->reps, us);
+      med[modes[m]] = bench_median(us, o->reps);
+    }
+  }
+  free(one);
+  free(us);
+}
+
+/* ------------------------------------------------------------ check */
+
+/* Windows of the check: the head, the middle and the tail of every tensor,
+ * each up to h elements (whole tensors when they are small). */
+typedef struct window {
+  int64_t tensor, start, count;
+} window;
+
+static int64_t windows_of(const bench_list *l, window *w) {
+  int64_t h = CHECK_BUDGET / (3 * l->count), n = 0;
+  if (h < 1) h = 1;
+  for (int64_t i = 0; i < l->count; i++) {
+    const int64_t numel = l->tensors[i].numel;
+    if (numel <= 3 * h) {
+      w[n++] = (window){i, 0, numel};
+      continue;
+    }
+    w[n++] = (window){i, 0, h};
+    w[n++] = (window){i, numel / 2 - h / 2, h};
+    w[n++] = (window){i, numel - h, h};
+  }
+  return n;
+}
+
+/* The weights the update acts on (the master when there is one), widened
+ * to fp32, window after window into out. */
+static void sample(const row *r, const bench_set *s, const window *w, int64_t nw, float *out) {
+  const fo_dtype dt = r->c->master ? FO_DTYPE_F32 : r->c->param;
+  const size_t es = fo_dtype_size(dt);
+  for (int64_t k = 0; k < nw; k++) {
+    const naive_tensor *t = &s->nt[w[k].tensor];
+    const char *src = r->c->master ? (const char *)t->master : (const char *)t->param;
+    void *tmp = malloc((size_t)w[k].count * es);
+    if (!tmp) bench_die("out of host memory");
+    r->b->download(tmp, src + (size_t)w[k].start * es, (size_t)w[k].count * es);
+    FO_CHECK(fo_convert_to_f32(dt, tmp, out, w[k].count));
+    free(tmp);
+    out += w[k].count;
+  }
+}
+
+/* ||fused - naive|| / ||naive - initial||: the error relative to what the
+ * steps changed (the weights themselves would hide it). */
+static double rel_error(const float *p0, const float *pf, const float *pn, int64_t n) {
+  double num = 0.0, den = 0.0;
+  for (int64_t i = 0; i < n; i++) {
+    const double e = (double)pf[i] - pn[i], d = (double)pn[i] - p0[i];
+    num += e * e;
+    den += d * d;
+  }
+  return sqrt(num) / sqrt(den); /* NaN or inf fails the check */
+}
+
+/* Tolerances: fp32 weights differ only by rounding order (fma contraction);
+ * bf16 weights without master round after every step, and the naive step
+ * also rounds between its operations, so a one-ulp difference in a few
+ * elements is expected (docs/performance.md). */
+static double check_tolerance(const bench_config *c) {
+  return c->master || c->param == FO_DTYPE_F32 ? 1e-4 : 5e-2;
+}
+
+static void check_row(row *r, const bench_opts *o, bench_result *out) {
+  const bench_list *l = r->l;
+  window *w = malloc((size_t)l->count * 3 * sizeof *w);
+  if (!w) bench_die("out of host memory");
+  const int64_t nw = windows_of(l, w);
+  int64_t n = 0;
+  for (int64_t k = 0; k < nw; k++) n += w[k].count;
+  float *p = malloc((size_t)n * 3 * sizeof *p);
+  if (!p) bench_die("out of host memory");
+  bench_set *s = &r->sets[0];
+  set_reset(r, s, 0);
+  sample(r, s, w, nw, p);
+  for (int k = 0; k < o->check_steps; k++) fused_step(r, s);
+  sample(r, s, w, nw, p + n);
+  set_reset(r, s, 0);
+  for (int k = 0; k < o->check_steps; k++) naive_step(r, s);
+  sample(r, s, w, nw, p + 2 * n);
+  out->check_err = rel_error(p, p + n, p + 2 * n, n);
+  out->check_tol = check_tolerance(r->c);
+  out->check_ok = out->check_err <= out->check_tol; /* false for NaN */
+  free(p);
+  free(w);
+}
+
+/* ------------------------------------------------------------ the row */
+
+void bench_run_row(const bench_backend *b, const bench_list *l, fo_algorithm alg,
+                   const bench_config *c, const bench_opts *o, bench_result *out) {
+  row r;
+  memset(&r, 0, sizeof r);
+  memset(out, 0, sizeof *out);
+  r.b = b;
+  r.l = l;
+  r.alg = alg;
+  r.c = c;
+  for (int g = 0; g < 2; g++) bench_hparams(alg, g, &r.h[g]);
+  layout(&r);
+  out->list = l;
+  out->alg = alg;
+  out->config = c;
+  out->bytes = bench_bytes_per_param(alg, c) * l->params;
+
+  bench_copy_init(b, out->bytes, &r.copy);
+  out->copy_bytes = 2 * r.copy.side;
+  r.nsets = rotation_sets(&r, o);
+  out->sets = r.nsets;
+  r.sets = calloc((size_t)r.nsets, sizeof *r.sets);
+  if (!r.sets) bench_die("out of host memory");
+  for (int i = 0; i < r.nsets; i++) set_create(&r, &r.sets[i], i);
+
+  double med[M_COUNT];
+  time_row(&r, o, med);
+  out->copy_us = med[M_COPY];
+  out->fused_us = med[M_FUSED];
+  out->graph_us = med[M_GRAPH];
+  out->naive_us = med[M_NAIVE];
+  check_row(&r, o, out);
+
+  for (int i = 0; i < r.nsets; i++) set_destroy(&r, &r.sets[i]);
+  free(r.sets);
+  free(r.offsets);
+  bench_copy_free(b, &r.copy);
+}
