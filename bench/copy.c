@@ -1,8 +1,8 @@
 /*
  * copy.c -- the reference every row is measured against: a copy of the
  * row's counted bytes (cudaMemcpyAsync device to device, or a memcpy split
- * over the CPU executor's threads), timed in the same loop as the steps
- * (run.c), so that both see the machine in the same state.
+ * over the CPU executor's threads), timed in the same run and the same way
+ * as the steps (run.c).
  *
  * A copy of N bytes reads N and writes N, so copying half the counted bytes
  * moves the counted bytes.  Past COPY_CAP a side the copy is capped: its

@@ -9,7 +9,8 @@
 # On a lent H100 each part fits one 10-minute command; the build is
 # incremental, so the second part reuses the first one's when the machine
 # is still warm.  Files written (8 at most come back from a lent machine):
-#   gpu_info.txt  bench_gpu.csv  bench_gpu.log  torch_gpu.csv  torch_gpu.log  build.log
+#   gpu_info.txt build.log bench_gpu_{a,b,c,d}.csv bench_gpu.log  (bench)
+#   gpu_info.txt build.log torch_gpu.csv torch_gpu.log              (torch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-all}
@@ -35,22 +36,14 @@ mkdir -p "$out"
   nvcc --version | tail -2
 } >"$out/gpu_info.txt" 2>&1 || true
 
+# One process and one CSV per list, written as it goes: a failure or the
+# command's time limit in one list keeps the others' rows.
 run_bench() {
-  local csv="$out/bench_gpu.csv" tmp
-  tmp=$(mktemp -d)
   : >"$out/bench_gpu.log"
-  # One process per list: a failure in one list keeps the others' rows.
   for list in a c d b; do
-    "$build/bench/bench" --list "$list" --csv "$tmp/$list.csv" 2>&1 | tee -a "$out/bench_gpu.log" || true
+    "$build/bench/bench" --list "$list" --csv "$out/bench_gpu_$list.csv" 2>&1 |
+      tee -a "$out/bench_gpu.log" || true
   done
-  # One CSV: the first header, then every list's rows.
-  local first=1
-  : >"$csv"
-  for list in a b c d; do
-    [ -s "$tmp/$list.csv" ] || continue
-    if [ $first = 1 ]; then cat "$tmp/$list.csv" >>"$csv"; first=0; else tail -n +2 "$tmp/$list.csv" >>"$csv"; fi
-  done
-  rm -rf "$tmp"
 }
 
 run_torch() {

@@ -224,10 +224,17 @@ def llama_shapes(layers):
     return layer * layers
 
 
+def mix64(z):
+    """bench/values.h's bv_mix (splitmix64's finaliser)."""
+    mask = (1 << 64) - 1
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & mask
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & mask
+    return z ^ (z >> 31)
+
+
 def tiny_shapes():
-    """4096 tensors of random sizes 1..4096 (bench's list d draws its own)."""
-    gen = torch.Generator().manual_seed(0x5eed)
-    return [(int(n), 0) for n in torch.randint(1, 4097, (4096,), generator=gen)]
+    """4096 tensors of sizes 1..4096, the same as bench's list d."""
+    return [(1 + mix64(0x5eed + i) % 4096, 0) for i in range(4096)]
 
 
 def mlp_shapes():
@@ -269,10 +276,12 @@ def bytes_per_param(impl, alg, config):
 # ------------------------------------------------------------- the tensors
 
 def make_inputs(shapes, dtype, device, seed):
-    gen = torch.Generator().manual_seed(seed)
-    params = [((torch.rand(n, generator=gen) * 2 - 1) * 0.05).to(device, dtype)
+    """Weights in [-0.05, 0.05), gradients in [-1, 1), drawn where they live
+    (list b's 3 GB would take long on the host)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    params = [((torch.rand(n, generator=gen, device=device) * 2 - 1) * 0.05).to(dtype)
               for n, _ in shapes]
-    grads = [(torch.rand(n, generator=gen) * 2 - 1).to(device, dtype) for n, _ in shapes]
+    grads = [(torch.rand(n, generator=gen, device=device) * 2 - 1).to(dtype) for n, _ in shapes]
     return params, grads
 
 
@@ -506,14 +515,16 @@ def print_row(r):
         r["gbps"], r["fusedopt_speedup"], err), flush=True)
 
 
-def write_csv(path, mode, device_name, rows):
-    with open(path, "w") as f:
-        f.write("mode,device,torch," + ",".join(COLUMNS) + "\n")
-        for r in rows:
-            vals = ["" if r[c] is None else ("%.4g" % r[c] if isinstance(r[c], float) else str(r[c]))
-                    for c in COLUMNS]
-            f.write("%s,%s,%s,%s\n" % (mode, device_name.replace(",", ";"), torch.__version__,
-                                       ",".join(vals)))
+def csv_header(f):
+    f.write("mode,device,torch," + ",".join(COLUMNS) + "\n")
+
+
+def csv_row(f, mode, device_name, r):
+    vals = ["" if r[c] is None else ("%.4g" % r[c] if isinstance(r[c], float) else str(r[c]))
+            for c in COLUMNS]
+    f.write("%s,%s,%s,%s\n" % (mode, device_name.replace(",", ";"), torch.__version__,
+                               ",".join(vals)))
+    f.flush()  # rows so far survive a run cut short
 
 
 def cpu_model():
@@ -568,13 +579,18 @@ def main():
         "list", "alg", "config", "impl", "tens", "params", "time(us)", "GB/s", "vs fusedopt",
         "check"))
     rows = []
+    csv = open(args.csv, "w") if args.csv else None
+    if csv:
+        csv_header(csv)
     for list_name in args.lists.split(","):
         for alg, config in cases:
             for r in run_case(args, lib, list_name, alg, config, device, cuda):
                 print_row(r)
+                if csv:
+                    csv_row(csv, "cuda" if cuda else "cpu", name, r)
                 rows.append(r)
-    if args.csv:
-        write_csv(args.csv, "cuda" if cuda else "cpu", name, rows)
+    if csv:
+        csv.close()
     failed = [r for r in rows if r["check"] == "FAIL"]
     if failed:
         print("# %d correctness checks FAILED" % len(failed))
