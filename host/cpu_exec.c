@@ -88,7 +88,7 @@ static void update_tile(int alg, float *restrict p, float *restrict m,
 
 static void step_block(const step_ctx *c, const fo_plan_block *b) {
   const fo_optimizer *opt = c->opt;
-  const fo_plan_tensor *t = &opt->tensors[b->tensor];
+  const fo_plan_tensor *t = &opt->run_tensors[b->tensor];
   const fo_rule_scalars *s = &c->scalars[t->group];
   int pd = (int)opt->options.param_dtype, gd = (int)opt->options.grad_dtype;
   int sr = opt->options.stochastic_rounding;
@@ -131,7 +131,7 @@ static int run_parallel(const fo_optimizer *opt) {
  * squared cannot overflow it, so the sum is non-finite exactly when a
  * gradient is. */
 static double block_sumsq(const fo_optimizer *opt, const fo_plan_block *b) {
-  const fo_plan_tensor *t = &opt->tensors[b->tensor];
+  const fo_plan_tensor *t = &opt->run_tensors[b->tensor];
   int64_t end = t->numel - b->start < opt->chunk ? t->numel : b->start + opt->chunk;
   float g[TILE];
   double sum = 0.0;
@@ -166,7 +166,7 @@ fo_status fo_cpu_sync_master(fo_optimizer *opt) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
   for (int64_t b = 0; b < nb; b++) {
     const fo_plan_block *blk = &opt->blocks[b];
-    const fo_plan_tensor *t = &opt->tensors[blk->tensor];
+    const fo_plan_tensor *t = &opt->run_tensors[blk->tensor];
     int64_t n = t->numel - blk->start < opt->chunk ? t->numel - blk->start : opt->chunk;
     widen((int)opt->options.param_dtype, t->param, blk->start, t->master + blk->start,
           (int)n);

@@ -92,7 +92,15 @@ struct fo_optimizer {
    * for PARAM/GRAD with external storage). */
   void *arena[FO_ROLE_COUNT];
 
-  /* The plan: host copy, and device copies for the CUDA executor. */
+  /* The tensor table the step's plan indexes: tensors above, or with a
+   * sharded state (ZeRO-1, host/comm_shard.c) the pieces of them that
+   * fall in this rank's shard, whose state pointers point into the
+   * shard-sized state buffers.  num_run_tensors entries. */
+  fo_plan_tensor *run_tensors;
+  int64_t num_run_tensors;
+
+  /* The step's plan over run_tensors: host copy, and device copies (of
+   * the blocks and of run_tensors) for the CUDA executor. */
   int64_t chunk;
   int64_t num_blocks;
   fo_plan_block *blocks;

@@ -274,6 +274,8 @@ static fo_status layout_tensors(const char *fn, fo_optimizer *opt,
 }
 
 static fo_status build_plan(const char *fn, fo_optimizer *opt) {
+  opt->run_tensors = opt->tensors;
+  opt->num_run_tensors = opt->num_tensors;
   opt->chunk = opt->options.executor == FO_EXEC_CUDA ? FO_CUDA_CHUNK : FO_CPU_CHUNK;
   opt->num_blocks = fo_plan_count_blocks(opt->tensors, opt->num_tensors, opt->chunk);
   if (opt->num_blocks < 0)
