@@ -252,6 +252,8 @@ static fo_status check_args(const char *fn, const fo_optimizer *opt, const char 
                             fo_stream_t stream) {
   if (!opt || !path) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "path" : "opt");
   if (!path[0]) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "path is empty");
+  if (opt->sharded)
+    return fo_fail(FO_ERR_UNSUPPORTED, fn, "the state is sharded over ranks");
   return check_stream(fn, opt, stream);
 }
 

@@ -104,6 +104,46 @@ fo_status fo_comm_sum(const char *fn, fo_comm *c, void *buf, int64_t count,
   return host_sum(fn, c, buf, count, dtype);
 }
 
+int fo_comm_can_shard(const fo_comm *c) {
+  return c->kind == FO_COMM_NCCL || (c->ops.reduce_scatter_sum && c->ops.all_gather);
+}
+
+/* The elements (or bytes) of all parts together. */
+static int64_t parts_total(const fo_comm *c, const int64_t *parts) {
+  int64_t n = 0;
+  for (int r = 0; r < c->size; r++) n += parts[r];
+  return n;
+}
+
+static fo_status host_failed(const char *fn, const char *what, int64_t n, int rc,
+                             char *err, size_t cap) {
+  err[cap - 1] = '\0';
+  return fo_fail(FO_ERR_COMM, fn, "%s of %lld elements failed (code %d): %s", what,
+                 (long long)n, rc, err[0] ? err : "no message");
+}
+
+fo_status fo_comm_reduce_scatter(const char *fn, fo_comm *c, void *buf, const int64_t *counts,
+                                 fo_dtype dtype, fo_stream_t stream) {
+  int64_t n = parts_total(c, counts);
+  if (n == 0) return FO_SUCCESS;
+  if (c->kind == FO_COMM_NCCL) return fo_nccl_reduce_scatter(fn, c, buf, counts, dtype, stream);
+  char err[FO_COMM_ERR_CAP];
+  err[0] = '\0';
+  int rc = c->ops.reduce_scatter_sum(c->ctx, buf, counts, dtype, err, sizeof err);
+  return rc == 0 ? FO_SUCCESS : host_failed(fn, "reduce-scatter", n, rc, err, sizeof err);
+}
+
+fo_status fo_comm_all_gather(const char *fn, fo_comm *c, void *buf, const int64_t *bytes,
+                             fo_stream_t stream) {
+  int64_t n = parts_total(c, bytes);
+  if (n == 0) return FO_SUCCESS;
+  if (c->kind == FO_COMM_NCCL) return fo_nccl_all_gather(fn, c, buf, bytes, stream);
+  char err[FO_COMM_ERR_CAP];
+  err[0] = '\0';
+  int rc = c->ops.all_gather(c->ctx, buf, bytes, err, sizeof err);
+  return rc == 0 ? FO_SUCCESS : host_failed(fn, "all-gather (bytes)", n, rc, err, sizeof err);
+}
+
 fo_status fo_comm_group_start(const char *fn, fo_comm *c) {
   return c->kind == FO_COMM_NCCL ? fo_nccl_group_start(fn) : FO_SUCCESS;
 }

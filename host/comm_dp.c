@@ -20,6 +20,7 @@
  * summed gradients: the norm, the non-finite flag and the loss scale are
  * the same on every rank without another collective.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +47,9 @@ static fo_status validate_options(const char *fn, const fo_dp_options *o) {
   if (o->reduce_in_f32 != 0 && o->reduce_in_f32 != 1)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "options->reduce_in_f32 = %d must be 0 or 1",
                    o->reduce_in_f32);
+  if (o->shard_state != 0 && o->shard_state != 1)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "options->shard_state = %d must be 0 or 1",
+                   o->shard_state);
   for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++)
     if (o->reserved[i] != 0)
       return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "options->reserved[%zu] is not zero", i);
@@ -155,6 +159,7 @@ static void dp_destroy(fo_optimizer *opt, fo_dp *dp) {
   }
   free(dp->events);
   free(dp->streams);
+  free(dp->counts);
   free(dp->reduced);
   free(dp->segs);
   free(dp->buckets);
@@ -187,7 +192,9 @@ static fo_status dp_create(const char *fn, fo_optimizer *opt, fo_comm *comm,
   dp->reduced = calloc(n1, 1);
   dp->events = calloc(n1, sizeof *dp->events);
   dp->streams = calloc(n1, sizeof *dp->streams);
-  if (!dp->buckets || !dp->segs || !dp->reduced || !dp->events || !dp->streams) {
+  dp->counts = calloc((size_t)comm->size, sizeof *dp->counts);
+  if (!dp->buckets || !dp->segs || !dp->reduced || !dp->events || !dp->streams ||
+      !dp->counts) {
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld buckets",
                  (long long)opt->num_tensors);
     goto done;
@@ -227,6 +234,10 @@ fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
     if (st != FO_SUCCESS) return st;
     o = *options;
   }
+  if (opt->sharded)
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "the optimizer's state is sharded over the ranks of its communicator; "
+                   "it keeps that communicator until fo_optimizer_destroy");
   if (!comm) {
     detach(opt);
     return FO_SUCCESS;
@@ -234,6 +245,14 @@ fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
   fo_status st = check_kind(fn, opt, comm);
   fo_dp *dp = NULL;
   if (st == FO_SUCCESS) st = dp_create(fn, opt, comm, &o, &dp);
+  if (st == FO_SUCCESS && o.shard_state) {
+    /* detach the old one first: the shard's collectives are dp's */
+    fo_dp *old = opt->dp;
+    opt->dp = dp;
+    st = fo_shard_attach(fn, opt, comm);
+    opt->dp = old;
+    if (st != FO_SUCCESS) dp_destroy(opt, dp);
+  }
   if (st != FO_SUCCESS) return st;
   detach(opt);
   opt->dp = dp;
@@ -339,14 +358,42 @@ static fo_status reduce_in_place(const char *fn, fo_optimizer *opt, const fo_dp_
   return fo_comm_group_end(fn, dp->comm, st);
 }
 
+/* A sharded state: reduce-scatter the bucket along the shard boundaries
+ * (arena storage: one segment), in place or through the fp32 scratch, of
+ * which only this rank's part is unpacked. */
+static fo_status reduce_sharded(const char *fn, fo_optimizer *opt, int64_t bi,
+                                fo_stream_t stream) {
+  fo_dp *dp = opt->dp;
+  const fo_dp_segment *seg = &dp->segs[dp->buckets[bi].first_seg];
+  size_t gs = grad_size(opt);
+  int64_t at = ((char *)seg->grad - (char *)opt->arena[FO_ROLE_GRAD]) / (ptrdiff_t)gs;
+  if (!packed(opt, dp, &dp->buckets[bi]))
+    return fo_shard_reduce(fn, opt, seg->grad, at, seg->count, dp->wire, dp->counts, stream);
+  fo_status st = FO_SUCCESS;
+  if (is_cuda(opt) && dp->last_packed >= 0 && dp->streams[dp->last_packed] != stream)
+    FO_TRY(fo_dp_cuda_wait(fn, opt->options.device, stream, dp->events[dp->last_packed]));
+  FO_TRY(move(fn, opt, dp, seg->grad, dp->scratch, seg->count, 1, stream));
+  FO_TRY(fo_shard_reduce(fn, opt, dp->scratch, at, seg->count, dp->wire, dp->counts, stream));
+  int64_t lo, hi;
+  fo_shard_clip(opt, at, seg->count, &lo, &hi);
+  if (hi > lo)
+    FO_TRY(move(fn, opt, dp, (char *)seg->grad + (size_t)(lo - at) * gs,
+                (char *)dp->scratch + (size_t)(lo - at) * fo_dtype_size(dp->wire), hi - lo, 0,
+                stream));
+  dp->last_packed = bi;
+done:
+  return st;
+}
+
 static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi,
                                fo_stream_t stream) {
   fo_dp *dp = opt->dp;
   const fo_dp_bucket *b = &dp->buckets[bi];
   fo_status st = fo_comm_check_async(fn, dp->comm);
   if (st == FO_SUCCESS && b->count > 0)
-    st = packed(opt, dp, b) ? reduce_packed(fn, opt, bi, stream)
-                            : reduce_in_place(fn, opt, b, stream);
+    st = opt->sharded            ? reduce_sharded(fn, opt, bi, stream)
+         : packed(opt, dp, b) ? reduce_packed(fn, opt, bi, stream)
+                              : reduce_in_place(fn, opt, b, stream);
   if (st == FO_SUCCESS && is_cuda(opt))
     st = fo_dp_cuda_record(fn, opt->options.device, dp->events[bi], stream);
   if (st != FO_SUCCESS) {

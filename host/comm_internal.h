@@ -59,13 +59,40 @@ struct fo_dp {
   void **events;
   fo_stream_t *streams;
   int64_t last_packed; /* the bucket that last used the scratch, or -1 */
+  int64_t *counts;     /* per rank: a reduce-scatter's parts (sharded) */
 };
+
+/* ----------------------------------------------------------- comm_shard.c */
+
+/* Make opt's state sharded over comm's ranks (set_comm with shard_state):
+ * all or nothing. */
+fo_status fo_shard_attach(const char *func, fo_optimizer *opt, fo_comm *comm);
+/* Sum the gradient elements [at, at + count) of the arena (buf holds them,
+ * in dtype: the arena itself or a packed copy) so that this rank's part
+ * holds the sum: a reduce-scatter along the shard boundaries.  counts:
+ * room for one count per rank. */
+fo_status fo_shard_reduce(const char *func, fo_optimizer *opt, void *buf, int64_t at,
+                          int64_t count, fo_dtype dtype, int64_t *counts, fo_stream_t stream);
+/* The part of [at, at + count) that lies in this rank's shard:
+ * [*lo, *hi) (empty when *lo == *hi). */
+void fo_shard_clip(const fo_optimizer *opt, int64_t at, int64_t count, int64_t *lo,
+                   int64_t *hi);
 
 /* ------------------------------------------------------ comm.c (dispatch) */
 
 /* Sum count elements of dtype in buf over the ranks (one collective). */
 fo_status fo_comm_sum(const char *func, fo_comm *c, void *buf, int64_t count,
                       fo_dtype dtype, fo_stream_t stream);
+/* Reduce-scatter with uneven parts (counts per rank, in place; only the
+ * own part is defined afterwards) and all-gather with uneven parts (bytes
+ * per rank, in place): one NCCL group of ncclReduce / ncclBroadcast calls,
+ * or the host ops. */
+fo_status fo_comm_reduce_scatter(const char *func, fo_comm *c, void *buf,
+                                 const int64_t *counts, fo_dtype dtype, fo_stream_t stream);
+fo_status fo_comm_all_gather(const char *func, fo_comm *c, void *buf, const int64_t *bytes,
+                             fo_stream_t stream);
+/* Whether the communicator can carry a sharded state. */
+int fo_comm_can_shard(const fo_comm *c);
 /* Bracket several fo_comm_sum calls into one launch (NCCL group); no-ops
  * for host communicators.  end must follow a successful start even when a
  * sum in between failed; it returns the first error. */
@@ -79,6 +106,10 @@ fo_status fo_comm_check_async(const char *func, fo_comm *c);
 
 fo_status fo_nccl_sum(const char *func, fo_comm *c, void *buf, int64_t count,
                       fo_dtype dtype, fo_stream_t stream);
+fo_status fo_nccl_reduce_scatter(const char *func, fo_comm *c, void *buf,
+                                 const int64_t *counts, fo_dtype dtype, fo_stream_t stream);
+fo_status fo_nccl_all_gather(const char *func, fo_comm *c, void *buf, const int64_t *bytes,
+                             fo_stream_t stream);
 fo_status fo_nccl_group_start(const char *func);
 fo_status fo_nccl_group_end(const char *func);
 fo_status fo_nccl_check_async(const char *func, fo_comm *c);

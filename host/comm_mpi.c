@@ -85,6 +85,54 @@ static int mpi_allreduce(void *vctx, void *buf, int64_t count, fo_dtype dtype, c
   return 0;
 }
 
+/* Rank r's part is reduced to rank r (MPI_Reduce, in place at the root):
+ * a reduce-scatter with uneven parts of any size, int counts or not. */
+static int mpi_reduce_scatter(void *vctx, void *buf, const int64_t *counts, fo_dtype dtype,
+                              char *err, size_t err_cap) {
+  const mpi_ctx *c = vctx;
+  MPI_Datatype type = dtype == FO_DTYPE_F32 ? MPI_FLOAT : MPI_UINT16_T;
+  MPI_Op op = dtype == FO_DTYPE_F32   ? MPI_SUM
+              : dtype == FO_DTYPE_F16 ? c->sum_f16
+                                      : c->sum_bf16;
+  size_t es = fo_dtype_size(dtype);
+  int me = 0, size = 0;
+  MPI_Comm_rank(c->comm, &me);
+  MPI_Comm_size(c->comm, &size);
+  char *part = buf;
+  for (int root = 0; root < size; part += (size_t)counts[root] * es, root++) {
+    for (int64_t at = 0; at < counts[root]; at += MPI_MAX_COUNT) {
+      int n = (int)(counts[root] - at < MPI_MAX_COUNT ? counts[root] - at : MPI_MAX_COUNT);
+      char *p = part + (size_t)at * es;
+      int rc = MPI_Reduce(me == root ? MPI_IN_PLACE : p, p, n, type, op, root, c->comm);
+      if (rc != MPI_SUCCESS) {
+        mpi_message(rc, "MPI_Reduce", err, err_cap);
+        return rc;
+      }
+    }
+  }
+  return 0;
+}
+
+/* Rank r's part is broadcast from rank r: an all-gather with uneven parts. */
+static int mpi_all_gather(void *vctx, void *buf, const int64_t *bytes, char *err,
+                          size_t err_cap) {
+  const mpi_ctx *c = vctx;
+  int size = 0;
+  MPI_Comm_size(c->comm, &size);
+  char *part = buf;
+  for (int root = 0; root < size; part += bytes[root], root++) {
+    for (int64_t at = 0; at < bytes[root]; at += MPI_MAX_COUNT) {
+      int n = (int)(bytes[root] - at < MPI_MAX_COUNT ? bytes[root] - at : MPI_MAX_COUNT);
+      int rc = MPI_Bcast(part + at, n, MPI_BYTE, root, c->comm);
+      if (rc != MPI_SUCCESS) {
+        mpi_message(rc, "MPI_Bcast", err, err_cap);
+        return rc;
+      }
+    }
+  }
+  return 0;
+}
+
 static void mpi_release(void *vctx) {
   mpi_ctx *c = vctx;
   if (!c) return;
@@ -151,6 +199,8 @@ fo_status fo_comm_create_mpi(fo_comm **out, MPI_Comm comm) {
   memset(&ops, 0, sizeof ops);
   ops.struct_size = sizeof ops;
   ops.allreduce_sum = mpi_allreduce;
+  ops.reduce_scatter_sum = mpi_reduce_scatter;
+  ops.all_gather = mpi_all_gather;
   ops.release = mpi_release;
   return fo_comm_create_host(out, &ops, c, rank, size); /* releases c on failure */
 }

@@ -147,6 +147,48 @@ fo_status fo_nccl_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_d
   return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, "ncclAllReduce", r, c->nccl);
 }
 
+/* Uneven reduce-scatter and all-gather as one group of rooted calls, the
+ * way NCCL's documentation builds the "v" variants: part r is reduced to,
+ * or broadcast from, rank r.  In place: ncclReduce and ncclBroadcast take
+ * the same buffer for send and receive. */
+static fo_status rooted_group(const char *fn, fo_comm *c, char *buf, const int64_t *parts,
+                              size_t unit, ncclDataType_t type, int reduce,
+                              fo_stream_t stream) {
+  int prev = c->device;
+  fo_status st = enter(fn, c->device, &prev);
+  if (st != FO_SUCCESS) return st;
+  ncclResult_t r = ncclGroupStart();
+  const char *what = "ncclGroupStart";
+  for (int k = 0; k < c->size && r == ncclSuccess; k++) {
+    if (parts[k] > 0) {
+      what = reduce ? "ncclReduce" : "ncclBroadcast";
+      r = reduce ? ncclReduce(buf, buf, (size_t)parts[k], type, ncclSum, k, c->nccl,
+                              (cudaStream_t)stream)
+                 : ncclBroadcast(buf, buf, (size_t)parts[k], type, k, c->nccl,
+                                 (cudaStream_t)stream);
+    }
+    buf += (size_t)parts[k] * unit;
+  }
+  /* the group must be closed even when a call inside it failed */
+  ncclResult_t end = ncclGroupEnd();
+  if (r == ncclSuccess && end != ncclSuccess) {
+    r = end;
+    what = "ncclGroupEnd";
+  }
+  leave(c->device, prev);
+  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, what, r, c->nccl);
+}
+
+fo_status fo_nccl_reduce_scatter(const char *fn, fo_comm *c, void *buf, const int64_t *counts,
+                                 fo_dtype dtype, fo_stream_t stream) {
+  return rooted_group(fn, c, buf, counts, fo_dtype_size(dtype), nccl_type(dtype), 1, stream);
+}
+
+fo_status fo_nccl_all_gather(const char *fn, fo_comm *c, void *buf, const int64_t *bytes,
+                             fo_stream_t stream) {
+  return rooted_group(fn, c, buf, bytes, 1, ncclUint8, 0, stream);
+}
+
 fo_status fo_nccl_group_start(const char *fn) {
   ncclResult_t r = ncclGroupStart();
   return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, "ncclGroupStart", r, NULL);

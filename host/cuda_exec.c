@@ -149,8 +149,8 @@ void fo_cuda_free(int device, void *p) {
   leave_device(device, prev);
 }
 
-static fo_status upload(const char *fn, int device, const void *src, size_t bytes,
-                        void **dst) {
+fo_status fo_cuda_upload(const char *fn, int device, const void *src, size_t bytes,
+                         void **dst) {
   fo_status st = fo_cuda_alloc_zeroed(fn, device, bytes, dst);
   if (st != FO_SUCCESS || bytes == 0) return st;
   int prev;
@@ -163,11 +163,13 @@ static fo_status upload(const char *fn, int device, const void *src, size_t byte
 
 fo_status fo_cuda_upload_plan(const char *fn, fo_optimizer *opt) {
   int dev = opt->options.device;
-  fo_status st = upload(fn, dev, opt->blocks, (size_t)opt->num_blocks * sizeof *opt->blocks,
-                        (void **)&opt->d_blocks);
+  fo_status st = fo_cuda_upload(fn, dev, opt->blocks,
+                                (size_t)opt->num_blocks * sizeof *opt->blocks,
+                                (void **)&opt->d_blocks);
   if (st != FO_SUCCESS) return st;
-  return upload(fn, dev, opt->tensors, (size_t)opt->num_tensors * sizeof *opt->tensors,
-                (void **)&opt->d_tensors);
+  return fo_cuda_upload(fn, dev, opt->run_tensors,
+                        (size_t)opt->num_run_tensors * sizeof *opt->run_tensors,
+                        (void **)&opt->d_tensors);
 }
 
 /* Run launch() on the optimizer's device and turn its error into a status. */
@@ -182,18 +184,14 @@ fo_status fo_cuda_upload_plan(const char *fn, fo_optimizer *opt) {
     return FO_SUCCESS;                                                     \
   } while (0)
 
-/* Enqueue the pre-pass, the prepare kernel and the fused update (and the
- * optional unscaled-gradient write) on stream, without waiting. */
-static int enqueue_step(fo_optimizer *opt, fo_stream_t stream) {
-  int e = 0;
-  if (opt->check_grads)
-    e = fo_launch_grad_sumsq(opt->d_blocks, opt->d_tensors, opt->num_blocks, opt->chunk,
-                             (int32_t)opt->options.grad_dtype, opt->partials, stream);
-  if (e) return e;
+/* Enqueue the prepare kernel (over sums of squares partials[0..n), NULL
+ * without a pre-pass) and the fused update (and the optional
+ * unscaled-gradient write) on stream, without waiting. */
+static int enqueue_update(fo_optimizer *opt, fo_stream_t stream, const double *partials,
+                          int64_t n) {
   fo_prepare_args pa;
   fo_prepare_args_fill(opt, &pa);
-  e = fo_launch_prepare(&pa, opt->check_grads ? opt->partials : NULL, opt->num_blocks,
-                        opt->state, stream);
+  int e = fo_launch_prepare(&pa, partials, n, opt->state, stream);
   if (e) return e;
   fo_step_launch a;
   memset(&a, 0, sizeof a);
@@ -215,8 +213,34 @@ static int enqueue_step(fo_optimizer *opt, fo_stream_t stream) {
                                  (int32_t)opt->options.grad_dtype, opt->state, stream);
 }
 
+/* The pre-pass leaves one partial per plan block; with a sharded state
+ * this rank's total goes to shard_sumsq[rank] and the ranks all-gather
+ * theirs, so the prepare kernel adds one partial per rank instead. */
 fo_status fo_cuda_step(fo_optimizer *opt, fo_stream_t stream) {
-  FO_CUDA_LAUNCH("fo_optimizer_step", opt, "step launch", enqueue_step(opt, stream));
+  static const char fn[] = "fo_optimizer_step";
+  int prev, dev = opt->options.device;
+  fo_status st = enter_device(fn, dev, &prev);
+  if (st != FO_SUCCESS) return st;
+  const double *partials = NULL;
+  int64_t n = 0;
+  int e = 0;
+  if (opt->check_grads) {
+    e = fo_launch_grad_sumsq(opt->d_blocks, opt->d_tensors, opt->num_blocks, opt->chunk,
+                             (int32_t)opt->options.grad_dtype, opt->partials, stream);
+    partials = opt->partials;
+    n = opt->num_blocks;
+    if (!e && opt->sharded) {
+      e = fo_launch_sum_doubles(opt->partials, opt->num_blocks,
+                                opt->shard_sumsq + opt->shard_rank, stream);
+      if (!e) st = fo_dp_agree_sumsq(fn, opt, NULL, stream);
+      partials = opt->shard_sumsq;
+      n = opt->shard_size;
+    }
+  }
+  if (!e && st == FO_SUCCESS) e = enqueue_update(opt, stream, partials, n);
+  leave_device(dev, prev);
+  if (st != FO_SUCCESS) return st;
+  return e ? cuda_fail(fn, "step launch", (cudaError_t)e) : FO_SUCCESS;
 }
 
 fo_status fo_cuda_read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
@@ -258,6 +282,15 @@ fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
   FO_CUDA_LAUNCH("fo_optimizer_zero_grad", opt, "zero-grad kernel",
                  fo_launch_zero_grad(opt->d_blocks, opt->d_tensors, opt->num_blocks,
                                      opt->chunk, (int32_t)opt->options.grad_dtype, stream));
+}
+
+fo_status fo_cuda_copy(const char *fn, int device, void *dst, const void *src, size_t bytes) {
+  int prev;
+  fo_status st = enter_device(fn, device, &prev);
+  if (st != FO_SUCCESS) return st;
+  cudaError_t e = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice);
+  leave_device(device, prev);
+  return e == cudaSuccess ? FO_SUCCESS : cuda_fail(fn, "cudaMemcpy", e);
 }
 
 fo_status fo_cuda_synchronize(int device) {

@@ -76,6 +76,15 @@ struct fo_optimizer {
   fo_status fault;
   char fault_msg[320];
   int inject;
+  /* A sharded state (ZeRO-1, host/comm_shard.c): this rank keeps master
+   * weights and moments only for the arena elements [shard_first,
+   * shard_first + shard_count), and the state buffers in arena[] hold just
+   * those.  shard_sumsq: one partial sum of squares per rank, in executor
+   * memory, for the pre-pass's agreement.  sharded is 0 without. */
+  int sharded;
+  int shard_rank, shard_size;
+  int64_t shard_first, shard_count;
+  double *shard_sumsq;
 
   /* Per-step state and the pre-pass's partial sums, in the executor's
    * memory (device memory on CUDA). */
@@ -111,6 +120,10 @@ struct fo_optimizer {
 /* --------------------------------------------------------------- helpers */
 
 int fo_dtype_valid(int dtype);
+/* Zero-filled memory of the optimizer's executor (256-byte aligned host
+ * memory, or device memory), and its release (NULL is a no-op). */
+fo_status fo_exec_alloc(const char *func, const fo_optimizer *opt, size_t bytes, void **out);
+void fo_exec_free(const fo_optimizer *opt, void *p);
 size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role);
 
 /* Validate one group's hyper-parameters for alg; on failure the message
@@ -156,6 +169,9 @@ fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes,
                                void **out);
 void fo_cuda_free(int device, void *p);
 fo_status fo_cuda_upload_plan(const char *func, fo_optimizer *opt);
+/* Allocate bytes of device memory and copy src (host) there. */
+fo_status fo_cuda_upload(const char *func, int device, const void *src, size_t bytes,
+                         void **dst);
 fo_status fo_cuda_step(fo_optimizer *opt, fo_stream_t stream);
 /* Copy the step state between the device and host (synchronizes). */
 fo_status fo_cuda_read_state(const char *func, const fo_optimizer *opt, fo_step_state *out);
@@ -163,6 +179,8 @@ fo_status fo_cuda_write_state(const char *func, fo_optimizer *opt, const fo_step
 fo_status fo_cuda_sync_master(fo_optimizer *opt, fo_stream_t stream);
 fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream);
 fo_status fo_cuda_synchronize(int device);
+/* Copy bytes between two buffers of device's memory (waits). */
+fo_status fo_cuda_copy(const char *func, int device, void *dst, const void *src, size_t bytes);
 
 /* Data parallelism (host/comm_dp.c).  before_step refuses poisoned
  * gradients and reduces the buckets not yet reduced; zero_grad clears the
@@ -170,6 +188,23 @@ fo_status fo_cuda_synchronize(int device);
 fo_status fo_dp_before_step(const char *func, fo_optimizer *opt, fo_stream_t stream);
 void fo_dp_zero_grad(fo_optimizer *opt);
 void fo_dp_free(fo_optimizer *opt);
+
+/* Sharded state (host/comm_shard.c).  agree_sumsq: the pre-pass's sum of
+ * squares over every rank's shard, the same bits on every rank; on the CPU
+ * *total holds this rank's partial on entry and the agreed total on
+ * return; on CUDA this rank's partial is already in shard_sumsq[rank] and
+ * the call all-gathers the others (enqueued on stream), total unused.  A
+ * failure poisons the gradients (nothing else has changed yet).
+ * after_step: all-gather the updated parameters (a failure leaves ranks
+ * with different parameters: the caller marks the optimizer faulted).
+ * free: the shard's own allocations. */
+fo_status fo_dp_agree_sumsq(const char *func, fo_optimizer *opt, double *total,
+                            fo_stream_t stream);
+fo_status fo_dp_after_step(const char *func, fo_optimizer *opt, fo_stream_t stream);
+void fo_shard_free(fo_optimizer *opt);
+/* Rank rank's shard of total elements over size ranks: 128-aligned parts
+ * of ceil(total / size) elements, the last ones shorter or empty. */
+void fo_shard_range(int64_t total, int size, int rank, int64_t *first, int64_t *count);
 
 /* ---------------------------------------------------------------- faults */
 

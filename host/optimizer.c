@@ -182,11 +182,10 @@ static int role_kept(const fo_optimizer *opt, fo_role role) {
   }
 }
 
-static fo_status alloc_zeroed(const char *fn, const fo_optimizer *opt,
-                              size_t bytes, void **out) {
+fo_status fo_exec_alloc(const char *fn, const fo_optimizer *opt, size_t bytes, void **out) {
   if (opt->options.executor == FO_EXEC_CUDA)
     return fo_cuda_alloc_zeroed(fn, opt->options.device, bytes, out);
-  size_t rounded = (bytes + 255) & ~(size_t)255;
+  size_t rounded = bytes ? (bytes + 255) & ~(size_t)255 : 256; /* never 0 */
   void *p = aligned_alloc(256, rounded);
   if (!p)
     return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "cannot allocate %zu bytes of host memory",
@@ -196,7 +195,7 @@ static fo_status alloc_zeroed(const char *fn, const fo_optimizer *opt,
   return FO_SUCCESS;
 }
 
-static void free_buffer(const fo_optimizer *opt, void *p) {
+void fo_exec_free(const fo_optimizer *opt, void *p) {
   if (!p) return;
   if (opt->options.executor == FO_EXEC_CUDA)
     fo_cuda_free(opt->options.device, p);
@@ -206,9 +205,10 @@ static void free_buffer(const fo_optimizer *opt, void *p) {
 
 static void free_optimizer(fo_optimizer *opt) {
   fo_dp_free(opt);
-  for (int r = 0; r < FO_ROLE_COUNT; r++) free_buffer(opt, opt->arena[r]);
-  free_buffer(opt, opt->state);
-  free_buffer(opt, opt->partials);
+  fo_shard_free(opt);
+  for (int r = 0; r < FO_ROLE_COUNT; r++) fo_exec_free(opt, opt->arena[r]);
+  fo_exec_free(opt, opt->state);
+  fo_exec_free(opt, opt->partials);
   if (opt->d_blocks) fo_cuda_free(opt->options.device, opt->d_blocks);
   if (opt->d_tensors) fo_cuda_free(opt->options.device, opt->d_tensors);
   if (opt->names)
@@ -247,7 +247,7 @@ static fo_status layout_tensors(const char *fn, fo_optimizer *opt,
                    (long long)total);
   for (int r = 0; r < FO_ROLE_COUNT; r++) {
     if (!role_kept(opt, (fo_role)r) || total == 0) continue;
-    fo_status st = alloc_zeroed(fn, opt, (size_t)total * fo_role_elem_size(opt, (fo_role)r),
+    fo_status st = fo_exec_alloc(fn, opt, (size_t)total * fo_role_elem_size(opt, (fo_role)r),
                                 &opt->arena[r]);
     if (st != FO_SUCCESS) return st;
   }
@@ -293,10 +293,10 @@ static fo_status build_plan(const char *fn, fo_optimizer *opt) {
 static fo_status alloc_step_state(const char *fn, fo_optimizer *opt) {
   fo_step_state init;
   fo_step_state_init(&opt->options, &init);
-  fo_status st = alloc_zeroed(fn, opt, sizeof init, (void **)&opt->state);
+  fo_status st = fo_exec_alloc(fn, opt, sizeof init, (void **)&opt->state);
   if (st != FO_SUCCESS) return st;
   if (opt->check_grads) {
-    st = alloc_zeroed(fn, opt, (size_t)(opt->num_blocks + 1) * sizeof(double),
+    st = fo_exec_alloc(fn, opt, (size_t)(opt->num_blocks + 1) * sizeof(double),
                       (void **)&opt->partials);
     if (st != FO_SUCCESS) return st;
   }
@@ -442,6 +442,9 @@ fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream) {
   if (st != FO_SUCCESS) return st;
   /* past this point a failure may leave the state half-updated */
   st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_step(opt, stream) : fo_cpu_step(opt);
+  /* a sharded step's agreement on the norm failed before anything changed */
+  if (st == FO_ERR_COMM && opt->grads_poisoned) return st;
+  if (st == FO_SUCCESS) st = fo_dp_after_step(fn, opt, stream);
   return fo_fault_after(fn, opt, FO_FAULT_STEP, st);
 }
 
@@ -659,6 +662,10 @@ fo_status fo_optimizer_state_ptr(const fo_optimizer *opt, int64_t index,
                    (int)role);
   st = check_role(fn, opt, role);
   if (st != FO_SUCCESS) return st;
+  if (opt->sharded)
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "the state is sharded over the ranks: this rank keeps only the arena "
+                   "elements of fo_optimizer_get_shard (fo_optimizer_arena)");
   const fo_plan_tensor *t = &opt->tensors[index];
   float *p = role == FO_ROLE_MASTER       ? t->master
              : role == FO_ROLE_EXP_AVG    ? t->exp_avg
@@ -681,7 +688,8 @@ fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role, void **base,
                    "the optimizer was created with external storage");
   fo_status st = check_role(fn, opt, role);
   if (st != FO_SUCCESS) return st;
+  int shard = opt->sharded && role != FO_ROLE_PARAM && role != FO_ROLE_GRAD;
   *base = opt->arena[role];
-  *bytes = (size_t)opt->total_elems * fo_role_elem_size(opt, role);
+  *bytes = (size_t)(shard ? opt->shard_count : opt->total_elems) * fo_role_elem_size(opt, role);
   return FO_SUCCESS;
 }

@@ -480,13 +480,17 @@ FO_API fo_status fo_optimizer_grad_ptr(const fo_optimizer *opt, int64_t index,
 /** A state buffer of tensor index: FO_ROLE_MASTER, FO_ROLE_EXP_AVG,
  *  FO_ROLE_EXP_AVG_SQ or FO_ROLE_MAX_EXP_AVG_SQ (fp32, numel elements, in
  *  the executor's memory), for inspection and checkpoints.  Fails with
- *  FO_ERR_INVALID_STATE when the optimizer keeps no such state. */
+ *  FO_ERR_INVALID_STATE when the optimizer keeps no such state, or keeps
+ *  it sharded over ranks (use fo_optimizer_arena and
+ *  fo_optimizer_get_shard then). */
 FO_API fo_status fo_optimizer_state_ptr(const fo_optimizer *opt,
                                         int64_t index, fo_role role,
                                         float **out);
 
 /** FO_STORAGE_ARENA: the whole contiguous buffer of a role and its size in
- *  bytes (for one collective over all gradients, say).  Fails with
+ *  bytes (for one collective over all gradients, say); with a sharded
+ *  state, a state role's buffer holds only this rank's shard
+ *  (fo_optimizer_get_shard).  Fails with
  *  FO_ERR_INVALID_STATE for external storage or a role the optimizer does
  *  not keep. */
 FO_API fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role,
@@ -511,7 +515,8 @@ FO_API fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role,
  *      fo_comm_create_nccl_mpi() does this through MPI);
  *    - FO_COMM_HOST, for FO_EXEC_CPU: fo_comm_create_host() takes a table
  *      of collective functions over host memory; fusedopt_mpi.h's
- *      fo_comm_create_mpi() fills it with MPI_Allreduce.  libfusedopt does
+ *      fo_comm_create_mpi() fills it with MPI_Allreduce (and MPI_Reduce /
+ *      MPI_Bcast for a sharded state).  libfusedopt does
  *      not link MPI: the MPI glue is the separate library fusedopt_mpi.
  *
  *  Every rank must register the same tensors with the same options and
@@ -569,6 +574,22 @@ typedef struct fo_comm_ops {
    *  err (err_cap bytes, NUL-terminated). */
   int (*allreduce_sum)(void *ctx, void *buf, int64_t count, fo_dtype dtype,
                        char *err, size_t err_cap);
+  /** Optional; needed by a sharded optimizer state (fo_dp_options
+   *  .shard_state).  A reduce-scatter with uneven parts, in place: buf holds
+   *  counts[0] + ... + counts[size - 1] elements of dtype, rank r's part
+   *  after the parts of the ranks before it (a count may be 0).  On return
+   *  this rank's part holds the sum of that part over every rank (summed as
+   *  allreduce_sum sums); the other parts hold unspecified values.  Return
+   *  codes and err as allreduce_sum. */
+  int (*reduce_scatter_sum)(void *ctx, void *buf, const int64_t *counts,
+                            fo_dtype dtype, char *err, size_t err_cap);
+  /** Optional; needed by a sharded optimizer state.  An all-gather with
+   *  uneven parts, in place, in bytes: buf holds bytes[0] + ... +
+   *  bytes[size - 1] bytes, rank r's part after the ranks before it.  On
+   *  entry this rank's part holds its data; on return every part holds
+   *  its owner's data, on every rank. */
+  int (*all_gather)(void *ctx, void *buf, const int64_t *bytes, char *err,
+                    size_t err_cap);
   /** Optional (may be NULL): called once by fo_comm_destroy() with ctx. */
   void (*release)(void *ctx);
 } fo_comm_ops;
@@ -613,6 +634,24 @@ typedef struct fo_dp_options {
    *  bucket is widened into an fp32 buffer, summed, and rounded back once.
    *  Costs twice the traffic and a bucket-sized fp32 buffer. */
   int reduce_in_f32;
+  /** Shard the optimizer state over the ranks, ZeRO stage 1 (default 0):
+   *  needs FO_STORAGE_ARENA, no stochastic rounding, and (for a host
+   *  communicator) reduce_scatter_sum and all_gather in its ops, as
+   *  fusedopt_mpi's has; else FO_ERR_UNSUPPORTED.  Rank r keeps master weights and moments only
+   *  for its shard of the arena, the elements [first, first + count) that
+   *  fo_optimizer_get_shard() reports (about 1/N of them, 128-aligned);
+   *  parameters and gradients stay whole.  Each step then reduce-scatters
+   *  the gradients (bucketed like the all-reduce), updates the own shard,
+   *  and all-gathers the parameters.  The results equal the unsharded ones
+   *  (up to the summation order of the gradient sums).  After a reduction
+   *  only the own shard of the gradient arena holds the summed gradients;
+   *  the rest holds unspecified values (write_unscaled_grads also writes
+   *  only the own shard).  Attaching copies the rank's slice of the current
+   *  state and frees the rest, so every rank must hold the same state then
+   *  (a fresh optimizer, or one loaded from the same checkpoint).  A
+   *  sharded optimizer keeps its communicator until it is destroyed
+   *  (fo_optimizer_set_comm refuses with FO_ERR_INVALID_STATE). */
+  int shard_state;
   uint64_t reserved[4]; /**< must be zero */
 } fo_dp_options;
 
@@ -629,6 +668,15 @@ FO_API fo_status fo_dp_options_default(fo_dp_options *out);
  *  waits for the device. */
 FO_API fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
                                        const fo_dp_options *options);
+
+/** This rank's shard of the arena with a sharded state
+ *  (fo_dp_options.shard_state): the elements [*first, *first + *count) of
+ *  every role buffer, the only ones whose master weights and moments it
+ *  keeps (fo_optimizer_arena() of a state role returns just them, *count
+ *  elements).  Without sharding: the whole arena (0 and its element
+ *  count).  Either out may be NULL. */
+FO_API fo_status fo_optimizer_get_shard(const fo_optimizer *opt,
+                                        int64_t *first, int64_t *count);
 
 /** The number of gradient buckets (0 without a communicator). */
 FO_API fo_status fo_optimizer_num_buckets(const fo_optimizer *opt,

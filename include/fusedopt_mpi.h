@@ -4,7 +4,8 @@
  *
  * libfusedopt itself never links MPI.  A host communicator is a table of
  * collective functions (fo_comm_ops in fusedopt.h); this library fills it
- * with MPI_Allreduce, and bootstraps NCCL communicators through MPI.  It
+ * with MPI_Allreduce (and, for a sharded state, reduce-scatter and
+ * all-gather as one MPI_Reduce / MPI_Bcast per rank), and bootstraps NCCL communicators through MPI.  It
  * must be built against the MPI implementation the program uses (MPI has
  * no common ABI).  Both functions are collective over comm: every rank
  * must call them.  MPI must be initialised, and stay so until the

@@ -66,6 +66,10 @@ int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_tensor *tens
 int fo_launch_prepare(const fo_prepare_args *args, const double *partials,
                       int64_t num_partials, fo_step_state *state, void *stream);
 
+/* *out = the sum of values[0..n) (0 when n is 0), one block, the same tree
+ * as the prepare kernel's: a sharded rank's partial sum of squares. */
+int fo_launch_sum_doubles(const double *values, int64_t n, double *out, void *stream);
+
 /* g *= state->grad_coef for every gradient, unless the step was skipped. */
 int fo_launch_unscale_grads(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
                             int64_t num_blocks, int64_t chunk, int32_t grad_dtype,

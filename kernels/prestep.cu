@@ -8,6 +8,8 @@
  *                          then one thread runs fo_prepare_step (step_state.h:
  *                          skip decision, clip coefficient, schedule, bias
  *                          corrections, loss-scaler update);
+ *   fo_sum_doubles_kernel  one block: a sharded rank's total of its
+ *                          partials, before the ranks all-gather them;
  *   fo_unscale_kernel      optional: writes g * coef back, for callers that
  *                          inspect their gradients.
  *
@@ -68,6 +70,14 @@ __global__ void __launch_bounds__(PREPARE_THREADS)
   if (threadIdx.x == 0) fo_prepare_step(&args, sum, state);
 }
 
+__global__ void __launch_bounds__(PREPARE_THREADS)
+    fo_sum_doubles_kernel(const double *values, int64_t n, double *out) {
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += PREPARE_THREADS) sum += values[i];
+  sum = block_sum<PREPARE_THREADS>(sum);
+  if (threadIdx.x == 0) *out = sum;
+}
+
 template <int GT>
 __global__ void __launch_bounds__(FO_CUDA_THREADS)
     fo_unscale_kernel(const __grid_constant__ fo_prestep_args a, int64_t first_block) {
@@ -95,6 +105,12 @@ extern "C" int fo_launch_prepare(const fo_prepare_args *args, const double *part
                                  int64_t num_partials, fo_step_state *state, void *stream) {
   fo_prepare_kernel<<<1, PREPARE_THREADS, 0, (cudaStream_t)stream>>>(*args, partials,
                                                                     num_partials, state);
+  return (int)cudaGetLastError();
+}
+
+extern "C" int fo_launch_sum_doubles(const double *values, int64_t n, double *out,
+                                     void *stream) {
+  fo_sum_doubles_kernel<<<1, PREPARE_THREADS, 0, (cudaStream_t)stream>>>(values, n, out);
   return (int)cudaGetLastError();
 }
 
