@@ -73,6 +73,7 @@ typedef struct config {
   int64_t gap;
   size_t bucket_bytes;
   int reduce_in_f32;
+  int shard_state; /* ZeRO-1 over one rank: the shard is the whole arena */
 } config;
 
 static void rig_make(rig *r, const config *c, int device) {
@@ -209,6 +210,7 @@ static void one_rank_case(const config *c, int side_stream) {
   OK(fo_dp_options_default(&o));
   o.bucket_bytes = c->bucket_bytes;
   o.reduce_in_f32 = c->reduce_in_f32;
+  o.shard_state = c->shard_state;
   OK(fo_optimizer_set_comm(dp.opt, comm, &o));
   cudaStream_t step_stream, comm_stream;
   CK(cudaStreamCreateWithFlags(&step_stream, cudaStreamNonBlocking));
@@ -240,34 +242,45 @@ static void one_rank_case(const config *c, int side_stream) {
 
 Test(gpu_comm, one_rank_arena_in_place, .timeout = 120) {
   devices(1);
-  config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 0, 0};
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 0, 0, 0};
   one_rank_case(&c, 0);
 }
 
 Test(gpu_comm, one_rank_buckets_on_a_side_stream, .timeout = 120) {
   devices(1);
-  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0};
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0};
   one_rank_case(&c, 1);
 }
 
 Test(gpu_comm, one_rank_scattered_external_as_one_group, .timeout = 120) {
   devices(1);
-  config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_F16, FO_DTYPE_F16, 77, 0, 0};
+  config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_F16, FO_DTYPE_F16, 77, 0, 0, 0};
   one_rank_case(&c, 0);
 }
 
 Test(gpu_comm, one_rank_bf16_reduced_in_f32, .timeout = 120) {
   devices(1);
-  config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 4096, 1};
+  config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 4096, 1, 0};
   one_rank_case(&c, 1);
-  config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F16, 0, 0, 1};
+  config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F16, 0, 0, 1, 0};
   one_rank_case(&a, 0);
+}
+
+/* A sharded state over one rank: reduce-scatter (grouped ncclReduce), the
+ * norm's all-gather and the parameters' (grouped ncclBroadcast) run, and
+ * the result stays bit-identical. */
+Test(gpu_comm, one_rank_sharded_state, .timeout = 120) {
+  devices(1);
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1};
+  one_rank_case(&c, 1);
+  config f = {FO_STORAGE_ARENA, FO_DTYPE_F16, FO_DTYPE_F16, 0, 0, 1, 1};
+  one_rank_case(&f, 0);
 }
 
 /* A step captured with its all-reduce replays like eager steps. */
 Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
   devices(1);
-  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0};
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
   rig dp, ref;
   rig_make(&dp, &c, 0);
   rig_make(&ref, &c, 0);
@@ -342,7 +355,7 @@ Test(gpu_comm, one_rank_per_gpu, .timeout = 300) {
   for (int i = 0; i < n; i++) devs[i] = i;
   ncclComm_t nccl[MAX_GPUS];
   NC(ncclCommInitAll(nccl, n, devs));
-  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 16384, 0};
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 16384, 0, 0};
   rig r[MAX_GPUS];
   fo_comm *comm[MAX_GPUS];
   cudaStream_t s[MAX_GPUS];
