@@ -4,6 +4,7 @@
 # Installs only what is missing, so a second run costs a second.
 #   deps.sh          what building and testing need
 #   deps.sh --demo   also what the demo's plot needs (gnuplot)
+#   deps.sh --test   also what scripts/test.sh's fuzz pass needs (clang)
 set -euo pipefail
 
 need=()
@@ -20,6 +21,8 @@ have_cmd mpirun || need+=(openmpi-bin)
 pkg-config --exists ompi-c 2>/dev/null || need+=(libopenmpi-dev)
 # The demo draws its loss curves with gnuplot; the tests do not need it.
 if [ "${1:-}" = "--demo" ]; then have_cmd gnuplot || need+=(gnuplot-nox); fi
+# The checkpoint reader's fuzz target is built with clang (libFuzzer).
+if [ "${1:-}" = "--test" ]; then have_cmd clang || need+=(clang); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="$(nproc)"
-bash scripts/build.sh
+bash scripts/build.sh --test
 ctest --test-dir "${FO_BUILD_DIR:-build}" --output-on-failure -j "$jobs"
 
 # The CPU tier (and the multi-rank tier) under ASan + UBSan.  The kernels
@@ -29,12 +29,6 @@ fi
 # the reader's C sources (tests/fuzz/CMakeLists.txt), run from the
 # committed seed corpus.
 if [ "${FO_TEST_FUZZ:-1}" != 0 ]; then
-  if ! command -v clang >/dev/null 2>&1; then
-    echo "test.sh: installing clang (libFuzzer) for the fuzz run"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang >/dev/null
-  fi
   fuzz="${FO_FUZZ_BUILD_DIR:-build-fuzz}"
   echo "test.sh: fuzzing the checkpoint reader ($fuzz)"
   cmake -S tests/fuzz -B "$fuzz" -G Ninja -DCMAKE_C_COMPILER=clang >/dev/null
