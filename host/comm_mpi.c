@@ -66,13 +66,18 @@ static void op_sum_bf16(void *in, void *inout, int *len, MPI_Datatype *type) {
 
 /* ----------------------------------------------------------- the ops */
 
+/* The MPI type and sum operation of a dtype. */
+static void sum_of(const mpi_ctx *c, fo_dtype dtype, MPI_Datatype *type, MPI_Op *op) {
+  *type = dtype == FO_DTYPE_F32 ? MPI_FLOAT : MPI_UINT16_T;
+  *op = dtype == FO_DTYPE_F32 ? MPI_SUM : dtype == FO_DTYPE_F16 ? c->sum_f16 : c->sum_bf16;
+}
+
 static int mpi_allreduce(void *vctx, void *buf, int64_t count, fo_dtype dtype, char *err,
                          size_t err_cap) {
   const mpi_ctx *c = vctx;
-  MPI_Datatype type = dtype == FO_DTYPE_F32 ? MPI_FLOAT : MPI_UINT16_T;
-  MPI_Op op = dtype == FO_DTYPE_F32   ? MPI_SUM
-              : dtype == FO_DTYPE_F16 ? c->sum_f16
-                                      : c->sum_bf16;
+  MPI_Datatype type;
+  MPI_Op op;
+  sum_of(c, dtype, &type, &op);
   size_t es = fo_dtype_size(dtype);
   for (int64_t at = 0; at < count; at += MPI_MAX_COUNT) {
     int n = (int)(count - at < MPI_MAX_COUNT ? count - at : MPI_MAX_COUNT);
@@ -90,10 +95,9 @@ static int mpi_allreduce(void *vctx, void *buf, int64_t count, fo_dtype dtype, c
 static int mpi_reduce_scatter(void *vctx, void *buf, const int64_t *counts, fo_dtype dtype,
                               char *err, size_t err_cap) {
   const mpi_ctx *c = vctx;
-  MPI_Datatype type = dtype == FO_DTYPE_F32 ? MPI_FLOAT : MPI_UINT16_T;
-  MPI_Op op = dtype == FO_DTYPE_F32   ? MPI_SUM
-              : dtype == FO_DTYPE_F16 ? c->sum_f16
-                                      : c->sum_bf16;
+  MPI_Datatype type;
+  MPI_Op op;
+  sum_of(c, dtype, &type, &op);
   size_t es = fo_dtype_size(dtype);
   int me = 0, size = 0;
   MPI_Comm_rank(c->comm, &me);

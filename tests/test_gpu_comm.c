@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "fusedopt.h"
+#include "cr_status.h"
 #include "testutil.h"
 
 #define CK(call)                                                                  \
@@ -38,12 +39,6 @@
   do {                                                                            \
     ncclResult_t r_ = (call);                                                     \
     cr_assert_eq(r_, ncclSuccess, "%s: %s", #call, ncclGetErrorString(r_));       \
-  } while (0)
-#define OK(call)                                                                  \
-  do {                                                                            \
-    fo_status s_ = (call);                                                        \
-    cr_assert_eq(s_, FO_SUCCESS, "%s: %s (%s)", #call, fo_status_string(s_),      \
-                 fo_last_error());                                                \
   } while (0)
 
 static int devices(int least) {

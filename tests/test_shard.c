@@ -20,20 +20,8 @@
 
 #include "fusedopt.h"
 #include "internal.h"
+#include "cr_status.h"
 #include "testutil.h"
-
-#define OK(call)                                                                          \
-  do {                                                                                    \
-    fo_status s_ = (call);                                                                \
-    cr_assert_eq(s_, FO_SUCCESS, "%s: %s (%s)", #call, fo_status_string(s_),             \
-                 fo_last_error());                                                        \
-  } while (0)
-#define FAILS(call, status)                                                               \
-  do {                                                                                    \
-    fo_status s_ = (call);                                                                \
-    cr_assert_eq(s_, status, "%s returned %s, expected %s (%s)", #call,                  \
-                 fo_status_string(s_), fo_status_string(status), fo_last_error());        \
-  } while (0)
 
 /* ------------------------------------------------------------- the fake */
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cr_status.h"
 #include "fusedopt.h"
 #include "testutil.h"
 
@@ -21,12 +22,6 @@
     cudaError_t e_ = (call);                                                      \
     cr_assert_eq(e_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorName(e_),     \
                  cudaGetErrorString(e_));                                         \
-  } while (0)
-#define OK(call)                                                                  \
-  do {                                                                            \
-    fo_status s_ = (call);                                                        \
-    cr_assert_eq(s_, FO_SUCCESS, "%s: %s (%s)", #call, fo_status_string(s_),      \
-                 fo_last_error());                                                \
   } while (0)
 
 /* --------------------------------------------------------------- device */
