@@ -11,7 +11,11 @@
  * train_gpu.cu) when one is usable, otherwise on the CPU (plain loops,
  * train_cpu.c); --device picks.  The optimizer step is always the
  * library's.  The last line of a run is machine-readable:
- *   RESULT opt=adamw device=cpu precision=fp32 ... val_acc=0.9750 ...
+ *   RESULT opt=adamw device=cpu precision=fp32 ranks=1 ... val_acc=0.9750 ...
+ *
+ * Under mpirun -np N (a build with MPI) it trains data-parallel: every rank
+ * takes its slice of each batch and the library averages the gradients
+ * (train_world.c, docs/train.md "Several processes").
  */
 #include "train.h"
 
@@ -21,6 +25,7 @@
 
 static int load_data(const train_config *cfg, data_split *out) {
   dataset all;
+  memset(out, 0, sizeof *out);
   if (load_digits(cfg->data_path, &all)) return EXIT_TRAIN_FAILED;
   int rc = split_dataset(&all, cfg->val_frac, cfg->seed, out);
   dataset_free(&all);
@@ -33,15 +38,33 @@ static void print_net(const net_shape *net) {
   printf(" (ReLU), %lld parameters", (long long)net_num_params(net));
 }
 
+/* "1 process", or "4 processes (MPI), 16 rows of each batch per process"
+ * (with "15 or 16" when the batch does not divide). */
+static void print_world(const run_plan *p) {
+  int n = p->world->size, b = (int)p->cfg->batch;
+  if (n == 1) {
+    printf("1 process");
+    return;
+  }
+  printf("%d processes (MPI), ", n);
+  if (b % n)
+    printf("%d or %d", b / n, b / n + 1);
+  else
+    printf("%d", b / n);
+  printf(" rows of each batch per process");
+}
+
 static void print_header(const run_plan *p) {
   const train_config *cfg = p->cfg;
   printf("fusedopt %s: 8x8 digits, %d train / %d validation images; ", fo_version_string(),
          p->data->train.n, p->data->val.n);
   print_net(&p->net);
-  printf("\n%s, %s%s, batch %ld, %d steps/epoch, %ld epochs, %s schedule\n", p->engine->name,
+  printf("\n%s, %s%s, batch %ld, %d steps/epoch, %ld epochs, %s schedule; ", p->engine->name,
          precision_name(cfg->precision), cfg->graph ? ", CUDA graph" : "", cfg->batch,
          p->steps_per_epoch, cfg->epochs,
          schedule_name(cfg->schedule < 0 ? SCHED_COSINE : cfg->schedule));
+  print_world(p);
+  printf("\n");
 }
 
 static void print_optimizer(const run_plan *p) {
@@ -62,15 +85,17 @@ static void print_optimizer(const run_plan *p) {
 static void print_result_line(const run_plan *p, const run_result *r) {
   const epoch_record *first = &r->history[0], *last = &r->history[r->epochs - 1];
   printf(
-      "RESULT opt=%s device=%s precision=%s epochs=%d steps=%lld first_loss=%.6f "
+      "RESULT opt=%s device=%s precision=%s ranks=%d epochs=%d steps=%lld first_loss=%.6f "
       "final_loss=%.6f val_acc=%.4f seconds=%.3f skipped=%lld loss_scale=%g\n",
-      opt_name(r->opt), p->engine->name, precision_name(p->cfg->precision), r->epochs,
-      (long long)last->step, first->train_loss, last->train_loss, last->val_acc, r->seconds,
-      (long long)last->skipped, last->loss_scale);
+      opt_name(r->opt), p->engine->name, precision_name(p->cfg->precision), p->world->size,
+      r->epochs, (long long)last->step, first->train_loss, last->train_loss, last->val_acc,
+      r->seconds, (long long)last->skipped, last->loss_scale);
 }
 
+/* Files are rank 0's to write (the other ranks hold the same results). */
 static int save_curves(const run_plan *p, const run_result *r) {
   char csv[4096];
+  if (p->world->rank != 0) return 0;
   snprintf(csv, sizeof csv, "%s/train_%s.csv", p->cfg->out_dir, opt_name(r->opt));
   if (write_history_csv(csv, r)) return 1;
   if (p->verbose) printf("curves: %s\n", csv);
@@ -89,7 +114,7 @@ static int train_single(const run_plan *p) {
         opt_name(r.opt), 100.0 * last->val_acc, r.correct, r.n_val, last->train_loss, r.epochs,
         (long long)last->step, r.seconds, (long long)last->skipped);
     rc = save_curves(p, &r);
-    if (!rc) plot_run(p->cfg->out_dir, &r, p->cfg->plot);
+    if (!rc && p->world->rank == 0) plot_run(p->cfg->out_dir, &r, p->cfg->plot);
     if (!rc) print_result_line(p, &r);
   }
   run_result_free(&r);
@@ -129,36 +154,64 @@ static int train_every_optimizer(const run_plan *p) {
     char csv[4096];
     print_compare_table(runs, done);
     snprintf(csv, sizeof csv, "%s/compare.csv", p->cfg->out_dir);
-    rc = write_compare_csv(csv, runs, done);
+    if (p->world->rank == 0) rc = write_compare_csv(csv, runs, done);
     if (!rc) printf("table: %s; curves: %s/train_<optimizer>.csv\n", csv, p->cfg->out_dir);
-    if (!rc) plot_compare(p->cfg->out_dir, runs, done, p->cfg->plot);
+    if (!rc && p->world->rank == 0) plot_compare(p->cfg->out_dir, runs, done, p->cfg->plot);
     for (int i = 0; i < done && !rc; i++) print_result_line(p, &runs[i]);
   }
   for (int i = 0; i < done; i++) run_result_free(&runs[i]);
   return rc;
 }
 
-static int train_digits(const train_config *cfg) {
+/* Every step of the set-up ends with the same verdict on every rank
+ * (world_agree), so that no rank goes on into a collective the others
+ * never reach; a failure during training ends every rank (world_abort). */
+static int train_digits(const train_config *cfg, train_world *w) {
   data_split data;
-  const engine_ops *engine;
+  const engine_ops *engine = NULL;
   run_plan plan;
-  int rc = load_data(cfg, &data);
-  if (rc) return rc;
-  rc = resolve_engine(cfg, &engine);
-  if (!rc) rc = plan_run(cfg, &data, engine, &plan);
-  if (!rc && ensure_dir(cfg->out_dir)) rc = EXIT_TRAIN_FAILED;
+  int rc = world_agree(w, load_data(cfg, &data));
+  if (!rc) rc = resolve_engine(cfg, w, &engine);
+  if (!rc) { /* the same verdict on every rank: one line, rank 0's */
+    world_quiet(w, 1);
+    rc = plan_run(cfg, &data, engine, w, &plan);
+    world_quiet(w, 0);
+  }
+  if (!rc) rc = world_agree(w, w->rank == 0 && ensure_dir(cfg->out_dir) ? EXIT_TRAIN_FAILED : 0);
+  if (!rc) rc = world_agree(w, world_create_comm(w, engine == &gpu_engine_ops));
   if (!rc) {
     print_header(&plan);
     rc = cfg->compare ? train_every_optimizer(&plan) : train_single(&plan);
+    if (rc) world_abort(w, rc);
   }
+  world_destroy_comm(w);
   dataset_free(&data.train);
   dataset_free(&data.val);
   return rc;
 }
 
+/* The bowl has no data to share out: it runs in one process. */
+static int bowl_alone(const train_config *cfg, const train_world *w) {
+  if (w->size == 1) return run_bowl(cfg);
+  if (w->rank == 0)
+    fprintf(stderr,
+            "train: --bowl runs in one process; start it without mpirun (this is one of %d)\n",
+            w->size);
+  return EXIT_TRAIN_USAGE;
+}
+
 int main(int argc, char **argv) {
+  train_world world;
   train_config cfg;
-  int rc = parse_args(argc, argv, &cfg);
-  if (rc) return rc < 0 ? EXIT_TRAIN_OK : rc;
-  return cfg.bowl ? run_bowl(&cfg) : train_digits(&cfg);
+  int rc = world_init(&argc, &argv, &world);
+  if (!rc) { /* every rank parses the same flags: one line, rank 0's */
+    world_quiet(&world, 1);
+    rc = parse_args(argc, argv, &cfg);
+    world_quiet(&world, 0);
+    if (!rc) rc = cfg.bowl ? bowl_alone(&cfg, &world) : train_digits(&cfg, &world);
+  } else {
+    world_abort(&world, rc);
+  }
+  world_finalize(&world);
+  return rc < 0 ? EXIT_TRAIN_OK : rc;
 }

@@ -1,7 +1,8 @@
 /*
  * train.h -- the pieces of examples/train: flags, the digits data set, the
- * MLP's shape, the two compute engines (CPU loops, CUDA + cuBLAS), the
- * training loop, the quadratic bowl, and the report (CSV, gnuplot).
+ * MLP's shape, the processes of a data-parallel run, the two compute
+ * engines (CPU loops, CUDA + cuBLAS), the training loop, the quadratic
+ * bowl, and the report (CSV, gnuplot).
  *
  * Conventions: a function that can fail returns 0 on success and non-zero
  * on failure, after printing one line "train: ..." to stderr.  Nothing here
@@ -10,6 +11,7 @@
 #ifndef FO_TRAIN_H
 #define FO_TRAIN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "fusedopt.h"
@@ -130,6 +132,52 @@ uint64_t rng_next(uint64_t *state);
 float rng_normal(uint64_t *state);
 void shuffle_ints(int *v, int n, uint64_t *state);
 
+/* ------------------------------------------------------------- world */
+
+/* The processes of a run (train_world.c).  Built with MPI (FO_TRAIN_MPI)
+ * and started by an MPI launcher (mpirun -np N), the world is
+ * MPI_COMM_WORLD: every rank takes its share of each batch, the library
+ * averages the gradients through comm, and only rank 0 prints (the other
+ * ranks' stdout goes to /dev/null) and writes files.  Otherwise it is one
+ * process, rank 0 of 1, and MPI is never initialised. */
+typedef struct train_world {
+  int rank, size;             /* in MPI_COMM_WORLD; 0 and 1 without MPI */
+  int local_rank, local_size; /* among the ranks on this node */
+  int mpi;                    /* MPI_Init was called (MPI_Finalize is due) */
+  int device;                 /* the GPU engine's CUDA device */
+  int saved_stderr;           /* world_quiet's copy of fd 2, or -1 */
+  fo_comm *comm;              /* averages the gradients; NULL in one process */
+} train_world;
+
+/* Initialises MPI when started by an MPI launcher and the build has MPI.
+ * Returns 0 or an exit status after printing why. */
+int world_init(int *argc, char ***argv, train_world *w);
+void world_finalize(train_world *w);
+/* On ranks other than 0, sends stderr to /dev/null (on) or back (off):
+ * around the steps that fail alike on every rank (the flags, the plan), so
+ * that a usage error is one line, not one per rank. */
+void world_quiet(train_world *w, int on);
+/* The largest of every rank's rc: every rank then takes the same branch. */
+int world_agree(const train_world *w, int rc);
+/* Whether ok is non-zero on every rank. */
+int world_all(const train_world *w, int ok);
+/* Sums v[0..n) over the ranks, in place. */
+void world_sum(const train_world *w, double *v, int n);
+/* Whether every rank passed the same value. */
+int world_same(const train_world *w, uint64_t v);
+/* The CPU executor's threads for one rank: the CPUs this process may run
+ * on, shared by the ranks of its node; 0 (every core) in one process. */
+int world_cpu_threads(const train_world *w);
+/* Creates w->comm when there are several ranks: over MPI for the CPU
+ * executor, NCCL bootstrapped through MPI on w->device for the CUDA one.
+ * Collective.  Returns 0 or EXIT_TRAIN_FAILED after printing why. */
+int world_create_comm(train_world *w, int cuda);
+void world_destroy_comm(train_world *w);
+/* After a failure on this rank when the others may be waiting in a
+ * collective: ends every rank with status rc (MPI_Abort).  Returns in one
+ * process. */
+void world_abort(const train_world *w, int rc);
+
 /* --------------------------------------------------------------- net */
 
 /* A stack of linear layers: dim[0] = 64 inputs, dim[n_linear] = 10 logits,
@@ -171,9 +219,15 @@ typedef struct engine_setup {
   const net_shape *net;
   fo_optimizer *opt;
   fo_dtype dtype; /* of the parameters and gradients */
-  int batch;      /* rows of every training step */
-  int graph;      /* capture the step as a CUDA graph (GPU only) */
-  const dataset *val;
+  int batch;      /* this rank's rows of every training step */
+  /* The loss gradient of each row is weighted (loss scale x ranks) /
+   * global_batch: the library divides the sum over the ranks by ranks, so
+   * the step sees the mean over the global batch (1 / batch in one
+   * process). */
+  int ranks, global_batch;
+  int device;         /* CUDA device (GPU only) */
+  int graph;          /* capture the step as a CUDA graph (GPU only) */
+  const dataset *val; /* this rank's validation rows */
 } engine_setup;
 
 /* A compute engine: forward, backward (into the optimizer's gradients)
@@ -188,8 +242,11 @@ typedef struct engine_ops {
   int (*train_step)(void *engine, const float *x, const int *y);
   /* The sum of the per-sample training losses since the last call. */
   int (*take_loss_sum)(void *engine, double *sum);
-  /* Correct predictions on the validation set with the current weights. */
+  /* Correct predictions on the validation rows with the current weights. */
   int (*evaluate)(void *engine, int *correct);
+  /* Copies bytes of the engine's memory (an arena of the optimizer's) to
+   * the host. */
+  int (*read_back)(void *engine, void *host, const void *src, size_t bytes);
   void (*destroy)(void *engine);
 } engine_ops;
 
@@ -220,22 +277,28 @@ typedef struct run_plan {
   const train_config *cfg;
   const data_split *data;
   const engine_ops *engine;
+  const train_world *world;
   net_shape net;
   int steps_per_epoch;
-  int verbose; /* print a line per epoch */
+  int shard_start, shard_rows; /* this rank's slice of every batch */
+  dataset val_shard;           /* this rank's slice of the validation set */
+  int verbose;                 /* print a line per epoch */
 } run_plan;
 
+/* Checks the flags against the data and the world (every rank reaches the
+ * same verdict) and splits batches and the validation set over the ranks. */
 int plan_run(const train_config *cfg, const data_split *data, const engine_ops *engine,
-             run_plan *out);
+             const train_world *world, run_plan *out);
 /* The warmup without --warmup: one epoch, at most a fifth of the run. */
 int64_t default_warmup(const run_plan *p);
 /* Trains the MLP with one optimizer; out->history is malloc'ed. */
 int train_run(const run_plan *plan, int opt, run_result *out);
 void run_result_free(run_result *r);
 
-/* Picks the engine for --device; prints why when it falls back to the CPU.
- * Returns 0 or an exit status. */
-int resolve_engine(const train_config *cfg, const engine_ops **out);
+/* Picks the engine for --device, the same on every rank (the CUDA engine
+ * needs a device for each rank of a node), and w->device; prints why when
+ * it falls back to the CPU.  Returns 0 or an exit status. */
+int resolve_engine(const train_config *cfg, train_world *w, const engine_ops **out);
 
 /* The quadratic bowl (--bowl). */
 int run_bowl(const train_config *cfg);

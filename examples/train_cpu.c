@@ -23,6 +23,7 @@ typedef struct cpu_engine {
   fo_optimizer *opt;
   fo_dtype dtype;
   int batch, rows_max, num_tensors;
+  int ranks, global_batch; /* the loss gradient's weight: see engine_setup */
   const dataset *val;
   arena_layout params, grads;
   float *param_mirror, *grad_mirror; /* fp32 copies of 16-bit arenas */
@@ -84,10 +85,9 @@ static void relu_backward(float *restrict d, const float *restrict a, size_t n) 
 }
 
 /* Softmax cross-entropy of each row against its label: returns the summed
- * loss and writes the gradient of the mean loss, times scale, to dz. */
-static double softmax_xent(const float *logits, const int *y, int rows, float scale, float *dz) {
+ * loss and writes the gradient of each row's loss, times coef, to dz. */
+static double softmax_xent(const float *logits, const int *y, int rows, float coef, float *dz) {
   double loss = 0.0;
-  float coef = scale / (float)rows;
   for (int r = 0; r < rows; r++) {
     const float *z = logits + (size_t)r * TRAIN_CLASSES;
     float *d = dz + (size_t)r * TRAIN_CLASSES, mx = z[0], sum = 0.0f;
@@ -156,8 +156,12 @@ static int cpu_train_step(void *handle, const float *x, const int *y) {
   if (refresh_params(e)) return 1;
   forward(e, x, e->batch);
   float scale = e->loss_scale ? *e->loss_scale : 1.0f;
+  /* One process: scale / batch, the gradient of the mean loss.  N ranks:
+   * scale N / global batch, so that the library's mean over the ranks is
+   * the mean over the global batch. */
+  float coef = scale * (float)e->ranks / (float)e->global_batch;
   int last = e->net.n_linear;
-  e->loss_sum += softmax_xent(e->act[last], y, e->batch, scale, e->dact[last]);
+  e->loss_sum += softmax_xent(e->act[last], y, e->batch, coef, e->dact[last]);
   backward(e, e->batch);
   if (publish_grads(e)) return 1;
   return fo_failed(fo_optimizer_step(e->opt, NULL), "fo_optimizer_step");
@@ -175,6 +179,12 @@ static int cpu_evaluate(void *handle, int *correct) {
   if (refresh_params(e)) return 1;
   forward(e, e->val->x, e->val->n);
   *correct = count_correct(e->act[e->net.n_linear], e->val->y, e->val->n);
+  return 0;
+}
+
+static int cpu_read_back(void *handle, void *host, const void *src, size_t bytes) {
+  (void)handle;
+  memcpy(host, src, bytes); /* the CPU executor's arenas are host memory */
   return 0;
 }
 
@@ -244,6 +254,8 @@ static int cpu_create(const engine_setup *s, void **out) {
   e->opt = s->opt;
   e->dtype = s->dtype;
   e->batch = s->batch;
+  e->ranks = s->ranks;
+  e->global_batch = s->global_batch;
   e->val = s->val;
   e->rows_max = s->batch > s->val->n ? s->batch : s->val->n;
   e->num_tensors = net_num_tensors(s->net);
@@ -256,6 +268,6 @@ static int cpu_create(const engine_setup *s, void **out) {
 }
 
 const engine_ops cpu_engine_ops = {
-    "cpu",        cpu_create,  cpu_write_params, cpu_train_step, cpu_take_loss_sum,
-    cpu_evaluate, cpu_destroy,
+    "cpu",        cpu_create,    cpu_write_params, cpu_train_step, cpu_take_loss_sum,
+    cpu_evaluate, cpu_read_back, cpu_destroy,
 };

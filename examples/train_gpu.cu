@@ -71,16 +71,19 @@ __global__ void bias_act_kernel(float *z, const float *b, int rows, int cols, in
 }
 
 /* One thread per row: adds the row's cross-entropy to *loss_sum and writes
- * the gradient of the mean loss, times *scale (1 when scale is NULL). */
+ * the gradient of the row's loss times *scale (1 when scale is NULL) x
+ * ranks / global_rows: the gradient of the mean loss in one process, and
+ * N times this rank's share of the global batch's mean with N ranks (the
+ * library divides the sum over the ranks by N). */
 __global__ void softmax_xent_kernel(const float *logits, const int *y, int rows, const float *scale,
-                                    float *dz, double *loss_sum) {
+                                    int ranks, int global_rows, float *dz, double *loss_sum) {
   int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const float *z = logits + (size_t)r * TRAIN_CLASSES;
   float *d = dz + (size_t)r * TRAIN_CLASSES, mx = z[0], sum = 0.0f;
   for (int c = 1; c < TRAIN_CLASSES; c++) mx = fmaxf(mx, z[c]);
   for (int c = 0; c < TRAIN_CLASSES; c++) sum += d[c] = expf(z[c] - mx);
-  float coef = (scale ? *scale : 1.0f) / (float)rows;
+  float coef = (scale ? *scale : 1.0f) * (float)ranks / (float)global_rows;
   for (int c = 0; c < TRAIN_CLASSES; c++) d[c] = (d[c] / sum - (c == y[r] ? 1.0f : 0.0f)) * coef;
   atomicAdd(loss_sum, (double)(logf(sum) - (z[y[r]] - mx)));
 }
@@ -148,6 +151,7 @@ typedef struct gpu_engine {
   fo_optimizer *opt;
   fo_dtype dtype;
   int batch, rows_max, num_tensors, use_graph, warmed_up;
+  int ranks, global_batch, device;
   cudaStream_t stream;
   cublasHandle_t blas;
   void *blas_workspace;
@@ -285,7 +289,8 @@ static int enqueue_step(gpu_engine *e) {
   int last = e->net.n_linear;
   if (enqueue_widen_params(e) || enqueue_forward(e, e->batch_x, e->batch)) return 1;
   softmax_xent_kernel<<<grid_for((size_t)e->batch), THREADS, 0, e->stream>>>(
-      e->act[last], e->batch_y, e->batch, e->loss_scale, e->dact[last], e->loss_sum);
+      e->act[last], e->batch_y, e->batch, e->loss_scale, e->ranks, e->global_batch, e->dact[last],
+      e->loss_sum);
   if (launch_failed("softmax_xent_kernel")) return 1;
   if (enqueue_backward(e, e->batch) || enqueue_narrow_grads(e)) return 1;
   return fo_failed(fo_optimizer_step(e->opt, e->stream), "fo_optimizer_step");
@@ -350,6 +355,13 @@ static int gpu_evaluate(void *handle, int *correct) {
              cudaMemcpyAsync(correct, e->correct, sizeof(int), cudaMemcpyDeviceToHost, e->stream),
              "reading the accuracy") ||
          cuda_failed(cudaStreamSynchronize(e->stream), "evaluating");
+}
+
+static int gpu_read_back(void *handle, void *host, const void *src, size_t bytes) {
+  gpu_engine *e = (gpu_engine *)handle;
+  return cuda_failed(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, e->stream),
+                     "reading the optimizer's state") ||
+         cuda_failed(cudaStreamSynchronize(e->stream), "reading the optimizer's state");
 }
 
 static int gpu_write_params(void *handle, float *const init[]) {
@@ -443,7 +455,8 @@ static int create_stream_and_blas(gpu_engine *e) {
                      "cublasSetWorkspace");
 }
 
-/* The optimizer runs on device 0 (fo_options' default); so does the
+/* The optimizer runs on the rank's device (fo_options.device: 0 in one
+ * process, the rank's index on its node with several); so does the
  * engine.  Creating the optimizer left work on the legacy stream, which
  * our non-blocking stream would not wait for: hence the synchronize. */
 static int gpu_create(const engine_setup *s, void **out) {
@@ -456,10 +469,13 @@ static int gpu_create(const engine_setup *s, void **out) {
   e->opt = s->opt;
   e->dtype = s->dtype;
   e->batch = s->batch;
+  e->ranks = s->ranks;
+  e->global_batch = s->global_batch;
+  e->device = s->device;
   e->use_graph = s->graph;
   e->rows_max = s->batch > s->val->n ? s->batch : s->val->n;
   e->num_tensors = net_num_tensors(s->net);
-  if (cuda_failed(cudaSetDevice(0), "cudaSetDevice") ||
+  if (cuda_failed(cudaSetDevice(e->device), "cudaSetDevice") ||
       cuda_failed(cudaDeviceSynchronize(), "cudaDeviceSynchronize") || create_stream_and_blas(e) ||
       find_loss_scale(s->opt, &e->loss_scale) || bind_tensors(e) || alloc_buffers(e, s->val)) {
     gpu_destroy(e);
@@ -471,6 +487,6 @@ static int gpu_create(const engine_setup *s, void **out) {
 
 /* Declared extern "C" in train.h. */
 const engine_ops gpu_engine_ops = {
-    "cuda",       gpu_create,  gpu_write_params, gpu_train_step, gpu_take_loss_sum,
-    gpu_evaluate, gpu_destroy,
+    "cuda",       gpu_create,    gpu_write_params, gpu_train_step, gpu_take_loss_sum,
+    gpu_evaluate, gpu_read_back, gpu_destroy,
 };

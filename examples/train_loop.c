@@ -3,6 +3,13 @@
  * shape, the optimizer's creation (two groups: weights with decay, biases
  * without), the seeded initial weights, the epochs, and what is printed
  * per epoch.
+ *
+ * With several ranks (train_world.c) every rank runs this same loop from
+ * the same seed -- the same split, initial weights and batch order -- and
+ * takes its own slice of each batch; the library averages the gradients
+ * (the optimizer's communicator), so every rank steps to the same
+ * parameters.  The loss and the validation counts are summed over the
+ * ranks before they are printed.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -75,38 +82,74 @@ int find_loss_scale(const fo_optimizer *opt, const float **out) {
 
 /* ------------------------------------------------------------- set-up */
 
-int resolve_engine(const train_config *cfg, const engine_ops **out) {
+/* Every rank of a node needs a device of its own (NCCL refuses two ranks
+ * on one GPU): rank i of the node takes device i.  The ranks agree, so
+ * that all of them run the same engine. */
+int resolve_engine(const train_config *cfg, train_world *w, const engine_ops **out) {
+  char why[512] = ""; /* why this rank cannot run the CUDA engine */
   int count = 0;
   *out = &cpu_engine_ops;
+  w->device = 0;
   if (cfg->device == DEVICE_CPU) return 0;
-  if (fo_cuda_device_count(&count) == FO_SUCCESS && count > 0) {
+  if (fo_cuda_device_count(&count) != FO_SUCCESS || count == 0)
+    snprintf(why, sizeof why, "no CUDA device: %s", fo_last_error());
+  else if (w->local_size > count)
+    snprintf(why, sizeof why, "%d processes on this node share %d CUDA device%s", w->local_size,
+             count, count == 1 ? "" : "s");
+  int usable = !why[0];
+  if (world_all(w, usable)) {
     *out = &gpu_engine_ops;
+    w->device = w->local_rank;
     return 0;
   }
   if (cfg->device == DEVICE_CUDA || cfg->graph) {
-    fprintf(stderr, "train: %s needs a usable CUDA device: %s\n",
-            cfg->graph ? "--graph" : "--device cuda", fo_last_error());
+    if (!usable) /* the ranks that lack a device say why */
+      fprintf(stderr, "train: %s needs a usable CUDA device%s: %s\n",
+              cfg->graph ? "--graph" : "--device cuda", w->size > 1 ? " per process" : "",
+              count == 0 ? fo_last_error() : why);
     return EXIT_TRAIN_NO_GPU;
   }
-  printf("device: cpu (no CUDA device: %s)\n", fo_last_error());
+  printf("device: cpu (%s)\n", usable ? "another process has no CUDA device of its own" : why);
   return 0;
 }
 
+/* Rank r's share of n rows: [n r / N, n (r + 1) / N); the N shares differ
+ * by at most one row and cover the n rows once. */
+static void share(int n, const train_world *w, int *first, int *count) {
+  *first = (int)((int64_t)n * w->rank / w->size);
+  *count = (int)((int64_t)n * (w->rank + 1) / w->size) - *first;
+}
+
 int plan_run(const train_config *cfg, const data_split *data, const engine_ops *engine,
-             run_plan *out) {
+             const train_world *world, run_plan *out) {
   memset(out, 0, sizeof *out);
   if (cfg->batch > data->train.n) {
     fprintf(stderr, "train: --batch %ld is larger than the %d training rows\n", cfg->batch,
             data->train.n);
     return EXIT_TRAIN_USAGE;
   }
+  if (cfg->batch < world->size) {
+    fprintf(stderr, "train: --batch %ld is smaller than the %d processes: each needs a row\n",
+            cfg->batch, world->size);
+    return EXIT_TRAIN_USAGE;
+  }
   out->cfg = cfg;
   out->data = data;
   out->engine = engine;
+  out->world = world;
   make_net(cfg, &out->net);
   out->steps_per_epoch = data->train.n / (int)cfg->batch;
   out->verbose = !cfg->compare;
-  return 0;
+  share((int)cfg->batch, world, &out->shard_start, &out->shard_rows);
+  int first;
+  share(data->val.n, world, &first, &out->val_shard.n);
+  out->val_shard.x = data->val.x + (size_t)first * TRAIN_FEATURES;
+  out->val_shard.y = data->val.y + first;
+  /* A schedule the flags make impossible fails alike on every rank and for
+   * every optimizer: say so now, not after the first run. */
+  fo_schedule unused;
+  return make_schedule(cfg, (int64_t)cfg->epochs * out->steps_per_epoch, default_warmup(out),
+                       &unused);
 }
 
 int64_t default_warmup(const run_plan *p) {
@@ -119,6 +162,8 @@ static int make_options(const run_plan *p, int opt, fo_options *o) {
   fo_options_default(o);
   o->algorithm = opt_algorithm(opt);
   o->executor = p->engine == &gpu_engine_ops ? FO_EXEC_CUDA : FO_EXEC_CPU;
+  o->device = p->world->device;
+  if (o->executor == FO_EXEC_CPU) o->num_threads = world_cpu_threads(p->world);
   o->storage = FO_STORAGE_ARENA; /* the library owns parameters and gradients */
   o->param_dtype = o->grad_dtype = precision_dtype(cfg->precision);
   o->max_grad_norm = (float)cfg->clip;
@@ -149,8 +194,14 @@ static int create_optimizer(const run_plan *p, int opt, fo_optimizer **out, doub
     t[i].group = i % 2; /* group 1: biases, no weight decay */
     t[i].name = names[i];
   }
-  return fo_failed(fo_optimizer_create(out, &o, groups, 2, t, net_num_tensors(&p->net)),
-                   "fo_optimizer_create");
+  if (fo_failed(fo_optimizer_create(out, &o, groups, 2, t, net_num_tensors(&p->net)),
+                "fo_optimizer_create"))
+    return 1;
+  /* Several ranks: the step sums the gradients over the ranks (one
+   * all-reduce of the gradient arena per bucket, default 25 MiB buckets:
+   * one here) and divides by their number. */
+  return p->world->comm &&
+         fo_failed(fo_optimizer_set_comm(*out, p->world->comm, NULL), "fo_optimizer_set_comm");
 }
 
 /* He-normal weights for the ReLU layers, 1/sqrt(fan_in) for the logits,
@@ -196,11 +247,12 @@ typedef struct run_state {
   uint64_t rng;
 } run_state;
 
+/* This rank's slice of the step's batch. */
 static void gather_batch(run_state *s, int step) {
   const dataset *train = &s->plan->data->train;
-  int b = (int)s->plan->cfg->batch;
-  for (int r = 0; r < b; r++) {
-    int row = s->order[step * b + r];
+  int first = step * (int)s->plan->cfg->batch + s->plan->shard_start;
+  for (int r = 0; r < s->plan->shard_rows; r++) {
+    int row = s->order[first + r];
     memcpy(s->batch_x + (size_t)r * TRAIN_FEATURES, train->x + (size_t)row * TRAIN_FEATURES,
            TRAIN_FEATURES * sizeof(float));
     s->batch_y[r] = train->y[row];
@@ -218,6 +270,7 @@ static int run_epoch(run_state *s, epoch_record *rec) {
     if (ops->train_step(s->engine, s->batch_x, s->batch_y)) return 1;
   }
   if (ops->take_loss_sum(s->engine, &loss_sum)) return 1; /* waits for the device */
+  world_sum(p->world, &loss_sum, 1);                      /* every rank's rows */
   double rows = (double)p->steps_per_epoch * (double)p->cfg->batch;
   rec->samples_per_s = rows / (now_seconds() - t0);
   rec->train_loss = loss_sum / rows;
@@ -228,6 +281,9 @@ static int run_epoch(run_state *s, epoch_record *rec) {
 static int inspect(run_state *s, double base_lr, int *correct, epoch_record *rec) {
   fo_step_info info;
   if (s->plan->engine->evaluate(s->engine, correct)) return 1;
+  double count = *correct; /* this rank's validation rows; then all of them */
+  world_sum(s->plan->world, &count, 1);
+  *correct = (int)count;
   if (fo_failed(fo_optimizer_get_info(s->opt, &info), "fo_optimizer_get_info")) return 1;
   rec->val_acc = (double)*correct / (double)s->plan->data->val.n;
   rec->step = info.step;
@@ -288,9 +344,17 @@ static int start_run(run_state *s, int opt, run_result *out) {
   const run_plan *p = s->plan;
   int rc = create_optimizer(p, opt, &s->opt, &out->lr, &out->wd);
   if (rc) return rc;
-  engine_setup setup = {
-      &p->net,       s->opt,       precision_dtype(p->cfg->precision), (int)p->cfg->batch,
-      p->cfg->graph, &p->data->val};
+  engine_setup setup;
+  memset(&setup, 0, sizeof setup);
+  setup.net = &p->net;
+  setup.opt = s->opt;
+  setup.dtype = precision_dtype(p->cfg->precision);
+  setup.batch = p->shard_rows;
+  setup.ranks = p->world->size;
+  setup.global_batch = (int)p->cfg->batch;
+  setup.device = p->world->device;
+  setup.graph = p->cfg->graph;
+  setup.val = &p->val_shard;
   if (p->engine->create(&setup, &s->engine)) return 1;
   float **init = make_initial_weights(p);
   if (!init) {
@@ -300,6 +364,47 @@ static int start_run(run_state *s, int opt, run_result *out) {
   rc = p->engine->write_params(s->engine, init);
   free_initial_weights(init, net_num_tensors(&p->net));
   return rc;
+}
+
+/* FNV-1a, 64 bits. */
+static uint64_t hash_bytes(uint64_t h, const unsigned char *p, size_t n) {
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+/* Several ranks: every rank must end with the same parameters and
+ * optimizer state, bit for bit -- the library sums the gradients into the
+ * same bits on every rank and steps identically from there.  Compares a
+ * hash of the parameter arena and every state arena over the ranks. */
+static int check_ranks_agree(run_state *s) {
+  static const fo_role roles[] = {FO_ROLE_PARAM, FO_ROLE_MASTER, FO_ROLE_EXP_AVG,
+                                  FO_ROLE_EXP_AVG_SQ};
+  const run_plan *p = s->plan;
+  if (p->world->size == 1) return 0;
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++) {
+    void *base;
+    size_t bytes;
+    if (fo_optimizer_arena(s->opt, roles[i], &base, &bytes) != FO_SUCCESS) continue; /* not kept */
+    unsigned char *host = malloc(bytes ? bytes : 1);
+    int rc = !host || p->engine->read_back(s->engine, host, base, bytes);
+    if (!rc) h = hash_bytes(h, host, bytes);
+    free(host);
+    if (rc) {
+      fprintf(stderr, "train: cannot read the optimizer's state back to compare the ranks\n");
+      return 1;
+    }
+  }
+  if (!world_same(p->world, h)) {
+    if (p->world->rank == 0)
+      fprintf(stderr, "train: the %d processes hold different parameters after training\n",
+              p->world->size);
+    return 1;
+  }
+  if (p->verbose)
+    printf("ranks: parameters and optimizer state bit-identical on all %d processes\n",
+           p->world->size);
+  return 0;
 }
 
 int train_run(const run_plan *plan, int opt, run_result *out) {
@@ -317,6 +422,7 @@ int train_run(const run_plan *plan, int opt, run_result *out) {
   int rc = alloc_run_state(&s, plan);
   if (!rc) rc = start_run(&s, opt, out);
   if (!rc) rc = run_epochs(&s, out);
+  if (!rc) rc = check_ranks_agree(&s);
   free_run_state(&s);
   return rc;
 }

@@ -43,7 +43,9 @@ check() {
 run_train() { # LOG ARGS...: runs train, keeping its output in LOG
   local log=$1
   shift
-  "$train" "$@" >"$log" 2>&1 || { cat "$log" >&2; fail "train $* exited $?"; }
+  local rc=0
+  "$train" "$@" >"$log" 2>&1 || rc=$?
+  [ "$rc" -eq 0 ] || { cat "$log" >&2; fail "train $* exited $rc"; }
 }
 
 # ------------------------------------------------------------------ cpu
