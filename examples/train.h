@@ -68,6 +68,7 @@ typedef enum precision_choice { PREC_FP32 = 0, PREC_BF16, PREC_FP16 } precision_
  * (floats) or -1 (integers); the defaults are filled in where used. */
 typedef struct train_config {
   int bowl, compare, graph, plot;
+  int zero;      /* several processes: shard the optimizer state (ZeRO-1) */
   int device;    /* train_device */
   int opt;       /* opt_kind */
   int schedule;  /* sched_choice */

@@ -90,6 +90,8 @@ static const flag_spec flags[] = {
      "parameter and gradient dtype; 16-bit adds fp32 master weights and dynamic loss scaling"},
     {"--graph", FLAG_SWITCH, MODE_TRAIN, OFF(graph), 0, 1, 0, 0, NULL, NULL,
      "GPU: capture the whole training step as a CUDA graph and replay it"},
+    {"--zero", FLAG_SWITCH, MODE_TRAIN, OFF(zero), 0, 1, 0, 0, NULL, NULL,
+     "several processes: shard the optimizer state over them (ZeRO stage 1)"},
     {"--compare", FLAG_SWITCH, MODE_TRAIN, OFF(compare), 0, 1, 0, 0, NULL, NULL,
      "train with every optimizer in turn; one table, one plot"},
     {"--out", FLAG_TEXT, MODE_TRAIN, OFF(out_dir), 0, 0, 0, 0, NULL, "DIR",

@@ -157,6 +157,19 @@ case_ranks() {
     compare_runs "$one" "$many" "$np" 2e-2
   fi
 
+  # --zero: the optimizer state sharded over the ranks (ZeRO-1), AdamW with
+  # clipping, fp32: as close to the plain data-parallel run as that run is
+  # to one process (the ranks' gradients are summed in another order).
+  # 16-bit sums in another order differ by 16-bit ulps, more than these
+  # tolerances; the library's multi-rank tier checks them exactly.
+  local zero=(--device cpu --epochs 4 --layers 1 --hidden 64 --opt adamw --clip 1 --no-plot)
+  one=$tmp/plain$np.log many=$tmp/zero$np.log
+  run_ranks "$np" "$one" "${zero[@]}" --out "$tmp/out1"
+  run_ranks "$np" "$many" "${zero[@]}" --zero --out "$out"
+  grep -q "^ranks: parameters (state sharded) bit-identical on all $np processes" "$many" ||
+    { cat "$many" >&2; fail "--zero: the ranks did not report bit-identical parameters"; }
+  compare_runs "$one" "$many" "$np" 1e-5
+
   # --compare: every optimizer, each against one process.
   local cmp=(--device cpu --compare --epochs 3 --layers 1 --hidden 32 --no-plot) opt
   one=$tmp/compare1.log many=$tmp/compare$np.log
