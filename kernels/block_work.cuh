@@ -477,10 +477,12 @@ FO_BW_FN void fo_sync_master_block(const fo_plan_args &a, int64_t b, int tid,
   fo_run_block(fo_sync_master_op<PT>(a, b), tid, nthreads);
 }
 
-/* grad = 0 for one block; GT is the gradient dtype.  Zero is all-zero bits
- * in every dtype, so the store needs no conversion. */
+/* What the ops over one block's gradients alone share (zero, sum of
+ * squares, unscale): the gradient pointer, the element count (0 when the
+ * tensor has no gradient or run is false), the vector decision and the
+ * loop shape.  GT is the gradient dtype. */
 template <int GT>
-struct fo_zero_grad_op {
+struct fo_grad_block_op {
   typedef typename fo_elem<GT>::type grad_t;
   static constexpr int W = 16 / fo_elem_size<GT>::value;
   static constexpr int ILP_VEC = 2;
@@ -490,14 +492,22 @@ struct fo_zero_grad_op {
   int64_t n;
   bool vec;
 
-  FO_BW_FN fo_zero_grad_op(const fo_plan_args &a, int64_t b) {
+  FO_BW_FN fo_grad_block_op(const fo_plan_args &a, int64_t b, bool run) {
     const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
     grad = r.t.grad ? (grad_t *)r.t.grad + r.start : nullptr;
-    n = grad ? r.n : 0;
+    n = grad && run ? r.n : 0;
     vec = r.t.vector_ok && aligned_at(0);
   }
 
   FO_BW_FN bool aligned_at(int64_t off) const { return fo_aligned16(grad + off); }
+};
+
+/* grad = 0 for one block.  Zero is all-zero bits in every dtype, so the
+ * store needs no conversion. */
+template <int GT>
+struct fo_zero_grad_op : fo_grad_block_op<GT> {
+  FO_BW_FN fo_zero_grad_op(const fo_plan_args &a, int64_t b)
+      : fo_grad_block_op<GT>(a, b, true) {}
 
   template <int N, int K>
   FO_BW_FN void operator()(const int64_t (&off)[K]) const {
@@ -506,7 +516,7 @@ struct fo_zero_grad_op {
     for (int j = 0; j < N; j++) zero[j] = 0.0f;
     FO_BW_UNROLL
     for (int k = 0; k < K; k++)
-      if (off[k] >= 0) fo_st_round<GT, N>(grad + off[k], zero);
+      if (off[k] >= 0) fo_st_round<GT, N>(this->grad + off[k], zero);
   }
 };
 
@@ -523,32 +533,18 @@ FO_BW_FN void fo_zero_grad_block(const fo_plan_args &a, int64_t b, int tid,
  * finite gradient cannot overflow it.  sum is the calling thread's own
  * accumulator; GT is the gradient dtype. */
 template <int GT>
-struct fo_grad_sumsq_op {
-  typedef typename fo_elem<GT>::type grad_t;
-  static constexpr int W = 16 / fo_elem_size<GT>::value;
-  static constexpr int ILP_VEC = 2;
-  static constexpr int ILP_SCALAR = 4;
-
-  const grad_t *grad;
-  int64_t n;
-  bool vec;
+struct fo_grad_sumsq_op : fo_grad_block_op<GT> {
   double *sum;
 
-  FO_BW_FN fo_grad_sumsq_op(const fo_plan_args &a, int64_t b, double *acc) : sum(acc) {
-    const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
-    grad = r.t.grad ? (const grad_t *)r.t.grad + r.start : nullptr;
-    n = grad ? r.n : 0;
-    vec = r.t.vector_ok && aligned_at(0);
-  }
-
-  FO_BW_FN bool aligned_at(int64_t off) const { return fo_aligned16(grad + off); }
+  FO_BW_FN fo_grad_sumsq_op(const fo_plan_args &a, int64_t b, double *acc)
+      : fo_grad_block_op<GT>(a, b, true), sum(acc) {}
 
   template <int N, int K>
   FO_BW_FN void operator()(const int64_t (&off)[K]) const {
     float g[K][N];
     FO_BW_UNROLL
     for (int k = 0; k < K; k++)
-      if (off[k] >= 0) fo_ld_widen<GT, N>(grad + off[k], g[k]);
+      if (off[k] >= 0) fo_ld_widen<GT, N>(this->grad + off[k], g[k]);
     double s = *sum;
     FO_BW_UNROLL
     for (int k = 0; k < K; k++) {
@@ -572,39 +568,24 @@ FO_BW_FN double fo_grad_sumsq_block(const fo_plan_args &a, int64_t b, int tid, i
  * optional write-back of unscaled (clipped, averaged) gradients after a
  * step that was not skipped. */
 template <int GT>
-struct fo_unscale_op {
-  typedef typename fo_elem<GT>::type grad_t;
-  static constexpr int W = 16 / fo_elem_size<GT>::value;
-  static constexpr int ILP_VEC = 2;
-  static constexpr int ILP_SCALAR = 4;
-
-  grad_t *grad;
+struct fo_unscale_op : fo_grad_block_op<GT> {
   float coef;
-  int64_t n;
-  bool vec;
 
-  FO_BW_FN fo_unscale_op(const fo_plan_args &a, const fo_step_state *st, int64_t b) {
-    const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
-    grad = r.t.grad ? (grad_t *)r.t.grad + r.start : nullptr;
-    coef = st->grad_coef;
-    n = grad && !st->skip ? r.n : 0;
-    vec = r.t.vector_ok && aligned_at(0);
-  }
-
-  FO_BW_FN bool aligned_at(int64_t off) const { return fo_aligned16(grad + off); }
+  FO_BW_FN fo_unscale_op(const fo_plan_args &a, const fo_step_state *st, int64_t b)
+      : fo_grad_block_op<GT>(a, b, !st->skip), coef(st->grad_coef) {}
 
   template <int N, int K>
   FO_BW_FN void operator()(const int64_t (&off)[K]) const {
     float g[K][N];
     FO_BW_UNROLL
     for (int k = 0; k < K; k++)
-      if (off[k] >= 0) fo_ld_widen<GT, N>(grad + off[k], g[k]);
+      if (off[k] >= 0) fo_ld_widen<GT, N>(this->grad + off[k], g[k]);
     FO_BW_UNROLL
     for (int k = 0; k < K; k++) {
       if (off[k] < 0) continue;
       FO_BW_UNROLL
       for (int j = 0; j < N; j++) g[k][j] *= coef;
-      fo_st_round<GT, N>(grad + off[k], g[k]);
+      fo_st_round<GT, N>(this->grad + off[k], g[k]);
     }
   }
 };
