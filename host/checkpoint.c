@@ -1,5 +1,6 @@
 /*
- * checkpoint.c -- fo_optimizer_save / fo_optimizer_load: the files.
+ * checkpoint.c -- fo_optimizer_save / _save_gathered / _load /
+ * _load_shards: the files.
  *
  * Saving writes a temporary file next to the target, fsyncs it, renames it
  * over the target and fsyncs the directory, so the target is at every
@@ -7,12 +8,16 @@
  * streams from the executor's memory (through a bounded host staging
  * buffer on CUDA) and is checksummed on the way; the header, whose length
  * does not depend on the checksums, is written first with zeros and
- * rewritten in place at the end.
+ * rewritten in place at the end.  A sharded state (ZeRO-1) saves its own
+ * shard per rank, or -- collectively -- one whole checkpoint on a root
+ * rank, its state gathered window by window (checkpoint_shard.c).
  *
- * Loading reads the whole file into host memory and checks all of it
- * (checkpoint_format.c) before it writes anything: a bad file changes
- * nothing.  Only a failing copy into device memory after that can leave
- * the optimizer half-restored, and that marks it faulted
+ * Loading reads the whole file (or files) into host memory and checks all
+ * of it (checkpoint_format.c) before it writes anything: a bad file
+ * changes nothing.  On a sharded optimizer a load is collective: the
+ * ranks agree that every one of them has a good file of one save before
+ * any writes.  Only a failing copy into device memory after that can
+ * leave the optimizer half-restored, and that marks it faulted
  * (checkpoint_fault.c).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -29,6 +34,7 @@
 
 #include "checkpoint_cuda.h"
 #include "checkpoint_format.h"
+#include "checkpoint_shard.h"
 
 /* Host memory passes through write() in pieces of this size, and device
  * memory through a staging buffer of this size. */
@@ -163,11 +169,12 @@ static fo_status sync_dir(const char *fn, const char *path) {
 typedef struct saver {
   const char *fn;
   const fo_optimizer *opt;
-  int fd;
-  const char *tmp;
+  int fd;          /* -1 on a rank that writes nothing (a gathered save) */
+  const char *tmp; /* the temporary file's name */
   fo_crc32 crc;
   unsigned char *staging; /* CUDA: IO_CHUNK bytes of host memory */
   uint64_t written, total;
+  size_t hlen; /* the header's length */
 } saver;
 
 /* The test hooks of a save: a failing write or a killed process once half
@@ -190,10 +197,13 @@ static fo_status save_piece(saver *s, fo_ckpt_entry *e, const void *p, size_t n)
   return st;
 }
 
+/* An entry whose buffer this rank holds (fo_ckpt_entry_src). */
 static fo_status save_entry(saver *s, fo_ckpt_entry *e) {
   const unsigned char *src = fo_ckpt_entry_src(s->opt, e);
   int cuda = s->opt->options.executor == FO_EXEC_CUDA;
   e->crc = 0;
+  if (!src && e->bytes > 0)
+    return fo_fail(FO_ERR_INTERNAL, s->fn, "no buffer for \"%.80s\"", e->key);
   for (uint64_t at = 0; at < e->bytes;) {
     size_t n = e->bytes - at < IO_CHUNK ? (size_t)(e->bytes - at) : IO_CHUNK;
     const void *piece = src + at;
@@ -209,27 +219,39 @@ static fo_status save_entry(saver *s, fo_ckpt_entry *e) {
   return FO_SUCCESS;
 }
 
-/* Header (with zero checksums), data, header again (with the real ones). */
-static fo_status save_contents(saver *s, const fo_step_state *state, fo_ckpt_plan *plan) {
+/* The length field and the header, with zero checksums. */
+static fo_status save_header(saver *s, const fo_step_state *state, const fo_ckpt_plan *plan) {
   char *hdr = NULL;
-  size_t hlen = 0, hlen2 = 0;
-  fo_status st = fo_ckpt_header(s->fn, s->opt, state, plan, &hdr, &hlen);
+  fo_status st = fo_ckpt_header(s->fn, s->opt, state, plan, &hdr, &s->hlen);
   if (st != FO_SUCCESS) return st;
   unsigned char len8[8];
-  for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+  for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)s->hlen >> (8 * i));
   st = write_all(s->fn, s->fd, len8, 8, s->tmp);
-  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, hdr, hlen, s->tmp);
+  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, hdr, s->hlen, s->tmp);
   free(hdr);
-  hdr = NULL;
-  for (int64_t k = 0; k < plan->n && st == FO_SUCCESS; k++) st = save_entry(s, &plan->e[k]);
-  if (st == FO_SUCCESS) st = save_fault(s); /* a crash after the last byte, too */
+  return st;
+}
+
+/* After the data: the header again, with the real checksums; fsync. */
+static fo_status save_finish(saver *s, const fo_step_state *state, const fo_ckpt_plan *plan) {
+  char *hdr = NULL;
+  size_t hlen2 = 0;
+  fo_status st = save_fault(s); /* a crash after the last byte, too */
   if (st == FO_SUCCESS) st = fo_ckpt_header(s->fn, s->opt, state, plan, &hdr, &hlen2);
-  if (st == FO_SUCCESS && hlen2 != hlen)
-    st = fo_fail(FO_ERR_INTERNAL, s->fn, "the checkpoint header changed length (%zu, %zu)", hlen,
+  if (st == FO_SUCCESS && hlen2 != s->hlen)
+    st = fo_fail(FO_ERR_INTERNAL, s->fn, "the checkpoint header changed length (%zu, %zu)", s->hlen,
                  hlen2);
-  if (st == FO_SUCCESS) st = pwrite_all(s->fn, s->fd, hdr, hlen, 8, s->tmp);
+  if (st == FO_SUCCESS) st = pwrite_all(s->fn, s->fd, hdr, s->hlen, 8, s->tmp);
   free(hdr);
   if (st == FO_SUCCESS && fsync(s->fd) != 0) st = io_fail(s->fn, "cannot fsync", s->tmp, errno);
+  return st;
+}
+
+/* Header (with zero checksums), data, header again (with the real ones). */
+static fo_status save_contents(saver *s, const fo_step_state *state, fo_ckpt_plan *plan) {
+  fo_status st = save_header(s, state, plan);
+  for (int64_t k = 0; k < plan->n && st == FO_SUCCESS; k++) st = save_entry(s, &plan->e[k]);
+  if (st == FO_SUCCESS) st = save_finish(s, state, plan);
   return st;
 }
 
@@ -248,13 +270,17 @@ static fo_status read_step_state(const char *fn, const fo_optimizer *opt, fo_ste
   return FO_SUCCESS;
 }
 
+static fo_status check_path(const char *fn, const char *what, const char *path) {
+  if (!path) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", what);
+  if (!path[0]) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "%s is empty", what);
+  return FO_SUCCESS;
+}
+
 static fo_status check_args(const char *fn, const fo_optimizer *opt, const char *path,
                             fo_stream_t stream) {
-  if (!opt || !path) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "path" : "opt");
-  if (!path[0]) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "path is empty");
-  if (opt->sharded)
-    return fo_fail(FO_ERR_UNSUPPORTED, fn, "the state is sharded over ranks");
-  return check_stream(fn, opt, stream);
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = check_path(fn, "path", path);
+  return st == FO_SUCCESS ? check_stream(fn, opt, stream) : st;
 }
 
 static fo_status save_to_temp(saver *s, const char *path, char **tmp) {
@@ -272,9 +298,40 @@ static fo_status save_to_temp(saver *s, const char *path, char **tmp) {
     fo_crc32_init(&s->crc);
     st = save_contents(s, &state, &plan);
     if (close(s->fd) != 0 && st == FO_SUCCESS) st = io_fail(s->fn, "cannot close", *tmp, errno);
+    s->fd = -1;
   }
   free(s->staging);
+  s->staging = NULL;
   fo_ckpt_plan_free(&plan);
+  return st;
+}
+
+/* Rename the complete temporary file over path (removing it if that
+ * fails), then make the rename durable. */
+static fo_status commit_file(const char *fn, const char *tmp, const char *path) {
+  if (rename(tmp, path) != 0) {
+    fo_status st = io_fail(fn, "cannot rename the checkpoint onto", path, errno);
+    unlink(tmp);
+    return st;
+  }
+  return sync_dir(fn, path);
+}
+
+/* This rank's file: the whole state, or with a sharded state its shard. */
+static fo_status save_file(const char *fn, const fo_optimizer *opt, const char *path) {
+  saver *s = calloc(1, sizeof *s); /* the CRC tables are 8 KiB: not on the stack */
+  if (!s) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to save");
+  s->fn = fn;
+  s->opt = opt;
+  s->fd = -1;
+  char *tmp = NULL;
+  fo_status st = save_to_temp(s, path, &tmp);
+  free(s);
+  if (st == FO_SUCCESS)
+    st = commit_file(fn, tmp, path);
+  else if (tmp)
+    unlink(tmp); /* the old checkpoint, if any, is untouched */
+  free(tmp);
   return st;
 }
 
@@ -283,19 +340,146 @@ fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream
   fo_status st = check_args(fn, opt, path, stream);
   if (st == FO_SUCCESS) st = fo_fault_check(fn, opt); /* never save a half-updated state */
   if (st != FO_SUCCESS) return st;
-  saver *s = calloc(1, sizeof *s); /* the CRC tables are 8 KiB: not on the stack */
-  if (!s) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to save");
-  s->fn = fn;
-  s->opt = opt;
-  char *tmp = NULL;
-  st = save_to_temp(s, path, &tmp);
-  free(s);
-  if (st == FO_SUCCESS && rename(tmp, path) != 0)
-    st = io_fail(fn, "cannot rename the checkpoint onto", path, errno);
-  if (st != FO_SUCCESS && tmp) unlink(tmp); /* the old checkpoint, if any, is untouched */
-  free(tmp);
+  return save_file(fn, opt, path);
+}
+
+/* ------------------------------------------------------ a gathered save */
+
+/* A state entry of a sharded optimizer, gathered window by window; the
+ * root writes it.  A rank whose *local already failed keeps taking part
+ * (so that no rank waits for it) without copying or writing; a failing
+ * collective (*fatal) ends the save. */
+static fo_status gather_entry(saver *s, fo_ckpt_gather *g, fo_ckpt_entry *e, fo_status *local,
+                              int *fatal) {
+  int64_t off = s->opt->offsets[e->tensor], cap = fo_ckpt_gather_cap(g);
+  int writes = s->fd >= 0;
+  e->crc = 0;
+  for (int64_t at = 0; at < e->numel; at += cap) {
+    int64_t n = e->numel - at < cap ? e->numel - at : cap;
+    const void *piece = NULL;
+    int ok = *local == FO_SUCCESS;
+    fo_status st = fo_ckpt_gather_window(g, e->role, off + e->first + at, n, ok,
+                                         writes && ok ? &piece : NULL, fatal);
+    if (*fatal) return st;
+    if (st != FO_SUCCESS && *local == FO_SUCCESS) *local = st;
+    if (writes && *local == FO_SUCCESS) *local = save_piece(s, e, piece, (size_t)n * sizeof(float));
+  }
+  return FO_SUCCESS;
+}
+
+/* What a gathered save holds while it runs. */
+typedef struct gathered {
+  saver *s;
+  fo_ckpt_plan plan;
+  fo_step_state state;
+  fo_ckpt_gather *g;
+  char *tmp;
+  int root, rank;
+} gathered;
+
+/* Before any data moves: on every rank the state, the plan and the
+ * gathering's buffers; on the root the temporary file and its header. */
+static fo_status gathered_prepare(gathered *x, const char *path, fo_stream_t stream) {
+  saver *s = x->s;
+  const fo_optimizer *opt = s->opt;
+  int here = x->rank == x->root;
+  fo_status st = here ? check_path(s->fn, "path", path) : FO_SUCCESS;
+  if (st == FO_SUCCESS) st = fo_fault_check(s->fn, opt);
+  if (st == FO_SUCCESS) st = read_step_state(s->fn, opt, &x->state);
+  if (st == FO_SUCCESS) st = fo_ckpt_plan_build_for(s->fn, opt, NULL, &x->plan);
   if (st != FO_SUCCESS) return st;
-  return sync_dir(fn, path);
+  s->total = x->plan.data_len;
+  if (here && opt->options.executor == FO_EXEC_CUDA && !(s->staging = malloc(IO_CHUNK)))
+    return fo_fail(FO_ERR_OUT_OF_MEMORY, s->fn, "no memory for the staging buffer");
+  if (opt->sharded && (st = fo_ckpt_gather_open(s->fn, opt, stream, here, &x->g)) != FO_SUCCESS)
+    return st;
+  if (!here) return FO_SUCCESS;
+  if ((st = open_temp(s->fn, path, &x->tmp, &s->fd)) != FO_SUCCESS) return st;
+  s->tmp = x->tmp;
+  fo_crc32_init(&s->crc);
+  return save_header(s, &x->state, &x->plan);
+}
+
+/* Every entry in the file's order: parameters from the root's own
+ * memory, state gathered (sharded) or the root's own (not sharded).
+ * Returns a failed collective; this rank's own failures go to *local. */
+static fo_status gathered_data(gathered *x, fo_status *local) {
+  saver *s = x->s;
+  int here = x->rank == x->root;
+  for (int64_t k = 0; k < x->plan.n; k++) {
+    fo_ckpt_entry *e = &x->plan.e[k];
+    if (x->g && e->role != FO_ROLE_PARAM) {
+      int fatal = 0;
+      fo_status st = gather_entry(s, x->g, e, local, &fatal);
+      if (fatal) return st;
+    } else if (here && *local == FO_SUCCESS) {
+      *local = save_entry(s, e);
+    }
+  }
+  if (here && *local == FO_SUCCESS) *local = save_finish(s, &x->state, &x->plan);
+  if (s->fd >= 0 && close(s->fd) != 0 && *local == FO_SUCCESS)
+    *local = io_fail(s->fn, "cannot close", x->tmp, errno);
+  s->fd = -1;
+  return FO_SUCCESS;
+}
+
+/* The collective save of a communicator's ranks (see the header). */
+static fo_status save_gathered(gathered *x, const char *path, fo_stream_t stream) {
+  saver *s = x->s;
+  const fo_optimizer *opt = s->opt;
+  fo_status local = gathered_prepare(x, path, stream);
+  fo_status st = fo_ckpt_agree(s->fn, opt, local, 0, 0, 0, stream);
+  if (st != FO_SUCCESS) return st;
+  st = gathered_data(x, &local);
+  if (st != FO_SUCCESS) return st; /* a collective failed: no agreement is possible */
+  st = fo_ckpt_agree(s->fn, opt, local, 0, 0, 0, stream);
+  if (st != FO_SUCCESS) return st;
+  if (x->rank == x->root) {
+    local = commit_file(s->fn, x->tmp, path);
+    free(x->tmp); /* renamed, or removed by commit_file */
+    x->tmp = NULL;
+  }
+  return fo_ckpt_agree(s->fn, opt, local, 0, 0, 0, stream);
+}
+
+fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, int root,
+                                     fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_save_gathered";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = check_stream(fn, opt, stream);
+  if (st != FO_SUCCESS) return st;
+  int rank, size;
+  fo_ckpt_comm_shape(opt, &rank, &size);
+  if (root < 0 || root >= size)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "root = %d is not a rank of the communicator (%d rank%s)", root, size,
+                   size == 1 ? "" : "s");
+  if (!opt->dp) { /* one process: an ordinary save */
+    st = check_path(fn, "path", path);
+    if (st == FO_SUCCESS) st = fo_fault_check(fn, opt);
+    return st == FO_SUCCESS ? save_file(fn, opt, path) : st;
+  }
+  gathered x;
+  memset(&x, 0, sizeof x);
+  x.root = root;
+  x.rank = rank;
+  if (!(x.s = calloc(1, sizeof *x.s))) st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to save");
+  if (x.s) {
+    x.s->fn = fn;
+    x.s->opt = opt;
+    x.s->fd = -1;
+    st = save_gathered(&x, path, stream);
+    if (x.s->fd >= 0) close(x.s->fd);
+    free(x.s->staging);
+  } else { /* still take part, so that no rank waits for this one */
+    st = fo_ckpt_agree(fn, opt, st, 0, 0, 0, stream);
+  }
+  if (x.tmp) unlink(x.tmp); /* not renamed: the old checkpoint, if any, is untouched */
+  free(x.tmp);
+  fo_ckpt_gather_close(x.g);
+  fo_ckpt_plan_free(&x.plan);
+  free(x.s);
+  return st;
 }
 
 /* -------------------------------------------------------------- loading */
@@ -305,7 +489,7 @@ fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream
 static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore *r) {
   int cuda = opt->options.executor == FO_EXEC_CUDA;
   int64_t stop = -1;
-  if (fo_fault_armed(opt, FO_FAULT_LOAD_APPLY)) stop = opt->num_tensors / 2;
+  if (fo_fault_armed(opt, FO_FAULT_LOAD_APPLY)) stop = r->num_copies / 2;
   fo_ckpt_cuda_ctx ctx = {fn, opt->options.device};
   fo_status st = FO_SUCCESS;
   if (cuda) st = fo_ckpt_cuda_wait(fn, opt->options.device); /* no step still writing */
@@ -321,23 +505,88 @@ static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore 
   return FO_SUCCESS;
 }
 
+/* A load's files in memory and what they restore (its copies point into
+ * the files). */
+typedef struct loaded {
+  fo_ckpt_restore r;
+  unsigned char **bufs;
+  int n;
+} loaded;
+
+/* Read every file and check it against opt. */
+static fo_status read_and_check(const char *fn, const fo_optimizer *opt, const char *const *paths,
+                                int n, int shards, loaded *out) {
+  if (!paths) return fo_fail(FO_ERR_NULL_POINTER, fn, "paths is NULL");
+  if (n < 1) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "n = %d: no files", n);
+  for (int k = 0; k < n; k++) {
+    char what[32] = "path";
+    if (shards) snprintf(what, sizeof what, "paths[%d]", k);
+    fo_status st = check_path(fn, what, paths[k]);
+    if (st != FO_SUCCESS) return st;
+  }
+  unsigned char **bufs = calloc((size_t)n, sizeof *bufs);
+  size_t *lens = calloc((size_t)n, sizeof *lens);
+  fo_status st = FO_SUCCESS;
+  out->bufs = bufs;
+  out->n = n;
+  if (!bufs || !lens) st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %d files", n);
+  for (int k = 0; k < n && st == FO_SUCCESS; k++) st = read_file(fn, paths[k], &bufs[k], &lens[k]);
+  if (st == FO_SUCCESS && !shards) {
+    char where[240]; /* content errors name the file, as the OS's errors do */
+    snprintf(where, sizeof where, "%s: \"%.200s\"", fn, paths[0]);
+    st = fo_ckpt_validate(where, opt, bufs[0], lens[0], &out->r);
+  } else if (st == FO_SUCCESS) {
+    st = fo_ckpt_validate_shards(fn, opt, n, (const unsigned char *const *)bufs, lens, paths,
+                                 &out->r);
+  }
+  free(lens);
+  return st;
+}
+
+static void release(loaded *x) {
+  for (int k = 0; x->bufs && k < x->n; k++) free(x->bufs[k]);
+  free(x->bufs);
+  fo_ckpt_restore_free(&x->r);
+}
+
+/* Load the files; on a sharded optimizer every rank does, and the ranks
+ * agree twice: that every rank's files are good and of one save (before
+ * anything is written), and that every rank wrote them (else every rank
+ * is faulted: their states may now differ). */
+static fo_status load(const char *fn, fo_optimizer *opt, const char *const *paths, int n,
+                      int shards, fo_stream_t stream) {
+  loaded x;
+  memset(&x, 0, sizeof x);
+  fo_status st = read_and_check(fn, opt, paths, n, shards, &x);
+  if (opt->sharded) st = fo_ckpt_agree(fn, opt, st, x.r.state.step, x.r.fingerprint, 1, stream);
+  if (st == FO_SUCCESS) {
+    st = apply(fn, opt, &x.r);
+    if (opt->sharded) {
+      fo_status all = fo_ckpt_agree(fn, opt, st, 0, 0, 0, stream);
+      if (all != FO_SUCCESS && st == FO_SUCCESS) fo_fault_after(fn, opt, FO_FAULT_NONE, all);
+      st = all;
+    }
+  }
+  release(&x);
+  return st;
+}
+
 fo_status fo_optimizer_load(fo_optimizer *opt, const char *path, fo_stream_t stream) {
   static const char fn[] = "fo_optimizer_load";
-  fo_status st = check_args(fn, opt, path, stream);
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = opt->sharded ? FO_SUCCESS : check_path(fn, "path", path);
+  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
-  unsigned char *buf = NULL;
-  size_t len = 0;
-  if ((st = read_file(fn, path, &buf, &len)) != FO_SUCCESS) return st;
-  char where[240]; /* content errors name the file, as the OS's errors do */
-  snprintf(where, sizeof where, "%s: \"%.200s\"", fn, path);
-  fo_ckpt_restore r;
-  st = fo_ckpt_validate(where, opt, buf, len, &r);
-  if (st == FO_SUCCESS) {
-    st = apply(fn, opt, &r);
-    fo_ckpt_restore_free(&r);
-  }
-  free(buf);
-  return st;
+  return load(fn, opt, &path, 1, 0, stream);
+}
+
+fo_status fo_optimizer_load_shards(fo_optimizer *opt, const char *const *paths, int n,
+                                   fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_load_shards";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = check_stream(fn, opt, stream);
+  if (st != FO_SUCCESS) return st;
+  return load(fn, opt, paths, n, 1, stream);
 }
 
 fo_status fo_checkpoint_verify(const char *path) {

@@ -30,6 +30,10 @@
 #define META_CRC_KEY "fusedopt.metadata_crc32"
 #define META_VERSION_KEY "fusedopt.format_version"
 #define TENSOR_CRC_PREFIX "fusedopt.crc32."
+/* A per-rank file (version 2): its shard, and each state piece's first
+ * element in its tensor. */
+#define SHARD_SIZE_KEY "fusedopt.shard.size"
+#define PIECE_OFFSET_PREFIX "fusedopt.shard.offset."
 
 static const char *const alg_names[FO_ALG_COUNT] = {"sgd", "adam", "adamw", "lion"};
 static const char *const dtype_names[FO_DTYPE_COUNT] = {"f32", "f16", "bf16"};
@@ -331,16 +335,44 @@ static int role_saved(const fo_optimizer *opt, fo_role r) {
   }
 }
 
-const void *fo_ckpt_entry_src(const fo_optimizer *opt, const fo_ckpt_entry *e) {
-  const fo_plan_tensor *t = &opt->tensors[e->tensor];
-  switch (e->role) {
-    case FO_ROLE_PARAM: return t->param;
+static int is_state_role(fo_role r) {
+  return r >= FO_ROLE_MASTER && r < FO_ROLE_COUNT;
+}
+
+/* A whole state buffer of tensor t (an unsharded optimizer's). */
+static float *whole_state(const fo_plan_tensor *t, fo_role r) {
+  switch (r) {
     case FO_ROLE_MASTER: return t->master;
     case FO_ROLE_EXP_AVG: return t->exp_avg;
     case FO_ROLE_EXP_AVG_SQ: return t->exp_avg_sq;
     case FO_ROLE_MAX_EXP_AVG_SQ: return t->max_exp_avg_sq;
     default: return NULL;
   }
+}
+
+/* The part of tensor i's elements that lies in a shard [first, first +
+ * count) of the arena: [*lo, *hi), tensor-local (empty when *lo == *hi). */
+static void piece_of(const fo_optimizer *opt, int64_t i, int64_t first, int64_t count, int64_t *lo,
+                     int64_t *hi) {
+  int64_t off = opt->offsets[i], n = opt->tensors[i].numel;
+  int64_t a = off > first ? off : first, b = off + n < first + count ? off + n : first + count;
+  *lo = a - off;
+  *hi = b > a ? b - off : a - off;
+}
+
+const void *fo_ckpt_entry_src(const fo_optimizer *opt, const fo_ckpt_entry *e) {
+  const fo_plan_tensor *t = &opt->tensors[e->tensor];
+  if (e->role == FO_ROLE_PARAM) return t->param;
+  if (!is_state_role(e->role)) return NULL;
+  if (!opt->sharded) {
+    const float *base = whole_state(t, e->role);
+    return base ? base + e->first : NULL;
+  }
+  int64_t at = opt->offsets[e->tensor] + e->first; /* in the arena */
+  if (!opt->arena[e->role] || at < opt->shard_first ||
+      at + e->numel > opt->shard_first + opt->shard_count)
+    return NULL;
+  return (const float *)opt->arena[e->role] + (at - opt->shard_first);
 }
 
 /* A tensor's name in the file: fo_tensor_desc.name, or "tensor.<index>"
@@ -386,8 +418,10 @@ static fo_status check_keys_unique(const char *fn, const fo_ckpt_plan *p) {
 }
 
 /* Every buffer, 4-byte dtypes first so that every fp32 tensor starts at a
- * multiple of 4 (the data section starts at a multiple of 8). */
-static int64_t plan_order(const fo_optimizer *opt, fo_ckpt_entry *e) {
+ * multiple of 4 (the data section starts at a multiple of 8).  With a
+ * shard: the parameters whole, and of the state only the pieces of the
+ * tensors that reach into the shard. */
+static int64_t plan_order(const fo_optimizer *opt, const fo_ckpt_shard *sh, fo_ckpt_entry *e) {
   int64_t n = 0;
   for (int pass = 0; pass < 2; pass++)
     for (int64_t i = 0; i < opt->num_tensors; i++)
@@ -395,7 +429,12 @@ static int64_t plan_order(const fo_optimizer *opt, fo_ckpt_entry *e) {
         if (r == FO_ROLE_GRAD || !role_saved(opt, (fo_role)r)) continue;
         int dt = entry_dtype(opt, (fo_role)r);
         if ((fo_st_dtype_size(dt) == 4) != (pass == 0)) continue;
-        if (e) e[n] = (fo_ckpt_entry){NULL, i, (fo_role)r, dt, 0, 0, 0};
+        int64_t lo = 0, hi = opt->tensors[i].numel;
+        if (sh && r != FO_ROLE_PARAM) {
+          piece_of(opt, i, sh->first, sh->count, &lo, &hi);
+          if (hi == lo) continue;
+        }
+        if (e) e[n] = (fo_ckpt_entry){NULL, i, (fo_role)r, dt, lo, hi - lo, 0, 0, 0};
         n++;
       }
   return n;
@@ -428,17 +467,21 @@ static fo_status plan_names(const char *fn, const fo_optimizer *opt, fo_ckpt_pla
   return FO_SUCCESS;
 }
 
-fo_status fo_ckpt_plan_build(const char *fn, const fo_optimizer *opt, fo_ckpt_plan *out) {
+fo_status fo_ckpt_plan_build_for(const char *fn, const fo_optimizer *opt,
+                                 const fo_ckpt_shard *shard, fo_ckpt_plan *out) {
   fo_ckpt_plan p;
   memset(&p, 0, sizeof p);
-  p.n = plan_order(opt, NULL);
+  if (shard) {
+    p.sharded = 1;
+    p.shard = *shard;
+  }
+  p.n = plan_order(opt, shard, NULL);
   p.e = malloc((size_t)(p.n + 1) * sizeof *p.e);
   if (!p.e) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the checkpoint plan");
-  plan_order(opt, p.e);
+  plan_order(opt, shard, p.e);
   uint64_t at = 0;
   for (int64_t k = 0; k < p.n; k++) {
-    p.e[k].bytes =
-        (uint64_t)opt->tensors[p.e[k].tensor].numel * (uint64_t)fo_st_dtype_size(p.e[k].dtype);
+    p.e[k].bytes = (uint64_t)p.e[k].numel * (uint64_t)fo_st_dtype_size(p.e[k].dtype);
     p.e[k].begin = at;
     at += p.e[k].bytes;
   }
@@ -451,6 +494,13 @@ fo_status fo_ckpt_plan_build(const char *fn, const fo_optimizer *opt, fo_ckpt_pl
   }
   *out = p;
   return FO_SUCCESS;
+}
+
+fo_status fo_ckpt_plan_build(const char *fn, const fo_optimizer *opt, fo_ckpt_plan *out) {
+  if (!opt->sharded) return fo_ckpt_plan_build_for(fn, opt, NULL, out);
+  fo_ckpt_shard own = {opt->shard_rank, opt->shard_size, opt->shard_first, opt->shard_count,
+                       opt->total_elems};
+  return fo_ckpt_plan_build_for(fn, opt, &own, out);
 }
 
 void fo_ckpt_plan_free(fo_ckpt_plan *p) {
@@ -521,14 +571,21 @@ static void meta_state(meta_list *l, const fo_step_state *s) {
   meta_float(l, "state.lr_factor", s->lr_factor);
 }
 
-static void meta_tensor_crcs(meta_list *l, const fo_ckpt_plan *p) {
+/* "<prefix><tensor key>" = value, for every entry (pieces_only: every
+ * state piece of a per-rank file, with its first element as the value). */
+static void meta_per_entry(meta_list *l, const fo_ckpt_plan *p, const char *prefix,
+                           int pieces_only) {
   sbuf key = {0};
   for (int64_t k = 0; k < p->n; k++) {
-    char v[16];
+    if (pieces_only && !is_state_role(p->e[k].role)) continue;
+    char v[32];
     key.len = 0;
-    sb_str(&key, TENSOR_CRC_PREFIX);
+    sb_str(&key, prefix);
     sb_str(&key, p->e[k].key);
-    snprintf(v, sizeof v, "%08x", (unsigned)p->e[k].crc);
+    if (pieces_only)
+      snprintf(v, sizeof v, "%lld", (long long)p->e[k].first);
+    else
+      snprintf(v, sizeof v, "%08x", (unsigned)p->e[k].crc);
     if (key.failed)
       l->text.failed = 1;
     else
@@ -537,17 +594,27 @@ static void meta_tensor_crcs(meta_list *l, const fo_ckpt_plan *p) {
   free(key.p);
 }
 
+static void meta_shard(meta_list *l, const fo_ckpt_plan *p) {
+  meta_int(l, "shard.rank", p->shard.rank);
+  meta_int(l, "shard.size", p->shard.size);
+  meta_int(l, "shard.first", (long long)p->shard.first);
+  meta_int(l, "shard.count", (long long)p->shard.count);
+  meta_int(l, "shard.total", (long long)p->shard.total);
+  meta_per_entry(l, p, PIECE_OFFSET_PREFIX, 1);
+}
+
 /* All metadata of a save, sorted, with its own CRC. */
 static int build_meta(const fo_optimizer *opt, const fo_step_state *state, const fo_ckpt_plan *plan,
                       meta_list *l) {
-  meta_int(l, "format_version", FO_CKPT_FORMAT_VERSION);
+  meta_int(l, "format_version", plan->sharded ? FO_CKPT_FORMAT_SHARD : FO_CKPT_FORMAT_WHOLE);
   meta_str(l, "library_version", fo_version_string());
   meta_options(l, &opt->options);
   meta_int(l, "num_groups", opt->num_groups);
   meta_int(l, "num_tensors", (long long)opt->num_tensors);
   for (int g = 0; g < opt->num_groups; g++) meta_group(l, g, &opt->hparams[g]);
   meta_state(l, state);
-  meta_tensor_crcs(l, plan);
+  if (plan->sharded) meta_shard(l, plan);
+  meta_per_entry(l, plan, TENSOR_CRC_PREFIX, 0);
   if (!meta_finish(l)) return 0;
   fo_crc32 c;
   fo_crc32_init(&c);
@@ -709,8 +776,10 @@ static fo_status check_meta_crc(const reader *r, const fo_crc32 *c) {
   return FO_SUCCESS;
 }
 
-/* A tensor's data against its "fusedopt.crc32.<name>". */
-static fo_status check_tensor_crc(const reader *r, const fo_crc32 *c, const fo_st_tensor *t) {
+/* A tensor's data against its "fusedopt.crc32.<name>"; *out (may be NULL)
+ * receives the checksum. */
+static fo_status check_tensor_crc(const reader *r, const fo_crc32 *c, const fo_st_tensor *t,
+                                  uint32_t *out) {
   sbuf key = {0};
   sb_str(&key, TENSOR_CRC_PREFIX);
   sb_put(&key, t->name, t->name_len);
@@ -723,6 +792,7 @@ static fo_status check_tensor_crc(const reader *r, const fo_crc32 *c, const fo_s
   uint32_t want;
   if (!parse_crc(m->value, m->value_len, &want)) return bad_value(r, m, "8 hex digits");
   uint32_t got = fo_crc32_update(c, 0, r->f->data + t->begin, (size_t)(t->end - t->begin));
+  if (out) *out = got;
   if (CRC_DIFFERS(got, want))
     return fo_fail(FO_ERR_CHECKPOINT, r->fn,
                    "tensor \"%.80s\": checksum mismatch (stored %08x, computed %08x): its data "
@@ -755,7 +825,7 @@ fo_status fo_ckpt_verify(const char *fn, const unsigned char *buf, size_t len) {
   if (st == FO_SUCCESS) {
     reader r = {fn, &f};
     for (int64_t i = 0; i < f.num_tensors && st == FO_SUCCESS; i++)
-      st = check_tensor_crc(&r, c, &f.tensors[i]);
+      st = check_tensor_crc(&r, c, &f.tensors[i], NULL);
     fo_st_free(&f);
   }
   free(c);
@@ -896,10 +966,51 @@ static fo_status check_state(const reader *r, const fo_optimizer *opt, fo_step_s
   return FO_SUCCESS;
 }
 
+/* ---------------------------------------------------------------- shards */
+
+/* A version-2 file with "fusedopt.shard.size" is a per-rank file of a
+ * sharded state: read its shard (*is_shard stays 0 for a whole one). */
+static fo_status read_shard(const reader *r, int version, int *is_shard, fo_ckpt_shard *sh) {
+  *is_shard = 0;
+  if (version < FO_CKPT_FORMAT_SHARD ||
+      !fo_st_find_meta(r->f, SHARD_SIZE_KEY, strlen(SHARD_SIZE_KEY)))
+    return FO_SUCCESS;
+  int64_t size, rank, total, first, count;
+  fo_status st = get_int(r, "shard.size", 1, INT32_MAX, &size);
+  if (st == FO_SUCCESS) st = get_int(r, "shard.rank", 0, size - 1, &rank);
+  if (st == FO_SUCCESS) st = get_int(r, "shard.total", 0, (int64_t)1 << 62, &total);
+  if (st == FO_SUCCESS) st = get_int(r, "shard.first", 0, total, &first);
+  if (st == FO_SUCCESS) st = get_int(r, "shard.count", 0, total - first, &count);
+  if (st != FO_SUCCESS) return st;
+  *sh = (fo_ckpt_shard){(int)rank, (int)size, first, count, total};
+  *is_shard = 1;
+  return FO_SUCCESS;
+}
+
+static fo_status shard_does_not_fit(const reader *r, const fo_optimizer *opt,
+                                    const fo_ckpt_shard *sh) {
+  if (!opt->sharded)
+    return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                   "the checkpoint is rank %d's file of a state sharded over %d ranks; this "
+                   "optimizer's state is not sharded: assemble every rank's file with "
+                   "fo_optimizer_load_shards(), or load a gathered checkpoint "
+                   "(fo_optimizer_save_gathered())",
+                   sh->rank, sh->size);
+  return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                 "the checkpoint holds the shard of rank %d of %d (elements [%lld, +%lld) of "
+                 "%lld); this optimizer is rank %d of %d (elements [%lld, +%lld) of %lld): "
+                 "every rank loads its own rank's file (fo_optimizer_load_shards() takes "
+                 "every rank's files of another sharding)",
+                 sh->rank, sh->size, (long long)sh->first, (long long)sh->count,
+                 (long long)sh->total, opt->shard_rank, opt->shard_size,
+                 (long long)opt->shard_first, (long long)opt->shard_count,
+                 (long long)opt->total_elems);
+}
+
 /* ------------------------------------------------------------- tensors */
 
-static fo_status match_entry(const reader *r, const fo_optimizer *opt, const fo_ckpt_entry *e,
-                             const fo_st_tensor **out) {
+static fo_status match_entry(const reader *r, const fo_optimizer *opt, const fo_ckpt_plan *p,
+                             const fo_ckpt_entry *e, const fo_st_tensor **out) {
   const fo_st_tensor *t = fo_st_find(r->f, e->key, strlen(e->key));
   if (!t)
     return fo_fail(
@@ -910,60 +1021,169 @@ static fo_status match_entry(const reader *r, const fo_optimizer *opt, const fo_
     return fo_fail(FO_ERR_CHECKPOINT, r->fn,
                    "tensor \"%.80s\" has dtype %s in the checkpoint; this optimizer holds it as %s",
                    e->key, fo_st_dtype_name(t->dtype), fo_st_dtype_name(e->dtype));
-  int64_t numel = opt->tensors[e->tensor].numel;
-  if (r->f->doc.values[t->shape_value].count != 1 || t->numel != numel) {
+  int piece = p->sharded && is_state_role(e->role);
+  if (r->f->doc.values[t->shape_value].count != 1 || t->numel != e->numel) {
     char shape[96];
     fo_st_shape_string(r->f, t, shape, sizeof shape);
+    if (piece)
+      return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                     "tensor \"%.80s\" has shape %s in the checkpoint; the shard's piece of the "
+                     "registered tensor %lld has shape [%lld]",
+                     e->key, shape, (long long)e->tensor, (long long)e->numel);
     return fo_fail(FO_ERR_CHECKPOINT, r->fn,
                    "tensor \"%.80s\" has shape %s in the checkpoint; the registered tensor %lld "
                    "has shape [%lld]",
-                   e->key, shape, (long long)e->tensor, (long long)numel);
+                   e->key, shape, (long long)e->tensor, (long long)e->numel);
+  }
+  if (piece) { /* a piece says where in its tensor it starts */
+    sbuf key = {0};
+    sb_str(&key, PIECE_OFFSET_PREFIX);
+    sb_str(&key, e->key);
+    if (key.failed) return fo_fail(FO_ERR_OUT_OF_MEMORY, r->fn, "no memory for a metadata key");
+    const fo_st_meta *m = fo_st_find_meta(r->f, key.p, key.len);
+    free(key.p);
+    int64_t v = -1;
+    if (!m)
+      return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                     "the metadata lacks the first element of piece \"%.80s\"", e->key);
+    if (!parse_i64(m->value, m->value_len, &v)) return bad_value(r, m, "a decimal integer");
+    if (v != e->first)
+      return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                     "piece \"%.80s\" starts at element %lld of its tensor in the checkpoint; "
+                     "the shard's piece starts at element %lld",
+                     e->key, (long long)v, (long long)e->first);
   }
   *out = t;
   return FO_SUCCESS;
 }
 
-/* Every buffer the optimizer keeps has its tensor in the file, with its
- * dtype and shape, and the file holds nothing else.  Checksums come last:
- * they read all the data, the other checks only the header. */
+static fo_status add_copy(const char *fn, fo_ckpt_restore *out, void *dst, const unsigned char *src,
+                          size_t bytes) {
+  if (bytes == 0) return FO_SUCCESS;
+  if (out->num_copies == out->cap_copies) {
+    int64_t cap = out->cap_copies ? 2 * out->cap_copies : 64;
+    fo_ckpt_copy *c = realloc(out->copies, (size_t)cap * sizeof *c);
+    if (!c) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the copy list");
+    out->copies = c;
+    out->cap_copies = cap;
+  }
+  out->copies[out->num_copies++] = (fo_ckpt_copy){dst, src, bytes};
+  return FO_SUCCESS;
+}
+
+/* The copies of one saved buffer (the elements [e->first, e->first +
+ * e->numel) of its tensor, at src) into opt: the parameters whole; a
+ * state buffer into the tensor's whole buffer, or with a sharded state
+ * the part that falls in this rank's shard. */
+static fo_status add_copies(const char *fn, const fo_optimizer *opt, const fo_ckpt_entry *e,
+                            const unsigned char *src, fo_ckpt_restore *out) {
+  const fo_plan_tensor *t = &opt->tensors[e->tensor];
+  size_t es = (size_t)fo_st_dtype_size(e->dtype);
+  if (e->role == FO_ROLE_PARAM) return add_copy(fn, out, t->param, src, (size_t)e->numel * es);
+  int64_t dlo = 0, dhi = t->numel; /* the tensor's elements this optimizer keeps */
+  float *dst;
+  if (opt->sharded) {
+    piece_of(opt, e->tensor, opt->shard_first, opt->shard_count, &dlo, &dhi);
+    if (dhi == dlo) return FO_SUCCESS;
+    dst = (float *)opt->arena[e->role] + (opt->offsets[e->tensor] + dlo - opt->shard_first);
+  } else {
+    dst = whole_state(t, e->role);
+  }
+  int64_t lo = dlo > e->first ? dlo : e->first;
+  int64_t hi = dhi < e->first + e->numel ? dhi : e->first + e->numel;
+  if (hi <= lo) return FO_SUCCESS;
+  return add_copy(fn, out, dst + (lo - dlo), src + (size_t)(lo - e->first) * es,
+                  (size_t)(hi - lo) * es);
+}
+
+/* Every buffer of plan p has its tensor in the file, with its dtype and
+ * shape, and the file holds nothing else; then the checksums (they read
+ * all the data, the other checks only the header), folding the
+ * parameters' into *param_crc; then the copies (the parameters only when
+ * take_params). */
 static fo_status match_tensors(const reader *r, const fo_optimizer *opt, const fo_crc32 *c,
-                               const unsigned char **src) {
-  fo_ckpt_plan p;
-  fo_status st = fo_ckpt_plan_build(r->fn, opt, &p);
-  if (st != FO_SUCCESS) return st;
-  const fo_st_tensor **found = calloc((size_t)p.n + 1, sizeof *found);
+                               const fo_ckpt_plan *p, int take_params, uint32_t *param_crc,
+                               fo_ckpt_restore *out) {
+  const fo_st_tensor **found = calloc((size_t)p->n + 1, sizeof *found);
+  fo_status st = FO_SUCCESS;
   if (!found) st = fo_fail(FO_ERR_OUT_OF_MEMORY, r->fn, "no memory for the tensor table");
-  for (int64_t k = 0; k < p.n && st == FO_SUCCESS; k++)
-    st = match_entry(r, opt, &p.e[k], &found[k]);
-  if (st == FO_SUCCESS && r->f->num_tensors != p.n) {
+  for (int64_t k = 0; k < p->n && st == FO_SUCCESS; k++)
+    st = match_entry(r, opt, p, &p->e[k], &found[k]);
+  if (st == FO_SUCCESS && r->f->num_tensors != p->n) {
     /* every expected tensor was found, so the file holds an extra one */
     char *seen = calloc((size_t)r->f->num_tensors + 1, 1);
     if (!seen) st = fo_fail(FO_ERR_OUT_OF_MEMORY, r->fn, "no memory for the tensor table");
-    for (int64_t k = 0; k < p.n && seen; k++) seen[found[k] - r->f->tensors] = 1;
+    for (int64_t k = 0; k < p->n && seen; k++) seen[found[k] - r->f->tensors] = 1;
     for (int64_t i = 0; i < r->f->num_tensors && st == FO_SUCCESS; i++)
       if (!seen[i])
         st = fo_fail(FO_ERR_CHECKPOINT, r->fn,
                      "unexpected tensor \"%.80s\" in the checkpoint: this optimizer keeps no "
-                     "such buffer",
-                     r->f->tensors[i].name);
+                     "such buffer%s",
+                     r->f->tensors[i].name, p->sharded ? " in this shard" : "");
     free(seen);
   }
-  for (int64_t k = 0; k < p.n && st == FO_SUCCESS; k++) {
-    st = check_tensor_crc(r, c, found[k]);
-    if (st == FO_SUCCESS && found[k]->end > found[k]->begin)
-      src[p.e[k].tensor * FO_ROLE_COUNT + p.e[k].role] = r->f->data + found[k]->begin;
+  for (int64_t k = 0; k < p->n && st == FO_SUCCESS; k++) {
+    uint32_t crc = 0;
+    st = check_tensor_crc(r, c, found[k], &crc);
+    if (st == FO_SUCCESS && p->e[k].role == FO_ROLE_PARAM) {
+      unsigned char le[4] = {(unsigned char)crc, (unsigned char)(crc >> 8),
+                             (unsigned char)(crc >> 16), (unsigned char)(crc >> 24)};
+      *param_crc = fo_crc32_update(c, *param_crc, le, 4);
+    }
   }
+  for (int64_t k = 0; k < p->n && st == FO_SUCCESS; k++)
+    if (take_params || p->e[k].role != FO_ROLE_PARAM)
+      st = add_copies(r->fn, opt, &p->e[k], r->f->data + found[k]->begin, out);
   free(found);
-  fo_ckpt_plan_free(&p);
+  return st;
+}
+
+/* ------------------------------------------------------------ one file */
+
+/* A CRC-32 over the decoded step state and hyper-parameters, continued
+ * from crc. */
+static uint32_t state_crc(const fo_crc32 *c, uint32_t crc, const fo_ckpt_restore *r, int groups) {
+  const fo_step_state *s = &r->state;
+#define FOLD(x) crc = fo_crc32_update(c, crc, &(x), sizeof(x))
+  FOLD(s->step);
+  FOLD(s->skipped);
+  FOLD(s->scale);
+  FOLD(s->growth_tracker);
+  FOLD(s->hysteresis_left);
+  FOLD(s->skip);
+  FOLD(s->grad_norm);
+  FOLD(s->grad_coef);
+  FOLD(s->lr_factor);
+  for (int g = 0; g < groups; g++) FOLD(r->hparams[g]);
+#undef FOLD
+  return crc;
+}
+
+/* The checks of one file up to its tensors: structure, groups, step
+ * state, and whether it is a per-rank file (and of which shard). */
+static fo_status read_header(const reader *r, const fo_optimizer *opt, fo_ckpt_restore *out) {
+  fo_status st = check_structure(r, opt);
+  if (st == FO_SUCCESS) st = check_groups(r, opt, out->hparams);
+  if (st == FO_SUCCESS) st = check_state(r, opt, &out->state);
+  if (st == FO_SUCCESS) st = read_shard(r, out->version, &out->sharded_file, &out->shard);
   return st;
 }
 
 static fo_status validate_file(const reader *r, const fo_optimizer *opt, const fo_crc32 *c,
                                fo_ckpt_restore *out) {
-  fo_status st = check_structure(r, opt);
-  if (st == FO_SUCCESS) st = check_groups(r, opt, out->hparams);
-  if (st == FO_SUCCESS) st = check_state(r, opt, &out->state);
-  if (st == FO_SUCCESS) st = match_tensors(r, opt, c, out->src);
+  fo_status st = read_header(r, opt, out);
+  if (st != FO_SUCCESS) return st;
+  const fo_ckpt_shard *sh = out->sharded_file ? &out->shard : NULL;
+  if (sh && (!opt->sharded || sh->rank != opt->shard_rank || sh->size != opt->shard_size ||
+             sh->first != opt->shard_first || sh->count != opt->shard_count ||
+             sh->total != opt->total_elems))
+    return shard_does_not_fit(r, opt, sh);
+  fo_ckpt_plan p;
+  if ((st = fo_ckpt_plan_build_for(r->fn, opt, sh, &p)) != FO_SUCCESS) return st;
+  uint32_t params = 0;
+  st = match_tensors(r, opt, c, &p, 1, &params, out);
+  fo_ckpt_plan_free(&p);
+  if (st == FO_SUCCESS) out->fingerprint = state_crc(c, params, out, opt->num_groups);
   return st;
 }
 
@@ -971,10 +1191,9 @@ fo_status fo_ckpt_validate(const char *fn, const fo_optimizer *opt, const unsign
                            size_t len, fo_ckpt_restore *out) {
   fo_ckpt_restore res;
   memset(&res, 0, sizeof res);
-  res.src = calloc((size_t)opt->num_tensors * FO_ROLE_COUNT + 1, sizeof *res.src);
   fo_crc32 *c = malloc(sizeof *c);
   fo_status st = FO_SUCCESS;
-  if (!res.src || !c) st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to read the checkpoint");
+  if (!c) st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to read the checkpoint");
   fo_st_file f;
   if (st == FO_SUCCESS) {
     fo_crc32_init(c);
@@ -994,9 +1213,159 @@ fo_status fo_ckpt_validate(const char *fn, const fo_optimizer *opt, const unsign
   return FO_SUCCESS;
 }
 
+/* ----------------------------------------------------- every rank's file */
+
+/* One of the per-rank files being assembled. */
+typedef struct shard_file {
+  fo_st_file f;
+  int open;
+  fo_ckpt_restore head; /* its version, hyper-parameters, step state, shard */
+  const char *path;
+  char where[240]; /* "func: \"path\"": what its messages start with */
+} shard_file;
+
+/* The files' shards: one per rank of one sharding, tiling opt's arena in
+ * rank order.  by_rank[r]: the file of rank r. */
+static fo_status check_tiling(const fo_optimizer *opt, int n, const shard_file *sf, int *by_rank) {
+  for (int r = 0; r < n; r++) by_rank[r] = -1;
+  for (int k = 0; k < n; k++) {
+    const fo_ckpt_shard *s = &sf[k].head.shard;
+    if (s->size != n)
+      return fo_fail(FO_ERR_CHECKPOINT, sf[k].where,
+                     "the file is rank %d's of %d ranks, but %d files were given: pass every "
+                     "rank's file of one save, once",
+                     s->rank, s->size, n);
+    if (by_rank[s->rank] >= 0)
+      return fo_fail(FO_ERR_CHECKPOINT, sf[k].where,
+                     "rank %d's shard, which \"%.200s\" holds too: pass every rank's file of "
+                     "one save, once",
+                     s->rank, sf[by_rank[s->rank]].path);
+    by_rank[s->rank] = k;
+  }
+  int64_t next = 0; /* every rank's file is present: n of n distinct ranks */
+  for (int r = 0; r < n; r++) {
+    const shard_file *x = &sf[by_rank[r]];
+    if (x->head.shard.total != opt->total_elems)
+      return fo_fail(FO_ERR_CHECKPOINT, x->where,
+                     "the shards cover an arena of %lld elements; this optimizer's holds %lld: "
+                     "the tensors differ",
+                     (long long)x->head.shard.total, (long long)opt->total_elems);
+    if (x->head.shard.first != next)
+      return fo_fail(FO_ERR_CHECKPOINT, x->where,
+                     "rank %d's shard starts at element %lld, where rank %d's ended (%lld): "
+                     "the files are not of one sharding",
+                     r, (long long)x->head.shard.first, r - 1, (long long)next);
+    next += x->head.shard.count;
+  }
+  if (next != opt->total_elems)
+    return fo_fail(FO_ERR_CHECKPOINT, sf[by_rank[n - 1]].where,
+                   "the last rank's shard ends at element %lld of %lld: the files are not of "
+                   "one sharding",
+                   (long long)next, (long long)opt->total_elems);
+  return FO_SUCCESS;
+}
+
+/* Every file holds the step state and hyper-parameters of rank 0's file. */
+static fo_status check_one_save(const fo_crc32 *c, const fo_optimizer *opt, int n,
+                                const shard_file *sf, const int *by_rank) {
+  const shard_file *a = &sf[by_rank[0]];
+  uint32_t want = state_crc(c, 0, &a->head, opt->num_groups);
+  for (int r = 1; r < n; r++) {
+    const shard_file *b = &sf[by_rank[r]];
+    if (state_crc(c, 0, &b->head, opt->num_groups) == want) continue;
+    return fo_fail(FO_ERR_CHECKPOINT, b->where,
+                   "rank %d's file holds step %lld, rank 0's (\"%.200s\") step %lld%s: the "
+                   "files are not of one save",
+                   r, (long long)b->head.state.step, a->path, (long long)a->head.state.step,
+                   b->head.state.step == a->head.state.step
+                       ? ", with another step state or other hyper-parameters"
+                       : "");
+  }
+  return FO_SUCCESS;
+}
+
+static fo_status validate_shards(const fo_optimizer *opt, int n, const unsigned char *const *bufs,
+                                 const size_t *lens, shard_file *sf, int *by_rank,
+                                 const fo_crc32 *c, fo_ckpt_restore *out) {
+  fo_status st = FO_SUCCESS;
+  for (int k = 0; k < n && st == FO_SUCCESS; k++) {
+    st = open_file(sf[k].where, bufs[k], lens[k], &sf[k].f, c, &sf[k].head.version);
+    if (st != FO_SUCCESS) break;
+    sf[k].open = 1;
+    reader r = {sf[k].where, &sf[k].f};
+    st = read_header(&r, opt, &sf[k].head);
+    if (st == FO_SUCCESS && !sf[k].head.sharded_file)
+      st = fo_fail(FO_ERR_CHECKPOINT, sf[k].where,
+                   "not a per-rank file of a sharded state: it holds the whole state "
+                   "(load it with fo_optimizer_load())");
+  }
+  if (st == FO_SUCCESS) st = check_tiling(opt, n, sf, by_rank);
+  if (st == FO_SUCCESS) st = check_one_save(c, opt, n, sf, by_rank);
+  uint32_t params0 = 0;
+  for (int r = 0; r < n && st == FO_SUCCESS; r++) {
+    shard_file *x = &sf[by_rank[r]];
+    reader rd = {x->where, &x->f};
+    fo_ckpt_plan p;
+    if ((st = fo_ckpt_plan_build_for(x->where, opt, &x->head.shard, &p)) != FO_SUCCESS) break;
+    uint32_t params = 0; /* parameters from rank 0's file; the others' must equal them */
+    st = match_tensors(&rd, opt, c, &p, r == 0, &params, out);
+    fo_ckpt_plan_free(&p);
+    if (r == 0) params0 = params;
+    if (st == FO_SUCCESS && params != params0)
+      st = fo_fail(FO_ERR_CHECKPOINT, x->where,
+                   "rank %d's file holds other parameters than rank 0's (\"%.200s\"): the "
+                   "files are not of one save",
+                   r, sf[by_rank[0]].path);
+  }
+  if (st == FO_SUCCESS) {
+    const fo_ckpt_restore *h = &sf[by_rank[0]].head;
+    out->version = h->version;
+    memcpy(out->hparams, h->hparams, sizeof out->hparams);
+    out->state = h->state;
+    out->sharded_file = 1;
+    out->shard = h->shard;
+    out->fingerprint = state_crc(c, params0, out, opt->num_groups);
+  }
+  return st;
+}
+
+fo_status fo_ckpt_validate_shards(const char *fn, const fo_optimizer *opt, int n,
+                                  const unsigned char *const *bufs, const size_t *lens,
+                                  const char *const *paths, fo_ckpt_restore *out) {
+  if (n < 1) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "no files (n = %d)", n);
+  fo_ckpt_restore res;
+  memset(&res, 0, sizeof res);
+  shard_file *sf = calloc((size_t)n, sizeof *sf);
+  int *by_rank = calloc((size_t)n, sizeof *by_rank);
+  fo_crc32 *c = malloc(sizeof *c);
+  fo_status st = FO_SUCCESS;
+  if (!sf || !by_rank || !c)
+    st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to read the checkpoints");
+  if (st == FO_SUCCESS) {
+    fo_crc32_init(c);
+    for (int k = 0; k < n; k++) {
+      sf[k].path = paths[k];
+      snprintf(sf[k].where, sizeof sf[k].where, "%s: \"%.200s\"", fn, paths[k]);
+    }
+    st = validate_shards(opt, n, bufs, lens, sf, by_rank, c, &res);
+  }
+  for (int k = 0; sf && k < n; k++)
+    if (sf[k].open) fo_st_free(&sf[k].f);
+  free(sf);
+  free(by_rank);
+  free(c);
+  if (st != FO_SUCCESS) {
+    fo_ckpt_restore_free(&res);
+    return st;
+  }
+  *out = res;
+  return FO_SUCCESS;
+}
+
 void fo_ckpt_restore_free(fo_ckpt_restore *r) {
-  free(r->src);
-  r->src = NULL;
+  free(r->copies);
+  r->copies = NULL;
+  r->num_copies = r->cap_copies = 0;
 }
 
 /* ------------------------------------------------------------ applying */
@@ -1009,20 +1378,13 @@ fo_status fo_ckpt_copy_host(void *ctx, void *dst, const void *src, size_t bytes)
 
 fo_status fo_ckpt_apply_tensors(const char *fn, fo_optimizer *opt, const fo_ckpt_restore *r,
                                 fo_ckpt_copy_fn copy, void *ctx, int64_t stop_after) {
-  int64_t done = 0;
-  for (int64_t i = 0; i < opt->num_tensors; i++)
-    for (int role = 0; role < FO_ROLE_COUNT; role++) {
-      const unsigned char *src = r->src[i * FO_ROLE_COUNT + role];
-      if (!src) continue;
-      if (stop_after >= 0 && done == stop_after)
-        return fo_fail(FO_ERR_CUDA, fn,
-                       "injected fault: copy %lld of the checkpoint's tensors failed",
-                       (long long)done);
-      fo_ckpt_entry e = {NULL, i, (fo_role)role, entry_dtype(opt, (fo_role)role), 0, 0, 0};
-      size_t bytes = (size_t)opt->tensors[i].numel * (size_t)fo_st_dtype_size(e.dtype);
-      fo_status st = copy(ctx, (void *)fo_ckpt_entry_src(opt, &e), src, bytes);
-      if (st != FO_SUCCESS) return st;
-      done++;
-    }
+  (void)opt; /* the copies already point into it */
+  for (int64_t k = 0; k < r->num_copies; k++) {
+    if (stop_after >= 0 && k == stop_after)
+      return fo_fail(FO_ERR_CUDA, fn,
+                     "injected fault: copy %lld of the checkpoint's tensors failed", (long long)k);
+    fo_status st = copy(ctx, r->copies[k].dst, r->copies[k].src, r->copies[k].bytes);
+    if (st != FO_SUCCESS) return st;
+  }
   return FO_SUCCESS;
 }

@@ -1,7 +1,8 @@
 /*
  * checkpoint_format.h -- the checkpoint file format, as pure functions over
- * memory buffers (no file I/O, no CUDA): what host/checkpoint.c calls and
- * what the fuzz target (tests/fuzz/) drives directly.  Not installed.
+ * memory buffers (no file I/O, no CUDA, no communicator): what
+ * host/checkpoint.c calls and what the fuzz target (tests/fuzz/) drives
+ * directly.  Not installed.
  *
  * A checkpoint is a safetensors file (docs/reliability.md has the layout):
  *   8 bytes   little-endian u64 N, the header's length;
@@ -12,6 +13,13 @@
  * fusedopt's own state (format version, algorithm, options, per-group
  * hyper-parameters, step state, a CRC-32 per tensor and one over its own
  * metadata) lives in "__metadata__" under keys "fusedopt.*".
+ *
+ * Two kinds of file.  A whole checkpoint (format version 1) holds every
+ * buffer whole.  A per-rank file of a sharded state (ZeRO-1, format
+ * version 2) holds the parameters whole and, of each state buffer, only
+ * the piece of each tensor that falls in the rank's shard of the arena,
+ * under the same key; "fusedopt.shard.*" names the shard (rank, size,
+ * first, count, total) and each piece's first element in its tensor.
  */
 #ifndef FO_CHECKPOINT_FORMAT_H
 #define FO_CHECKPOINT_FORMAT_H
@@ -22,8 +30,13 @@
 #include "checkpoint_json.h"
 #include "internal.h"
 
-/* The format this library writes and the newest it reads. */
-#define FO_CKPT_FORMAT_VERSION 1
+/* The newest format this library reads (every older one it reads too). */
+#define FO_CKPT_FORMAT_VERSION 2
+/* The version written: a whole state keeps version 1, which every reader
+ * loads; a per-rank file of a sharded state needs version 2 (a version-1
+ * reader refuses it as newer instead of misreading its pieces). */
+#define FO_CKPT_FORMAT_WHOLE 1
+#define FO_CKPT_FORMAT_SHARD 2
 /* safetensors' own limit on the header (100 MB): a larger header is a
  * corrupt length, not a real file. */
 #define FO_ST_MAX_HEADER ((uint64_t)100000000)
@@ -90,16 +103,36 @@ void fo_st_shape_string(const fo_st_file *f, const fo_st_tensor *t, char *out, s
 
 /* -------------------------------------------------------- fusedopt level */
 
+/* A rank's shard of the arena, as a per-rank file records it: the
+ * elements [first, first + count) of total, rank rank of size ranks. */
+typedef struct fo_ckpt_shard {
+  int rank, size;
+  int64_t first, count, total;
+} fo_ckpt_shard;
+
+/* One copy of a load: bytes from the file buffer into executor memory. */
+typedef struct fo_ckpt_copy {
+  void *dst;
+  const unsigned char *src;
+  size_t bytes;
+} fo_ckpt_copy;
+
 /* What a valid checkpoint restores, decoded and checked against an
  * optimizer, before anything is written. */
 typedef struct fo_ckpt_restore {
   int version;
   fo_hparams hparams[FO_MAX_GROUPS];
   fo_step_state state; /* the saved fields; per-step scalars zero */
-  /* [tensor * FO_ROLE_COUNT + role]: the saved bytes of each buffer the
-   * optimizer keeps, pointing into the caller's file buffer (NULL for
-   * roles not kept, and for empty tensors). */
-  const unsigned char **src;
+  /* The copies that write the saved buffers into the optimizer (its whole
+   * buffers, or with a sharded state its shard's slice of the state
+   * buffers), pointing into the caller's file buffers. */
+  fo_ckpt_copy *copies;
+  int64_t num_copies, cap_copies;
+  /* CRC-32 over the step state, the hyper-parameters and the parameters'
+   * checksums: equal for every file of one save (the ranks compare it). */
+  uint32_t fingerprint;
+  int sharded_file;    /* the file was a per-rank file ... */
+  fo_ckpt_shard shard; /* ... of this shard */
 } fo_ckpt_restore;
 
 /* Check a checkpoint in memory on its own: the container, the format
@@ -110,15 +143,30 @@ fo_status fo_ckpt_verify(const char *func, const unsigned char *buf, size_t len)
  * algorithm and the options that decide what state exists, the groups,
  * every tensor's name, dtype and shape, hyper-parameters that
  * fo_optimizer_set_hparams would accept, a step state the loss scaler can
- * continue from.  Reads opt, never writes it. */
+ * continue from.  A whole checkpoint fits any optimizer (a sharded one
+ * takes its shard's slice of the state); a per-rank file fits only a
+ * sharded optimizer of the same shard (rank, size, first, count, total).
+ * Reads opt, never writes it. */
 fo_status fo_ckpt_validate(const char *func, const fo_optimizer *opt, const unsigned char *buf,
                            size_t len, fo_ckpt_restore *out);
+
+/* The per-rank files of one save of a sharded state, every rank's once,
+ * in any order (bufs[k] of lens[k] bytes, read from paths[k], which the
+ * messages name after func), assembled for opt: unsharded (the whole
+ * state) or sharded over any number of ranks (its own shard's slice).
+ * Each file is checked as fo_ckpt_validate checks one; besides, the files
+ * must tile the arena in rank order and hold one step state, one set of
+ * hyper-parameters and the same parameters (taken from rank 0's file).
+ * Reads opt, never writes it. */
+fo_status fo_ckpt_validate_shards(const char *func, const fo_optimizer *opt, int n,
+                                  const unsigned char *const *bufs, const size_t *lens,
+                                  const char *const *paths, fo_ckpt_restore *out);
 void fo_ckpt_restore_free(fo_ckpt_restore *r);
 
 /* Copy bytes into the executor's memory; 0 on success. */
 typedef fo_status (*fo_ckpt_copy_fn)(void *ctx, void *dst, const void *src, size_t bytes);
 
-/* Copy every saved tensor into opt's buffers with copy (memcpy for host
+/* Run the restore's copies into opt's buffers with copy (memcpy for host
  * memory); hyper-parameters and the step state are the caller's to set.
  * Stops at the first failing copy (the caller then treats the optimizer as
  * half-restored).  stop_after >= 0: fail as injected after that many
@@ -137,6 +185,9 @@ typedef struct fo_ckpt_entry {
   int64_t tensor;
   fo_role role;
   int dtype; /* safetensors dtype */
+  /* The tensor's elements [first, first + numel): the whole tensor, or a
+   * state buffer's piece in a per-rank file. */
+  int64_t first, numel;
   uint64_t bytes, begin;
   uint32_t crc; /* filled in while the data is written */
 } fo_ckpt_entry;
@@ -146,18 +197,30 @@ typedef struct fo_ckpt_plan {
   int64_t n;
   char *keys;
   uint64_t data_len;
+  int sharded;         /* a per-rank file's plan ... */
+  fo_ckpt_shard shard; /* ... of this shard */
 } fo_ckpt_plan;
 
-/* Name, order and place every buffer opt keeps.  Fails (FO_ERR_INVALID_STATE)
- * when two keys would be equal or a name is not valid UTF-8. */
+/* Name, order and place every buffer of opt's own file: the per-rank file
+ * of its shard with a sharded state, else the whole checkpoint.  Fails
+ * (FO_ERR_INVALID_STATE) when two keys would be equal or a name is not
+ * valid UTF-8. */
 fo_status fo_ckpt_plan_build(const char *func, const fo_optimizer *opt, fo_ckpt_plan *out);
+/* The same for the whole checkpoint of opt's state (shard NULL; what a
+ * gathered save writes), or for the per-rank file of shard, a shard of
+ * opt's arena (opt->total_elems == shard->total). */
+fo_status fo_ckpt_plan_build_for(const char *func, const fo_optimizer *opt,
+                                 const fo_ckpt_shard *shard, fo_ckpt_plan *out);
 void fo_ckpt_plan_free(fo_ckpt_plan *p);
 
-/* The executor-memory address of an entry's buffer. */
+/* The executor-memory address of an entry's buffer: the parameters, or
+ * the state it names -- for a sharded optimizer only a piece inside its
+ * own shard (NULL otherwise). */
 const void *fo_ckpt_entry_src(const fo_optimizer *opt, const fo_ckpt_entry *e);
 
 /* The JSON header for opt, its step state and the plan (with the CRCs
- * now in the entries), padded so that 8 + *len is a multiple of 8.  Its
+ * now in the entries; a per-rank plan adds its shard and version 2),
+ * padded so that 8 + *len is a multiple of 8.  Its
  * length does not depend on the CRC values, so a header written with
  * zeros first can be overwritten in place once the data is written.
  * *text is malloc'd. */

@@ -717,9 +717,11 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
 
 /* ------------------------------------------------------------ checkpoints */
 
-/** The checkpoint format version this library writes, and the newest it
- *  reads (every older one it reads too). */
-#define FO_CHECKPOINT_FORMAT_VERSION 1
+/** The newest checkpoint format version this library reads (every older
+ *  one it reads too) and writes.  A whole checkpoint is written as version
+ *  1, which every fusedopt reads; a per-rank file of a sharded state as
+ *  version 2 (a reader of version 1 refuses it as newer). */
+#define FO_CHECKPOINT_FORMAT_VERSION 2
 
 /** Save the optimizer's whole state to the file path: the parameters (in
  *  their dtype), the fp32 master weights, the moments, momentum buffers and
@@ -749,12 +751,51 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *  step.  On FO_EXEC_CPU stream must be NULL.  Host memory use is bounded
  *  (16 MiB of staging), whatever the model's size.
  *
+ *  A sharded state (fo_dp_options.shard_state) saves this rank's own file:
+ *  not a collective call; every rank passes its own path (rank r's file
+ *  holds rank r's shard).  It is the same format with the parameters
+ *  whole and, of every state buffer, only the piece of each tensor that
+ *  lies in the rank's shard, under the tensor's usual key (shape [piece
+ *  length]); "fusedopt.shard.*" metadata records the rank, the number of
+ *  ranks, the shard's first element, its count and the arena's total, and
+ *  each piece's first element within its tensor.  Such a file has format
+ *  version 2.  Pieces of a tensor concatenated in rank order make the
+ *  whole buffer.  fo_optimizer_save_gathered() writes one whole
+ *  checkpoint instead.
+ *
  *  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (empty path, bad
  *  stream), FO_ERR_INVALID_STATE (the optimizer is faulted; or two tensors
  *  would be saved under one name, or a name is not UTF-8), FO_ERR_IO (the
  *  OS's reason in the message), FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY. */
 FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path,
                                    fo_stream_t stream);
+
+/** Save one whole checkpoint of a data-parallel optimizer's state on rank
+ *  root of its communicator: the file fo_optimizer_save() would write for
+ *  an unsharded optimizer in the same state (byte for byte), which loads
+ *  into any optimizer of the same tensors, sharded or not, over any
+ *  number of ranks.  A collective call: every rank of the communicator
+ *  makes it, with the same root; only root's path is used (the others may
+ *  pass NULL) and only root writes.  A sharded state is gathered through
+ *  the communicator, one state buffer at a time, through a window of 16
+ *  MiB in the executor's memory on every rank (FO_EXEC_CUDA: device
+ *  memory, the collectives enqueued on stream; the call waits for them).
+ *  Without sharding, root writes its own state.  Without a communicator
+ *  this is fo_optimizer_save() (root must be 0).
+ *
+ *  Every rank returns the same status: a failure on any rank (root's
+ *  disk, another rank's faulted state) is reported by every rank, with the
+ *  failing rank's message ("rank r of N: ...") in fo_last_error(); the
+ *  file is then not written (path keeps its previous content), except
+ *  when only the final fsync of the directory fails, as for
+ *  fo_optimizer_save().  A failing collective (FO_ERR_COMM) ends the call
+ *  on the ranks where it fails; what the other ranks see is the
+ *  communicator's matter.  Argument errors found before any
+ *  communication -- opt NULL, a bad stream, root out of range -- return at
+ *  once on the rank that makes them. */
+FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt,
+                                            const char *path, int root,
+                                            fo_stream_t stream);
 
 /** Restore a checkpoint written by fo_optimizer_save() into opt, which must
  *  have been created with the same algorithm, parameter dtype, master
@@ -780,13 +821,45 @@ FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path,
  *  a faulted optimizer becomes usable again.  On FO_EXEC_CUDA the call
  *  waits for the device before and after the copies (it synchronizes); a
  *  CUDA error during the copies leaves the optimizer faulted.  Needs host
- *  memory for the whole file. */
+ *  memory for the whole file.
+ *
+ *  A sharded optimizer loads either a whole checkpoint (fo_optimizer_save
+ *  of an unsharded optimizer, or fo_optimizer_save_gathered; it takes its
+ *  shard's slice of the state) or its own rank's per-rank file, of the
+ *  same sharding (rank, number of ranks, shard and arena size must match,
+ *  else FO_ERR_CHECKPOINT).  For a sharded optimizer the call is
+ *  collective: every rank of its communicator makes it, each with its own
+ *  path, and the ranks agree before anything is written -- every rank's
+ *  file must be good, and all must hold the same save (the same step
+ *  state, hyper-parameters and parameters) -- so that every rank loads or
+ *  none does, and every rank returns the same status, with the failing
+ *  rank's message ("rank r of N: ...").  (Should a copy into device memory
+ *  fail on one rank after that, every rank is left faulted.)  An
+ *  unsharded optimizer loading a per-rank file gets FO_ERR_CHECKPOINT;
+ *  fo_optimizer_load_shards() assembles the ranks' files. */
 FO_API fo_status fo_optimizer_load(fo_optimizer *opt, const char *path,
                                    fo_stream_t stream);
 
+/** Load a sharded state saved as per-rank files (fo_optimizer_save() on
+ *  every rank of a sharded optimizer): paths[0 .. n-1] must be the files
+ *  of every rank of one save, each once, in any order.  opt may be
+ *  unsharded (it gets the whole state) or sharded over any number of
+ *  ranks (each rank takes its own shard's slice): a run can resume on
+ *  another number of ranks, or without data parallelism.  Every file is
+ *  checked as fo_optimizer_load() checks one, and the set too: the files
+ *  must tile the arena in rank order and hold the same step state,
+ *  hyper-parameters and parameters (FO_ERR_CHECKPOINT naming the file
+ *  otherwise).  Nothing is written unless everything is good.  Collective
+ *  on a sharded optimizer, as fo_optimizer_load() is.  Needs host memory
+ *  for all the files (each holds the parameters whole). */
+FO_API fo_status fo_optimizer_load_shards(fo_optimizer *opt,
+                                          const char *const *paths, int n,
+                                          fo_stream_t stream);
+
 /** Check a checkpoint file on its own, without an optimizer: the container,
- *  the format version and every checksum.  FO_SUCCESS if it is intact;
- *  otherwise FO_ERR_IO or FO_ERR_CHECKPOINT as fo_optimizer_load() says. */
+ *  the format version and every checksum (a whole checkpoint or a per-rank
+ *  file).  FO_SUCCESS if it is intact; otherwise FO_ERR_IO or
+ *  FO_ERR_CHECKPOINT as fo_optimizer_load() says. */
 FO_API fo_status fo_checkpoint_verify(const char *path);
 
 /** Faults.  When work already under way fails -- a step whose kernels hit

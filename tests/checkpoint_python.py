@@ -1,13 +1,24 @@
 """Read a fusedopt checkpoint with Python's own safetensors and check it.
 
     python3 checkpoint_python.py FILE EXPECTED
+    python3 checkpoint_python.py --shards WHOLE RANKFILE...
 
-Independent of the library: opens FILE with safetensors.numpy, checks the
-documented names, dtypes and shapes (the model of tests/ckpt_harness.h),
-that parameter "fc1.weight" element 7 equals EXPECTED (a float.hex
-string), recomputes every tensor's CRC-32 and the metadata's CRC-32 with
-zlib, and parses every hexadecimal float with float.fromhex.  Exits 0 when
-everything holds.  Run by test_checkpoint.c when safetensors is installed.
+Independent of the library.  The first form opens FILE with
+safetensors.numpy, checks the documented names, dtypes and shapes (the
+model of tests/ckpt_harness.h), that parameter "fc1.weight" element 7
+equals EXPECTED (a float.hex string), recomputes every tensor's CRC-32 and
+the metadata's CRC-32 with zlib, and parses every hexadecimal float with
+float.fromhex.  Run by test_checkpoint.c.
+
+The second form takes the per-rank files of a sharded state (any order)
+and the gathered checkpoint of the same state: checks every file's
+checksums, that the per-rank files are format version 2 and their shards
+tile the arena in rank order, that each holds the parameters whole, and
+that each state buffer's pieces, concatenated in rank order (each starting
+where the metadata says), are the gathered file's whole buffer.  Run by
+test_checkpoint_shard.c.
+
+Exits 0 when everything holds, when safetensors is installed.
 """
 import json
 import struct
@@ -84,5 +95,83 @@ def check(path, expected):
     return 0
 
 
+def open_checked(path):
+    """The header, metadata and data of a file whose checksums all hold."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    meta = header.pop("__metadata__")
+    data = blob[8 + n :]
+    for name, e in header.items():
+        b, t = e["data_offsets"]
+        assert meta[f"fusedopt.crc32.{name}"] == f"{zlib.crc32(data[b:t]):08x}", (path, name)
+    crc = 0
+    for k in sorted(k for k in meta if k.startswith("fusedopt.")):
+        if k != "fusedopt.metadata_crc32":
+            crc = zlib.crc32(k.encode() + b"\0" + meta[k].encode() + b"\0", crc)
+    assert meta["fusedopt.metadata_crc32"] == f"{crc:08x}", path
+    with safe_open(path, framework="numpy") as f:
+        assert f.metadata() == meta and set(f.keys()) == set(header), path
+    return header, meta, data
+
+
+def raw(file, name):
+    header, _, data = file
+    b, t = header[name]["data_offsets"]
+    return data[b:t]
+
+
+def check_shards(whole_path, paths):
+    whole = open_checked(whole_path)
+    wh, wm, _ = whole
+    assert wm["fusedopt.format_version"] == "1"
+    assert not any(k.startswith("fusedopt.shard.") for k in wm)
+    files = [open_checked(p) + (p,) for p in paths]
+    files.sort(key=lambda f: int(f[1]["fusedopt.shard.rank"]))
+    n = len(files)
+    total = int(files[0][1]["fusedopt.shard.total"])
+    end = 0
+    for r, (h, m, _, p) in enumerate(files):
+        assert m["fusedopt.format_version"] == "2", p
+        assert int(m["fusedopt.shard.rank"]) == r and int(m["fusedopt.shard.size"]) == n, p
+        assert int(m["fusedopt.shard.first"]) == end, p
+        end += int(m["fusedopt.shard.count"])
+        # everything but the shard's own keys is the gathered file's
+        own = ("fusedopt.shard.", "fusedopt.crc32.", "fusedopt.format_version",
+               "fusedopt.metadata_crc32")
+        mine = {k: v for k, v in m.items() if not k.startswith(own)}
+        theirs = {k: v for k, v in wm.items() if not k.startswith(own)}
+        assert mine == theirs, (p, set(mine.items()) ^ set(theirs.items()))
+        for name in h:
+            assert name in wh, (p, name)
+    assert end == total
+    pieces = 0
+    with safe_open(whole_path, framework="numpy") as w:
+        for name, e in wh.items():
+            key = f"fusedopt.shard.offset.{name}"
+            holders = [f for f in files if key in f[1]]
+            if not holders and all(name in f[0] for f in files):  # parameters, whole
+                assert all(raw(f[:3], name) == raw(whole, name) for f in files), name
+                continue
+            if not holders:  # the state of an empty tensor: no piece anywhere
+                assert e["shape"] == [0], name
+                continue
+            at, parts = 0, []
+            for h, m, _, p in holders:  # in rank order
+                assert int(m[key]) == at, (p, name, m[key], at)
+                with safe_open(p, framework="numpy") as f:
+                    parts.append(f.get_tensor(name))
+                at += parts[-1].shape[0]
+                pieces += 1
+            assert [at] == e["shape"], (name, at, e["shape"])
+            assert np.array_equal(np.concatenate(parts).view(np.uint32),
+                                  w.get_tensor(name).view(np.uint32)), name
+    print(f"python: {n} per-rank files ({pieces} pieces) reassemble the gathered checkpoint")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--shards":
+        sys.exit(check_shards(sys.argv[2], sys.argv[3:]))
     sys.exit(check(sys.argv[1], sys.argv[2]))

@@ -118,7 +118,7 @@ static void write_invalid(void) {
   v.p[v.n - 1] ^= 1;
   char *at = find(v.p, v.n, "\"fusedopt.format_version\":\"1\"");
   cr_assert_not_null(at);
-  at[27] = '2';
+  at[27] = (char)('0' + FO_CHECKPOINT_FORMAT_VERSION + 1); /* newer than any reader */
   write_seed("invalid-version", v.p, v.n);
   at[27] = '1';
   at = find(v.p, v.n, "\"fusedopt.state.step\":\"3\"");

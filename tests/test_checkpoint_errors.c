@@ -372,8 +372,8 @@ Test(errors, fusedopt_layer) {
       &fx, st_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", four, 4),
       "not a fusedopt checkpoint", "plain safetensors");
   expect_refused(
-      &fx, edit_header(g, "\"fusedopt.format_version\":\"1\"", "\"fusedopt.format_version\":\"2\""),
-      "format version 2 is newer than this library reads (1)", "newer version");
+      &fx, edit_header(g, "\"fusedopt.format_version\":\"1\"", "\"fusedopt.format_version\":\"3\""),
+      "format version 3 is newer than this library reads (2)", "newer version");
   expect_refused(
       &fx,
       edit_header(g, "\"fusedopt.format_version\":\"1\"", "\"fusedopt.format_version\":\"one\""),
