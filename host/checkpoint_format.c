@@ -846,7 +846,7 @@ static fo_status mismatch_int(const reader *r, const char *what, long long file,
  * loading optimizer's own choice; the file records the saver's. */
 static fo_status check_structure(const reader *r, const fo_optimizer *opt) {
   const fo_options *o = &opt->options;
-  int alg, pd, sr, ls, mw;
+  int alg = 0, pd = 0, sr = 0, ls = 0, mw = 0; /* set by get_* on success; GCC cannot tell */
   int64_t groups, tensors;
   fo_status st = get_enum(r, "algorithm", alg_names, FO_ALG_COUNT, &alg);
   if (st != FO_SUCCESS) return st;
