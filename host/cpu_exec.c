@@ -2,10 +2,11 @@
  * cpu_exec.c -- the CPU executor: the same rules (kernels/rules.h) applied
  * to host memory, one plan block per OpenMP task.
  *
- * Each block is processed in tiles: the tile's parameters (or master
- * weights) and gradients are widened into fp32 arrays, the update loop runs
- * over plain float arrays (which the compiler vectorizes), and the results
- * are rounded back.  Every input is read once and every output written once.
+ * Each block is processed in tiles: the update loop runs over plain float
+ * arrays (which the compiler vectorizes).  fp32 arrays (master weights,
+ * fp32 parameters and gradients) are used where they are; only 16-bit ones
+ * are widened into stack arrays and rounded back.  Every input is read once
+ * and every output written once.
  */
 #include <omp.h>
 #include <string.h>
@@ -17,13 +18,25 @@
  * waking a team costs more than the work. */
 #define PARALLEL_MIN_ELEMS (1 << 16)
 
+/* The library is built for baseline x86-64, where these loops run on 4-lane
+ * SSE and one core's arithmetic is as slow as memory.  With GCC on x86-64
+ * the hot loops are also built for AVX2 and the loader picks a version once
+ * (an ifunc).  Not "fma": contracting a*b+c would change the rounding and
+ * break bit-identity with the reference (docs/numerics.md); AVX2 alone
+ * only widens the same instructions.  Other compilers get the plain loops. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FO_HOT_LOOP __attribute__((target_clones("avx2", "default")))
+#else
+#define FO_HOT_LOOP
+#endif
+
 typedef struct step_ctx {
   const fo_optimizer *opt;
   const fo_rule_scalars *scalars; /* per group, from the step state */
   int64_t t;                      /* 1-based number of this step */
 } step_ctx;
 
-static void widen(int dtype, const void *src, int64_t at, float *dst, int n) {
+FO_HOT_LOOP static void widen(int dtype, const void *src, int64_t at, float *dst, int n) {
   if (dtype == FO_DTYPE_F32) {
     memcpy(dst, (const float *)src + at, (size_t)n * sizeof(float));
   } else if (dtype == FO_DTYPE_F16) {
@@ -35,7 +48,7 @@ static void widen(int dtype, const void *src, int64_t at, float *dst, int n) {
   }
 }
 
-static void narrow(int dtype, const float *src, void *dst, int64_t at, int n) {
+FO_HOT_LOOP static void narrow(int dtype, const float *src, void *dst, int64_t at, int n) {
   if (dtype == FO_DTYPE_F32) {
     memcpy((float *)dst + at, src, (size_t)n * sizeof(float));
   } else if (dtype == FO_DTYPE_F16) {
@@ -49,18 +62,20 @@ static void narrow(int dtype, const float *src, void *dst, int64_t at, int n) {
 
 /* bf16 without master weights, stochastically rounded: the random bits
  * depend only on (seed, step, tensor, element), as on the GPU. */
-static void narrow_bf16_sr(const float *src, uint16_t *dst, int64_t at, int n,
-                           uint64_t seed, int64_t t, int64_t tensor) {
+FO_HOT_LOOP static void narrow_bf16_sr(const float *src, uint16_t *dst, int64_t at, int n,
+                                       uint64_t seed, int64_t t, int64_t tensor) {
   for (int i = 0; i < n; i++)
     dst[at + i] = fo_f32_to_bf16_sr(
         src[i], fo_sr_bits(seed, (uint64_t)t, (uint64_t)tensor, (uint64_t)(at + i)));
 }
 
 /* The update loop over one tile of float arrays.  Separate loops per
- * algorithm keep each one simple enough to vectorize. */
-static void update_tile(int alg, float *restrict p, float *restrict m,
-                        float *restrict v, float *restrict vmax,
-                        const float *restrict g, int n, const fo_rule_scalars *sp) {
+ * algorithm keep each one simple enough to vectorize.  The arrays may be
+ * the caller's own buffers or stack tiles, never two views of one buffer
+ * (the optimizer rejects overlapping tensors), so restrict holds. */
+FO_HOT_LOOP static void update_tile(int alg, float *restrict p, float *restrict m,
+                                    float *restrict v, float *restrict vmax,
+                                    const float *restrict g, int n, const fo_rule_scalars *sp) {
   /* A local copy: the compiler then knows no store in the loop changes
    * the scalars, and hoists them and the flag tests out of it. */
   const fo_rule_scalars copy = *sp, *s = &copy;
@@ -93,28 +108,36 @@ static void step_block(const step_ctx *c, const fo_plan_block *b) {
   int pd = (int)opt->options.param_dtype, gd = (int)opt->options.grad_dtype;
   int sr = opt->options.stochastic_rounding;
   int64_t end = t->numel - b->start < opt->chunk ? t->numel : b->start + opt->chunk;
+  /* The fp32 weights the rule updates (the master, else fp32 parameters)
+   * and fp32 gradients are used in place: copying them through the tile
+   * and back took a quarter of the step.  NULL: 16-bit, tiled. */
+  float *w32 = t->master ? t->master : pd == FO_DTYPE_F32 ? (float *)t->param : NULL;
+  float *g32 = gd == FO_DTYPE_F32 ? (float *)t->grad : NULL;
   /* Buffers the optimizer does not keep are never read by the rules for
    * this configuration; they point at scratch so the loops stay uniform. */
-  float p[TILE], g[TILE], scratch_m[TILE], scratch_v[TILE], scratch_x[TILE];
+  float tile_p[TILE], tile_g[TILE], scratch_m[TILE], scratch_v[TILE], scratch_x[TILE];
   for (int64_t at = b->start; at < end; at += TILE) {
     int n = end - at < TILE ? (int)(end - at) : TILE;
-    if (t->master)
-      memcpy(p, t->master + at, (size_t)n * sizeof(float));
-    else
-      widen(pd, t->param, at, p, n);
-    widen(gd, t->grad, at, g, n);
+    float *p = w32 ? w32 + at : tile_p;
+    float *g = g32 ? g32 + at : tile_g;
+    if (!w32) widen(pd, t->param, at, tile_p, n);
+    if (!g32) widen(gd, t->grad, at, tile_g, n);
     float *m = t->exp_avg ? t->exp_avg + at : scratch_m;
     float *v = t->exp_avg_sq ? t->exp_avg_sq + at : scratch_v;
     float *x = t->max_exp_avg_sq ? t->max_exp_avg_sq + at : scratch_x;
     update_tile((int)opt->options.algorithm, p, m, v, x, g, n, s);
+    /* After the update, which has read every gradient of the tile: an fp32
+     * gradient is scaled where it is, a 16-bit one rounded back. */
     if (opt->options.write_unscaled_grads) {
-      for (int i = 0; i < n; i++) g[i] *= s->grad_coef;
-      narrow(gd, g, t->grad, at, n);
+      const float coef = s->grad_coef; /* g may be the caller's: no reload */
+      for (int i = 0; i < n; i++) g[i] *= coef;
+      if (!g32) narrow(gd, tile_g, t->grad, at, n);
     }
-    if (t->master) memcpy(t->master + at, p, (size_t)n * sizeof(float));
+    /* fp32 parameters were updated in place; 16-bit ones are rounded from
+     * the updated master or tile, once. */
     if (sr)
       narrow_bf16_sr(p, (uint16_t *)t->param, at, n, opt->options.seed, c->t, b->tensor);
-    else
+    else if (pd != FO_DTYPE_F32)
       narrow(pd, p, t->param, at, n);
   }
 }
@@ -133,11 +156,14 @@ static int run_parallel(const fo_optimizer *opt) {
 static double block_sumsq(const fo_optimizer *opt, const fo_plan_block *b) {
   const fo_plan_tensor *t = &opt->run_tensors[b->tensor];
   int64_t end = t->numel - b->start < opt->chunk ? t->numel : b->start + opt->chunk;
-  float g[TILE];
+  int gd = (int)opt->options.grad_dtype;
+  float tile_g[TILE];
   double sum = 0.0;
   for (int64_t at = b->start; at < end; at += TILE) {
     int n = end - at < TILE ? (int)(end - at) : TILE;
-    widen((int)opt->options.grad_dtype, t->grad, at, g, n);
+    /* fp32 gradients are read where they are, 16-bit ones widened */
+    const float *g = gd == FO_DTYPE_F32 ? (const float *)t->grad + at : tile_g;
+    if (gd != FO_DTYPE_F32) widen(gd, t->grad, at, tile_g, n);
     for (int i = 0; i < n; i++) sum += (double)g[i] * (double)g[i];
   }
   return sum;
@@ -172,8 +198,7 @@ fo_status fo_cpu_sync_master(fo_optimizer *opt) {
     const fo_plan_block *blk = &opt->blocks[b];
     const fo_plan_tensor *t = &opt->run_tensors[blk->tensor];
     int64_t n = t->numel - blk->start < opt->chunk ? t->numel - blk->start : opt->chunk;
-    widen((int)opt->options.param_dtype, t->param, blk->start, t->master + blk->start,
-          (int)n);
+    widen((int)opt->options.param_dtype, t->param, blk->start, t->master + blk->start, (int)n);
   }
   return FO_SUCCESS;
 }
