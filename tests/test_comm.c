@@ -38,18 +38,6 @@ typedef struct fake {
   void *buf[FAKE_LOG];
 } fake;
 
-static void scale_buffer(void *buf, int64_t n, fo_dtype dtype, float by) {
-  float tmp[256];
-  size_t es = fo_dtype_size(dtype);
-  for (int64_t at = 0; at < n; at += 256) {
-    int64_t k = n - at < 256 ? n - at : 256;
-    char *p = (char *)buf + (size_t)at * es;
-    cr_assert_eq(fo_convert_to_f32(dtype, p, tmp, k), FO_SUCCESS);
-    for (int64_t i = 0; i < k; i++) tmp[i] *= by;
-    cr_assert_eq(fo_convert_from_f32(dtype, tmp, p, k), FO_SUCCESS);
-  }
-}
-
 static int fake_allreduce(void *ctx, void *buf, int64_t count, fo_dtype dtype, char *err,
                           size_t cap) {
   fake *f = ctx;
@@ -66,7 +54,7 @@ static int fake_allreduce(void *ctx, void *buf, int64_t count, fo_dtype dtype, c
     snprintf(err, cap, "injected failure on call %d", f->calls);
     return 42;
   }
-  scale_buffer(buf, count, dtype, (float)f->size);
+  cr_assert_eq(tu_scale_buffer(buf, count, dtype, (float)f->size), FO_SUCCESS);
   return 0;
 }
 

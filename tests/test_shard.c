@@ -39,18 +39,6 @@ static int fake_allreduce(void *ctx, void *buf, int64_t count, fo_dtype dtype, c
   return 1;
 }
 
-static void scale(void *buf, int64_t n, fo_dtype dtype, float by) {
-  float tmp[256];
-  size_t es = fo_dtype_size(dtype);
-  for (int64_t at = 0; at < n; at += 256) {
-    int64_t k = n - at < 256 ? n - at : 256;
-    char *p = (char *)buf + (size_t)at * es;
-    cr_assert_eq(fo_convert_to_f32(dtype, p, tmp, k), FO_SUCCESS);
-    for (int64_t i = 0; i < k; i++) tmp[i] *= by;
-    cr_assert_eq(fo_convert_from_f32(dtype, tmp, p, k), FO_SUCCESS);
-  }
-}
-
 static int fake_reduce_scatter(void *ctx, void *buf, const int64_t *counts, fo_dtype dtype,
                                char *err, size_t cap) {
   fake *f = ctx;
@@ -61,7 +49,7 @@ static int fake_reduce_scatter(void *ctx, void *buf, const int64_t *counts, fo_d
   size_t es = fo_dtype_size(dtype);
   char *p = buf;
   for (int r = 0; r < f->size; p += (size_t)counts[r] * es, r++) {
-    if (r == f->rank) scale(p, counts[r], dtype, (float)f->size);
+    if (r == f->rank) cr_assert_eq(tu_scale_buffer(p, counts[r], dtype, (float)f->size), FO_SUCCESS);
     else memset(p, 0xff, (size_t)counts[r] * es); /* NaN in every float dtype */
   }
   return 0;

@@ -43,54 +43,10 @@
 
 #include "fusedopt.h"
 #include "fusedopt_mpi.h"
+#include "mpi_check.h"
 
-static int g_rank, g_size;
 static fo_comm *g_comm; /* over MPI_COMM_WORLD */
 static char g_dir[64];  /* this run's temporary directory */
-
-/* ------------------------------------------------------------ reporting */
-
-static int g_ok; /* the verdict of the running check on this rank */
-
-static void fail_here(const char *file, int line, const char *fmt, ...) {
-  char msg[600];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (g_ok) fprintf(stderr, "  rank %d: %s:%d: %s\n", g_rank, file, line, msg);
-  g_ok = 0;
-}
-
-#define CHECK(cond, ...)                                     \
-  do {                                                       \
-    if (!(cond)) fail_here(__FILE__, __LINE__, __VA_ARGS__); \
-  } while (0)
-/* A call that must succeed.  Collective calls report the same status on
- * every rank, so every rank takes the same way out. */
-#define OK(call)                                                                                  \
-  do {                                                                                            \
-    fo_status s_ = (call);                                                                        \
-    if (s_ != FO_SUCCESS) {                                                                       \
-      fail_here(__FILE__, __LINE__, "%s: %s (%s)", #call, fo_status_string(s_), fo_last_error()); \
-      goto out;                                                                                   \
-    }                                                                                             \
-  } while (0)
-
-static int g_passed, g_failed;
-
-static void run(const char *name, void (*check)(void)) {
-  g_ok = 1;
-  check();
-  int all = 0;
-  MPI_Allreduce(&g_ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all)
-    g_passed++;
-  else
-    g_failed++;
-  if (g_rank == 0) printf("[%s] %s (np %d)\n", all ? "PASS" : "FAIL", name, g_size);
-  fflush(stdout);
-}
 
 /* 1 when buf holds rank 0's bits on every rank. */
 static int same_on_every_rank(const void *buf, size_t bytes) {

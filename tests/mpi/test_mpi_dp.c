@@ -36,52 +36,8 @@
 
 #include "fusedopt.h"
 #include "fusedopt_mpi.h"
+#include "mpi_check.h"
 
-static int g_rank, g_size;
-
-/* ------------------------------------------------------------ reporting */
-
-/* The verdict of the running check on this rank. */
-static int g_ok;
-
-static void fail_here(const char *file, int line, const char *fmt, ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (g_ok) fprintf(stderr, "  rank %d: %s:%d: %s\n", g_rank, file, line, msg);
-  g_ok = 0;
-}
-
-#define CHECK(cond, ...)                                      \
-  do {                                                        \
-    if (!(cond)) fail_here(__FILE__, __LINE__, __VA_ARGS__);  \
-  } while (0)
-/* A library call that must succeed; on failure the check fails and the
- * function returns (every rank must still reach the verdict). */
-#define OK(call)                                                                     \
-  do {                                                                               \
-    fo_status s_ = (call);                                                           \
-    if (s_ != FO_SUCCESS) {                                                          \
-      fail_here(__FILE__, __LINE__, "%s: %s (%s)", #call, fo_status_string(s_),      \
-                fo_last_error());                                                    \
-      goto out;                                                                      \
-    }                                                                                \
-  } while (0)
-
-static int g_passed, g_failed;
-
-static void run(const char *name, void (*check)(void)) {
-  g_ok = 1;
-  check();
-  int all = 0;
-  MPI_Allreduce(&g_ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all) g_passed++;
-  else g_failed++;
-  if (g_rank == 0) printf("[%s] %s (np %d)\n", all ? "PASS" : "FAIL", name, g_size);
-  fflush(stdout);
-}
 
 /* ---------------------------------------------------------------- data */
 

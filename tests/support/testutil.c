@@ -74,6 +74,20 @@ void tu_poison(void *p, size_t bytes) {
   if (bytes) memset(p, (int)TU_POISON, bytes);
 }
 
+fo_status tu_scale_buffer(void *buf, int64_t n, fo_dtype dtype, float by) {
+  float tmp[256];
+  size_t es = fo_dtype_size(dtype);
+  for (int64_t at = 0; at < n; at += 256) {
+    int64_t k = n - at < 256 ? n - at : 256;
+    char *p = (char *)buf + (size_t)at * es;
+    fo_status st = fo_convert_to_f32(dtype, p, tmp, k);
+    for (int64_t i = 0; i < k && st == FO_SUCCESS; i++) tmp[i] *= by;
+    if (st == FO_SUCCESS) st = fo_convert_from_f32(dtype, tmp, p, k);
+    if (st != FO_SUCCESS) return st;
+  }
+  return FO_SUCCESS;
+}
+
 int tu_is_poisoned(const void *p, size_t bytes) {
   const unsigned char *c = p;
   for (size_t i = 0; i < bytes; ++i)

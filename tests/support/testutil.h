@@ -45,6 +45,11 @@ uint64_t tu_hash(uint64_t a, uint64_t b);
  * poisoned element that leaks into a result shows up. */
 #define TU_POISON 0xFFu
 
+/* buf[i] *= by for n elements of dtype, through fp32 (rounded back to
+ * nearest-even): a fake collective's sum of identical ranks.  Returns the
+ * conversions' status. */
+fo_status tu_scale_buffer(void *buf, int64_t n, fo_dtype dtype, float by);
+
 void tu_poison(void *p, size_t bytes);
 /* 1 if every byte is the poison byte. */
 int tu_is_poisoned(const void *p, size_t bytes);
