@@ -318,17 +318,23 @@ static fo_status move(const char *fn, const fo_optimizer *opt, const fo_dp *dp, 
                  : fo_convert_from_f32(gd, (const float *)wire, grad, count);
 }
 
-/* Pack the bucket into the scratch buffer, sum it, unpack.  On CUDA the
- * scratch is shared by the buckets: wait for the last bucket that used it
- * when that one ran on another stream. */
+/* The scratch is shared by the buckets: on CUDA, wait for the last bucket
+ * that used it when that one ran on another stream. */
+static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
+  const fo_dp *dp = opt->dp;
+  if (!is_cuda(opt) || dp->last_packed < 0 || dp->streams[dp->last_packed] == stream)
+    return FO_SUCCESS;
+  return fo_dp_cuda_wait(fn, opt->options.device, stream, dp->events[dp->last_packed]);
+}
+
+/* Pack the bucket into the scratch buffer, sum it, unpack. */
 static fo_status reduce_packed(const char *fn, fo_optimizer *opt, int64_t bi,
                                fo_stream_t stream) {
   fo_dp *dp = opt->dp;
   const fo_dp_bucket *b = &dp->buckets[bi];
   size_t ws = fo_dtype_size(dp->wire);
   fo_status st = FO_SUCCESS;
-  if (is_cuda(opt) && dp->last_packed >= 0 && dp->streams[dp->last_packed] != stream)
-    FO_TRY(fo_dp_cuda_wait(fn, opt->options.device, stream, dp->events[dp->last_packed]));
+  FO_TRY(claim_scratch(fn, opt, stream));
   for (int64_t s = b->first_seg; s < b->first_seg + b->num_segs; s++)
     FO_TRY(move(fn, opt, dp, dp->segs[s].grad,
                 (char *)dp->scratch + (size_t)dp->segs[s].packed_at * ws, dp->segs[s].count, 1,
@@ -370,8 +376,7 @@ static fo_status reduce_sharded(const char *fn, fo_optimizer *opt, int64_t bi,
   if (!packed(opt, dp, &dp->buckets[bi]))
     return fo_shard_reduce(fn, opt, seg->grad, at, seg->count, dp->wire, dp->counts, stream);
   fo_status st = FO_SUCCESS;
-  if (is_cuda(opt) && dp->last_packed >= 0 && dp->streams[dp->last_packed] != stream)
-    FO_TRY(fo_dp_cuda_wait(fn, opt->options.device, stream, dp->events[dp->last_packed]));
+  FO_TRY(claim_scratch(fn, opt, stream));
   FO_TRY(move(fn, opt, dp, seg->grad, dp->scratch, seg->count, 1, stream));
   FO_TRY(fo_shard_reduce(fn, opt, dp->scratch, at, seg->count, dp->wire, dp->counts, stream));
   int64_t lo, hi;

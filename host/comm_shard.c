@@ -33,13 +33,19 @@ void fo_shard_range(int64_t total, int size, int rank, int64_t *first, int64_t *
   *count = hi - lo;
 }
 
-void fo_shard_clip(const fo_optimizer *opt, int64_t at, int64_t count, int64_t *lo,
-                   int64_t *hi) {
-  int64_t a = at > opt->shard_first ? at : opt->shard_first;
-  int64_t b = at + count;
-  if (b > opt->shard_first + opt->shard_count) b = opt->shard_first + opt->shard_count;
+/* The common part [*lo, *hi) of [at, at + count) and [first, first + n);
+ * empty (*lo == *hi) when they do not meet. */
+static void overlap(int64_t at, int64_t count, int64_t first, int64_t n, int64_t *lo,
+                    int64_t *hi) {
+  int64_t a = at > first ? at : first;
+  int64_t b = at + count < first + n ? at + count : first + n;
   *lo = a;
   *hi = b > a ? b : a;
+}
+
+void fo_shard_clip(const fo_optimizer *opt, int64_t at, int64_t count, int64_t *lo,
+                   int64_t *hi) {
+  overlap(at, count, opt->shard_first, opt->shard_count, lo, hi);
 }
 
 fo_status fo_optimizer_get_shard(const fo_optimizer *opt, int64_t *first, int64_t *count) {
@@ -102,8 +108,8 @@ static fo_status build_state(const char *fn, const fo_optimizer *opt, shard_buil
  * shard, with its state pointers in the shard's buffers. */
 static fo_plan_tensor piece(const fo_optimizer *opt, const shard_build *b,
                             const fo_plan_tensor *t, int64_t off) {
-  int64_t lo = off > b->first ? off : b->first;
-  int64_t hi = off + t->numel < b->first + b->count ? off + t->numel : b->first + b->count;
+  int64_t lo, hi;
+  overlap(off, t->numel, b->first, b->count, &lo, &hi);
   size_t in = (size_t)(lo - off), at = (size_t)(lo - b->first);
   fo_plan_tensor p = *t;
   p.param = (char *)t->param + in * fo_role_elem_size(opt, FO_ROLE_PARAM);
@@ -244,10 +250,10 @@ fo_status fo_shard_reduce(const char *fn, fo_optimizer *opt, void *buf, int64_t 
   /* the shards tile the arena in rank order, so the parts of [at, at +
    * count) are consecutive in buf */
   for (int r = 0; r < opt->shard_size; r++) {
-    int64_t f, c;
+    int64_t f, c, lo, hi;
     fo_shard_range(opt->total_elems, opt->shard_size, r, &f, &c);
-    int64_t lo = at > f ? at : f, hi = at + count < f + c ? at + count : f + c;
-    counts[r] = hi > lo ? hi - lo : 0;
+    overlap(at, count, f, c, &lo, &hi);
+    counts[r] = hi - lo;
   }
   return fo_comm_reduce_scatter(fn, opt->dp->comm, buf, counts, dtype, stream);
 }
