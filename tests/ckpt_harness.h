@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "fusedopt.h"
@@ -351,6 +352,23 @@ static inline void ck_write(const char *path, const void *p, size_t n) {
   cr_assert_not_null(f, "create %s", path);
   cr_assert_eq(fwrite(p, 1, n, f), n);
   fclose(f);
+}
+
+/* A Python with safetensors and numpy, to read the files as Python's own
+ * tools do: $FO_PYTHON, else python3, else /usr/bin/python3; NULL when
+ * none has them (the caller skips, saying so). */
+static inline const char *ck_find_python(void) {
+  static const char *const candidates[] = {"python3", "/usr/bin/python3"};
+  const char *env = getenv("FO_PYTHON");
+  char cmd[512];
+  for (int i = -1; i < 2; i++) {
+    const char *py = i < 0 ? env : candidates[i];
+    if (!py) continue;
+    snprintf(cmd, sizeof cmd, "%s -c 'import safetensors, numpy' >/dev/null 2>&1", py);
+    int rc = system(cmd);
+    if (rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0) return py;
+  }
+  return NULL;
 }
 
 #endif /* FO_TEST_CKPT_HARNESS_H */

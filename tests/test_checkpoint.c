@@ -419,23 +419,9 @@ Test(names, utf8_and_quotes_round_trip) {
 
 /* Python's own safetensors reads the file: names, dtypes, shapes, values,
  * and every checksum recomputed with zlib.crc32.  Skipped (with the reason)
- * where no Python has safetensors and numpy; FO_PYTHON picks one. */
-static const char *find_python(void) {
-  static const char *const candidates[] = {"python3", "/usr/bin/python3"};
-  const char *env = getenv("FO_PYTHON");
-  char cmd[512];
-  for (int i = -1; i < 2; i++) {
-    const char *py = i < 0 ? env : candidates[i];
-    if (!py) continue;
-    snprintf(cmd, sizeof cmd, "%s -c 'import safetensors, numpy' >/dev/null 2>&1", py);
-    int rc = system(cmd);
-    if (rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0) return py;
-  }
-  return NULL;
-}
-
+ * where no Python has safetensors and numpy (ck_find_python). */
 Test(files, python_safetensors_reads_it) {
-  const char *py = find_python();
+  const char *py = ck_find_python();
   if (!py) cr_skip_test("no Python with safetensors and numpy (set FO_PYTHON to one)");
   ck_dir d;
   char path[128];

@@ -903,21 +903,6 @@ Test(shard_files, per_rank_files_load_into_any_sharding) {
 
 /* ------------------------------------------------------------- layout */
 
-/* The Python of test_checkpoint.c: one with safetensors and numpy. */
-static const char *find_python(void) {
-  static const char *const candidates[] = {"python3", "/usr/bin/python3"};
-  const char *env = getenv("FO_PYTHON");
-  char cmd[512];
-  for (int i = -1; i < 2; i++) {
-    const char *py = i < 0 ? env : candidates[i];
-    if (!py) continue;
-    snprintf(cmd, sizeof cmd, "%s -c 'import safetensors, numpy' >/dev/null 2>&1", py);
-    int rc = system(cmd);
-    if (rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0) return py;
-  }
-  return NULL;
-}
-
 /* Rank 1 of 3: version 2, its shard, whole parameters, pieces of the
  * state named like the whole buffers, each with its first element; the
  * shards of 25600 arena elements are [0, 8576), [8576, 17152), [17152,
@@ -978,7 +963,7 @@ Test(shard_format, per_rank_file_layout) {
   free(b.p);
   fleet_free(&f);
 
-  const char *py = find_python();
+  const char *py = ck_find_python();
   if (py) { /* Python reassembles the whole state from the pieces */
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "%s %s/../checkpoint_python.py --shards %s %s %s %s", py,
