@@ -86,15 +86,20 @@ fo_status fo_set_last_error(fo_status status, const char *func, const char *mess
 
 /* -------------------------------------------------------------- dispatch */
 
+/* A host op's failure as FO_ERR_COMM with the back-end's message. */
+static fo_status host_failed(const char *fn, const char *what, int64_t n, int rc,
+                             char *err, size_t cap) {
+  err[cap - 1] = '\0';
+  return fo_fail(FO_ERR_COMM, fn, "%s of %lld elements failed (code %d): %s", what,
+                 (long long)n, rc, err[0] ? err : "no message");
+}
+
 static fo_status host_sum(const char *fn, fo_comm *c, void *buf, int64_t count,
                           fo_dtype dtype) {
   char err[FO_COMM_ERR_CAP];
   err[0] = '\0';
   int rc = c->ops.allreduce_sum(c->ctx, buf, count, dtype, err, sizeof err);
-  if (rc == 0) return FO_SUCCESS;
-  err[sizeof err - 1] = '\0';
-  return fo_fail(FO_ERR_COMM, fn, "all-reduce of %lld elements failed (code %d): %s",
-                 (long long)count, rc, err[0] ? err : "no message");
+  return rc == 0 ? FO_SUCCESS : host_failed(fn, "all-reduce", count, rc, err, sizeof err);
 }
 
 fo_status fo_comm_sum(const char *fn, fo_comm *c, void *buf, int64_t count,
@@ -115,12 +120,6 @@ static int64_t parts_total(const fo_comm *c, const int64_t *parts) {
   return n;
 }
 
-static fo_status host_failed(const char *fn, const char *what, int64_t n, int rc,
-                             char *err, size_t cap) {
-  err[cap - 1] = '\0';
-  return fo_fail(FO_ERR_COMM, fn, "%s of %lld elements failed (code %d): %s", what,
-                 (long long)n, rc, err[0] ? err : "no message");
-}
 
 fo_status fo_comm_reduce_scatter(const char *fn, fo_comm *c, void *buf, const int64_t *counts,
                                  fo_dtype dtype, fo_stream_t stream) {
