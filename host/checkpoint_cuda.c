@@ -9,7 +9,7 @@
 #include <cuda_runtime_api.h>
 
 static fo_status cuda_fail(const char *fn, const char *what, cudaError_t e) {
-  (void)cudaGetLastError(); /* clear a non-sticky error for the next call */
+  fo_cuda_forget(e);
   return fo_fail(FO_ERR_CUDA, fn, "%s: %s (%s)", what, cudaGetErrorName(e), cudaGetErrorString(e));
 }
 

@@ -11,7 +11,7 @@
 #include "launch.h"
 
 static fo_status cuda_fail(const char *fn, const char *what, cudaError_t e) {
-  (void)cudaGetLastError();
+  fo_cuda_forget(e);
   return fo_fail(e == cudaErrorMemoryAllocation ? FO_ERR_OUT_OF_MEMORY : FO_ERR_CUDA, fn,
                  "%s: %s (%s)", what, cudaGetErrorName(e), cudaGetErrorString(e));
 }
@@ -29,18 +29,18 @@ static void off_device(int device, int prev) {
 
 /* Return the status of expr (a cudaError_t) run with device current; the
  * caller's device is restored whatever happens. */
-#define ON_DEVICE(fn, device, what, expr)            \
-  do {                                               \
-    int prev_ = device;                              \
-    cudaError_t e_ = on_device(device, &prev_);      \
-    if (e_ == cudaSuccess) e_ = (cudaError_t)(expr); \
-    off_device(device, prev_);                       \
+#define ON_DEVICE(fn, device, what, expr)                  \
+  do {                                                     \
+    int prev_ = device;                                    \
+    cudaError_t e_ = on_device(device, &prev_);            \
+    if (e_ == cudaSuccess) e_ = (cudaError_t)(expr);       \
+    off_device(device, prev_);                             \
     if (e_ != cudaSuccess) return cuda_fail(fn, what, e_); \
-    return FO_SUCCESS;                               \
+    return FO_SUCCESS;                                     \
   } while (0)
 
-fo_status fo_dp_cuda_convert(const char *fn, int device, const void *src, fo_dtype from,
-                             void *dst, fo_dtype to, int64_t n, fo_stream_t stream) {
+fo_status fo_dp_cuda_convert(const char *fn, int device, const void *src, fo_dtype from, void *dst,
+                             fo_dtype to, int64_t n, fo_stream_t stream) {
   ON_DEVICE(fn, device, "dtype conversion kernel",
             fo_launch_convert(src, (int32_t)from, dst, (int32_t)to, n, stream));
 }
@@ -62,11 +62,15 @@ fo_status fo_dp_cuda_events_create(const char *fn, int device, void **events, in
 void fo_dp_cuda_events_destroy(int device, void **events, int64_t n) {
   if (!events) return;
   int prev = device;
-  if (on_device(device, &prev) == cudaSuccess)
+  cudaError_t e = on_device(device, &prev);
+  if (e == cudaSuccess)
     for (int64_t i = 0; i < n; i++)
-      if (events[i]) (void)cudaEventDestroy((cudaEvent_t)events[i]);
+      if (events[i]) {
+        const cudaError_t d = cudaEventDestroy((cudaEvent_t)events[i]);
+        if (d != cudaSuccess) e = d;
+      }
   off_device(device, prev);
-  (void)cudaGetLastError();
+  fo_cuda_forget(e);
 }
 
 fo_status fo_dp_cuda_record(const char *fn, int device, void *event, fo_stream_t stream) {

@@ -12,26 +12,23 @@
 
 #include "comm_internal.h"
 
-_Static_assert(FO_NCCL_ID_BYTES == NCCL_UNIQUE_ID_BYTES,
-               "fo_nccl_id must match ncclUniqueId");
-_Static_assert(sizeof(fo_nccl_id) == sizeof(ncclUniqueId),
-               "fo_nccl_id must match ncclUniqueId");
+_Static_assert(FO_NCCL_ID_BYTES == NCCL_UNIQUE_ID_BYTES, "fo_nccl_id must match ncclUniqueId");
+_Static_assert(sizeof(fo_nccl_id) == sizeof(ncclUniqueId), "fo_nccl_id must match ncclUniqueId");
 
-static fo_status nccl_fail(const char *fn, const char *what, ncclResult_t r,
-                           ncclComm_t comm) {
+static fo_status nccl_fail(const char *fn, const char *what, ncclResult_t r, ncclComm_t comm) {
   const char *detail = ncclGetLastError(comm);
   int has = detail && detail[0];
-  return fo_fail(FO_ERR_COMM, fn, "%s: %s (ncclResult %d)%s%s", what, ncclGetErrorString(r),
-                 (int)r, has ? ": " : "", has ? detail : "");
+  return fo_fail(FO_ERR_COMM, fn, "%s: %s (ncclResult %d)%s%s", what, ncclGetErrorString(r), (int)r,
+                 has ? ": " : "", has ? detail : "");
 }
 
-#define NCCL_TRY(fn, what, call, comm)                   \
-  do {                                                   \
-    ncclResult_t r_ = (call);                            \
-    if (r_ != ncclSuccess) {                             \
-      st = nccl_fail(fn, what, r_, comm);                \
-      goto done;                                         \
-    }                                                    \
+#define NCCL_TRY(fn, what, call, comm)    \
+  do {                                    \
+    ncclResult_t r_ = (call);             \
+    if (r_ != ncclSuccess) {              \
+      st = nccl_fail(fn, what, r_, comm); \
+      goto done;                          \
+    }                                     \
   } while (0)
 
 /* Make device current; *prev receives the caller's device. */
@@ -39,7 +36,7 @@ static fo_status enter(const char *fn, int device, int *prev) {
   cudaError_t e = cudaGetDevice(prev);
   if (e == cudaSuccess && *prev != device) e = cudaSetDevice(device);
   if (e == cudaSuccess) return FO_SUCCESS;
-  (void)cudaGetLastError();
+  fo_cuda_forget(e);
   return fo_fail(FO_ERR_CUDA, fn, "selecting device %d: %s (%s)", device, cudaGetErrorName(e),
                  cudaGetErrorString(e));
 }
@@ -60,8 +57,8 @@ fo_status fo_nccl_get_id(fo_nccl_id *out) {
   return FO_SUCCESS;
 }
 
-static fo_status new_nccl_comm(const char *fn, ncclComm_t nccl, int owns, int rank,
-                               int size, int device, fo_comm **out) {
+static fo_status new_nccl_comm(const char *fn, ncclComm_t nccl, int owns, int rank, int size,
+                               int device, fo_comm **out) {
   fo_comm *c = calloc(1, sizeof *c);
   if (!c) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the communicator");
   c->kind = FO_COMM_NCCL;
@@ -74,15 +71,13 @@ static fo_status new_nccl_comm(const char *fn, ncclComm_t nccl, int owns, int ra
   return FO_SUCCESS;
 }
 
-fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int size,
-                            int device) {
+fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int size, int device) {
   static const char fn[] = "fo_comm_init_nccl";
   if (!out || !id) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", out ? "id" : "out");
   if (size < 1 || rank < 0 || rank >= size)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
                    "rank = %d, size = %d: need size >= 1 and 0 <= rank < size", rank, size);
-  if (device < 0)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d is negative", device);
+  if (device < 0) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d is negative", device);
   fo_status st = fo_cuda_available(fn, device);
   if (st != FO_SUCCESS) return st;
   ncclUniqueId uid;
@@ -101,8 +96,7 @@ fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int s
 
 fo_status fo_comm_wrap_nccl(fo_comm **out, fo_nccl_comm_t nccl) {
   static const char fn[] = "fo_comm_wrap_nccl";
-  if (!out || !nccl)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", out ? "nccl" : "out");
+  if (!out || !nccl) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", out ? "nccl" : "out");
   fo_status st = FO_SUCCESS;
   int rank = 0, size = 0, device = 0;
   NCCL_TRY(fn, "ncclCommCount", ncclCommCount(nccl, &size), nccl);
@@ -152,8 +146,7 @@ fo_status fo_nccl_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_d
  * or broadcast from, rank r.  In place: ncclReduce and ncclBroadcast take
  * the same buffer for send and receive. */
 static fo_status rooted_group(const char *fn, fo_comm *c, char *buf, const int64_t *parts,
-                              size_t unit, ncclDataType_t type, int reduce,
-                              fo_stream_t stream) {
+                              size_t unit, ncclDataType_t type, int reduce, fo_stream_t stream) {
   int prev = c->device;
   fo_status st = enter(fn, c->device, &prev);
   if (st != FO_SUCCESS) return st;
@@ -162,10 +155,10 @@ static fo_status rooted_group(const char *fn, fo_comm *c, char *buf, const int64
   for (int k = 0; k < c->size && r == ncclSuccess; k++) {
     if (parts[k] > 0) {
       what = reduce ? "ncclReduce" : "ncclBroadcast";
-      r = reduce ? ncclReduce(buf, buf, (size_t)parts[k], type, ncclSum, k, c->nccl,
-                              (cudaStream_t)stream)
-                 : ncclBroadcast(buf, buf, (size_t)parts[k], type, k, c->nccl,
-                                 (cudaStream_t)stream);
+      r = reduce
+              ? ncclReduce(buf, buf, (size_t)parts[k], type, ncclSum, k, c->nccl,
+                           (cudaStream_t)stream)
+              : ncclBroadcast(buf, buf, (size_t)parts[k], type, k, c->nccl, (cudaStream_t)stream);
     }
     buf += (size_t)parts[k] * unit;
   }
@@ -204,7 +197,6 @@ fo_status fo_nccl_check_async(const char *fn, fo_comm *c) {
   ncclResult_t r = ncclCommGetAsyncError(c->nccl, &async);
   if (r != ncclSuccess) return nccl_fail(fn, "ncclCommGetAsyncError", r, c->nccl);
   if (async != ncclSuccess && async != ncclInProgress)
-    return nccl_fail(fn, "the communicator reports an earlier asynchronous error", async,
-                     c->nccl);
+    return nccl_fail(fn, "the communicator reports an earlier asynchronous error", async, c->nccl);
   return FO_SUCCESS;
 }

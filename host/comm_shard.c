@@ -35,16 +35,14 @@ void fo_shard_range(int64_t total, int size, int rank, int64_t *first, int64_t *
 
 /* The common part [*lo, *hi) of [at, at + count) and [first, first + n);
  * empty (*lo == *hi) when they do not meet. */
-static void overlap(int64_t at, int64_t count, int64_t first, int64_t n, int64_t *lo,
-                    int64_t *hi) {
+static void overlap(int64_t at, int64_t count, int64_t first, int64_t n, int64_t *lo, int64_t *hi) {
   int64_t a = at > first ? at : first;
   int64_t b = at + count < first + n ? at + count : first + n;
   *lo = a;
   *hi = b > a ? b : a;
 }
 
-void fo_shard_clip(const fo_optimizer *opt, int64_t at, int64_t count, int64_t *lo,
-                   int64_t *hi) {
+void fo_shard_clip(const fo_optimizer *opt, int64_t at, int64_t count, int64_t *lo, int64_t *hi) {
   overlap(at, count, opt->shard_first, opt->shard_count, lo, hi);
 }
 
@@ -72,7 +70,9 @@ typedef struct shard_build {
   double *sumsq;
 } shard_build;
 
-static int is_state_role(int r) { return r >= FO_ROLE_MASTER && r < FO_ROLE_COUNT; }
+static int is_state_role(int r) {
+  return r >= FO_ROLE_MASTER && r < FO_ROLE_COUNT;
+}
 
 static void build_free(const fo_optimizer *opt, shard_build *b) {
   for (int r = 0; r < FO_ROLE_COUNT; r++) fo_exec_free(opt, b->state[r]);
@@ -106,8 +106,8 @@ static fo_status build_state(const char *fn, const fo_optimizer *opt, shard_buil
 
 /* The piece of tensor t (at element offset off of the arena) inside the
  * shard, with its state pointers in the shard's buffers. */
-static fo_plan_tensor piece(const fo_optimizer *opt, const shard_build *b,
-                            const fo_plan_tensor *t, int64_t off) {
+static fo_plan_tensor piece(const fo_optimizer *opt, const shard_build *b, const fo_plan_tensor *t,
+                            int64_t off) {
   int64_t lo, hi;
   overlap(off, t->numel, b->first, b->count, &lo, &hi);
   size_t in = (size_t)(lo - off), at = (size_t)(lo - b->first);
@@ -116,8 +116,7 @@ static fo_plan_tensor piece(const fo_optimizer *opt, const shard_build *b,
   p.grad = (char *)t->grad + in * fo_role_elem_size(opt, FO_ROLE_GRAD);
   p.master = b->state[FO_ROLE_MASTER] ? (float *)b->state[FO_ROLE_MASTER] + at : NULL;
   p.exp_avg = b->state[FO_ROLE_EXP_AVG] ? (float *)b->state[FO_ROLE_EXP_AVG] + at : NULL;
-  p.exp_avg_sq =
-      b->state[FO_ROLE_EXP_AVG_SQ] ? (float *)b->state[FO_ROLE_EXP_AVG_SQ] + at : NULL;
+  p.exp_avg_sq = b->state[FO_ROLE_EXP_AVG_SQ] ? (float *)b->state[FO_ROLE_EXP_AVG_SQ] + at : NULL;
   p.max_exp_avg_sq =
       b->state[FO_ROLE_MAX_EXP_AVG_SQ] ? (float *)b->state[FO_ROLE_MAX_EXP_AVG_SQ] + at : NULL;
   p.numel = hi - lo;
@@ -159,8 +158,8 @@ static fo_status build(const char *fn, const fo_optimizer *opt, const fo_comm *c
   fo_status st = build_state(fn, opt, b);
   if (st == FO_SUCCESS) st = build_plan(fn, opt, b);
   if (st == FO_SUCCESS && opt->check_grads)
-    st = fo_exec_alloc(fn, opt, (size_t)(b->num_blocks + 1) * sizeof(double),
-                       (void **)&b->partials);
+    st =
+        fo_exec_alloc(fn, opt, (size_t)(b->num_blocks + 1) * sizeof(double), (void **)&b->partials);
   if (st == FO_SUCCESS)
     st = fo_exec_alloc(fn, opt, (size_t)comm->size * sizeof(double), (void **)&b->sumsq);
   return st;
@@ -168,8 +167,7 @@ static fo_status build(const char *fn, const fo_optimizer *opt, const fo_comm *c
 
 /* ---------------------------------------------------------------- attach */
 
-static fo_status check_shardable(const char *fn, const fo_optimizer *opt,
-                                 const fo_comm *comm) {
+static fo_status check_shardable(const char *fn, const fo_optimizer *opt, const fo_comm *comm) {
   if (opt->options.storage != FO_STORAGE_ARENA)
     return fo_fail(FO_ERR_UNSUPPORTED, fn,
                    "a sharded state needs arena storage (FO_STORAGE_ARENA): shards are "
@@ -227,6 +225,11 @@ fo_status fo_shard_attach(const char *fn, fo_optimizer *opt, fo_comm *comm) {
   shard_build b;
   memset(&b, 0, sizeof b);
   st = build(fn, opt, comm, &b);
+  /* the shard's copies (cudaMemcpy on the legacy stream) may still be in
+   * flight: wait for them here rather than rely on commit's cudaFree to,
+   * so a step on any stream (a non-blocking one too) sees the shard */
+  if (st == FO_SUCCESS && opt->options.executor == FO_EXEC_CUDA)
+    st = fo_cuda_synchronize(opt->options.device);
   if (st != FO_SUCCESS) {
     build_free(opt, &b);
     return st;
@@ -244,9 +247,8 @@ void fo_shard_free(fo_optimizer *opt) {
 
 /* ----------------------------------------------------------------- step */
 
-fo_status fo_shard_reduce(const char *fn, fo_optimizer *opt, void *buf, int64_t at,
-                          int64_t count, fo_dtype dtype, int64_t *counts,
-                          fo_stream_t stream) {
+fo_status fo_shard_reduce(const char *fn, fo_optimizer *opt, void *buf, int64_t at, int64_t count,
+                          fo_dtype dtype, int64_t *counts, fo_stream_t stream) {
   /* the shards tile the arena in rank order, so the parts of [at, at +
    * count) are consecutive in buf */
   for (int r = 0; r < opt->shard_size; r++) {
@@ -258,8 +260,7 @@ fo_status fo_shard_reduce(const char *fn, fo_optimizer *opt, void *buf, int64_t 
   return fo_comm_reduce_scatter(fn, opt->dp->comm, buf, counts, dtype, stream);
 }
 
-fo_status fo_dp_agree_sumsq(const char *fn, fo_optimizer *opt, double *total,
-                            fo_stream_t stream) {
+fo_status fo_dp_agree_sumsq(const char *fn, fo_optimizer *opt, double *total, fo_stream_t stream) {
   int64_t *bytes = opt->dp->counts;
   for (int r = 0; r < opt->shard_size; r++) bytes[r] = sizeof(double);
   if (total) opt->shard_sumsq[opt->shard_rank] = *total;

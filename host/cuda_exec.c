@@ -14,8 +14,12 @@
 #include "internal.h"
 #include "launch.h"
 
+void fo_cuda_forget(int e) {
+  if (e != (int)cudaSuccess && cudaPeekAtLastError() == (cudaError_t)e) (void)cudaGetLastError();
+}
+
 static fo_status cuda_fail(const char *fn, const char *what, cudaError_t e) {
-  (void)cudaGetLastError(); /* clear a non-sticky error for the next call */
+  fo_cuda_forget(e);
   fo_status st = e == cudaErrorMemoryAllocation ? FO_ERR_OUT_OF_MEMORY : FO_ERR_CUDA;
   return fo_fail(st, fn, "%s: %s (%s)", what, cudaGetErrorName(e), cudaGetErrorString(e));
 }
@@ -36,8 +40,9 @@ static void leave_device(int device, int prev) {
 /* Number of devices, 0 when there is no driver or no device; sets no error. */
 static int devices_present(void) {
   int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    fo_cuda_forget(e);
     return 0;
   }
   return n;
@@ -46,7 +51,7 @@ static int devices_present(void) {
 fo_status fo_cuda_available(const char *fn, int device) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
-  (void)cudaGetLastError();
+  fo_cuda_forget(e);
   if (e == cudaErrorInsufficientDriver)
     return fo_fail(FO_ERR_NO_DEVICE, fn,
                    "no usable CUDA driver: none is loaded, or it is older than the "
@@ -55,11 +60,10 @@ fo_status fo_cuda_available(const char *fn, int device) {
   if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0))
     return fo_fail(FO_ERR_NO_DEVICE, fn, "the CUDA driver reports no CUDA device");
   if (e != cudaSuccess)
-    return fo_fail(FO_ERR_NO_DEVICE, fn, "CUDA cannot be initialised: %s (%s)",
-                   cudaGetErrorName(e), cudaGetErrorString(e));
+    return fo_fail(FO_ERR_NO_DEVICE, fn, "CUDA cannot be initialised: %s (%s)", cudaGetErrorName(e),
+                   cudaGetErrorString(e));
   if (device >= n)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d, but there are %d devices",
-                   device, n);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d, but there are %d devices", device, n);
   return FO_SUCCESS;
 }
 
@@ -78,24 +82,22 @@ static fo_status check_address(const char *fn, const char *what, const void *ptr
   struct cudaPointerAttributes a;
   cudaError_t e = cudaPointerGetAttributes(&a, ptr);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();
+    fo_cuda_forget(e);
     if (!cuda) return FO_SUCCESS;
-    return fo_fail(FO_ERR_BAD_POINTER, fn, "%s = %p is not memory CUDA knows (%s)", what,
-                   ptr, cudaGetErrorName(e));
+    return fo_fail(FO_ERR_BAD_POINTER, fn, "%s = %p is not memory CUDA knows (%s)", what, ptr,
+                   cudaGetErrorName(e));
   }
   int on_device = a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
   if (cuda && !on_device)
     return fo_fail(FO_ERR_BAD_POINTER, fn,
-                   "%s = %p is host memory; the CUDA executor needs device memory", what,
-                   ptr);
+                   "%s = %p is host memory; the CUDA executor needs device memory", what, ptr);
   if (cuda && a.type == cudaMemoryTypeDevice && a.device != device)
     return fo_fail(FO_ERR_BAD_POINTER, fn,
-                   "%s = %p is memory of device %d; the optimizer runs on device %d", what,
-                   ptr, a.device, device);
+                   "%s = %p is memory of device %d; the optimizer runs on device %d", what, ptr,
+                   a.device, device);
   if (!cuda && a.type == cudaMemoryTypeDevice)
     return fo_fail(FO_ERR_BAD_POINTER, fn,
-                   "%s = %p is device memory; the CPU executor needs host memory", what,
-                   ptr);
+                   "%s = %p is device memory; the CPU executor needs host memory", what, ptr);
   return FO_SUCCESS;
 }
 
@@ -115,7 +117,7 @@ fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
   int d = -1;
   cudaError_t e = cudaStreamGetDevice((cudaStream_t)stream, &d);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();
+    fo_cuda_forget(e);
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream %p is not a valid CUDA stream (%s)",
                    (void *)stream, cudaGetErrorName(e));
   }
@@ -149,8 +151,7 @@ void fo_cuda_free(int device, void *p) {
   leave_device(device, prev);
 }
 
-fo_status fo_cuda_upload(const char *fn, int device, const void *src, size_t bytes,
-                         void **dst) {
+fo_status fo_cuda_upload(const char *fn, int device, const void *src, size_t bytes, void **dst) {
   fo_status st = fo_cuda_alloc_zeroed(fn, device, bytes, dst);
   if (st != FO_SUCCESS || bytes == 0) return st;
   int prev;
@@ -163,8 +164,7 @@ fo_status fo_cuda_upload(const char *fn, int device, const void *src, size_t byt
 
 fo_status fo_cuda_upload_plan(const char *fn, fo_optimizer *opt) {
   int dev = opt->options.device;
-  fo_status st = fo_cuda_upload(fn, dev, opt->blocks,
-                                (size_t)opt->num_blocks * sizeof *opt->blocks,
+  fo_status st = fo_cuda_upload(fn, dev, opt->blocks, (size_t)opt->num_blocks * sizeof *opt->blocks,
                                 (void **)&opt->d_blocks);
   if (st != FO_SUCCESS) return st;
   return fo_cuda_upload(fn, dev, opt->run_tensors,
@@ -173,15 +173,15 @@ fo_status fo_cuda_upload_plan(const char *fn, fo_optimizer *opt) {
 }
 
 /* Run launch() on the optimizer's device and turn its error into a status. */
-#define FO_CUDA_LAUNCH(fn, opt, what, launch_expr)                        \
-  do {                                                                     \
-    int prev_;                                                             \
-    fo_status st_ = enter_device(fn, (opt)->options.device, &prev_);       \
-    if (st_ != FO_SUCCESS) return st_;                                     \
-    cudaError_t e_ = (cudaError_t)(launch_expr);                           \
-    leave_device((opt)->options.device, prev_);                            \
-    if (e_ != cudaSuccess) return cuda_fail(fn, what, e_);                 \
-    return FO_SUCCESS;                                                     \
+#define FO_CUDA_LAUNCH(fn, opt, what, launch_expr)                   \
+  do {                                                               \
+    int prev_;                                                       \
+    fo_status st_ = enter_device(fn, (opt)->options.device, &prev_); \
+    if (st_ != FO_SUCCESS) return st_;                               \
+    cudaError_t e_ = (cudaError_t)(launch_expr);                     \
+    leave_device((opt)->options.device, prev_);                      \
+    if (e_ != cudaSuccess) return cuda_fail(fn, what, e_);           \
+    return FO_SUCCESS;                                               \
   } while (0)
 
 /* Enqueue the prepare kernel (over sums of squares partials[0..n), NULL
@@ -230,8 +230,8 @@ fo_status fo_cuda_step(fo_optimizer *opt, fo_stream_t stream) {
     partials = opt->partials;
     n = opt->num_blocks;
     if (!e && opt->sharded) {
-      e = fo_launch_sum_doubles(opt->partials, opt->num_blocks,
-                                opt->shard_sumsq + opt->shard_rank, stream);
+      e = fo_launch_sum_doubles(opt->partials, opt->num_blocks, opt->shard_sumsq + opt->shard_rank,
+                                stream);
       if (!e) st = fo_dp_agree_sumsq(fn, opt, NULL, stream);
       partials = opt->shard_sumsq;
       n = opt->shard_size;
@@ -268,9 +268,8 @@ fo_status fo_cuda_write_state(const char *fn, fo_optimizer *opt, const fo_step_s
 
 fo_status fo_cuda_sync_master(fo_optimizer *opt, fo_stream_t stream) {
   FO_CUDA_LAUNCH("fo_optimizer_sync_master", opt, "sync-master kernel",
-                 fo_launch_sync_master(opt->d_blocks, opt->d_tensors, opt->num_blocks,
-                                       opt->chunk, (int32_t)opt->options.param_dtype,
-                                       stream));
+                 fo_launch_sync_master(opt->d_blocks, opt->d_tensors, opt->num_blocks, opt->chunk,
+                                       (int32_t)opt->options.param_dtype, stream));
 }
 
 fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
@@ -280,8 +279,8 @@ fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
     FO_CUDA_LAUNCH("fo_optimizer_zero_grad", opt, "cudaMemsetAsync",
                    cudaMemsetAsync(arena, 0, bytes, (cudaStream_t)stream));
   FO_CUDA_LAUNCH("fo_optimizer_zero_grad", opt, "zero-grad kernel",
-                 fo_launch_zero_grad(opt->d_blocks, opt->d_tensors, opt->num_blocks,
-                                     opt->chunk, (int32_t)opt->options.grad_dtype, stream));
+                 fo_launch_zero_grad(opt->d_blocks, opt->d_tensors, opt->num_blocks, opt->chunk,
+                                     (int32_t)opt->options.grad_dtype, stream));
 }
 
 fo_status fo_cuda_copy(const char *fn, int device, void *dst, const void *src, size_t bytes) {

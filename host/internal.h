@@ -34,10 +34,10 @@ fo_status fo_fail(fo_status status, const char *func, const char *fmt, ...)
     ;
 
 /* Propagate a failing status to a cleanup label (NCCLCHECK style). */
-#define FO_TRY(call)                  \
-  do {                                \
-    st = (call);                      \
-    if (st != FO_SUCCESS) goto done;  \
+#define FO_TRY(call)                 \
+  do {                               \
+    st = (call);                     \
+    if (st != FO_SUCCESS) goto done; \
   } while (0)
 
 /* ------------------------------------------------------------- optimizer */
@@ -128,8 +128,7 @@ size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role);
 
 /* Validate one group's hyper-parameters for alg; on failure the message
  * names func and "hparams[group]". */
-fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group,
-                              const fo_hparams *h);
+fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group, const fo_hparams *h);
 
 /* Validate the schedule, loss-scaler and clipping options. */
 fo_status fo_validate_step_options(const char *func, const fo_options *o);
@@ -144,11 +143,9 @@ void fo_step_state_init(const fo_options *o, fo_step_state *out);
 
 /* Number of blocks that cover n tensors with chunks of chunk elements, or
  * -1 if the count overflows int64 or an argument is invalid. */
-int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n,
-                             int64_t chunk);
+int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk);
 /* Write the fo_plan_count_blocks() blocks, tensor by tensor, in order. */
-void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk,
-                         fo_plan_block *out);
+void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk, fo_plan_block *out);
 
 /* ------------------------------------------------------------- executors */
 
@@ -159,19 +156,20 @@ fo_status fo_cpu_zero_grad(fo_optimizer *opt);
 
 /* CUDA executor (host/cuda_exec.c). */
 fo_status fo_cuda_available(const char *func, int device);
+/* Forget error e (a cudaError_t) if it is the one the runtime now holds as
+ * its last error: a failed call of ours is reported by its status, and the
+ * caller's own pending error, if any other, is left alone. */
+void fo_cuda_forget(int e);
 /* Check that ptr .. ptr+bytes is memory the executor may use: device memory
  * of device (cuda != 0) or host memory (cuda == 0). */
-fo_status fo_cuda_check_pointer(const char *func, const char *what,
-                                const void *ptr, size_t bytes, int cuda, int device);
-fo_status fo_cuda_check_stream(const char *func, fo_stream_t stream,
-                               int device);
-fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes,
-                               void **out);
+fo_status fo_cuda_check_pointer(const char *func, const char *what, const void *ptr, size_t bytes,
+                                int cuda, int device);
+fo_status fo_cuda_check_stream(const char *func, fo_stream_t stream, int device);
+fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes, void **out);
 void fo_cuda_free(int device, void *p);
 fo_status fo_cuda_upload_plan(const char *func, fo_optimizer *opt);
 /* Allocate bytes of device memory and copy src (host) there. */
-fo_status fo_cuda_upload(const char *func, int device, const void *src, size_t bytes,
-                         void **dst);
+fo_status fo_cuda_upload(const char *func, int device, const void *src, size_t bytes, void **dst);
 fo_status fo_cuda_step(fo_optimizer *opt, fo_stream_t stream);
 /* Copy the step state between the device and host (synchronizes). */
 fo_status fo_cuda_read_state(const char *func, const fo_optimizer *opt, fo_step_state *out);
@@ -198,8 +196,7 @@ void fo_dp_free(fo_optimizer *opt);
  * after_step: all-gather the updated parameters (a failure leaves ranks
  * with different parameters: the caller marks the optimizer faulted).
  * free: the shard's own allocations. */
-fo_status fo_dp_agree_sumsq(const char *func, fo_optimizer *opt, double *total,
-                            fo_stream_t stream);
+fo_status fo_dp_agree_sumsq(const char *func, fo_optimizer *opt, double *total, fo_stream_t stream);
 fo_status fo_dp_after_step(const char *func, fo_optimizer *opt, fo_stream_t stream);
 void fo_shard_free(fo_optimizer *opt);
 /* Rank rank's shard of total elements over size ranks: 128-aligned parts

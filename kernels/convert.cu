@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "grid.cuh"
 #include "launch.h"
 #include "rules.h"
 
@@ -40,8 +41,7 @@ template <int FROM, int TO>
 static int launch(const void *src, void *dst, int64_t n, cudaStream_t s) {
   int64_t blocks = (n + CONVERT_THREADS - 1) / CONVERT_THREADS;
   if (blocks > CONVERT_MAX_BLOCKS) blocks = CONVERT_MAX_BLOCKS;
-  fo_convert_kernel<FROM, TO><<<(unsigned)blocks, CONVERT_THREADS, 0, s>>>(src, dst, n);
-  return (int)cudaGetLastError();
+  return fo_launch(fo_convert_kernel<FROM, TO>, (unsigned)blocks, CONVERT_THREADS, s, src, dst, n);
 }
 
 extern "C" int fo_launch_convert(const void *src, int32_t from, void *dst, int32_t to,

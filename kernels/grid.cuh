@@ -14,6 +14,23 @@
 
 static const int64_t FO_MAX_GRID = 2147483647;
 
+/* Launch kernel with its arguments and return this launch's own status.
+ * cudaLaunchKernelEx reports the launch's error itself, where reading
+ * cudaGetLastError() after <<<>>> would also pick up (and clear) an
+ * unrelated error the caller's own earlier work left pending. */
+template <class... Params, class... Actual>
+static int fo_launch(void (*kernel)(Params...), unsigned grid, unsigned threads,
+                     cudaStream_t stream, Actual &&...args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cfg.attrs = nullptr;
+  cfg.numAttrs = 0;
+  return (int)cudaLaunchKernelEx(&cfg, kernel, static_cast<Actual &&>(args)...);
+}
+
 /* Launch kernel over num_blocks blocks in slices of at most FO_MAX_GRID;
  * returns the first launch error. */
 template <class Args>
@@ -22,9 +39,8 @@ static int fo_launch_grid(void (*kernel)(Args, int64_t), const Args &args,
   for (int64_t first = 0; first < num_blocks; first += FO_MAX_GRID) {
     const int64_t left = num_blocks - first;
     const unsigned grid = (unsigned)(left < FO_MAX_GRID ? left : FO_MAX_GRID);
-    kernel<<<grid, FO_CUDA_THREADS, 0, stream>>>(args, first);
-    const cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess) return (int)e;
+    const int e = fo_launch(kernel, grid, FO_CUDA_THREADS, stream, args, first);
+    if (e != (int)cudaSuccess) return e;
   }
   return (int)cudaSuccess;
 }

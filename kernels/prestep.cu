@@ -103,15 +103,14 @@ extern "C" int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_t
 
 extern "C" int fo_launch_prepare(const fo_prepare_args *args, const double *partials,
                                  int64_t num_partials, fo_step_state *state, void *stream) {
-  fo_prepare_kernel<<<1, PREPARE_THREADS, 0, (cudaStream_t)stream>>>(*args, partials,
-                                                                    num_partials, state);
-  return (int)cudaGetLastError();
+  return fo_launch(fo_prepare_kernel, 1, PREPARE_THREADS, (cudaStream_t)stream, *args, partials,
+                   num_partials, state);
 }
 
 extern "C" int fo_launch_sum_doubles(const double *values, int64_t n, double *out,
                                      void *stream) {
-  fo_sum_doubles_kernel<<<1, PREPARE_THREADS, 0, (cudaStream_t)stream>>>(values, n, out);
-  return (int)cudaGetLastError();
+  return fo_launch(fo_sum_doubles_kernel, 1, PREPARE_THREADS, (cudaStream_t)stream, values, n,
+                   out);
 }
 
 extern "C" int fo_launch_unscale_grads(const fo_plan_block *blocks,

@@ -53,16 +53,17 @@
 #include <string.h>
 
 #include "fusedopt.h"
+#include "gpu_harness.h"
 #include "reference.h"
 #include "testutil.h"
-#include "gpu_harness.h"
 
 #define K_STEPS 6
 #define OVERFLOW_STEP 4 /* option set 2 injects an inf gradient here */
 #define GAP 96          /* poisoned bytes at least between two tensors */
 
-
-static fo_stream_t dev_stream(const dev *d) { return d->cuda ? d->stream : NULL; }
+static fo_stream_t dev_stream(const dev *d) {
+  return d->cuda ? d->stream : NULL;
+}
 
 static dev dev_open(int cuda) {
   dev d = {cuda, NULL};
@@ -89,9 +90,9 @@ typedef struct world {
 
 /* Odd sizes around vectors, thread counts and the chunk, then many small
  * tensors, then a few large ones. */
-static const int64_t ODD_SIZES[] = {1,    2,    3,     5,     7,     8,     9,   15,
-                                    16,   17,   31,    33,    255,   256,   257, 1023,
-                                    4095, 4097, 32767, 32769, 65549, 0,     3};
+static const int64_t ODD_SIZES[] = {1,    2,    3,     5,     7,     8,   9,   15,
+                                    16,   17,   31,    33,    255,   256, 257, 1023,
+                                    4095, 4097, 32767, 32769, 65549, 0,   3};
 #define N_SMALL 150
 
 static size_t layout(world *w, size_t *off, size_t elem, int phase) {
@@ -106,8 +107,8 @@ static size_t layout(world *w, size_t *off, size_t elem, int phase) {
   return cursor + GAP;
 }
 
-static void world_make(world *w, fo_dtype pt, fo_dtype gt, const int64_t *extra,
-                       int n_extra, uint64_t seed) {
+static void world_make(world *w, fo_dtype pt, fo_dtype gt, const int64_t *extra, int n_extra,
+                       uint64_t seed) {
   tu_rng r;
   tu_rng_seed(&r, seed, 99);
   int64_t n_odd = (int64_t)(sizeof ODD_SIZES / sizeof ODD_SIZES[0]);
@@ -471,8 +472,7 @@ static void dev_run(const dev *d, const cfg *c, const world *w, unsigned char *c
     dev_poison(d, dp, w->pbytes);
     dev_poison(d, dg, w->gbytes);
     for (int64_t i = 0; i < w->nt; i++)
-      dev_put(d, dp + w->poff[i], init_param + (size_t)w->hoff[i] * ps,
-              (size_t)w->numel[i] * ps);
+      dev_put(d, dp + w->poff[i], init_param + (size_t)w->hoff[i] * ps, (size_t)w->numel[i] * ps);
     if (d->cuda) CK(cudaStreamSynchronize(d->stream));
     opt = make_opt(c, w, d->cuda, dp, dg, 0);
   } else {
@@ -586,8 +586,8 @@ static void compare(const cfg *c, const world *w, const result *want, const resu
     uint16_t *r = malloc((size_t)n * 2 + 2);
     cr_assert_not_null(r);
     OK(fo_convert_from_f32(c->pt, got->state[0], r, n));
-    cr_assert(memcmp(r, got->param, (size_t)n * 2) == 0,
-              "%s: a parameter is not RNE of its master", ctx);
+    cr_assert(memcmp(r, got->param, (size_t)n * 2) == 0, "%s: a parameter is not RNE of its master",
+              ctx);
     free(r);
   }
 
@@ -629,8 +629,8 @@ static void results_identical(const world *w, fo_dtype pt, const result *a, cons
   for (int k = 0; k < 4; k++) {
     cr_assert_eq(a->state[k] == NULL, b->state[k] == NULL);
     if (a->state[k])
-      cr_assert(memcmp(a->state[k], b->state[k], (size_t)w->total * 4) == 0,
-                "%s: %s: %s differs", ctx, what, ROLE_NAMES[k]);
+      cr_assert(memcmp(a->state[k], b->state[k], (size_t)w->total * 4) == 0, "%s: %s: %s differs",
+                ctx, what, ROLE_NAMES[k]);
   }
   cr_assert_eq(a->info.step, b->info.step, "%s: %s: step", ctx, what);
   cr_assert_eq(a->info.loss_scale, b->info.loss_scale, "%s: %s: loss scale", ctx, what);
@@ -714,17 +714,31 @@ static void run_matrix(fo_algorithm alg) {
   for (int set = 0; set < 3; set++)
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++)
       for (size_t g = 0; g < 3; g++, k++) {
-        cfg c = {alg, set, modes[m].pt, grads[g], modes[m].master, modes[m].sr,
-                 FO_STORAGE_EXTERNAL, tu_hash((uint64_t)alg * 1000 + 7, k)};
+        cfg c = {alg,
+                 set,
+                 modes[m].pt,
+                 grads[g],
+                 modes[m].master,
+                 modes[m].sr,
+                 FO_STORAGE_EXTERNAL,
+                 tu_hash((uint64_t)alg * 1000 + 7, k)};
         run_cfg(&d, &c, large, 2, 0, 0);
       }
   dev_close(&d);
 }
 
-Test(gpu, matrix_sgd) { run_matrix(FO_ALG_SGD); }
-Test(gpu, matrix_adam) { run_matrix(FO_ALG_ADAM); }
-Test(gpu, matrix_adamw) { run_matrix(FO_ALG_ADAMW); }
-Test(gpu, matrix_lion) { run_matrix(FO_ALG_LION); }
+Test(gpu, matrix_sgd) {
+  run_matrix(FO_ALG_SGD);
+}
+Test(gpu, matrix_adam) {
+  run_matrix(FO_ALG_ADAM);
+}
+Test(gpu, matrix_adamw) {
+  run_matrix(FO_ALG_ADAMW);
+}
+Test(gpu, matrix_lion) {
+  run_matrix(FO_ALG_LION);
+}
 
 /* The same inputs twice give the same bits, and a step captured in a CUDA
  * graph and replayed gives the same bits as eager steps (the scalars,
@@ -735,8 +749,8 @@ Test(gpu, repeatable_and_graph_replay) {
   const int64_t large[] = {(1 << 20) + 1};
   for (int a = 0; a < 4; a++)
     for (int set = 0; set < 3; set++) {
-      cfg c = {algs[a], set, FO_DTYPE_BF16, FO_DTYPE_BF16, set != 1, set == 1,
-               FO_STORAGE_EXTERNAL, tu_hash(77, (uint64_t)(a * 3 + set))};
+      cfg c = {algs[a],  set,      FO_DTYPE_BF16,       FO_DTYPE_BF16,
+               set != 1, set == 1, FO_STORAGE_EXTERNAL, tu_hash(77, (uint64_t)(a * 3 + set))};
       run_cfg(&d, &c, large, 1, 1, 1);
       cfg f = c;
       f.pt = f.gt = FO_DTYPE_F32;
@@ -754,8 +768,14 @@ Test(gpu, arena) {
   const fo_dtype pts[] = {FO_DTYPE_F32, FO_DTYPE_BF16, FO_DTYPE_F16};
   for (int a = 0; a < 4; a++)
     for (int i = 0; i < 3; i++) {
-      cfg c = {(fo_algorithm)a, a % 3, pts[i], i == 0 ? FO_DTYPE_F32 : FO_DTYPE_BF16, 1, 0,
-               FO_STORAGE_ARENA, tu_hash(88, (uint64_t)(a * 3 + i))};
+      cfg c = {(fo_algorithm)a,
+               a % 3,
+               pts[i],
+               i == 0 ? FO_DTYPE_F32 : FO_DTYPE_BF16,
+               1,
+               0,
+               FO_STORAGE_ARENA,
+               tu_hash(88, (uint64_t)(a * 3 + i))};
       run_cfg(&d, &c, large, 1, 0, d.cuda);
     }
   dev_close(&d);
@@ -769,7 +789,13 @@ Test(gpu, sync_master_and_zero_grad) {
   const fo_dtype dts[] = {FO_DTYPE_F16, FO_DTYPE_BF16};
   for (int i = 0; i < 2; i++)
     for (int storage = 0; storage < 2; storage++) {
-      cfg c = {FO_ALG_ADAMW, 0, dts[i], dts[1 - i], 1, 0, (fo_storage)storage,
+      cfg c = {FO_ALG_ADAMW,
+               0,
+               dts[i],
+               dts[1 - i],
+               1,
+               0,
+               (fo_storage)storage,
                tu_hash(99, (uint64_t)(i * 2 + storage))};
       char ctx[160];
       cfg_name(&c, ctx, sizeof ctx);
@@ -816,8 +842,8 @@ Test(gpu, sync_master_and_zero_grad) {
         unsigned char *zero = calloc((size_t)w.numel[t] * gs + 1, 1);
         cr_assert(hb && zero);
         dev_get(&d, hb, q, (size_t)w.numel[t] * gs);
-        cr_assert(memcmp(hb, zero, (size_t)w.numel[t] * gs) == 0, "%s: tensor %lld not zeroed",
-                  ctx, (long long)t);
+        cr_assert(memcmp(hb, zero, (size_t)w.numel[t] * gs) == 0, "%s: tensor %lld not zeroed", ctx,
+                  (long long)t);
         free(hb);
         free(zero);
       }
@@ -862,8 +888,8 @@ Test(gpu, stochastic_rounding_seeded) {
   int64_t differ = 0;
   for (int64_t e = 0; e < w.total; e++)
     differ += memcmp(a.param + 2 * e, other.param + 2 * e, 2) != 0;
-  cr_assert_gt(differ, w.total / 100, "%s: another seed changed only %lld of %lld parameters",
-               ctx, (long long)differ, (long long)w.total);
+  cr_assert_gt(differ, w.total / 100, "%s: another seed changed only %lld of %lld parameters", ctx,
+               (long long)differ, (long long)w.total);
   compare(&c, &w, &want, &a, ctx);
   result_free(&want);
   result_free(&a);
@@ -883,7 +909,8 @@ static void fill_bf16(tu_rng *r, uint16_t *dst, int64_t n, int params) {
   cr_assert_not_null(f);
   for (int64_t at = 0; at < n; at += SLICE) {
     int64_t k = n - at < SLICE ? n - at : SLICE;
-    for (int64_t i = 0; i < k; i++) f[i] = params ? (float)tu_rng_nonzero(r, 1e-3, 1.0) : draw_grad(r);
+    for (int64_t i = 0; i < k; i++)
+      f[i] = params ? (float)tu_rng_nonzero(r, 1e-3, 1.0) : draw_grad(r);
     OK(fo_convert_from_f32(FO_DTYPE_BF16, f, dst + at, k));
   }
   free(f);
@@ -965,6 +992,49 @@ Test(gpu, tensor_past_2_31_elements, .timeout = 600) {
   free(hp);
   free(hg);
   free(back);
+}
+
+/* An error the caller's own work left pending in the CUDA runtime is not
+ * the library's: create, step, sync_master and zero_grad succeed, the
+ * parameters move, and the caller still finds its error afterwards. */
+Test(gpu, caller_pending_error_is_neither_blamed_nor_cleared) {
+  require_device(1);
+  enum { N = 5000 };
+  tu_rng r;
+  tu_rng_seed(&r, 77, 1);
+  float hp[N], hg[N], back[N];
+  for (int i = 0; i < N; i++) hp[i] = (float)tu_rng_nonzero(&r, 1e-2, 1.0), hg[i] = draw_grad(&r);
+  float *dp = NULL, *dg = NULL;
+  CK(cudaMalloc((void **)&dp, sizeof hp));
+  CK(cudaMalloc((void **)&dg, sizeof hg));
+  CK(cudaMemcpy(dp, hp, sizeof hp, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dg, hg, sizeof hg, cudaMemcpyHostToDevice));
+  /* the caller's mistake: an allocation far past any device (not sticky) */
+  void *huge = NULL;
+  cr_assert_eq(cudaMalloc(&huge, (size_t)1 << 62), cudaErrorMemoryAllocation);
+  fo_hparams h;
+  OK(fo_hparams_default(FO_ALG_ADAMW, &h));
+  fo_options o;
+  OK(fo_options_default(&o));
+  o.executor = FO_EXEC_CUDA;
+  fo_tensor_desc t = {N, 0, dp, dg, "w"};
+  fo_optimizer *opt = NULL;
+  OK(fo_optimizer_create(&opt, &o, &h, 1, &t, 1));
+  OK(fo_optimizer_step(opt, NULL));
+  OK(fo_optimizer_zero_grad(opt, NULL));
+  cr_assert_eq(cudaPeekAtLastError(), cudaErrorMemoryAllocation,
+               "the caller's pending error was cleared or replaced: %s",
+               cudaGetErrorName(cudaPeekAtLastError()));
+  (void)cudaGetLastError();
+  CK(cudaMemcpy(back, dp, sizeof back, cudaMemcpyDeviceToHost));
+  int moved = 0;
+  for (int i = 0; i < N; i++) moved += back[i] != hp[i];
+  cr_assert_gt(moved, N / 2, "only %d of %d parameters moved", moved, N);
+  CK(cudaMemcpy(back, dg, sizeof back, cudaMemcpyDeviceToHost));
+  for (int i = 0; i < N; i++) cr_assert_eq(back[i], 0.0f, "gradient %d not zeroed", i);
+  OK(fo_optimizer_destroy(opt));
+  CK(cudaFree(dp));
+  CK(cudaFree(dg));
 }
 
 /* Pointers in the wrong memory are refused at create. */

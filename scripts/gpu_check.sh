@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# The GPU check in one device call: build once, then correctness, performance
+# and compute-sanitizer parts in priority order, each under its own timeout,
+# inside a time budget.  Written for a lent GPU machine (15 minutes of device
+# time per session, cold start included: one call of ~8 minutes and one of
+# ~4); runs anywhere, where the GPU parts skip themselves.
+#
+#   bash scripts/gpu_check.sh [--budget SECONDS] [--parts LIST] [--build DIR]
+#                             [--dry-run]
+#
+#   --budget S   seconds for everything, the build included (default 420).
+#                A part starts only when its minimum still fits, and runs
+#                under min(its own limit, what is left).
+#   --parts L    comma-separated parts to run (default: all, in this order):
+#                  tests    every tests/test_gpu_* binary (--verbose --jobs=1),
+#                           the 2^31-element test left for `big`
+#                  train    train_example_gpu (tests/test_train_example.sh gpu)
+#                  demo     examples/train on the GPU: fp32, bf16 + master
+#                           weights + loss scaling, --graph; the CPU for scale
+#                  big      gpu/tensor_past_2_31_elements
+#                  bench    bench on lists a, c, d and b (4 layers): AdamW,
+#                           SGD momentum, Lion in fp32 and bf16-master
+#                  torch    scripts/bench_torch.py on lists a, mlp, d
+#                  memcheck compute-sanitizer memcheck, one test per kernel
+#                           family; racecheck, initcheck the same
+#                tests:FILTER or memcheck:FILTER (any part) narrows a test
+#                part to a Criterion filter, for a re-run of what failed.
+#   --build DIR  build directory (default build-gpu)
+#   --dry-run    print the plan (parts, limits, commands) and run nothing
+#
+# Output, in $OUT (the lent machine's output folder; at most 8 files come
+# back from it) or DIR/check when OUT is unset:
+#   summary.txt    one line per part as it ends, the table at the end
+#   info.txt       device, driver, toolkit, commit
+#   logs.tar.gz    every finished part's log and CSV, re-packed after each
+#   current.log    the log of the part in progress (what a kill leaves)
+#   bench_gpu.csv  bench's rows, every list (header once)
+#   torch_gpu.csv  scripts/bench_torch.py's rows
+#
+# On a lent machine: carry .devpack (scripts/devpack.sh makes it: Criterion
+# and zlib, which the machine lacks) and start the command with
+# `source .devpack/env.sh`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+budget=420
+parts_arg=all
+build=build-gpu
+dry=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --budget) budget=$2; shift 2 ;;
+    --parts) parts_arg=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    --dry-run) dry=1; shift ;;
+    -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "gpu_check: unknown argument $1 (--help)" >&2; exit 2 ;;
+  esac
+done
+case "$budget" in '' | *[!0-9]*) echo "gpu_check: --budget needs seconds" >&2; exit 2 ;; esac
+
+start=$(date +%s)
+deadline=$((start + budget))
+out=${OUT:-$build/check}
+work=$build/check-work # logs and CSVs, bundled into $out/logs.tar.gz
+mkdir -p "$out" "$work/logs"
+[ -x /usr/local/cuda/bin/nvcc ] && export PATH="/usr/local/cuda/bin:$PATH"
+[ -f .devpack/env.sh ] && [ -z "${DEVPACK:-}" ] && source .devpack/env.sh
+summary=$out/summary.txt
+: >"$summary"
+
+all_parts="tests train demo big bench torch memcheck racecheck initcheck"
+# Each part: the seconds it needs to be worth starting, and its own limit.
+need_of() {
+  case "$1" in
+    tests) echo 40 ;; train) echo 30 ;; demo) echo 20 ;; big) echo 60 ;;
+    bench) echo 40 ;; torch) echo 40 ;; *) echo 25 ;;
+  esac
+}
+limit_of() {
+  case "$1" in
+    tests) echo 150 ;; train) echo 120 ;; demo) echo 90 ;; big) echo 240 ;;
+    bench) echo 180 ;; torch) echo 150 ;; *) echo 90 ;;
+  esac
+}
+
+# The parts asked for, in priority order, each with an optional filter.
+declare -A filter_of=()
+selected=()
+for p in $all_parts; do
+  for spec in ${parts_arg//,/ }; do
+    name=${spec%%:*}
+    if [ "$spec" = all ] || [ "$name" = "$p" ]; then
+      selected+=("$p")
+      [ "$spec" != "$name" ] && filter_of[$p]=${spec#*:}
+      break
+    fi
+  done
+done
+for spec in ${parts_arg//,/ }; do
+  case " all $all_parts " in *" ${spec%%:*} "*) ;; *)
+    echo "gpu_check: unknown part '${spec%%:*}' (--help)" >&2; exit 2 ;;
+  esac
+done
+
+left() { echo $((deadline - $(date +%s))); }
+note() { echo "$*" | tee -a "$summary"; }
+bundle() { tar -czf "$out/logs.tar.gz" -C "$work" logs 2>/dev/null; }
+
+# part NAME CMD...: run CMD under the part's limit (or what is left), its
+# output in logs/NAME.log and current.log; one line in the summary.
+part() {
+  local name=$1; shift
+  local need limit l rc t0
+  need=$(need_of "${name%%-*}")
+  limit=$(limit_of "${name%%-*}")
+  l=$(left)
+  if [ "$l" -lt "$need" ]; then
+    note "$(printf '%-34s skipped: needs %ss, %ss left' "$name" "$need" "$l")"
+    return 99
+  fi
+  [ "$l" -lt "$limit" ] && limit=$l
+  if [ "$dry" = 1 ]; then
+    printf '%-34s limit %4ss: %s\n' "$name" "$limit" "$*"
+    return 0
+  fi
+  t0=$(date +%s)
+  # bash -c: CMD may be one of the exported functions below
+  timeout -k 5 "$limit" bash -c '"$@"' _ "$@" 2>&1 | tee "$out/current.log" >"$work/logs/$name.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "== killed at its limit of ${limit}s" >>"$work/logs/$name.log"
+  note "$(printf '%-34s exit %3s  %4ss  %s' "$name" "$rc" "$(($(date +%s) - t0))" "$(verdict "$work/logs/$name.log")")"
+  bundle
+  return "$rc"
+}
+
+# What a log says, in one line: Criterion's synthesis and skips, a shell
+# test's ok/FAIL, bench's failed checks, compute-sanitizer's error summary.
+verdict() {
+  local log=$1 syn skips
+  syn=$(grep -ah 'Synthesis:' "$log" | tail -1 | sed 's/.*Synthesis: //; s/ | /, /g')
+  # --verbose lists the tests a --filter left out as "Test is disabled"
+  skips=$(grep -a '\[SKIP\]' "$log" | grep -vc 'Test is disabled')
+  if [ -n "$syn" ]; then
+    echo "$syn, Skipped: $skips"
+  elif grep -aq '^== [a-z]*check .*: exit' "$log"; then
+    awk '/^== [a-z]*check .*: exit/ { runs++; if ($NF != 0) bad++ }
+         /ERROR SUMMARY:/ { errs += $(NF - 1) }
+         END { printf "sanitizer runs %d, exit != 0: %d, errors reported: %d\n", runs, bad, errs }' "$log"
+  else
+    grep -ahE 'correctness checks FAILED|^ok: |FAIL|skipped|no usable|Error|error' "$log" |
+      head -2 | cut -c1-110 | tr '\n' ';'
+  fi
+}
+
+# ------------------------------------------------------------------ build
+{
+  date -u +"date: %Y-%m-%dT%H:%M:%SZ"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with local changes)')"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1
+  nvcc --version 2>&1 | tail -2
+  echo "cores: $(nproc)"
+  python3 -c 'import torch; print("torch", torch.__version__)' 2>&1 | tail -1
+} >"$out/info.txt" 2>&1
+[ "$dry" = 1 ] || cat "$out/info.txt"
+
+# NCCL: the toolkit's, else the one PyTorch's wheels bring (nvidia-nccl),
+# laid out as FindNCCL expects.
+nccl_arg=
+if [ ! -f /usr/local/cuda/include/nccl.h ] && [ ! -f /usr/include/nccl.h ]; then
+  ncdir=$(python3 -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null ||
+    python3 -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
+  if [ -n "$ncdir" ] && [ -f "$ncdir/include/nccl.h" ]; then
+    mkdir -p "$work/nccl/lib"
+    ln -sfn "$ncdir/include" "$work/nccl/include"
+    ln -sfn "$ncdir/lib/libnccl.so.2" "$work/nccl/lib/libnccl.so"
+    nccl_arg=-DNCCL_ROOT=$root/$work/nccl
+    export LD_LIBRARY_PATH="$ncdir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+fi
+
+build_cmd() {
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_ARCHITECTURES="${FO_CUDA_ARCH:-90}" ${nccl_arg:+"$nccl_arg"} &&
+    cmake --build "$build" -j "$(nproc)"
+}
+if [ "$dry" = 1 ]; then
+  printf '%-34s limit %4ss: %s\n' build "$(left)" "cmake (Release, sm_${FO_CUDA_ARCH:-90}) && cmake --build"
+else
+  t0=$(date +%s)
+  export -f build_cmd
+  export build nccl_arg
+  if ! timeout -k 5 "$(left)" bash -c build_cmd >"$work/logs/build.log" 2>&1; then
+    note "build FAILED after $(($(date +%s) - t0))s"
+    tail -40 "$work/logs/build.log"
+    bundle
+    exit 1
+  fi
+  note "$(printf '%-34s exit %3s  %4ss' build 0 "$(($(date +%s) - t0))")"
+  bundle
+fi
+
+# ------------------------------------------------------------------ parts
+bin=$build/tests
+big_test='gpu/tensor_past_2_31_elements'
+with_filter() { # PART DEFAULT: the filter given for PART, else DEFAULT
+  echo "${filter_of[$1]:-$2}"
+}
+
+run_tests() {
+  local f
+  for t in "$bin"/test_gpu_*; do
+    [ -x "$t" ] || continue
+    f=$(with_filter tests '*')
+    [ "$(basename "$t")" = test_gpu_kernels ] && [ "$f" = '*' ] && f="!($big_test)"
+    part "tests-$(basename "$t")" "$t" --verbose --jobs=1 --filter="$f"
+  done
+}
+
+run_demo() {
+  local d=$build/examples/train
+  for args in "--device cpu" "--device cuda" "--device cuda --precision bf16" \
+    "--device cuda --graph" "--device cuda --graph --precision bf16"; do
+    echo "== train $args"
+    # shellcheck disable=SC2086
+    "$d" $args --out "$work/demo" --no-plot | grep -E 'epoch +(1|30) |RESULT|error'
+  done
+}
+
+run_bench() {
+  local list
+  for list in a c d b; do
+    part "bench-$list" "$build/bench/bench" --list "$list" --alg adamw,sgd,lion \
+      --config fp32,bf16-master --layers 4 --reps 20 --warmup 3 --csv "$work/logs/bench_gpu_$list.csv"
+  done
+  # one CSV, the header once
+  local first=1
+  : >"$out/bench_gpu.csv"
+  for list in a c d b; do
+    local f=$work/logs/bench_gpu_$list.csv
+    [ -s "$f" ] || continue
+    if [ $first = 1 ]; then cat "$f"; first=0; else tail -n +2 "$f"; fi
+  done >"$out/bench_gpu.csv"
+}
+
+# Sanitizer: one test of each kernel family (the step with its plan, the
+# converters, the norm / unscale pre-pass, the collectives' path, the
+# checkpoint copies).  NCCL's initialisation reports API errors: leave
+# those out; memory errors are still reported.
+san_tests="test_gpu_kernels:gpu/arena test_gpu_kernels:gpu/sync_master_and_zero_grad
+  test_gpu_mixed_precision:gpu_mp/clipping_matches_the_cpu_executor_and_a_double_norm
+  test_gpu_mixed_precision:gpu_mp/scaler_grows_and_backs_off_on_the_device
+  test_gpu_comm:gpu_comm/one_rank_sharded_state test_gpu_checkpoint:gpu_checkpoint/resume_adamw"
+run_san() { # TOOL [GLOB]: the sanitizer tests whose name matches GLOB
+  local tool=$1 glob=${2:-*} t f
+  for s in $san_tests; do
+    t=${s%%:*}
+    f=${s#*:}
+    # shellcheck disable=SC2053
+    [[ "$f" == $glob ]] || continue
+    echo "== $tool $t $f"
+    "$sanitizer" --tool "$tool" --report-api-errors no --error-exitcode 99 \
+      "$bin/$t" --filter="$f" --jobs=1 --verbose 2>&1 | grep -avE '^\[----\]' | tail -30
+    echo "== $tool $t: exit ${PIPESTATUS[0]}"
+  done
+}
+
+export -f run_demo run_san
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/compute-sanitizer/compute-sanitizer)
+export build work bin san_tests sanitizer
+for p in "${selected[@]}"; do
+  case "$p" in
+    tests) run_tests ;;
+    train) part train_example_gpu bash tests/test_train_example.sh gpu "$build/examples/train" "$root" ;;
+    demo) part demo run_demo ;;
+    big) part big-tensor_past_2_31 "$bin/test_gpu_kernels" --verbose --jobs=1 --filter="$big_test" ;;
+    bench) run_bench ;;
+    torch)
+      PYTHONUNBUFFERED=1 part torch python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so" \
+        --lists a,mlp,d --reps 20 --warmup 3 --csv "$work/logs/torch_gpu.csv"
+      [ -s "$work/logs/torch_gpu.csv" ] && cp "$work/logs/torch_gpu.csv" "$out/torch_gpu.csv" ;;
+    memcheck | racecheck | initcheck) part "$p" run_san "$p" "${filter_of[$p]:-*}" ;;
+  esac
+done
+
+# ------------------------------------------------------------------ table
+if [ "$dry" = 0 ]; then
+  {
+    echo
+    echo "== headline ratios (bench: fused step over copy, eager; graph where measured)"
+    if [ -s "$out/bench_gpu.csv" ]; then
+      awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+               { printf "  %-22s of_copy %6s  graph %6s  vs_naive %7s  check %s\n",
+                 $c["label"], $c["fused_of_copy"], $c["graph_of_copy"], $c["speedup"], $c["check"] }' \
+        "$out/bench_gpu.csv"
+    fi
+    if [ -s "$out/torch_gpu.csv" ]; then
+      echo "== torch (time over fusedopt's eager step; above 1: fusedopt faster)"
+      awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+               { printf "  %-4s %-6s %-11s %-26s %10s us  x%s %s\n", $c["list"], $c["alg"],
+                 $c["config"], $c["impl"], $c["time_us"], $c["fusedopt_speedup"], $c["check"] }' \
+        "$out/torch_gpu.csv"
+    fi
+    echo "== total $(($(date +%s) - start))s of a ${budget}s budget"
+  } >>"$summary"
+  bundle
+  echo
+  echo "================ summary"
+  cat "$summary"
+  rm -f "$out/current.log"
+fi
+exit 0
