@@ -114,8 +114,16 @@ fo_status fo_cuda_check_pointer(const char *fn, const char *what, const void *pt
 
 fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
   if (!stream) return FO_SUCCESS; /* the default stream of the optimizer's device */
+  /* cudaStreamGetDevice is one of the calls a stream capture forbids: it
+   * fails with cudaErrorStreamCaptureUnsupported and invalidates the
+   * capture (seen on an H200, CUDA 13.0).  cudaStreamIsCapturing is
+   * allowed, so ask it first; a stream being captured is checked for its
+   * device by the eager calls before the capture, not during it. */
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
   int d = -1;
-  cudaError_t e = cudaStreamGetDevice((cudaStream_t)stream, &d);
+  if (e == cudaSuccess && capture != cudaStreamCaptureStatusNone) return FO_SUCCESS;
+  if (e == cudaSuccess) e = cudaStreamGetDevice((cudaStream_t)stream, &d);
   if (e != cudaSuccess) {
     fo_cuda_forget(e);
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream %p is not a valid CUDA stream (%s)",

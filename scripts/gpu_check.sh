@@ -23,8 +23,11 @@
 #                  torch    scripts/bench_torch.py on lists a, mlp, d
 #                  memcheck compute-sanitizer memcheck, one test per kernel
 #                           family; racecheck, initcheck the same
-#                tests:FILTER or memcheck:FILTER (any part) narrows a test
-#                part to a Criterion filter, for a re-run of what failed.
+#                PART:FILTER narrows a part, for a re-run of what failed:
+#                tests:GLOB (a Criterion --filter), bench:LISTS and
+#                torch:LISTS (lists joined by '+': bench:a+d), and
+#                memcheck:GLOB (racecheck, initcheck alike; alternatives
+#                joined by '|': 'memcheck:gpu/arena|*graph*').
 #   --build DIR  build directory (default build-gpu)
 #   --dry-run    print the plan (parts, limits, commands) and run nothing
 #
@@ -81,7 +84,7 @@ need_of() {
 limit_of() {
   case "$1" in
     tests) echo 150 ;; train) echo 120 ;; demo) echo 90 ;; big) echo 240 ;;
-    bench) echo 180 ;; torch) echo 150 ;; *) echo 90 ;;
+    bench) echo 180 ;; torch) echo 150 ;; *) echo 120 ;;
   esac
 }
 
@@ -142,12 +145,14 @@ verdict() {
   syn=$(grep -ah 'Synthesis:' "$log" | tail -1 | sed 's/.*Synthesis: //; s/ | /, /g')
   # --verbose lists the tests a --filter left out as "Test is disabled"
   skips=$(grep -a '\[SKIP\]' "$log" | grep -vc 'Test is disabled')
-  if [ -n "$syn" ]; then
-    echo "$syn, Skipped: $skips"
-  elif grep -aq '^== [a-z]*check .*: exit' "$log"; then
+  if grep -aq '^== [a-z]*check .*: exit' "$log"; then
     awk '/^== [a-z]*check .*: exit/ { runs++; if ($NF != 0) bad++ }
          /ERROR SUMMARY:/ { errs += $(NF - 1) }
-         END { printf "sanitizer runs %d, exit != 0: %d, errors reported: %d\n", runs, bad, errs }' "$log"
+         /^\[PASS\]/ { pass++ } /^\[FAIL\]/ { fail++ }
+         END { printf "sanitizer runs %d (tests passed %d, failed %d), exit != 0: %d, errors reported: %d\n",
+               runs, pass, fail, bad, errs }' "$log"
+  elif [ -n "$syn" ]; then
+    echo "$syn, Skipped: $skips"
   else
     grep -ahE 'correctness checks FAILED|^ok: |FAIL|skipped|no usable|Error|error' "$log" |
       head -2 | cut -c1-110 | tr '\n' ';'
@@ -229,10 +234,11 @@ run_demo() {
 }
 
 run_bench() {
-  local list
-  for list in a c d b; do
+  local list lists=${filter_of[bench]:-a+c+d+b}
+  for list in ${lists//+/ }; do
     part "bench-$list" "$build/bench/bench" --list "$list" --alg adamw,sgd,lion \
-      --config fp32,bf16-master --layers 4 --reps 20 --warmup 3 --csv "$work/logs/bench_gpu_$list.csv"
+      --config fp32,bf16-master --layers 4 --reps 20 --warmup 3 --graph \
+      --csv "$work/logs/bench_gpu_$list.csv"
   done
   # one CSV, the header once
   local first=1
@@ -249,16 +255,19 @@ run_bench() {
 # checkpoint copies).  NCCL's initialisation reports API errors: leave
 # those out; memory errors are still reported.
 san_tests="test_gpu_kernels:gpu/arena test_gpu_kernels:gpu/sync_master_and_zero_grad
+  test_gpu_kernels:gpu/repeatable_and_graph_replay
+  test_gpu_mixed_precision:gpu_mp/graph_replay_matches_eager_steps
   test_gpu_mixed_precision:gpu_mp/clipping_matches_the_cpu_executor_and_a_double_norm
   test_gpu_mixed_precision:gpu_mp/scaler_grows_and_backs_off_on_the_device
   test_gpu_comm:gpu_comm/one_rank_sharded_state test_gpu_checkpoint:gpu_checkpoint/resume_adamw"
 run_san() { # TOOL [GLOB]: the sanitizer tests whose name matches GLOB
   local tool=$1 glob=${2:-*} t f
+  shopt -s extglob
   for s in $san_tests; do
     t=${s%%:*}
     f=${s#*:}
     # shellcheck disable=SC2053
-    [[ "$f" == $glob ]] || continue
+    [[ "$f" == @($glob) ]] || continue
     echo "== $tool $t $f"
     "$sanitizer" --tool "$tool" --report-api-errors no --error-exitcode 99 \
       "$bin/$t" --filter="$f" --jobs=1 --verbose 2>&1 | grep -avE '^\[----\]' | tail -30
@@ -278,7 +287,7 @@ for p in "${selected[@]}"; do
     bench) run_bench ;;
     torch)
       PYTHONUNBUFFERED=1 part torch python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so" \
-        --lists a,mlp,d --reps 20 --warmup 3 --csv "$work/logs/torch_gpu.csv"
+        --lists "$(l=${filter_of[torch]:-a+mlp+d}; echo "${l//+/,}")" --reps 20 --warmup 3 --csv "$work/logs/torch_gpu.csv"
       [ -s "$work/logs/torch_gpu.csv" ] && cp "$work/logs/torch_gpu.csv" "$out/torch_gpu.csv" ;;
     memcheck | racecheck | initcheck) part "$p" run_san "$p" "${filter_of[$p]:-*}" ;;
   esac
