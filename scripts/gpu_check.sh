@@ -23,6 +23,10 @@
 #                  torch    scripts/bench_torch.py on lists a, mlp, d
 #                  memcheck compute-sanitizer memcheck, one test per kernel
 #                           family; racecheck, initcheck the same
+#                  torchdebug  (only when named) bench_torch.py's AdamW fp32
+#                           case on the MLP list: without graphs, with
+#                           CUDA_LAUNCH_BLOCKING=1, and under memcheck: to
+#                           isolate the illegal address seen 2026-12-04
 #                PART:FILTER narrows a part, for a re-run of what failed:
 #                tests:GLOB (a Criterion --filter), bench:LISTS and
 #                torch:LISTS (lists joined by '+': bench:a+d), and
@@ -73,7 +77,7 @@ mkdir -p "$out" "$work/logs"
 summary=$out/summary.txt
 : >"$summary"
 
-all_parts="tests train demo big bench torch memcheck racecheck initcheck"
+all_parts="tests train demo big bench torch memcheck racecheck initcheck torchdebug"
 # Each part: the seconds it needs to be worth starting, and its own limit.
 need_of() {
   case "$1" in
@@ -94,7 +98,7 @@ selected=()
 for p in $all_parts; do
   for spec in ${parts_arg//,/ }; do
     name=${spec%%:*}
-    if [ "$spec" = all ] || [ "$name" = "$p" ]; then
+    if { [ "$spec" = all ] && [ "$p" != torchdebug ]; } || [ "$name" = "$p" ]; then
       selected+=("$p")
       [ "$spec" != "$name" ] && filter_of[$p]=${spec#*:}
       break
@@ -275,7 +279,22 @@ run_san() { # TOOL [GLOB]: the sanitizer tests whose name matches GLOB
   done
 }
 
-export -f run_demo run_san
+# The PyTorch path in three variants, each in its own process.
+run_torchdebug() {
+  local py=(python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so" --lists mlp
+    --cases adamw:fp32 --reps 3 --warmup 1)
+  echo "== no graphs"
+  "${py[@]}" --no-graph 2>&1 | tail -8
+  echo "== exit ${PIPESTATUS[0]}"
+  echo "== graphs, CUDA_LAUNCH_BLOCKING=1"
+  CUDA_LAUNCH_BLOCKING=1 "${py[@]}" 2>&1 | tail -25
+  echo "== exit ${PIPESTATUS[0]}"
+  echo "== graphs, memcheck"
+  "$sanitizer" --tool memcheck --report-api-errors no "${py[@]}" 2>&1 | grep -av '^# ' | head -60
+  echo "== exit ${PIPESTATUS[0]}"
+}
+
+export -f run_demo run_san run_torchdebug
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/compute-sanitizer/compute-sanitizer)
 export build work bin san_tests sanitizer
 for p in "${selected[@]}"; do
@@ -290,6 +309,7 @@ for p in "${selected[@]}"; do
         --lists "$(l=${filter_of[torch]:-a+mlp+d}; echo "${l//+/,}")" --reps 20 --warmup 3 --csv "$work/logs/torch_gpu.csv"
       [ -s "$work/logs/torch_gpu.csv" ] && cp "$work/logs/torch_gpu.csv" "$out/torch_gpu.csv" ;;
     memcheck | racecheck | initcheck) part "$p" run_san "$p" "${filter_of[$p]:-*}" ;;
+    torchdebug) PYTHONUNBUFFERED=1 part torchdebug run_torchdebug ;;
   esac
 done
 
