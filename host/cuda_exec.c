@@ -170,8 +170,21 @@ fo_status fo_cuda_upload(const char *fn, int device, const void *src, size_t byt
   return e == cudaSuccess ? FO_SUCCESS : cuda_fail(fn, "cudaMemcpy of the plan", e);
 }
 
+/* Programmatic Dependent Launch needs compute capability 9.0 (Hopper) or
+ * newer; older devices get plain launches. */
+static int supports_pdl(int device) {
+  int major = 0;
+  const cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e != cudaSuccess) {
+    fo_cuda_forget(e);
+    return 0;
+  }
+  return major >= 9;
+}
+
 fo_status fo_cuda_upload_plan(const char *fn, fo_optimizer *opt) {
   int dev = opt->options.device;
+  opt->pdl = supports_pdl(dev);
   fo_status st = fo_cuda_upload(fn, dev, opt->blocks, (size_t)opt->num_blocks * sizeof *opt->blocks,
                                 (void **)&opt->d_blocks);
   if (st != FO_SUCCESS) return st;
@@ -213,6 +226,7 @@ static int enqueue_update(fo_optimizer *opt, fo_stream_t stream, const double *p
   a.master = opt->keeps.master;
   a.stochastic = opt->options.stochastic_rounding;
   a.num_groups = opt->num_groups;
+  a.pdl = opt->pdl;
   a.seed = opt->options.seed;
   a.state = opt->state;
   e = fo_launch_step(&a, stream);

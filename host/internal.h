@@ -58,6 +58,10 @@ struct fo_optimizer {
   /* A pre-pass over the gradients runs before each step (clipping or loss
    * scaling is on). */
   int check_grads;
+  /* The step kernel is launched with Programmatic Dependent Launch after
+   * the prepare kernel (CUDA executor on a device of compute capability 9.0
+   * or newer; kernels/launch.h). */
+  int pdl;
   /* Gradients are divided by this inside the update (the number of ranks
    * whose gradients were summed; 1 without a communicator). */
   float grad_divisor;

@@ -61,6 +61,16 @@
 #define FO_BW_UNROLL
 #endif
 
+/* Wait until the kernel launched before this one on the stream has finished
+ * and its writes are visible: a no-op unless this kernel was launched with
+ * Programmatic Dependent Launch (grid.cuh, sm_90 and newer), and on the
+ * host, where the CPU tier runs the kernels' block work. */
+FO_BW_FN void fo_wait_for_prior_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cudaGridDependencySynchronize();
+#endif
+}
+
 /* ------------------------------------------------------------- the loop */
 
 /* Hand thread tid of nthreads its elements of a block of n elements.
@@ -314,11 +324,14 @@ struct fo_step_op {
   bool vec;
 
   FO_BW_FN fo_step_op(const fo_step_launch &a, int64_t b) {
+    /* The plan's records are written once at create: look them up while
+     * the prepare kernel may still run (a PDL launch), then wait for it. */
     const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
+    fo_wait_for_prior_kernel();
     /* The library's step reads the scalars, the step number and the skip
      * decision from the step state the prepare kernel wrote (device memory,
      * so a captured graph replays correctly); a launch without a state
-     * carries them by value. */
+     * carries them in memory. */
     const fo_step_state *st = a.state;
     s = st ? st->groups[r.t.group] : a.groups[r.t.group];
     step = (uint64_t)(st ? st->step : a.step);

@@ -19,27 +19,39 @@ static const int64_t FO_MAX_GRID = 2147483647;
  * cudaGetLastError() after <<<>>> would also pick up (and clear) an
  * unrelated error the caller's own earlier work left pending. */
 template <class... Params, class... Actual>
-static int fo_launch(void (*kernel)(Params...), unsigned grid, unsigned threads,
-                     cudaStream_t stream, Actual &&...args) {
+static int fo_launch_pdl(bool pdl, void (*kernel)(Params...), unsigned grid, unsigned threads,
+                         cudaStream_t stream, Actual &&...args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(grid);
   cfg.blockDim = dim3(threads);
   cfg.dynamicSmemBytes = 0;
   cfg.stream = stream;
-  cfg.attrs = nullptr;
-  cfg.numAttrs = 0;
+  cfg.attrs = pdl ? attr : nullptr;
+  cfg.numAttrs = pdl ? 1 : 0;
   return (int)cudaLaunchKernelEx(&cfg, kernel, static_cast<Actual &&>(args)...);
 }
 
+template <class... Params, class... Actual>
+static int fo_launch(void (*kernel)(Params...), unsigned grid, unsigned threads,
+                     cudaStream_t stream, Actual &&...args) {
+  return fo_launch_pdl(false, kernel, grid, threads, stream, static_cast<Actual &&>(args)...);
+}
+
 /* Launch kernel over num_blocks blocks in slices of at most FO_MAX_GRID;
- * returns the first launch error. */
+ * returns the first launch error.  pdl: Programmatic Dependent Launch (sm_90
+ * and newer): the kernel may start while the one before it on the stream
+ * still runs, and must call fo_wait_for_prior_kernel() (block_work.cuh)
+ * before it reads anything that kernel writes. */
 template <class Args>
 static int fo_launch_grid(void (*kernel)(Args, int64_t), const Args &args,
-                          int64_t num_blocks, cudaStream_t stream) {
+                          int64_t num_blocks, cudaStream_t stream, bool pdl = false) {
   for (int64_t first = 0; first < num_blocks; first += FO_MAX_GRID) {
     const int64_t left = num_blocks - first;
     const unsigned grid = (unsigned)(left < FO_MAX_GRID ? left : FO_MAX_GRID);
-    const int e = fo_launch(kernel, grid, FO_CUDA_THREADS, stream, args, first);
+    const int e = fo_launch_pdl(pdl, kernel, grid, FO_CUDA_THREADS, stream, args, first);
     if (e != (int)cudaSuccess) return e;
   }
   return (int)cudaSuccess;

@@ -33,13 +33,22 @@ typedef struct fo_step_launch {
   int32_t master;      /* tensors carry fp32 master weights */
   int32_t stochastic;  /* bf16 params without master: stochastic rounding */
   int32_t num_groups;
+  /* Launch with Programmatic Dependent Launch (a device of compute
+   * capability 9.0 or newer): the step's blocks start, look up their plan
+   * records and wait for the prepare kernel only before they read the step
+   * state, so the second launch's latency hides behind the first. */
+  int32_t pdl;
   uint64_t seed;
-  int64_t step; /* 1-based number of this step (for SR's random bits) */
-  fo_rule_scalars groups[FO_PLAN_MAX_GROUPS];
   /* When non-NULL (the library's step), the scalars, the step number and
    * the skip decision come from here, written on the device by the prepare
-   * kernel, and groups/step above are ignored. */
+   * kernel, and groups/step below are ignored. */
   const fo_step_state *state;
+  /* Without a state: the step's 1-based number (for SR's random bits) and
+   * num_groups scalars in memory the kernel can read.  A pointer, not an
+   * array by value: the launch's parameter stays ~100 bytes instead of the
+   * ~3 KB of FO_PLAN_MAX_GROUPS scalars, which every launch copied. */
+  int64_t step;
+  const fo_rule_scalars *groups;
 } fo_step_launch;
 
 /* Per-step launch of the fused update over the whole plan on stream. */

@@ -63,6 +63,13 @@ __global__ void __launch_bounds__(FO_CUDA_THREADS)
 __global__ void __launch_bounds__(PREPARE_THREADS)
     fo_prepare_kernel(const __grid_constant__ fo_prepare_args args, const double *partials,
                       int64_t num_partials, fo_step_state *state) {
+#if __CUDA_ARCH__ >= 900
+  /* Let the step kernel (launched after this one with Programmatic
+   * Dependent Launch) start now: its blocks look up their plan records and
+   * then wait in cudaGridDependencySynchronize() until this grid has
+   * finished and its writes are visible, so triggering early is safe. */
+  cudaTriggerProgrammaticLaunchCompletion();
+#endif
   double sum = 0.0;
   if (partials)
     for (int64_t i = threadIdx.x; i < num_partials; i += PREPARE_THREADS) sum += partials[i];

@@ -53,20 +53,20 @@ static int fo_launch_step_mode(const fo_step_launch &a, cudaStream_t stream) {
    * both flags are ignored for them, as the host documents. */
   if constexpr (PT == FO_RULE_F32) {
     return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, false>, a, a.num_blocks,
-                          stream);
+                          stream, a.pdl != 0);
   } else {
     if (a.master)
       return fo_launch_grid(fo_step_kernel<ALG, PT, GT, true, false>, a, a.num_blocks,
-                            stream);
+                            stream, a.pdl != 0);
     if (a.stochastic) {
       /* the host rejects stochastic rounding of fp16 at create */
       if constexpr (PT != FO_RULE_BF16) return (int)cudaErrorInvalidValue;
       else
         return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, true>, a, a.num_blocks,
-                              stream);
+                              stream, a.pdl != 0);
     }
     return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, false>, a, a.num_blocks,
-                          stream);
+                          stream, a.pdl != 0);
   }
 }
 

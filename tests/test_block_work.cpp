@@ -519,6 +519,7 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
     cr_assert_eq(st->skip, 0);
 
     fo_step_launch a;
+    fo_rule_scalars by_value[FO_PLAN_MAX_GROUPS];
     memset(&a, 0, sizeof a);
     a.blocks = blocks.data();
     a.tensors = tensors.data();
@@ -536,11 +537,13 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
      * by value, without a state */
     if (step % 2) {
       a.state = st;
-      memset(a.groups, 0xff, sizeof a.groups);
+      memset(by_value, 0xff, sizeof by_value);
+      a.groups = by_value;
       a.step = -1;
     } else {
       a.state = nullptr;
-      memcpy(a.groups, st->groups, sizeof a.groups);
+      memcpy(by_value, st->groups, sizeof by_value);
+      a.groups = by_value;
       a.step = st->step;
     }
 

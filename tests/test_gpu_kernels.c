@@ -54,6 +54,7 @@
 
 #include "fusedopt.h"
 #include "gpu_harness.h"
+#include "internal.h"
 #include "reference.h"
 #include "testutil.h"
 
@@ -1032,6 +1033,33 @@ Test(gpu, caller_pending_error_is_neither_blamed_nor_cleared) {
   cr_assert_gt(moved, N / 2, "only %d of %d parameters moved", moved, N);
   CK(cudaMemcpy(back, dg, sizeof back, cudaMemcpyDeviceToHost));
   for (int i = 0; i < N; i++) cr_assert_eq(back[i], 0.0f, "gradient %d not zeroed", i);
+  OK(fo_optimizer_destroy(opt));
+  CK(cudaFree(dp));
+  CK(cudaFree(dg));
+}
+
+/* On a device of compute capability 9.0 or newer the step kernel is
+ * launched with Programmatic Dependent Launch after the prepare kernel (and
+ * waits for it before reading the step state); on older ones it is not.
+ * The other tests of this file check the results either way. */
+Test(gpu, step_uses_pdl_exactly_on_sm90_and_newer) {
+  require_device(1);
+  int major = 0;
+  CK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  float *dp = NULL, *dg = NULL;
+  CK(cudaMalloc((void **)&dp, 1024 * sizeof(float)));
+  CK(cudaMalloc((void **)&dg, 1024 * sizeof(float)));
+  CK(cudaMemset(dp, 0, 1024 * sizeof(float)));
+  CK(cudaMemset(dg, 0, 1024 * sizeof(float)));
+  fo_hparams h;
+  OK(fo_hparams_default(FO_ALG_ADAMW, &h));
+  fo_options o;
+  OK(fo_options_default(&o));
+  o.executor = FO_EXEC_CUDA;
+  fo_tensor_desc t = {1024, 0, dp, dg, "w"};
+  fo_optimizer *opt = NULL;
+  OK(fo_optimizer_create(&opt, &o, &h, 1, &t, 1));
+  cr_assert_eq(opt->pdl, major >= 9, "compute capability %d.x, pdl %d", major, opt->pdl);
   OK(fo_optimizer_destroy(opt));
   CK(cudaFree(dp));
   CK(cudaFree(dg));
