@@ -48,12 +48,23 @@ static fo_status io_fail(const char *fn, const char *what, const char *path, int
   return fo_fail(FO_ERR_IO, fn, "%s \"%.200s\": %s", what, path, msg);
 }
 
-static fo_status write_all(const char *fn, int fd, const void *data, size_t n, const char *path) {
+/* A failure on the temporary file of a save names the path the caller
+ * asked for first, then the temporary file. */
+static fo_status tmp_fail(const char *fn, const char *what, const char *path, const char *tmp,
+                          int err) {
+  char msg[160];
+  if (strerror_r(err, msg, sizeof msg) != 0) snprintf(msg, sizeof msg, "errno %d", err);
+  return fo_fail(FO_ERR_IO, fn, "%s \"%.200s\" (through its temporary file \"%.240s\"): %s", what,
+                 path, tmp, msg);
+}
+
+static fo_status write_all(const char *fn, int fd, const void *data, size_t n, const char *path,
+                           const char *tmp) {
   const char *p = data;
   while (n > 0) {
     ssize_t k = write(fd, p, n < IO_CHUNK ? n : IO_CHUNK);
     if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return io_fail(fn, "cannot write", path, k < 0 ? errno : EIO);
+    if (k <= 0) return tmp_fail(fn, "cannot write", path, tmp, k < 0 ? errno : EIO);
     p += k;
     n -= (size_t)k;
   }
@@ -61,12 +72,12 @@ static fo_status write_all(const char *fn, int fd, const void *data, size_t n, c
 }
 
 static fo_status pwrite_all(const char *fn, int fd, const void *data, size_t n, off_t at,
-                            const char *path) {
+                            const char *path, const char *tmp) {
   const char *p = data;
   while (n > 0) {
     ssize_t k = pwrite(fd, p, n, at);
     if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return io_fail(fn, "cannot write", path, k < 0 ? errno : EIO);
+    if (k <= 0) return tmp_fail(fn, "cannot write", path, tmp, k < 0 ? errno : EIO);
     p += k;
     at += k;
     n -= (size_t)k;
@@ -132,7 +143,7 @@ static fo_status open_temp(const char *fn, const char *path, char **tmp, int *fd
     }
     if (errno != EEXIST) break;
   }
-  fo_status st = io_fail(fn, "cannot create", name, errno);
+  fo_status st = tmp_fail(fn, "cannot create", path, name, errno);
   free(name);
   return st;
 }
@@ -169,8 +180,9 @@ static fo_status sync_dir(const char *fn, const char *path) {
 typedef struct saver {
   const char *fn;
   const fo_optimizer *opt;
-  int fd;          /* -1 on a rank that writes nothing (a gathered save) */
-  const char *tmp; /* the temporary file's name */
+  int fd;           /* -1 on a rank that writes nothing (a gathered save) */
+  const char *path; /* the file asked for */
+  const char *tmp;  /* the temporary file's name */
   fo_crc32 crc;
   unsigned char *staging; /* CUDA: IO_CHUNK bytes of host memory */
   uint64_t written, total;
@@ -183,7 +195,7 @@ static fo_status save_fault(saver *s) {
   if (s->written < s->total / 2) return FO_SUCCESS;
   if (fo_fault_armed(s->opt, FO_FAULT_SAVE_CRASH)) raise(SIGKILL);
   if (fo_fault_armed(s->opt, FO_FAULT_SAVE_WRITE))
-    return io_fail(s->fn, "cannot write (injected fault)", s->tmp, ENOSPC);
+    return tmp_fail(s->fn, "cannot write (injected fault)", s->path, s->tmp, ENOSPC);
   return FO_SUCCESS;
 }
 
@@ -192,7 +204,7 @@ static fo_status save_piece(saver *s, fo_ckpt_entry *e, const void *p, size_t n)
   fo_status st = save_fault(s);
   if (st != FO_SUCCESS) return st;
   e->crc = fo_crc32_update(&s->crc, e->crc, p, n);
-  st = write_all(s->fn, s->fd, p, n, s->tmp);
+  st = write_all(s->fn, s->fd, p, n, s->path, s->tmp);
   s->written += n;
   return st;
 }
@@ -226,8 +238,8 @@ static fo_status save_header(saver *s, const fo_step_state *state, const fo_ckpt
   if (st != FO_SUCCESS) return st;
   unsigned char len8[8];
   for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)s->hlen >> (8 * i));
-  st = write_all(s->fn, s->fd, len8, 8, s->tmp);
-  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, hdr, s->hlen, s->tmp);
+  st = write_all(s->fn, s->fd, len8, 8, s->path, s->tmp);
+  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, hdr, s->hlen, s->path, s->tmp);
   free(hdr);
   return st;
 }
@@ -241,9 +253,10 @@ static fo_status save_finish(saver *s, const fo_step_state *state, const fo_ckpt
   if (st == FO_SUCCESS && hlen2 != s->hlen)
     st = fo_fail(FO_ERR_INTERNAL, s->fn, "the checkpoint header changed length (%zu, %zu)", s->hlen,
                  hlen2);
-  if (st == FO_SUCCESS) st = pwrite_all(s->fn, s->fd, hdr, s->hlen, 8, s->tmp);
+  if (st == FO_SUCCESS) st = pwrite_all(s->fn, s->fd, hdr, s->hlen, 8, s->path, s->tmp);
   free(hdr);
-  if (st == FO_SUCCESS && fsync(s->fd) != 0) st = io_fail(s->fn, "cannot fsync", s->tmp, errno);
+  if (st == FO_SUCCESS && fsync(s->fd) != 0)
+    st = tmp_fail(s->fn, "cannot fsync", s->path, s->tmp, errno);
   return st;
 }
 
@@ -295,9 +308,11 @@ static fo_status save_to_temp(saver *s, const char *path, char **tmp) {
   if (st == FO_SUCCESS) st = open_temp(s->fn, path, tmp, &s->fd);
   if (st == FO_SUCCESS) {
     s->tmp = *tmp;
+    s->path = path;
     fo_crc32_init(&s->crc);
     st = save_contents(s, &state, &plan);
-    if (close(s->fd) != 0 && st == FO_SUCCESS) st = io_fail(s->fn, "cannot close", *tmp, errno);
+    if (close(s->fd) != 0 && st == FO_SUCCESS)
+      st = tmp_fail(s->fn, "cannot close", path, *tmp, errno);
     s->fd = -1;
   }
   free(s->staging);
@@ -339,6 +354,7 @@ fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream
   static const char fn[] = "fo_optimizer_save";
   fo_status st = check_args(fn, opt, path, stream);
   if (st == FO_SUCCESS) st = fo_fault_check(fn, opt); /* never save a half-updated state */
+  if (st == FO_SUCCESS) st = fo_master_check(fn, opt);
   if (st != FO_SUCCESS) return st;
   return save_file(fn, opt, path);
 }
@@ -385,6 +401,7 @@ static fo_status gathered_prepare(gathered *x, const char *path, fo_stream_t str
   int here = x->rank == x->root;
   fo_status st = here ? check_path(s->fn, "path", path) : FO_SUCCESS;
   if (st == FO_SUCCESS) st = fo_fault_check(s->fn, opt);
+  if (st == FO_SUCCESS) st = fo_master_check(s->fn, opt);
   if (st == FO_SUCCESS) st = read_step_state(s->fn, opt, &x->state);
   if (st == FO_SUCCESS) st = fo_ckpt_plan_build_for(s->fn, opt, NULL, &x->plan);
   if (st != FO_SUCCESS) return st;
@@ -396,6 +413,7 @@ static fo_status gathered_prepare(gathered *x, const char *path, fo_stream_t str
   if (!here) return FO_SUCCESS;
   if ((st = open_temp(s->fn, path, &x->tmp, &s->fd)) != FO_SUCCESS) return st;
   s->tmp = x->tmp;
+  s->path = path;
   fo_crc32_init(&s->crc);
   return save_header(s, &x->state, &x->plan);
 }
@@ -418,7 +436,7 @@ static fo_status gathered_data(gathered *x, fo_status *local) {
   }
   if (here && *local == FO_SUCCESS) *local = save_finish(s, &x->state, &x->plan);
   if (s->fd >= 0 && close(s->fd) != 0 && *local == FO_SUCCESS)
-    *local = io_fail(s->fn, "cannot close", x->tmp, errno);
+    *local = tmp_fail(s->fn, "cannot close", s->path, x->tmp, errno);
   s->fd = -1;
   return FO_SUCCESS;
 }
@@ -457,6 +475,7 @@ fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, 
   if (!opt->dp) { /* one process: an ordinary save */
     st = check_path(fn, "path", path);
     if (st == FO_SUCCESS) st = fo_fault_check(fn, opt);
+    if (st == FO_SUCCESS) st = fo_master_check(fn, opt);
     return st == FO_SUCCESS ? save_file(fn, opt, path) : st;
   }
   gathered x;
@@ -501,6 +520,7 @@ static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore 
   if (st != FO_SUCCESS) return fo_fault_after(fn, opt, FO_FAULT_NONE, st);
   if (!cuda) *opt->state = r->state;
   memcpy(opt->hparams, r->hparams, (size_t)opt->num_groups * sizeof *opt->hparams);
+  opt->master_unset = 0; /* the master weights came from the file */
   fo_fault_clear(opt);
   return FO_SUCCESS;
 }

@@ -30,6 +30,10 @@
 #define META_CRC_KEY "fusedopt.metadata_crc32"
 #define META_VERSION_KEY "fusedopt.format_version"
 #define TENSOR_CRC_PREFIX "fusedopt.crc32."
+/* Each tensor's parameter group, under its parameters' key; a load refuses
+ * to move a tensor to another group.  Files written before it was
+ * recorded load without the check. */
+#define GROUP_OF_PREFIX "fusedopt.group_of."
 /* A per-rank file (version 2): its shard, and each state piece's first
  * element in its tensor. */
 #define SHARD_SIZE_KEY "fusedopt.shard.size"
@@ -573,17 +577,23 @@ static void meta_state(meta_list *l, const fo_step_state *s) {
 
 /* "<prefix><tensor key>" = value, for every entry (pieces_only: every
  * state piece of a per-rank file, with its first element as the value). */
-static void meta_per_entry(meta_list *l, const fo_ckpt_plan *p, const char *prefix,
-                           int pieces_only) {
+/* What meta_per_entry writes per entry. */
+enum { PER_ENTRY_CRC, PER_ENTRY_PIECE_FIRST, PER_ENTRY_GROUP };
+
+static void meta_per_entry(meta_list *l, const fo_optimizer *opt, const fo_ckpt_plan *p,
+                           const char *prefix, int what) {
   sbuf key = {0};
   for (int64_t k = 0; k < p->n; k++) {
-    if (pieces_only && !is_state_role(p->e[k].role)) continue;
+    if (what == PER_ENTRY_PIECE_FIRST && !is_state_role(p->e[k].role)) continue;
+    if (what == PER_ENTRY_GROUP && p->e[k].role != FO_ROLE_PARAM) continue;
     char v[32];
     key.len = 0;
     sb_str(&key, prefix);
     sb_str(&key, p->e[k].key);
-    if (pieces_only)
+    if (what == PER_ENTRY_PIECE_FIRST)
       snprintf(v, sizeof v, "%lld", (long long)p->e[k].first);
+    else if (what == PER_ENTRY_GROUP)
+      snprintf(v, sizeof v, "%d", opt->tensors[p->e[k].tensor].group);
     else
       snprintf(v, sizeof v, "%08x", (unsigned)p->e[k].crc);
     if (key.failed)
@@ -594,13 +604,13 @@ static void meta_per_entry(meta_list *l, const fo_ckpt_plan *p, const char *pref
   free(key.p);
 }
 
-static void meta_shard(meta_list *l, const fo_ckpt_plan *p) {
+static void meta_shard(meta_list *l, const fo_optimizer *opt, const fo_ckpt_plan *p) {
   meta_int(l, "shard.rank", p->shard.rank);
   meta_int(l, "shard.size", p->shard.size);
   meta_int(l, "shard.first", (long long)p->shard.first);
   meta_int(l, "shard.count", (long long)p->shard.count);
   meta_int(l, "shard.total", (long long)p->shard.total);
-  meta_per_entry(l, p, PIECE_OFFSET_PREFIX, 1);
+  meta_per_entry(l, opt, p, PIECE_OFFSET_PREFIX, PER_ENTRY_PIECE_FIRST);
 }
 
 /* All metadata of a save, sorted, with its own CRC. */
@@ -613,8 +623,9 @@ static int build_meta(const fo_optimizer *opt, const fo_step_state *state, const
   meta_int(l, "num_tensors", (long long)opt->num_tensors);
   for (int g = 0; g < opt->num_groups; g++) meta_group(l, g, &opt->hparams[g]);
   meta_state(l, state);
-  if (plan->sharded) meta_shard(l, plan);
-  meta_per_entry(l, plan, TENSOR_CRC_PREFIX, 0);
+  if (plan->sharded) meta_shard(l, opt, plan);
+  meta_per_entry(l, opt, plan, TENSOR_CRC_PREFIX, PER_ENTRY_CRC);
+  meta_per_entry(l, opt, plan, GROUP_OF_PREFIX, PER_ENTRY_GROUP);
   if (!meta_finish(l)) return 0;
   fo_crc32 c;
   fo_crc32_init(&c);
@@ -1009,6 +1020,29 @@ static fo_status shard_does_not_fit(const reader *r, const fo_optimizer *opt,
 
 /* ------------------------------------------------------------- tensors */
 
+/* A tensor stays in its group: its hyper-parameters, and the state they
+ * shaped, are its group's.  Files without the record pass. */
+static fo_status check_group_of(const reader *r, const fo_optimizer *opt, const fo_ckpt_entry *e) {
+  sbuf key = {0};
+  sb_str(&key, GROUP_OF_PREFIX);
+  sb_str(&key, e->key);
+  if (key.failed) return fo_fail(FO_ERR_OUT_OF_MEMORY, r->fn, "no memory for a metadata key");
+  const fo_st_meta *m = fo_st_find_meta(r->f, key.p, key.len);
+  free(key.p);
+  if (!m) return FO_SUCCESS;
+  int64_t g = -1;
+  if (!parse_i64(m->value, m->value_len, &g) || g < 0 || g >= FO_MAX_GROUPS)
+    return bad_value(r, m, "a group index");
+  int want = opt->tensors[e->tensor].group;
+  if (g != want)
+    return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                   "tensor \"%.80s\" is in parameter group %lld in the checkpoint, but the "
+                   "registered tensor %lld is in group %d: a load does not move a tensor to "
+                   "another group (register it in group %lld, or start from fresh state)",
+                   e->key, (long long)g, (long long)e->tensor, want, (long long)g);
+  return FO_SUCCESS;
+}
+
 static fo_status match_entry(const reader *r, const fo_optimizer *opt, const fo_ckpt_plan *p,
                              const fo_ckpt_entry *e, const fo_st_tensor **out) {
   const fo_st_tensor *t = fo_st_find(r->f, e->key, strlen(e->key));
@@ -1034,6 +1068,10 @@ static fo_status match_entry(const reader *r, const fo_optimizer *opt, const fo_
                    "tensor \"%.80s\" has shape %s in the checkpoint; the registered tensor %lld "
                    "has shape [%lld]",
                    e->key, shape, (long long)e->tensor, (long long)e->numel);
+  }
+  if (e->role == FO_ROLE_PARAM) {
+    fo_status st = check_group_of(r, opt, e);
+    if (st != FO_SUCCESS) return st;
   }
   if (piece) { /* a piece says where in its tensor it starts */
     sbuf key = {0};

@@ -80,6 +80,11 @@ struct fo_optimizer {
   fo_status fault;
   char fault_msg[320];
   int inject;
+  /* Arena storage with master weights: the master weights are zero until
+   * fo_optimizer_sync_master() (or a load) sets them from the parameters
+   * the caller wrote; until then every step refuses (FO_ERR_INVALID_STATE)
+   * rather than throw the initial parameters away. */
+  int master_unset;
   /* A sharded state (ZeRO-1, host/comm_shard.c): this rank keeps master
    * weights and moments only for the arena elements [shard_first,
    * shard_first + shard_count), and the state buffers in arena[] hold just
@@ -136,6 +141,10 @@ fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group, con
 
 /* Validate the schedule, loss-scaler and clipping options. */
 fo_status fo_validate_step_options(const char *func, const fo_options *o);
+
+/* FO_ERR_INVALID_STATE (under func's name) while arena master weights were
+ * never set (fo_optimizer::master_unset): steps and saves refuse. */
+fo_status fo_master_check(const char *func, const fo_optimizer *opt);
 
 /* The prepare step's arguments from the optimizer's current settings. */
 void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *out);

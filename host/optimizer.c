@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint_format.h"
 #include "internal.h"
 #include "launch.h"
 
@@ -305,6 +306,29 @@ static fo_status alloc_step_state(const char *fn, fo_optimizer *opt) {
   return FO_SUCCESS;
 }
 
+/* Every tensor must be one a checkpoint can hold: the keys a save would
+ * write (the tensor's name, "tensor.<i>" without one, and its state's
+ * "<name>.master", ".exp_avg", ...) distinct, none "__metadata__", every
+ * name UTF-8.  The save's own rule (checkpoint_format.c), checked at
+ * create rather than at the first save, hours later. */
+static fo_status check_names(const char *fn, const fo_optimizer *opt) {
+  fo_ckpt_plan plan;
+  fo_status st = fo_ckpt_plan_build_for(fn, opt, NULL, &plan);
+  if (st == FO_SUCCESS) {
+    fo_ckpt_plan_free(&plan);
+    return st;
+  }
+  if (st != FO_ERR_INVALID_STATE) return st;
+  /* the detail stays the plan's; the status becomes an argument's */
+  char detail[512];
+  snprintf(detail, sizeof detail, "%s", fo_last_error());
+  const char *d = strncmp(detail, fn, strlen(fn)) == 0 && detail[strlen(fn)] == ':'
+                      ? detail + strlen(fn) + 2
+                      : detail;
+  return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "%s (every tensor must be one a checkpoint can hold)",
+                 d);
+}
+
 /* --------------------------------------------------------------- create */
 
 fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
@@ -363,6 +387,8 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
     goto done;
   }
   for (int64_t i = 0; i < num_tensors; i++) {
+    opt->tensors[i].numel = tensors[i].numel;
+    opt->tensors[i].group = tensors[i].group;
     if (!tensors[i].name) continue;
     opt->names[i] = copy_name(tensors[i].name);
     if (!opt->names[i]) {
@@ -370,12 +396,15 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
       goto done;
     }
   }
+  FO_TRY(check_names(fn, opt));
   FO_TRY(layout_tensors(fn, opt, tensors));
   FO_TRY(build_plan(fn, opt));
   FO_TRY(alloc_step_state(fn, opt));
   if (opt->keeps.master && options->storage == FO_STORAGE_EXTERNAL)
     FO_TRY(options->executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, NULL)
                                               : fo_cpu_sync_master(opt));
+  opt->master_unset =
+      opt->keeps.master && options->storage == FO_STORAGE_ARENA && opt->total_elems > 0;
   /* The zero-fills, uploads and master copy above ran on the legacy default
    * stream; wait for them, so a caller's non-blocking stream sees them. */
   if (options->executor == FO_EXEC_CUDA) FO_TRY(fo_cuda_synchronize(options->device));
@@ -420,6 +449,16 @@ fo_status fo_options_default(fo_options *out) {
 
 /* ------------------------------------------------------------------ step */
 
+fo_status fo_master_check(const char *fn, const fo_optimizer *opt) {
+  if (!opt->master_unset) return FO_SUCCESS;
+  return fo_fail(FO_ERR_INVALID_STATE, fn,
+                 "the fp32 master weights were never set: with arena storage, write the initial "
+                 "parameters through fo_optimizer_param_ptr(), then call "
+                 "fo_optimizer_sync_master() (or fo_optimizer_load()) before the first step or "
+                 "save; a step would start from zero master weights and overwrite the "
+                 "parameters");
+}
+
 /* The stream argument of a call that launches work: NULL on the CPU, a
  * stream of the optimizer's device on CUDA. */
 static fo_status check_stream(const char *fn, const fo_optimizer *opt,
@@ -438,6 +477,7 @@ fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream) {
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
   fo_status st = fo_fault_check(fn, opt);
   if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
+  if (st == FO_SUCCESS) st = fo_master_check(fn, opt);
   if (st == FO_SUCCESS) st = fo_dp_before_step(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   /* past this point a failure may leave the state half-updated */
@@ -469,7 +509,9 @@ fo_status fo_optimizer_sync_master(fo_optimizer *opt, fo_stream_t stream) {
   if (st != FO_SUCCESS || !opt->keeps.master) return st;
   st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, stream)
                                              : fo_cpu_sync_master(opt);
-  return fo_fault_after(fn, opt, FO_FAULT_NONE, st);
+  st = fo_fault_after(fn, opt, FO_FAULT_NONE, st);
+  if (st == FO_SUCCESS) opt->master_unset = 0;
+  return st;
 }
 
 /* ------------------------------------------------------------- accessors */
@@ -531,8 +573,8 @@ fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out) {
   static const char fn[] = "fo_optimizer_loss_scale_ptr";
   if (!opt || !out)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  if (!opt->options.loss_scaler.enabled)
-    return fo_fail(FO_ERR_INVALID_STATE, fn, "loss scaling is not enabled");
+  /* Without loss scaling the state's scale is 1 and nothing writes it, so
+   * one loop serves both: the backward pass multiplies by 1. */
   *out = &opt->state->scale;
   return FO_SUCCESS;
 }
@@ -566,6 +608,21 @@ fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *out) {
   fo_status st = check_group(fn, opt, group);
   if (st != FO_SUCCESS) return st;
   *out = opt->hparams[group].lr;
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *out) {
+  static const char fn[] = "fo_optimizer_get_next_lr";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_status st = check_group(fn, opt, group);
+  if (st != FO_SUCCESS) return st;
+  fo_step_state s;
+  st = read_state(fn, opt, &s);
+  if (st != FO_SUCCESS) return st;
+  fo_prepare_args pa;
+  fo_prepare_args_fill(opt, &pa);
+  /* exactly the prepare step's arithmetic (fo_prepare_step) */
+  *out = (float)((double)opt->hparams[group].lr * fo_schedule_factor(&pa.schedule, s.step));
   return FO_SUCCESS;
 }
 

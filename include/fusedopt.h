@@ -315,8 +315,8 @@ typedef struct fo_options {
   int write_unscaled_grads;
   fo_loss_scaler_options loss_scaler; /**< default: disabled */
   fo_schedule schedule;               /**< default: constant */
-  /** Reserved for communicators and checkpoints of later versions; must be
-   *  zero. */
+  /** Reserved for options of later versions (four fields); must be zero
+   *  (fo_options_default() zeroes them). */
   uint64_t reserved[4];
 } fo_options;
 
@@ -368,10 +368,19 @@ typedef struct CUstream_st *fo_stream_t;
  *  On FO_EXEC_CUDA, create synchronizes with the device once (allocation
  *  and the upload of the plan); steps never do.
  *
+ *  Tensor names must be ones a checkpoint can hold (fo_optimizer_save()):
+ *  the keys a save writes -- each name ("tensor.<i>" when it has none) and
+ *  its state's "<name>.master", ".exp_avg", ... -- must be distinct (no
+ *  two tensors "w", no "w" with master weights beside a tensor
+ *  "w.master"), none may be "__metadata__", and names must be UTF-8;
+ *  otherwise create fails with FO_ERR_INVALID_ARGUMENT naming them.
+ *
  *  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (bad option,
- *  hyper-parameter, group index, size), FO_ERR_UNSUPPORTED, FO_ERR_OVERLAP
- *  (parameter and gradient buffers overlap), FO_ERR_BAD_POINTER,
- *  FO_ERR_NO_DEVICE, FO_ERR_OUT_OF_MEMORY.  *out is set only on success. */
+ *  hyper-parameter, group index, size, name), FO_ERR_UNSUPPORTED,
+ *  FO_ERR_OVERLAP (parameter and gradient buffers overlap),
+ *  FO_ERR_BAD_POINTER, FO_ERR_NO_DEVICE (FO_EXEC_CUDA without a usable
+ *  device, or in a build without CUDA: the message says which),
+ *  FO_ERR_OUT_OF_MEMORY.  *out is set only on success. */
 FO_API fo_status fo_optimizer_create(fo_optimizer **out,
                                      const fo_options *options,
                                      const fo_hparams *hparams, int num_groups,
@@ -391,7 +400,8 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *  the call only enqueues work (no host synchronization), so a stream
  *  capture of it is a replayable CUDA graph.  If the step fails once its
  *  work has started (a CUDA error), the optimizer is faulted: see
- *  fo_optimizer_get_fault(). */
+ *  fo_optimizer_get_fault().  FO_ERR_INVALID_STATE, changing nothing,
+ *  while arena master weights were never set (fo_optimizer_sync_master()). */
 FO_API fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream);
 
 /** Set every registered gradient to zero. */
@@ -399,7 +409,10 @@ FO_API fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream);
 
 /** Copy the current 16-bit parameters into the fp32 master weights (after
  *  the caller has written new parameter values).  A no-op without master
- *  weights. */
+ *  weights.  With FO_STORAGE_ARENA and master weights it is required once
+ *  after writing the initial parameters: until it (or fo_optimizer_load())
+ *  has run, fo_optimizer_step() and the saves refuse with
+ *  FO_ERR_INVALID_STATE, since the master weights are still zero. */
 FO_API fo_status fo_optimizer_sync_master(fo_optimizer *opt,
                                           fo_stream_t stream);
 
@@ -420,7 +433,13 @@ typedef struct fo_step_info {
                           *   by the last step (inf or NaN if non-finite; 0
                           *   when neither clipping nor loss scaling is on) */
   float grad_coef;       /**< what the last step multiplied gradients by */
-  float lr_factor;       /**< the schedule's factor at the last applied step */
+  float lr_factor;       /**< the schedule's factor of the last applied step:
+                          *   its learning rate was each group's lr times
+                          *   this.  1 before the first step (no step has
+                          *   applied one, even during a warmup) and
+                          *   unchanged by a skipped step;
+                          *   fo_optimizer_get_next_lr() gives the rate
+                          *   the next step will use */
   int growth_tracker;    /**< clean steps since the scale last changed */
 } fo_step_info;
 
@@ -430,8 +449,9 @@ FO_API fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *ou
 
 /** A pointer to the current loss scale (one float in the executor's memory:
  *  device memory on FO_EXEC_CUDA), for a backward pass that scales the loss
- *  gradient without a host synchronization.  The step updates it.  Fails
- *  with FO_ERR_INVALID_STATE when loss scaling is off. */
+ *  gradient without a host synchronization.  The step updates it.  With
+ *  loss scaling off it points to a scale that stays 1, so one training
+ *  loop serves both. */
 FO_API fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out);
 
 /** Set the step count (for resuming); bias corrections, the schedule and
@@ -446,9 +466,19 @@ FO_API fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step);
  *  it was captured with; the schedule still advances on the device. */
 FO_API fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr);
 
-/** Read the learning rate of one group. */
+/** Read the base learning rate of one group: its hparams lr, as created,
+ *  set or loaded, without the schedule's factor. */
 FO_API fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group,
                                      float *out);
+
+/** The learning rate the next step will apply to one group: its base rate
+ *  times the schedule's factor at the current step count, rounded to float
+ *  as the step rounds it (the same bits).  Before the first step with a
+ *  warmup of W steps, that is lr / W.  (A skipped step leaves it as it
+ *  was.)  Reads the step count: on FO_EXEC_CUDA it synchronizes, like
+ *  fo_optimizer_get_info(). */
+FO_API fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group,
+                                          float *out);
 
 /** Replace every hyper-parameter of one group (validated as at create).
  *  Switching amsgrad or momentum on needs state the optimizer was not
@@ -547,7 +577,11 @@ typedef struct fo_nccl_id {
 } fo_nccl_id;
 
 /** ncclGetUniqueId: one rank (rank 0) calls this and sends the bytes to
- *  every other rank before they all call fo_comm_init_nccl(). */
+ *  every other rank before they all call fo_comm_init_nccl().  In a build
+ *  without NCCL (FO_ENABLE_NCCL=OFF, always so without CUDA) the NCCL
+ *  calls check their arguments, then fail: FO_ERR_NO_DEVICE without a
+ *  usable device (or CUDA), else FO_ERR_UNSUPPORTED ("built without
+ *  NCCL"); fo_nccl_get_id() with FO_ERR_UNSUPPORTED. */
 FO_API fo_status fo_nccl_get_id(fo_nccl_id *out);
 
 /** Create an NCCL communicator for rank rank of size ranks on CUDA device
@@ -764,9 +798,15 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *  checkpoint instead.
  *
  *  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (empty path, bad
- *  stream), FO_ERR_INVALID_STATE (the optimizer is faulted; or two tensors
- *  would be saved under one name, or a name is not UTF-8), FO_ERR_IO (the
- *  OS's reason in the message), FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY. */
+ *  stream), FO_ERR_INVALID_STATE (the optimizer is faulted, or its arena
+ *  master weights were never set), FO_ERR_IO (the message names path,
+ *  then the temporary file the failure happened on, and the OS's reason),
+ *  FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY.  (Names a checkpoint cannot hold
+ *  were refused at create.)
+ *
+ *  The file records each tensor's parameter group
+ *  ("fusedopt.group_of.<name>"); fo_optimizer_load() refuses to move a
+ *  tensor to another group. */
 FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path,
                                    fo_stream_t stream);
 
@@ -800,8 +840,9 @@ FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt,
 /** Restore a checkpoint written by fo_optimizer_save() into opt, which must
  *  have been created with the same algorithm, parameter dtype, master
  *  weights, stochastic rounding and loss scaling on or off, the same number
- *  of groups, and the same tensors (count, names, sizes), each checked with
- *  its own message.  The file may come from the other executor and the
+ *  of groups, and the same tensors (count, names, sizes, and each in the
+ *  group it was saved in, when the file records it), each checked with
+ *  its own message naming the tensor.  The file may come from the other executor and the
  *  other storage mode.  Restored: the parameters (written into the
  *  caller's buffers with external storage), the state buffers, every
  *  group's hyper-parameters and the step state.  Not restored: options,
@@ -900,7 +941,8 @@ FO_API fo_status fo_convert_to_f32(fo_dtype dtype, const void *src,
 
 /** Whether a usable CUDA device exists: returns FO_SUCCESS and sets *count
  *  to the number of devices, or FO_ERR_NO_DEVICE with the reason (no
- *  driver, driver too old, no device) in fo_last_error(). */
+ *  driver, driver too old, no device, or a library built without CUDA,
+ *  FO_ENABLE_CUDA=OFF) in fo_last_error(). */
 FO_API fo_status fo_cuda_device_count(int *count);
 
 #ifdef __cplusplus

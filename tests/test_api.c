@@ -1172,9 +1172,11 @@ Test(api_optimizer, index_out_of_range) {
 Test(api_optimizer, loss_scale_ptr_and_info) {
   cenv e;
   fo_optimizer *opt = make_opt(&e, FO_ALG_ADAMW);
+  /* scaling off: a scale that stays 1, for one loop that serves both */
   float *fp = (float *)SENT_PTR;
-  CHECK(FO_ERR_INVALID_STATE, NULL, fo_optimizer_loss_scale_ptr, opt, &fp);
-  cr_expect(fp == (float *)SENT_PTR, "loss_scale_ptr failed but wrote *out");
+  CHECK(FO_SUCCESS, NULL, fo_optimizer_loss_scale_ptr, opt, &fp);
+  cr_assert(fp != (float *)SENT_PTR && fp != NULL, "loss_scale_ptr gave no pointer");
+  cr_expect(*fp == 1.0f, "scale without scaling %g", *fp);
   fo_step_info info;
   memset(&info, 0x5A, sizeof info);
   CHECK(FO_SUCCESS, NULL, fo_optimizer_get_info, opt, &info);
@@ -1183,6 +1185,8 @@ Test(api_optimizer, loss_scale_ptr_and_info) {
             "fresh info: step %lld skipped %lld last %d scale %g",
             (long long)info.step, (long long)info.skipped_steps,
             info.last_step_skipped, info.loss_scale);
+  for (int s = 0; s < 3; s++) CHECK(FO_SUCCESS, NULL, fo_optimizer_step, opt, NULL);
+  cr_expect(*fp == 1.0f, "scale without scaling after 3 steps %g", *fp);
   fo_optimizer_destroy(opt);
 
   env_init(&e, FO_ALG_ADAMW);
@@ -1390,6 +1394,45 @@ Test(api_cuda, create_without_gpu) {
   const char *m = fo_last_error();
   cr_expect(contains_ci(m, "driver") || contains_ci(m, "device"),
             "reason \"%s\" names neither driver nor device", m);
+#if !FO_TEST_CUDA_BUILT
+  cr_expect(strstr(m, "built without CUDA") && strstr(m, "FO_ENABLE_CUDA=OFF"),
+            "a build without CUDA must say so: \"%s\"", m);
+#endif
+}
+
+/* A build without CUDA (FO_ENABLE_CUDA=OFF, docs/install.md): every CUDA
+ * and NCCL entry point checks its arguments as usual, then fails with
+ * FO_ERR_NO_DEVICE (NCCL's id: FO_ERR_UNSUPPORTED) and says the build has
+ * no CUDA; a stream is refused; the CPU executor works. */
+Test(api_cuda, build_without_cuda_says_so) {
+#if FO_TEST_CUDA_BUILT
+  cr_skip_test("this build has CUDA (FO_ENABLE_CUDA=ON)");
+#else
+  int n = -3;
+  cr_expect_eq(fo_cuda_device_count(&n), FO_ERR_NO_DEVICE);
+  cr_expect_eq(n, -3, "failed but set *count = %d", n);
+  cr_expect(strstr(fo_last_error(), "built without CUDA") != NULL, "\"%s\"", fo_last_error());
+  fo_nccl_id id;
+  memset(&id, 0x5a, sizeof id);
+  fo_comm *c = (fo_comm *)&n;
+  cr_expect_eq(fo_comm_init_nccl(&c, &id, 0, 1, 0), FO_ERR_NO_DEVICE);
+  cr_expect(c == (fo_comm *)&n, "a failed init set *out");
+  cr_expect(strstr(fo_last_error(), "fo_comm_init_nccl") && strstr(fo_last_error(), "without CUDA"),
+            "\"%s\"", fo_last_error());
+  cr_expect_eq(fo_comm_init_nccl(&c, &id, 2, 1, 0), FO_ERR_INVALID_ARGUMENT);
+  cr_expect_eq(fo_nccl_get_id(&id), FO_ERR_UNSUPPORTED);
+  cr_expect(strstr(fo_last_error(), "without NCCL") != NULL, "\"%s\"", fo_last_error());
+  cr_expect_eq(fo_comm_wrap_nccl(&c, (fo_nccl_comm_t)&id), FO_ERR_UNSUPPORTED);
+  /* the CPU executor: a stream is not a CUDA stream here either */
+  cenv e;
+  env_init(&e, FO_ALG_ADAMW);
+  set_arena(&e);
+  fo_optimizer *opt = NULL;
+  cr_assert_eq(fo_optimizer_create(&opt, &e.o, e.hp, e.ng, e.t, e.nt), FO_SUCCESS, "%s",
+               fo_last_error());
+  cr_expect_eq(fo_optimizer_step(opt, (fo_stream_t)&n), FO_ERR_INVALID_ARGUMENT);
+  fo_optimizer_destroy(opt);
+#endif
 }
 
 /* ===================================================== success smoke test */

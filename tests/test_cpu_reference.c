@@ -304,7 +304,7 @@ static int harness_init(harness *h, const run_cfg *c, const int64_t *sizes, cons
     free(init);
     desc[t].numel = n;
     desc[t].group = h->group[t];
-    desc[t].name = "t";
+    desc[t].name = NULL; /* saved as "tensor.<t>": names must be distinct */
     if (c->storage == FO_STORAGE_EXTERNAL) {
       /* misaligned by a varying number of elements */
       void *p = tu_buffer_alloc(&h->pbuf[t], (size_t)n * psz, (size_t)(t % 4) * psz);

@@ -998,9 +998,10 @@ Test(gpu_mp, step_never_waits_for_the_host, .timeout = 120) {
    * context on a kernel's first launch) */
   OK(fo_optimizer_step(r.opt, d.stream));
   OK(fo_optimizer_zero_grad(r.opt, d.stream));
+  /* the arena's master weights first: a step refuses until they are set */
+  OK(fo_optimizer_sync_master(arena, d.stream));
   OK(fo_optimizer_step(arena, d.stream));
   OK(fo_optimizer_zero_grad(arena, d.stream));
-  OK(fo_optimizer_sync_master(arena, d.stream));
   CK(cudaStreamSynchronize(d.stream));
   snap s0;
   snap_take(&r, &s0);

@@ -1,17 +1,91 @@
 #!/usr/bin/env bash
-# Installs the built library into a temporary prefix, then builds and runs
-# a consumer through find_package(fusedopt) and through pkg-config.
+# Installs the built library into a temporary prefix, checks the installed
+# files as a packager would, then builds and runs a consumer (main.c) of
+# every kind: the shared and the static library, through find_package
+# (as C and as C++) and through pkg-config (C), checking that the shared
+# library's consumers see none of its private dependencies.  A build
+# without CUDA (FO_ENABLE_CUDA=OFF) is checked to depend on neither CUDA
+# nor NCCL.  docs/install.md.
 #   check.sh BUILD_DIR SOURCE_DIR
 set -euo pipefail
-build="$1"; src="$2"
+build="$(cd "$1" && pwd)"; src="$(cd "$2" && pwd)"
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-cmake --install "$build" --prefix "$tmp/prefix" >/dev/null
-cmake -S "$src/tests/consumer" -B "$tmp/cmake-build" -G Ninja \
-  -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
-cmake --build "$tmp/cmake-build" >/dev/null
-LD_LIBRARY_PATH="$tmp/prefix/lib" "$tmp/cmake-build/consumer"
-pc="$(find "$tmp/prefix" -name fusedopt.pc)"
-PKG_CONFIG_PATH="$(dirname "$pc")" cc -std=c11 "$src/tests/consumer/main.c" \
-  $(PKG_CONFIG_PATH="$(dirname "$pc")" pkg-config --cflags --libs fusedopt) -o "$tmp/pc-consumer"
-LD_LIBRARY_PATH="$tmp/prefix/lib" "$tmp/pc-consumer"
-echo "consumer: find_package and pkg-config both work"
+fail() { echo "consumer: FAIL: $*" >&2; exit 1; }
+cache_bool() { # the value of a BOOL cache entry of the build, as 1 or 0
+  case "$(sed -n "s/^$1:BOOL=//p" "$build/CMakeCache.txt")" in ON | TRUE | 1) echo 1 ;; *) echo 0 ;; esac
+}
+cuda=$(cache_bool FO_ENABLE_CUDA)
+nccl=$(cache_bool FO_ENABLE_NCCL)
+prefix="$tmp/prefix"
+cmake --install "$build" --prefix "$prefix" >/dev/null
+lib="$(dirname "$(find "$prefix" -name 'libfusedopt.a')")"
+[ -n "$lib" ] || fail "no libfusedopt.a installed"
+
+# ---- the installed files
+version="$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' "$build/CMakeCache.txt")"
+IFS=. read -r major minor _ <<<"$version"
+soname="libfusedopt.so.$major.$minor"
+[ -f "$lib/libfusedopt.so.$version" ] || fail "no $lib/libfusedopt.so.$version"
+[ "$(readlink "$lib/libfusedopt.so")" = "$soname" ] || fail "libfusedopt.so does not point to $soname"
+[ "$(readlink "$lib/$soname")" = "libfusedopt.so.$version" ] || fail "$soname does not point to the library"
+readelf -d "$lib/libfusedopt.so.$version" | grep -q "SONAME.*\[$soname\]" || fail "the soname is not $soname"
+# No build or source paths in any installed text file, and no RPATH/RUNPATH
+# into the build tree.
+if grep -rIl -e "$build" -e "$src" "$prefix"; then fail "build paths in the installed files above"; fi
+if readelf -d "$lib/libfusedopt.so.$version" | grep -E "R(UN)?PATH"; then fail "the installed library has an RPATH"; fi
+[ -f "$lib/cmake/fusedopt/fusedoptConfigVersion.cmake" ] || fail "no fusedoptConfigVersion.cmake"
+needed="$(readelf -d "$lib/libfusedopt.so.$version" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
+echo "consumer: $soname needs: $needed"
+if [ "$cuda" = 0 ]; then
+  case "$needed" in *cuda* | *nccl*) fail "a build without CUDA needs $needed" ;; esac
+  if nm "$lib/libfusedopt.a" | grep -E " U (cuda|nccl|__cxa|_Z)"; then
+    fail "the CPU-only archive refers to CUDA, NCCL or the C++ runtime"
+  fi
+fi
+[ "$nccl" = 1 ] || case "$needed" in *nccl*) fail "a build without NCCL needs $needed" ;; esac
+
+# What must not reach a consumer of the shared library.
+private_re='fopenmp|cuda|nccl|gomp|stdc\+\+'
+run() { # BINARY: runs it against the installed library only
+  local args=()
+  [ "$cuda" = 0 ] && args=(--no-cuda)
+  LD_LIBRARY_PATH="$lib" "$@" "${args[@]}" || fail "$* failed"
+}
+
+# ---- CMake: find_package(fusedopt), each target, as C and as C++
+for lang in C CXX; do
+  for target in fusedopt::fusedopt fusedopt::fusedopt_static; do
+    dir="$tmp/cmake-$lang-${target#fusedopt::}"
+    cmake -S "$src/tests/consumer" -B "$dir" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
+      -DFO_LANG="$lang" -DFO_TARGET="$target" >"$dir.log" 2>&1 ||
+      { cat "$dir.log" >&2; fail "configuring the $lang consumer of $target"; }
+    cmake --build "$dir" >>"$dir.log" 2>&1 || { cat "$dir.log" >&2; fail "building the $lang consumer of $target"; }
+    commands="$(ninja -C "$dir" -t commands consumer)"
+    if [ "$target" = fusedopt::fusedopt ]; then
+      if grep -Eo -- "$private_re" <<<"$commands" | sort -u | grep .; then
+        echo "$commands" >&2
+        fail "the shared target leaks the private dependencies above into its consumer"
+      fi
+    else
+      if readelf -d "$dir/consumer" | grep -q "libfusedopt"; then fail "the static consumer needs libfusedopt.so"; fi
+    fi
+    run "$dir/consumer"
+  done
+done
+
+# ---- pkg-config, from C: the shared library, then the archive
+export PKG_CONFIG_PATH="$lib/pkgconfig"
+flags="$(pkg-config --cflags --libs fusedopt)"
+if grep -Eo -- "$private_re" <<<"$flags" | grep .; then fail "pkg-config --libs fusedopt leaks: $flags"; fi
+cc -std=c11 "$src/tests/consumer/main.c" $flags -o "$tmp/pc-shared"
+run "$tmp/pc-shared"
+# --static: everything the archive needs (Libs.private); -Bstatic makes the
+# linker take libfusedopt.a although the .so sits beside it.
+static_flags="$(pkg-config --static --cflags --libs fusedopt)"
+echo "consumer: pkg-config --static --libs fusedopt: $static_flags"
+static_flags="${static_flags/-lfusedopt/-Wl,-Bstatic -lfusedopt -Wl,-Bdynamic}"
+cc -std=c11 "$src/tests/consumer/main.c" $static_flags -o "$tmp/pc-static"
+if readelf -d "$tmp/pc-static" | grep -q "libfusedopt"; then fail "the pkg-config --static consumer needs libfusedopt.so"; fi
+run "$tmp/pc-static"
+echo "consumer: shared and static, find_package (C, C++) and pkg-config (C) all work" \
+  "(CUDA $cuda, NCCL $nccl)"

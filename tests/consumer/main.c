@@ -1,8 +1,12 @@
-/* Links the installed library, runs one SGD step on the CPU, and checks it. */
+/* Links the installed library, runs one SGD step on the CPU, and checks
+ * it; then asks for the CUDA executor, which must work or fail with
+ * FO_ERR_NO_DEVICE and a reason ("--no-cuda": a build without CUDA, whose
+ * reason must say so).  C11, and valid C++ (check.sh builds it as both). */
 #include <fusedopt.h>
 #include <stdio.h>
+#include <string.h>
 
-int main(void) {
+int main(int argc, char **argv) {
   float p[3] = {1.0f, 2.0f, 3.0f}, g[3] = {0.5f, -1.0f, 2.0f};
   fo_options o;
   fo_hparams h;
@@ -20,5 +24,17 @@ int main(void) {
   fo_optimizer_destroy(opt);
   int ok = p[0] == 0.75f && p[1] == 2.5f && p[2] == 2.0f;
   printf("consumer: fusedopt %s, step %s\n", fo_version_string(), ok ? "ok" : "WRONG");
+
+  int no_cuda = argc > 1 && strcmp(argv[1], "--no-cuda") == 0;
+  int count = 0;
+  fo_status st = fo_cuda_device_count(&count);
+  if (st != FO_SUCCESS) {
+    const char *why = fo_last_error();
+    printf("consumer: no CUDA: %s\n", why);
+    if (st != FO_ERR_NO_DEVICE || !why[0]) ok = 0;
+    if (no_cuda && !strstr(why, "built without CUDA")) ok = 0;
+  } else if (no_cuda) {
+    ok = 0;
+  }
   return ok && fo_version_number() == FO_VERSION_NUMBER ? 0 : 1;
 }
