@@ -74,17 +74,42 @@ static fo_status pwrite_all(const char *fn, int fd, const void *data, size_t n, 
   return FO_SUCCESS;
 }
 
+/* Open path for reading only if it is a regular file.  O_NONBLOCK makes
+ * the open itself return at once: a plain open of a FIFO waits for a
+ * writer, forever if none comes, before any check could run.  For a
+ * regular file O_NONBLOCK means nothing; it is cleared anyway once fstat
+ * has said what the file is. */
+static fo_status open_regular(const char *fn, const char *path, int *out, struct stat *sb) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return io_fail(fn, "cannot open", path, errno);
+  fo_status st = FO_SUCCESS;
+  int flags;
+  if (fstat(fd, sb) != 0)
+    st = io_fail(fn, "cannot stat", path, errno);
+  else if (S_ISDIR(sb->st_mode))
+    st = io_fail(fn, "cannot read", path, EISDIR);
+  else if (!S_ISREG(sb->st_mode))
+    st = fo_fail(FO_ERR_IO, fn,
+                 "cannot read \"%.200s\": not a regular file (a FIFO, socket or device; a "
+                 "checkpoint is a regular file)",
+                 path);
+  else if ((flags = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+    st = io_fail(fn, "cannot read", path, errno);
+  if (st != FO_SUCCESS) {
+    close(fd);
+    return st;
+  }
+  *out = fd;
+  return FO_SUCCESS;
+}
+
 /* The whole file in one malloc'd buffer. */
 static fo_status read_file(const char *fn, const char *path, unsigned char **out, size_t *len) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return io_fail(fn, "cannot open", path, errno);
+  int fd = -1;
   struct stat sb;
-  fo_status st = FO_SUCCESS;
-  if (fstat(fd, &sb) != 0)
-    st = io_fail(fn, "cannot stat", path, errno);
-  else if (!S_ISREG(sb.st_mode))
-    st = io_fail(fn, "cannot read", path, S_ISDIR(sb.st_mode) ? EISDIR : EINVAL);
-  else if ((uint64_t)sb.st_size >= SIZE_MAX)
+  fo_status st = open_regular(fn, path, &fd, &sb);
+  if (st != FO_SUCCESS) return st;
+  if ((uint64_t)sb.st_size >= SIZE_MAX)
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "\"%.200s\" is too large to read", path);
   size_t n = st == FO_SUCCESS ? (size_t)sb.st_size : 0, got = 0;
   unsigned char *buf = st == FO_SUCCESS ? malloc(n + 1) : NULL;
@@ -335,12 +360,20 @@ static fo_status save_file(const char *fn, const fo_optimizer *opt, const char *
   return st;
 }
 
-fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_save";
-  fo_status st = check_args(fn, opt, path, stream);
+static fo_status save_claimed(const char *fn, const fo_optimizer *opt, const char *path,
+                              fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st == FO_SUCCESS) st = check_args(fn, opt, path, stream);
   if (st == FO_SUCCESS) st = fo_fault_check(fn, opt); /* never save a half-updated state */
   if (st != FO_SUCCESS) return st;
   return save_file(fn, opt, path);
+}
+
+fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_save";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, save_claimed(fn, opt, path, stream));
 }
 
 /* ------------------------------------------------------ a gathered save */
@@ -442,11 +475,10 @@ static fo_status save_gathered(gathered *x, const char *path, fo_stream_t stream
   return fo_ckpt_agree(s->fn, opt, local, 0, 0, 0, stream);
 }
 
-fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, int root,
-                                     fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_save_gathered";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = check_stream(fn, opt, stream);
+static fo_status save_gathered_claimed(const char *fn, const fo_optimizer *opt, const char *path,
+                                       int root, fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   int rank, size;
   fo_ckpt_comm_shape(opt, &rank, &size);
@@ -482,6 +514,15 @@ fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, 
   return st;
 }
 
+fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, int root,
+                                     fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_save_gathered";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st
+                          : fo_release(opt, save_gathered_claimed(fn, opt, path, root, stream));
+}
+
 /* -------------------------------------------------------------- loading */
 
 /* Write a validated checkpoint into the optimizer.  Only a failing device
@@ -500,6 +541,7 @@ static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore 
   if (st == FO_SUCCESS && cuda) st = fo_ckpt_cuda_wait(fn, opt->options.device);
   if (st != FO_SUCCESS) return fo_fault_after(fn, opt, FO_FAULT_NONE, st);
   if (!cuda) *opt->state = r->state;
+  fo_steps_left_reset(opt, &r->state);
   memcpy(opt->hparams, r->hparams, (size_t)opt->num_groups * sizeof *opt->hparams);
   fo_fault_clear(opt);
   return FO_SUCCESS;
@@ -571,22 +613,36 @@ static fo_status load(const char *fn, fo_optimizer *opt, const char *const *path
   return st;
 }
 
-fo_status fo_optimizer_load(fo_optimizer *opt, const char *path, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_load";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = opt->sharded ? FO_SUCCESS : check_path(fn, "path", path);
+static fo_status load_claimed(const char *fn, fo_optimizer *opt, const char *path,
+                              fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st == FO_SUCCESS && !opt->sharded) st = check_path(fn, "path", path);
   if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   return load(fn, opt, &path, 1, 0, stream);
+}
+
+fo_status fo_optimizer_load(fo_optimizer *opt, const char *path, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_load";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, load_claimed(fn, opt, path, stream));
+}
+
+static fo_status load_shards_claimed(const char *fn, fo_optimizer *opt, const char *const *paths,
+                                     int n, fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
+  if (st != FO_SUCCESS) return st;
+  return load(fn, opt, paths, n, 1, stream);
 }
 
 fo_status fo_optimizer_load_shards(fo_optimizer *opt, const char *const *paths, int n,
                                    fo_stream_t stream) {
   static const char fn[] = "fo_optimizer_load_shards";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = check_stream(fn, opt, stream);
-  if (st != FO_SUCCESS) return st;
-  return load(fn, opt, paths, n, 1, stream);
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, load_shards_claimed(fn, opt, paths, n, stream));
 }
 
 fo_status fo_checkpoint_verify(const char *path) {
@@ -610,7 +666,9 @@ fo_status fo_optimizer_get_fault(const fo_optimizer *opt, fo_status *status, cha
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "status" : "opt");
   if (!message && capacity > 0)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "message is NULL with capacity %zu", capacity);
+  fo_status st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
   *status = opt->fault;
   if (capacity > 0) snprintf(message, capacity, "%s", opt->fault_msg);
-  return FO_SUCCESS;
+  return fo_release(opt, FO_SUCCESS);
 }

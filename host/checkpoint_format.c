@@ -937,8 +937,9 @@ static fo_status check_groups(const reader *r, const fo_optimizer *opt, fo_hpara
 /* The step state, and that the loss scaler can continue from it. */
 static fo_status check_state(const reader *r, const fo_optimizer *opt, fo_step_state *s) {
   int64_t step, skipped;
-  fo_status st = get_int(r, "state.step", 0, INT64_MAX, &step);
-  if (st == FO_SUCCESS) st = get_int(r, "state.skipped", 0, INT64_MAX, &skipped);
+  /* FO_MAX_STEP, as fo_optimizer_set_step: a larger count would overflow */
+  fo_status st = get_int(r, "state.step", 0, FO_MAX_STEP, &step);
+  if (st == FO_SUCCESS) st = get_int(r, "state.skipped", 0, FO_MAX_STEP, &skipped);
   if (st == FO_SUCCESS) st = get_float(r, "state.scale", &s->scale);
   if (st == FO_SUCCESS) st = get_i32(r, "state.growth_tracker", 0, INT32_MAX, &s->growth_tracker);
   if (st == FO_SUCCESS) st = get_i32(r, "state.hysteresis_left", 0, INT32_MAX, &s->hysteresis_left);
@@ -950,9 +951,13 @@ static fo_status check_state(const reader *r, const fo_optimizer *opt, fo_step_s
   s->step = step;
   s->skipped = skipped;
   const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
-  if (!(isfinite(s->scale) && s->scale > 0.0f))
+  /* what the scaler can produce (fo_scaler_backoff keeps it in range): a
+   * subnormal or zero scale would make the next clean step's 1/scale inf */
+  if (!(isfinite(s->scale) && s->scale >= FO_LOSS_SCALE_MIN))
     return fo_fail(FO_ERR_CHECKPOINT, r->fn,
-                   "the checkpoint's loss scale %g is not finite and positive", (double)s->scale);
+                   "the checkpoint's loss scale %g is not finite and at least FO_LOSS_SCALE_MIN "
+                   "(%g)",
+                   (double)s->scale, (double)FO_LOSS_SCALE_MIN);
   if (ls->enabled && s->growth_tracker >= ls->growth_interval)
     return fo_fail(FO_ERR_CHECKPOINT, r->fn,
                    "the checkpoint's growth tracker %d is not below this optimizer's "
