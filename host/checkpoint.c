@@ -22,8 +22,10 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,29 +139,115 @@ static fo_status read_file(const char *fn, const char *path, unsigned char **out
 
 /* ------------------------------------------------------- the temp file */
 
-/* "<path>.tmp-<pid>-<8 hex>", created exclusively next to path (so the
- * rename stays within one file system).  The suffix mixes the clock and
- * the attempt: two savers racing for one name both retry. */
+/* The temporary file of a save of "<dir>/<name>" is "<dir>/<stem>.tmp-<pid>-
+ * <8 hex digits>", created exclusively next to path (so the rename stays
+ * within one file system).  The stem is the name itself, or, when the
+ * suffix would push the name past NAME_MAX (names of 232 bytes and more),
+ * the name's first bytes, "~" and 16 hex digits of a hash of the whole
+ * name: every save of one path uses one stem, and no other checkpoint's
+ * stem is the same.  The suffix mixes the clock and the attempt: two savers
+ * racing for one name both retry. */
+#define TEMP_SUFFIX_MAX 24 /* ".tmp-" + a pid of up to 10 digits + "-" + 8 */
+#define TEMP_HASH_LEN 17   /* "~" + 16 hex digits */
+#ifndef NAME_MAX
+#define NAME_MAX 255
+#endif
+
+static uint64_t name_hash(const char *s, size_t n) { /* FNV-1a */
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+  return h;
+}
+
+/* "<dir>/<stem>" of path (malloc'd); *stem_at: where the stem starts. */
+static char *temp_stem(const char *path, size_t *stem_at) {
+  const char *slash = strrchr(path, '/');
+  size_t dir_len = slash ? (size_t)(slash + 1 - path) : 0, name_len = strlen(path) - dir_len;
+  char *out = malloc(dir_len + name_len + TEMP_HASH_LEN + 1);
+  if (!out) return NULL;
+  memcpy(out, path, dir_len + name_len + 1);
+  *stem_at = dir_len;
+  if (name_len + TEMP_SUFFIX_MAX <= NAME_MAX) return out;
+  size_t keep = NAME_MAX - TEMP_SUFFIX_MAX - TEMP_HASH_LEN;
+  /* cut at a character boundary: the stem stays as valid UTF-8 as the name */
+  while (keep > 0 && ((unsigned char)path[dir_len + keep] & 0xC0) == 0x80) keep--;
+  snprintf(out + dir_len + keep, TEMP_HASH_LEN + 1, "~%016llx",
+           (unsigned long long)name_hash(path + dir_len, name_len));
+  return out;
+}
+
 static fo_status open_temp(const char *fn, const char *path, char **tmp, int *fd) {
-  size_t n = strlen(path) + 48;
-  char *name = malloc(n);
-  if (!name) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a file name");
+  size_t stem_at;
+  char *stem = temp_stem(path, &stem_at);
+  size_t n = stem ? strlen(stem) + TEMP_SUFFIX_MAX + 1 : 0;
+  char *name = stem ? malloc(n) : NULL;
+  if (!name) {
+    free(stem);
+    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a file name");
+  }
   for (unsigned attempt = 0; attempt < 100; attempt++) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     uint64_t h = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32)) * 0x9E3779B97F4A7C15ull;
     h ^= (uint64_t)attempt * 0xBF58476D1CE4E5B9ull + (uint64_t)(uintptr_t)&ts;
-    snprintf(name, n, "%s.tmp-%ld-%08x", path, (long)getpid(), (unsigned)(h >> 32));
+    snprintf(name, n, "%s.tmp-%ld-%08x", stem, (long)getpid(), (unsigned)(h >> 32));
     *fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (*fd >= 0) {
+      free(stem);
       *tmp = name;
       return FO_SUCCESS;
     }
     if (errno != EEXIST) break;
   }
   fo_status st = io_fail(fn, "cannot create", name, errno);
+  free(stem);
   free(name);
   return st;
+}
+
+/* Whether entry is "<stem>.tmp-<pid>-<8 lowercase hex>" exactly (what
+ * open_temp makes), and its pid. */
+static int is_temp_of(const char *entry, const char *stem, long *pid) {
+  size_t sl = strlen(stem);
+  if (strncmp(entry, stem, sl) != 0 || strncmp(entry + sl, ".tmp-", 5) != 0) return 0;
+  const char *p = entry + sl + 5;
+  long v = 0;
+  int digits = 0;
+  for (; *p >= '0' && *p <= '9' && digits < 10; p++, digits++) v = v * 10 + (*p - '0');
+  if (digits == 0 || *p != '-') return 0;
+  for (int i = 1; i <= 8; i++)
+    if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f'))) return 0;
+  if (p[9] != '\0') return 0;
+  *pid = v;
+  return 1;
+}
+
+/* After a save of path has succeeded: remove the temporary files earlier
+ * saves of path left behind when their process died (a crash mid-save
+ * leaves a full-size one).  Only regular files named by open_temp's
+ * pattern for this very path, of a process that no longer exists (kill(pid,
+ * 0) says ESRCH; this process's own and live processes' saves may still be
+ * running) are removed.  Best effort: a failure here does not fail the
+ * save that already succeeded. */
+static void remove_stale_temps(const char *path) {
+  size_t stem_at;
+  char *stem = temp_stem(path, &stem_at);
+  if (!stem) return;
+  char *dir_path = stem_at ? strndup(stem, stem_at) : strdup(".");
+  DIR *dir = dir_path ? opendir(dir_path) : NULL;
+  const long self = (long)getpid();
+  for (struct dirent *e; dir && (e = readdir(dir));) {
+    long pid;
+    struct stat sb;
+    if (!is_temp_of(e->d_name, stem + stem_at, &pid) || pid == self || pid <= 0) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+    if (fstatat(dirfd(dir), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode))
+      continue;
+    (void)unlinkat(dirfd(dir), e->d_name, 0);
+  }
+  if (dir) closedir(dir);
+  free(dir_path);
+  free(stem);
 }
 
 /* fsync the directory holding path, so the rename itself is durable.
@@ -199,6 +287,7 @@ typedef struct saver {
   fo_crc32 crc;
   unsigned char *staging; /* CUDA: IO_CHUNK bytes of host memory */
   uint64_t written, total;
+  char *hdr;   /* the header with zero checksums, until it is written */
   size_t hlen; /* the header's length */
 } saver;
 
@@ -244,16 +333,21 @@ static fo_status save_entry(saver *s, fo_ckpt_entry *e) {
   return FO_SUCCESS;
 }
 
-/* The length field and the header, with zero checksums. */
-static fo_status save_header(saver *s, const fo_step_state *state, const fo_ckpt_plan *plan) {
-  char *hdr = NULL;
-  fo_status st = fo_ckpt_header(s->fn, s->opt, state, plan, &hdr, &s->hlen);
-  if (st != FO_SUCCESS) return st;
+/* The header with zero checksums, built before the file is created: a
+ * header the reader would refuse (fo_ckpt_header checks its limit) fails
+ * the save with nothing written. */
+static fo_status build_header(saver *s, const fo_step_state *state, const fo_ckpt_plan *plan) {
+  return fo_ckpt_header(s->fn, s->opt, state, plan, &s->hdr, &s->hlen);
+}
+
+/* The length field and the header built by build_header. */
+static fo_status save_header(saver *s) {
   unsigned char len8[8];
   for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)s->hlen >> (8 * i));
-  st = write_all(s->fn, s->fd, len8, 8, s->tmp);
-  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, hdr, s->hlen, s->tmp);
-  free(hdr);
+  fo_status st = write_all(s->fn, s->fd, len8, 8, s->tmp);
+  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, s->hdr, s->hlen, s->tmp);
+  free(s->hdr);
+  s->hdr = NULL;
   return st;
 }
 
@@ -274,7 +368,7 @@ static fo_status save_finish(saver *s, const fo_step_state *state, const fo_ckpt
 
 /* Header (with zero checksums), data, header again (with the real ones). */
 static fo_status save_contents(saver *s, const fo_step_state *state, fo_ckpt_plan *plan) {
-  fo_status st = save_header(s, state, plan);
+  fo_status st = save_header(s);
   for (int64_t k = 0; k < plan->n && st == FO_SUCCESS; k++) st = save_entry(s, &plan->e[k]);
   if (st == FO_SUCCESS) st = save_finish(s, state, plan);
   return st;
@@ -317,6 +411,7 @@ static fo_status save_to_temp(saver *s, const char *path, char **tmp) {
   s->total = plan.data_len;
   if (s->opt->options.executor == FO_EXEC_CUDA && !(s->staging = malloc(IO_CHUNK)))
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, s->fn, "no memory for the staging buffer");
+  if (st == FO_SUCCESS) st = build_header(s, &state, &plan);
   if (st == FO_SUCCESS) st = open_temp(s->fn, path, tmp, &s->fd);
   if (st == FO_SUCCESS) {
     s->tmp = *tmp;
@@ -327,6 +422,8 @@ static fo_status save_to_temp(saver *s, const char *path, char **tmp) {
   }
   free(s->staging);
   s->staging = NULL;
+  free(s->hdr);
+  s->hdr = NULL;
   fo_ckpt_plan_free(&plan);
   return st;
 }
@@ -339,7 +436,9 @@ static fo_status commit_file(const char *fn, const char *tmp, const char *path) 
     unlink(tmp);
     return st;
   }
-  return sync_dir(fn, path);
+  fo_status st = sync_dir(fn, path);
+  remove_stale_temps(path);
+  return st;
 }
 
 /* This rank's file: the whole state, or with a sharded state its shard. */
@@ -427,10 +526,11 @@ static fo_status gathered_prepare(gathered *x, const char *path, fo_stream_t str
   if (opt->sharded && (st = fo_ckpt_gather_open(s->fn, opt, stream, here, &x->g)) != FO_SUCCESS)
     return st;
   if (!here) return FO_SUCCESS;
+  if ((st = build_header(s, &x->state, &x->plan)) != FO_SUCCESS) return st;
   if ((st = open_temp(s->fn, path, &x->tmp, &s->fd)) != FO_SUCCESS) return st;
   s->tmp = x->tmp;
   fo_crc32_init(&s->crc);
-  return save_header(s, &x->state, &x->plan);
+  return save_header(s);
 }
 
 /* Every entry in the file's order: parameters from the root's own
@@ -503,6 +603,7 @@ static fo_status save_gathered_claimed(const char *fn, const fo_optimizer *opt, 
     st = save_gathered(&x, path, stream);
     if (x.s->fd >= 0) close(x.s->fd);
     free(x.s->staging);
+    free(x.s->hdr);
   } else { /* still take part, so that no rank waits for this one */
     st = fo_ckpt_agree(fn, opt, st, 0, 0, 0, stream);
   }

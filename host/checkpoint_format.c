@@ -660,6 +660,16 @@ fo_status fo_ckpt_header(const char *fn, const fo_optimizer *opt, const fo_step_
     free(b.p);
     return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the checkpoint header");
   }
+  /* The reader's limit is the writer's: a file it would refuse is never
+   * written (the savers build the header before they create the file). */
+  if ((uint64_t)b.len > FO_ST_MAX_HEADER) {
+    free(b.p);
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "the checkpoint's header would be %zu bytes, more than the %llu that "
+                   "safetensors readers (this one included) accept: too many tensors, or names "
+                   "too long, for one checkpoint; nothing was written",
+                   b.len, (unsigned long long)FO_ST_MAX_HEADER);
+  }
   *text = b.p;
   *len = b.len;
   return FO_SUCCESS;

@@ -801,10 +801,22 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *  The file is written as a temporary file next to path, flushed, fsynced
  *  and renamed over path, and the directory is fsynced: at every moment
  *  path holds either the previous file or the complete new one, and a
- *  failure (or a crash) leaves the previous one intact.  A crash can leave
- *  a "<path>.tmp-*" file behind; nothing reads it.  (Only when the final
- *  fsync of the directory fails is the new file already in place: the
- *  FO_ERR_IO message says so.)
+ *  failure (or a crash) leaves the previous one intact.  (Only when the
+ *  final fsync of the directory fails is the new file already in place:
+ *  the FO_ERR_IO message says so.)  The temporary file is
+ *  "<path>.tmp-<pid>-<8 hex digits>"; for a file name of 232 bytes or more
+ *  (up to NAME_MAX), whose suffix would not fit, "<the name's first bytes>~
+ *  <16 hex digits of a hash of the name>.tmp-<pid>-<8 hex digits>".  A
+ *  crash can leave one behind; nothing reads it, and the next successful
+ *  save of the same path removes it: every regular file in path's
+ *  directory named exactly by this pattern for this path whose process no
+ *  longer exists (never another checkpoint's, another process's still
+ *  running, a directory or a symbolic link).
+ *
+ *  Every limit of the reader is the writer's: a save whose header would
+ *  pass safetensors' 100 MB limit (about 99,000 tensors with 48-byte
+ *  names, or names of tens of megabytes) fails with FO_ERR_INVALID_STATE
+ *  before the file is created.
  *
  *  On FO_EXEC_CUDA the call waits until the device is idle and copies the
  *  state through host memory (it synchronizes); stream is checked as for a
@@ -825,8 +837,10 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *
  *  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (empty path, bad
  *  stream), FO_ERR_INVALID_STATE (the optimizer is faulted; or two tensors
- *  would be saved under one name, or a name is not UTF-8), FO_ERR_IO (the
- *  OS's reason in the message), FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY. */
+ *  would be saved under one name, or a name is not UTF-8; or the header
+ *  would pass 100 MB; another thread is inside a call on opt; on
+ *  FO_EXEC_CUDA, a forked process), FO_ERR_IO (the OS's reason in the
+ *  message), FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY. */
 FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path,
                                    fo_stream_t stream);
 
@@ -875,7 +889,12 @@ FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt,
  *  fo_optimizer_set_hparams() checks them) and the loss-scaler state.  A
  *  failed load changes nothing: FO_ERR_IO for the OS's failures (missing
  *  file, unreadable), FO_ERR_CHECKPOINT for the file's content, with the
- *  detail in fo_last_error().
+ *  detail in fo_last_error().  A path that is not a regular file (a FIFO,
+ *  a socket, a device) is refused at once with FO_ERR_IO, without waiting
+ *  for a writer.  The step state must be one the optimizer can continue
+ *  from: a loss scale of at least FO_LOSS_SCALE_MIN, step and skipped
+ *  counts of at most FO_MAX_STEP.  FO_ERR_INVALID_STATE: another thread is
+ *  inside a call on opt, or (FO_EXEC_CUDA) a forked process.
  *
  *  A successful load clears a fault (fo_optimizer_get_fault()): it is how
  *  a faulted optimizer becomes usable again.  On FO_EXEC_CUDA the call
@@ -919,7 +938,8 @@ FO_API fo_status fo_optimizer_load_shards(fo_optimizer *opt,
 /** Check a checkpoint file on its own, without an optimizer: the container,
  *  the format version and every checksum (a whole checkpoint or a per-rank
  *  file).  FO_SUCCESS if it is intact; otherwise FO_ERR_IO or
- *  FO_ERR_CHECKPOINT as fo_optimizer_load() says. */
+ *  FO_ERR_CHECKPOINT as fo_optimizer_load() says (a FIFO or other file
+ *  that is not a regular one: FO_ERR_IO at once). */
 FO_API fo_status fo_checkpoint_verify(const char *path);
 
 /** Faults.  When work already under way fails -- a step whose kernels hit

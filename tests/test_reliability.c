@@ -15,6 +15,10 @@
  *                     the same optimizer fails at once and changes nothing;
  *                     two threads stepping and saving lose no step;
  *   fork              a forked child's step is refused, its save works;
+ *   header_limit      the largest header the writer makes loads; one byte
+ *                     more is refused by the save, nothing written;
+ *   temp_files        a save removes dead saves' temporaries of its path
+ *                     and nothing else; names up to NAME_MAX save and load;
  *
  * The GPU tier of the scale floor is in test_gpu_mixed_precision.c.
  */
@@ -38,7 +42,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "checkpoint_format.h" /* fo_ckpt_header: the writer's header */
 #include "ckpt_harness.h"
+#include "internal.h" /* fo_inject_fault */
 
 /* fp16 parameters with master weights and fp32 gradients, loss scaling
  * from 2^16 with hysteresis 1: after 142 backoffs the scale would be
@@ -607,4 +613,246 @@ Test(fork, a_forked_child_cannot_step_but_can_save) {
   fo_optimizer_destroy(opt);
   free(p), free(g), free(q), free(gq);
   ck_dir_remove(&dir);
+}
+
+/* ------------------------------------------------------- header limit */
+
+/* An optimizer of one fp32 SGD tensor (no state: only the parameters are
+ * saved) whose name is len bytes of 'n'. */
+typedef struct named {
+  fo_optimizer *opt;
+  char *name;
+  float p[3], g[3];
+} named;
+
+static void named_create(named *x, size_t len, uint64_t seed) {
+  x->name = malloc(len + 1);
+  cr_assert_not_null(x->name);
+  memset(x->name, 'n', len);
+  x->name[len] = '\0';
+  for (int k = 0; k < 3; k++) x->p[k] = ck_value(seed, 0, 0, (uint64_t)k);
+  for (int k = 0; k < 3; k++) x->g[k] = ck_value(seed, 1, 0, (uint64_t)k);
+  fo_tensor_desc t = {3, 0, x->p, x->g, x->name};
+  fo_options o;
+  fo_options_default(&o);
+  o.algorithm = FO_ALG_SGD;
+  fo_hparams h;
+  fo_hparams_default(FO_ALG_SGD, &h);
+  CK_OK(fo_optimizer_create(&x->opt, &o, &h, 1, &t, 1));
+}
+
+static void named_destroy(named *x) {
+  fo_optimizer_destroy(x->opt);
+  free(x->name);
+}
+
+/* The header a save of an optimizer with a name of len bytes writes, or 0
+ * when the writer refuses it as too large. */
+static size_t header_len(size_t len) {
+  named x;
+  named_create(&x, len, 1);
+  fo_ckpt_plan plan;
+  CK_OK(fo_ckpt_plan_build("test", x.opt, &plan));
+  char *text = NULL;
+  size_t n = 0;
+  fo_status st = fo_ckpt_header("test", x.opt, x.opt->state, &plan, &text, &n);
+  cr_assert(st == FO_SUCCESS || st == FO_ERR_INVALID_STATE, "%s", fo_last_error());
+  free(text);
+  fo_ckpt_plan_free(&plan);
+  named_destroy(&x);
+  return st == FO_SUCCESS ? n : 0;
+}
+
+static uint64_t file_header_len(const char *path) {
+  unsigned char b[8];
+  FILE *f = fopen(path, "rb");
+  cr_assert_not_null(f);
+  cr_assert_eq(fread(b, 1, 8, f), 8u);
+  fclose(f);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; i--) n = n << 8 | b[i];
+  return n;
+}
+
+/* The largest header the writer makes is one the reader takes: the save
+ * with the longest name that fits loads, and one byte more is refused by
+ * the save itself, before anything is written. */
+Test(header_limit, the_largest_state_save_accepts_loads) {
+  const size_t limit = 100000000; /* safetensors' limit, the reader's */
+  const size_t h0 = header_len(1000), h1 = header_len(2000);
+  cr_assert(h1 > h0 && h0 > 0);
+  size_t len = 1000 + (limit - h0) / (h1 - h0) * 1000; /* the name appears twice per byte */
+  while (header_len(len) == 0) len--;
+  while (header_len(len + 1) != 0) len++;
+  const size_t largest = header_len(len);
+  cr_assert(largest <= limit && largest > limit - 64, "header %zu for a %zu-byte name", largest,
+            len);
+
+  ck_dir dir;
+  ck_dir_make(&dir);
+  char path[128];
+  ck_dir_file(&dir, "large.safetensors", path, sizeof path);
+  named x, y, z;
+  named_create(&x, len, 1);
+  CK_OK(fo_optimizer_step(x.opt, NULL));
+  CK_OK(fo_optimizer_save(x.opt, path, NULL));
+  cr_expect_eq(file_header_len(path), largest);
+  CK_OK(fo_checkpoint_verify(path));
+  named_create(&y, len, 2);
+  CK_OK(fo_optimizer_load(y.opt, path, NULL));
+  cr_expect(memcmp(x.p, y.p, sizeof x.p) == 0, "the loaded parameters differ");
+
+  /* one byte more: refused by the save, the old file untouched, no
+   * temporary file */
+  ck_bytes before = ck_read(path);
+  named_create(&z, len + 1, 3);
+  cr_expect_eq(fo_optimizer_save(z.opt, path, NULL), FO_ERR_INVALID_STATE);
+  cr_expect_neq(strstr(fo_last_error(), "more than the 100000000"), NULL, "%s", fo_last_error());
+  ck_bytes after = ck_read(path);
+  cr_expect(before.n == after.n && memcmp(before.p, after.p, before.n) == 0,
+            "a refused save changed the file");
+  cr_expect_eq(ck_dir_count(&dir), 1, "a refused save left a file behind");
+  free(before.p);
+  free(after.p);
+  named_destroy(&x);
+  named_destroy(&y);
+  named_destroy(&z);
+  ck_dir_remove(&dir);
+}
+
+/* ------------------------------------------------------ temporary files */
+
+/* A process that has exited (and been reaped): its pid names no process. */
+static pid_t dead_pid(void) {
+  pid_t c = fork();
+  cr_assert_neq(c, -1);
+  if (c == 0) _exit(0);
+  cr_assert_eq(waitpid(c, NULL, 0), c);
+  return c;
+}
+
+static void touch(const char *dir, const char *name) {
+  char f[1200];
+  snprintf(f, sizeof f, "%s/%s", dir, name);
+  ck_write(f, "stale", 5);
+}
+
+static int exists(const char *dir, const char *name) {
+  char f[1200];
+  struct stat sb;
+  snprintf(f, sizeof f, "%s/%s", dir, name);
+  return lstat(f, &sb) == 0;
+}
+
+/* A save removes the temporary files that dead processes' saves of the
+ * same path left, and nothing else. */
+Test(temp_files, a_save_removes_stale_temporaries_of_its_path_only) {
+  ck_dir dir;
+  ck_dir_make(&dir);
+  char path[128], outside[128];
+  ck_dir_file(&dir, "ck.safetensors", path, sizeof path);
+  snprintf(outside, sizeof outside, "%s.outside", dir.path);
+  ck_write(outside, "keep", 4);
+  ck_model m;
+  ck_model_create(&m, &sgd_cfg, 1);
+  ck_step(&m, 0);
+  CK_OK(fo_optimizer_save(m.opt, path, NULL));
+  const long dead = (long)dead_pid(), self = (long)getpid();
+  char gone[2][96], kept[10][96];
+  snprintf(gone[0], 96, "ck.safetensors.tmp-%ld-deadbeef", dead);
+  snprintf(gone[1], 96, "ck.safetensors.tmp-%ld-0123abcd", dead);
+  snprintf(kept[0], 96, "ck.safetensors.tmp-%ld-deadbeef", self); /* this process */
+  snprintf(kept[1], 96, "ck.safetensors.tmp-%d-deadbeef", 1);     /* alive */
+  snprintf(kept[2], 96, "ck.safetensors.tmp-%ld-deadbeeg", dead); /* not hex */
+  snprintf(kept[3], 96, "ck.safetensors.tmp-%ld-DEADBEEF", dead); /* not ours */
+  snprintf(kept[4], 96, "ck.safetensors.tmp-%ld-deadbee", dead);  /* 7 digits */
+  snprintf(kept[5], 96, "ck.safetensors.tmp-%ld-deadbeef.bak", dead);
+  snprintf(kept[6], 96, "other.safetensors.tmp-%ld-deadbeef", dead); /* another path */
+  snprintf(kept[7], 96, "ck.safetensors.tmp-notes");
+  snprintf(kept[8], 96, "ck.safetensors.tmp-%ld-12345678", dead); /* a directory */
+  snprintf(kept[9], 96, "ck.safetensors.tmp-%ld-87654321", dead); /* a symlink */
+  for (int i = 0; i < 2; i++) touch(dir.path, gone[i]);
+  for (int i = 0; i < 8; i++) touch(dir.path, kept[i]);
+  char f[1200];
+  snprintf(f, sizeof f, "%s/%s", dir.path, kept[8]);
+  cr_assert_eq(mkdir(f, 0700), 0);
+  snprintf(f, sizeof f, "%s/%s", dir.path, kept[9]);
+  cr_assert_eq(symlink(outside, f), 0);
+
+  ck_step(&m, 1);
+  CK_OK(fo_optimizer_save(m.opt, path, NULL));
+  for (int i = 0; i < 2; i++) cr_expect(!exists(dir.path, gone[i]), "%s was left", gone[i]);
+  for (int i = 0; i < 10; i++) cr_expect(exists(dir.path, kept[i]), "%s was removed", kept[i]);
+  cr_expect_eq(access(outside, F_OK), 0, "the symlink's target was removed");
+  CK_OK(fo_checkpoint_verify(path));
+  snprintf(f, sizeof f, "%s/%s", dir.path, kept[8]);
+  rmdir(f);
+  unlink(outside);
+  ck_model_destroy(&m);
+  ck_dir_remove(&dir);
+}
+
+/* Save into path in a child killed halfway through the data (the
+ * injected crash): it leaves its temporary file. */
+static void crash_a_save(ck_model *m, const char *path) {
+  pid_t c = fork();
+  cr_assert_neq(c, -1);
+  if (c == 0) {
+    fo_inject_fault(m->opt, FO_FAULT_SAVE_CRASH);
+    fo_optimizer_save(m->opt, path, NULL);
+    _exit(1); /* not reached: the save kills the process */
+  }
+  int status = 0;
+  cr_assert_eq(waitpid(c, &status, 0), c);
+  cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+/* The real case: a save killed halfway leaves its temporary file; the next
+ * save of the path removes it.  For names whose temporary name needs the
+ * hashed stem (232 bytes and more, up to NAME_MAX) too: such names save,
+ * verify and load. */
+Test(temp_files, crashed_saves_are_cleaned_and_long_names_save) {
+  const size_t lens[6] = {20, 231, 237, 250, 254, 255};
+  for (int k = 0; k < 6; k++) {
+    ck_dir dir;
+    ck_dir_make(&dir);
+    char name[300], path[400];
+    /* multi-byte UTF-8 around the cut, so the stem must not split one */
+    size_t n = 0;
+    while (n < lens[k]) {
+      if (n % 3 == 0 && n + 2 <= lens[k]) {
+        name[n++] = (char)0xC3;
+        name[n++] = (char)0xA9; /* é */
+      } else {
+        name[n++] = 'x';
+      }
+    }
+    name[n] = '\0';
+    cr_assert_eq(strlen(name), lens[k]);
+    ck_dir_file(&dir, name, path, sizeof path);
+    ck_model m;
+    ck_model_create(&m, &sgd_cfg, 1);
+    ck_step(&m, 0);
+    CK_OK(fo_optimizer_save(m.opt, path, NULL));
+    cr_expect_eq(ck_dir_count(&dir), 1, "%zu-byte name: %d files", lens[k], ck_dir_count(&dir));
+    crash_a_save(&m, path);
+    cr_expect_eq(ck_dir_count(&dir), 2, "%zu-byte name: the crash left no temporary", lens[k]);
+    CK_OK(fo_checkpoint_verify(path)); /* the old checkpoint */
+    ck_step(&m, 1);
+    CK_OK(fo_optimizer_save(m.opt, path, NULL));
+    cr_expect_eq(ck_dir_count(&dir), 1, "%zu-byte name: the stale temporary is still there",
+                 lens[k]);
+    ck_model fresh;
+    ck_model_create(&fresh, &sgd_cfg, 2);
+    CK_OK(fo_optimizer_load(fresh.opt, path, NULL));
+    ck_snap a, b;
+    ck_snapshot(&m, &a);
+    ck_snapshot(&fresh, &b);
+    ck_snap_expect_equal(&a, &b, "a long name's checkpoint");
+    ck_snap_free(&a);
+    ck_snap_free(&b);
+    ck_model_destroy(&fresh);
+    ck_model_destroy(&m);
+    ck_dir_remove(&dir);
+  }
 }
