@@ -19,6 +19,9 @@
  *                     more is refused by the save, nothing written;
  *   temp_files        a save removes dead saves' temporaries of its path
  *                     and nothing else; names up to NAME_MAX save and load;
+ *   crafted_header    a 40 MB header of tiny JSON values is refused by its
+ *                     length before parsing (memory and time bounded by the
+ *                     registered tensors);
  *
  * The GPU tier of the scale floor is in test_gpu_mixed_precision.c.
  */
@@ -37,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -855,4 +859,74 @@ Test(temp_files, crashed_saves_are_cleaned_and_long_names_save) {
     ck_model_destroy(&m);
     ck_dir_remove(&dir);
   }
+}
+
+/* ------------------------------------------------------- crafted header */
+
+/* A 40 MB header of small JSON values (every one costs the parser a table
+ * entry) under the 100 MB limit: a load into an optimizer of six small
+ * tensors refuses it by its length, before parsing, so the loading process
+ * stays small and quick; the optimizer is unchanged. */
+Test(crafted_header, a_load_is_bounded_by_the_registered_tensors) {
+  ck_dir dir;
+  ck_dir_make(&dir);
+  char path[128];
+  ck_dir_file(&dir, "crafted.safetensors", path, sizeof path);
+  const size_t n = 40000000; /* header bytes */
+  unsigned char *file = malloc(8 + n);
+  cr_assert_not_null(file);
+  for (int i = 0; i < 8; i++) file[i] = (unsigned char)((uint64_t)n >> (8 * i));
+  memset(file + 8, ' ', n); /* what follows the closing brace: padding */
+  const char head[] = "{\"__metadata__\":{\"a\":\"b\"},\"x\":[";
+  memcpy(file + 8, head, sizeof head - 1);
+  size_t at = 8 + sizeof head - 1;
+  while (at < 8 + n - 16) {
+    file[at++] = '0';
+    file[at++] = ',';
+  }
+  memcpy(file + at, "0]}", 3);
+  ck_write(path, file, 8 + n);
+  free(file);
+
+  ck_model m;
+  ck_model_create(&m, &sgd_cfg, 1);
+  ck_step(&m, 0);
+  ck_snap before;
+  ck_snapshot(&m, &before);
+  pid_t child = fork();
+  cr_assert_neq(child, -1);
+  if (child == 0) {
+    alarm(60);
+    fo_status st = fo_optimizer_load(m.opt, path, NULL);
+    int ok = st == FO_ERR_CHECKPOINT && strstr(fo_last_error(), "not a checkpoint of this model");
+    const char *paths[1] = {path};
+    st = fo_optimizer_load_shards(m.opt, paths, 1, NULL);
+    ok = ok && st == FO_ERR_CHECKPOINT && strstr(fo_last_error(), "not a checkpoint of this model");
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  struct rusage ru;
+  const double t0 = now_s();
+  cr_assert_eq(wait4(child, &status, 0, &ru), child);
+  const double took = now_s() - t0;
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the crafted header was not refused");
+  /* the file itself is 40 MB; parsing it would need about 1.8 GB */
+  cr_expect_lt(ru.ru_maxrss, 300L * 1024, "the refusing load used %ld KiB", ru.ru_maxrss);
+  cr_log_info("crafted header: refused in %.2f s, %ld KiB at most", took, ru.ru_maxrss);
+  /* the message, in this process, and nothing changed */
+  cr_expect_eq(fo_optimizer_load(m.opt, path, NULL), FO_ERR_CHECKPOINT);
+  cr_expect_neq(strstr(fo_last_error(), "the header is 40000000 bytes"), NULL, "%s",
+                fo_last_error());
+  ck_snap after;
+  ck_snapshot(&m, &after);
+  ck_snap_expect_equal(&before, &after, "a refused crafted header");
+  /* a real checkpoint still loads (its header is well inside the bound) */
+  char good[128];
+  ck_dir_file(&dir, "good.safetensors", good, sizeof good);
+  CK_OK(fo_optimizer_save(m.opt, good, NULL));
+  CK_OK(fo_optimizer_load(m.opt, good, NULL));
+  ck_snap_free(&before);
+  ck_snap_free(&after);
+  ck_model_destroy(&m);
+  ck_dir_remove(&dir);
 }
