@@ -110,6 +110,7 @@ static void expect_same_buffers(const ck_snap *a, const ck_snap *b, const char *
 }
 
 Test(scale_floor, two_hundred_overflows_end_at_a_valid_scale_with_nothing_changed) {
+  cr_assert_eq(FO_LOSS_SCALE_MIN, FLT_MIN, "the documented floor is the smallest normal float");
   ck_dir dir;
   ck_dir_make(&dir);
   char path[128];
