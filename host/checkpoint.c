@@ -22,8 +22,10 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,17 +87,42 @@ static fo_status pwrite_all(const char *fn, int fd, const void *data, size_t n, 
   return FO_SUCCESS;
 }
 
+/* Open path for reading only if it is a regular file.  O_NONBLOCK makes
+ * the open itself return at once: a plain open of a FIFO waits for a
+ * writer, forever if none comes, before any check could run.  For a
+ * regular file O_NONBLOCK means nothing; it is cleared anyway once fstat
+ * has said what the file is. */
+static fo_status open_regular(const char *fn, const char *path, int *out, struct stat *sb) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return io_fail(fn, "cannot open", path, errno);
+  fo_status st = FO_SUCCESS;
+  int flags;
+  if (fstat(fd, sb) != 0)
+    st = io_fail(fn, "cannot stat", path, errno);
+  else if (S_ISDIR(sb->st_mode))
+    st = io_fail(fn, "cannot read", path, EISDIR);
+  else if (!S_ISREG(sb->st_mode))
+    st = fo_fail(FO_ERR_IO, fn,
+                 "cannot read \"%.200s\": not a regular file (a FIFO, socket or device; a "
+                 "checkpoint is a regular file)",
+                 path);
+  else if ((flags = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+    st = io_fail(fn, "cannot read", path, errno);
+  if (st != FO_SUCCESS) {
+    close(fd);
+    return st;
+  }
+  *out = fd;
+  return FO_SUCCESS;
+}
+
 /* The whole file in one malloc'd buffer. */
 static fo_status read_file(const char *fn, const char *path, unsigned char **out, size_t *len) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return io_fail(fn, "cannot open", path, errno);
+  int fd = -1;
   struct stat sb;
-  fo_status st = FO_SUCCESS;
-  if (fstat(fd, &sb) != 0)
-    st = io_fail(fn, "cannot stat", path, errno);
-  else if (!S_ISREG(sb.st_mode))
-    st = io_fail(fn, "cannot read", path, S_ISDIR(sb.st_mode) ? EISDIR : EINVAL);
-  else if ((uint64_t)sb.st_size >= SIZE_MAX)
+  fo_status st = open_regular(fn, path, &fd, &sb);
+  if (st != FO_SUCCESS) return st;
+  if ((uint64_t)sb.st_size >= SIZE_MAX)
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "\"%.200s\" is too large to read", path);
   size_t n = st == FO_SUCCESS ? (size_t)sb.st_size : 0, got = 0;
   unsigned char *buf = st == FO_SUCCESS ? malloc(n + 1) : NULL;
@@ -123,29 +150,115 @@ static fo_status read_file(const char *fn, const char *path, unsigned char **out
 
 /* ------------------------------------------------------- the temp file */
 
-/* "<path>.tmp-<pid>-<8 hex>", created exclusively next to path (so the
- * rename stays within one file system).  The suffix mixes the clock and
- * the attempt: two savers racing for one name both retry. */
+/* The temporary file of a save of "<dir>/<name>" is "<dir>/<stem>.tmp-<pid>-
+ * <8 hex digits>", created exclusively next to path (so the rename stays
+ * within one file system).  The stem is the name itself, or, when the
+ * suffix would push the name past NAME_MAX (names of 232 bytes and more),
+ * the name's first bytes, "~" and 16 hex digits of a hash of the whole
+ * name: every save of one path uses one stem, and no other checkpoint's
+ * stem is the same.  The suffix mixes the clock and the attempt: two savers
+ * racing for one name both retry. */
+#define TEMP_SUFFIX_MAX 24 /* ".tmp-" + a pid of up to 10 digits + "-" + 8 */
+#define TEMP_HASH_LEN 17   /* "~" + 16 hex digits */
+#ifndef NAME_MAX
+#define NAME_MAX 255
+#endif
+
+static uint64_t name_hash(const char *s, size_t n) { /* FNV-1a */
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+  return h;
+}
+
+/* "<dir>/<stem>" of path (malloc'd); *stem_at: where the stem starts. */
+static char *temp_stem(const char *path, size_t *stem_at) {
+  const char *slash = strrchr(path, '/');
+  size_t dir_len = slash ? (size_t)(slash + 1 - path) : 0, name_len = strlen(path) - dir_len;
+  char *out = malloc(dir_len + name_len + TEMP_HASH_LEN + 1);
+  if (!out) return NULL;
+  memcpy(out, path, dir_len + name_len + 1);
+  *stem_at = dir_len;
+  if (name_len + TEMP_SUFFIX_MAX <= NAME_MAX) return out;
+  size_t keep = NAME_MAX - TEMP_SUFFIX_MAX - TEMP_HASH_LEN;
+  /* cut at a character boundary: the stem stays as valid UTF-8 as the name */
+  while (keep > 0 && ((unsigned char)path[dir_len + keep] & 0xC0) == 0x80) keep--;
+  snprintf(out + dir_len + keep, TEMP_HASH_LEN + 1, "~%016llx",
+           (unsigned long long)name_hash(path + dir_len, name_len));
+  return out;
+}
+
 static fo_status open_temp(const char *fn, const char *path, char **tmp, int *fd) {
-  size_t n = strlen(path) + 48;
-  char *name = malloc(n);
-  if (!name) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a file name");
+  size_t stem_at;
+  char *stem = temp_stem(path, &stem_at);
+  size_t n = stem ? strlen(stem) + TEMP_SUFFIX_MAX + 1 : 0;
+  char *name = stem ? malloc(n) : NULL;
+  if (!name) {
+    free(stem);
+    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a file name");
+  }
   for (unsigned attempt = 0; attempt < 100; attempt++) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     uint64_t h = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32)) * 0x9E3779B97F4A7C15ull;
     h ^= (uint64_t)attempt * 0xBF58476D1CE4E5B9ull + (uint64_t)(uintptr_t)&ts;
-    snprintf(name, n, "%s.tmp-%ld-%08x", path, (long)getpid(), (unsigned)(h >> 32));
+    snprintf(name, n, "%s.tmp-%ld-%08x", stem, (long)getpid(), (unsigned)(h >> 32));
     *fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
     if (*fd >= 0) {
+      free(stem);
       *tmp = name;
       return FO_SUCCESS;
     }
     if (errno != EEXIST) break;
   }
   fo_status st = tmp_fail(fn, "cannot create", path, name, errno);
+  free(stem);
   free(name);
   return st;
+}
+
+/* Whether entry is "<stem>.tmp-<pid>-<8 lowercase hex>" exactly (what
+ * open_temp makes), and its pid. */
+static int is_temp_of(const char *entry, const char *stem, long *pid) {
+  size_t sl = strlen(stem);
+  if (strncmp(entry, stem, sl) != 0 || strncmp(entry + sl, ".tmp-", 5) != 0) return 0;
+  const char *p = entry + sl + 5;
+  long v = 0;
+  int digits = 0;
+  for (; *p >= '0' && *p <= '9' && digits < 10; p++, digits++) v = v * 10 + (*p - '0');
+  if (digits == 0 || *p != '-') return 0;
+  for (int i = 1; i <= 8; i++)
+    if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f'))) return 0;
+  if (p[9] != '\0') return 0;
+  *pid = v;
+  return 1;
+}
+
+/* After a save of path has succeeded: remove the temporary files earlier
+ * saves of path left behind when their process died (a crash mid-save
+ * leaves a full-size one).  Only regular files named by open_temp's
+ * pattern for this very path, of a process that no longer exists (kill(pid,
+ * 0) says ESRCH; this process's own and live processes' saves may still be
+ * running) are removed.  Best effort: a failure here does not fail the
+ * save that already succeeded. */
+static void remove_stale_temps(const char *path) {
+  size_t stem_at;
+  char *stem = temp_stem(path, &stem_at);
+  if (!stem) return;
+  char *dir_path = stem_at ? strndup(stem, stem_at) : strdup(".");
+  DIR *dir = dir_path ? opendir(dir_path) : NULL;
+  const long self = (long)getpid();
+  for (struct dirent *e; dir && (e = readdir(dir));) {
+    long pid;
+    struct stat sb;
+    if (!is_temp_of(e->d_name, stem + stem_at, &pid) || pid == self || pid <= 0) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+    if (fstatat(dirfd(dir), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode))
+      continue;
+    (void)unlinkat(dirfd(dir), e->d_name, 0);
+  }
+  if (dir) closedir(dir);
+  free(dir_path);
+  free(stem);
 }
 
 /* fsync the directory holding path, so the rename itself is durable.
@@ -186,6 +299,7 @@ typedef struct saver {
   fo_crc32 crc;
   unsigned char *staging; /* CUDA: IO_CHUNK bytes of host memory */
   uint64_t written, total;
+  char *hdr;   /* the header with zero checksums, until it is written */
   size_t hlen; /* the header's length */
 } saver;
 
@@ -231,16 +345,21 @@ static fo_status save_entry(saver *s, fo_ckpt_entry *e) {
   return FO_SUCCESS;
 }
 
-/* The length field and the header, with zero checksums. */
-static fo_status save_header(saver *s, const fo_step_state *state, const fo_ckpt_plan *plan) {
-  char *hdr = NULL;
-  fo_status st = fo_ckpt_header(s->fn, s->opt, state, plan, &hdr, &s->hlen);
-  if (st != FO_SUCCESS) return st;
+/* The header with zero checksums, built before the file is created: a
+ * header the reader would refuse (fo_ckpt_header checks its limit) fails
+ * the save with nothing written. */
+static fo_status build_header(saver *s, const fo_step_state *state, const fo_ckpt_plan *plan) {
+  return fo_ckpt_header(s->fn, s->opt, state, plan, &s->hdr, &s->hlen);
+}
+
+/* The length field and the header built by build_header. */
+static fo_status save_header(saver *s) {
   unsigned char len8[8];
   for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)s->hlen >> (8 * i));
-  st = write_all(s->fn, s->fd, len8, 8, s->path, s->tmp);
-  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, hdr, s->hlen, s->path, s->tmp);
-  free(hdr);
+  fo_status st = write_all(s->fn, s->fd, len8, 8, s->path, s->tmp);
+  if (st == FO_SUCCESS) st = write_all(s->fn, s->fd, s->hdr, s->hlen, s->path, s->tmp);
+  free(s->hdr);
+  s->hdr = NULL;
   return st;
 }
 
@@ -262,7 +381,7 @@ static fo_status save_finish(saver *s, const fo_step_state *state, const fo_ckpt
 
 /* Header (with zero checksums), data, header again (with the real ones). */
 static fo_status save_contents(saver *s, const fo_step_state *state, fo_ckpt_plan *plan) {
-  fo_status st = save_header(s, state, plan);
+  fo_status st = save_header(s);
   for (int64_t k = 0; k < plan->n && st == FO_SUCCESS; k++) st = save_entry(s, &plan->e[k]);
   if (st == FO_SUCCESS) st = save_finish(s, state, plan);
   return st;
@@ -305,6 +424,7 @@ static fo_status save_to_temp(saver *s, const char *path, char **tmp) {
   s->total = plan.data_len;
   if (s->opt->options.executor == FO_EXEC_CUDA && !(s->staging = malloc(IO_CHUNK)))
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, s->fn, "no memory for the staging buffer");
+  if (st == FO_SUCCESS) st = build_header(s, &state, &plan);
   if (st == FO_SUCCESS) st = open_temp(s->fn, path, tmp, &s->fd);
   if (st == FO_SUCCESS) {
     s->tmp = *tmp;
@@ -317,6 +437,8 @@ static fo_status save_to_temp(saver *s, const char *path, char **tmp) {
   }
   free(s->staging);
   s->staging = NULL;
+  free(s->hdr);
+  s->hdr = NULL;
   fo_ckpt_plan_free(&plan);
   return st;
 }
@@ -329,7 +451,9 @@ static fo_status commit_file(const char *fn, const char *tmp, const char *path) 
     unlink(tmp);
     return st;
   }
-  return sync_dir(fn, path);
+  fo_status st = sync_dir(fn, path);
+  remove_stale_temps(path);
+  return st;
 }
 
 /* This rank's file: the whole state, or with a sharded state its shard. */
@@ -350,13 +474,21 @@ static fo_status save_file(const char *fn, const fo_optimizer *opt, const char *
   return st;
 }
 
-fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_save";
-  fo_status st = check_args(fn, opt, path, stream);
+static fo_status save_claimed(const char *fn, const fo_optimizer *opt, const char *path,
+                              fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st == FO_SUCCESS) st = check_args(fn, opt, path, stream);
   if (st == FO_SUCCESS) st = fo_fault_check(fn, opt); /* never save a half-updated state */
   if (st == FO_SUCCESS) st = fo_master_check(fn, opt);
   if (st != FO_SUCCESS) return st;
   return save_file(fn, opt, path);
+}
+
+fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_save";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, save_claimed(fn, opt, path, stream));
 }
 
 /* ------------------------------------------------------ a gathered save */
@@ -411,11 +543,12 @@ static fo_status gathered_prepare(gathered *x, const char *path, fo_stream_t str
   if (opt->sharded && (st = fo_ckpt_gather_open(s->fn, opt, stream, here, &x->g)) != FO_SUCCESS)
     return st;
   if (!here) return FO_SUCCESS;
+  if ((st = build_header(s, &x->state, &x->plan)) != FO_SUCCESS) return st;
   if ((st = open_temp(s->fn, path, &x->tmp, &s->fd)) != FO_SUCCESS) return st;
   s->tmp = x->tmp;
   s->path = path;
   fo_crc32_init(&s->crc);
-  return save_header(s, &x->state, &x->plan);
+  return save_header(s);
 }
 
 /* Every entry in the file's order: parameters from the root's own
@@ -460,11 +593,10 @@ static fo_status save_gathered(gathered *x, const char *path, fo_stream_t stream
   return fo_ckpt_agree(s->fn, opt, local, 0, 0, 0, stream);
 }
 
-fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, int root,
-                                     fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_save_gathered";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = check_stream(fn, opt, stream);
+static fo_status save_gathered_claimed(const char *fn, const fo_optimizer *opt, const char *path,
+                                       int root, fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   int rank, size;
   fo_ckpt_comm_shape(opt, &rank, &size);
@@ -490,6 +622,7 @@ fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, 
     st = save_gathered(&x, path, stream);
     if (x.s->fd >= 0) close(x.s->fd);
     free(x.s->staging);
+    free(x.s->hdr);
   } else { /* still take part, so that no rank waits for this one */
     st = fo_ckpt_agree(fn, opt, st, 0, 0, 0, stream);
   }
@@ -499,6 +632,15 @@ fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, 
   fo_ckpt_plan_free(&x.plan);
   free(x.s);
   return st;
+}
+
+fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, int root,
+                                     fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_save_gathered";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st
+                          : fo_release(opt, save_gathered_claimed(fn, opt, path, root, stream));
 }
 
 /* -------------------------------------------------------------- loading */
@@ -519,6 +661,7 @@ static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore 
   if (st == FO_SUCCESS && cuda) st = fo_ckpt_cuda_wait(fn, opt->options.device);
   if (st != FO_SUCCESS) return fo_fault_after(fn, opt, FO_FAULT_NONE, st);
   if (!cuda) *opt->state = r->state;
+  fo_steps_left_reset(opt, &r->state);
   memcpy(opt->hparams, r->hparams, (size_t)opt->num_groups * sizeof *opt->hparams);
   opt->master_unset = 0; /* the master weights came from the file */
   fo_fault_clear(opt);
@@ -591,22 +734,36 @@ static fo_status load(const char *fn, fo_optimizer *opt, const char *const *path
   return st;
 }
 
-fo_status fo_optimizer_load(fo_optimizer *opt, const char *path, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_load";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = opt->sharded ? FO_SUCCESS : check_path(fn, "path", path);
+static fo_status load_claimed(const char *fn, fo_optimizer *opt, const char *path,
+                              fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st == FO_SUCCESS && !opt->sharded) st = check_path(fn, "path", path);
   if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   return load(fn, opt, &path, 1, 0, stream);
+}
+
+fo_status fo_optimizer_load(fo_optimizer *opt, const char *path, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_load";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, load_claimed(fn, opt, path, stream));
+}
+
+static fo_status load_shards_claimed(const char *fn, fo_optimizer *opt, const char *const *paths,
+                                     int n, fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
+  if (st != FO_SUCCESS) return st;
+  return load(fn, opt, paths, n, 1, stream);
 }
 
 fo_status fo_optimizer_load_shards(fo_optimizer *opt, const char *const *paths, int n,
                                    fo_stream_t stream) {
   static const char fn[] = "fo_optimizer_load_shards";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = check_stream(fn, opt, stream);
-  if (st != FO_SUCCESS) return st;
-  return load(fn, opt, paths, n, 1, stream);
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, load_shards_claimed(fn, opt, paths, n, stream));
 }
 
 fo_status fo_checkpoint_verify(const char *path) {
@@ -630,7 +787,9 @@ fo_status fo_optimizer_get_fault(const fo_optimizer *opt, fo_status *status, cha
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "status" : "opt");
   if (!message && capacity > 0)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "message is NULL with capacity %zu", capacity);
+  fo_status st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
   *status = opt->fault;
   if (capacity > 0) snprintf(message, capacity, "%s", opt->fault_msg);
-  return FO_SUCCESS;
+  return fo_release(opt, FO_SUCCESS);
 }

@@ -659,8 +659,9 @@ static void header_json(sbuf *b, const meta_list *l, const fo_ckpt_plan *p) {
   while ((8 + b->len) % 8 != 0) sb_str(b, " ");
 }
 
-fo_status fo_ckpt_header(const char *fn, const fo_optimizer *opt, const fo_step_state *state,
-                         const fo_ckpt_plan *plan, char **text, size_t *len) {
+/* The header's text, whatever its length. */
+static fo_status header_text(const char *fn, const fo_optimizer *opt, const fo_step_state *state,
+                             const fo_ckpt_plan *plan, char **text, size_t *len) {
   meta_list l;
   memset(&l, 0, sizeof l);
   sbuf b = {0};
@@ -670,6 +671,26 @@ fo_status fo_ckpt_header(const char *fn, const fo_optimizer *opt, const fo_step_
   if (!ok) {
     free(b.p);
     return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the checkpoint header");
+  }
+  *text = b.p;
+  *len = b.len;
+  return FO_SUCCESS;
+}
+
+fo_status fo_ckpt_header(const char *fn, const fo_optimizer *opt, const fo_step_state *state,
+                         const fo_ckpt_plan *plan, char **text, size_t *len) {
+  sbuf b = {0};
+  fo_status st = header_text(fn, opt, state, plan, &b.p, &b.len);
+  if (st != FO_SUCCESS) return st;
+  /* The reader's limit is the writer's: a file it would refuse is never
+   * written (the savers build the header before they create the file). */
+  if ((uint64_t)b.len > FO_ST_MAX_HEADER) {
+    free(b.p);
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "the checkpoint's header would be %zu bytes, more than the %llu that "
+                   "safetensors readers (this one included) accept: too many tensors, or names "
+                   "too long, for one checkpoint; nothing was written",
+                   b.len, (unsigned long long)FO_ST_MAX_HEADER);
   }
   *text = b.p;
   *len = b.len;
@@ -826,6 +847,47 @@ static fo_status open_file(const char *fn, const unsigned char *buf, size_t len,
   return st;
 }
 
+/* The largest header a checkpoint of opt's tensors can have: twice the
+ * header of opt's own whole checkpoint (a per-rank file adds one offset
+ * per state piece, less than doubling it; values of other hyper-parameters
+ * and steps differ by bytes), plus 1 MiB of metadata other tools may add;
+ * never more than safetensors' limit.  A longer header is no checkpoint of
+ * this model, and refusing it before parsing bounds a load's memory and
+ * time by the registered tensors instead of the 100 MB limit (a crafted
+ * header of small JSON values costs about 44 bytes of memory per byte).
+ * Built from a fresh step state: opt's own may be in device memory. */
+static uint64_t header_bound(const char *fn, const fo_optimizer *opt) {
+  fo_ckpt_plan plan;
+  fo_step_state s;
+  fo_step_state_init(&opt->options, &s);
+  if (fo_ckpt_plan_build_for(fn, opt, NULL, &plan) != FO_SUCCESS) return FO_ST_MAX_HEADER;
+  char *text = NULL;
+  size_t n = 0;
+  fo_status st = header_text(fn, opt, &s, &plan, &text, &n);
+  free(text);
+  fo_ckpt_plan_free(&plan);
+  if (st != FO_SUCCESS) return FO_ST_MAX_HEADER;
+  uint64_t bound = 2 * (uint64_t)n + ((uint64_t)1 << 20);
+  return bound < FO_ST_MAX_HEADER ? bound : FO_ST_MAX_HEADER;
+}
+
+/* Refuse a header longer than bound before it is parsed.  Headers that
+ * run past the file or past safetensors' limit are left to the container
+ * check, which names those faults. */
+static fo_status check_header_bound(const char *fn, const fo_optimizer *opt,
+                                    const unsigned char *buf, size_t len, uint64_t bound) {
+  if (len < 8) return FO_SUCCESS;
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; i--) n = n << 8 | buf[i];
+  if (n > len - 8 || n > FO_ST_MAX_HEADER || n <= bound) return FO_SUCCESS;
+  return fo_fail(FO_ERR_CHECKPOINT, fn,
+                 "the header is %llu bytes; a checkpoint of this optimizer's %lld tensors has "
+                 "about %llu (at most %llu are read): not a checkpoint of this model",
+                 (unsigned long long)n, (long long)opt->num_tensors,
+                 (unsigned long long)((bound - ((uint64_t)1 << 20)) / 2),
+                 (unsigned long long)bound);
+}
+
 fo_status fo_ckpt_verify(const char *fn, const unsigned char *buf, size_t len) {
   fo_crc32 *c = malloc(sizeof *c);
   if (!c) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the CRC tables");
@@ -948,8 +1010,9 @@ static fo_status check_groups(const reader *r, const fo_optimizer *opt, fo_hpara
 /* The step state, and that the loss scaler can continue from it. */
 static fo_status check_state(const reader *r, const fo_optimizer *opt, fo_step_state *s) {
   int64_t step, skipped;
-  fo_status st = get_int(r, "state.step", 0, INT64_MAX, &step);
-  if (st == FO_SUCCESS) st = get_int(r, "state.skipped", 0, INT64_MAX, &skipped);
+  /* FO_MAX_STEP, as fo_optimizer_set_step: a larger count would overflow */
+  fo_status st = get_int(r, "state.step", 0, FO_MAX_STEP, &step);
+  if (st == FO_SUCCESS) st = get_int(r, "state.skipped", 0, FO_MAX_STEP, &skipped);
   if (st == FO_SUCCESS) st = get_float(r, "state.scale", &s->scale);
   if (st == FO_SUCCESS) st = get_i32(r, "state.growth_tracker", 0, INT32_MAX, &s->growth_tracker);
   if (st == FO_SUCCESS) st = get_i32(r, "state.hysteresis_left", 0, INT32_MAX, &s->hysteresis_left);
@@ -961,9 +1024,13 @@ static fo_status check_state(const reader *r, const fo_optimizer *opt, fo_step_s
   s->step = step;
   s->skipped = skipped;
   const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
-  if (!(isfinite(s->scale) && s->scale > 0.0f))
+  /* what the scaler can produce (fo_scaler_backoff keeps it in range): a
+   * subnormal or zero scale would make the next clean step's 1/scale inf */
+  if (!(isfinite(s->scale) && s->scale >= FO_LOSS_SCALE_MIN))
     return fo_fail(FO_ERR_CHECKPOINT, r->fn,
-                   "the checkpoint's loss scale %g is not finite and positive", (double)s->scale);
+                   "the checkpoint's loss scale %g is not finite and at least FO_LOSS_SCALE_MIN "
+                   "(%g)",
+                   (double)s->scale, (double)FO_LOSS_SCALE_MIN);
   if (ls->enabled && s->growth_tracker >= ls->growth_interval)
     return fo_fail(FO_ERR_CHECKPOINT, r->fn,
                    "the checkpoint's growth tracker %d is not below this optimizer's "
@@ -1232,6 +1299,7 @@ fo_status fo_ckpt_validate(const char *fn, const fo_optimizer *opt, const unsign
   fo_crc32 *c = malloc(sizeof *c);
   fo_status st = FO_SUCCESS;
   if (!c) st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to read the checkpoint");
+  if (st == FO_SUCCESS) st = check_header_bound(fn, opt, buf, len, header_bound(fn, opt));
   fo_st_file f;
   if (st == FO_SUCCESS) {
     fo_crc32_init(c);
@@ -1326,8 +1394,11 @@ static fo_status validate_shards(const fo_optimizer *opt, int n, const unsigned 
                                  const size_t *lens, shard_file *sf, int *by_rank,
                                  const fo_crc32 *c, fo_ckpt_restore *out) {
   fo_status st = FO_SUCCESS;
+  const uint64_t bound = header_bound(sf[0].where, opt);
   for (int k = 0; k < n && st == FO_SUCCESS; k++) {
-    st = open_file(sf[k].where, bufs[k], lens[k], &sf[k].f, c, &sf[k].head.version);
+    st = check_header_bound(sf[k].where, opt, bufs[k], lens[k], bound);
+    if (st == FO_SUCCESS)
+      st = open_file(sf[k].where, bufs[k], lens[k], &sf[k].f, c, &sf[k].head.version);
     if (st != FO_SUCCESS) break;
     sf[k].open = 1;
     reader r = {sf[k].where, &sf[k].f};

@@ -223,10 +223,8 @@ static void detach(fo_optimizer *opt) {
   opt->grad_divisor = 1.0f;
 }
 
-fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
-                                const fo_dp_options *options) {
-  static const char fn[] = "fo_optimizer_set_comm";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+static fo_status set_comm_claimed(const char *fn, fo_optimizer *opt, fo_comm *comm,
+                                  const fo_dp_options *options) {
   fo_dp_options o;
   fo_dp_options_default(&o);
   if (options) {
@@ -260,6 +258,13 @@ fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
   return FO_SUCCESS;
 }
 
+fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm, const fo_dp_options *options) {
+  static const char fn[] = "fo_optimizer_set_comm";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, set_comm_claimed(fn, opt, comm, options));
+}
+
 void fo_dp_free(fo_optimizer *opt) {
   dp_destroy(opt, opt->dp);
   opt->dp = NULL;
@@ -270,8 +275,10 @@ void fo_dp_free(fo_optimizer *opt) {
 fo_status fo_optimizer_num_buckets(const fo_optimizer *opt, int64_t *out) {
   static const char fn[] = "fo_optimizer_num_buckets";
   if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_status st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
   *out = opt->dp ? opt->dp->num_buckets : 0;
-  return FO_SUCCESS;
+  return fo_release(opt, FO_SUCCESS);
 }
 
 static fo_status check_bucket(const char *fn, const fo_optimizer *opt, int64_t bucket) {
@@ -290,11 +297,14 @@ fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, i
   if (!opt || !first || !count)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL",
                    !opt ? "opt" : !first ? "first" : "count");
-  fo_status st = check_bucket(fn, opt, bucket);
+  fo_status st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
-  *first = opt->dp->buckets[bucket].first_tensor;
-  *count = opt->dp->buckets[bucket].num_tensors;
-  return FO_SUCCESS;
+  st = check_bucket(fn, opt, bucket);
+  if (st == FO_SUCCESS) {
+    *first = opt->dp->buckets[bucket].first_tensor;
+    *count = opt->dp->buckets[bucket].num_tensors;
+  }
+  return fo_release(opt, st);
 }
 
 /* ------------------------------------------------------------- reduce */
@@ -425,23 +435,24 @@ static fo_status refuse_poisoned(const char *fn) {
                  "summed; zero them (fo_optimizer_zero_grad), recompute them and try again");
 }
 
-/* The arguments every reduce call shares. */
+/* The arguments every reduce call shares (opt not NULL, claimed). */
 static fo_status check_reduce(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st != FO_SUCCESS) return st;
   if (!opt->dp)
     return fo_fail(FO_ERR_INVALID_STATE, fn,
                    "the optimizer has no communicator (fo_optimizer_set_comm)");
   if (!is_cuda(opt) && stream)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream must be NULL for the CPU executor");
   if (is_cuda(opt)) {
-    fo_status st = fo_cuda_check_stream(fn, stream, opt->options.device);
+    st = fo_cuda_check_stream(fn, stream, opt->options.device);
     if (st != FO_SUCCESS) return st;
   }
   return opt->grads_poisoned ? refuse_poisoned(fn) : FO_SUCCESS;
 }
 
-fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_reduce_bucket";
+static fo_status reduce_bucket_claimed(const char *fn, fo_optimizer *opt, int64_t bucket,
+                                       fo_stream_t stream) {
   fo_status st = check_reduce(fn, opt, stream);
   if (st == FO_SUCCESS) st = check_bucket(fn, opt, bucket);
   if (st != FO_SUCCESS) return st;
@@ -453,11 +464,24 @@ fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket, fo_strea
   return reduce_bucket(fn, opt, bucket, stream);
 }
 
-fo_status fo_optimizer_reduce_grads(fo_optimizer *opt, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_reduce_grads";
+fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_reduce_bucket";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, reduce_bucket_claimed(fn, opt, bucket, stream));
+}
+
+static fo_status reduce_grads_claimed(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
   fo_status st = check_reduce(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   return reduce_remaining(fn, opt, stream);
+}
+
+fo_status fo_optimizer_reduce_grads(fo_optimizer *opt, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_reduce_grads";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, reduce_grads_claimed(fn, opt, stream));
 }
 
 /* ----------------------------------------------------------- step hooks */

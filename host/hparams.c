@@ -11,6 +11,11 @@ _Static_assert(FO_DTYPE_F32 == FO_RULE_F32 && FO_DTYPE_F16 == FO_RULE_F16 &&
                    FO_DTYPE_BF16 == FO_RULE_BF16,
                "dtype codes of rules.h must equal fo_dtype");
 _Static_assert(FO_MAX_GROUPS == FO_PLAN_MAX_GROUPS, "group limits differ");
+/* FO_LOSS_SCALE_MIN (a literal, for the public header) is FLT_MIN, the
+ * floor the step applies (FO_RULE_LOSS_SCALE_MIN): a float comparison is
+ * no integer constant expression for every compiler's _Static_assert, so
+ * test_reliability checks that the scale backs off onto it exactly. */
+_Static_assert(FO_MAX_STEP == FO_RULE_MAX_STEP, "step limits differ");
 
 fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out) {
   static const char fn[] = "fo_hparams_default";
@@ -134,9 +139,11 @@ static fo_status validate_schedule(const char *fn, const fo_schedule *s) {
 static fo_status validate_scaler(const char *fn, const fo_loss_scaler_options *l) {
   if (l->enabled != 0 && l->enabled != 1)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.enabled must be 0 or 1");
-  if (!(isfinite(l->init_scale) && l->init_scale > 0.0f))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.init_scale = %g must be finite and > 0",
-                   (double)l->init_scale);
+  if (!(isfinite(l->init_scale) && l->init_scale >= FO_LOSS_SCALE_MIN))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "loss_scaler.init_scale = %g must be finite and >= FO_LOSS_SCALE_MIN (%g, "
+                   "the smallest normal float)",
+                   (double)l->init_scale, (double)FO_LOSS_SCALE_MIN);
   if (!(isfinite(l->growth_factor) && l->growth_factor > 1.0f))
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.growth_factor = %g must be > 1",
                    (double)l->growth_factor);
@@ -206,4 +213,9 @@ void fo_step_state_init(const fo_options *o, fo_step_state *out) {
   out->hysteresis_left = o->loss_scaler.hysteresis;
   out->grad_coef = 1.0f;
   out->lr_factor = 1.0f;
+}
+
+void fo_steps_left_reset(fo_optimizer *opt, const fo_step_state *s) {
+  int64_t used = s->step > s->skipped ? s->step : s->skipped;
+  opt->steps_left = used < FO_MAX_STEP ? FO_MAX_STEP - used : 0;
 }

@@ -7,6 +7,10 @@
 
 #include <stdint.h>
 
+#ifndef __cplusplus
+#include <stdatomic.h>
+#endif
+
 #include "fusedopt.h"
 #include "plan.h"
 #include "rules.h"
@@ -95,6 +99,12 @@ struct fo_optimizer {
   int64_t shard_first, shard_count;
   double *shard_sumsq;
 
+  /* Step calls left before the step count or the skipped count could pass
+   * FO_MAX_STEP: FO_MAX_STEP - max(step, skipped), kept on the host (each
+   * step call adds one to exactly one of them) so that a step is refused
+   * without reading device memory. */
+  int64_t steps_left;
+
   /* Per-step state and the pre-pass's partial sums, in the executor's
    * memory (device memory on CUDA). */
   fo_step_state *state;
@@ -124,6 +134,17 @@ struct fo_optimizer {
   fo_plan_block *blocks;
   fo_plan_block *d_blocks;
   fo_plan_tensor *d_tensors;
+
+  /* host/guard.c: the process that created the optimizer, and the flag a
+   * call claims (1 while a thread is inside a call on it).  Last, and a
+   * plain int to C++, whose translation units (tests of the plan) never
+   * touch it. */
+  long creator_pid;
+#ifdef __cplusplus
+  int busy;
+#else
+  atomic_int busy;
+#endif
 };
 
 /* --------------------------------------------------------------- helpers */
@@ -151,6 +172,9 @@ void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *out);
 
 /* The state of a fresh optimizer: step 0, the initial loss scale. */
 void fo_step_state_init(const fo_options *o, fo_step_state *out);
+
+/* Set opt->steps_left from counters now in the state. */
+void fo_steps_left_reset(fo_optimizer *opt, const fo_step_state *s);
 
 /* ------------------------------------------------------------------ plan */
 
@@ -215,6 +239,21 @@ void fo_shard_free(fo_optimizer *opt);
 /* Rank rank's shard of total elements over size ranks: 128-aligned parts
  * of ceil(total / size) elements, the last ones shorter or empty. */
 void fo_shard_range(int64_t total, int size, int rank, int64_t *first, int64_t *count);
+
+/* ----------------------------------------------------------------- guard */
+
+/* Claim opt for the calling thread for one call (host/guard.c): FO_SUCCESS,
+ * or FO_ERR_INVALID_STATE when another thread is inside a call on it.
+ * Every successful claim is paired with a release, which returns status
+ * so that a call ends `return fo_release(opt, body(...))`. */
+fo_status fo_claim(const char *func, const fo_optimizer *opt);
+fo_status fo_release(const fo_optimizer *opt, fo_status status);
+/* A fresh optimizer: not claimed, created by this process.  Then refuse
+ * (FO_ERR_INVALID_STATE) in a forked child work that runs kernels or
+ * OpenMP teams (runs_kernels), or that touches a CUDA executor's device at
+ * all. */
+void fo_guard_init(fo_optimizer *opt);
+fo_status fo_check_process(const char *func, const fo_optimizer *opt, int runs_kernels);
 
 /* ---------------------------------------------------------------- faults */
 

@@ -301,6 +301,7 @@ static fo_status alloc_step_state(const char *fn, fo_optimizer *opt) {
                       (void **)&opt->partials);
     if (st != FO_SUCCESS) return st;
   }
+  fo_steps_left_reset(opt, &init);
   if (opt->options.executor == FO_EXEC_CUDA) return fo_cuda_write_state(fn, opt, &init);
   *opt->state = init;
   return FO_SUCCESS;
@@ -370,6 +371,7 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
 
   fo_optimizer *opt = calloc(1, sizeof *opt);
   if (!opt) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the optimizer");
+  fo_guard_init(opt);
   opt->options = *options;
   memcpy(opt->hparams, hparams, (size_t)num_groups * sizeof *hparams);
   opt->num_groups = num_groups;
@@ -472,14 +474,18 @@ static fo_status check_stream(const char *fn, const fo_optimizer *opt,
   return fo_cuda_check_stream(fn, stream, opt->options.device);
 }
 
-fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_step";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = fo_fault_check(fn, opt);
+static fo_status step_claimed(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 1);
+  if (st == FO_SUCCESS) st = fo_fault_check(fn, opt);
   if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st == FO_SUCCESS) st = fo_master_check(fn, opt);
+  if (st == FO_SUCCESS && opt->steps_left <= 0)
+    st = fo_fail(FO_ERR_INVALID_STATE, fn,
+                 "the step count (or the count of skipped steps) has reached FO_MAX_STEP "
+                 "(2^62): set a smaller one with fo_optimizer_set_step or load a checkpoint");
   if (st == FO_SUCCESS) st = fo_dp_before_step(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
+  opt->steps_left--; /* the step adds one to the step count or the skipped count */
   /* past this point a failure may leave the state half-updated */
   st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_step(opt, stream) : fo_cpu_step(opt);
   /* a sharded step's agreement on the norm failed before anything changed */
@@ -488,10 +494,16 @@ fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream) {
   return fo_fault_after(fn, opt, FO_FAULT_STEP, st);
 }
 
-fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_zero_grad";
+fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_step";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = fo_fault_check(fn, opt);
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, step_claimed(fn, opt, stream));
+}
+
+static fo_status zero_grad_claimed(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 1);
+  if (st == FO_SUCCESS) st = fo_fault_check(fn, opt);
   if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_zero_grad(opt, stream)
@@ -501,10 +513,16 @@ fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
   return st;
 }
 
-fo_status fo_optimizer_sync_master(fo_optimizer *opt, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_sync_master";
+fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_zero_grad";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = fo_fault_check(fn, opt);
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, zero_grad_claimed(fn, opt, stream));
+}
+
+static fo_status sync_master_claimed(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
+  fo_status st = fo_check_process(fn, opt, 1);
+  if (st == FO_SUCCESS) st = fo_fault_check(fn, opt);
   if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS || !opt->keeps.master) return st;
   st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, stream)
@@ -514,10 +532,19 @@ fo_status fo_optimizer_sync_master(fo_optimizer *opt, fo_stream_t stream) {
   return st;
 }
 
+fo_status fo_optimizer_sync_master(fo_optimizer *opt, fo_stream_t stream) {
+  static const char fn[] = "fo_optimizer_sync_master";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, sync_master_claimed(fn, opt, stream));
+}
+
 /* ------------------------------------------------------------- accessors */
 
 /* A copy of the step state, wherever it lives. */
 static fo_status read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st != FO_SUCCESS) return st;
   if (opt->options.executor == FO_EXEC_CUDA) return fo_cuda_read_state(fn, opt, out);
   *out = *opt->state;
   return FO_SUCCESS;
@@ -528,26 +555,34 @@ fo_status fo_optimizer_get_step(const fo_optimizer *opt, int64_t *out) {
   if (!opt || !out)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_step_state s;
-  fo_status st = read_state(fn, opt, &s);
+  fo_status st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
+  st = fo_release(opt, read_state(fn, opt, &s));
   if (st == FO_SUCCESS) *out = s.step;
+  return st;
+}
+
+static fo_status set_step_claimed(const char *fn, fo_optimizer *opt, int64_t step) {
+  fo_step_state s;
+  fo_status st = read_state(fn, opt, &s);
+  if (st != FO_SUCCESS) return st;
+  s.step = step;
+  if (opt->options.executor == FO_EXEC_CUDA)
+    st = fo_cuda_write_state(fn, opt, &s);
+  else
+    opt->state->step = step;
+  if (st == FO_SUCCESS) fo_steps_left_reset(opt, &s);
   return st;
 }
 
 fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step) {
   static const char fn[] = "fo_optimizer_set_step";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  if (step < 0)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "step = %lld is negative",
+  if (step < 0 || step > FO_MAX_STEP)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "step = %lld is outside [0, FO_MAX_STEP = 2^62]",
                    (long long)step);
-  if (opt->options.executor == FO_EXEC_CPU) {
-    opt->state->step = step;
-    return FO_SUCCESS;
-  }
-  fo_step_state s;
-  fo_status st = fo_cuda_read_state(fn, opt, &s);
-  if (st != FO_SUCCESS) return st;
-  s.step = step;
-  return fo_cuda_write_state(fn, opt, &s);
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, set_step_claimed(fn, opt, step));
 }
 
 fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
@@ -555,7 +590,8 @@ fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
   if (!opt || !out)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_step_state s;
-  fo_status st = read_state(fn, opt, &s);
+  fo_status st = fo_claim(fn, opt);
+  if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
   if (st != FO_SUCCESS) return st;
   memset(out, 0, sizeof *out);
   out->step = s.step;
@@ -596,9 +632,11 @@ fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr) {
   if (!isfinite(lr) || lr < 0.0f)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "lr = %g must be finite and >= 0",
                    (double)lr);
+  fo_status st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
   for (int g = 0; g < opt->num_groups; g++)
     if (group == -1 || g == group) opt->hparams[g].lr = lr;
-  return FO_SUCCESS;
+  return fo_release(opt, FO_SUCCESS);
 }
 
 fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *out) {
@@ -606,9 +644,10 @@ fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *out) {
   if (!opt || !out)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_status st = check_group(fn, opt, group);
+  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
   *out = opt->hparams[group].lr;
-  return FO_SUCCESS;
+  return fo_release(opt, FO_SUCCESS);
 }
 
 fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *out) {
@@ -643,8 +682,10 @@ fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group,
       !opt->keeps.max_exp_avg_sq)
     return fo_fail(FO_ERR_INVALID_STATE, fn,
                    "amsgrad needs state the optimizer was created without");
+  st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
   opt->hparams[group] = *hparams;
-  return FO_SUCCESS;
+  return fo_release(opt, FO_SUCCESS);
 }
 
 fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group,
@@ -653,9 +694,10 @@ fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group,
   if (!opt || !out)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_status st = check_group(fn, opt, group);
+  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
   *out = opt->hparams[group];
-  return FO_SUCCESS;
+  return fo_release(opt, FO_SUCCESS);
 }
 
 fo_status fo_optimizer_get_options(const fo_optimizer *opt, fo_options *out) {

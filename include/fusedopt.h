@@ -31,6 +31,33 @@
  *   - Sizes and offsets are 64-bit.
  *   - fo_optimizer_destroy(NULL) is a no-op.
  *
+ * Threads and processes
+ * ---------------------
+ *   - An optimizer is used by one thread at a time; any number of
+ *     optimizers may be used in parallel, each by one thread at a time
+ *     (the library keeps no global state but the per-thread error
+ *     message).  A call on an optimizer made while another thread is
+ *     inside a call on the same optimizer fails at once with
+ *     FO_ERR_INVALID_STATE ("another thread is inside a call on this
+ *     optimizer") and changes nothing: an atomic flag detects the race, so
+ *     that it costs a clear error rather than lost steps or a checkpoint of
+ *     a state no step produced.  It is a detector, not a lock -- callers
+ *     must still serialise -- and it cannot make fo_optimizer_destroy safe
+ *     against a concurrent call.  Calls that only return what create fixed
+ *     (fo_optimizer_get_options, _num_tensors, _param_ptr, _grad_ptr,
+ *     _state_ptr, _arena, _get_shard, _loss_scale_ptr) are not checked.
+ *     Communicators follow the same rule (see fo_comm).
+ *   - fork(): a child process must not step an optimizer its parent
+ *     created.  OpenMP's worker threads (and a CUDA context) do not survive
+ *     fork(), and the child's first parallel step would hang in the OpenMP
+ *     runtime.  The optimizer records the process that created it:
+ *     fo_optimizer_step, _zero_grad and _sync_master in another process
+ *     fail with FO_ERR_INVALID_STATE, as does every call of an FO_EXEC_CUDA
+ *     optimizer that reaches the device.  On FO_EXEC_CPU the rest works in
+ *     the child, fo_optimizer_save included (a checkpoint written by a
+ *     forked child is an ordinary one).  A child that must train creates
+ *     its own optimizer and loads a checkpoint.
+ *
  * Numerics follow PyTorch's torch.optim (see docs/numerics.md): arithmetic is
  * fp32, 16-bit values are widened on load and rounded to nearest-even on
  * store (or stochastically, when asked).
@@ -58,7 +85,7 @@ extern "C" {
 /* --------------------------------------------------------------- version */
 
 #define FO_VERSION_MAJOR 0
-#define FO_VERSION_MINOR 1
+#define FO_VERSION_MINOR 2
 #define FO_VERSION_PATCH 0
 /** MAJOR*10000 + MINOR*100 + PATCH: compare with fo_version_number(). */
 #define FO_VERSION_NUMBER \
@@ -261,18 +288,31 @@ typedef struct fo_schedule {
                           *   fraction of lr in [0, 1] (default 0) */
 } fo_schedule;
 
+/** The smallest loss scale: the smallest normal float, FLT_MIN = 2^-126.
+ *  Backing off never takes the scale below it (a run that keeps
+ *  overflowing stays there, every step skipped, instead of reaching a
+ *  subnormal or zero scale whose 1/scale is inf); init_scale below it is
+ *  refused at create, and a checkpoint holding a scale below it at load. */
+#define FO_LOSS_SCALE_MIN 1.17549435e-38f
+
 /** Dynamic loss scaling (PyTorch GradScaler semantics).  The caller scales
  *  its loss by the current scale (fo_optimizer_loss_scale_ptr gives a
  *  pointer the backward pass can read on the device); the step divides the
  *  gradients by it inside the update.  A step that sees an inf or NaN
- *  gradient changes nothing and the scale backs off. */
+ *  gradient changes nothing and the scale backs off, to no less than
+ *  FO_LOSS_SCALE_MIN.  So does a step whose combined gradient coefficient
+ *  (1/scale, clipping and the division by the ranks, fo_step_info's
+ *  grad_coef) is not finite, or whose scale is below FO_LOSS_SCALE_MIN or
+ *  NaN (written through fo_optimizer_loss_scale_ptr): applying it would
+ *  write inf or NaN into every parameter. */
 typedef struct fo_loss_scaler_options {
   int enabled;          /**< default 0 */
-  float init_scale;     /**< default 65536 */
+  float init_scale;     /**< default 65536; finite, >= FO_LOSS_SCALE_MIN */
   float growth_factor;  /**< > 1; default 2 */
   float backoff_factor; /**< in (0, 1); default 0.5 */
   int growth_interval;  /**< clean steps before growth, >= 1; default 2000 */
-  float max_scale;      /**< 0 (default): no maximum but never inf */
+  float max_scale;      /**< 0 (default): no maximum but never inf;
+                         *   else >= init_scale */
   int hysteresis;       /**< back off after this many consecutive
                          *   overflows, >= 1; default 1 (PyTorch) */
 } fo_loss_scaler_options;
@@ -392,6 +432,12 @@ FO_API fo_status fo_optimizer_create(fo_optimizer **out,
  *  work before freeing. */
 FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
 
+/** The largest step count, 2^62: fo_optimizer_set_step() and
+ *  fo_optimizer_load() refuse larger counts (of steps or of skipped
+ *  steps), and a step that could take either past it is refused, so the
+ *  64-bit counters never overflow. */
+#define FO_MAX_STEP ((int64_t)1 << 62)
+
 /** Apply one step to every registered tensor with the current gradients.
  *  With clipping or loss scaling on, a pre-pass first reads every gradient
  *  once for the global norm and the non-finite check; a non-finite gradient
@@ -400,11 +446,24 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *  the call only enqueues work (no host synchronization), so a stream
  *  capture of it is a replayable CUDA graph.  If the step fails once its
  *  work has started (a CUDA error), the optimizer is faulted: see
- *  fo_optimizer_get_fault().  FO_ERR_INVALID_STATE, changing nothing,
- *  while arena master weights were never set (fo_optimizer_sync_master()). */
+ *  fo_optimizer_get_fault().
+ *
+ *  A step is skipped (counted in fo_step_info.skipped_steps) when a
+ *  gradient is inf or NaN, or when the combined gradient coefficient is
+ *  not finite.  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (a
+ *  bad stream), FO_ERR_INVALID_STATE (the optimizer is faulted; arena
+ *  master weights were never set (fo_optimizer_sync_master()); the step
+ *  count or the skipped count has reached FO_MAX_STEP; another thread is
+ *  inside a call on opt; this process is a fork of the one that created
+ *  opt: each changing nothing), FO_ERR_COMM (data parallelism: see
+ *  fo_optimizer_reduce_bucket), FO_ERR_CUDA.  A CUDA graph replays a
+ *  captured step without this call: a replay past FO_MAX_STEP is skipped
+ *  on the device instead. */
 FO_API fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream);
 
-/** Set every registered gradient to zero. */
+/** Set every registered gradient to zero.  Fails with FO_ERR_NULL_POINTER,
+ *  FO_ERR_INVALID_ARGUMENT (a bad stream), FO_ERR_INVALID_STATE (faulted;
+ *  another thread is inside a call on opt; a forked process), FO_ERR_CUDA. */
 FO_API fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream);
 
 /** Copy the current 16-bit parameters into the fp32 master weights (after
@@ -412,7 +471,8 @@ FO_API fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream);
  *  weights.  With FO_STORAGE_ARENA and master weights it is required once
  *  after writing the initial parameters: until it (or fo_optimizer_load())
  *  has run, fo_optimizer_step() and the saves refuse with
- *  FO_ERR_INVALID_STATE, since the master weights are still zero. */
+ *  FO_ERR_INVALID_STATE, since the master weights are still zero.  Fails
+ *  as fo_optimizer_zero_grad(). */
 FO_API fo_status fo_optimizer_sync_master(fo_optimizer *opt,
                                           fo_stream_t stream);
 
@@ -455,9 +515,10 @@ FO_API fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *ou
 FO_API fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out);
 
 /** Set the step count (for resuming); bias corrections, the schedule and
- *  SGD's first-step rule use it.  Must be >= 0.  On FO_EXEC_CUDA it is
- *  written to the device in stream order of the legacy default stream
- *  (it synchronizes). */
+ *  SGD's first-step rule use it.  Must be in [0, FO_MAX_STEP]
+ *  (FO_ERR_INVALID_ARGUMENT otherwise).  On FO_EXEC_CUDA it is written to
+ *  the device in stream order of the legacy default stream (it
+ *  synchronizes). */
 FO_API fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step);
 
 /** Set the base learning rate of one group, or of every group when group is
@@ -775,10 +836,22 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *  The file is written as a temporary file next to path, flushed, fsynced
  *  and renamed over path, and the directory is fsynced: at every moment
  *  path holds either the previous file or the complete new one, and a
- *  failure (or a crash) leaves the previous one intact.  A crash can leave
- *  a "<path>.tmp-*" file behind; nothing reads it.  (Only when the final
- *  fsync of the directory fails is the new file already in place: the
- *  FO_ERR_IO message says so.)
+ *  failure (or a crash) leaves the previous one intact.  (Only when the
+ *  final fsync of the directory fails is the new file already in place:
+ *  the FO_ERR_IO message says so.)  The temporary file is
+ *  "<path>.tmp-<pid>-<8 hex digits>"; for a file name of 232 bytes or more
+ *  (up to NAME_MAX), whose suffix would not fit, "<the name's first bytes>~
+ *  <16 hex digits of a hash of the name>.tmp-<pid>-<8 hex digits>".  A
+ *  crash can leave one behind; nothing reads it, and the next successful
+ *  save of the same path removes it: every regular file in path's
+ *  directory named exactly by this pattern for this path whose process no
+ *  longer exists (never another checkpoint's, another process's still
+ *  running, a directory or a symbolic link).
+ *
+ *  Every limit of the reader is the writer's: a save whose header would
+ *  pass safetensors' 100 MB limit (about 99,000 tensors with 48-byte
+ *  names, or names of tens of megabytes) fails with FO_ERR_INVALID_STATE
+ *  before the file is created.
  *
  *  On FO_EXEC_CUDA the call waits until the device is idle and copies the
  *  state through host memory (it synchronizes); stream is checked as for a
@@ -799,10 +872,11 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *
  *  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (empty path, bad
  *  stream), FO_ERR_INVALID_STATE (the optimizer is faulted, or its arena
- *  master weights were never set), FO_ERR_IO (the message names path,
- *  then the temporary file the failure happened on, and the OS's reason),
- *  FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY.  (Names a checkpoint cannot hold
- *  were refused at create.)
+ *  master weights were never set; or the header would pass 100 MB; another
+ *  thread is inside a call on opt; on FO_EXEC_CUDA, a forked process),
+ *  FO_ERR_IO (the message names path, then the temporary file the failure
+ *  happened on, and the OS's reason), FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY.
+ *  (Names a checkpoint cannot hold were refused at create.)
  *
  *  The file records each tensor's parameter group
  *  ("fusedopt.group_of.<name>"); fo_optimizer_load() refuses to move a
@@ -856,7 +930,12 @@ FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt,
  *  fo_optimizer_set_hparams() checks them) and the loss-scaler state.  A
  *  failed load changes nothing: FO_ERR_IO for the OS's failures (missing
  *  file, unreadable), FO_ERR_CHECKPOINT for the file's content, with the
- *  detail in fo_last_error().
+ *  detail in fo_last_error().  A path that is not a regular file (a FIFO,
+ *  a socket, a device) is refused at once with FO_ERR_IO, without waiting
+ *  for a writer.  The step state must be one the optimizer can continue
+ *  from: a loss scale of at least FO_LOSS_SCALE_MIN, step and skipped
+ *  counts of at most FO_MAX_STEP.  FO_ERR_INVALID_STATE: another thread is
+ *  inside a call on opt, or (FO_EXEC_CUDA) a forked process.
  *
  *  A successful load clears a fault (fo_optimizer_get_fault()): it is how
  *  a faulted optimizer becomes usable again.  On FO_EXEC_CUDA the call
@@ -900,7 +979,8 @@ FO_API fo_status fo_optimizer_load_shards(fo_optimizer *opt,
 /** Check a checkpoint file on its own, without an optimizer: the container,
  *  the format version and every checksum (a whole checkpoint or a per-rank
  *  file).  FO_SUCCESS if it is intact; otherwise FO_ERR_IO or
- *  FO_ERR_CHECKPOINT as fo_optimizer_load() says. */
+ *  FO_ERR_CHECKPOINT as fo_optimizer_load() says (a FIFO or other file
+ *  that is not a regular one: FO_ERR_IO at once). */
 FO_API fo_status fo_checkpoint_verify(const char *path);
 
 /** Faults.  When work already under way fails -- a step whose kernels hit

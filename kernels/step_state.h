@@ -18,11 +18,23 @@
 #ifndef FO_STEP_STATE_H
 #define FO_STEP_STATE_H
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 
 #include "plan.h"
 #include "rules.h"
+
+/* The loss scale's floor (FO_LOSS_SCALE_MIN of fusedopt.h): the smallest
+ * normal float, 2^-126.  Its inverse, 2^126, still fits fp32 with room to
+ * spare; below it the inverse soon overflows (from 2^-128 on), and a
+ * subnormal or zero scale rounds the scaled gradients to zeros that the
+ * overflow check cannot see. */
+#define FO_RULE_LOSS_SCALE_MIN FLT_MIN
+
+/* The largest step count (FO_MAX_STEP of fusedopt.h): the counters stop
+ * here instead of overflowing int64 (undefined behaviour). */
+#define FO_RULE_MAX_STEP ((int64_t)1 << 62)
 
 /* Schedule kinds: equal to fo_schedule_kind. */
 #define FO_RULE_SCHED_CONSTANT 0
@@ -159,16 +171,26 @@ FO_HD void fo_group_scalars(int alg, const fo_group_hparams *h, int64_t t, doubl
 
 /* ------------------------------------------------------------- scaler */
 
-/* PyTorch GradScaler's update, plus an optional maximum and hysteresis:
- * an overflow backs off only after `hysteresis` consecutive overflows; a
- * clean step restores the hysteresis; growth_interval consecutive clean
- * steps multiply the scale by growth_factor unless that would reach inf
- * or pass max_scale. */
+/* A backed-off scale, kept inside [FO_RULE_LOSS_SCALE_MIN, FLT_MAX]: a
+ * scale that falls below the floor stops there, and one that is not a
+ * number at all (written through fo_optimizer_loss_scale_ptr, say)
+ * restarts from an end of the range instead of staying stuck. */
+FO_HD float fo_scaler_backoff(float scale, float backoff_factor) {
+  float s = scale * backoff_factor;
+  if (s > FLT_MAX) return FLT_MAX;                                 /* +inf */
+  return s >= FO_RULE_LOSS_SCALE_MIN ? s : FO_RULE_LOSS_SCALE_MIN; /* NaN too */
+}
+
+/* PyTorch GradScaler's update, plus an optional maximum, hysteresis and a
+ * floor: an overflow backs off only after `hysteresis` consecutive
+ * overflows, never below FO_RULE_LOSS_SCALE_MIN; a clean step restores the
+ * hysteresis; growth_interval consecutive clean steps multiply the scale by
+ * growth_factor unless that would reach inf or pass max_scale. */
 FO_HD void fo_scaler_update(const fo_scaler_params *p, fo_step_state *st, int overflow) {
   if (overflow) {
     st->growth_tracker = 0;
     if (--st->hysteresis_left <= 0) {
-      st->scale *= p->backoff_factor;
+      st->scale = fo_scaler_backoff(st->scale, p->backoff_factor);
       st->hysteresis_left = p->hysteresis;
     }
     return;
@@ -185,7 +207,20 @@ FO_HD void fo_scaler_update(const fo_scaler_params *p, fo_step_state *st, int ov
 /* -------------------------------------------------------------- prepare */
 
 /* Decide the step from the total sum of squares of the (scaled, summed
- * over ranks) gradients.  Runs on one thread. */
+ * over ranks) gradients.  Runs on one thread.
+ *
+ * A step is skipped -- nothing but the scaler and the skip count changes --
+ * when a gradient is not finite, and also when the combined coefficient
+ * the update would multiply the gradients by is not, or the loss scale is
+ * below its floor: a scale of zero or a subnormal (written through the
+ * scale pointer) makes 1/scale inf, or nearly, while the scaled gradients
+ * look clean, and applying that would turn every parameter into NaN.  Such
+ * a step counts as an overflow, so the scale backs off onto the floor and
+ * the next step can apply.
+ *
+ * The counters never pass FO_RULE_MAX_STEP: the host refuses a step that
+ * could take them there, and a step replayed from a CUDA graph past it is
+ * skipped here instead of overflowing. */
 FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state *st) {
   int nonfinite = a->check_grads && !isfinite(sumsq);
   float scale = a->scaler.enabled ? st->scale : 1.0f;
@@ -198,11 +233,17 @@ FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state
     if (c < 1.0) clip = c;
   }
   st->grad_norm = (float)norm;
-  st->skip = nonfinite;
   st->grad_coef = (float)(unscale * clip);
-  if (a->scaler.enabled) fo_scaler_update(&a->scaler, st, nonfinite);
-  if (nonfinite) {
-    st->skipped++;
+  /* a scale below the floor (or NaN) can only have been written from
+   * outside; 1/scale may still be finite, but it is far past any useful
+   * multiplier */
+  int bad_coef =
+      !isfinite(st->grad_coef) || (a->scaler.enabled && !(st->scale >= FO_RULE_LOSS_SCALE_MIN));
+  int exhausted = st->step >= FO_RULE_MAX_STEP;
+  st->skip = nonfinite || bad_coef || exhausted;
+  if (a->scaler.enabled && !exhausted) fo_scaler_update(&a->scaler, st, nonfinite || bad_coef);
+  if (st->skip) {
+    if (st->skipped < FO_RULE_MAX_STEP) st->skipped++;
     return;
   }
   int64_t t = st->step + 1;

@@ -45,6 +45,8 @@ typedef struct ck_cfg {
   int nesterov;        /* SGD */
   int scaler;          /* loss scaling: growth every 3 clean steps, hysteresis 2 */
   int growth_interval; /* with scaler: instead of 3 when not 0 */
+  float init_scale;    /* with scaler: instead of 1024 when not 0 */
+  int hysteresis;      /* with scaler: instead of 2 when not 0 */
   float clip;          /* max_grad_norm, 0: none */
   int sched;           /* warmup + cosine */
   fo_storage storage;
@@ -72,9 +74,9 @@ static inline fo_options ck_options(const ck_cfg *c) {
   o.max_grad_norm = c->clip;
   if (c->scaler) {
     o.loss_scaler.enabled = 1;
-    o.loss_scaler.init_scale = 1024.0f;
+    o.loss_scaler.init_scale = c->init_scale > 0.0f ? c->init_scale : 1024.0f;
     o.loss_scaler.growth_interval = c->growth_interval ? c->growth_interval : 3;
-    o.loss_scaler.hysteresis = 2;
+    o.loss_scaler.hysteresis = c->hysteresis ? c->hysteresis : 2;
   }
   if (c->sched) {
     o.schedule.kind = FO_SCHED_COSINE;

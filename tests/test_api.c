@@ -529,6 +529,8 @@ MUT(m_ls_init_0, m_ls_on(e); e->o.loss_scaler.init_scale = 0.0f)
 MUT(m_ls_init_neg, m_ls_on(e); e->o.loss_scaler.init_scale = -1.0f)
 MUT(m_ls_init_nan, m_ls_on(e); e->o.loss_scaler.init_scale = NAN)
 MUT(m_ls_init_inf, m_ls_on(e); e->o.loss_scaler.init_scale = INFINITY)
+MUT(m_ls_init_subnormal, m_ls_on(e); e->o.loss_scaler.init_scale = 0x1p-127f)
+MUT(m_ls_init_floor, m_ls_on(e); e->o.loss_scaler.init_scale = FO_LOSS_SCALE_MIN)
 MUT(m_ls_growth_1, m_ls_on(e); e->o.loss_scaler.growth_factor = 1.0f)
 MUT(m_ls_growth_nan, m_ls_on(e); e->o.loss_scaler.growth_factor = NAN)
 MUT(m_ls_backoff_0, m_ls_on(e); e->o.loss_scaler.backoff_factor = 0.0f)
@@ -648,6 +650,8 @@ static const create_case k_create_cases[] = {
     {"init_scale -1", m_ls_init_neg, IA, "init_scale"},
     {"init_scale NaN", m_ls_init_nan, IA, "init_scale"},
     {"init_scale inf", m_ls_init_inf, IA, "init_scale"},
+    {"init_scale subnormal", m_ls_init_subnormal, IA, "FO_LOSS_SCALE_MIN"},
+    {"init_scale FO_LOSS_SCALE_MIN", m_ls_init_floor, OK, NULL},
     {"growth_factor 1", m_ls_growth_1, IA, "growth_factor"},
     {"growth_factor NaN", m_ls_growth_nan, IA, "growth_factor"},
     {"backoff_factor 0", m_ls_backoff_0, IA, "backoff_factor"},

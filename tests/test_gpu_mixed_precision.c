@@ -54,6 +54,12 @@
  *   scaler_grows_and_backs_off_on_the_device
  *       growth_interval 3 (the CPU tier's sequence), hysteresis, max_scale
  *       and the inf guard, on the device.
+ *   scale_floor_and_non_finite_coefficient_on_the_device
+ *       issue #20: 200 consecutive overflows from 2^16 end at
+ *       FO_LOSS_SCALE_MIN with the parameters and state untouched and a
+ *       checkpoint that verifies and loads; the next clean step applies,
+ *       finite; a scale of 0, 2^-127 or NaN written through the pointer is
+ *       skipped like an overflow and restarts at the floor.
  *
  * Set FO_GPU_TEST_STAND_IN=cpu to run the same bodies against the CPU
  * executor over host memory (a check of the test's own plumbing on a
@@ -72,11 +78,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fusedopt.h"
+#include "gpu_harness.h"
 #include "reference.h"
 #include "testutil.h"
-#include "gpu_harness.h"
 
 #define GAP 96 /* poisoned bytes at least between two tensors */
 
@@ -1317,5 +1324,143 @@ Test(gpu_mp, scaler_grows_and_backs_off_on_the_device) {
     free(pimg);
     world_free(&w);
   }
+  dev_close(&d);
+}
+
+/* ======================================================= 8. scale floor */
+
+/* The parameter and state buffers of a and b are the same, byte for byte
+ * (the gradients and the step info are the caller's to compare). */
+static void weights_identical(const world *w, const snap *a, const snap *b, const char *what,
+                              const char *ctx) {
+  cr_assert(memcmp(a->param, b->param, w->pbytes) == 0, "%s: %s: parameter buffers differ", ctx,
+            what);
+  for (int k = 0; k < 4; k++)
+    if (a->state[k] && b->state[k])
+      cr_assert(memcmp(a->state[k], b->state[k], (size_t)w->total * 4) == 0, "%s: %s: %s differs",
+                ctx, what, ROLE_NAMES[k]);
+}
+
+/* Every parameter and state element of s is finite. */
+static void weights_finite(const world *w, const snap *s, const char *what, const char *ctx) {
+  for (int64_t i = 0; i < w->nt; i++)
+    for (int64_t j = 0; j < w->numel[i]; j++)
+      cr_assert(isfinite(img_load(w, s->param, 0, i, j)), "%s: %s: tensor %lld param %lld", ctx,
+                what, (long long)i, (long long)j);
+  for (int k = 0; k < 4; k++)
+    for (int64_t e = 0; s->state[k] && e < w->total; e++)
+      cr_assert(isfinite(s->state[k][e]), "%s: %s: %s element %lld is %g", ctx, what, ROLE_NAMES[k],
+                (long long)e, (double)s->state[k][e]);
+}
+
+/* Issue #20 on the device (fo_prepare_step is the same code): 200
+ * consecutive overflows from 2^16 end at FO_LOSS_SCALE_MIN with every
+ * parameter and state byte as it was and a checkpoint that verifies and
+ * loads; the next clean step applies and writes no NaN.  Then a scale of
+ * 0, a subnormal or NaN written through fo_optimizer_loss_scale_ptr (a
+ * non-finite coefficient, or a scale below the floor) skips the step and
+ * restarts the scale at the floor. */
+Test(gpu_mp, scale_floor_and_non_finite_coefficient_on_the_device) {
+  dev d = dev_open(require_device(0));
+  const char *ctx = "adamw param f16 grad f32";
+  world w;
+  world_make(&w, FO_DTYPE_F16, FO_DTYPE_F32, 0, 8000);
+  unsigned char *pimg = param_image(&w, 81), *pimg2 = param_image(&w, 82);
+  fo_hparams h[2];
+  hparams_for(FO_ALG_ADAMW, h);
+  fo_options o;
+  base_options(&o, FO_ALG_ADAMW, FO_DTYPE_F16, FO_DTYPE_F32);
+  o.loss_scaler.init_scale = 65536.0f;
+  tu_rng rng;
+  tu_rng_seed(&rng, 20, 8);
+  run r;
+  run_open(&r, &d, &w, &o, h, pimg);
+  for (int s = 0; s < 2; s++) scaler_step(&r, &rng, 1.0, 0);
+  snap before, after;
+  snap_take(&r, &before);
+  cr_assert_eq(before.info.step, 2, "%s: the clean steps", ctx);
+  float last = before.info.loss_scale;
+  for (int s = 0; s < 200; s++) {
+    scaler_step(&r, &rng, 1.0, 1);
+    const fo_step_info i = run_info(&r);
+    cr_assert(i.last_step_skipped, "%s: overflow %d was applied", ctx, s + 1);
+    cr_assert(isnormal(i.loss_scale) && i.loss_scale >= FO_LOSS_SCALE_MIN,
+              "%s: after overflow %d the scale is %a", ctx, s + 1, (double)i.loss_scale);
+    cr_assert(i.loss_scale == FO_LOSS_SCALE_MIN || i.loss_scale == last * 0.5f,
+              "%s: overflow %d: %a after %a", ctx, s + 1, (double)i.loss_scale, (double)last);
+    last = i.loss_scale;
+  }
+  snap_take(&r, &after);
+  cr_assert_eq(after.info.loss_scale, FO_LOSS_SCALE_MIN, "%s: scale %a", ctx,
+               (double)after.info.loss_scale);
+  cr_assert_eq(after.info.step, 2, "%s", ctx);
+  cr_assert_eq(after.info.skipped_steps, 200, "%s", ctx);
+  weights_identical(&w, &before, &after, "200 overflows", ctx);
+
+  /* whatever save writes, load accepts */
+  char dir[] = "/tmp/fo_gpu_floor_XXXXXX", path[96];
+  cr_assert_not_null(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/floor.safetensors", dir);
+  OK(fo_optimizer_save(r.opt, path, dev_stream(&d)));
+  OK(fo_checkpoint_verify(path));
+  run fresh;
+  run_open(&fresh, &d, &w, &o, h, pimg2);
+  OK(fo_optimizer_load(fresh.opt, path, dev_stream(&d)));
+  snap loaded;
+  snap_take(&fresh, &loaded);
+  weights_identical(&w, &after, &loaded, "loaded", ctx);
+  info_identical(&after.info, &loaded.info, "loaded", ctx);
+  unlink(path);
+  rmdir(dir);
+
+  /* the next clean step at the floor applies, on both */
+  run *runs[2] = {&r, &fresh};
+  for (int k = 0; k < 2; k++) {
+    scaler_step(runs[k], &rng, 1.0, 0);
+    const fo_step_info i = run_info(runs[k]);
+    cr_assert_eq(i.step, 3, "%s: run %d", ctx, k);
+    cr_assert(isfinite(i.grad_coef), "%s: run %d: coef %g", ctx, k, (double)i.grad_coef);
+    snap s;
+    snap_take(runs[k], &s);
+    weights_finite(&w, &s, "the clean step at the floor", ctx);
+    snap_free(&s);
+  }
+  run_close(&fresh);
+
+  /* a scale written below the floor through the pointer */
+  const float bad[3] = {0.0f, 0x1p-127f, NAN};
+  for (int b = 0; b < 3; b++) {
+    float *scale = NULL;
+    OK(fo_optimizer_loss_scale_ptr(r.opt, &scale));
+    dev_put(&d, scale, &bad[b], sizeof bad[b]);
+    unsigned char *g = grad_image(&w, &rng, 1e-3);
+    run_grads(&r, g);
+    free(g);
+    snap x, y;
+    snap_take(&r, &x);
+    run_step(&r);
+    snap_take(&r, &y);
+    cr_assert(y.info.last_step_skipped, "%s: scale %a: the step was applied", ctx, (double)bad[b]);
+    cr_assert_eq(y.info.step, x.info.step, "%s: scale %a", ctx, (double)bad[b]);
+    cr_assert_eq(y.info.loss_scale, FO_LOSS_SCALE_MIN, "%s: scale %a became %a", ctx,
+                 (double)bad[b], (double)y.info.loss_scale);
+    weights_identical(&w, &x, &y, "a scale below the floor", ctx);
+    scaler_step(&r, &rng, 1.0, 0);
+    cr_assert_eq(run_info(&r).step, y.info.step + 1, "%s: scale %a: the next step", ctx,
+                 (double)bad[b]);
+    snap_free(&x);
+    snap_free(&y);
+  }
+  snap s;
+  snap_take(&r, &s);
+  weights_finite(&w, &s, "after the bad scales", ctx);
+  snap_free(&s);
+  snap_free(&before);
+  snap_free(&after);
+  snap_free(&loaded);
+  run_close(&r);
+  free(pimg);
+  free(pimg2);
+  world_free(&w);
   dev_close(&d);
 }
