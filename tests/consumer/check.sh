@@ -57,7 +57,7 @@ for lang in C CXX; do
   for target in fusedopt::fusedopt fusedopt::fusedopt_static; do
     dir="$tmp/cmake-$lang-${target#fusedopt::}"
     cmake -S "$src/tests/consumer" -B "$dir" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
-      -DFO_LANG="$lang" -DFO_TARGET="$target" >"$dir.log" 2>&1 ||
+      -DFO_LANG="$lang" -DFO_TARGET="$target" -DFO_VERSION="$major.$minor" >"$dir.log" 2>&1 ||
       { cat "$dir.log" >&2; fail "configuring the $lang consumer of $target"; }
     cmake --build "$dir" >>"$dir.log" 2>&1 || { cat "$dir.log" >&2; fail "building the $lang consumer of $target"; }
     commands="$(ninja -C "$dir" -t commands consumer)"
