@@ -686,9 +686,19 @@ Test(header_limit, the_largest_state_save_accepts_loads) {
   const size_t limit = 100000000; /* safetensors' limit, the reader's */
   const size_t h0 = header_len(1000), h1 = header_len(2000);
   cr_assert(h1 > h0 && h0 > 0);
-  size_t len = 1000 + (limit - h0) / (h1 - h0) * 1000; /* the name appears twice per byte */
-  while (header_len(len) == 0) len--;
-  while (header_len(len + 1) != 0) len++;
+  /* The header grows linearly with the name (it appears more than once):
+   * start from the linear estimate, then bisect between a name that fits
+   * and one that does not (each probe builds a ~100 MB header, so a search
+   * byte by byte would take minutes). */
+  const size_t per_1000 = h1 - h0;
+  size_t lo = 1000 + (limit - h0) / per_1000 * 1000 - 2000, hi = lo + 4000;
+  cr_assert(header_len(lo) != 0 && header_len(hi) == 0, "the estimate [%zu, %zu] misses", lo, hi);
+  while (hi - lo > 1) {
+    const size_t mid = lo + (hi - lo) / 2;
+    if (header_len(mid) != 0) lo = mid;
+    else hi = mid;
+  }
+  const size_t len = lo;
   const size_t largest = header_len(len);
   cr_assert(largest <= limit && largest > limit - 64, "header %zu for a %zu-byte name", largest,
             len);
