@@ -695,8 +695,10 @@ Test(header_limit, the_largest_state_save_accepts_loads) {
   cr_assert(header_len(lo) != 0 && header_len(hi) == 0, "the estimate [%zu, %zu] misses", lo, hi);
   while (hi - lo > 1) {
     const size_t mid = lo + (hi - lo) / 2;
-    if (header_len(mid) != 0) lo = mid;
-    else hi = mid;
+    if (header_len(mid) != 0)
+      lo = mid;
+    else
+      hi = mid;
   }
   const size_t len = lo;
   const size_t largest = header_len(len);
