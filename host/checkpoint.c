@@ -540,7 +540,7 @@ static fo_status gathered_prepare(gathered *x, const char *path, fo_stream_t str
   s->total = x->plan.data_len;
   if (here && opt->options.executor == FO_EXEC_CUDA && !(s->staging = malloc(IO_CHUNK)))
     return fo_fail(FO_ERR_OUT_OF_MEMORY, s->fn, "no memory for the staging buffer");
-  if (opt->sharded && (st = fo_ckpt_gather_open(s->fn, opt, stream, here, &x->g)) != FO_SUCCESS)
+  if (opt->shard.on && (st = fo_ckpt_gather_open(s->fn, opt, stream, here, &x->g)) != FO_SUCCESS)
     return st;
   if (!here) return FO_SUCCESS;
   if ((st = build_header(s, &x->state, &x->plan)) != FO_SUCCESS) return st;
@@ -721,10 +721,10 @@ static fo_status load(const char *fn, fo_optimizer *opt, const char *const *path
   loaded x;
   memset(&x, 0, sizeof x);
   fo_status st = read_and_check(fn, opt, paths, n, shards, &x);
-  if (opt->sharded) st = fo_ckpt_agree(fn, opt, st, x.r.state.step, x.r.fingerprint, 1, stream);
+  if (opt->shard.on) st = fo_ckpt_agree(fn, opt, st, x.r.state.step, x.r.fingerprint, 1, stream);
   if (st == FO_SUCCESS) {
     st = apply(fn, opt, &x.r);
-    if (opt->sharded) {
+    if (opt->shard.on) {
       fo_status all = fo_ckpt_agree(fn, opt, st, 0, 0, 0, stream);
       if (all != FO_SUCCESS && st == FO_SUCCESS) fo_fault_after(fn, opt, FO_FAULT_NONE, all);
       st = all;
@@ -737,7 +737,7 @@ static fo_status load(const char *fn, fo_optimizer *opt, const char *const *path
 static fo_status load_claimed(const char *fn, fo_optimizer *opt, const char *path,
                               fo_stream_t stream) {
   fo_status st = fo_check_process(fn, opt, 0);
-  if (st == FO_SUCCESS && !opt->sharded) st = check_path(fn, "path", path);
+  if (st == FO_SUCCESS && !opt->shard.on) st = check_path(fn, "path", path);
   if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   return load(fn, opt, &path, 1, 0, stream);

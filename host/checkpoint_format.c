@@ -368,15 +368,15 @@ const void *fo_ckpt_entry_src(const fo_optimizer *opt, const fo_ckpt_entry *e) {
   const fo_plan_tensor *t = &opt->tensors[e->tensor];
   if (e->role == FO_ROLE_PARAM) return t->param;
   if (!is_state_role(e->role)) return NULL;
-  if (!opt->sharded) {
+  if (!opt->shard.on) {
     const float *base = whole_state(t, e->role);
     return base ? base + e->first : NULL;
   }
   int64_t at = opt->offsets[e->tensor] + e->first; /* in the arena */
-  if (!opt->arena[e->role] || at < opt->shard_first ||
-      at + e->numel > opt->shard_first + opt->shard_count)
+  if (!opt->arena[e->role] || at < opt->shard.first ||
+      at + e->numel > opt->shard.first + opt->shard.count)
     return NULL;
-  return (const float *)opt->arena[e->role] + (at - opt->shard_first);
+  return (const float *)opt->arena[e->role] + (at - opt->shard.first);
 }
 
 /* A tensor's name in the file: fo_tensor_desc.name, or "tensor.<index>"
@@ -501,8 +501,8 @@ fo_status fo_ckpt_plan_build_for(const char *fn, const fo_optimizer *opt,
 }
 
 fo_status fo_ckpt_plan_build(const char *fn, const fo_optimizer *opt, fo_ckpt_plan *out) {
-  if (!opt->sharded) return fo_ckpt_plan_build_for(fn, opt, NULL, out);
-  fo_ckpt_shard own = {opt->shard_rank, opt->shard_size, opt->shard_first, opt->shard_count,
+  if (!opt->shard.on) return fo_ckpt_plan_build_for(fn, opt, NULL, out);
+  fo_ckpt_shard own = {opt->shard.rank, opt->shard.size, opt->shard.first, opt->shard.count,
                        opt->total_elems};
   return fo_ckpt_plan_build_for(fn, opt, &own, out);
 }
@@ -1067,7 +1067,7 @@ static fo_status read_shard(const reader *r, int version, int *is_shard, fo_ckpt
 
 static fo_status shard_does_not_fit(const reader *r, const fo_optimizer *opt,
                                     const fo_ckpt_shard *sh) {
-  if (!opt->sharded)
+  if (!opt->shard.on)
     return fo_fail(FO_ERR_CHECKPOINT, r->fn,
                    "the checkpoint is rank %d's file of a state sharded over %d ranks; this "
                    "optimizer's state is not sharded: assemble every rank's file with "
@@ -1080,8 +1080,8 @@ static fo_status shard_does_not_fit(const reader *r, const fo_optimizer *opt,
                  "every rank loads its own rank's file (fo_optimizer_load_shards() takes "
                  "every rank's files of another sharding)",
                  sh->rank, sh->size, (long long)sh->first, (long long)sh->count,
-                 (long long)sh->total, opt->shard_rank, opt->shard_size,
-                 (long long)opt->shard_first, (long long)opt->shard_count,
+                 (long long)sh->total, opt->shard.rank, opt->shard.size,
+                 (long long)opt->shard.first, (long long)opt->shard.count,
                  (long long)opt->total_elems);
 }
 
@@ -1187,10 +1187,10 @@ static fo_status add_copies(const char *fn, const fo_optimizer *opt, const fo_ck
   if (e->role == FO_ROLE_PARAM) return add_copy(fn, out, t->param, src, (size_t)e->numel * es);
   int64_t dlo = 0, dhi = t->numel; /* the tensor's elements this optimizer keeps */
   float *dst;
-  if (opt->sharded) {
-    piece_of(opt, e->tensor, opt->shard_first, opt->shard_count, &dlo, &dhi);
+  if (opt->shard.on) {
+    piece_of(opt, e->tensor, opt->shard.first, opt->shard.count, &dlo, &dhi);
     if (dhi == dlo) return FO_SUCCESS;
-    dst = (float *)opt->arena[e->role] + (opt->offsets[e->tensor] + dlo - opt->shard_first);
+    dst = (float *)opt->arena[e->role] + (opt->offsets[e->tensor] + dlo - opt->shard.first);
   } else {
     dst = whole_state(t, e->role);
   }
@@ -1279,8 +1279,8 @@ static fo_status validate_file(const reader *r, const fo_optimizer *opt, const f
   fo_status st = read_header(r, opt, out);
   if (st != FO_SUCCESS) return st;
   const fo_ckpt_shard *sh = out->sharded_file ? &out->shard : NULL;
-  if (sh && (!opt->sharded || sh->rank != opt->shard_rank || sh->size != opt->shard_size ||
-             sh->first != opt->shard_first || sh->count != opt->shard_count ||
+  if (sh && (!opt->shard.on || sh->rank != opt->shard.rank || sh->size != opt->shard.size ||
+             sh->first != opt->shard.first || sh->count != opt->shard.count ||
              sh->total != opt->total_elems))
     return shard_does_not_fit(r, opt, sh);
   fo_ckpt_plan p;

@@ -183,10 +183,10 @@ fo_status fo_ckpt_gather_window(fo_ckpt_gather *g, fo_role role, int64_t at, int
     int64_t lo = at > f ? at : f, hi = at + n < f + k ? at + n : f + k;
     g->bytes[r] = hi > lo ? (hi - lo) * (int64_t)sizeof(float) : 0;
   }
-  int64_t lo = at > opt->shard_first ? at : opt->shard_first;
+  int64_t lo = at > opt->shard.first ? at : opt->shard.first;
   size_t own = (size_t)g->bytes[c->rank];
   float *dst = (float *)g->window + (lo - at);
-  const float *src = (const float *)opt->arena[role] + (lo - opt->shard_first);
+  const float *src = (const float *)opt->arena[role] + (lo - opt->shard.first);
   fo_status local = FO_SUCCESS;
   int cuda = on_cuda(opt), d = opt->options.device;
   if (copy_in && own > 0) {

@@ -232,7 +232,7 @@ static fo_status set_comm_claimed(const char *fn, fo_optimizer *opt, fo_comm *co
     if (st != FO_SUCCESS) return st;
     o = *options;
   }
-  if (opt->sharded)
+  if (opt->shard.on)
     return fo_fail(FO_ERR_INVALID_STATE, fn,
                    "the optimizer's state is sharded over the ranks of its communicator; "
                    "it keeps that communicator until fo_optimizer_destroy");
@@ -406,7 +406,7 @@ static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi,
   const fo_dp_bucket *b = &dp->buckets[bi];
   fo_status st = fo_comm_check_async(fn, dp->comm);
   if (st == FO_SUCCESS && b->count > 0)
-    st = opt->sharded            ? reduce_sharded(fn, opt, bi, stream)
+    st = opt->shard.on            ? reduce_sharded(fn, opt, bi, stream)
          : packed(opt, dp, b) ? reduce_packed(fn, opt, bi, stream)
                               : reduce_in_place(fn, opt, b, stream);
   if (st == FO_SUCCESS && is_cuda(opt))

@@ -43,13 +43,13 @@ static void overlap(int64_t at, int64_t count, int64_t first, int64_t n, int64_t
 }
 
 void fo_shard_clip(const fo_optimizer *opt, int64_t at, int64_t count, int64_t *lo, int64_t *hi) {
-  overlap(at, count, opt->shard_first, opt->shard_count, lo, hi);
+  overlap(at, count, opt->shard.first, opt->shard.count, lo, hi);
 }
 
 fo_status fo_optimizer_get_shard(const fo_optimizer *opt, int64_t *first, int64_t *count) {
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, "fo_optimizer_get_shard", "opt is NULL");
-  if (first) *first = opt->sharded ? opt->shard_first : 0;
-  if (count) *count = opt->sharded ? opt->shard_count : opt->total_elems;
+  if (first) *first = opt->shard.on ? opt->shard.first : 0;
+  if (count) *count = opt->shard.on ? opt->shard.count : opt->total_elems;
   return FO_SUCCESS;
 }
 
@@ -207,11 +207,11 @@ static void commit(fo_optimizer *opt, const fo_comm *comm, shard_build *b) {
   opt->d_tensors = b->d_tensors;
   opt->partials = b->partials;
   opt->shard_sumsq = b->sumsq;
-  opt->sharded = 1;
-  opt->shard_rank = comm->rank;
-  opt->shard_size = comm->size;
-  opt->shard_first = b->first;
-  opt->shard_count = b->count;
+  opt->shard.on = 1;
+  opt->shard.rank = comm->rank;
+  opt->shard.size = comm->size;
+  opt->shard.first = b->first;
+  opt->shard.count = b->count;
 }
 
 fo_status fo_shard_attach(const char *fn, fo_optimizer *opt, fo_comm *comm) {
@@ -251,9 +251,9 @@ fo_status fo_shard_reduce(const char *fn, fo_optimizer *opt, void *buf, int64_t 
                           fo_dtype dtype, int64_t *counts, fo_stream_t stream) {
   /* the shards tile the arena in rank order, so the parts of [at, at +
    * count) are consecutive in buf */
-  for (int r = 0; r < opt->shard_size; r++) {
+  for (int r = 0; r < opt->shard.size; r++) {
     int64_t f, c, lo, hi;
-    fo_shard_range(opt->total_elems, opt->shard_size, r, &f, &c);
+    fo_shard_range(opt->total_elems, opt->shard.size, r, &f, &c);
     overlap(at, count, f, c, &lo, &hi);
     counts[r] = hi - lo;
   }
@@ -262,8 +262,8 @@ fo_status fo_shard_reduce(const char *fn, fo_optimizer *opt, void *buf, int64_t 
 
 fo_status fo_dp_agree_sumsq(const char *fn, fo_optimizer *opt, double *total, fo_stream_t stream) {
   int64_t *bytes = opt->dp->counts;
-  for (int r = 0; r < opt->shard_size; r++) bytes[r] = sizeof(double);
-  if (total) opt->shard_sumsq[opt->shard_rank] = *total;
+  for (int r = 0; r < opt->shard.size; r++) bytes[r] = sizeof(double);
+  if (total) opt->shard_sumsq[opt->shard.rank] = *total;
   fo_status st = fo_comm_all_gather(fn, opt->dp->comm, opt->shard_sumsq, bytes, stream);
   if (st != FO_SUCCESS) {
     opt->grads_poisoned = 1; /* the step has not started: retry after zero_grad */
@@ -271,21 +271,21 @@ fo_status fo_dp_agree_sumsq(const char *fn, fo_optimizer *opt, double *total, fo
   }
   if (total) { /* host memory: add in rank order, the same on every rank */
     double sum = 0.0;
-    for (int r = 0; r < opt->shard_size; r++) sum += opt->shard_sumsq[r];
+    for (int r = 0; r < opt->shard.size; r++) sum += opt->shard_sumsq[r];
     *total = sum;
   }
   return FO_SUCCESS;
 }
 
 fo_status fo_dp_after_step(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
-  if (!opt->sharded) return FO_SUCCESS;
+  if (!opt->shard.on) return FO_SUCCESS;
   /* every rank made the same skip decision; the device's is not known here */
   if (opt->options.executor == FO_EXEC_CPU && opt->state->skip) return FO_SUCCESS;
   int64_t *bytes = opt->dp->counts;
   size_t ps = fo_role_elem_size(opt, FO_ROLE_PARAM);
-  for (int r = 0; r < opt->shard_size; r++) {
+  for (int r = 0; r < opt->shard.size; r++) {
     int64_t f, c;
-    fo_shard_range(opt->total_elems, opt->shard_size, r, &f, &c);
+    fo_shard_range(opt->total_elems, opt->shard.size, r, &f, &c);
     bytes[r] = c * (int64_t)ps;
   }
   return fo_comm_all_gather(fn, opt->dp->comm, opt->arena[FO_ROLE_PARAM], bytes, stream);

@@ -176,7 +176,7 @@ fo_status fo_cpu_step(fo_optimizer *opt) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
     for (int64_t b = 0; b < nb; b++) opt->partials[b] = block_sumsq(opt, &opt->blocks[b]);
     for (int64_t b = 0; b < nb; b++) total += opt->partials[b]; /* fixed order */
-    if (opt->sharded) { /* this rank's shard only: add every rank's total */
+    if (opt->shard.on) { /* this rank's shard only: add every rank's total */
       fo_status st = fo_dp_agree_sumsq("fo_optimizer_step", opt, &total, NULL);
       if (st != FO_SUCCESS) return st;
     }

@@ -251,12 +251,12 @@ fo_status fo_cuda_step(fo_optimizer *opt, fo_stream_t stream) {
                              (int32_t)opt->options.grad_dtype, opt->partials, stream);
     partials = opt->partials;
     n = opt->num_blocks;
-    if (!e && opt->sharded) {
-      e = fo_launch_sum_doubles(opt->partials, opt->num_blocks, opt->shard_sumsq + opt->shard_rank,
+    if (!e && opt->shard.on) {
+      e = fo_launch_sum_doubles(opt->partials, opt->num_blocks, opt->shard_sumsq + opt->shard.rank,
                                 stream);
       if (!e) st = fo_dp_agree_sumsq(fn, opt, NULL, stream);
       partials = opt->shard_sumsq;
-      n = opt->shard_size;
+      n = opt->shard.size;
     }
   }
   if (!e && st == FO_SUCCESS) e = enqueue_update(opt, stream, partials, n);

@@ -54,6 +54,18 @@ typedef struct fo_state_flags {
   int max_exp_avg_sq;
 } fo_state_flags;
 
+/* A sharded state (ZeRO-1): with on set, this rank (rank of size) keeps
+ * master weights and moments only for the arena elements [first, first +
+ * count), and the state buffers in arena[] hold just those; shard_sumsq:
+ * one partial sum of squares per rank, in executor memory, for the
+ * pre-pass's agreement.  on is 0 without, and first/count then cover the
+ * whole arena. */
+typedef struct fo_shard_layout {
+  int on;
+  int rank, size;
+  int64_t first, count;
+} fo_shard_layout;
+
 struct fo_optimizer {
   fo_options options;
   fo_hparams hparams[FO_MAX_GROUPS];
@@ -89,14 +101,8 @@ struct fo_optimizer {
    * the caller wrote; until then every step refuses (FO_ERR_INVALID_STATE)
    * rather than throw the initial parameters away. */
   int master_unset;
-  /* A sharded state (ZeRO-1, host/comm_shard.c): this rank keeps master
-   * weights and moments only for the arena elements [shard_first,
-   * shard_first + shard_count), and the state buffers in arena[] hold just
-   * those.  shard_sumsq: one partial sum of squares per rank, in executor
-   * memory, for the pre-pass's agreement.  sharded is 0 without. */
-  int sharded;
-  int shard_rank, shard_size;
-  int64_t shard_first, shard_count;
+  /* A sharded state (ZeRO-1, host/comm_shard.c): see fo_shard_layout. */
+  fo_shard_layout shard;
   double *shard_sumsq;
 
   /* Step calls left before the step count or the skipped count could pass
@@ -150,6 +156,13 @@ struct fo_optimizer {
 /* --------------------------------------------------------------- helpers */
 
 int fo_dtype_valid(int dtype);
+/* Which state roles an optimizer with these options and groups keeps: the
+ * one rule the optimizer (allocation) and the checkpoint code (what a file
+ * must hold) share. */
+fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num_groups);
+/* Whether the optimizer keeps a buffer of role (PARAM and GRAD: with arena
+ * storage). */
+int fo_role_kept(const fo_optimizer *opt, fo_role role);
 /* Zero-filled memory of the optimizer's executor (256-byte aligned host
  * memory, or device memory), and its release (NULL is a no-op). */
 fo_status fo_exec_alloc(const char *func, const fo_optimizer *opt, size_t bytes, void **out);

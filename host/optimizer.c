@@ -19,68 +19,54 @@ static fo_status validate_options(const char *fn, const fo_options *o) {
                    "fo_options_default)",
                    o->struct_size, sizeof(fo_options));
   if ((int)o->algorithm < 0 || o->algorithm >= FO_ALG_COUNT)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown algorithm %d",
-                   (int)o->algorithm);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown algorithm %d", (int)o->algorithm);
   if ((int)o->executor < 0 || o->executor >= FO_EXEC_COUNT)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown executor %d",
-                   (int)o->executor);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown executor %d", (int)o->executor);
   if ((int)o->storage < 0 || o->storage >= FO_STORAGE_COUNT)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown storage %d",
-                   (int)o->storage);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown storage %d", (int)o->storage);
   if (!fo_dtype_valid((int)o->param_dtype))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown param_dtype %d",
-                   (int)o->param_dtype);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown param_dtype %d", (int)o->param_dtype);
   if (!fo_dtype_valid((int)o->grad_dtype))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown grad_dtype %d",
-                   (int)o->grad_dtype);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown grad_dtype %d", (int)o->grad_dtype);
   if (o->master_weights != 0 && o->master_weights != 1)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "master_weights = %d must be 0 or 1", o->master_weights);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "master_weights = %d must be 0 or 1",
+                   o->master_weights);
   if (o->stochastic_rounding != 0 && o->stochastic_rounding != 1)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "stochastic_rounding = %d must be 0 or 1",
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stochastic_rounding = %d must be 0 or 1",
                    o->stochastic_rounding);
   if (o->device < 0)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d is negative",
-                   o->device);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d is negative", o->device);
   if (o->num_threads < 0)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "num_threads = %d is negative",
-                   o->num_threads);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "num_threads = %d is negative", o->num_threads);
   for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++)
     if (o->reserved[i] != 0)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                     "options->reserved[%zu] is not zero", i);
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "options->reserved[%zu] is not zero", i);
   fo_status st = fo_validate_step_options(fn, o);
   if (st != FO_SUCCESS) return st;
-  if (o->stochastic_rounding &&
-      (o->param_dtype != FO_DTYPE_BF16 || o->master_weights))
+  if (o->stochastic_rounding && (o->param_dtype != FO_DTYPE_BF16 || o->master_weights))
     return fo_fail(FO_ERR_UNSUPPORTED, fn,
                    "stochastic rounding needs bf16 parameters without master "
                    "weights");
   return FO_SUCCESS;
 }
 
-static fo_status validate_tensors(const char *fn, const fo_options *o,
-                                  int num_groups, const fo_tensor_desc *t,
-                                  int64_t n) {
+static fo_status validate_tensors(const char *fn, const fo_options *o, int num_groups,
+                                  const fo_tensor_desc *t, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
     if (t[i].numel < 0 || t[i].numel > FO_MAX_NUMEL)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                     "tensors[%lld].numel = %lld is outside [0, 2^62]",
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "tensors[%lld].numel = %lld is outside [0, 2^62]",
                      (long long)i, (long long)t[i].numel);
     if (t[i].group < 0 || t[i].group >= num_groups)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                     "tensors[%lld].group = %d is outside [0, %d)",
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "tensors[%lld].group = %d is outside [0, %d)",
                      (long long)i, t[i].group, num_groups);
     if (o->storage == FO_STORAGE_ARENA && (t[i].param || t[i].grad))
       return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
                      "tensors[%lld]: param and grad must be NULL with arena "
                      "storage (the library allocates them)",
                      (long long)i);
-    if (o->storage == FO_STORAGE_EXTERNAL && t[i].numel > 0 &&
-        (!t[i].param || !t[i].grad))
-      return fo_fail(FO_ERR_NULL_POINTER, fn, "tensors[%lld].%s is NULL",
-                     (long long)i, t[i].param ? "grad" : "param");
+    if (o->storage == FO_STORAGE_EXTERNAL && t[i].numel > 0 && (!t[i].param || !t[i].grad))
+      return fo_fail(FO_ERR_NULL_POINTER, fn, "tensors[%lld].%s is NULL", (long long)i,
+                     t[i].param ? "grad" : "param");
   }
   return FO_SUCCESS;
 }
@@ -99,8 +85,8 @@ static int span_cmp(const void *a, const void *b) {
 
 /* No parameter or gradient buffer may share a byte with another: the step
  * would update it twice or read a gradient it has just overwritten. */
-static fo_status check_overlap(const char *fn, const fo_options *o,
-                               const fo_tensor_desc *t, int64_t n) {
+static fo_status check_overlap(const char *fn, const fo_options *o, const fo_tensor_desc *t,
+                               int64_t n) {
   size_t ps = fo_dtype_size(o->param_dtype), gs = fo_dtype_size(o->grad_dtype);
   span *s = malloc((size_t)(2 * n + 1) * sizeof *s);
   if (!s) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the check");
@@ -117,8 +103,7 @@ static fo_status check_overlap(const char *fn, const fo_options *o,
     /* sorted by start: an overlap always shows between neighbours of the
      * running maximum end, so keep the widest span seen */
     if (s[j].begin < s[j - 1].end) {
-      st = fo_fail(FO_ERR_OVERLAP, fn,
-                   "tensors[%lld].%s overlaps tensors[%lld].%s",
+      st = fo_fail(FO_ERR_OVERLAP, fn, "tensors[%lld].%s overlaps tensors[%lld].%s",
                    (long long)s[j - 1].tensor, s[j - 1].is_grad ? "grad" : "param",
                    (long long)s[j].tensor, s[j].is_grad ? "grad" : "param");
       break;
@@ -149,8 +134,7 @@ static fo_status check_external_pointers(const char *fn, const fo_options *o,
 }
 
 /* Which state the algorithm and the groups need. */
-static fo_state_flags state_needed(const fo_options *o, const fo_hparams *h,
-                                   int num_groups) {
+fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num_groups) {
   fo_state_flags k = {0, 0, 0, 0};
   fo_algorithm alg = o->algorithm;
   k.master = o->param_dtype != FO_DTYPE_F32 && o->master_weights;
@@ -171,7 +155,7 @@ size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role) {
   return sizeof(float);
 }
 
-static int role_kept(const fo_optimizer *opt, fo_role role) {
+int fo_role_kept(const fo_optimizer *opt, fo_role role) {
   switch (role) {
     case FO_ROLE_PARAM:
     case FO_ROLE_GRAD: return opt->options.storage == FO_STORAGE_ARENA;
@@ -189,8 +173,7 @@ fo_status fo_exec_alloc(const char *fn, const fo_optimizer *opt, size_t bytes, v
   size_t rounded = bytes ? (bytes + 255) & ~(size_t)255 : 256; /* never 0 */
   void *p = aligned_alloc(256, rounded);
   if (!p)
-    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "cannot allocate %zu bytes of host memory",
-                   bytes);
+    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "cannot allocate %zu bytes of host memory", bytes);
   memset(p, 0, rounded);
   *out = p;
   return FO_SUCCESS;
@@ -230,13 +213,12 @@ static char *copy_name(const char *s) {
 
 /* Lay the tensors out in the role buffers and fill the plan's tensor
  * table with every role's pointer for each tensor. */
-static fo_status layout_tensors(const char *fn, fo_optimizer *opt,
-                                const fo_tensor_desc *t) {
+static fo_status layout_tensors(const char *fn, fo_optimizer *opt, const fo_tensor_desc *t) {
   int64_t total = 0;
   for (int64_t i = 0; i < opt->num_tensors; i++) {
     opt->offsets[i] = total;
-    int64_t padded = (t[i].numel + FO_TENSOR_ALIGN_ELEMS - 1) /
-                     FO_TENSOR_ALIGN_ELEMS * FO_TENSOR_ALIGN_ELEMS;
+    int64_t padded =
+        (t[i].numel + FO_TENSOR_ALIGN_ELEMS - 1) / FO_TENSOR_ALIGN_ELEMS * FO_TENSOR_ALIGN_ELEMS;
     if (padded > FO_MAX_NUMEL - total)
       return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
                      "the tensors hold more than 2^62 elements in all");
@@ -247,9 +229,9 @@ static fo_status layout_tensors(const char *fn, fo_optimizer *opt,
     return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "%lld elements do not fit in memory",
                    (long long)total);
   for (int r = 0; r < FO_ROLE_COUNT; r++) {
-    if (!role_kept(opt, (fo_role)r) || total == 0) continue;
-    fo_status st = fo_exec_alloc(fn, opt, (size_t)total * fo_role_elem_size(opt, (fo_role)r),
-                                &opt->arena[r]);
+    if (!fo_role_kept(opt, (fo_role)r) || total == 0) continue;
+    fo_status st =
+        fo_exec_alloc(fn, opt, (size_t)total * fo_role_elem_size(opt, (fo_role)r), &opt->arena[r]);
     if (st != FO_SUCCESS) return st;
   }
   for (int64_t i = 0; i < opt->num_tensors; i++) {
@@ -279,8 +261,7 @@ static fo_status build_plan(const char *fn, fo_optimizer *opt) {
   opt->num_run_tensors = opt->num_tensors;
   opt->chunk = opt->options.executor == FO_EXEC_CUDA ? FO_CUDA_CHUNK : FO_CPU_CHUNK;
   opt->num_blocks = fo_plan_count_blocks(opt->tensors, opt->num_tensors, opt->chunk);
-  if (opt->num_blocks < 0)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "the launch plan overflows");
+  if (opt->num_blocks < 0) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "the launch plan overflows");
   opt->blocks = malloc((size_t)(opt->num_blocks + 1) * sizeof *opt->blocks);
   if (!opt->blocks)
     return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld plan blocks",
@@ -298,7 +279,7 @@ static fo_status alloc_step_state(const char *fn, fo_optimizer *opt) {
   if (st != FO_SUCCESS) return st;
   if (opt->check_grads) {
     st = fo_exec_alloc(fn, opt, (size_t)(opt->num_blocks + 1) * sizeof(double),
-                      (void **)&opt->partials);
+                       (void **)&opt->partials);
     if (st != FO_SUCCESS) return st;
   }
   fo_steps_left_reset(opt, &init);
@@ -334,20 +315,18 @@ static fo_status check_names(const char *fn, const fo_optimizer *opt) {
 
 fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
                               const fo_hparams *hparams, int num_groups,
-                              const fo_tensor_desc *tensors,
-                              int64_t num_tensors) {
+                              const fo_tensor_desc *tensors, int64_t num_tensors) {
   static const char fn[] = "fo_optimizer_create";
   if (!out) return fo_fail(FO_ERR_NULL_POINTER, fn, "out is NULL");
   if (!options) return fo_fail(FO_ERR_NULL_POINTER, fn, "options is NULL");
   if (!hparams) return fo_fail(FO_ERR_NULL_POINTER, fn, "hparams is NULL");
-  if (!tensors && num_tensors != 0)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "tensors is NULL");
+  if (!tensors && num_tensors != 0) return fo_fail(FO_ERR_NULL_POINTER, fn, "tensors is NULL");
   if (num_tensors < 0 || (uint64_t)num_tensors > SIZE_MAX / (4 * sizeof(span)))
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "num_tensors = %lld is out of range",
                    (long long)num_tensors);
   if (num_groups < 1 || num_groups > FO_MAX_GROUPS)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "num_groups = %d is outside [1, %d]",
-                   num_groups, FO_MAX_GROUPS);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "num_groups = %d is outside [1, %d]", num_groups,
+                   FO_MAX_GROUPS);
   fo_status st = validate_options(fn, options);
   if (st != FO_SUCCESS) return st;
   for (int g = 0; g < num_groups; g++) {
@@ -375,7 +354,7 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
   opt->options = *options;
   memcpy(opt->hparams, hparams, (size_t)num_groups * sizeof *hparams);
   opt->num_groups = num_groups;
-  opt->keeps = state_needed(options, hparams, num_groups);
+  opt->keeps = fo_state_needed(options, hparams, num_groups);
   opt->check_grads = options->max_grad_norm > 0.0f || options->loss_scaler.enabled;
   opt->grad_divisor = 1.0f;
   opt->num_tensors = num_tensors;
@@ -384,8 +363,7 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
   opt->offsets = calloc(n1, sizeof *opt->offsets);
   opt->tensors = calloc(n1, sizeof *opt->tensors);
   if (!opt->names || !opt->offsets || !opt->tensors) {
-    st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld tensors",
-                 (long long)num_tensors);
+    st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld tensors", (long long)num_tensors);
     goto done;
   }
   for (int64_t i = 0; i < num_tensors; i++) {
@@ -404,7 +382,7 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
   FO_TRY(alloc_step_state(fn, opt));
   if (opt->keeps.master && options->storage == FO_STORAGE_EXTERNAL)
     FO_TRY(options->executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, NULL)
-                                              : fo_cpu_sync_master(opt));
+                                             : fo_cpu_sync_master(opt));
   opt->master_unset =
       opt->keeps.master && options->storage == FO_STORAGE_ARENA && opt->total_elems > 0;
   /* The zero-fills, uploads and master copy above ran on the legacy default
@@ -422,8 +400,7 @@ done:
 fo_status fo_optimizer_destroy(fo_optimizer *opt) {
   if (!opt) return FO_SUCCESS;
   fo_status st = FO_SUCCESS;
-  if (opt->options.executor == FO_EXEC_CUDA)
-    st = fo_cuda_synchronize(opt->options.device);
+  if (opt->options.executor == FO_EXEC_CUDA) st = fo_cuda_synchronize(opt->options.device);
   free_optimizer(opt);
   return st;
 }
@@ -463,12 +440,10 @@ fo_status fo_master_check(const char *fn, const fo_optimizer *opt) {
 
 /* The stream argument of a call that launches work: NULL on the CPU, a
  * stream of the optimizer's device on CUDA. */
-static fo_status check_stream(const char *fn, const fo_optimizer *opt,
-                              fo_stream_t stream) {
+static fo_status check_stream(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
   if (opt->options.executor == FO_EXEC_CPU) {
     if (stream)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                     "stream must be NULL for the CPU executor");
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream must be NULL for the CPU executor");
     return FO_SUCCESS;
   }
   return fo_cuda_check_stream(fn, stream, opt->options.device);
@@ -552,8 +527,7 @@ static fo_status read_state(const char *fn, const fo_optimizer *opt, fo_step_sta
 
 fo_status fo_optimizer_get_step(const fo_optimizer *opt, int64_t *out) {
   static const char fn[] = "fo_optimizer_get_step";
-  if (!opt || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_step_state s;
   fo_status st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
@@ -587,8 +561,7 @@ fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step) {
 
 fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
   static const char fn[] = "fo_optimizer_get_info";
-  if (!opt || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_step_state s;
   fo_status st = fo_claim(fn, opt);
   if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
@@ -607,8 +580,7 @@ fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
 
 fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out) {
   static const char fn[] = "fo_optimizer_loss_scale_ptr";
-  if (!opt || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   /* Without loss scaling the state's scale is 1 and nothing writes it, so
    * one loop serves both: the backward pass multiplies by 1. */
   *out = &opt->state->scale;
@@ -617,8 +589,8 @@ fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out) {
 
 static fo_status check_group(const char *fn, const fo_optimizer *opt, int group) {
   if (group < 0 || group >= opt->num_groups)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "group = %d is outside [0, %d)",
-                   group, opt->num_groups);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "group = %d is outside [0, %d)", group,
+                   opt->num_groups);
   return FO_SUCCESS;
 }
 
@@ -630,8 +602,7 @@ fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr) {
     if (st != FO_SUCCESS) return st;
   }
   if (!isfinite(lr) || lr < 0.0f)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "lr = %g must be finite and >= 0",
-                   (double)lr);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "lr = %g must be finite and >= 0", (double)lr);
   fo_status st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
   for (int g = 0; g < opt->num_groups; g++)
@@ -641,8 +612,7 @@ fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr) {
 
 fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *out) {
   static const char fn[] = "fo_optimizer_get_lr";
-  if (!opt || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_status st = check_group(fn, opt, group);
   if (st == FO_SUCCESS) st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
@@ -665,8 +635,7 @@ fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *ou
   return FO_SUCCESS;
 }
 
-fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group,
-                                   const fo_hparams *hparams) {
+fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group, const fo_hparams *hparams) {
   static const char fn[] = "fo_optimizer_set_hparams";
   if (!opt || !hparams)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "hparams" : "opt");
@@ -678,8 +647,7 @@ fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group,
   if (alg == FO_ALG_SGD && hparams->momentum != 0.0f && !opt->keeps.exp_avg)
     return fo_fail(FO_ERR_INVALID_STATE, fn,
                    "momentum needs a buffer the optimizer was created without");
-  if ((alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) && hparams->amsgrad &&
-      !opt->keeps.max_exp_avg_sq)
+  if ((alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) && hparams->amsgrad && !opt->keeps.max_exp_avg_sq)
     return fo_fail(FO_ERR_INVALID_STATE, fn,
                    "amsgrad needs state the optimizer was created without");
   st = fo_claim(fn, opt);
@@ -688,11 +656,9 @@ fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group,
   return fo_release(opt, FO_SUCCESS);
 }
 
-fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group,
-                                   fo_hparams *out) {
+fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group, fo_hparams *out) {
   static const char fn[] = "fo_optimizer_get_hparams";
-  if (!opt || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_status st = check_group(fn, opt, group);
   if (st == FO_SUCCESS) st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
@@ -702,66 +668,58 @@ fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group,
 
 fo_status fo_optimizer_get_options(const fo_optimizer *opt, fo_options *out) {
   static const char fn[] = "fo_optimizer_get_options";
-  if (!opt || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   *out = opt->options;
   return FO_SUCCESS;
 }
 
 fo_status fo_optimizer_num_tensors(const fo_optimizer *opt, int64_t *out) {
   static const char fn[] = "fo_optimizer_num_tensors";
-  if (!opt || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   *out = opt->num_tensors;
   return FO_SUCCESS;
 }
 
-static fo_status check_index(const char *fn, const fo_optimizer *opt,
-                             int64_t index, const void *out) {
-  if (!opt || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+static fo_status check_index(const char *fn, const fo_optimizer *opt, int64_t index,
+                             const void *out) {
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   if (index < 0 || index >= opt->num_tensors)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "index = %lld is outside [0, %lld)",
                    (long long)index, (long long)opt->num_tensors);
   return FO_SUCCESS;
 }
 
-fo_status fo_optimizer_param_ptr(const fo_optimizer *opt, int64_t index,
-                                 void **out) {
+fo_status fo_optimizer_param_ptr(const fo_optimizer *opt, int64_t index, void **out) {
   fo_status st = check_index("fo_optimizer_param_ptr", opt, index, out);
   if (st == FO_SUCCESS) *out = opt->tensors[index].param;
   return st;
 }
 
-fo_status fo_optimizer_grad_ptr(const fo_optimizer *opt, int64_t index,
-                                void **out) {
+fo_status fo_optimizer_grad_ptr(const fo_optimizer *opt, int64_t index, void **out) {
   fo_status st = check_index("fo_optimizer_grad_ptr", opt, index, out);
   if (st == FO_SUCCESS) *out = opt->tensors[index].grad;
   return st;
 }
 
-static fo_status check_role(const char *fn, const fo_optimizer *opt,
-                            fo_role role) {
+static fo_status check_role(const char *fn, const fo_optimizer *opt, fo_role role) {
   if ((int)role < 0 || role >= FO_ROLE_COUNT)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown role %d", (int)role);
-  if (!role_kept(opt, role))
-    return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "the optimizer keeps no buffer of role %d", (int)role);
+  if (!fo_role_kept(opt, role))
+    return fo_fail(FO_ERR_INVALID_STATE, fn, "the optimizer keeps no buffer of role %d", (int)role);
   return FO_SUCCESS;
 }
 
-fo_status fo_optimizer_state_ptr(const fo_optimizer *opt, int64_t index,
-                                 fo_role role, float **out) {
+fo_status fo_optimizer_state_ptr(const fo_optimizer *opt, int64_t index, fo_role role,
+                                 float **out) {
   static const char fn[] = "fo_optimizer_state_ptr";
   fo_status st = check_index(fn, opt, index, out);
   if (st != FO_SUCCESS) return st;
   if (role == FO_ROLE_PARAM || role == FO_ROLE_GRAD)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "role %d is not a state role; use param_ptr or grad_ptr",
-                   (int)role);
+                   "role %d is not a state role; use param_ptr or grad_ptr", (int)role);
   st = check_role(fn, opt, role);
   if (st != FO_SUCCESS) return st;
-  if (opt->sharded)
+  if (opt->shard.on)
     return fo_fail(FO_ERR_INVALID_STATE, fn,
                    "the state is sharded over the ranks: this rank keeps only the arena "
                    "elements of fo_optimizer_get_shard (fo_optimizer_arena)");
@@ -774,21 +732,18 @@ fo_status fo_optimizer_state_ptr(const fo_optimizer *opt, int64_t index,
   return FO_SUCCESS;
 }
 
-fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role, void **base,
-                             size_t *bytes) {
+fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role, void **base, size_t *bytes) {
   static const char fn[] = "fo_optimizer_arena";
   if (!opt || !base || !bytes)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL",
-                   !opt ? "opt" : !base ? "base" : "bytes");
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", !opt ? "opt" : !base ? "base" : "bytes");
   if ((int)role < 0 || role >= FO_ROLE_COUNT)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown role %d", (int)role);
   if (opt->options.storage != FO_STORAGE_ARENA)
-    return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "the optimizer was created with external storage");
+    return fo_fail(FO_ERR_INVALID_STATE, fn, "the optimizer was created with external storage");
   fo_status st = check_role(fn, opt, role);
   if (st != FO_SUCCESS) return st;
-  int shard = opt->sharded && role != FO_ROLE_PARAM && role != FO_ROLE_GRAD;
+  int shard = opt->shard.on && role != FO_ROLE_PARAM && role != FO_ROLE_GRAD;
   *base = opt->arena[role];
-  *bytes = (size_t)(shard ? opt->shard_count : opt->total_elems) * fo_role_elem_size(opt, role);
+  *bytes = (size_t)(shard ? opt->shard.count : opt->total_elems) * fo_role_elem_size(opt, role);
   return FO_SUCCESS;
 }
