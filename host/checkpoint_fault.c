@@ -16,6 +16,7 @@
 
 #include "internal.h"
 
+#ifdef FO_TESTING
 fo_status fo_inject_fault(fo_optimizer *opt, fo_fault_point where) {
   static const char fn[] = "fo_inject_fault";
   if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
@@ -28,6 +29,7 @@ fo_status fo_inject_fault(fo_optimizer *opt, fo_fault_point where) {
 int fo_fault_armed(const fo_optimizer *opt, fo_fault_point where) {
   return where != FO_FAULT_NONE && opt->inject == (int)where;
 }
+#endif
 
 fo_status fo_fault_check(const char *fn, const fo_optimizer *opt) {
   if (opt->fault == FO_SUCCESS) return FO_SUCCESS;

@@ -282,11 +282,16 @@ typedef enum fo_fault_point {
   FO_FAULT_COUNT
 } fo_fault_point;
 
-/* Arm (or with FO_FAULT_NONE disarm) a fault point; test-only, not
- * exported from the shared library. */
+#ifdef FO_TESTING
+/* Arm (or with FO_FAULT_NONE disarm) a fault point.  Only in the test
+ * suite's build (FO_TESTING, library fusedopt_testing): the shipped
+ * libraries hold neither this nor the armed checks. */
 fo_status fo_inject_fault(fo_optimizer *opt, fo_fault_point where);
 /* Whether the fault point is armed. */
 int fo_fault_armed(const fo_optimizer *opt, fo_fault_point where);
+#else
+#define fo_fault_armed(opt, where) ((void)(opt), (void)(where), 0)
+#endif
 /* FO_SUCCESS when the state is sound, else FO_ERR_INVALID_STATE with the
  * original failure in the message, under func's name. */
 fo_status fo_fault_check(const char *func, const fo_optimizer *opt);
