@@ -25,4 +25,12 @@ typedef struct fo_ckpt_cuda_ctx {
 
 fo_status fo_ckpt_cuda_copy_in(void *ctx, void *dst, const void *src, size_t bytes);
 
+/* The CUDA executor's step state and stream check, and a copy within
+ * device memory, for the checkpoint code (host/exec.h has the general
+ * forms). */
+fo_status fo_cuda_read_state(const char *func, const fo_optimizer *opt, fo_step_state *out);
+fo_status fo_cuda_write_state(const char *func, fo_optimizer *opt, const fo_step_state *in);
+fo_status fo_cuda_check_stream(const char *func, fo_stream_t stream, int device);
+fo_status fo_cuda_copy(const char *func, int device, void *dst, const void *src, size_t bytes);
+
 #endif /* FO_CHECKPOINT_CUDA_H */

@@ -54,12 +54,32 @@ typedef struct fo_state_flags {
   int max_exp_avg_sq;
 } fo_state_flags;
 
+typedef struct fo_exec_ops fo_exec_ops;
+
+/* The plan a step runs: the tensor table it indexes, its blocks (chunk
+ * elements of one tensor each), the executor's copies of both (CUDA; NULL
+ * on the CPU, which reads the host tables) and one pre-pass partial sum
+ * per block (executor memory; NULL without a pre-pass).  pdl: the step
+ * kernel may be launched with Programmatic Dependent Launch (CUDA, compute
+ * capability 9.0 or newer; kernels/launch.h). */
+typedef struct fo_run_plan {
+  fo_plan_tensor *tensors;
+  int64_t num_tensors;
+  int owns_tensors; /* tensors was allocated for the plan (a shard's) */
+  int64_t chunk;
+  int64_t num_blocks;
+  fo_plan_block *blocks;
+  fo_plan_block *d_blocks;
+  fo_plan_tensor *d_tensors;
+  double *partials;
+  int pdl;
+} fo_run_plan;
+
 /* A sharded state (ZeRO-1): with on set, this rank (rank of size) keeps
  * master weights and moments only for the arena elements [first, first +
- * count), and the state buffers in arena[] hold just those; shard_sumsq:
- * one partial sum of squares per rank, in executor memory, for the
- * pre-pass's agreement.  on is 0 without, and first/count then cover the
- * whole arena. */
+ * count), and the state buffers in arena[] hold just those.  on is 0
+ * without.  The data-parallel attachment (host/dp/) keeps what the
+ * shard needs to talk to the other ranks. */
 typedef struct fo_shard_layout {
   int on;
   int rank, size;
@@ -74,14 +94,12 @@ struct fo_optimizer {
   /* A pre-pass over the gradients runs before each step (clipping or loss
    * scaling is on). */
   int check_grads;
-  /* The step kernel is launched with Programmatic Dependent Launch after
-   * the prepare kernel (CUDA executor on a device of compute capability 9.0
-   * or newer; kernels/launch.h). */
-  int pdl;
+  /* The executor every call goes through (host/exec.h). */
+  const fo_exec_ops *exec;
   /* Gradients are divided by this inside the update (the number of ranks
    * whose gradients were summed; 1 without a communicator). */
   float grad_divisor;
-  /* Data parallelism (host/comm_dp.c): the attached communicator and its
+  /* Data parallelism (host/dp/buckets.c): the attached communicator and its
    * gradient buckets, NULL without one.  grads_poisoned: a collective over
    * the gradients failed and left them partly summed, so every step refuses
    * (FO_ERR_COMM) until fo_optimizer_zero_grad() clears it. */
@@ -101,9 +119,8 @@ struct fo_optimizer {
    * the caller wrote; until then every step refuses (FO_ERR_INVALID_STATE)
    * rather than throw the initial parameters away. */
   int master_unset;
-  /* A sharded state (ZeRO-1, host/comm_shard.c): see fo_shard_layout. */
+  /* A sharded state (ZeRO-1, host/dp/shard.c): see fo_shard_layout. */
   fo_shard_layout shard;
-  double *shard_sumsq;
 
   /* Step calls left before the step count or the skipped count could pass
    * FO_MAX_STEP: FO_MAX_STEP - max(step, skipped), kept on the host (each
@@ -111,10 +128,8 @@ struct fo_optimizer {
    * without reading device memory. */
   int64_t steps_left;
 
-  /* Per-step state and the pre-pass's partial sums, in the executor's
-   * memory (device memory on CUDA). */
+  /* Per-step state, in the executor's memory (device memory on CUDA). */
   fo_step_state *state;
-  double *partials; /* one per plan block */
 
   int64_t num_tensors;
   char **names;            /* per tensor, may hold NULLs */
@@ -126,20 +141,9 @@ struct fo_optimizer {
    * for PARAM/GRAD with external storage). */
   void *arena[FO_ROLE_COUNT];
 
-  /* The tensor table the step's plan indexes: tensors above, or with a
-   * sharded state (ZeRO-1, host/comm_shard.c) the pieces of them that
-   * fall in this rank's shard, whose state pointers point into the
-   * shard-sized state buffers.  num_run_tensors entries. */
-  fo_plan_tensor *run_tensors;
-  int64_t num_run_tensors;
-
-  /* The step's plan over run_tensors: host copy, and device copies (of
-   * the blocks and of run_tensors) for the CUDA executor. */
-  int64_t chunk;
-  int64_t num_blocks;
-  fo_plan_block *blocks;
-  fo_plan_block *d_blocks;
-  fo_plan_tensor *d_tensors;
+  /* The plan the step runs (host/plan.c): over tensors above, or with a
+   * sharded state over the pieces of them in this rank's shard. */
+  fo_run_plan run;
 
   /* host/guard.c: the process that created the optimizer, and the flag a
    * call claims (1 while a thread is inside a call on it).  Last, and a
@@ -156,17 +160,6 @@ struct fo_optimizer {
 /* --------------------------------------------------------------- helpers */
 
 int fo_dtype_valid(int dtype);
-/* Which state roles an optimizer with these options and groups keeps: the
- * one rule the optimizer (allocation) and the checkpoint code (what a file
- * must hold) share. */
-fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num_groups);
-/* Whether the optimizer keeps a buffer of role (PARAM and GRAD: with arena
- * storage). */
-int fo_role_kept(const fo_optimizer *opt, fo_role role);
-/* Zero-filled memory of the optimizer's executor (256-byte aligned host
- * memory, or device memory), and its release (NULL is a no-op). */
-fo_status fo_exec_alloc(const char *func, const fo_optimizer *opt, size_t bytes, void **out);
-void fo_exec_free(const fo_optimizer *opt, void *p);
 size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role);
 
 /* Validate one group's hyper-parameters for alg; on failure the message
@@ -175,10 +168,6 @@ fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group, con
 
 /* Validate the schedule, loss-scaler and clipping options. */
 fo_status fo_validate_step_options(const char *func, const fo_options *o);
-
-/* FO_ERR_INVALID_STATE (under func's name) while arena master weights were
- * never set (fo_optimizer::master_unset): steps and saves refuse. */
-fo_status fo_master_check(const char *func, const fo_optimizer *opt);
 
 /* The prepare step's arguments from the optimizer's current settings. */
 void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *out);
@@ -189,69 +178,76 @@ void fo_step_state_init(const fo_options *o, fo_step_state *out);
 /* Set opt->steps_left from counters now in the state. */
 void fo_steps_left_reset(fo_optimizer *opt, const fo_step_state *s);
 
-/* ------------------------------------------------------------------ plan */
+/* ----------------------------------------------- executor (exec.h, exec.c) */
+
+/* Direction of a synchronous copy. */
+typedef enum fo_copy_dir {
+  FO_COPY_WITHIN = 0, /* executor memory to executor memory */
+  FO_COPY_TO_HOST,    /* executor memory to host memory */
+  FO_COPY_FROM_HOST   /* host memory to executor memory */
+} fo_copy_dir;
+
+/* Shorthands over opt->exec (the table is in exec.h): the memory, the
+ * stream check and the step state of the optimizer's executor. */
+fo_status fo_exec_alloc(const char *fn, const fo_optimizer *opt, size_t bytes, void **out);
+void fo_exec_free(const fo_optimizer *opt, void *p);
+fo_status fo_exec_copy(const char *fn, const fo_optimizer *opt, void *dst, const void *src,
+                       size_t bytes, fo_copy_dir dir);
+fo_status fo_exec_synchronize(const char *fn, const fo_optimizer *opt);
+fo_status fo_exec_check_stream(const char *fn, const fo_optimizer *opt, fo_stream_t stream);
+fo_status fo_exec_read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out);
+fo_status fo_exec_write_state(const char *fn, fo_optimizer *opt, const fo_step_state *in);
+
+/* ---------------------------------------------------- layout (layout.c) */
+
+/* Which state roles an optimizer with these options and groups keeps: the
+ * one rule the optimizer (allocation) and the checkpoint code (what a file
+ * must hold) share. */
+fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num_groups);
+/* Whether the optimizer keeps a buffer of role (PARAM and GRAD: with arena
+ * storage). */
+int fo_role_kept(const fo_optimizer *opt, fo_role role);
+/* Lay the tensors out in the role buffers (allocated here) and fill
+ * opt->tensors with every role's pointer for each tensor. */
+fo_status fo_layout_tensors(const char *func, fo_optimizer *opt, const fo_tensor_desc *t);
+/* Make the optimizer's state sharded: the state buffers become state[]
+ * (shard-sized, one per state role, NULL for roles not kept) and the plan
+ * becomes run; the whole ones are released.  Cannot fail. */
+void fo_layout_adopt_shard(fo_optimizer *opt, const fo_shard_layout *shard,
+                           void *const state[FO_ROLE_COUNT], fo_run_plan *run);
+
+/* Rank rank's shard of total elements over size ranks: 128-aligned parts
+ * of ceil(total / size) elements, the last ones shorter or empty. */
+void fo_shard_range(int64_t total, int size, int rank, int64_t *first, int64_t *count);
+
+/* FO_ERR_INVALID_STATE (under func's name) while arena master weights were
+ * never set (fo_optimizer::master_unset): steps and saves refuse. */
+fo_status fo_master_check(const char *func, const fo_optimizer *opt);
+
+/* ------------------------------------------------------ plan (plan.c) */
 
 /* Number of blocks that cover n tensors with chunks of chunk elements, or
  * -1 if the count overflows int64 or an argument is invalid. */
 int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk);
 /* Write the fo_plan_count_blocks() blocks, tensor by tensor, in order. */
 void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk, fo_plan_block *out);
+/* The run plan over tensors[0..n) (not copied: the plan refers to them)
+ * for opt's executor: blocks, their executor copies and, with a pre-pass,
+ * the partial sums.  A failure leaves *out empty. */
+fo_status fo_run_plan_build(const char *func, const fo_optimizer *opt, fo_plan_tensor *tensors,
+                            int64_t n, fo_run_plan *out);
+/* Release what fo_run_plan_build allocated (and tensors, when the plan
+ * owns them); leaves *plan empty. */
+void fo_run_plan_free(const fo_optimizer *opt, fo_run_plan *plan);
 
-/* ------------------------------------------------------------- executors */
+/* ------------------------------------------- the step (step.c, dp/) */
 
-/* CPU executor (host/cpu_exec.c). */
-fo_status fo_cpu_step(fo_optimizer *opt);
-fo_status fo_cpu_sync_master(fo_optimizer *opt);
-fo_status fo_cpu_zero_grad(fo_optimizer *opt);
+/* The step in order: reduce the gradients, pre-pass, agree across ranks,
+ * update, gather.  opt claimed, arguments checked. */
+fo_status fo_step_run(const char *func, fo_optimizer *opt, fo_stream_t stream);
 
-/* CUDA executor (host/cuda_exec.c). */
+/* CUDA helpers other files need without the device layer's header. */
 fo_status fo_cuda_available(const char *func, int device);
-/* Forget error e (a cudaError_t) if it is the one the runtime now holds as
- * its last error: a failed call of ours is reported by its status, and the
- * caller's own pending error, if any other, is left alone. */
-void fo_cuda_forget(int e);
-/* Check that ptr .. ptr+bytes is memory the executor may use: device memory
- * of device (cuda != 0) or host memory (cuda == 0). */
-fo_status fo_cuda_check_pointer(const char *func, const char *what, const void *ptr, size_t bytes,
-                                int cuda, int device);
-fo_status fo_cuda_check_stream(const char *func, fo_stream_t stream, int device);
-fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes, void **out);
-void fo_cuda_free(int device, void *p);
-fo_status fo_cuda_upload_plan(const char *func, fo_optimizer *opt);
-/* Allocate bytes of device memory and copy src (host) there. */
-fo_status fo_cuda_upload(const char *func, int device, const void *src, size_t bytes, void **dst);
-fo_status fo_cuda_step(fo_optimizer *opt, fo_stream_t stream);
-/* Copy the step state between the device and host (synchronizes). */
-fo_status fo_cuda_read_state(const char *func, const fo_optimizer *opt, fo_step_state *out);
-fo_status fo_cuda_write_state(const char *func, fo_optimizer *opt, const fo_step_state *in);
-fo_status fo_cuda_sync_master(fo_optimizer *opt, fo_stream_t stream);
-fo_status fo_cuda_zero_grad(fo_optimizer *opt, fo_stream_t stream);
-fo_status fo_cuda_synchronize(int device);
-/* Copy bytes between two buffers of device's memory (waits). */
-fo_status fo_cuda_copy(const char *func, int device, void *dst, const void *src, size_t bytes);
-
-/* Data parallelism (host/comm_dp.c).  before_step refuses poisoned
- * gradients and reduces the buckets not yet reduced; zero_grad clears the
- * poison and the per-step bucket marks; free detaches the communicator. */
-fo_status fo_dp_before_step(const char *func, fo_optimizer *opt, fo_stream_t stream);
-void fo_dp_zero_grad(fo_optimizer *opt);
-void fo_dp_free(fo_optimizer *opt);
-
-/* Sharded state (host/comm_shard.c).  agree_sumsq: the pre-pass's sum of
- * squares over every rank's shard, the same bits on every rank; on the CPU
- * *total holds this rank's partial on entry and the agreed total on
- * return; on CUDA this rank's partial is already in shard_sumsq[rank] and
- * the call all-gathers the others (enqueued on stream), total unused.  A
- * failure poisons the gradients (nothing else has changed yet).
- * after_step: all-gather the updated parameters (a failure leaves ranks
- * with different parameters: the caller marks the optimizer faulted).
- * free: the shard's own allocations. */
-fo_status fo_dp_agree_sumsq(const char *func, fo_optimizer *opt, double *total, fo_stream_t stream);
-fo_status fo_dp_after_step(const char *func, fo_optimizer *opt, fo_stream_t stream);
-void fo_shard_free(fo_optimizer *opt);
-/* Rank rank's shard of total elements over size ranks: 128-aligned parts
- * of ceil(total / size) elements, the last ones shorter or empty. */
-void fo_shard_range(int64_t total, int size, int rank, int64_t *first, int64_t *count);
 
 /* ----------------------------------------------------------------- guard */
 

@@ -1,11 +1,15 @@
-/* optimizer.c -- the optimizer object: create, destroy, step, accessors. */
-#include <math.h>
+/*
+ * optimizer.c -- the optimizer object: its options, create and destroy.
+ * The step is conducted in step.c, the accessors are in accessors.c and
+ * the state's layout in layout.c.
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "checkpoint_format.h"
-#include "internal.h"
+#include "dp.h"
+#include "exec.h"
 #include "launch.h"
 
 #define FO_MAX_NUMEL ((int64_t)1 << 62)
@@ -114,94 +118,45 @@ static fo_status check_overlap(const char *fn, const fo_options *o, const fo_ten
   return st;
 }
 
-static fo_status check_external_pointers(const char *fn, const fo_options *o,
+static fo_status check_external_pointers(const char *fn, const fo_options *o, const fo_exec_ops *x,
                                          const fo_tensor_desc *t, int64_t n) {
-  int cuda = o->executor == FO_EXEC_CUDA;
   char what[64];
   for (int64_t i = 0; i < n; i++) {
     if (t[i].numel == 0) continue;
     fo_status st;
     snprintf(what, sizeof what, "tensors[%lld].param", (long long)i);
-    st = fo_cuda_check_pointer(fn, what, t[i].param,
-                               (size_t)t[i].numel * fo_dtype_size(o->param_dtype), cuda, o->device);
+    st = x->check_pointer(fn, what, t[i].param, (size_t)t[i].numel * fo_dtype_size(o->param_dtype),
+                          o->device);
     if (st != FO_SUCCESS) return st;
     snprintf(what, sizeof what, "tensors[%lld].grad", (long long)i);
-    st = fo_cuda_check_pointer(fn, what, t[i].grad,
-                               (size_t)t[i].numel * fo_dtype_size(o->grad_dtype), cuda, o->device);
+    st = x->check_pointer(fn, what, t[i].grad, (size_t)t[i].numel * fo_dtype_size(o->grad_dtype),
+                          o->device);
     if (st != FO_SUCCESS) return st;
   }
   return FO_SUCCESS;
-}
-
-/* Which state the algorithm and the groups need. */
-fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num_groups) {
-  fo_state_flags k = {0, 0, 0, 0};
-  fo_algorithm alg = o->algorithm;
-  k.master = o->param_dtype != FO_DTYPE_F32 && o->master_weights;
-  k.exp_avg = alg != FO_ALG_SGD;
-  k.exp_avg_sq = alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW;
-  for (int g = 0; g < num_groups; g++) {
-    if (alg == FO_ALG_SGD && h[g].momentum != 0.0f) k.exp_avg = 1;
-    if (k.exp_avg_sq && h[g].amsgrad) k.max_exp_avg_sq = 1;
-  }
-  return k;
-}
-
-/* ------------------------------------------------------------ allocation */
-
-size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role) {
-  if (role == FO_ROLE_PARAM) return fo_dtype_size(opt->options.param_dtype);
-  if (role == FO_ROLE_GRAD) return fo_dtype_size(opt->options.grad_dtype);
-  return sizeof(float);
-}
-
-int fo_role_kept(const fo_optimizer *opt, fo_role role) {
-  switch (role) {
-    case FO_ROLE_PARAM:
-    case FO_ROLE_GRAD: return opt->options.storage == FO_STORAGE_ARENA;
-    case FO_ROLE_MASTER: return opt->keeps.master;
-    case FO_ROLE_EXP_AVG: return opt->keeps.exp_avg;
-    case FO_ROLE_EXP_AVG_SQ: return opt->keeps.exp_avg_sq;
-    case FO_ROLE_MAX_EXP_AVG_SQ: return opt->keeps.max_exp_avg_sq;
-    default: return 0;
-  }
-}
-
-fo_status fo_exec_alloc(const char *fn, const fo_optimizer *opt, size_t bytes, void **out) {
-  if (opt->options.executor == FO_EXEC_CUDA)
-    return fo_cuda_alloc_zeroed(fn, opt->options.device, bytes, out);
-  size_t rounded = bytes ? (bytes + 255) & ~(size_t)255 : 256; /* never 0 */
-  void *p = aligned_alloc(256, rounded);
-  if (!p)
-    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "cannot allocate %zu bytes of host memory", bytes);
-  memset(p, 0, rounded);
-  *out = p;
-  return FO_SUCCESS;
-}
-
-void fo_exec_free(const fo_optimizer *opt, void *p) {
-  if (!p) return;
-  if (opt->options.executor == FO_EXEC_CUDA)
-    fo_cuda_free(opt->options.device, p);
-  else
-    free(p);
 }
 
 static void free_optimizer(fo_optimizer *opt) {
   fo_dp_free(opt);
-  fo_shard_free(opt);
+  fo_run_plan_free(opt, &opt->run);
   for (int r = 0; r < FO_ROLE_COUNT; r++) fo_exec_free(opt, opt->arena[r]);
   fo_exec_free(opt, opt->state);
-  fo_exec_free(opt, opt->partials);
-  if (opt->d_blocks) fo_cuda_free(opt->options.device, opt->d_blocks);
-  if (opt->d_tensors) fo_cuda_free(opt->options.device, opt->d_tensors);
   if (opt->names)
     for (int64_t i = 0; i < opt->num_tensors; i++) free(opt->names[i]);
   free(opt->names);
   free(opt->offsets);
   free(opt->tensors);
-  free(opt->blocks);
   free(opt);
+}
+
+/* The step state in executor memory: step 0, the initial loss scale. */
+static fo_status alloc_step_state(const char *fn, fo_optimizer *opt) {
+  fo_step_state init;
+  fo_step_state_init(&opt->options, &init);
+  fo_status st = fo_exec_alloc(fn, opt, sizeof init, (void **)&opt->state);
+  if (st != FO_SUCCESS) return st;
+  fo_steps_left_reset(opt, &init);
+  return fo_exec_write_state(fn, opt, &init);
 }
 
 static char *copy_name(const char *s) {
@@ -209,83 +164,6 @@ static char *copy_name(const char *s) {
   char *c = malloc(n);
   if (c) memcpy(c, s, n);
   return c;
-}
-
-/* Lay the tensors out in the role buffers and fill the plan's tensor
- * table with every role's pointer for each tensor. */
-static fo_status layout_tensors(const char *fn, fo_optimizer *opt, const fo_tensor_desc *t) {
-  int64_t total = 0;
-  for (int64_t i = 0; i < opt->num_tensors; i++) {
-    opt->offsets[i] = total;
-    int64_t padded =
-        (t[i].numel + FO_TENSOR_ALIGN_ELEMS - 1) / FO_TENSOR_ALIGN_ELEMS * FO_TENSOR_ALIGN_ELEMS;
-    if (padded > FO_MAX_NUMEL - total)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                     "the tensors hold more than 2^62 elements in all");
-    total += padded;
-  }
-  opt->total_elems = total;
-  if ((uint64_t)total > SIZE_MAX / 4)
-    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "%lld elements do not fit in memory",
-                   (long long)total);
-  for (int r = 0; r < FO_ROLE_COUNT; r++) {
-    if (!fo_role_kept(opt, (fo_role)r) || total == 0) continue;
-    fo_status st =
-        fo_exec_alloc(fn, opt, (size_t)total * fo_role_elem_size(opt, (fo_role)r), &opt->arena[r]);
-    if (st != FO_SUCCESS) return st;
-  }
-  for (int64_t i = 0; i < opt->num_tensors; i++) {
-    fo_plan_tensor *p = &opt->tensors[i];
-    char *at[FO_ROLE_COUNT];
-    for (int r = 0; r < FO_ROLE_COUNT; r++)
-      at[r] = opt->arena[r] ? (char *)opt->arena[r] +
-                                  (size_t)opt->offsets[i] * fo_role_elem_size(opt, (fo_role)r)
-                            : NULL;
-    int ext = opt->options.storage == FO_STORAGE_EXTERNAL;
-    p->param = ext ? t[i].param : at[FO_ROLE_PARAM];
-    p->grad = ext ? t[i].grad : at[FO_ROLE_GRAD];
-    p->master = (float *)at[FO_ROLE_MASTER];
-    p->exp_avg = (float *)at[FO_ROLE_EXP_AVG];
-    p->exp_avg_sq = (float *)at[FO_ROLE_EXP_AVG_SQ];
-    p->max_exp_avg_sq = (float *)at[FO_ROLE_MAX_EXP_AVG_SQ];
-    p->numel = t[i].numel;
-    p->group = t[i].group;
-    uintptr_t bits = (uintptr_t)p->param | (uintptr_t)p->grad;
-    p->vector_ok = (bits & 15u) == 0;
-  }
-  return FO_SUCCESS;
-}
-
-static fo_status build_plan(const char *fn, fo_optimizer *opt) {
-  opt->run_tensors = opt->tensors;
-  opt->num_run_tensors = opt->num_tensors;
-  opt->chunk = opt->options.executor == FO_EXEC_CUDA ? FO_CUDA_CHUNK : FO_CPU_CHUNK;
-  opt->num_blocks = fo_plan_count_blocks(opt->tensors, opt->num_tensors, opt->chunk);
-  if (opt->num_blocks < 0) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "the launch plan overflows");
-  opt->blocks = malloc((size_t)(opt->num_blocks + 1) * sizeof *opt->blocks);
-  if (!opt->blocks)
-    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld plan blocks",
-                   (long long)opt->num_blocks);
-  fo_plan_fill_blocks(opt->tensors, opt->num_tensors, opt->chunk, opt->blocks);
-  if (opt->options.executor == FO_EXEC_CUDA) return fo_cuda_upload_plan(fn, opt);
-  return FO_SUCCESS;
-}
-
-/* The step state and the pre-pass's partial sums, in executor memory. */
-static fo_status alloc_step_state(const char *fn, fo_optimizer *opt) {
-  fo_step_state init;
-  fo_step_state_init(&opt->options, &init);
-  fo_status st = fo_exec_alloc(fn, opt, sizeof init, (void **)&opt->state);
-  if (st != FO_SUCCESS) return st;
-  if (opt->check_grads) {
-    st = fo_exec_alloc(fn, opt, (size_t)(opt->num_blocks + 1) * sizeof(double),
-                       (void **)&opt->partials);
-    if (st != FO_SUCCESS) return st;
-  }
-  fo_steps_left_reset(opt, &init);
-  if (opt->options.executor == FO_EXEC_CUDA) return fo_cuda_write_state(fn, opt, &init);
-  *opt->state = init;
-  return FO_SUCCESS;
 }
 
 /* Every tensor must be one a checkpoint can hold: the keys a save would
@@ -339,18 +217,18 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
     st = check_overlap(fn, options, tensors, num_tensors);
     if (st != FO_SUCCESS) return st;
   }
-  if (options->executor == FO_EXEC_CUDA) {
-    st = fo_cuda_available(fn, options->device);
-    if (st != FO_SUCCESS) return st;
-  }
+  const fo_exec_ops *exec = NULL;
+  st = fo_exec_select(fn, options, &exec);
+  if (st != FO_SUCCESS) return st;
   if (options->storage == FO_STORAGE_EXTERNAL) {
-    st = check_external_pointers(fn, options, tensors, num_tensors);
+    st = check_external_pointers(fn, options, exec, tensors, num_tensors);
     if (st != FO_SUCCESS) return st;
   }
 
   fo_optimizer *opt = calloc(1, sizeof *opt);
   if (!opt) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the optimizer");
   fo_guard_init(opt);
+  opt->exec = exec;
   opt->options = *options;
   memcpy(opt->hparams, hparams, (size_t)num_groups * sizeof *hparams);
   opt->num_groups = num_groups;
@@ -377,17 +255,16 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
     }
   }
   FO_TRY(check_names(fn, opt));
-  FO_TRY(layout_tensors(fn, opt, tensors));
-  FO_TRY(build_plan(fn, opt));
+  FO_TRY(fo_layout_tensors(fn, opt, tensors));
+  FO_TRY(fo_run_plan_build(fn, opt, opt->tensors, opt->num_tensors, &opt->run));
   FO_TRY(alloc_step_state(fn, opt));
   if (opt->keeps.master && options->storage == FO_STORAGE_EXTERNAL)
-    FO_TRY(options->executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, NULL)
-                                             : fo_cpu_sync_master(opt));
+    FO_TRY(exec->sync_master(opt, NULL));
   opt->master_unset =
       opt->keeps.master && options->storage == FO_STORAGE_ARENA && opt->total_elems > 0;
   /* The zero-fills, uploads and master copy above ran on the legacy default
    * stream; wait for them, so a caller's non-blocking stream sees them. */
-  if (options->executor == FO_EXEC_CUDA) FO_TRY(fo_cuda_synchronize(options->device));
+  FO_TRY(fo_exec_synchronize(fn, opt));
 done:
   if (st != FO_SUCCESS) {
     free_optimizer(opt);
@@ -399,8 +276,7 @@ done:
 
 fo_status fo_optimizer_destroy(fo_optimizer *opt) {
   if (!opt) return FO_SUCCESS;
-  fo_status st = FO_SUCCESS;
-  if (opt->options.executor == FO_EXEC_CUDA) st = fo_cuda_synchronize(opt->options.device);
+  fo_status st = fo_exec_synchronize("fo_optimizer_destroy", opt);
   free_optimizer(opt);
   return st;
 }
@@ -423,327 +299,5 @@ fo_status fo_options_default(fo_options *out) {
   out->schedule.kind = FO_SCHED_CONSTANT;
   out->schedule.period_mult = 1;
   out->schedule.gamma = 0.1f;
-  return FO_SUCCESS;
-}
-
-/* ------------------------------------------------------------------ step */
-
-fo_status fo_master_check(const char *fn, const fo_optimizer *opt) {
-  if (!opt->master_unset) return FO_SUCCESS;
-  return fo_fail(FO_ERR_INVALID_STATE, fn,
-                 "the fp32 master weights were never set: with arena storage, write the initial "
-                 "parameters through fo_optimizer_param_ptr(), then call "
-                 "fo_optimizer_sync_master() (or fo_optimizer_load()) before the first step or "
-                 "save; a step would start from zero master weights and overwrite the "
-                 "parameters");
-}
-
-/* The stream argument of a call that launches work: NULL on the CPU, a
- * stream of the optimizer's device on CUDA. */
-static fo_status check_stream(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
-  if (opt->options.executor == FO_EXEC_CPU) {
-    if (stream)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream must be NULL for the CPU executor");
-    return FO_SUCCESS;
-  }
-  return fo_cuda_check_stream(fn, stream, opt->options.device);
-}
-
-static fo_status step_claimed(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
-  fo_status st = fo_check_process(fn, opt, 1);
-  if (st == FO_SUCCESS) st = fo_fault_check(fn, opt);
-  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
-  if (st == FO_SUCCESS) st = fo_master_check(fn, opt);
-  if (st == FO_SUCCESS && opt->steps_left <= 0)
-    st = fo_fail(FO_ERR_INVALID_STATE, fn,
-                 "the step count (or the count of skipped steps) has reached FO_MAX_STEP "
-                 "(2^62): set a smaller one with fo_optimizer_set_step or load a checkpoint");
-  if (st == FO_SUCCESS) st = fo_dp_before_step(fn, opt, stream);
-  if (st != FO_SUCCESS) return st;
-  opt->steps_left--; /* the step adds one to the step count or the skipped count */
-  /* past this point a failure may leave the state half-updated */
-  st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_step(opt, stream) : fo_cpu_step(opt);
-  /* a sharded step's agreement on the norm failed before anything changed */
-  if (st == FO_ERR_COMM && opt->grads_poisoned) return st;
-  if (st == FO_SUCCESS) st = fo_dp_after_step(fn, opt, stream);
-  return fo_fault_after(fn, opt, FO_FAULT_STEP, st);
-}
-
-fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_step";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = fo_claim(fn, opt);
-  return st != FO_SUCCESS ? st : fo_release(opt, step_claimed(fn, opt, stream));
-}
-
-static fo_status zero_grad_claimed(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
-  fo_status st = fo_check_process(fn, opt, 1);
-  if (st == FO_SUCCESS) st = fo_fault_check(fn, opt);
-  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
-  if (st != FO_SUCCESS) return st;
-  st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_zero_grad(opt, stream)
-                                             : fo_cpu_zero_grad(opt);
-  st = fo_fault_after(fn, opt, FO_FAULT_ZERO_GRAD, st);
-  if (st == FO_SUCCESS) fo_dp_zero_grad(opt);
-  return st;
-}
-
-fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_zero_grad";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = fo_claim(fn, opt);
-  return st != FO_SUCCESS ? st : fo_release(opt, zero_grad_claimed(fn, opt, stream));
-}
-
-static fo_status sync_master_claimed(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
-  fo_status st = fo_check_process(fn, opt, 1);
-  if (st == FO_SUCCESS) st = fo_fault_check(fn, opt);
-  if (st == FO_SUCCESS) st = check_stream(fn, opt, stream);
-  if (st != FO_SUCCESS || !opt->keeps.master) return st;
-  st = opt->options.executor == FO_EXEC_CUDA ? fo_cuda_sync_master(opt, stream)
-                                             : fo_cpu_sync_master(opt);
-  st = fo_fault_after(fn, opt, FO_FAULT_NONE, st);
-  if (st == FO_SUCCESS) opt->master_unset = 0;
-  return st;
-}
-
-fo_status fo_optimizer_sync_master(fo_optimizer *opt, fo_stream_t stream) {
-  static const char fn[] = "fo_optimizer_sync_master";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  fo_status st = fo_claim(fn, opt);
-  return st != FO_SUCCESS ? st : fo_release(opt, sync_master_claimed(fn, opt, stream));
-}
-
-/* ------------------------------------------------------------- accessors */
-
-/* A copy of the step state, wherever it lives. */
-static fo_status read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
-  fo_status st = fo_check_process(fn, opt, 0);
-  if (st != FO_SUCCESS) return st;
-  if (opt->options.executor == FO_EXEC_CUDA) return fo_cuda_read_state(fn, opt, out);
-  *out = *opt->state;
-  return FO_SUCCESS;
-}
-
-fo_status fo_optimizer_get_step(const fo_optimizer *opt, int64_t *out) {
-  static const char fn[] = "fo_optimizer_get_step";
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  fo_step_state s;
-  fo_status st = fo_claim(fn, opt);
-  if (st != FO_SUCCESS) return st;
-  st = fo_release(opt, read_state(fn, opt, &s));
-  if (st == FO_SUCCESS) *out = s.step;
-  return st;
-}
-
-static fo_status set_step_claimed(const char *fn, fo_optimizer *opt, int64_t step) {
-  fo_step_state s;
-  fo_status st = read_state(fn, opt, &s);
-  if (st != FO_SUCCESS) return st;
-  s.step = step;
-  if (opt->options.executor == FO_EXEC_CUDA)
-    st = fo_cuda_write_state(fn, opt, &s);
-  else
-    opt->state->step = step;
-  if (st == FO_SUCCESS) fo_steps_left_reset(opt, &s);
-  return st;
-}
-
-fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step) {
-  static const char fn[] = "fo_optimizer_set_step";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  if (step < 0 || step > FO_MAX_STEP)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "step = %lld is outside [0, FO_MAX_STEP = 2^62]",
-                   (long long)step);
-  fo_status st = fo_claim(fn, opt);
-  return st != FO_SUCCESS ? st : fo_release(opt, set_step_claimed(fn, opt, step));
-}
-
-fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
-  static const char fn[] = "fo_optimizer_get_info";
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  fo_step_state s;
-  fo_status st = fo_claim(fn, opt);
-  if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
-  if (st != FO_SUCCESS) return st;
-  memset(out, 0, sizeof *out);
-  out->step = s.step;
-  out->skipped_steps = s.skipped;
-  out->last_step_skipped = s.skip;
-  out->loss_scale = s.scale;
-  out->grad_norm = s.grad_norm;
-  out->grad_coef = s.grad_coef;
-  out->lr_factor = s.lr_factor;
-  out->growth_tracker = s.growth_tracker;
-  return FO_SUCCESS;
-}
-
-fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out) {
-  static const char fn[] = "fo_optimizer_loss_scale_ptr";
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  /* Without loss scaling the state's scale is 1 and nothing writes it, so
-   * one loop serves both: the backward pass multiplies by 1. */
-  *out = &opt->state->scale;
-  return FO_SUCCESS;
-}
-
-static fo_status check_group(const char *fn, const fo_optimizer *opt, int group) {
-  if (group < 0 || group >= opt->num_groups)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "group = %d is outside [0, %d)", group,
-                   opt->num_groups);
-  return FO_SUCCESS;
-}
-
-fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr) {
-  static const char fn[] = "fo_optimizer_set_lr";
-  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
-  if (group != -1) {
-    fo_status st = check_group(fn, opt, group);
-    if (st != FO_SUCCESS) return st;
-  }
-  if (!isfinite(lr) || lr < 0.0f)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "lr = %g must be finite and >= 0", (double)lr);
-  fo_status st = fo_claim(fn, opt);
-  if (st != FO_SUCCESS) return st;
-  for (int g = 0; g < opt->num_groups; g++)
-    if (group == -1 || g == group) opt->hparams[g].lr = lr;
-  return fo_release(opt, FO_SUCCESS);
-}
-
-fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *out) {
-  static const char fn[] = "fo_optimizer_get_lr";
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  fo_status st = check_group(fn, opt, group);
-  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
-  if (st != FO_SUCCESS) return st;
-  *out = opt->hparams[group].lr;
-  return fo_release(opt, FO_SUCCESS);
-}
-
-fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *out) {
-  static const char fn[] = "fo_optimizer_get_next_lr";
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  fo_status st = check_group(fn, opt, group);
-  if (st != FO_SUCCESS) return st;
-  fo_step_state s;
-  st = read_state(fn, opt, &s);
-  if (st != FO_SUCCESS) return st;
-  fo_prepare_args pa;
-  fo_prepare_args_fill(opt, &pa);
-  /* exactly the prepare step's arithmetic (fo_prepare_step) */
-  *out = (float)((double)opt->hparams[group].lr * fo_schedule_factor(&pa.schedule, s.step));
-  return FO_SUCCESS;
-}
-
-fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group, const fo_hparams *hparams) {
-  static const char fn[] = "fo_optimizer_set_hparams";
-  if (!opt || !hparams)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "hparams" : "opt");
-  fo_status st = check_group(fn, opt, group);
-  if (st != FO_SUCCESS) return st;
-  st = fo_validate_hparams(fn, opt->options.algorithm, group, hparams);
-  if (st != FO_SUCCESS) return st;
-  fo_algorithm alg = opt->options.algorithm;
-  if (alg == FO_ALG_SGD && hparams->momentum != 0.0f && !opt->keeps.exp_avg)
-    return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "momentum needs a buffer the optimizer was created without");
-  if ((alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) && hparams->amsgrad && !opt->keeps.max_exp_avg_sq)
-    return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "amsgrad needs state the optimizer was created without");
-  st = fo_claim(fn, opt);
-  if (st != FO_SUCCESS) return st;
-  opt->hparams[group] = *hparams;
-  return fo_release(opt, FO_SUCCESS);
-}
-
-fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group, fo_hparams *out) {
-  static const char fn[] = "fo_optimizer_get_hparams";
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  fo_status st = check_group(fn, opt, group);
-  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
-  if (st != FO_SUCCESS) return st;
-  *out = opt->hparams[group];
-  return fo_release(opt, FO_SUCCESS);
-}
-
-fo_status fo_optimizer_get_options(const fo_optimizer *opt, fo_options *out) {
-  static const char fn[] = "fo_optimizer_get_options";
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  *out = opt->options;
-  return FO_SUCCESS;
-}
-
-fo_status fo_optimizer_num_tensors(const fo_optimizer *opt, int64_t *out) {
-  static const char fn[] = "fo_optimizer_num_tensors";
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  *out = opt->num_tensors;
-  return FO_SUCCESS;
-}
-
-static fo_status check_index(const char *fn, const fo_optimizer *opt, int64_t index,
-                             const void *out) {
-  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
-  if (index < 0 || index >= opt->num_tensors)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "index = %lld is outside [0, %lld)",
-                   (long long)index, (long long)opt->num_tensors);
-  return FO_SUCCESS;
-}
-
-fo_status fo_optimizer_param_ptr(const fo_optimizer *opt, int64_t index, void **out) {
-  fo_status st = check_index("fo_optimizer_param_ptr", opt, index, out);
-  if (st == FO_SUCCESS) *out = opt->tensors[index].param;
-  return st;
-}
-
-fo_status fo_optimizer_grad_ptr(const fo_optimizer *opt, int64_t index, void **out) {
-  fo_status st = check_index("fo_optimizer_grad_ptr", opt, index, out);
-  if (st == FO_SUCCESS) *out = opt->tensors[index].grad;
-  return st;
-}
-
-static fo_status check_role(const char *fn, const fo_optimizer *opt, fo_role role) {
-  if ((int)role < 0 || role >= FO_ROLE_COUNT)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown role %d", (int)role);
-  if (!fo_role_kept(opt, role))
-    return fo_fail(FO_ERR_INVALID_STATE, fn, "the optimizer keeps no buffer of role %d", (int)role);
-  return FO_SUCCESS;
-}
-
-fo_status fo_optimizer_state_ptr(const fo_optimizer *opt, int64_t index, fo_role role,
-                                 float **out) {
-  static const char fn[] = "fo_optimizer_state_ptr";
-  fo_status st = check_index(fn, opt, index, out);
-  if (st != FO_SUCCESS) return st;
-  if (role == FO_ROLE_PARAM || role == FO_ROLE_GRAD)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "role %d is not a state role; use param_ptr or grad_ptr", (int)role);
-  st = check_role(fn, opt, role);
-  if (st != FO_SUCCESS) return st;
-  if (opt->shard.on)
-    return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "the state is sharded over the ranks: this rank keeps only the arena "
-                   "elements of fo_optimizer_get_shard (fo_optimizer_arena)");
-  const fo_plan_tensor *t = &opt->tensors[index];
-  float *p = role == FO_ROLE_MASTER       ? t->master
-             : role == FO_ROLE_EXP_AVG    ? t->exp_avg
-             : role == FO_ROLE_EXP_AVG_SQ ? t->exp_avg_sq
-                                          : t->max_exp_avg_sq;
-  *out = p;
-  return FO_SUCCESS;
-}
-
-fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role, void **base, size_t *bytes) {
-  static const char fn[] = "fo_optimizer_arena";
-  if (!opt || !base || !bytes)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", !opt ? "opt" : !base ? "base" : "bytes");
-  if ((int)role < 0 || role >= FO_ROLE_COUNT)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown role %d", (int)role);
-  if (opt->options.storage != FO_STORAGE_ARENA)
-    return fo_fail(FO_ERR_INVALID_STATE, fn, "the optimizer was created with external storage");
-  fo_status st = check_role(fn, opt, role);
-  if (st != FO_SUCCESS) return st;
-  int shard = opt->shard.on && role != FO_ROLE_PARAM && role != FO_ROLE_GRAD;
-  *base = opt->arena[role];
-  *bytes = (size_t)(shard ? opt->shard.count : opt->total_elems) * fo_role_elem_size(opt, role);
   return FO_SUCCESS;
 }

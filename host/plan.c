@@ -1,7 +1,11 @@
 /* plan.c -- the launch plan: which block covers which chunk of which
- * tensor.  Pure arithmetic on sizes, so the CPU tier can check it for any
- * size list, sizes past 2^31 included, without a buffer or a GPU. */
-#include "internal.h"
+ * tensor, and the run plan a step executes (host/internal.h).  The block
+ * arithmetic is pure arithmetic on sizes, so the CPU tier can check it for
+ * any size list, sizes past 2^31 included, without a buffer or a GPU. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec.h"
 
 int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk) {
   if (n < 0 || chunk <= 0 || (n > 0 && !t)) return -1;
@@ -16,10 +20,48 @@ int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk) 
   return blocks;
 }
 
-void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk,
-                         fo_plan_block *out) {
+void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk, fo_plan_block *out) {
   int64_t k = 0;
   for (int64_t i = 0; i < n; i++)
     for (int64_t start = 0; start < t[i].numel; start += chunk)
       out[k++] = (fo_plan_block){i, start};
+}
+
+void fo_run_plan_free(const fo_optimizer *opt, fo_run_plan *plan) {
+  fo_exec_free(opt, plan->d_blocks);
+  fo_exec_free(opt, plan->d_tensors);
+  fo_exec_free(opt, plan->partials);
+  free(plan->blocks);
+  if (plan->owns_tensors) free(plan->tensors);
+  memset(plan, 0, sizeof *plan);
+}
+
+fo_status fo_run_plan_build(const char *fn, const fo_optimizer *opt, fo_plan_tensor *tensors,
+                            int64_t n, fo_run_plan *out) {
+  fo_run_plan p;
+  memset(&p, 0, sizeof p);
+  p.tensors = tensors;
+  p.num_tensors = n;
+  p.chunk = opt->exec->chunk;
+  p.num_blocks = fo_plan_count_blocks(tensors, n, p.chunk);
+  if (p.num_blocks < 0) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "the launch plan overflows");
+  fo_status st = FO_SUCCESS;
+  p.blocks = malloc((size_t)(p.num_blocks + 1) * sizeof *p.blocks);
+  if (!p.blocks) {
+    st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld plan blocks",
+                 (long long)p.num_blocks);
+    goto done;
+  }
+  fo_plan_fill_blocks(tensors, n, p.chunk, p.blocks);
+  FO_TRY(opt->exec->upload_plan(fn, opt->options.device, &p));
+  if (opt->check_grads)
+    FO_TRY(
+        fo_exec_alloc(fn, opt, (size_t)(p.num_blocks + 1) * sizeof(double), (void **)&p.partials));
+done:
+  if (st != FO_SUCCESS) {
+    fo_run_plan_free(opt, &p);
+    return st;
+  }
+  *out = p;
+  return FO_SUCCESS;
 }

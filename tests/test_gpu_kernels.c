@@ -1059,7 +1059,7 @@ Test(gpu, step_uses_pdl_exactly_on_sm90_and_newer) {
   fo_tensor_desc t = {1024, 0, dp, dg, "w"};
   fo_optimizer *opt = NULL;
   OK(fo_optimizer_create(&opt, &o, &h, 1, &t, 1));
-  cr_assert_eq(opt->pdl, major >= 9, "compute capability %d.x, pdl %d", major, opt->pdl);
+  cr_assert_eq(opt->run.pdl, major >= 9, "compute capability %d.x, pdl %d", major, opt->run.pdl);
   OK(fo_optimizer_destroy(opt));
   CK(cudaFree(dp));
   CK(cudaFree(dg));

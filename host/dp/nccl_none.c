@@ -1,7 +1,7 @@
 /*
  * nccl_none.c -- NCCL communicators in a build without NCCL
  * (FO_ENABLE_NCCL=OFF, always so without CUDA; docs/install.md): it
- * replaces comm_nccl.c.  The arguments are checked as comm_nccl.c checks
+ * replaces nccl.c.  The arguments are checked as nccl.c checks
  * them; then creating or wrapping an NCCL communicator fails with
  * FO_ERR_NO_DEVICE when there is no usable CUDA device (or no CUDA in the
  * build), else with FO_ERR_UNSUPPORTED, the message saying NCCL was not

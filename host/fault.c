@@ -1,6 +1,7 @@
 /*
- * checkpoint_fault.c -- what happens after a failure past a call's argument
- * checks (docs/reliability.md).
+ * fault.c -- whether the optimizer's state is sound enough to run on: the
+ * fault after a failure past a call's argument checks
+ * (docs/reliability.md), and master weights never set.
  *
  * A CUDA step is three launches; if one fails (or reports an earlier
  * asynchronous error), some of the update may have run.  The CPU executor
@@ -49,6 +50,16 @@ fo_status fo_fault_after(const char *fn, fo_optimizer *opt, fo_fault_point where
     snprintf(opt->fault_msg, sizeof opt->fault_msg, "%s", fo_last_error());
   }
   return status;
+}
+
+fo_status fo_master_check(const char *fn, const fo_optimizer *opt) {
+  if (!opt->master_unset) return FO_SUCCESS;
+  return fo_fail(FO_ERR_INVALID_STATE, fn,
+                 "the fp32 master weights were never set: with arena storage, write the initial "
+                 "parameters through fo_optimizer_param_ptr(), then call "
+                 "fo_optimizer_sync_master() (or fo_optimizer_load()) before the first step or "
+                 "save; a step would start from zero master weights and overwrite the "
+                 "parameters");
 }
 
 void fo_fault_clear(fo_optimizer *opt) {

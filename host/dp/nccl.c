@@ -1,5 +1,5 @@
 /*
- * comm_nccl.c -- NCCL communicators: create (from a unique id) or wrap,
+ * nccl.c -- NCCL communicators: create (from a unique id) or wrap,
  * one all-reduce, groups, asynchronous errors, release.  Every NCCL error
  * becomes FO_ERR_COMM with NCCL's error string and its last-error detail.
  * Calls that use a device make the communicator's device current and
@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "comm_internal.h"
+#include "cuda_device.h"
 
 _Static_assert(FO_NCCL_ID_BYTES == NCCL_UNIQUE_ID_BYTES, "fo_nccl_id must match ncclUniqueId");
 _Static_assert(sizeof(fo_nccl_id) == sizeof(ncclUniqueId), "fo_nccl_id must match ncclUniqueId");
@@ -30,20 +31,6 @@ static fo_status nccl_fail(const char *fn, const char *what, ncclResult_t r, ncc
       goto done;                          \
     }                                     \
   } while (0)
-
-/* Make device current; *prev receives the caller's device. */
-static fo_status enter(const char *fn, int device, int *prev) {
-  cudaError_t e = cudaGetDevice(prev);
-  if (e == cudaSuccess && *prev != device) e = cudaSetDevice(device);
-  if (e == cudaSuccess) return FO_SUCCESS;
-  fo_cuda_forget(e);
-  return fo_fail(FO_ERR_CUDA, fn, "selecting device %d: %s (%s)", device, cudaGetErrorName(e),
-                 cudaGetErrorString(e));
-}
-
-static void leave(int device, int prev) {
-  if (prev != device) (void)cudaSetDevice(prev);
-}
 
 /* -------------------------------------------------------------- create */
 
@@ -84,10 +71,10 @@ fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int s
   memcpy(uid.internal, id->internal, sizeof uid.internal);
   ncclComm_t nccl = NULL;
   int prev = device;
-  st = enter(fn, device, &prev);
+  st = fo_cuda_enter(fn, device, &prev);
   if (st != FO_SUCCESS) return st;
   ncclResult_t r = ncclCommInitRank(&nccl, size, uid, rank);
-  leave(device, prev);
+  fo_cuda_leave(device, prev);
   if (r != ncclSuccess) return nccl_fail(fn, "ncclCommInitRank", r, NULL);
   st = new_nccl_comm(fn, nccl, 1, rank, size, device, out);
   if (st != FO_SUCCESS) (void)ncclCommDestroy(nccl);
@@ -133,11 +120,11 @@ static ncclDataType_t nccl_type(fo_dtype dtype) {
 fo_status fo_nccl_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_dtype dtype,
                       fo_stream_t stream) {
   int prev = c->device;
-  fo_status st = enter(fn, c->device, &prev);
+  fo_status st = fo_cuda_enter(fn, c->device, &prev);
   if (st != FO_SUCCESS) return st;
   ncclResult_t r = ncclAllReduce(buf, buf, (size_t)count, nccl_type(dtype), ncclSum, c->nccl,
                                  (cudaStream_t)stream);
-  leave(c->device, prev);
+  fo_cuda_leave(c->device, prev);
   return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, "ncclAllReduce", r, c->nccl);
 }
 
@@ -148,7 +135,7 @@ fo_status fo_nccl_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_d
 static fo_status rooted_group(const char *fn, fo_comm *c, char *buf, const int64_t *parts,
                               size_t unit, ncclDataType_t type, int reduce, fo_stream_t stream) {
   int prev = c->device;
-  fo_status st = enter(fn, c->device, &prev);
+  fo_status st = fo_cuda_enter(fn, c->device, &prev);
   if (st != FO_SUCCESS) return st;
   ncclResult_t r = ncclGroupStart();
   const char *what = "ncclGroupStart";
@@ -168,7 +155,7 @@ static fo_status rooted_group(const char *fn, fo_comm *c, char *buf, const int64
     r = end;
     what = "ncclGroupEnd";
   }
-  leave(c->device, prev);
+  fo_cuda_leave(c->device, prev);
   return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, what, r, c->nccl);
 }
 

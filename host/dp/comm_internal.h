@@ -1,14 +1,14 @@
 /*
- * comm_internal.h -- what the communicator files share (host/comm.c,
- * comm_nccl.c, comm_cuda.c, comm_dp.c): the communicator object, the
- * data-parallel attachment of an optimizer, and the back-end calls.
- * Not installed; the rest of host/ sees only the fo_dp_* hooks declared
- * in internal.h.
+ * comm_internal.h -- what the data-parallel wing's files share (host/dp/:
+ * comm.c, nccl.c, buckets.c, shard.c): the communicator object, the
+ * data-parallel attachment of an optimizer, and the back-end calls.  Not
+ * installed; the step sees the wing through dp.h.  The checkpoint code's
+ * collective saves and loads use the communicator calls below.
  */
 #ifndef FO_COMM_INTERNAL_H
 #define FO_COMM_INTERNAL_H
 
-#include "internal.h"
+#include "dp.h"
 
 /* Room for a back-end's error message. */
 #define FO_COMM_ERR_CAP 256
@@ -54,15 +54,21 @@ struct fo_dp {
    * every bucket is reduced in place. */
   void *scratch;
   size_t scratch_bytes;
-  /* FO_EXEC_CUDA: per bucket, an event recorded after its reduction and
-   * the stream it was enqueued on (the step's stream waits for it). */
+  /* Per bucket, an event recorded after its reduction and the stream it
+   * was enqueued on (the step's stream waits for it; no-ops on the CPU). */
   void **events;
   fo_stream_t *streams;
   int64_t last_packed; /* the bucket that last used the scratch, or -1 */
-  int64_t *counts;     /* per rank: a reduce-scatter's parts (sharded) */
+  /* The communicator groups several collectives into one launch (NCCL):
+   * a scattered bucket is summed in place, piece by piece. */
+  int groups;
+  /* A sharded state: one sum of squares per rank, in executor memory, for
+   * the pre-pass's agreement (fo_dp_agree_sumsq). */
+  double *sumsq;
+  int64_t *counts; /* per rank: a reduce-scatter's parts (sharded) */
 };
 
-/* ----------------------------------------------------------- comm_shard.c */
+/* ---------------------------------------------------------------- shard.c */
 
 /* Make opt's state sharded over comm's ranks (set_comm with shard_state):
  * all or nothing. */
@@ -71,24 +77,23 @@ fo_status fo_shard_attach(const char *func, fo_optimizer *opt, fo_comm *comm);
  * in dtype: the arena itself or a packed copy) so that this rank's part
  * holds the sum: a reduce-scatter along the shard boundaries.  counts:
  * room for one count per rank. */
-fo_status fo_shard_reduce(const char *func, fo_optimizer *opt, void *buf, int64_t at,
-                          int64_t count, fo_dtype dtype, int64_t *counts, fo_stream_t stream);
+fo_status fo_shard_reduce(const char *func, fo_optimizer *opt, void *buf, int64_t at, int64_t count,
+                          fo_dtype dtype, int64_t *counts, fo_stream_t stream);
 /* The part of [at, at + count) that lies in this rank's shard:
  * [*lo, *hi) (empty when *lo == *hi). */
-void fo_shard_clip(const fo_optimizer *opt, int64_t at, int64_t count, int64_t *lo,
-                   int64_t *hi);
+void fo_shard_clip(const fo_optimizer *opt, int64_t at, int64_t count, int64_t *lo, int64_t *hi);
 
-/* ------------------------------------------------------ comm.c (dispatch) */
+/* ---------------------------------------------------- comm.c (dispatch) */
 
 /* Sum count elements of dtype in buf over the ranks (one collective). */
-fo_status fo_comm_sum(const char *func, fo_comm *c, void *buf, int64_t count,
-                      fo_dtype dtype, fo_stream_t stream);
+fo_status fo_comm_sum(const char *func, fo_comm *c, void *buf, int64_t count, fo_dtype dtype,
+                      fo_stream_t stream);
 /* Reduce-scatter with uneven parts (counts per rank, in place; only the
  * own part is defined afterwards) and all-gather with uneven parts (bytes
  * per rank, in place): one NCCL group of ncclReduce / ncclBroadcast calls,
  * or the host ops. */
-fo_status fo_comm_reduce_scatter(const char *func, fo_comm *c, void *buf,
-                                 const int64_t *counts, fo_dtype dtype, fo_stream_t stream);
+fo_status fo_comm_reduce_scatter(const char *func, fo_comm *c, void *buf, const int64_t *counts,
+                                 fo_dtype dtype, fo_stream_t stream);
 fo_status fo_comm_all_gather(const char *func, fo_comm *c, void *buf, const int64_t *bytes,
                              fo_stream_t stream);
 /* Whether the communicator can carry a sharded state. */
@@ -102,12 +107,12 @@ fo_status fo_comm_group_end(const char *func, fo_comm *c, fo_status so_far);
  * collective that failed after it was enqueued: NCCL). */
 fo_status fo_comm_check_async(const char *func, fo_comm *c);
 
-/* --------------------------------------------------------- comm_nccl.c */
+/* ---------------------------------------------------------------- nccl.c */
 
-fo_status fo_nccl_sum(const char *func, fo_comm *c, void *buf, int64_t count,
-                      fo_dtype dtype, fo_stream_t stream);
-fo_status fo_nccl_reduce_scatter(const char *func, fo_comm *c, void *buf,
-                                 const int64_t *counts, fo_dtype dtype, fo_stream_t stream);
+fo_status fo_nccl_sum(const char *func, fo_comm *c, void *buf, int64_t count, fo_dtype dtype,
+                      fo_stream_t stream);
+fo_status fo_nccl_reduce_scatter(const char *func, fo_comm *c, void *buf, const int64_t *counts,
+                                 fo_dtype dtype, fo_stream_t stream);
 fo_status fo_nccl_all_gather(const char *func, fo_comm *c, void *buf, const int64_t *bytes,
                              fo_stream_t stream);
 fo_status fo_nccl_group_start(const char *func);
@@ -115,19 +120,5 @@ fo_status fo_nccl_group_end(const char *func);
 fo_status fo_nccl_check_async(const char *func, fo_comm *c);
 /* Destroy the NCCL communicator when owned (abort it after an error). */
 void fo_nccl_release(fo_comm *c);
-
-/* --------------------------------------------------------- comm_cuda.c */
-
-/* Convert n elements between dtypes in device memory, on stream. */
-fo_status fo_dp_cuda_convert(const char *func, int device, const void *src,
-                             fo_dtype from, void *dst, fo_dtype to, int64_t n,
-                             fo_stream_t stream);
-fo_status fo_dp_cuda_events_create(const char *func, int device, void **events,
-                                   int64_t n);
-void fo_dp_cuda_events_destroy(int device, void **events, int64_t n);
-fo_status fo_dp_cuda_record(const char *func, int device, void *event,
-                            fo_stream_t stream);
-fo_status fo_dp_cuda_wait(const char *func, int device, fo_stream_t stream,
-                          void *event);
 
 #endif /* FO_COMM_INTERNAL_H */

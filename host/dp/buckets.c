@@ -1,5 +1,5 @@
 /*
- * comm_dp.c -- gradient averaging: an optimizer's communicator, its
+ * buckets.c -- gradient averaging: an optimizer's communicator, its
  * gradient buckets, and their reduction before the step.
  *
  * Buckets are runs of consecutive tensors (fo_dp_options.bucket_bytes of
@@ -25,6 +25,8 @@
 #include <string.h>
 
 #include "comm_internal.h"
+#include "dp.h"
+#include "exec.h"
 
 #define FO_DP_DEFAULT_BUCKET_BYTES ((size_t)25 << 20)
 
@@ -68,14 +70,12 @@ static fo_status check_kind(const char *fn, const fo_optimizer *opt, const fo_co
                    "a CPU optimizer needs a host communicator (this one is NCCL)");
   if (cuda && c->device != opt->options.device)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "the NCCL communicator runs on device %d; the optimizer on device %d",
-                   c->device, opt->options.device);
+                   "the NCCL communicator runs on device %d; the optimizer on device %d", c->device,
+                   opt->options.device);
   return FO_SUCCESS;
 }
 
 /* --------------------------------------------------------------- layout */
-
-static int is_cuda(const fo_optimizer *opt) { return opt->options.executor == FO_EXEC_CUDA; }
 
 static size_t grad_size(const fo_optimizer *opt) {
   return fo_dtype_size(opt->options.grad_dtype);
@@ -131,10 +131,11 @@ static void build_buckets(const fo_optimizer *opt, fo_dp *dp) {
   }
 }
 
-/* A bucket goes through the scratch buffer: widened to fp32, or packed on
- * the CPU because its memory is scattered. */
+/* A bucket goes through the scratch buffer: widened to fp32, or packed
+ * because its memory is scattered and the communicator cannot group the
+ * pieces' collectives into one launch (host communicators). */
 static int packed(const fo_optimizer *opt, const fo_dp *dp, const fo_dp_bucket *b) {
-  return dp->wire != opt->options.grad_dtype || (!is_cuda(opt) && b->num_segs > 1);
+  return dp->wire != opt->options.grad_dtype || (!dp->groups && b->num_segs > 1);
 }
 
 static size_t scratch_needed(const fo_optimizer *opt, const fo_dp *dp) {
@@ -149,14 +150,10 @@ static size_t scratch_needed(const fo_optimizer *opt, const fo_dp *dp) {
 
 static void dp_destroy(fo_optimizer *opt, fo_dp *dp) {
   if (!dp) return;
-  int dev = opt->options.device;
   if (dp->comm) dp->comm->attached--;
-  if (is_cuda(opt)) {
-    fo_dp_cuda_events_destroy(dev, dp->events, dp->num_buckets);
-    fo_cuda_free(dev, dp->scratch);
-  } else {
-    free(dp->scratch);
-  }
+  opt->exec->events_destroy(opt->options.device, dp->events, dp->num_buckets);
+  fo_exec_free(opt, dp->scratch);
+  fo_exec_free(opt, dp->sumsq);
   free(dp->events);
   free(dp->streams);
   free(dp->counts);
@@ -169,23 +166,18 @@ static void dp_destroy(fo_optimizer *opt, fo_dp *dp) {
 static fo_status alloc_scratch(const char *fn, const fo_optimizer *opt, fo_dp *dp) {
   dp->scratch_bytes = scratch_needed(opt, dp);
   if (dp->scratch_bytes == 0) return FO_SUCCESS;
-  if (is_cuda(opt))
-    return fo_cuda_alloc_zeroed(fn, opt->options.device, dp->scratch_bytes, &dp->scratch);
-  dp->scratch = malloc(dp->scratch_bytes);
-  if (!dp->scratch)
-    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a %zu-byte bucket buffer",
-                   dp->scratch_bytes);
-  return FO_SUCCESS;
+  return fo_exec_alloc(fn, opt, dp->scratch_bytes, &dp->scratch);
 }
 
-static fo_status dp_create(const char *fn, fo_optimizer *opt, fo_comm *comm,
-                           const fo_dp_options *o, fo_dp **out) {
+static fo_status dp_create(const char *fn, fo_optimizer *opt, fo_comm *comm, const fo_dp_options *o,
+                           fo_dp **out) {
   fo_status st = FO_SUCCESS;
   fo_dp *dp = calloc(1, sizeof *dp);
   if (!dp) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the buckets");
   dp->options = *o;
   dp->wire = o->reduce_in_f32 ? FO_DTYPE_F32 : opt->options.grad_dtype;
   dp->last_packed = -1;
+  dp->groups = comm->kind == FO_COMM_NCCL;
   size_t n1 = (size_t)opt->num_tensors + 1; /* never more buckets or segments */
   dp->buckets = calloc(n1, sizeof *dp->buckets);
   dp->segs = calloc(n1, sizeof *dp->segs);
@@ -193,16 +185,14 @@ static fo_status dp_create(const char *fn, fo_optimizer *opt, fo_comm *comm,
   dp->events = calloc(n1, sizeof *dp->events);
   dp->streams = calloc(n1, sizeof *dp->streams);
   dp->counts = calloc((size_t)comm->size, sizeof *dp->counts);
-  if (!dp->buckets || !dp->segs || !dp->reduced || !dp->events || !dp->streams ||
-      !dp->counts) {
+  if (!dp->buckets || !dp->segs || !dp->reduced || !dp->events || !dp->streams || !dp->counts) {
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld buckets",
                  (long long)opt->num_tensors);
     goto done;
   }
   build_buckets(opt, dp);
   FO_TRY(alloc_scratch(fn, opt, dp));
-  if (is_cuda(opt))
-    FO_TRY(fo_dp_cuda_events_create(fn, opt->options.device, dp->events, dp->num_buckets));
+  FO_TRY(opt->exec->events_create(fn, opt->options.device, dp->events, dp->num_buckets));
   dp->comm = comm; /* last: dp_destroy then releases the attachment */
   comm->attached++;
 done:
@@ -217,7 +207,7 @@ done:
 /* Drop the attachment; on CUDA after the device has finished with it. */
 static void detach(fo_optimizer *opt) {
   if (!opt->dp) return;
-  if (is_cuda(opt)) (void)fo_cuda_synchronize(opt->options.device);
+  (void)fo_exec_synchronize("fo_optimizer_set_comm", opt);
   dp_destroy(opt, opt->dp);
   opt->dp = NULL;
   opt->grad_divisor = 1.0f;
@@ -296,7 +286,9 @@ fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, i
   static const char fn[] = "fo_optimizer_bucket_tensors";
   if (!opt || !first || !count)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL",
-                   !opt ? "opt" : !first ? "first" : "count");
+                   !opt     ? "opt"
+                   : !first ? "first"
+                            : "count");
   fo_status st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
   st = check_bucket(fn, opt, bucket);
@@ -314,32 +306,21 @@ fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, i
 static fo_status move(const char *fn, const fo_optimizer *opt, const fo_dp *dp, void *grad,
                       void *wire, int64_t count, int to_wire, fo_stream_t stream) {
   fo_dtype gd = opt->options.grad_dtype;
-  if (is_cuda(opt))
-    return to_wire ? fo_dp_cuda_convert(fn, opt->options.device, grad, gd, wire, dp->wire,
-                                        count, stream)
-                   : fo_dp_cuda_convert(fn, opt->options.device, wire, dp->wire, grad, gd,
-                                        count, stream);
-  if (dp->wire == gd) {
-    size_t bytes = (size_t)count * fo_dtype_size(gd);
-    memcpy(to_wire ? wire : grad, to_wire ? grad : wire, bytes);
-    return FO_SUCCESS;
-  }
-  return to_wire ? fo_convert_to_f32(gd, grad, (float *)wire, count)
-                 : fo_convert_from_f32(gd, (const float *)wire, grad, count);
+  int dev = opt->options.device;
+  return to_wire ? opt->exec->convert(fn, dev, grad, gd, wire, dp->wire, count, stream)
+                 : opt->exec->convert(fn, dev, wire, dp->wire, grad, gd, count, stream);
 }
 
 /* The scratch is shared by the buckets: on CUDA, wait for the last bucket
  * that used it when that one ran on another stream. */
 static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
   const fo_dp *dp = opt->dp;
-  if (!is_cuda(opt) || dp->last_packed < 0 || dp->streams[dp->last_packed] == stream)
-    return FO_SUCCESS;
-  return fo_dp_cuda_wait(fn, opt->options.device, stream, dp->events[dp->last_packed]);
+  if (dp->last_packed < 0 || dp->streams[dp->last_packed] == stream) return FO_SUCCESS;
+  return opt->exec->wait(fn, opt->options.device, stream, dp->events[dp->last_packed]);
 }
 
 /* Pack the bucket into the scratch buffer, sum it, unpack. */
-static fo_status reduce_packed(const char *fn, fo_optimizer *opt, int64_t bi,
-                               fo_stream_t stream) {
+static fo_status reduce_packed(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream) {
   fo_dp *dp = opt->dp;
   const fo_dp_bucket *b = &dp->buckets[bi];
   size_t ws = fo_dtype_size(dp->wire);
@@ -365,8 +346,7 @@ static fo_status reduce_in_place(const char *fn, fo_optimizer *opt, const fo_dp_
                                  fo_stream_t stream) {
   fo_dp *dp = opt->dp;
   const fo_dp_segment *seg = &dp->segs[b->first_seg];
-  if (b->num_segs == 1)
-    return fo_comm_sum(fn, dp->comm, seg->grad, seg->count, dp->wire, stream);
+  if (b->num_segs == 1) return fo_comm_sum(fn, dp->comm, seg->grad, seg->count, dp->wire, stream);
   fo_status st = fo_comm_group_start(fn, dp->comm);
   if (st != FO_SUCCESS) return st;
   for (int64_t s = 0; s < b->num_segs && st == FO_SUCCESS; s++)
@@ -377,8 +357,7 @@ static fo_status reduce_in_place(const char *fn, fo_optimizer *opt, const fo_dp_
 /* A sharded state: reduce-scatter the bucket along the shard boundaries
  * (arena storage: one segment), in place or through the fp32 scratch, of
  * which only this rank's part is unpacked. */
-static fo_status reduce_sharded(const char *fn, fo_optimizer *opt, int64_t bi,
-                                fo_stream_t stream) {
+static fo_status reduce_sharded(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream) {
   fo_dp *dp = opt->dp;
   const fo_dp_segment *seg = &dp->segs[dp->buckets[bi].first_seg];
   size_t gs = grad_size(opt);
@@ -400,17 +379,15 @@ done:
   return st;
 }
 
-static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi,
-                               fo_stream_t stream) {
+static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream) {
   fo_dp *dp = opt->dp;
   const fo_dp_bucket *b = &dp->buckets[bi];
   fo_status st = fo_comm_check_async(fn, dp->comm);
   if (st == FO_SUCCESS && b->count > 0)
-    st = opt->shard.on            ? reduce_sharded(fn, opt, bi, stream)
+    st = opt->shard.on        ? reduce_sharded(fn, opt, bi, stream)
          : packed(opt, dp, b) ? reduce_packed(fn, opt, bi, stream)
                               : reduce_in_place(fn, opt, b, stream);
-  if (st == FO_SUCCESS && is_cuda(opt))
-    st = fo_dp_cuda_record(fn, opt->options.device, dp->events[bi], stream);
+  if (st == FO_SUCCESS) st = opt->exec->record(fn, opt->options.device, dp->events[bi], stream);
   if (st != FO_SUCCESS) {
     opt->grads_poisoned = 1; /* partly summed: never step on them */
     return st;
@@ -442,12 +419,8 @@ static fo_status check_reduce(const char *fn, const fo_optimizer *opt, fo_stream
   if (!opt->dp)
     return fo_fail(FO_ERR_INVALID_STATE, fn,
                    "the optimizer has no communicator (fo_optimizer_set_comm)");
-  if (!is_cuda(opt) && stream)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream must be NULL for the CPU executor");
-  if (is_cuda(opt)) {
-    st = fo_cuda_check_stream(fn, stream, opt->options.device);
-    if (st != FO_SUCCESS) return st;
-  }
+  st = fo_exec_check_stream(fn, opt, stream);
+  if (st != FO_SUCCESS) return st;
   return opt->grads_poisoned ? refuse_poisoned(fn) : FO_SUCCESS;
 }
 
@@ -486,14 +459,14 @@ fo_status fo_optimizer_reduce_grads(fo_optimizer *opt, fo_stream_t stream) {
 
 /* ----------------------------------------------------------- step hooks */
 
-fo_status fo_dp_before_step(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
+fo_status fo_dp_reduce_for_step(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
   if (opt->grads_poisoned) return refuse_poisoned(fn);
   fo_dp *dp = opt->dp;
   if (!dp) return FO_SUCCESS;
   fo_status st = reduce_remaining(fn, opt, stream);
-  for (int64_t b = 0; b < dp->num_buckets && st == FO_SUCCESS && is_cuda(opt); b++)
+  for (int64_t b = 0; b < dp->num_buckets && st == FO_SUCCESS; b++)
     if (dp->streams[b] != stream)
-      st = fo_dp_cuda_wait(fn, opt->options.device, stream, dp->events[b]);
+      st = opt->exec->wait(fn, opt->options.device, stream, dp->events[b]);
   if (st != FO_SUCCESS) return st;
   memset(dp->reduced, 0, (size_t)dp->num_buckets);
   return FO_SUCCESS;

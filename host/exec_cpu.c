@@ -1,6 +1,6 @@
 /*
- * cpu_exec.c -- the CPU executor: the same rules (kernels/rules.h) applied
- * to host memory, one plan block per OpenMP task.
+ * exec_cpu.c -- the CPU executor (host/exec.h): the same rules
+ * (kernels/rules.h) applied to host memory, one plan block per OpenMP task.
  *
  * Each block is processed in tiles: the update loop runs over plain float
  * arrays (which the compiler vectorizes).  fp32 arrays (master weights,
@@ -9,9 +9,10 @@
  * and every output written once.
  */
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "cuda_device.h"
 
 #define TILE 512
 /* Below this many elements a step is done by the calling thread alone:
@@ -103,11 +104,11 @@ FO_HOT_LOOP static void update_tile(int alg, float *restrict p, float *restrict 
 
 static void step_block(const step_ctx *c, const fo_plan_block *b) {
   const fo_optimizer *opt = c->opt;
-  const fo_plan_tensor *t = &opt->run_tensors[b->tensor];
+  const fo_plan_tensor *t = &opt->run.tensors[b->tensor];
   const fo_rule_scalars *s = &c->scalars[t->group];
   int pd = (int)opt->options.param_dtype, gd = (int)opt->options.grad_dtype;
   int sr = opt->options.stochastic_rounding;
-  int64_t end = t->numel - b->start < opt->chunk ? t->numel : b->start + opt->chunk;
+  int64_t end = t->numel - b->start < opt->run.chunk ? t->numel : b->start + opt->run.chunk;
   /* The fp32 weights the rule updates (the master, else fp32 parameters)
    * and fp32 gradients are used in place: copying them through the tile
    * and back took a quarter of the step.  NULL: 16-bit, tiled. */
@@ -147,15 +148,15 @@ static int thread_count(const fo_optimizer *opt) {
 }
 
 static int run_parallel(const fo_optimizer *opt) {
-  return opt->num_blocks > 1 && opt->total_elems >= PARALLEL_MIN_ELEMS;
+  return opt->run.num_blocks > 1 && opt->total_elems >= PARALLEL_MIN_ELEMS;
 }
 
 /* Sum of squares of one block's gradients, in double: a finite fp32 value
  * squared cannot overflow it, so the sum is non-finite exactly when a
  * gradient is. */
 static double block_sumsq(const fo_optimizer *opt, const fo_plan_block *b) {
-  const fo_plan_tensor *t = &opt->run_tensors[b->tensor];
-  int64_t end = t->numel - b->start < opt->chunk ? t->numel : b->start + opt->chunk;
+  const fo_plan_tensor *t = &opt->run.tensors[b->tensor];
+  int64_t end = t->numel - b->start < opt->run.chunk ? t->numel : b->start + opt->run.chunk;
   int gd = (int)opt->options.grad_dtype;
   float tile_g[TILE];
   double sum = 0.0;
@@ -169,41 +170,59 @@ static double block_sumsq(const fo_optimizer *opt, const fo_plan_block *b) {
   return sum;
 }
 
-fo_status fo_cpu_step(fo_optimizer *opt) {
-  int64_t nb = opt->num_blocks;
-  double total = 0.0;
-  if (opt->check_grads) {
+static fo_status prepass(fo_optimizer *opt, fo_stream_t stream) {
+  (void)stream;
+  int64_t nb = opt->run.num_blocks;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
-    for (int64_t b = 0; b < nb; b++) opt->partials[b] = block_sumsq(opt, &opt->blocks[b]);
-    for (int64_t b = 0; b < nb; b++) total += opt->partials[b]; /* fixed order */
-    if (opt->shard.on) { /* this rank's shard only: add every rank's total */
-      fo_status st = fo_dp_agree_sumsq("fo_optimizer_step", opt, &total, NULL);
-      if (st != FO_SUCCESS) return st;
-    }
-  }
-  fo_prepare_args args;
-  fo_prepare_args_fill(opt, &args);
-  fo_prepare_step(&args, total, opt->state);
-  if (opt->state->skip) return FO_SUCCESS;
-  step_ctx c = {opt, opt->state->groups, opt->state->step};
-#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
-  for (int64_t b = 0; b < nb; b++) step_block(&c, &opt->blocks[b]);
+  for (int64_t b = 0; b < nb; b++) opt->run.partials[b] = block_sumsq(opt, &opt->run.blocks[b]);
   return FO_SUCCESS;
 }
 
-fo_status fo_cpu_sync_master(fo_optimizer *opt) {
-  int64_t nb = opt->num_blocks;
+/* In a fixed order, the same on every run and every rank. */
+static double sum_in_order(const double *v, int64_t n) {
+  double total = 0.0;
+  for (int64_t i = 0; i < n; i++) total += v[i];
+  return total;
+}
+
+static fo_status sum_partials(fo_optimizer *opt, double *out, fo_stream_t stream) {
+  (void)stream;
+  *out = sum_in_order(opt->run.partials, opt->run.num_blocks);
+  return FO_SUCCESS;
+}
+
+static fo_status update(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream) {
+  (void)stream;
+  fo_prepare_args args;
+  fo_prepare_args_fill(opt, &args);
+  fo_prepare_step(&args, sums ? sum_in_order(sums, n) : 0.0, opt->state);
+  if (opt->state->skip) return FO_SUCCESS;
+  int64_t nb = opt->run.num_blocks;
+  step_ctx c = {opt, opt->state->groups, opt->state->step};
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
+  for (int64_t b = 0; b < nb; b++) step_block(&c, &opt->run.blocks[b]);
+  return FO_SUCCESS;
+}
+
+static int skipped(const fo_optimizer *opt) {
+  return opt->state->skip;
+}
+
+static fo_status sync_master(fo_optimizer *opt, fo_stream_t stream) {
+  (void)stream;
+  int64_t nb = opt->run.num_blocks;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
   for (int64_t b = 0; b < nb; b++) {
-    const fo_plan_block *blk = &opt->blocks[b];
-    const fo_plan_tensor *t = &opt->run_tensors[blk->tensor];
-    int64_t n = t->numel - blk->start < opt->chunk ? t->numel - blk->start : opt->chunk;
+    const fo_plan_block *blk = &opt->run.blocks[b];
+    const fo_plan_tensor *t = &opt->run.tensors[blk->tensor];
+    int64_t n = t->numel - blk->start < opt->run.chunk ? t->numel - blk->start : opt->run.chunk;
     widen((int)opt->options.param_dtype, t->param, blk->start, t->master + blk->start, (int)n);
   }
   return FO_SUCCESS;
 }
 
-fo_status fo_cpu_zero_grad(fo_optimizer *opt) {
+static fo_status zero_grad(fo_optimizer *opt, fo_stream_t stream) {
+  (void)stream;
   size_t gs = fo_dtype_size(opt->options.grad_dtype);
   if (opt->arena[FO_ROLE_GRAD]) {
     memset(opt->arena[FO_ROLE_GRAD], 0, (size_t)opt->total_elems * gs);
@@ -213,4 +232,124 @@ fo_status fo_cpu_zero_grad(fo_optimizer *opt) {
     if (opt->tensors[i].numel > 0)
       memset(opt->tensors[i].grad, 0, (size_t)opt->tensors[i].numel * gs);
   return FO_SUCCESS;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static fo_status host_alloc(const char *fn, int device, size_t bytes, void **out) {
+  (void)device;
+  size_t rounded = bytes ? (bytes + 255) & ~(size_t)255 : 256; /* never 0 */
+  void *p = aligned_alloc(256, rounded);
+  if (!p)
+    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "cannot allocate %zu bytes of host memory", bytes);
+  memset(p, 0, rounded);
+  *out = p;
+  return FO_SUCCESS;
+}
+
+static void host_release(int device, void *p) {
+  (void)device;
+  free(p);
+}
+
+static fo_status host_copy(const char *fn, int device, void *dst, const void *src, size_t bytes,
+                           fo_copy_dir dir) {
+  (void)fn, (void)device, (void)dir;
+  if (bytes) memcpy(dst, src, bytes);
+  return FO_SUCCESS;
+}
+
+static fo_status host_convert(const char *fn, int device, const void *src, fo_dtype from, void *dst,
+                              fo_dtype to, int64_t n, fo_stream_t stream) {
+  (void)fn, (void)device, (void)stream;
+  if (from == to) return host_copy(fn, device, dst, src, (size_t)n * fo_dtype_size(from), 0);
+  return from == FO_DTYPE_F32 ? fo_convert_from_f32(to, (const float *)src, dst, n)
+                              : fo_convert_to_f32(from, src, (float *)dst, n);
+}
+
+/* Nothing runs behind the caller's back: every call has finished its work
+ * when it returns. */
+static fo_status nothing_to_wait_for(const char *fn, int device) {
+  (void)fn, (void)device;
+  return FO_SUCCESS;
+}
+
+static fo_status check_stream(const char *fn, fo_stream_t stream, int device) {
+  (void)device;
+  if (stream)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream must be NULL for the CPU executor");
+  return FO_SUCCESS;
+}
+
+/* Host memory; with a CUDA driver, device memory is told apart and refused. */
+static fo_status check_pointer(const char *fn, const char *what, const void *ptr, size_t bytes,
+                               int device) {
+  return fo_cuda_check_pointer(fn, what, ptr, bytes, 0, device);
+}
+
+/* The kernels read the host tables. */
+static fo_status upload_plan(const char *fn, int device, fo_run_plan *plan) {
+  (void)fn, (void)device, (void)plan;
+  return FO_SUCCESS;
+}
+
+static fo_status read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
+  (void)fn;
+  *out = *opt->state;
+  return FO_SUCCESS;
+}
+
+static fo_status write_state(const char *fn, fo_optimizer *opt, const fo_step_state *in) {
+  (void)fn;
+  *opt->state = *in;
+  return FO_SUCCESS;
+}
+
+/* Work runs in call order: no events are needed to order it. */
+static fo_status no_events(const char *fn, int device, void **events, int64_t n) {
+  (void)fn, (void)device, (void)events, (void)n;
+  return FO_SUCCESS;
+}
+
+static void no_events_destroy(int device, void **events, int64_t n) {
+  (void)device, (void)events, (void)n;
+}
+
+static fo_status no_record(const char *fn, int device, void *event, fo_stream_t stream) {
+  (void)fn, (void)device, (void)event, (void)stream;
+  return FO_SUCCESS;
+}
+
+static fo_status no_wait(const char *fn, int device, fo_stream_t stream, void *event) {
+  (void)fn, (void)device, (void)stream, (void)event;
+  return FO_SUCCESS;
+}
+
+static const fo_exec_ops cpu_ops = {
+    .chunk = FO_CPU_CHUNK,
+    .kind = FO_EXEC_CPU,
+    .alloc = host_alloc,
+    .release = host_release,
+    .copy = host_copy,
+    .convert = host_convert,
+    .synchronize = nothing_to_wait_for,
+    .check_stream = check_stream,
+    .check_pointer = check_pointer,
+    .upload_plan = upload_plan,
+    .prepass = prepass,
+    .sum_partials = sum_partials,
+    .update = update,
+    .skipped = skipped,
+    .zero_grad = zero_grad,
+    .sync_master = sync_master,
+    .read_state = read_state,
+    .write_state = write_state,
+    .events_create = no_events,
+    .events_destroy = no_events_destroy,
+    .record = no_record,
+    .wait = no_wait,
+};
+
+const fo_exec_ops *fo_exec_cpu_ops(void) {
+  return &cpu_ops;
 }

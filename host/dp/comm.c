@@ -1,7 +1,7 @@
 /*
  * comm.c -- the communicator object: host communicators (caller-supplied
  * collectives over host memory, e.g. fusedopt_mpi's MPI), the accessors,
- * and the dispatch of one collective to NCCL (comm_nccl.c) or to the host
+ * and the dispatch of one collective to NCCL (nccl.c) or to the host
  * functions.
  */
 #include <stdio.h>
@@ -9,25 +9,25 @@
 #include <string.h>
 
 #include "comm_internal.h"
+#include "cuda_device.h"
 
 /* ---------------------------------------------------------------- create */
 
-fo_status fo_comm_create_host(fo_comm **out, const fo_comm_ops *ops, void *ctx,
-                              int rank, int size) {
+fo_status fo_comm_create_host(fo_comm **out, const fo_comm_ops *ops, void *ctx, int rank,
+                              int size) {
   static const char fn[] = "fo_comm_create_host";
   fo_status st = FO_SUCCESS;
   if (!out || !ops) {
     st = fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", out ? "ops" : "out");
   } else if (ops->struct_size != sizeof(fo_comm_ops)) {
     st = fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                 "ops->struct_size = %zu, expected %zu (sizeof(fo_comm_ops))",
-                 ops->struct_size, sizeof(fo_comm_ops));
+                 "ops->struct_size = %zu, expected %zu (sizeof(fo_comm_ops))", ops->struct_size,
+                 sizeof(fo_comm_ops));
   } else if (!ops->allreduce_sum) {
     st = fo_fail(FO_ERR_NULL_POINTER, fn, "ops->allreduce_sum is NULL");
   } else if (size < 1 || rank < 0 || rank >= size) {
     st = fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                 "rank = %d, size = %d: need size >= 1 and 0 <= rank < size", rank,
-                 size);
+                 "rank = %d, size = %d: need size >= 1 and 0 <= rank < size", rank, size);
   }
   fo_comm *c = NULL;
   if (st == FO_SUCCESS && !(c = calloc(1, sizeof *c)))
@@ -74,8 +74,7 @@ fo_status fo_comm_get_rank(const fo_comm *comm, int *rank, int *size) {
 
 fo_status fo_comm_get_kind(const fo_comm *comm, fo_comm_kind *out) {
   static const char fn[] = "fo_comm_get_kind";
-  if (!comm || !out)
-    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", comm ? "out" : "comm");
+  if (!comm || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", comm ? "out" : "comm");
   *out = comm->kind;
   return FO_SUCCESS;
 }
@@ -87,23 +86,22 @@ fo_status fo_set_last_error(fo_status status, const char *func, const char *mess
 /* -------------------------------------------------------------- dispatch */
 
 /* A host op's failure as FO_ERR_COMM with the back-end's message. */
-static fo_status host_failed(const char *fn, const char *what, int64_t n, int rc,
-                             char *err, size_t cap) {
+static fo_status host_failed(const char *fn, const char *what, int64_t n, int rc, char *err,
+                             size_t cap) {
   err[cap - 1] = '\0';
-  return fo_fail(FO_ERR_COMM, fn, "%s of %lld elements failed (code %d): %s", what,
-                 (long long)n, rc, err[0] ? err : "no message");
+  return fo_fail(FO_ERR_COMM, fn, "%s of %lld elements failed (code %d): %s", what, (long long)n,
+                 rc, err[0] ? err : "no message");
 }
 
-static fo_status host_sum(const char *fn, fo_comm *c, void *buf, int64_t count,
-                          fo_dtype dtype) {
+static fo_status host_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_dtype dtype) {
   char err[FO_COMM_ERR_CAP];
   err[0] = '\0';
   int rc = c->ops.allreduce_sum(c->ctx, buf, count, dtype, err, sizeof err);
   return rc == 0 ? FO_SUCCESS : host_failed(fn, "all-reduce", count, rc, err, sizeof err);
 }
 
-fo_status fo_comm_sum(const char *fn, fo_comm *c, void *buf, int64_t count,
-                      fo_dtype dtype, fo_stream_t stream) {
+fo_status fo_comm_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_dtype dtype,
+                      fo_stream_t stream) {
   if (count == 0) return FO_SUCCESS;
   if (c->kind == FO_COMM_NCCL) return fo_nccl_sum(fn, c, buf, count, dtype, stream);
   return host_sum(fn, c, buf, count, dtype);
@@ -119,7 +117,6 @@ static int64_t parts_total(const fo_comm *c, const int64_t *parts) {
   for (int r = 0; r < c->size; r++) n += parts[r];
   return n;
 }
-
 
 fo_status fo_comm_reduce_scatter(const char *fn, fo_comm *c, void *buf, const int64_t *counts,
                                  fo_dtype dtype, fo_stream_t stream) {
@@ -163,13 +160,11 @@ fo_status fo_comm_allreduce_sum(fo_comm *comm, void *buf, int64_t count, fo_dtyp
   if (!comm) return fo_fail(FO_ERR_NULL_POINTER, fn, "comm is NULL");
   if (!buf && count > 0) return fo_fail(FO_ERR_NULL_POINTER, fn, "buf is NULL");
   if (count < 0)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "count = %lld is negative",
-                   (long long)count);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "count = %lld is negative", (long long)count);
   if (!fo_dtype_valid((int)dtype))
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown dtype %d", (int)dtype);
   if (comm->kind == FO_COMM_HOST && stream)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "stream must be NULL for a host communicator");
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream must be NULL for a host communicator");
   if (comm->kind == FO_COMM_NCCL) {
     fo_status st = fo_cuda_check_stream(fn, stream, comm->device);
     if (st == FO_SUCCESS) st = fo_comm_check_async(fn, comm);

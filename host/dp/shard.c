@@ -1,5 +1,5 @@
 /*
- * comm_shard.c -- a sharded optimizer state, ZeRO stage 1
+ * shard.c -- a sharded optimizer state, ZeRO stage 1
  * (fo_dp_options.shard_state; docs/data-parallel.md).
  *
  * The arena's elements are cut into one contiguous shard per rank
@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "comm_internal.h"
+#include "exec.h"
 
 /* ---------------------------------------------------------------- ranges */
 
@@ -58,15 +59,11 @@ fo_status fo_optimizer_get_shard(const fo_optimizer *opt, int64_t *first, int64_
 /* Everything a shard needs, allocated before the optimizer changes, so an
  * attach that fails changes nothing. */
 typedef struct shard_build {
-  int64_t first, count;
+  fo_shard_layout layout;
   void *state[FO_ROLE_COUNT]; /* the shard's state buffers (state roles) */
-  fo_plan_tensor *tensors;
+  fo_plan_tensor *tensors;    /* the pieces of the tensors in the shard */
   int64_t num_tensors;
-  fo_plan_block *blocks;
-  int64_t num_blocks;
-  fo_plan_block *d_blocks;
-  fo_plan_tensor *d_tensors;
-  double *partials;
+  fo_run_plan run;
   double *sumsq;
 } shard_build;
 
@@ -76,30 +73,22 @@ static int is_state_role(int r) {
 
 static void build_free(const fo_optimizer *opt, shard_build *b) {
   for (int r = 0; r < FO_ROLE_COUNT; r++) fo_exec_free(opt, b->state[r]);
-  fo_exec_free(opt, b->partials);
   fo_exec_free(opt, b->sumsq);
-  if (b->d_blocks) fo_cuda_free(opt->options.device, b->d_blocks);
-  if (b->d_tensors) fo_cuda_free(opt->options.device, b->d_tensors);
+  fo_run_plan_free(opt, &b->run);
   free(b->tensors);
-  free(b->blocks);
 }
 
 /* Shard-sized state buffers holding this rank's slice of the current
  * state. */
 static fo_status build_state(const char *fn, const fo_optimizer *opt, shard_build *b) {
-  size_t bytes = (size_t)b->count * sizeof(float);
+  size_t bytes = (size_t)b->layout.count * sizeof(float);
   for (int r = 0; r < FO_ROLE_COUNT; r++) {
     if (!is_state_role(r) || !opt->arena[r]) continue;
     fo_status st = fo_exec_alloc(fn, opt, bytes, &b->state[r]);
     if (st != FO_SUCCESS) return st;
-    if (bytes == 0) continue;
-    const float *from = (const float *)opt->arena[r] + b->first;
-    if (opt->options.executor == FO_EXEC_CUDA) {
-      st = fo_cuda_copy(fn, opt->options.device, b->state[r], from, bytes);
-      if (st != FO_SUCCESS) return st;
-    } else {
-      memcpy(b->state[r], from, bytes);
-    }
+    const float *from = (const float *)opt->arena[r] + b->layout.first;
+    st = fo_exec_copy(fn, opt, b->state[r], from, bytes, FO_COPY_WITHIN);
+    if (st != FO_SUCCESS) return st;
   }
   return FO_SUCCESS;
 }
@@ -109,8 +98,8 @@ static fo_status build_state(const char *fn, const fo_optimizer *opt, shard_buil
 static fo_plan_tensor piece(const fo_optimizer *opt, const shard_build *b, const fo_plan_tensor *t,
                             int64_t off) {
   int64_t lo, hi;
-  overlap(off, t->numel, b->first, b->count, &lo, &hi);
-  size_t in = (size_t)(lo - off), at = (size_t)(lo - b->first);
+  overlap(off, t->numel, b->layout.first, b->layout.count, &lo, &hi);
+  size_t in = (size_t)(lo - off), at = (size_t)(lo - b->layout.first);
   fo_plan_tensor p = *t;
   p.param = (char *)t->param + in * fo_role_elem_size(opt, FO_ROLE_PARAM);
   p.grad = (char *)t->grad + in * fo_role_elem_size(opt, FO_ROLE_GRAD);
@@ -125,10 +114,11 @@ static fo_plan_tensor piece(const fo_optimizer *opt, const shard_build *b, const
 }
 
 static int in_shard(const shard_build *b, const fo_plan_tensor *t, int64_t off) {
-  return t->numel > 0 && off < b->first + b->count && off + t->numel > b->first;
+  return t->numel > 0 && off < b->layout.first + b->layout.count &&
+         off + t->numel > b->layout.first;
 }
 
-/* The step's tensor table and plan over the shard. */
+/* The step's tensor table over the shard, and its plan. */
 static fo_status build_plan(const char *fn, const fo_optimizer *opt, shard_build *b) {
   int64_t n = 0;
   for (int64_t i = 0; i < opt->num_tensors; i++)
@@ -138,28 +128,15 @@ static fo_status build_plan(const char *fn, const fo_optimizer *opt, shard_build
   for (int64_t i = 0; i < opt->num_tensors; i++)
     if (in_shard(b, &opt->tensors[i], opt->offsets[i]))
       b->tensors[b->num_tensors++] = piece(opt, b, &opt->tensors[i], opt->offsets[i]);
-  b->num_blocks = fo_plan_count_blocks(b->tensors, b->num_tensors, opt->chunk);
-  b->blocks = malloc((size_t)(b->num_blocks + 1) * sizeof *b->blocks);
-  if (b->num_blocks < 0 || !b->blocks)
-    return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the shard's plan");
-  fo_plan_fill_blocks(b->tensors, b->num_tensors, opt->chunk, b->blocks);
-  if (opt->options.executor != FO_EXEC_CUDA) return FO_SUCCESS;
-  int dev = opt->options.device;
-  fo_status st = fo_cuda_upload(fn, dev, b->blocks, (size_t)b->num_blocks * sizeof *b->blocks,
-                                (void **)&b->d_blocks);
-  if (st != FO_SUCCESS) return st;
-  return fo_cuda_upload(fn, dev, b->tensors, (size_t)b->num_tensors * sizeof *b->tensors,
-                        (void **)&b->d_tensors);
+  return fo_run_plan_build(fn, opt, b->tensors, b->num_tensors, &b->run);
 }
 
 static fo_status build(const char *fn, const fo_optimizer *opt, const fo_comm *comm,
                        shard_build *b) {
-  fo_shard_range(opt->total_elems, comm->size, comm->rank, &b->first, &b->count);
+  b->layout = (fo_shard_layout){1, comm->rank, comm->size, 0, 0};
+  fo_shard_range(opt->total_elems, comm->size, comm->rank, &b->layout.first, &b->layout.count);
   fo_status st = build_state(fn, opt, b);
   if (st == FO_SUCCESS) st = build_plan(fn, opt, b);
-  if (st == FO_SUCCESS && opt->check_grads)
-    st =
-        fo_exec_alloc(fn, opt, (size_t)(b->num_blocks + 1) * sizeof(double), (void **)&b->partials);
   if (st == FO_SUCCESS)
     st = fo_exec_alloc(fn, opt, (size_t)comm->size * sizeof(double), (void **)&b->sumsq);
   return st;
@@ -183,66 +160,28 @@ static fo_status check_shardable(const char *fn, const fo_optimizer *opt, const 
   return FO_SUCCESS;
 }
 
-/* Swap the shard in: the full state buffers and the full plan go. */
-static void commit(fo_optimizer *opt, const fo_comm *comm, shard_build *b) {
-  for (int r = 0; r < FO_ROLE_COUNT; r++) {
-    if (!is_state_role(r) || !opt->arena[r]) continue;
-    fo_exec_free(opt, opt->arena[r]);
-    opt->arena[r] = b->state[r];
-  }
-  for (int64_t i = 0; i < opt->num_tensors; i++) {
-    fo_plan_tensor *t = &opt->tensors[i]; /* no longer has a whole state */
-    t->master = t->exp_avg = t->exp_avg_sq = t->max_exp_avg_sq = NULL;
-  }
-  if (opt->run_tensors != opt->tensors) free(opt->run_tensors);
-  free(opt->blocks);
-  fo_exec_free(opt, opt->partials);
-  if (opt->d_blocks) fo_cuda_free(opt->options.device, opt->d_blocks);
-  if (opt->d_tensors) fo_cuda_free(opt->options.device, opt->d_tensors);
-  opt->run_tensors = b->tensors;
-  opt->num_run_tensors = b->num_tensors;
-  opt->blocks = b->blocks;
-  opt->num_blocks = b->num_blocks;
-  opt->d_blocks = b->d_blocks;
-  opt->d_tensors = b->d_tensors;
-  opt->partials = b->partials;
-  opt->shard_sumsq = b->sumsq;
-  opt->shard.on = 1;
-  opt->shard.rank = comm->rank;
-  opt->shard.size = comm->size;
-  opt->shard.first = b->first;
-  opt->shard.count = b->count;
-}
-
 fo_status fo_shard_attach(const char *fn, fo_optimizer *opt, fo_comm *comm) {
   fo_status st = check_shardable(fn, opt, comm);
   if (st != FO_SUCCESS) return st;
   /* the device may still run a step over the buffers about to go */
-  if (opt->options.executor == FO_EXEC_CUDA) {
-    st = fo_cuda_synchronize(opt->options.device);
-    if (st != FO_SUCCESS) return st;
-  }
+  st = fo_exec_synchronize(fn, opt);
+  if (st != FO_SUCCESS) return st;
   shard_build b;
   memset(&b, 0, sizeof b);
   st = build(fn, opt, comm, &b);
-  /* the shard's copies (cudaMemcpy on the legacy stream) may still be in
-   * flight: wait for them here rather than rely on commit's cudaFree to,
-   * so a step on any stream (a non-blocking one too) sees the shard */
-  if (st == FO_SUCCESS && opt->options.executor == FO_EXEC_CUDA)
-    st = fo_cuda_synchronize(opt->options.device);
+  /* the shard's copies may still be in flight: wait for them here, so a
+   * step on any stream (a non-blocking one too) sees the shard */
+  if (st == FO_SUCCESS) st = fo_exec_synchronize(fn, opt);
   if (st != FO_SUCCESS) {
     build_free(opt, &b);
     return st;
   }
-  commit(opt, comm, &b);
+  /* the plan owns the pieces' table from now on */
+  b.run.owns_tensors = 1;
+  b.tensors = NULL;
+  fo_layout_adopt_shard(opt, &b.layout, b.state, &b.run);
+  opt->dp->sumsq = b.sumsq;
   return FO_SUCCESS;
-}
-
-void fo_shard_free(fo_optimizer *opt) {
-  if (opt->run_tensors != opt->tensors) free(opt->run_tensors);
-  opt->run_tensors = opt->tensors;
-  fo_exec_free(opt, opt->shard_sumsq);
-  opt->shard_sumsq = NULL;
 }
 
 /* ----------------------------------------------------------------- step */
@@ -260,27 +199,24 @@ fo_status fo_shard_reduce(const char *fn, fo_optimizer *opt, void *buf, int64_t 
   return fo_comm_reduce_scatter(fn, opt->dp->comm, buf, counts, dtype, stream);
 }
 
-fo_status fo_dp_agree_sumsq(const char *fn, fo_optimizer *opt, double *total, fo_stream_t stream) {
-  int64_t *bytes = opt->dp->counts;
+fo_status fo_dp_agree_sumsq(const char *fn, fo_optimizer *opt, const double **sums, int64_t *n,
+                            fo_stream_t stream) {
+  fo_dp *dp = opt->dp;
+  int64_t *bytes = dp->counts;
   for (int r = 0; r < opt->shard.size; r++) bytes[r] = sizeof(double);
-  if (total) opt->shard_sumsq[opt->shard.rank] = *total;
-  fo_status st = fo_comm_all_gather(fn, opt->dp->comm, opt->shard_sumsq, bytes, stream);
+  fo_status st = opt->exec->sum_partials(opt, dp->sumsq + opt->shard.rank, stream);
+  if (st == FO_SUCCESS) st = fo_comm_all_gather(fn, dp->comm, dp->sumsq, bytes, stream);
   if (st != FO_SUCCESS) {
     opt->grads_poisoned = 1; /* the step has not started: retry after zero_grad */
     return st;
   }
-  if (total) { /* host memory: add in rank order, the same on every rank */
-    double sum = 0.0;
-    for (int r = 0; r < opt->shard.size; r++) sum += opt->shard_sumsq[r];
-    *total = sum;
-  }
+  /* the update adds them in rank order: the same bits on every rank */
+  *sums = dp->sumsq;
+  *n = opt->shard.size;
   return FO_SUCCESS;
 }
 
-fo_status fo_dp_after_step(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
-  if (!opt->shard.on) return FO_SUCCESS;
-  /* every rank made the same skip decision; the device's is not known here */
-  if (opt->options.executor == FO_EXEC_CPU && opt->state->skip) return FO_SUCCESS;
+fo_status fo_dp_gather_params(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
   int64_t *bytes = opt->dp->counts;
   size_t ps = fo_role_elem_size(opt, FO_ROLE_PARAM);
   for (int r = 0; r < opt->shard.size; r++) {

@@ -1,0 +1,236 @@
+/*
+ * accessors.c -- reading and changing an optimizer between steps: the step
+ * count, the step's report, learning rates and hyper-parameters, and the
+ * buffers a caller may read and write.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "exec.h"
+
+/* A copy of the step state, wherever it lives. */
+static fo_status read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
+  fo_status st = fo_check_process(fn, opt, 0);
+  if (st != FO_SUCCESS) return st;
+  return fo_exec_read_state(fn, opt, out);
+}
+
+fo_status fo_optimizer_get_step(const fo_optimizer *opt, int64_t *out) {
+  static const char fn[] = "fo_optimizer_get_step";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_step_state s;
+  fo_status st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
+  st = fo_release(opt, read_state(fn, opt, &s));
+  if (st == FO_SUCCESS) *out = s.step;
+  return st;
+}
+
+static fo_status set_step_claimed(const char *fn, fo_optimizer *opt, int64_t step) {
+  fo_step_state s;
+  fo_status st = read_state(fn, opt, &s);
+  if (st != FO_SUCCESS) return st;
+  s.step = step;
+  st = fo_exec_write_state(fn, opt, &s);
+  if (st == FO_SUCCESS) fo_steps_left_reset(opt, &s);
+  return st;
+}
+
+fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step) {
+  static const char fn[] = "fo_optimizer_set_step";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  if (step < 0 || step > FO_MAX_STEP)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "step = %lld is outside [0, FO_MAX_STEP = 2^62]",
+                   (long long)step);
+  fo_status st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, set_step_claimed(fn, opt, step));
+}
+
+fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
+  static const char fn[] = "fo_optimizer_get_info";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_step_state s;
+  fo_status st = fo_claim(fn, opt);
+  if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
+  if (st != FO_SUCCESS) return st;
+  memset(out, 0, sizeof *out);
+  out->step = s.step;
+  out->skipped_steps = s.skipped;
+  out->last_step_skipped = s.skip;
+  out->loss_scale = s.scale;
+  out->grad_norm = s.grad_norm;
+  out->grad_coef = s.grad_coef;
+  out->lr_factor = s.lr_factor;
+  out->growth_tracker = s.growth_tracker;
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out) {
+  static const char fn[] = "fo_optimizer_loss_scale_ptr";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  /* Without loss scaling the state's scale is 1 and nothing writes it, so
+   * one loop serves both: the backward pass multiplies by 1. */
+  *out = &opt->state->scale;
+  return FO_SUCCESS;
+}
+
+static fo_status check_group(const char *fn, const fo_optimizer *opt, int group) {
+  if (group < 0 || group >= opt->num_groups)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "group = %d is outside [0, %d)", group,
+                   opt->num_groups);
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr) {
+  static const char fn[] = "fo_optimizer_set_lr";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  if (group != -1) {
+    fo_status st = check_group(fn, opt, group);
+    if (st != FO_SUCCESS) return st;
+  }
+  if (!isfinite(lr) || lr < 0.0f)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "lr = %g must be finite and >= 0", (double)lr);
+  fo_status st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
+  for (int g = 0; g < opt->num_groups; g++)
+    if (group == -1 || g == group) opt->hparams[g].lr = lr;
+  return fo_release(opt, FO_SUCCESS);
+}
+
+fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *out) {
+  static const char fn[] = "fo_optimizer_get_lr";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_status st = check_group(fn, opt, group);
+  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
+  *out = opt->hparams[group].lr;
+  return fo_release(opt, FO_SUCCESS);
+}
+
+fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *out) {
+  static const char fn[] = "fo_optimizer_get_next_lr";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_status st = check_group(fn, opt, group);
+  if (st != FO_SUCCESS) return st;
+  fo_step_state s;
+  st = read_state(fn, opt, &s);
+  if (st != FO_SUCCESS) return st;
+  fo_prepare_args pa;
+  fo_prepare_args_fill(opt, &pa);
+  /* exactly the prepare step's arithmetic (fo_prepare_step) */
+  *out = (float)((double)opt->hparams[group].lr * fo_schedule_factor(&pa.schedule, s.step));
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group, const fo_hparams *hparams) {
+  static const char fn[] = "fo_optimizer_set_hparams";
+  if (!opt || !hparams)
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "hparams" : "opt");
+  fo_status st = check_group(fn, opt, group);
+  if (st != FO_SUCCESS) return st;
+  st = fo_validate_hparams(fn, opt->options.algorithm, group, hparams);
+  if (st != FO_SUCCESS) return st;
+  fo_algorithm alg = opt->options.algorithm;
+  if (alg == FO_ALG_SGD && hparams->momentum != 0.0f && !opt->keeps.exp_avg)
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "momentum needs a buffer the optimizer was created without");
+  if ((alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) && hparams->amsgrad && !opt->keeps.max_exp_avg_sq)
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "amsgrad needs state the optimizer was created without");
+  st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
+  opt->hparams[group] = *hparams;
+  return fo_release(opt, FO_SUCCESS);
+}
+
+fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group, fo_hparams *out) {
+  static const char fn[] = "fo_optimizer_get_hparams";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_status st = check_group(fn, opt, group);
+  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
+  if (st != FO_SUCCESS) return st;
+  *out = opt->hparams[group];
+  return fo_release(opt, FO_SUCCESS);
+}
+
+fo_status fo_optimizer_get_options(const fo_optimizer *opt, fo_options *out) {
+  static const char fn[] = "fo_optimizer_get_options";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  *out = opt->options;
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_num_tensors(const fo_optimizer *opt, int64_t *out) {
+  static const char fn[] = "fo_optimizer_num_tensors";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  *out = opt->num_tensors;
+  return FO_SUCCESS;
+}
+
+static fo_status check_index(const char *fn, const fo_optimizer *opt, int64_t index,
+                             const void *out) {
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  if (index < 0 || index >= opt->num_tensors)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "index = %lld is outside [0, %lld)",
+                   (long long)index, (long long)opt->num_tensors);
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_param_ptr(const fo_optimizer *opt, int64_t index, void **out) {
+  fo_status st = check_index("fo_optimizer_param_ptr", opt, index, out);
+  if (st == FO_SUCCESS) *out = opt->tensors[index].param;
+  return st;
+}
+
+fo_status fo_optimizer_grad_ptr(const fo_optimizer *opt, int64_t index, void **out) {
+  fo_status st = check_index("fo_optimizer_grad_ptr", opt, index, out);
+  if (st == FO_SUCCESS) *out = opt->tensors[index].grad;
+  return st;
+}
+
+static fo_status check_role(const char *fn, const fo_optimizer *opt, fo_role role) {
+  if ((int)role < 0 || role >= FO_ROLE_COUNT)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown role %d", (int)role);
+  if (!fo_role_kept(opt, role))
+    return fo_fail(FO_ERR_INVALID_STATE, fn, "the optimizer keeps no buffer of role %d", (int)role);
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_state_ptr(const fo_optimizer *opt, int64_t index, fo_role role,
+                                 float **out) {
+  static const char fn[] = "fo_optimizer_state_ptr";
+  fo_status st = check_index(fn, opt, index, out);
+  if (st != FO_SUCCESS) return st;
+  if (role == FO_ROLE_PARAM || role == FO_ROLE_GRAD)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "role %d is not a state role; use param_ptr or grad_ptr", (int)role);
+  st = check_role(fn, opt, role);
+  if (st != FO_SUCCESS) return st;
+  if (opt->shard.on)
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "the state is sharded over the ranks: this rank keeps only the arena "
+                   "elements of fo_optimizer_get_shard (fo_optimizer_arena)");
+  const fo_plan_tensor *t = &opt->tensors[index];
+  float *p = role == FO_ROLE_MASTER       ? t->master
+             : role == FO_ROLE_EXP_AVG    ? t->exp_avg
+             : role == FO_ROLE_EXP_AVG_SQ ? t->exp_avg_sq
+                                          : t->max_exp_avg_sq;
+  *out = p;
+  return FO_SUCCESS;
+}
+
+fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role, void **base, size_t *bytes) {
+  static const char fn[] = "fo_optimizer_arena";
+  if (!opt || !base || !bytes)
+    return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", !opt ? "opt" : !base ? "base" : "bytes");
+  if ((int)role < 0 || role >= FO_ROLE_COUNT)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown role %d", (int)role);
+  if (opt->options.storage != FO_STORAGE_ARENA)
+    return fo_fail(FO_ERR_INVALID_STATE, fn, "the optimizer was created with external storage");
+  fo_status st = check_role(fn, opt, role);
+  if (st != FO_SUCCESS) return st;
+  int shard = opt->shard.on && role != FO_ROLE_PARAM && role != FO_ROLE_GRAD;
+  *base = opt->arena[role];
+  *bytes = (size_t)(shard ? opt->shard.count : opt->total_elems) * fo_role_elem_size(opt, role);
+  return FO_SUCCESS;
+}

@@ -1,0 +1,148 @@
+/*
+ * exec_cuda.c -- the CUDA executor (host/exec.h): device memory through
+ * the device layer (cuda_device.c), the step's parts as launches of the
+ * kernels in kernels/ (kernels/launch.h).  Nothing here waits for the
+ * device except the reads and writes of the step state.
+ */
+#include <cuda_runtime_api.h>
+#include <string.h>
+
+#include "cuda_device.h"
+#include "launch.h"
+
+static fo_status check_pointer(const char *fn, const char *what, const void *ptr, size_t bytes,
+                               int device) {
+  return fo_cuda_check_pointer(fn, what, ptr, bytes, 1, device);
+}
+
+static fo_status upload_plan(const char *fn, int device, fo_run_plan *plan) {
+  plan->pdl = fo_cuda_supports_pdl(device);
+  fo_status st =
+      fo_cuda_upload(fn, device, plan->blocks, (size_t)plan->num_blocks * sizeof *plan->blocks,
+                     (void **)&plan->d_blocks);
+  if (st != FO_SUCCESS) return st;
+  return fo_cuda_upload(fn, device, plan->tensors,
+                        (size_t)plan->num_tensors * sizeof *plan->tensors,
+                        (void **)&plan->d_tensors);
+}
+
+/* ------------------------------------------------------------------ step */
+
+static int device_of(const fo_optimizer *opt) {
+  return opt->options.device;
+}
+
+static fo_status prepass(fo_optimizer *opt, fo_stream_t stream) {
+  const fo_run_plan *r = &opt->run;
+  FO_CUDA_RETURN("fo_optimizer_step", device_of(opt), "step launch",
+                 fo_launch_grad_sumsq(r->d_blocks, r->d_tensors, r->num_blocks, r->chunk,
+                                      (int32_t)opt->options.grad_dtype, r->partials, stream));
+}
+
+static fo_status sum_partials(fo_optimizer *opt, double *out, fo_stream_t stream) {
+  FO_CUDA_RETURN("fo_optimizer_step", device_of(opt), "step launch",
+                 fo_launch_sum_doubles(opt->run.partials, opt->run.num_blocks, out, stream));
+}
+
+/* Enqueue the prepare kernel (over sums[0..n), NULL without a pre-pass)
+ * and the fused update (and the optional unscaled-gradient write). */
+static int enqueue_update(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream) {
+  const fo_run_plan *r = &opt->run;
+  fo_prepare_args pa;
+  fo_prepare_args_fill(opt, &pa);
+  int e = fo_launch_prepare(&pa, sums, n, opt->state, stream);
+  if (e) return e;
+  fo_step_launch a;
+  memset(&a, 0, sizeof a);
+  a.blocks = r->d_blocks;
+  a.tensors = r->d_tensors;
+  a.num_blocks = r->num_blocks;
+  a.chunk = r->chunk;
+  a.algorithm = (int32_t)opt->options.algorithm;
+  a.param_dtype = (int32_t)opt->options.param_dtype;
+  a.grad_dtype = (int32_t)opt->options.grad_dtype;
+  a.master = opt->keeps.master;
+  a.stochastic = opt->options.stochastic_rounding;
+  a.num_groups = opt->num_groups;
+  a.pdl = r->pdl;
+  a.seed = opt->options.seed;
+  a.state = opt->state;
+  e = fo_launch_step(&a, stream);
+  if (e || !opt->options.write_unscaled_grads) return e;
+  return fo_launch_unscale_grads(r->d_blocks, r->d_tensors, r->num_blocks, r->chunk,
+                                 (int32_t)opt->options.grad_dtype, opt->state, stream);
+}
+
+static fo_status update(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream) {
+  FO_CUDA_RETURN("fo_optimizer_step", device_of(opt), "step launch",
+                 enqueue_update(opt, sums, n, stream));
+}
+
+/* The skip decision is on the device; the host does not wait for it. */
+static int skipped(const fo_optimizer *opt) {
+  (void)opt;
+  return 0;
+}
+
+static fo_status zero_grad(fo_optimizer *opt, fo_stream_t stream) {
+  const fo_run_plan *r = &opt->run;
+  void *arena = opt->arena[FO_ROLE_GRAD];
+  size_t bytes = (size_t)opt->total_elems * fo_dtype_size(opt->options.grad_dtype);
+  if (arena)
+    FO_CUDA_RETURN("fo_optimizer_zero_grad", device_of(opt), "cudaMemsetAsync",
+                   cudaMemsetAsync(arena, 0, bytes, (cudaStream_t)stream));
+  FO_CUDA_RETURN("fo_optimizer_zero_grad", device_of(opt), "zero-grad kernel",
+                 fo_launch_zero_grad(r->d_blocks, r->d_tensors, r->num_blocks, r->chunk,
+                                     (int32_t)opt->options.grad_dtype, stream));
+}
+
+static fo_status sync_master(fo_optimizer *opt, fo_stream_t stream) {
+  const fo_run_plan *r = &opt->run;
+  FO_CUDA_RETURN("fo_optimizer_sync_master", device_of(opt), "sync-master kernel",
+                 fo_launch_sync_master(r->d_blocks, r->d_tensors, r->num_blocks, r->chunk,
+                                       (int32_t)opt->options.param_dtype, stream));
+}
+
+/* ------------------------------------------------------------ step state */
+
+/* Wait for every step in flight (on any stream), then copy. */
+static fo_status read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
+  fo_status st = fo_cuda_synchronize(fn, device_of(opt));
+  if (st != FO_SUCCESS) return st;
+  return fo_cuda_memcpy(fn, device_of(opt), out, opt->state, sizeof *out, FO_COPY_TO_HOST);
+}
+
+static fo_status write_state(const char *fn, fo_optimizer *opt, const fo_step_state *in) {
+  fo_status st = fo_cuda_synchronize(fn, device_of(opt));
+  if (st != FO_SUCCESS) return st;
+  return fo_cuda_memcpy(fn, device_of(opt), opt->state, in, sizeof *in, FO_COPY_FROM_HOST);
+}
+
+static const fo_exec_ops cuda_ops = {
+    .chunk = FO_CUDA_CHUNK,
+    .kind = FO_EXEC_CUDA,
+    .alloc = fo_cuda_alloc_zeroed,
+    .release = fo_cuda_free,
+    .copy = fo_cuda_memcpy,
+    .convert = fo_cuda_convert,
+    .synchronize = fo_cuda_synchronize,
+    .check_stream = fo_cuda_check_stream,
+    .check_pointer = check_pointer,
+    .upload_plan = upload_plan,
+    .prepass = prepass,
+    .sum_partials = sum_partials,
+    .update = update,
+    .skipped = skipped,
+    .zero_grad = zero_grad,
+    .sync_master = sync_master,
+    .read_state = read_state,
+    .write_state = write_state,
+    .events_create = fo_cuda_events_create,
+    .events_destroy = fo_cuda_events_destroy,
+    .record = fo_cuda_record,
+    .wait = fo_cuda_wait,
+};
+
+const fo_exec_ops *fo_exec_cuda_ops(void) {
+  return &cuda_ops;
+}
