@@ -105,7 +105,7 @@ struct fo_optimizer {
    * (FO_ERR_COMM) until fo_optimizer_zero_grad() clears it. */
   struct fo_dp *dp;
   int grads_poisoned;
-  /* Faults (host/checkpoint_fault.c, docs/reliability.md): FO_SUCCESS while
+  /* Faults (host/fault.c, docs/reliability.md): FO_SUCCESS while
    * the state is sound.  When work on the executor fails past a call's
    * argument checks, the state may be half-updated: fault keeps that
    * failure's status and fault_msg its message, and every later call that

@@ -8,8 +8,8 @@
  * C++ (g++), so the CPU test tier (tests/test_block_work.cpp) runs the exact
  * loop a kernel runs -- every block, every thread slot, the vector path, the
  * scalar path and the tails -- over host buffers and proves coverage and
- * results without a GPU (DESIGN.md, "The kernels' own index arithmetic on
- * the CPU").  Nothing here uses shared memory or warp intrinsics, so the
+ * results without a GPU (docs/design.md, "Testing the kernels on the
+ * CPU").  Nothing here uses shared memory or warp intrinsics, so the
  * threads of a block are independent and may be run one after another.
  *
  * Shape of the work.  Block b owns elements [start, start + n) of tensor

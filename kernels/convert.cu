@@ -1,6 +1,6 @@
 /*
  * convert.cu -- dtype conversion of a flat device buffer, for reducing
- * 16-bit gradients in fp32 (host/comm_dp.c): widen a bucket into an fp32
+ * 16-bit gradients in fp32 (host/dp/buckets.c): widen a bucket into an fp32
  * buffer before the all-reduce, round it back after.  The conversions are
  * rules.h's, the same the step and the CPU executor use.
  */

@@ -2,7 +2,7 @@
  * rules.h -- the per-element update rules, written once.
  *
  * Compiles as C11 (the CPU executor) and as CUDA C++ device code (the
- * kernels): DESIGN.md idea 5.  Everything here is arithmetic on registers;
+ * kernels): one rule, two compilers (docs/design.md).  Everything here is arithmetic on registers;
  * no memory layout, no threads.  All math is fp32.
  *
  * The per-step scalars (bias corrections, 1 - lr*wd, ...) are computed once

@@ -1,0 +1,24 @@
+# The shape checks of docs/design.md, as a CTest test (host_layers):
+#   - no circle of calls between the library's source files (read from the
+#     symbol tables of fo_host's objects by scripts/check_layers.py);
+#   - no source file over 700 lines in host/, kernels/, mpi/, tests/, bench/
+#     and examples/.  The public header is the reference manual and is
+#     exempt.
+find_program(FO_PYTHON3 python3)
+find_program(FO_NM nm)
+if(NOT FO_PYTHON3 OR NOT FO_NM)
+  message(STATUS "fusedopt: python3 or nm not found, the host_layers test is not registered")
+  return()
+endif()
+file(GLOB_RECURSE fo_layer_sources CONFIGURE_DEPENDS
+  ${PROJECT_SOURCE_DIR}/host/*.c ${PROJECT_SOURCE_DIR}/host/*.h
+  ${PROJECT_SOURCE_DIR}/kernels/*.cu ${PROJECT_SOURCE_DIR}/kernels/*.cuh
+  ${PROJECT_SOURCE_DIR}/kernels/*.h ${PROJECT_SOURCE_DIR}/mpi/*.c
+  ${PROJECT_SOURCE_DIR}/tests/*.c ${PROJECT_SOURCE_DIR}/tests/*.cpp
+  ${PROJECT_SOURCE_DIR}/tests/*.h ${PROJECT_SOURCE_DIR}/bench/*.c
+  ${PROJECT_SOURCE_DIR}/bench/*.h ${PROJECT_SOURCE_DIR}/examples/*.c
+  ${PROJECT_SOURCE_DIR}/examples/*.h)
+add_test(NAME host_layers
+  COMMAND ${FO_PYTHON3} ${PROJECT_SOURCE_DIR}/scripts/check_layers.py --max-lines 700
+          --sources ${fo_layer_sources} "$<TARGET_OBJECTS:fo_host>"
+  COMMAND_EXPAND_LISTS)
