@@ -22,3 +22,13 @@ add_test(NAME host_layers
   COMMAND ${FO_PYTHON3} ${PROJECT_SOURCE_DIR}/scripts/check_layers.py --max-lines 700
           --sources ${fo_layer_sources} "$<TARGET_OBJECTS:fo_host>"
   COMMAND_EXPAND_LISTS)
+
+# A CUDA build's libfusedopt loads NCCL only when a call needs it
+# (host/dp/nccl.c): the shared library must not name it as a dependency,
+# or CPU-only use would need NCCL installed (docs/install.md).
+find_program(FO_READELF readelf)
+if(FO_ENABLE_NCCL AND FO_READELF)
+  add_test(NAME library_links_no_nccl
+    COMMAND sh -c "! ${FO_READELF} -d \"$1\" | grep -i 'NEEDED.*libnccl'" sh
+            $<TARGET_FILE:fusedopt>)
+endif()

@@ -141,12 +141,12 @@ fo_status fo_comm_all_gather(const char *fn, fo_comm *c, void *buf, const int64_
 }
 
 fo_status fo_comm_group_start(const char *fn, fo_comm *c) {
-  return c->kind == FO_COMM_NCCL ? fo_nccl_group_start(fn) : FO_SUCCESS;
+  return c->kind == FO_COMM_NCCL ? fo_nccl_group_start(fn, c) : FO_SUCCESS;
 }
 
 fo_status fo_comm_group_end(const char *fn, fo_comm *c, fo_status so_far) {
   if (c->kind != FO_COMM_NCCL) return so_far;
-  fo_status st = fo_nccl_group_end(fn);
+  fo_status st = fo_nccl_group_end(fn, c);
   return so_far != FO_SUCCESS ? so_far : st;
 }
 

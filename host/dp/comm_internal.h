@@ -13,14 +13,18 @@
 /* Room for a back-end's error message. */
 #define FO_COMM_ERR_CAP 256
 
+/* NCCL's calls, loaded on demand (nccl.c). */
+typedef struct fo_nccl_lib fo_nccl_lib;
+
 struct fo_comm {
   fo_comm_kind kind;
   int rank, size;
   int attached; /* optimizers attached: destroy refuses while > 0 */
   /* FO_COMM_NCCL */
   fo_nccl_comm_t nccl;
-  int owns_nccl; /* created by fo_comm_init_nccl: destroyed with us */
-  int device;    /* the NCCL communicator's CUDA device */
+  int owns_nccl;    /* created by fo_comm_init_nccl: destroyed with us */
+  fo_nccl_lib *lib; /* the loaded NCCL library (nccl.c) */
+  int device;       /* the NCCL communicator's CUDA device */
   /* FO_COMM_HOST */
   fo_comm_ops ops;
   void *ctx;
@@ -115,8 +119,8 @@ fo_status fo_nccl_reduce_scatter(const char *func, fo_comm *c, void *buf, const 
                                  fo_dtype dtype, fo_stream_t stream);
 fo_status fo_nccl_all_gather(const char *func, fo_comm *c, void *buf, const int64_t *bytes,
                              fo_stream_t stream);
-fo_status fo_nccl_group_start(const char *func);
-fo_status fo_nccl_group_end(const char *func);
+fo_status fo_nccl_group_start(const char *func, fo_comm *c);
+fo_status fo_nccl_group_end(const char *func, fo_comm *c);
 fo_status fo_nccl_check_async(const char *func, fo_comm *c);
 /* Destroy the NCCL communicator when owned (abort it after an error). */
 void fo_nccl_release(fo_comm *c);

@@ -4,9 +4,19 @@
  * becomes FO_ERR_COMM with NCCL's error string and its last-error detail.
  * Calls that use a device make the communicator's device current and
  * restore the caller's.
+ *
+ * NCCL is loaded when a call needs it (dlopen of libnccl.so.2), never
+ * linked: a CUDA build of libfusedopt loads and runs the CPU executor, host
+ * communicators and single-GPU steps on a machine without NCCL, and only a
+ * call that needs NCCL fails there, saying so (docs/install.md).  Each
+ * communicator holds its own handle of the library (the loader counts
+ * them), so nothing global is kept; a program that links NCCL itself gets
+ * the very library it already has.
  */
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 #include <nccl.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,20 +26,107 @@
 _Static_assert(FO_NCCL_ID_BYTES == NCCL_UNIQUE_ID_BYTES, "fo_nccl_id must match ncclUniqueId");
 _Static_assert(sizeof(fo_nccl_id) == sizeof(ncclUniqueId), "fo_nccl_id must match ncclUniqueId");
 
-static fo_status nccl_fail(const char *fn, const char *what, ncclResult_t r, ncclComm_t comm) {
-  const char *detail = ncclGetLastError(comm);
-  int has = detail && detail[0];
-  return fo_fail(FO_ERR_COMM, fn, "%s: %s (ncclResult %d)%s%s", what, ncclGetErrorString(r), (int)r,
-                 has ? ": " : "", has ? detail : "");
+/* ------------------------------------------------------------- loading */
+
+/* The NCCL calls fusedopt makes, from one loaded copy of the library. */
+struct fo_nccl_lib {
+  void *handle;
+  ncclResult_t (*get_unique_id)(ncclUniqueId *);
+  ncclResult_t (*comm_init_rank)(ncclComm_t *, int, ncclUniqueId, int);
+  ncclResult_t (*comm_destroy)(ncclComm_t);
+  ncclResult_t (*comm_abort)(ncclComm_t);
+  ncclResult_t (*comm_get_async_error)(ncclComm_t, ncclResult_t *);
+  const char *(*get_error_string)(ncclResult_t);
+  const char *(*get_last_error)(ncclComm_t);
+  ncclResult_t (*comm_count)(ncclComm_t, int *);
+  ncclResult_t (*comm_user_rank)(ncclComm_t, int *);
+  ncclResult_t (*comm_cu_device)(ncclComm_t, int *);
+  ncclResult_t (*all_reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                             cudaStream_t);
+  ncclResult_t (*reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, int, ncclComm_t,
+                         cudaStream_t);
+  ncclResult_t (*broadcast)(const void *, void *, size_t, ncclDataType_t, int, ncclComm_t,
+                            cudaStream_t);
+  ncclResult_t (*group_start)(void);
+  ncclResult_t (*group_end)(void);
+};
+
+static const struct {
+  const char *name;
+  size_t at;
+} nccl_symbols[] = {
+    {"ncclGetUniqueId", offsetof(fo_nccl_lib, get_unique_id)},
+    {"ncclCommInitRank", offsetof(fo_nccl_lib, comm_init_rank)},
+    {"ncclCommDestroy", offsetof(fo_nccl_lib, comm_destroy)},
+    {"ncclCommAbort", offsetof(fo_nccl_lib, comm_abort)},
+    {"ncclCommGetAsyncError", offsetof(fo_nccl_lib, comm_get_async_error)},
+    {"ncclGetErrorString", offsetof(fo_nccl_lib, get_error_string)},
+    {"ncclGetLastError", offsetof(fo_nccl_lib, get_last_error)},
+    {"ncclCommCount", offsetof(fo_nccl_lib, comm_count)},
+    {"ncclCommUserRank", offsetof(fo_nccl_lib, comm_user_rank)},
+    {"ncclCommCuDevice", offsetof(fo_nccl_lib, comm_cu_device)},
+    {"ncclAllReduce", offsetof(fo_nccl_lib, all_reduce)},
+    {"ncclReduce", offsetof(fo_nccl_lib, reduce)},
+    {"ncclBroadcast", offsetof(fo_nccl_lib, broadcast)},
+    {"ncclGroupStart", offsetof(fo_nccl_lib, group_start)},
+    {"ncclGroupEnd", offsetof(fo_nccl_lib, group_end)},
+};
+
+/* The sonames tried, in order: NCCL 2's, then the development link. */
+static const char *const nccl_sonames[] = {"libnccl.so.2", "libnccl.so"};
+
+static void unload(fo_nccl_lib *lib) {
+  if (!lib) return;
+  if (lib->handle) dlclose(lib->handle);
+  free(lib);
 }
 
-#define NCCL_TRY(fn, what, call, comm)    \
-  do {                                    \
-    ncclResult_t r_ = (call);             \
-    if (r_ != ncclSuccess) {              \
-      st = nccl_fail(fn, what, r_, comm); \
-      goto done;                          \
-    }                                     \
+static fo_status load(const char *fn, fo_nccl_lib **out) {
+  fo_nccl_lib *lib = calloc(1, sizeof *lib);
+  if (!lib) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the NCCL library");
+  const char *why = "";
+  for (size_t i = 0; i < sizeof nccl_sonames / sizeof *nccl_sonames && !lib->handle; i++) {
+    lib->handle = dlopen(nccl_sonames[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lib->handle && i == 0) why = dlerror();
+  }
+  if (!lib->handle) {
+    free(lib);
+    return fo_fail(FO_ERR_UNSUPPORTED, fn,
+                   "NCCL is not available: %s (install NCCL 2, or put libnccl.so.2 on the "
+                   "loader's path; host communicators need no NCCL)",
+                   why ? why : "libnccl.so.2 not found");
+  }
+  for (size_t i = 0; i < sizeof nccl_symbols / sizeof *nccl_symbols; i++) {
+    void *sym = dlsym(lib->handle, nccl_symbols[i].name);
+    if (!sym) {
+      unload(lib);
+      return fo_fail(FO_ERR_UNSUPPORTED, fn,
+                     "the NCCL library found has no %s: fusedopt needs NCCL 2.13 or newer",
+                     nccl_symbols[i].name);
+    }
+    memcpy((char *)lib + nccl_symbols[i].at, &sym, sizeof sym);
+  }
+  *out = lib;
+  return FO_SUCCESS;
+}
+
+/* -------------------------------------------------------------- errors */
+
+static fo_status nccl_fail(const char *fn, const fo_nccl_lib *lib, const char *what, ncclResult_t r,
+                           ncclComm_t comm) {
+  const char *detail = lib->get_last_error(comm);
+  int has = detail && detail[0];
+  return fo_fail(FO_ERR_COMM, fn, "%s: %s (ncclResult %d)%s%s", what, lib->get_error_string(r),
+                 (int)r, has ? ": " : "", has ? detail : "");
+}
+
+#define NCCL_TRY(fn, lib, what, call, comm)    \
+  do {                                         \
+    ncclResult_t r_ = (call);                  \
+    if (r_ != ncclSuccess) {                   \
+      st = nccl_fail(fn, lib, what, r_, comm); \
+      goto done;                               \
+    }                                          \
   } while (0)
 
 /* -------------------------------------------------------------- create */
@@ -37,18 +134,25 @@ static fo_status nccl_fail(const char *fn, const char *what, ncclResult_t r, ncc
 fo_status fo_nccl_get_id(fo_nccl_id *out) {
   static const char fn[] = "fo_nccl_get_id";
   if (!out) return fo_fail(FO_ERR_NULL_POINTER, fn, "out is NULL");
+  fo_nccl_lib *lib = NULL;
+  fo_status st = load(fn, &lib);
+  if (st != FO_SUCCESS) return st;
   ncclUniqueId id;
-  ncclResult_t r = ncclGetUniqueId(&id);
-  if (r != ncclSuccess) return nccl_fail(fn, "ncclGetUniqueId", r, NULL);
-  memcpy(out->internal, id.internal, sizeof out->internal);
-  return FO_SUCCESS;
+  ncclResult_t r = lib->get_unique_id(&id);
+  if (r == ncclSuccess)
+    memcpy(out->internal, id.internal, sizeof out->internal);
+  else
+    st = nccl_fail(fn, lib, "ncclGetUniqueId", r, NULL);
+  unload(lib);
+  return st;
 }
 
-static fo_status new_nccl_comm(const char *fn, ncclComm_t nccl, int owns, int rank, int size,
-                               int device, fo_comm **out) {
+static fo_status new_nccl_comm(const char *fn, fo_nccl_lib *lib, ncclComm_t nccl, int owns,
+                               int rank, int size, int device, fo_comm **out) {
   fo_comm *c = calloc(1, sizeof *c);
   if (!c) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the communicator");
   c->kind = FO_COMM_NCCL;
+  c->lib = lib;
   c->nccl = nccl;
   c->owns_nccl = owns;
   c->rank = rank;
@@ -67,44 +171,58 @@ fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int s
   if (device < 0) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d is negative", device);
   fo_status st = fo_cuda_available(fn, device);
   if (st != FO_SUCCESS) return st;
+  fo_nccl_lib *lib = NULL;
+  st = load(fn, &lib);
+  if (st != FO_SUCCESS) return st;
   ncclUniqueId uid;
   memcpy(uid.internal, id->internal, sizeof uid.internal);
   ncclComm_t nccl = NULL;
   int prev = device;
   st = fo_cuda_enter(fn, device, &prev);
-  if (st != FO_SUCCESS) return st;
-  ncclResult_t r = ncclCommInitRank(&nccl, size, uid, rank);
-  fo_cuda_leave(device, prev);
-  if (r != ncclSuccess) return nccl_fail(fn, "ncclCommInitRank", r, NULL);
-  st = new_nccl_comm(fn, nccl, 1, rank, size, device, out);
-  if (st != FO_SUCCESS) (void)ncclCommDestroy(nccl);
+  if (st == FO_SUCCESS) {
+    ncclResult_t r = lib->comm_init_rank(&nccl, size, uid, rank);
+    fo_cuda_leave(device, prev);
+    if (r != ncclSuccess) st = nccl_fail(fn, lib, "ncclCommInitRank", r, NULL);
+  }
+  if (st == FO_SUCCESS) {
+    st = new_nccl_comm(fn, lib, nccl, 1, rank, size, device, out);
+    if (st != FO_SUCCESS) (void)lib->comm_destroy(nccl);
+  }
+  if (st != FO_SUCCESS) unload(lib);
   return st;
 }
 
 fo_status fo_comm_wrap_nccl(fo_comm **out, fo_nccl_comm_t nccl) {
   static const char fn[] = "fo_comm_wrap_nccl";
   if (!out || !nccl) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", out ? "nccl" : "out");
-  fo_status st = FO_SUCCESS;
+  fo_nccl_lib *lib = NULL;
+  fo_status st = load(fn, &lib);
+  if (st != FO_SUCCESS) return st;
   int rank = 0, size = 0, device = 0;
-  NCCL_TRY(fn, "ncclCommCount", ncclCommCount(nccl, &size), nccl);
-  NCCL_TRY(fn, "ncclCommUserRank", ncclCommUserRank(nccl, &rank), nccl);
-  NCCL_TRY(fn, "ncclCommCuDevice", ncclCommCuDevice(nccl, &device), nccl);
-  st = new_nccl_comm(fn, nccl, 0, rank, size, device, out);
+  NCCL_TRY(fn, lib, "ncclCommCount", lib->comm_count(nccl, &size), nccl);
+  NCCL_TRY(fn, lib, "ncclCommUserRank", lib->comm_user_rank(nccl, &rank), nccl);
+  NCCL_TRY(fn, lib, "ncclCommCuDevice", lib->comm_cu_device(nccl, &device), nccl);
+  st = new_nccl_comm(fn, lib, nccl, 0, rank, size, device, out);
 done:
+  if (st != FO_SUCCESS) unload(lib);
   return st;
 }
 
 void fo_nccl_release(fo_comm *c) {
-  if (!c->owns_nccl || !c->nccl) return;
-  /* A communicator with an error may wait forever for peers that are
-   * gone: abort it.  Otherwise destroy it (which flushes its work). */
-  ncclResult_t async = ncclSuccess;
-  if (ncclCommGetAsyncError(c->nccl, &async) != ncclSuccess ||
-      (async != ncclSuccess && async != ncclInProgress))
-    (void)ncclCommAbort(c->nccl);
-  else
-    (void)ncclCommDestroy(c->nccl);
+  fo_nccl_lib *lib = c->lib;
+  if (c->owns_nccl && c->nccl) {
+    /* A communicator with an error may wait forever for peers that are
+     * gone: abort it.  Otherwise destroy it (which flushes its work). */
+    ncclResult_t async = ncclSuccess;
+    if (lib->comm_get_async_error(c->nccl, &async) != ncclSuccess ||
+        (async != ncclSuccess && async != ncclInProgress))
+      (void)lib->comm_abort(c->nccl);
+    else
+      (void)lib->comm_destroy(c->nccl);
+  }
   c->nccl = NULL;
+  unload(lib);
+  c->lib = NULL;
 }
 
 /* ---------------------------------------------------------- collectives */
@@ -122,10 +240,10 @@ fo_status fo_nccl_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_d
   int prev = c->device;
   fo_status st = fo_cuda_enter(fn, c->device, &prev);
   if (st != FO_SUCCESS) return st;
-  ncclResult_t r = ncclAllReduce(buf, buf, (size_t)count, nccl_type(dtype), ncclSum, c->nccl,
-                                 (cudaStream_t)stream);
+  ncclResult_t r = c->lib->all_reduce(buf, buf, (size_t)count, nccl_type(dtype), ncclSum, c->nccl,
+                                      (cudaStream_t)stream);
   fo_cuda_leave(c->device, prev);
-  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, "ncclAllReduce", r, c->nccl);
+  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, c->lib, "ncclAllReduce", r, c->nccl);
 }
 
 /* Uneven reduce-scatter and all-gather as one group of rooted calls, the
@@ -137,26 +255,27 @@ static fo_status rooted_group(const char *fn, fo_comm *c, char *buf, const int64
   int prev = c->device;
   fo_status st = fo_cuda_enter(fn, c->device, &prev);
   if (st != FO_SUCCESS) return st;
-  ncclResult_t r = ncclGroupStart();
+  const fo_nccl_lib *lib = c->lib;
+  ncclResult_t r = lib->group_start();
   const char *what = "ncclGroupStart";
   for (int k = 0; k < c->size && r == ncclSuccess; k++) {
     if (parts[k] > 0) {
       what = reduce ? "ncclReduce" : "ncclBroadcast";
       r = reduce
-              ? ncclReduce(buf, buf, (size_t)parts[k], type, ncclSum, k, c->nccl,
-                           (cudaStream_t)stream)
-              : ncclBroadcast(buf, buf, (size_t)parts[k], type, k, c->nccl, (cudaStream_t)stream);
+              ? lib->reduce(buf, buf, (size_t)parts[k], type, ncclSum, k, c->nccl,
+                            (cudaStream_t)stream)
+              : lib->broadcast(buf, buf, (size_t)parts[k], type, k, c->nccl, (cudaStream_t)stream);
     }
     buf += (size_t)parts[k] * unit;
   }
   /* the group must be closed even when a call inside it failed */
-  ncclResult_t end = ncclGroupEnd();
+  ncclResult_t end = lib->group_end();
   if (r == ncclSuccess && end != ncclSuccess) {
     r = end;
     what = "ncclGroupEnd";
   }
   fo_cuda_leave(c->device, prev);
-  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, what, r, c->nccl);
+  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, lib, what, r, c->nccl);
 }
 
 fo_status fo_nccl_reduce_scatter(const char *fn, fo_comm *c, void *buf, const int64_t *counts,
@@ -169,21 +288,22 @@ fo_status fo_nccl_all_gather(const char *fn, fo_comm *c, void *buf, const int64_
   return rooted_group(fn, c, buf, bytes, 1, ncclUint8, 0, stream);
 }
 
-fo_status fo_nccl_group_start(const char *fn) {
-  ncclResult_t r = ncclGroupStart();
-  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, "ncclGroupStart", r, NULL);
+fo_status fo_nccl_group_start(const char *fn, fo_comm *c) {
+  ncclResult_t r = c->lib->group_start();
+  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, c->lib, "ncclGroupStart", r, NULL);
 }
 
-fo_status fo_nccl_group_end(const char *fn) {
-  ncclResult_t r = ncclGroupEnd();
-  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, "ncclGroupEnd", r, NULL);
+fo_status fo_nccl_group_end(const char *fn, fo_comm *c) {
+  ncclResult_t r = c->lib->group_end();
+  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, c->lib, "ncclGroupEnd", r, NULL);
 }
 
 fo_status fo_nccl_check_async(const char *fn, fo_comm *c) {
   ncclResult_t async = ncclSuccess;
-  ncclResult_t r = ncclCommGetAsyncError(c->nccl, &async);
-  if (r != ncclSuccess) return nccl_fail(fn, "ncclCommGetAsyncError", r, c->nccl);
+  ncclResult_t r = c->lib->comm_get_async_error(c->nccl, &async);
+  if (r != ncclSuccess) return nccl_fail(fn, c->lib, "ncclCommGetAsyncError", r, c->nccl);
   if (async != ncclSuccess && async != ncclInProgress)
-    return nccl_fail(fn, "the communicator reports an earlier asynchronous error", async, c->nccl);
+    return nccl_fail(fn, c->lib, "the communicator reports an earlier asynchronous error", async,
+                     c->nccl);
   return FO_SUCCESS;
 }
