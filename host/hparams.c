@@ -23,7 +23,8 @@ fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out) {
   if ((int)alg < 0 || alg >= FO_ALG_COUNT)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown algorithm %d", (int)alg);
   fo_hparams h;
-  memset(&h, 0, sizeof h);
+  memset(&h, 0, sizeof h); /* the reserved words included */
+  h.struct_size = sizeof h;
   h.lr = 1e-3f;
   h.beta1 = 0.9f;
   h.beta2 = 0.999f;
@@ -37,34 +38,50 @@ fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out) {
   return FO_SUCCESS;
 }
 
-static int is_flag(int v) { return v == 0 || v == 1; }
+static int is_flag(int v) {
+  return v == 0 || v == 1;
+}
 
-fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group,
-                              const fo_hparams *h) {
+fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group, const fo_hparams *h) {
+  /* A struct of another header version, or one not filled by
+   * fo_hparams_default: refused before any field is read. */
+  if (h->struct_size != sizeof(fo_hparams))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
+                   "hparams[%d].struct_size = %zu, expected %zu (fill it with "
+                   "fo_hparams_default)",
+                   group, h->struct_size, sizeof(fo_hparams));
+  for (size_t i = 0; i < sizeof h->reserved / sizeof h->reserved[0]; i++)
+    if (h->reserved[i] != 0)
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
+                     "hparams[%d].reserved[%zu] is not zero (fill it with "
+                     "fo_hparams_default)",
+                     group, i);
   /* Every field must be finite, used or not: garbage in an unused field is
    * a sign of an uninitialised struct. */
   const struct {
     const char *name;
     float value;
-  } fields[] = {{"lr", h->lr},         {"weight_decay", h->weight_decay},
-                {"momentum", h->momentum}, {"dampening", h->dampening},
-                {"beta1", h->beta1},   {"beta2", h->beta2},
+  } fields[] = {{"lr", h->lr},
+                {"weight_decay", h->weight_decay},
+                {"momentum", h->momentum},
+                {"dampening", h->dampening},
+                {"beta1", h->beta1},
+                {"beta2", h->beta2},
                 {"eps", h->eps}};
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
     if (!isfinite(fields[i].value))
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].%s is not finite",
-                     group, fields[i].name);
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].%s is not finite", group,
+                     fields[i].name);
     if (fields[i].value < 0.0f)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].%s = %g is negative",
-                     group, fields[i].name, (double)fields[i].value);
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].%s = %g is negative", group,
+                     fields[i].name, (double)fields[i].value);
   }
   if (!is_flag(h->nesterov) || !is_flag(h->amsgrad) || !is_flag(h->maximize))
     return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
-                   "hparams[%d]: nesterov, amsgrad and maximize must be 0 or 1",
-                   group);
+                   "hparams[%d]: nesterov, amsgrad and maximize must be 0 or 1", group);
   if (alg == FO_ALG_SGD && h->dampening > 1.0f)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].dampening = %g is above 1",
-                   group, (double)h->dampening);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].dampening = %g is above 1", group,
+                   (double)h->dampening);
   if (alg == FO_ALG_SGD && h->nesterov && (h->momentum <= 0.0f || h->dampening != 0.0f))
     return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
                    "hparams[%d]: Nesterov needs momentum > 0 and dampening 0", group);
@@ -75,14 +92,13 @@ fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group,
                      (double)h->beta1, (double)h->beta2);
   }
   if ((alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) && !(h->eps > 0.0f))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].eps = %g must be > 0",
-                   group, (double)h->eps);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].eps = %g must be > 0", group,
+                   (double)h->eps);
   return FO_SUCCESS;
 }
 
 _Static_assert(FO_SCHED_CONSTANT == FO_RULE_SCHED_CONSTANT &&
-                   FO_SCHED_COSINE == FO_RULE_SCHED_COSINE &&
-                   FO_SCHED_STEP == FO_RULE_SCHED_STEP &&
+                   FO_SCHED_COSINE == FO_RULE_SCHED_COSINE && FO_SCHED_STEP == FO_RULE_SCHED_STEP &&
                    FO_SCHED_EXPONENTIAL == FO_RULE_SCHED_EXPONENTIAL &&
                    FO_SCHED_COSINE_RESTARTS == FO_RULE_SCHED_COSINE_RESTARTS &&
                    FO_SCHED_CYCLIC == FO_RULE_SCHED_CYCLIC,
@@ -94,13 +110,15 @@ static fo_status validate_schedule(const char *fn, const fo_schedule *s) {
   const struct {
     const char *name;
     int64_t value;
-  } counts[] = {{"warmup_steps", s->warmup_steps}, {"total_steps", s->total_steps},
-                {"step_size", s->step_size},       {"period", s->period},
+  } counts[] = {{"warmup_steps", s->warmup_steps},
+                {"total_steps", s->total_steps},
+                {"step_size", s->step_size},
+                {"period", s->period},
                 {"period_mult", s->period_mult}};
   for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++)
     if (counts[i].value < 0)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule.%s = %lld is negative",
-                     counts[i].name, (long long)counts[i].value);
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule.%s = %lld is negative", counts[i].name,
+                     (long long)counts[i].value);
   if (!isfinite(s->gamma) || s->gamma < 0.0f)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "schedule.gamma = %g must be finite and >= 0",
                    (double)s->gamma);
@@ -148,14 +166,14 @@ static fo_status validate_scaler(const char *fn, const fo_loss_scaler_options *l
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.growth_factor = %g must be > 1",
                    (double)l->growth_factor);
   if (!(l->backoff_factor > 0.0f && l->backoff_factor < 1.0f))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "loss_scaler.backoff_factor = %g must be in (0, 1)", (double)l->backoff_factor);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.backoff_factor = %g must be in (0, 1)",
+                   (double)l->backoff_factor);
   if (l->growth_interval < 1 || l->hysteresis < 1)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
                    "loss_scaler.growth_interval and hysteresis must be >= 1");
   if (!(isfinite(l->max_scale) && l->max_scale >= 0.0f))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "loss_scaler.max_scale = %g must be finite and >= 0",
-                   (double)l->max_scale);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "loss_scaler.max_scale = %g must be finite and >= 0", (double)l->max_scale);
   if (l->max_scale > 0.0f && l->max_scale < l->init_scale)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
                    "loss_scaler.max_scale = %g is below init_scale = %g", (double)l->max_scale,
@@ -189,8 +207,8 @@ void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *a) {
   a->scaler.backoff_factor = o->loss_scaler.backoff_factor;
   a->scaler.max_scale = o->loss_scaler.max_scale;
   const fo_schedule *s = &o->schedule;
-  a->schedule = (fo_schedule_params){(int32_t)s->kind, s->warmup_steps, s->total_steps,
-                                     s->step_size,     s->period,       s->period_mult,
+  a->schedule = (fo_schedule_params){(int32_t)s->kind, s->warmup_steps,     s->total_steps,
+                                     s->step_size,     s->period,           s->period_mult,
                                      (double)s->gamma, (double)s->min_ratio};
   for (int g = 0; g < opt->num_groups; g++) {
     const fo_hparams *h = &opt->hparams[g];

@@ -1,4 +1,5 @@
-/* status.c -- status strings, the thread-local last error, the version. */
+/* status.c -- status and algorithm strings, the thread-local last error, the
+ * version. */
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -10,11 +11,12 @@
 /* The only mutable state outside an optimizer: one message per thread. */
 static _Thread_local char fo_last_error_buf[512];
 
-unsigned fo_version_number(void) { return FO_VERSION_NUMBER; }
+unsigned fo_version_number(void) {
+  return FO_VERSION_NUMBER;
+}
 
 const char *fo_version_string(void) {
-  return FO_STR(FO_VERSION_MAJOR) "." FO_STR(FO_VERSION_MINOR) "." FO_STR(
-      FO_VERSION_PATCH);
+  return FO_STR(FO_VERSION_MAJOR) "." FO_STR(FO_VERSION_MINOR) "." FO_STR(FO_VERSION_PATCH);
 }
 
 const char *fo_status_string(fo_status status) {
@@ -39,15 +41,28 @@ const char *fo_status_string(fo_status status) {
   return "unknown status";
 }
 
-const char *fo_last_error(void) { return fo_last_error_buf; }
+/* The names checkpoints record in "fusedopt.algorithm". */
+const char *fo_algorithm_string(fo_algorithm algorithm) {
+  switch (algorithm) {
+    case FO_ALG_SGD: return "sgd";
+    case FO_ALG_ADAM: return "adam";
+    case FO_ALG_ADAMW: return "adamw";
+    case FO_ALG_LION: return "lion";
+    case FO_ALG_COUNT: break;
+  }
+  return "unknown";
+}
+
+const char *fo_last_error(void) {
+  return fo_last_error_buf;
+}
 
 fo_status fo_fail(fo_status status, const char *func, const char *fmt, ...) {
   int n = snprintf(fo_last_error_buf, sizeof fo_last_error_buf, "%s: ", func);
   if (n < 0 || (size_t)n >= sizeof fo_last_error_buf) return status;
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(fo_last_error_buf + n, sizeof fo_last_error_buf - (size_t)n, fmt,
-            ap);
+  vsnprintf(fo_last_error_buf + n, sizeof fo_last_error_buf - (size_t)n, fmt, ap);
   va_end(ap);
   return status;
 }
