@@ -519,8 +519,13 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *                            Each changes nothing.
  *    FO_ERR_COMM             data parallelism: the gradients are poisoned
  *                            by an earlier failed reduction, or this
- *                            step's reduction failed; parameters and state
- *                            are untouched (see fo_optimizer_reduce_bucket).
+ *                            step's reduction (or a sharded step's
+ *                            agreement on the norm) failed; parameters and
+ *                            state are untouched (see
+ *                            fo_optimizer_reduce_bucket).  A sharded step
+ *                            whose all-gather of the updated parameters
+ *                            fails is different: the parameters are then
+ *                            partly gathered, and the optimizer faulted.
  *    FO_ERR_CUDA             FO_EXEC_CUDA: the step's work failed once it
  *                            had started: the optimizer is now faulted.
  *
@@ -536,9 +541,10 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *  checkpoint: a successful load clears the fault (so does destroying the
  *  optimizer).  After a sticky CUDA error such as an illegal address the
  *  CUDA context itself is unusable: the process must reset the device,
- *  create a new optimizer and load.  A failed collective of a
+ *  create a new optimizer and load.  A failed gradient reduction of a
  *  communicator leaves only the gradients partly summed and is handled
- *  there (see fo_optimizer_reduce_bucket): it does not fault the state. */
+ *  there (see fo_optimizer_reduce_bucket): it does not fault the state;
+ *  only a sharded step's failed all-gather of the parameters does. */
 FO_API fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream);
 
 /** Set every registered gradient to zero, and clear a poisoning of the
