@@ -1,7 +1,8 @@
 /* Links the installed library, runs one SGD step on the CPU, and checks
  * it (and the algorithm's name); then asks for the CUDA executor, which
- * must work or fail with FO_ERR_NO_DEVICE and a reason ("--no-cuda": a build without CUDA, whose
- * reason must say so).  C11, and valid C++ (check.sh builds it as both). */
+ * must work or fail with FO_ERR_NO_DEVICE and a reason ("--no-cuda": a
+ * build without CUDA, whose reason must say so).  C11, and valid C++
+ * (check.sh builds it as both). */
 #include <fusedopt.h>
 #include <stdio.h>
 #include <string.h>
