@@ -51,11 +51,13 @@
  *     fo_comm_ops) start with struct_size, which must be the sizeof of the
  *     struct in this header: a program compiled against another version's
  *     header is refused (FO_ERR_INVALID_ARGUMENT) instead of misread.
- *     Their reserved words must be zero: they hold the place of fields a
- *     later version adds, so that it can add them without changing the
- *     struct's size or layout (no ABI break), a zero meaning "as before".
- *     Fill such a struct with its _default() function (or copy one that
- *     was) and then set fields: never build one from nothing.
+ *     Their reserved words (fo_comm_ops has none) must be zero: they hold
+ *     the place of fields a later version adds, so that it can add them
+ *     without changing the struct's size or layout (no ABI break), a zero
+ *     meaning "as before".  Fill such a struct with its _default()
+ *     function (or copy one that was) and then set fields -- fo_comm_ops,
+ *     which has none, is zeroed and given its struct_size -- never build
+ *     one from nothing.
  *
  * Numerics follow PyTorch's torch.optim (see docs/numerics.md): arithmetic is
  * fp32, 16-bit values are widened on load and rounded to nearest-even on
@@ -248,9 +250,10 @@ typedef enum fo_role {
  *  fo_optimizer_set_hparams) refuses with FO_ERR_INVALID_ARGUMENT a struct
  *  whose struct_size is not sizeof(fo_hparams) or whose reserved words are
  *  not all zero, the message naming the group and saying to fill it with
- *  fo_hparams_default().  So a struct built from nothing (a designated
- *  initializer, or fields set one by one on stack garbage) is refused:
- *  start from fo_hparams_default(), or from a copy of one that was. */
+ *  fo_hparams_default().  So a struct built from nothing (an initializer
+ *  that leaves struct_size zero, or fields set one by one on stack
+ *  garbage) is refused: start from fo_hparams_default(), or from a copy of
+ *  one that was. */
 typedef struct fo_hparams {
   /** Must be sizeof(fo_hparams); set by fo_hparams_default(). */
   size_t struct_size;
