@@ -36,14 +36,9 @@ const int bench_num_configs = (int)(sizeof bench_configs / sizeof bench_configs[
 const fo_algorithm bench_algs[] = {FO_ALG_ADAMW, FO_ALG_ADAM, FO_ALG_SGD, FO_ALG_LION};
 const int bench_num_algs = (int)(sizeof bench_algs / sizeof bench_algs[0]);
 
+/* The name a run is selected and reported by: the library's own. */
 const char *bench_alg_name(fo_algorithm alg) {
-  switch (alg) {
-    case FO_ALG_SGD: return "sgd";
-    case FO_ALG_ADAM: return "adam";
-    case FO_ALG_ADAMW: return "adamw";
-    case FO_ALG_LION: return "lion";
-    default: return "?";
-  }
+  return fo_algorithm_string(alg);
 }
 
 static int64_t state_buffers(fo_algorithm alg) {
@@ -72,8 +67,7 @@ void bench_hparams(fo_algorithm alg, int group, fo_hparams *out) {
   if (group == 1) out->weight_decay = 0.0f;
 }
 
-void bench_naive_scalars(fo_algorithm alg, const fo_hparams *h, int64_t t,
-                         naive_scalars *out) {
+void bench_naive_scalars(fo_algorithm alg, const fo_hparams *h, int64_t t, naive_scalars *out) {
   naive_scalars s;
   memset(&s, 0, sizeof s);
   const double lr = h->lr, wd = h->weight_decay;

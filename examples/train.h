@@ -204,12 +204,12 @@ typedef struct arena_layout {
   int64_t offset[TRAIN_MAX_TENSORS];
 } arena_layout;
 
-int get_arena_layout(const fo_optimizer *opt, fo_role role, fo_dtype dtype, int num_tensors,
+int get_arena_layout(fo_optimizer *opt, fo_role role, fo_dtype dtype, int num_tensors,
                      arena_layout *out);
 
 /* The optimizer's loss-scale pointer (executor memory), or NULL when loss
  * scaling is off. */
-int find_loss_scale(const fo_optimizer *opt, const float **out);
+int find_loss_scale(fo_optimizer *opt, const float **out);
 
 /* ----------------------------------------------------------- engines */
 

@@ -54,7 +54,7 @@ static void make_net(const train_config *cfg, net_shape *net) {
   net->dim[net->n_linear] = TRAIN_CLASSES;
 }
 
-int get_arena_layout(const fo_optimizer *opt, fo_role role, fo_dtype dtype, int num_tensors,
+int get_arena_layout(fo_optimizer *opt, fo_role role, fo_dtype dtype, int num_tensors,
                      arena_layout *out) {
   size_t bytes, size = fo_dtype_size(dtype);
   if (fo_failed(fo_optimizer_arena(opt, role, &out->base, &bytes), "fo_optimizer_arena")) return 1;
@@ -69,7 +69,7 @@ int get_arena_layout(const fo_optimizer *opt, fo_role role, fo_dtype dtype, int 
   return 0;
 }
 
-int find_loss_scale(const fo_optimizer *opt, const float **out) {
+int find_loss_scale(fo_optimizer *opt, const float **out) {
   fo_options o;
   float *scale = NULL;
   *out = NULL;

@@ -65,7 +65,7 @@ fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
   return FO_SUCCESS;
 }
 
-fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out) {
+fo_status fo_optimizer_loss_scale_ptr(fo_optimizer *opt, float **out) {
   static const char fn[] = "fo_optimizer_loss_scale_ptr";
   if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   /* Without loss scaling the state's scale is 1 and nothing writes it, so
@@ -176,13 +176,13 @@ static fo_status check_index(const char *fn, const fo_optimizer *opt, int64_t in
   return FO_SUCCESS;
 }
 
-fo_status fo_optimizer_param_ptr(const fo_optimizer *opt, int64_t index, void **out) {
+fo_status fo_optimizer_param_ptr(fo_optimizer *opt, int64_t index, void **out) {
   fo_status st = check_index("fo_optimizer_param_ptr", opt, index, out);
   if (st == FO_SUCCESS) *out = opt->tensors[index].param;
   return st;
 }
 
-fo_status fo_optimizer_grad_ptr(const fo_optimizer *opt, int64_t index, void **out) {
+fo_status fo_optimizer_grad_ptr(fo_optimizer *opt, int64_t index, void **out) {
   fo_status st = check_index("fo_optimizer_grad_ptr", opt, index, out);
   if (st == FO_SUCCESS) *out = opt->tensors[index].grad;
   return st;
@@ -196,8 +196,7 @@ static fo_status check_role(const char *fn, const fo_optimizer *opt, fo_role rol
   return FO_SUCCESS;
 }
 
-fo_status fo_optimizer_state_ptr(const fo_optimizer *opt, int64_t index, fo_role role,
-                                 float **out) {
+fo_status fo_optimizer_state_ptr(fo_optimizer *opt, int64_t index, fo_role role, float **out) {
   static const char fn[] = "fo_optimizer_state_ptr";
   fo_status st = check_index(fn, opt, index, out);
   if (st != FO_SUCCESS) return st;
@@ -219,7 +218,7 @@ fo_status fo_optimizer_state_ptr(const fo_optimizer *opt, int64_t index, fo_role
   return FO_SUCCESS;
 }
 
-fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role, void **base, size_t *bytes) {
+fo_status fo_optimizer_arena(fo_optimizer *opt, fo_role role, void **base, size_t *bytes) {
   static const char fn[] = "fo_optimizer_arena";
   if (!opt || !base || !bytes)
     return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", !opt ? "opt" : !base ? "base" : "bytes");

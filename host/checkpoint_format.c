@@ -982,6 +982,7 @@ static fo_status check_groups(const reader *r, const fo_optimizer *opt, fo_hpara
   fo_algorithm alg = opt->options.algorithm;
   for (int g = 0; g < opt->num_groups; g++) {
     fo_hparams *h = &out[g];
+    *h = opt->hparams[g]; /* struct_size and reserved: the optimizer's own */
     fo_status st = read_group(r, g, h);
     if (st != FO_SUCCESS) return st;
     if (fo_validate_hparams(r->fn, alg, g, h) != FO_SUCCESS) {

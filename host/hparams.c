@@ -23,7 +23,8 @@ fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out) {
   if ((int)alg < 0 || alg >= FO_ALG_COUNT)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown algorithm %d", (int)alg);
   fo_hparams h;
-  memset(&h, 0, sizeof h);
+  memset(&h, 0, sizeof h); /* the reserved words included */
+  h.struct_size = sizeof h;
   h.lr = 1e-3f;
   h.beta1 = 0.9f;
   h.beta2 = 0.999f;
@@ -42,6 +43,19 @@ static int is_flag(int v) {
 }
 
 fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group, const fo_hparams *h) {
+  /* A struct of another header version, or one not filled by
+   * fo_hparams_default: refused before any field is read. */
+  if (h->struct_size != sizeof(fo_hparams))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
+                   "hparams[%d].struct_size = %zu, expected %zu (fill it with "
+                   "fo_hparams_default)",
+                   group, h->struct_size, sizeof(fo_hparams));
+  for (size_t i = 0; i < sizeof h->reserved / sizeof h->reserved[0]; i++)
+    if (h->reserved[i] != 0)
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
+                     "hparams[%d].reserved[%zu] is not zero (fill it with "
+                     "fo_hparams_default)",
+                     group, i);
   /* Every field must be finite, used or not: garbage in an unused field is
    * a sign of an uninitialised struct. */
   const struct {

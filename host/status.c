@@ -1,4 +1,5 @@
-/* status.c -- status strings, the thread-local last error, the version. */
+/* status.c -- status and algorithm strings, the thread-local last error, the
+ * version. */
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -38,6 +39,18 @@ const char *fo_status_string(fo_status status) {
     case FO_STATUS_COUNT: break;
   }
   return "unknown status";
+}
+
+/* The names checkpoints record in "fusedopt.algorithm". */
+const char *fo_algorithm_string(fo_algorithm algorithm) {
+  switch (algorithm) {
+    case FO_ALG_SGD: return "sgd";
+    case FO_ALG_ADAM: return "adam";
+    case FO_ALG_ADAMW: return "adamw";
+    case FO_ALG_LION: return "lion";
+    case FO_ALG_COUNT: break;
+  }
+  return "unknown";
 }
 
 const char *fo_last_error(void) {

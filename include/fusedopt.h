@@ -2,7 +2,17 @@
  * fusedopt.h -- fused optimizer steps for GPU training.
  *
  * This header is the library's reference manual: every type, constant and
- * function is documented where it is declared.
+ * function is documented where it is declared, and every function that can
+ * fail lists the statuses it returns and when.  The sections follow the
+ * order a user meets them:
+ *
+ *    1. version                        8. threads and processes
+ *    2. status and errors              9. reading and changing an optimizer
+ *    3. enums                         10. data parallelism (communicators)
+ *    4. hyper-parameters and options  11. checkpoints
+ *    5. tensors                       12. utilities
+ *    6. create and destroy
+ *    7. the step, and what a failed step leaves (faults)
  *
  * Model of use
  * ------------
@@ -20,43 +30,34 @@
  *
  * Conventions
  * -----------
- *   - Every function returns an fo_status.  On failure nothing the caller owns
- *     has changed, and fo_last_error() holds a message with the detail, kept
- *     per thread until the next failing call on that thread.
+ *   - Every function that can fail returns an fo_status.  The few that
+ *     cannot return their value directly: fo_version_number,
+ *     fo_version_string, fo_status_string, fo_algorithm_string,
+ *     fo_last_error and fo_dtype_size.
+ *   - On failure nothing the caller owns has changed (out-parameters
+ *     included), and fo_last_error() holds a message with the detail, kept
+ *     per thread until the next failing call on that thread.  The
+ *     exceptions are work that fails once it has started -- a step, a
+ *     zero_grad, a load's copies, a gradient reduction -- and each says
+ *     what it leaves (see "Faults" next to fo_optimizer_step()).
  *   - Every function that launches device work takes an fo_stream_t (a
  *     cudaStream_t; NULL is the legacy default stream).  On the CPU executor
  *     the stream must be NULL and the work is done before the call returns.
  *   - A step never waits for the host: no call that launches work
  *     synchronizes, unless its documentation says so.
  *   - Sizes and offsets are 64-bit.
- *   - fo_optimizer_destroy(NULL) is a no-op.
- *
- * Threads and processes
- * ---------------------
- *   - An optimizer is used by one thread at a time; any number of
- *     optimizers may be used in parallel, each by one thread at a time
- *     (the library keeps no global state but the per-thread error
- *     message).  A call on an optimizer made while another thread is
- *     inside a call on the same optimizer fails at once with
- *     FO_ERR_INVALID_STATE ("another thread is inside a call on this
- *     optimizer") and changes nothing: an atomic flag detects the race, so
- *     that it costs a clear error rather than lost steps or a checkpoint of
- *     a state no step produced.  It is a detector, not a lock -- callers
- *     must still serialise -- and it cannot make fo_optimizer_destroy safe
- *     against a concurrent call.  Calls that only return what create fixed
- *     (fo_optimizer_get_options, _num_tensors, _param_ptr, _grad_ptr,
- *     _state_ptr, _arena, _get_shard, _loss_scale_ptr) are not checked.
- *     Communicators follow the same rule (see fo_comm).
- *   - fork(): a child process must not step an optimizer its parent
- *     created.  OpenMP's worker threads (and a CUDA context) do not survive
- *     fork(), and the child's first parallel step would hang in the OpenMP
- *     runtime.  The optimizer records the process that created it:
- *     fo_optimizer_step, _zero_grad and _sync_master in another process
- *     fail with FO_ERR_INVALID_STATE, as does every call of an FO_EXEC_CUDA
- *     optimizer that reaches the device.  On FO_EXEC_CPU the rest works in
- *     the child, fo_optimizer_save included (a checkpoint written by a
- *     forked child is an ordinary one).  A child that must train creates
- *     its own optimizer and loads a checkpoint.
+ *   - Destroying NULL (fo_optimizer_destroy, fo_comm_destroy) is a no-op.
+ *   - Structs the caller fills (fo_options, fo_hparams, fo_dp_options,
+ *     fo_comm_ops) start with struct_size, which must be the sizeof of the
+ *     struct in this header: a program compiled against another version's
+ *     header is refused (FO_ERR_INVALID_ARGUMENT) instead of misread.
+ *     Their reserved words (fo_comm_ops has none) must be zero: they hold
+ *     the place of fields a later version adds, so that it can add them
+ *     without changing the struct's size or layout (no ABI break), a zero
+ *     meaning "as before".  Fill such a struct with its _default()
+ *     function (or copy one that was) and then set fields -- fo_comm_ops,
+ *     which has none, is zeroed and given its struct_size -- never build
+ *     one from nothing.
  *
  * Numerics follow PyTorch's torch.optim (see docs/numerics.md): arithmetic is
  * fp32, 16-bit values are widened on load and rounded to nearest-even on
@@ -82,29 +83,31 @@ extern "C" {
 #define FO_API
 #endif
 
-/* --------------------------------------------------------------- version */
+/* ============================================================ 1. version */
 
 #define FO_VERSION_MAJOR 0
-#define FO_VERSION_MINOR 2
+#define FO_VERSION_MINOR 3
 #define FO_VERSION_PATCH 0
 /** MAJOR*10000 + MINOR*100 + PATCH: compare with fo_version_number(). */
-#define FO_VERSION_NUMBER \
-  (FO_VERSION_MAJOR * 10000 + FO_VERSION_MINOR * 100 + FO_VERSION_PATCH)
+#define FO_VERSION_NUMBER (FO_VERSION_MAJOR * 10000 + FO_VERSION_MINOR * 100 + FO_VERSION_PATCH)
 
-/** The version the library was built as, FO_VERSION_NUMBER's form. */
+/** The version the library was built as, FO_VERSION_NUMBER's form.  While
+ *  the major version is 0, a new minor version may change the ABI (the
+ *  shared library's soname is libfusedopt.so.MAJOR.MINOR). */
 FO_API unsigned fo_version_number(void);
 /** The version as "MAJOR.MINOR.PATCH"; a static string. */
 FO_API const char *fo_version_string(void);
 
-/* ---------------------------------------------------------------- status */
+/* ================================================= 2. status and errors */
 
-/** Every function returns one of these. */
+/** What a function that can fail returns. */
 typedef enum fo_status {
   FO_SUCCESS = 0,
   /** A required pointer argument was NULL. */
   FO_ERR_NULL_POINTER = 1,
   /** An argument is out of its range: a size, an index, a hyper-parameter
-   *  that is NaN, negative or otherwise meaningless, an unknown enum value. */
+   *  that is NaN, negative or otherwise meaningless, an unknown enum value,
+   *  a struct_size of another header or a non-zero reserved word. */
   FO_ERR_INVALID_ARGUMENT = 2,
   /** The arguments are each valid but not together (a combination the
    *  library does not support, for example stochastic rounding on fp16). */
@@ -112,12 +115,15 @@ typedef enum fo_status {
   /** Two buffers that must be distinct overlap. */
   FO_ERR_OVERLAP = 4,
   /** The call does not fit the object's state or mode (for example asking
-   *  for arena pointers of an optimizer over external tensors). */
+   *  for arena pointers of an optimizer over external tensors, or a step
+   *  of a faulted optimizer), or breaks the rule of one thread at a time
+   *  or the rule on fork() (section 8). */
   FO_ERR_INVALID_STATE = 5,
   /** Host or device memory could not be allocated. */
   FO_ERR_OUT_OF_MEMORY = 6,
   /** The CUDA executor was asked for and no usable device or driver is
-   *  present; the message says which is missing. */
+   *  present, or the library was built without CUDA; the message says
+   *  which. */
   FO_ERR_NO_DEVICE = 7,
   /** A pointer is in the wrong memory: host memory where device memory is
    *  needed or the reverse, or memory of another device. */
@@ -135,22 +141,23 @@ typedef enum fo_status {
   FO_ERR_CHECKPOINT = 12,
   /** The feature is declared but not built in this version. */
   FO_ERR_NOT_IMPLEMENTED = 13,
-  /** An internal invariant failed: a bug in the library; please report. */
+  /** An internal invariant failed: a bug in the library; please report.
+   *  Any function may return it; the lists below do not repeat it. */
   FO_ERR_INTERNAL = 14,
   FO_STATUS_COUNT /**< number of status values; not a status */
 } fo_status;
 
 /** A short static description of a status ("invalid argument"); never NULL,
- *  "unknown status" for values outside the enum. */
+ *  "unknown status" for values outside the enum.  Cannot fail. */
 FO_API const char *fo_status_string(fo_status status);
 
 /** The detail of the last failing call on this thread ("fo_optimizer_create:
  *  hparams[2].beta1 = 1.5 is outside [0, 1)"), or "" if no call failed.  The
  *  string is thread-local and valid until the next failing call on this
- *  thread. */
+ *  thread; successful calls leave it as it is.  Cannot fail; never NULL. */
 FO_API const char *fo_last_error(void);
 
-/* ----------------------------------------------------------------- enums */
+/* ============================================================== 3. enums */
 
 /** The update rule.  Semantics follow torch.optim; see docs/numerics.md. */
 typedef enum fo_algorithm {
@@ -164,6 +171,12 @@ typedef enum fo_algorithm {
   FO_ALG_LION = 3,
   FO_ALG_COUNT /**< number of algorithms; not an algorithm */
 } fo_algorithm;
+
+/** The algorithm's lower-case name, the one checkpoints record
+ *  ("fusedopt.algorithm"): "sgd", "adam", "adamw", "lion".  A static
+ *  string, never NULL: "unknown" for a value outside the enum (a name no
+ *  algorithm has, so that it never passes for one).  Cannot fail. */
+FO_API const char *fo_algorithm_string(fo_algorithm algorithm);
 
 /** Element type of parameters and gradients.  Optimizer state is fp32. */
 typedef enum fo_dtype {
@@ -199,22 +212,23 @@ typedef enum fo_storage {
 
 /** A buffer role inside the arena, for fo_optimizer_arena(). */
 typedef enum fo_role {
-  FO_ROLE_PARAM = 0,  /**< parameters, in the parameter dtype */
-  FO_ROLE_GRAD = 1,   /**< gradients, in the gradient dtype */
-  FO_ROLE_MASTER = 2, /**< fp32 master weights (16-bit params only) */
-  FO_ROLE_EXP_AVG = 3, /**< first moment / momentum buffer (fp32) */
-  FO_ROLE_EXP_AVG_SQ = 4, /**< second moment (fp32; Adam, AdamW) */
+  FO_ROLE_PARAM = 0,          /**< parameters, in the parameter dtype */
+  FO_ROLE_GRAD = 1,           /**< gradients, in the gradient dtype */
+  FO_ROLE_MASTER = 2,         /**< fp32 master weights (16-bit params only) */
+  FO_ROLE_EXP_AVG = 3,        /**< first moment / momentum buffer (fp32) */
+  FO_ROLE_EXP_AVG_SQ = 4,     /**< second moment (fp32; Adam, AdamW) */
   FO_ROLE_MAX_EXP_AVG_SQ = 5, /**< running max of the second moment
                                *   (AMSGrad) */
-  FO_ROLE_COUNT /**< number of roles; not a role */
+  FO_ROLE_COUNT               /**< number of roles; not a role */
 } fo_role;
 
-/* ------------------------------------------------------- hyper-parameters */
+/* ======================================= 4. hyper-parameters and options */
 
 /** The hyper-parameters of one parameter group.  Fill with
- *  fo_hparams_default(), which sets PyTorch's defaults for the algorithm;
- *  fields an algorithm does not use are ignored but must still be finite
- *  and non-negative (garbage there is a sign of an uninitialised struct).
+ *  fo_hparams_default(), which sets struct_size and PyTorch's defaults for
+ *  the algorithm, then change what you need; fields an algorithm does not
+ *  use are ignored but must still be finite and non-negative (garbage
+ *  there is a sign of an uninitialised struct).
  *
  *  | field        | SGD | Adam | AdamW | Lion | range               |
  *  |--------------|-----|------|-------|------|---------------------|
@@ -230,8 +244,19 @@ typedef enum fo_role {
  *  | maximize     |  x  |  x   |   x   |  x   | 0 or 1              |
  *
  *  momentum is >= 0 and finite (PyTorch allows momentum >= 1; so do we).
- *  Nesterov needs momentum > 0 and dampening == 0, as in PyTorch. */
+ *  Nesterov needs momentum > 0 and dampening == 0, as in PyTorch.
+ *
+ *  Every function that takes hyper-parameters (fo_optimizer_create,
+ *  fo_optimizer_set_hparams) refuses with FO_ERR_INVALID_ARGUMENT a struct
+ *  whose struct_size is not sizeof(fo_hparams) or whose reserved words are
+ *  not all zero, the message naming the group and saying to fill it with
+ *  fo_hparams_default().  So a struct built from nothing (an initializer
+ *  that leaves struct_size zero, or fields set one by one on stack
+ *  garbage) is refused: start from fo_hparams_default(), or from a copy of
+ *  one that was. */
 typedef struct fo_hparams {
+  /** Must be sizeof(fo_hparams); set by fo_hparams_default(). */
+  size_t struct_size;
   float lr;           /**< learning rate */
   float weight_decay; /**< L2 (SGD, Adam) or decoupled (AdamW, Lion) */
   float momentum;     /**< SGD momentum factor; 0 disables the buffer */
@@ -244,16 +269,20 @@ typedef struct fo_hparams {
   float eps;          /**< Adam/AdamW: added to sqrt(v_hat) */
   int amsgrad;        /**< Adam/AdamW: use the running max of v */
   int maximize;       /**< ascend instead of descend (negate the gradient) */
+  /** Must be zero (fo_hparams_default() zeroes them): room for the
+   *  hyper-parameters of later algorithms without an ABI break. */
+  uint64_t reserved[8];
 } fo_hparams;
 
-/** Fill *out with PyTorch's defaults for alg (torch 2.x):
+/** Fill *out with PyTorch's defaults for alg (torch 2.x), struct_size with
+ *  sizeof(fo_hparams) and every reserved word with zero:
  *  SGD lr 1e-3, momentum 0, dampening 0, wd 0, nesterov 0;
  *  Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 0;
  *  AdamW the same with wd 1e-2;
- *  Lion lr 1e-4, betas (0.9, 0.99), wd 0. */
+ *  Lion lr 1e-4, betas (0.9, 0.99), wd 0.
+ *  Statuses: FO_ERR_NULL_POINTER (out is NULL), FO_ERR_INVALID_ARGUMENT
+ *  (alg is not an fo_algorithm; *out is left as it was). */
 FO_API fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out);
-
-/* ---------------------------------------------- schedules, scaler, clip */
 
 /** Learning-rate schedules, evaluated on the device from the step counter.
  *  The learning rate of step k+1 (after k applied steps) is the group's lr
@@ -261,21 +290,22 @@ FO_API fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out);
  *  > 0, every kind starts with a linear warmup, factor(k) = (k+1)/W for
  *  k < W, and the kind's own curve then runs on j = k - W. */
 typedef enum fo_schedule_kind {
-  FO_SCHED_CONSTANT = 0,    /**< factor 1 (after the warmup, if any) */
-  FO_SCHED_COSINE = 1,      /**< cosine from 1 down to min_ratio at total_steps
-                             *   (warmup included), min_ratio after */
-  FO_SCHED_STEP = 2,        /**< gamma^floor(j / step_size) */
-  FO_SCHED_EXPONENTIAL = 3, /**< gamma^j */
+  FO_SCHED_CONSTANT = 0,        /**< factor 1 (after the warmup, if any) */
+  FO_SCHED_COSINE = 1,          /**< cosine from 1 down to min_ratio at total_steps
+                                 *   (warmup included), min_ratio after */
+  FO_SCHED_STEP = 2,            /**< gamma^floor(j / step_size) */
+  FO_SCHED_EXPONENTIAL = 3,     /**< gamma^j */
   FO_SCHED_COSINE_RESTARTS = 4, /**< SGDR: cosine from 1 to min_ratio over
                                  *   period steps, restarting; each period
                                  *   is period_mult times the last */
-  FO_SCHED_CYCLIC = 5,      /**< triangular: min_ratio up to 1 over step_size
-                             *   steps and back down over step_size */
-  FO_SCHED_COUNT            /**< number of kinds; not a kind */
+  FO_SCHED_CYCLIC = 5,          /**< triangular: min_ratio up to 1 over step_size
+                                 *   steps and back down over step_size */
+  FO_SCHED_COUNT                /**< number of kinds; not a kind */
 } fo_schedule_kind;
 
-/** A schedule; fields a kind does not use are ignored, but every count and
- *  gamma must be >= 0 and min_ratio in [0, 1] whatever the kind. */
+/** A schedule (a field of fo_options); fields a kind does not use are
+ *  ignored, but every count and gamma must be >= 0 and min_ratio in [0, 1]
+ *  whatever the kind. */
 typedef struct fo_schedule {
   fo_schedule_kind kind; /**< default FO_SCHED_CONSTANT */
   int64_t warmup_steps;  /**< linear warmup length; 0 (default): none */
@@ -295,16 +325,17 @@ typedef struct fo_schedule {
  *  refused at create, and a checkpoint holding a scale below it at load. */
 #define FO_LOSS_SCALE_MIN 1.17549435e-38f
 
-/** Dynamic loss scaling (PyTorch GradScaler semantics).  The caller scales
- *  its loss by the current scale (fo_optimizer_loss_scale_ptr gives a
- *  pointer the backward pass can read on the device); the step divides the
- *  gradients by it inside the update.  A step that sees an inf or NaN
- *  gradient changes nothing and the scale backs off, to no less than
- *  FO_LOSS_SCALE_MIN.  So does a step whose combined gradient coefficient
- *  (1/scale, clipping and the division by the ranks, fo_step_info's
- *  grad_coef) is not finite, or whose scale is below FO_LOSS_SCALE_MIN or
- *  NaN (written through fo_optimizer_loss_scale_ptr): applying it would
- *  write inf or NaN into every parameter. */
+/** Dynamic loss scaling (PyTorch GradScaler semantics; a field of
+ *  fo_options).  The caller scales its loss by the current scale
+ *  (fo_optimizer_loss_scale_ptr gives a pointer the backward pass can read
+ *  on the device); the step divides the gradients by it inside the update.
+ *  A step that sees an inf or NaN gradient changes nothing and the scale
+ *  backs off, to no less than FO_LOSS_SCALE_MIN.  So does a step whose
+ *  combined gradient coefficient (1/scale, clipping and the division by
+ *  the ranks, fo_step_info's grad_coef) is not finite, or whose scale is
+ *  below FO_LOSS_SCALE_MIN or NaN (written through
+ *  fo_optimizer_loss_scale_ptr): applying it would write inf or NaN into
+ *  every parameter. */
 typedef struct fo_loss_scaler_options {
   int enabled;          /**< default 0 */
   float init_scale;     /**< default 65536; finite, >= FO_LOSS_SCALE_MIN */
@@ -317,13 +348,10 @@ typedef struct fo_loss_scaler_options {
                          *   overflows, >= 1; default 1 (PyTorch) */
 } fo_loss_scaler_options;
 
-/* --------------------------------------------------------------- options */
-
 /** The optimizer's options.  Fill with fo_options_default() first, then
  *  change what you need; the defaults are documented per field. */
 typedef struct fo_options {
-  /** Must be sizeof(fo_options); set by fo_options_default().  Lets a later
-   *  library version accept structs compiled against this header. */
+  /** Must be sizeof(fo_options); set by fo_options_default(). */
   size_t struct_size;
   fo_algorithm algorithm; /**< default FO_ALG_ADAMW */
   fo_executor executor;   /**< default FO_EXEC_CPU */
@@ -355,15 +383,17 @@ typedef struct fo_options {
   int write_unscaled_grads;
   fo_loss_scaler_options loss_scaler; /**< default: disabled */
   fo_schedule schedule;               /**< default: constant */
-  /** Reserved for options of later versions (four fields); must be zero
-   *  (fo_options_default() zeroes them). */
+  /** Must be zero (fo_options_default() zeroes them): room for options of
+   *  later versions without an ABI break. */
   uint64_t reserved[4];
 } fo_options;
 
-/** Fill *out with the defaults listed on each field of fo_options. */
+/** Fill *out with the defaults listed on each field of fo_options
+ *  (struct_size included, the reserved words zero).
+ *  Statuses: FO_ERR_NULL_POINTER (out is NULL). */
 FO_API fo_status fo_options_default(fo_options *out);
 
-/* --------------------------------------------------------------- tensors */
+/* ============================================================ 5. tensors */
 
 /** One parameter tensor and its gradient. */
 typedef struct fo_tensor_desc {
@@ -384,7 +414,7 @@ typedef struct fo_tensor_desc {
   const char *name;
 } fo_tensor_desc;
 
-/* ------------------------------------------------------------- optimizer */
+/* ================================================= 6. create and destroy */
 
 /** An optimizer: registered tensors, their state, the launch plan. */
 typedef struct fo_optimizer fo_optimizer;
@@ -396,7 +426,8 @@ typedef struct CUstream_st *fo_stream_t;
 /** The largest number of parameter groups one optimizer takes. */
 #define FO_MAX_GROUPS 64
 
-/** Create an optimizer over num_tensors tensors in num_groups groups.
+/** Create an optimizer over num_tensors tensors in num_groups groups
+ *  (hparams[0 .. num_groups-1], one per group).
  *
  *  Allocates the optimizer state (zeroed moments; master weights copied from
  *  the parameters for 16-bit parameters with master weights) in the
@@ -412,25 +443,51 @@ typedef struct CUstream_st *fo_stream_t;
  *  the keys a save writes -- each name ("tensor.<i>" when it has none) and
  *  its state's "<name>.master", ".exp_avg", ... -- must be distinct (no
  *  two tensors "w", no "w" with master weights beside a tensor
- *  "w.master"), none may be "__metadata__", and names must be UTF-8;
- *  otherwise create fails with FO_ERR_INVALID_ARGUMENT naming them.
+ *  "w.master"), none may be "__metadata__", and names must be UTF-8.
  *
- *  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (bad option,
- *  hyper-parameter, group index, size, name), FO_ERR_UNSUPPORTED,
- *  FO_ERR_OVERLAP (parameter and gradient buffers overlap),
- *  FO_ERR_BAD_POINTER, FO_ERR_NO_DEVICE (FO_EXEC_CUDA without a usable
- *  device, or in a build without CUDA: the message says which),
- *  FO_ERR_OUT_OF_MEMORY.  *out is set only on success. */
-FO_API fo_status fo_optimizer_create(fo_optimizer **out,
-                                     const fo_options *options,
+ *  Statuses (*out is set only on success):
+ *    FO_ERR_NULL_POINTER     out, options or hparams is NULL; tensors is
+ *                            NULL with num_tensors > 0; an external
+ *                            tensor of numel > 0 has a NULL param or grad.
+ *    FO_ERR_INVALID_ARGUMENT num_tensors < 0 or too large; num_groups
+ *                            outside [1, FO_MAX_GROUPS]; an option out of
+ *                            its range or an unknown enum value; an
+ *                            fo_options or fo_hparams with the wrong
+ *                            struct_size or a non-zero reserved word; a
+ *                            hyper-parameter out of its range (the table
+ *                            at fo_hparams); a tensor's numel or group out
+ *                            of range; param or grad not NULL with arena
+ *                            storage; more than 2^62 elements in all; a
+ *                            name a checkpoint cannot hold; FO_EXEC_CUDA
+ *                            with a device ordinal the machine lacks.
+ *    FO_ERR_UNSUPPORTED      stochastic rounding without bf16 parameters
+ *                            or with master weights.
+ *    FO_ERR_OVERLAP          two parameter or gradient buffers overlap.
+ *    FO_ERR_BAD_POINTER      a buffer in the wrong memory for the executor
+ *                            (host memory for FO_EXEC_CUDA, another
+ *                            device's memory, device memory for
+ *                            FO_EXEC_CPU).
+ *    FO_ERR_NO_DEVICE        FO_EXEC_CUDA without a usable driver or
+ *                            device, or in a build without CUDA
+ *                            (FO_ENABLE_CUDA=OFF); the message says which.
+ *    FO_ERR_OUT_OF_MEMORY    host or device memory for the state, the
+ *                            arena or the plan.
+ *    FO_ERR_CUDA             FO_EXEC_CUDA: a copy, upload or the final
+ *                            synchronization failed. */
+FO_API fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
                                      const fo_hparams *hparams, int num_groups,
-                                     const fo_tensor_desc *tensors,
-                                     int64_t num_tensors);
+                                     const fo_tensor_desc *tensors, int64_t num_tensors);
 
-/** Free the optimizer and everything it allocated (the arena included).
- *  NULL is a no-op.  On FO_EXEC_CUDA it waits for the optimizer's pending
- *  work before freeing. */
+/** Free the optimizer and everything it allocated (the arena included),
+ *  and detach it from its communicator, if any.  NULL is a no-op
+ *  (FO_SUCCESS).  On FO_EXEC_CUDA it first waits for the device to finish
+ *  the optimizer's pending work.
+ *  Statuses: FO_ERR_CUDA (FO_EXEC_CUDA: waiting for the device failed;
+ *  the optimizer is freed all the same and opt must not be used again).
+ *  Not safe against a concurrent call on opt (section 8). */
 FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
+
+/* ============================================================== 7. step */
 
 /** The largest step count, 2^62: fo_optimizer_set_step() and
  *  fo_optimizer_load() refuse larger counts (of steps or of skipped
@@ -439,31 +496,66 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
 #define FO_MAX_STEP ((int64_t)1 << 62)
 
 /** Apply one step to every registered tensor with the current gradients.
- *  With clipping or loss scaling on, a pre-pass first reads every gradient
- *  once for the global norm and the non-finite check; a non-finite gradient
- *  skips the step (nothing changes but the scaler).  Otherwise increments
- *  the step count.  stream must be NULL for FO_EXEC_CPU.  On FO_EXEC_CUDA
- *  the call only enqueues work (no host synchronization), so a stream
- *  capture of it is a replayable CUDA graph.  If the step fails once its
- *  work has started (a CUDA error), the optimizer is faulted: see
- *  fo_optimizer_get_fault().
+ *  With a communicator, the gradients not yet reduced are summed over the
+ *  ranks first (fo_optimizer_reduce_grads()).  With clipping or loss
+ *  scaling on, a pre-pass then reads every gradient once for the global
+ *  norm and the non-finite check.  A step is skipped (nothing changes but
+ *  the scaler, and fo_step_info.skipped_steps counts it) when a gradient is
+ *  inf or NaN, or when the combined gradient coefficient is not finite;
+ *  otherwise the step count is incremented.  stream must be NULL for
+ *  FO_EXEC_CPU.  On FO_EXEC_CUDA the call only enqueues work (no host
+ *  synchronization), so a stream capture of it is a replayable CUDA graph;
+ *  a replay runs without this call, and a replay past FO_MAX_STEP is
+ *  skipped on the device instead of refused.
  *
- *  A step is skipped (counted in fo_step_info.skipped_steps) when a
- *  gradient is inf or NaN, or when the combined gradient coefficient is
- *  not finite.  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (a
- *  bad stream), FO_ERR_INVALID_STATE (the optimizer is faulted; arena
- *  master weights were never set (fo_optimizer_sync_master()); the step
- *  count or the skipped count has reached FO_MAX_STEP; another thread is
- *  inside a call on opt; this process is a fork of the one that created
- *  opt: each changing nothing), FO_ERR_COMM (data parallelism: see
- *  fo_optimizer_reduce_bucket), FO_ERR_CUDA.  A CUDA graph replays a
- *  captured step without this call: a replay past FO_MAX_STEP is skipped
- *  on the device instead. */
+ *  Statuses:
+ *    FO_ERR_NULL_POINTER     opt is NULL.
+ *    FO_ERR_INVALID_ARGUMENT a non-NULL stream on FO_EXEC_CPU; on
+ *                            FO_EXEC_CUDA, not a valid stream or a stream
+ *                            of another device.
+ *    FO_ERR_INVALID_STATE    the optimizer is faulted (below); arena master
+ *                            weights were never set
+ *                            (fo_optimizer_sync_master()); the step count
+ *                            or the skipped count has reached FO_MAX_STEP;
+ *                            another thread is inside a call on opt; this
+ *                            process is a fork of the one that created opt.
+ *                            Each changes nothing.
+ *    FO_ERR_COMM             data parallelism: the gradients are poisoned
+ *                            by an earlier failed reduction, or this
+ *                            step's reduction (or a sharded step's
+ *                            agreement on the norm) failed; parameters and
+ *                            state are untouched (see
+ *                            fo_optimizer_reduce_bucket).  A sharded step
+ *                            whose all-gather of the updated parameters
+ *                            fails is different: the parameters are then
+ *                            partly gathered, and the optimizer faulted.
+ *    FO_ERR_CUDA             FO_EXEC_CUDA: the step's work failed once it
+ *                            had started: the optimizer is now faulted.
+ *
+ *  Faults.  When work already under way fails -- a step whose kernels hit
+ *  a CUDA error (FO_ERR_CUDA), a zero_grad or sync_master that fails on the
+ *  device, a load whose copies to the device fail -- part of the state may
+ *  have been updated and part not.  The failing call returns its error;
+ *  from then on the optimizer is faulted: fo_optimizer_step, _zero_grad,
+ *  _sync_master, fo_optimizer_save and fo_optimizer_save_gathered refuse
+ *  with FO_ERR_INVALID_STATE and the original error in the message, so no
+ *  step ever runs on (and no checkpoint ever records) a half-updated
+ *  state.  Reading calls still work.  To recover, fo_optimizer_load() a
+ *  checkpoint: a successful load clears the fault (so does destroying the
+ *  optimizer).  After a sticky CUDA error such as an illegal address the
+ *  CUDA context itself is unusable: the process must reset the device,
+ *  create a new optimizer and load.  A failed gradient reduction of a
+ *  communicator leaves only the gradients partly summed and is handled
+ *  there (see fo_optimizer_reduce_bucket): it does not fault the state;
+ *  only a sharded step's failed all-gather of the parameters does. */
 FO_API fo_status fo_optimizer_step(fo_optimizer *opt, fo_stream_t stream);
 
-/** Set every registered gradient to zero.  Fails with FO_ERR_NULL_POINTER,
- *  FO_ERR_INVALID_ARGUMENT (a bad stream), FO_ERR_INVALID_STATE (faulted;
- *  another thread is inside a call on opt; a forked process), FO_ERR_CUDA. */
+/** Set every registered gradient to zero, and clear a poisoning of the
+ *  gradients by a failed reduction (fo_optimizer_reduce_bucket()).
+ *  Statuses: FO_ERR_NULL_POINTER (opt is NULL); FO_ERR_INVALID_ARGUMENT
+ *  (a bad stream, as for fo_optimizer_step); FO_ERR_INVALID_STATE
+ *  (faulted; another thread is inside a call on opt; a forked process);
+ *  FO_ERR_CUDA (the device work failed: the optimizer is now faulted). */
 FO_API fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream);
 
 /** Copy the current 16-bit parameters into the fp32 master weights (after
@@ -471,16 +563,59 @@ FO_API fo_status fo_optimizer_zero_grad(fo_optimizer *opt, fo_stream_t stream);
  *  weights.  With FO_STORAGE_ARENA and master weights it is required once
  *  after writing the initial parameters: until it (or fo_optimizer_load())
  *  has run, fo_optimizer_step() and the saves refuse with
- *  FO_ERR_INVALID_STATE, since the master weights are still zero.  Fails
- *  as fo_optimizer_zero_grad(). */
-FO_API fo_status fo_optimizer_sync_master(fo_optimizer *opt,
-                                          fo_stream_t stream);
+ *  FO_ERR_INVALID_STATE, since the master weights are still zero.
+ *  Statuses: as fo_optimizer_zero_grad(). */
+FO_API fo_status fo_optimizer_sync_master(fo_optimizer *opt, fo_stream_t stream);
+
+/** Whether the optimizer is faulted (see "Faults" at fo_optimizer_step):
+ *  sets *status to FO_SUCCESS when it is usable, else to the status of the
+ *  failure that faulted it, and copies that failure's message into message
+ *  (capacity bytes, NUL-terminated, truncated if need be; message may be
+ *  NULL when capacity is 0).
+ *  Statuses: FO_ERR_NULL_POINTER (opt or status is NULL; message is NULL
+ *  with capacity > 0); FO_ERR_INVALID_STATE (another thread is inside a
+ *  call on opt). */
+FO_API fo_status fo_optimizer_get_fault(const fo_optimizer *opt, fo_status *status, char *message,
+                                        size_t capacity);
+
+/* ============================================ 8. threads and processes */
+
+/* One thread at a time.  An optimizer is used by one thread at a time; any
+ * number of optimizers may be used in parallel, each by one thread at a
+ * time (the library keeps no global state but the per-thread error
+ * message).  A call on an optimizer made while another thread is inside a
+ * call on the same optimizer fails at once with FO_ERR_INVALID_STATE
+ * ("another thread is inside a call on this optimizer") and changes
+ * nothing: an atomic flag detects the race, so that it costs a clear error
+ * rather than lost steps or a checkpoint of a state no step produced.  It
+ * is a detector, not a lock -- callers must still serialise -- and it
+ * cannot make fo_optimizer_destroy safe against a concurrent call.  Calls
+ * that only return what create fixed (fo_optimizer_get_options,
+ * _num_tensors, _param_ptr, _grad_ptr, _state_ptr, _arena, _get_shard,
+ * _loss_scale_ptr) are not checked, and neither is
+ * fo_optimizer_get_next_lr.  Communicators follow the same rule (see
+ * fo_comm).
+ *
+ * fork().  A child process must not step an optimizer its parent created.
+ * OpenMP's worker threads (and a CUDA context) do not survive fork(), and
+ * the child's first parallel step would hang in the OpenMP runtime.  The
+ * optimizer records the process that created it: fo_optimizer_step,
+ * _zero_grad and _sync_master in another process fail with
+ * FO_ERR_INVALID_STATE, as does every call of an FO_EXEC_CUDA optimizer
+ * that reaches the device.  On FO_EXEC_CPU the rest works in the child,
+ * fo_optimizer_save included (a checkpoint written by a forked child is an
+ * ordinary one).  A child that must train creates its own optimizer and
+ * loads a checkpoint. */
+
+/* ============================== 9. reading and changing an optimizer */
 
 /** The number of steps applied so far.  With loss scaling or clipping on
  *  FO_EXEC_CUDA the count lives on the device (a step may be skipped) and
- *  this call synchronizes, like fo_optimizer_get_info(). */
-FO_API fo_status fo_optimizer_get_step(const fo_optimizer *opt,
-                                       int64_t *out);
+ *  this call synchronizes, like fo_optimizer_get_info().
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_STATE (another thread is inside a call on opt;
+ *  FO_EXEC_CUDA in a forked process); FO_ERR_CUDA (reading the device). */
+FO_API fo_status fo_optimizer_get_step(const fo_optimizer *opt, int64_t *out);
 
 /** What the last step did, read back from the executor's memory. */
 typedef struct fo_step_info {
@@ -504,90 +639,118 @@ typedef struct fo_step_info {
 } fo_step_info;
 
 /** Read the step state.  On FO_EXEC_CUDA this waits until the device is
- *  idle (it synchronizes): call it for logging, not inside the step loop. */
+ *  idle (it synchronizes): call it for logging, not inside the step loop.
+ *  Statuses: as fo_optimizer_get_step(). */
 FO_API fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out);
 
 /** A pointer to the current loss scale (one float in the executor's memory:
  *  device memory on FO_EXEC_CUDA), for a backward pass that scales the loss
  *  gradient without a host synchronization.  The step updates it.  With
  *  loss scaling off it points to a scale that stays 1, so one training
- *  loop serves both. */
-FO_API fo_status fo_optimizer_loss_scale_ptr(const fo_optimizer *opt, float **out);
+ *  loop serves both.  Writing through it changes the scale the next step
+ *  uses (hence a non-const opt).
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL). */
+FO_API fo_status fo_optimizer_loss_scale_ptr(fo_optimizer *opt, float **out);
 
 /** Set the step count (for resuming); bias corrections, the schedule and
- *  SGD's first-step rule use it.  Must be in [0, FO_MAX_STEP]
- *  (FO_ERR_INVALID_ARGUMENT otherwise).  On FO_EXEC_CUDA it is written to
- *  the device in stream order of the legacy default stream (it
- *  synchronizes). */
+ *  SGD's first-step rule use it.  On FO_EXEC_CUDA it is written to the
+ *  device in stream order of the legacy default stream (it synchronizes).
+ *  Statuses: FO_ERR_NULL_POINTER (opt is NULL); FO_ERR_INVALID_ARGUMENT
+ *  (step outside [0, FO_MAX_STEP]); FO_ERR_INVALID_STATE (another thread
+ *  is inside a call on opt; FO_EXEC_CUDA in a forked process);
+ *  FO_ERR_CUDA. */
 FO_API fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step);
 
 /** Set the base learning rate of one group, or of every group when group is
- *  -1; the next step uses it (times the schedule's factor).  Must be >= 0
- *  and finite.  A step captured in a CUDA graph keeps the hyper-parameters
- *  it was captured with; the schedule still advances on the device. */
+ *  -1; the next step uses it (times the schedule's factor).  A step
+ *  captured in a CUDA graph keeps the hyper-parameters it was captured
+ *  with; the schedule still advances on the device.
+ *  Statuses: FO_ERR_NULL_POINTER (opt is NULL); FO_ERR_INVALID_ARGUMENT
+ *  (group is neither -1 nor in [0, num_groups); lr negative or not
+ *  finite); FO_ERR_INVALID_STATE (another thread is inside a call on
+ *  opt). */
 FO_API fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr);
 
 /** Read the base learning rate of one group: its hparams lr, as created,
- *  set or loaded, without the schedule's factor. */
-FO_API fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group,
-                                     float *out);
+ *  set or loaded, without the schedule's factor.
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (group outside [0, num_groups));
+ *  FO_ERR_INVALID_STATE (another thread is inside a call on opt). */
+FO_API fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *out);
 
 /** The learning rate the next step will apply to one group: its base rate
  *  times the schedule's factor at the current step count, rounded to float
  *  as the step rounds it (the same bits).  Before the first step with a
  *  warmup of W steps, that is lr / W.  (A skipped step leaves it as it
  *  was.)  Reads the step count: on FO_EXEC_CUDA it synchronizes, like
- *  fo_optimizer_get_info(). */
-FO_API fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group,
-                                          float *out);
+ *  fo_optimizer_get_info().
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (group outside [0, num_groups));
+ *  FO_ERR_INVALID_STATE (FO_EXEC_CUDA in a forked process); FO_ERR_CUDA
+ *  (reading the device). */
+FO_API fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *out);
 
-/** Replace every hyper-parameter of one group (validated as at create).
- *  Switching amsgrad or momentum on needs state the optimizer was not
- *  created with: that fails with FO_ERR_INVALID_STATE. */
-FO_API fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group,
-                                          const fo_hparams *hparams);
+/** Replace every hyper-parameter of one group, validated as at create
+ *  (struct_size and reserved included: start from fo_hparams_default() or
+ *  from fo_optimizer_get_hparams()).
+ *  Statuses: FO_ERR_NULL_POINTER (opt or hparams is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (group outside [0, num_groups); a wrong
+ *  struct_size, a non-zero reserved word or a value out of its range);
+ *  FO_ERR_INVALID_STATE (switching amsgrad or SGD momentum on, which needs
+ *  state the optimizer was created without; another thread is inside a
+ *  call on opt).  On failure the group keeps its hyper-parameters. */
+FO_API fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group, const fo_hparams *hparams);
 
-/** Read the hyper-parameters of one group. */
-FO_API fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group,
-                                          fo_hparams *out);
+/** Read the hyper-parameters of one group (struct_size and reserved as
+ *  fo_hparams_default() sets them, so *out can be changed and passed back
+ *  to fo_optimizer_set_hparams()).
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (group outside [0, num_groups));
+ *  FO_ERR_INVALID_STATE (another thread is inside a call on opt). */
+FO_API fo_status fo_optimizer_get_hparams(const fo_optimizer *opt, int group, fo_hparams *out);
 
-/** Read the options the optimizer was created with. */
-FO_API fo_status fo_optimizer_get_options(const fo_optimizer *opt,
-                                          fo_options *out);
+/** Read the options the optimizer was created with.
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL). */
+FO_API fo_status fo_optimizer_get_options(const fo_optimizer *opt, fo_options *out);
 
-/** The number of registered tensors. */
-FO_API fo_status fo_optimizer_num_tensors(const fo_optimizer *opt,
-                                          int64_t *out);
+/** The number of registered tensors.
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL). */
+FO_API fo_status fo_optimizer_num_tensors(const fo_optimizer *opt, int64_t *out);
+
+/* The pointer getters below hand out writable pointers into the
+ * optimizer's buffers, so they take a non-const optimizer: a const handle
+ * gives no way to change what it points to. */
 
 /** FO_STORAGE_ARENA: the parameter buffer of tensor index (in the
- *  executor's memory).  FO_STORAGE_EXTERNAL: the caller's own pointer. */
-FO_API fo_status fo_optimizer_param_ptr(const fo_optimizer *opt,
-                                        int64_t index, void **out);
+ *  executor's memory).  FO_STORAGE_EXTERNAL: the caller's own pointer.
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (index outside [0, num_tensors)). */
+FO_API fo_status fo_optimizer_param_ptr(fo_optimizer *opt, int64_t index, void **out);
 
 /** The gradient buffer of tensor index; as fo_optimizer_param_ptr. */
-FO_API fo_status fo_optimizer_grad_ptr(const fo_optimizer *opt, int64_t index,
-                                       void **out);
+FO_API fo_status fo_optimizer_grad_ptr(fo_optimizer *opt, int64_t index, void **out);
 
 /** A state buffer of tensor index: FO_ROLE_MASTER, FO_ROLE_EXP_AVG,
  *  FO_ROLE_EXP_AVG_SQ or FO_ROLE_MAX_EXP_AVG_SQ (fp32, numel elements, in
- *  the executor's memory), for inspection and checkpoints.  Fails with
- *  FO_ERR_INVALID_STATE when the optimizer keeps no such state, or keeps
- *  it sharded over ranks (use fo_optimizer_arena and
- *  fo_optimizer_get_shard then). */
-FO_API fo_status fo_optimizer_state_ptr(const fo_optimizer *opt,
-                                        int64_t index, fo_role role,
+ *  the executor's memory), for inspection and checkpoints.
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (index outside [0, num_tensors); an unknown
+ *  role, or FO_ROLE_PARAM / FO_ROLE_GRAD); FO_ERR_INVALID_STATE (the
+ *  optimizer keeps no such state, or keeps it sharded over ranks: use
+ *  fo_optimizer_arena and fo_optimizer_get_shard then). */
+FO_API fo_status fo_optimizer_state_ptr(fo_optimizer *opt, int64_t index, fo_role role,
                                         float **out);
 
 /** FO_STORAGE_ARENA: the whole contiguous buffer of a role and its size in
  *  bytes (for one collective over all gradients, say); with a sharded
  *  state, a state role's buffer holds only this rank's shard
- *  (fo_optimizer_get_shard).  Fails with
- *  FO_ERR_INVALID_STATE for external storage or a role the optimizer does
- *  not keep. */
-FO_API fo_status fo_optimizer_arena(const fo_optimizer *opt, fo_role role,
-                                    void **base, size_t *bytes);
+ *  (fo_optimizer_get_shard).
+ *  Statuses: FO_ERR_NULL_POINTER (opt, base or bytes is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (an unknown role); FO_ERR_INVALID_STATE
+ *  (external storage, or a role the optimizer does not keep). */
+FO_API fo_status fo_optimizer_arena(fo_optimizer *opt, fo_role role, void **base, size_t *bytes);
 
-/* ---------------------------------------------------------- communicators */
+/* ===================================== 10. data parallelism: communicators */
 
 /** A communicator: the N ranks of a data-parallel run, one process (and,
  *  on FO_EXEC_CUDA, one GPU) per rank.  Attached to an optimizer with
@@ -619,9 +782,9 @@ typedef struct fo_comm fo_comm;
 
 /** What carries a communicator's collectives. */
 typedef enum fo_comm_kind {
-  FO_COMM_NCCL = 0, /**< NCCL over device memory (FO_EXEC_CUDA) */
-  FO_COMM_HOST = 1, /**< caller-supplied functions over host memory
-                     *   (FO_EXEC_CPU), e.g. MPI through fusedopt_mpi */
+  FO_COMM_NCCL = 0,  /**< NCCL over device memory (FO_EXEC_CUDA) */
+  FO_COMM_HOST = 1,  /**< caller-supplied functions over host memory
+                      *   (FO_EXEC_CPU), e.g. MPI through fusedopt_mpi */
   FO_COMM_KIND_COUNT /**< number of kinds; not a kind */
 } fo_comm_kind;
 
@@ -638,23 +801,29 @@ typedef struct fo_nccl_id {
 } fo_nccl_id;
 
 /** ncclGetUniqueId: one rank (rank 0) calls this and sends the bytes to
- *  every other rank before they all call fo_comm_init_nccl().  In a build
- *  without NCCL (FO_ENABLE_NCCL=OFF, always so without CUDA) the NCCL
- *  calls check their arguments, then fail: FO_ERR_NO_DEVICE without a
- *  usable device (or CUDA), else FO_ERR_UNSUPPORTED ("built without
- *  NCCL"); fo_nccl_get_id() with FO_ERR_UNSUPPORTED. */
+ *  every other rank before they all call fo_comm_init_nccl().
+ *  Statuses: FO_ERR_NULL_POINTER (out is NULL); FO_ERR_COMM (NCCL failed;
+ *  its message); FO_ERR_UNSUPPORTED (a build without NCCL,
+ *  FO_ENABLE_NCCL=OFF, always so without CUDA: "built without NCCL"). */
 FO_API fo_status fo_nccl_get_id(fo_nccl_id *out);
 
 /** Create an NCCL communicator for rank rank of size ranks on CUDA device
  *  device (ncclCommInitRank; a collective call: every rank must make it).
- *  The communicator owns the NCCL communicator and destroys it.  Fails with
- *  FO_ERR_NO_DEVICE without a usable device, FO_ERR_COMM when NCCL fails
- *  (the message holds NCCL's). */
-FO_API fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id,
-                                   int rank, int size, int device);
+ *  The communicator owns the NCCL communicator and destroys it.
+ *  Statuses: FO_ERR_NULL_POINTER (out or id is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (size < 1, rank outside [0, size), device
+ *  negative or not present); FO_ERR_NO_DEVICE (no usable driver or
+ *  device, or a build without CUDA); FO_ERR_CUDA (selecting the device);
+ *  FO_ERR_COMM (NCCL failed; its message); FO_ERR_OUT_OF_MEMORY;
+ *  FO_ERR_UNSUPPORTED (a build without NCCL but with a usable device). */
+FO_API fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int size,
+                                   int device);
 
 /** Wrap an NCCL communicator the caller created; fo_comm_destroy() leaves it
- *  alone.  Its rank, size and device are read from NCCL. */
+ *  alone.  Its rank, size and device are read from NCCL.
+ *  Statuses: FO_ERR_NULL_POINTER (out or nccl is NULL); FO_ERR_COMM (NCCL
+ *  failed to report them); FO_ERR_OUT_OF_MEMORY; FO_ERR_UNSUPPORTED (a
+ *  build without NCCL). */
 FO_API fo_status fo_comm_wrap_nccl(fo_comm **out, fo_nccl_comm_t nccl);
 
 /** The collective functions of an FO_COMM_HOST communicator.  Fill with
@@ -667,8 +836,8 @@ typedef struct fo_comm_ops {
    *  addition and rounded to nearest-even after it, as NCCL does).  Return
    *  0 on success; on failure a nonzero code, with a message written into
    *  err (err_cap bytes, NUL-terminated). */
-  int (*allreduce_sum)(void *ctx, void *buf, int64_t count, fo_dtype dtype,
-                       char *err, size_t err_cap);
+  int (*allreduce_sum)(void *ctx, void *buf, int64_t count, fo_dtype dtype, char *err,
+                       size_t err_cap);
   /** Optional; needed by a sharded optimizer state (fo_dp_options
    *  .shard_state).  A reduce-scatter with uneven parts, in place: buf holds
    *  counts[0] + ... + counts[size - 1] elements of dtype, rank r's part
@@ -676,15 +845,14 @@ typedef struct fo_comm_ops {
    *  this rank's part holds the sum of that part over every rank (summed as
    *  allreduce_sum sums); the other parts hold unspecified values.  Return
    *  codes and err as allreduce_sum. */
-  int (*reduce_scatter_sum)(void *ctx, void *buf, const int64_t *counts,
-                            fo_dtype dtype, char *err, size_t err_cap);
+  int (*reduce_scatter_sum)(void *ctx, void *buf, const int64_t *counts, fo_dtype dtype, char *err,
+                            size_t err_cap);
   /** Optional; needed by a sharded optimizer state.  An all-gather with
    *  uneven parts, in place, in bytes: buf holds bytes[0] + ... +
    *  bytes[size - 1] bytes, rank r's part after the ranks before it.  On
    *  entry this rank's part holds its data; on return every part holds
    *  its owner's data, on every rank. */
-  int (*all_gather)(void *ctx, void *buf, const int64_t *bytes, char *err,
-                    size_t err_cap);
+  int (*all_gather)(void *ctx, void *buf, const int64_t *bytes, char *err, size_t err_cap);
   /** Optional (may be NULL): called once by fo_comm_destroy() with ctx. */
   void (*release)(void *ctx);
 } fo_comm_ops;
@@ -693,27 +861,36 @@ typedef struct fo_comm_ops {
  *  rank < size) whose collectives are ops' functions called with ctx.
  *  *ops is copied; ctx belongs to the caller until ops->release is called
  *  with it: by fo_comm_destroy, or by this function when it fails (unless
- *  ops itself is NULL or has the wrong struct_size). */
-FO_API fo_status fo_comm_create_host(fo_comm **out, const fo_comm_ops *ops,
-                                     void *ctx, int rank, int size);
+ *  ops itself is NULL or has the wrong struct_size).
+ *  Statuses: FO_ERR_NULL_POINTER (out, ops or ops->allreduce_sum is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (ops->struct_size is not sizeof(fo_comm_ops);
+ *  size < 1 or rank outside [0, size)); FO_ERR_OUT_OF_MEMORY. */
+FO_API fo_status fo_comm_create_host(fo_comm **out, const fo_comm_ops *ops, void *ctx, int rank,
+                                     int size);
 
-/** Destroy a communicator.  NULL is a no-op.  Fails with
- *  FO_ERR_INVALID_STATE (and destroys nothing) while an optimizer is still
- *  attached to it. */
+/** Destroy a communicator.  NULL is a no-op (FO_SUCCESS).
+ *  Statuses: FO_ERR_INVALID_STATE (an optimizer is still attached to it:
+ *  nothing is destroyed). */
 FO_API fo_status fo_comm_destroy(fo_comm *comm);
 
-/** This rank's index and the number of ranks; either out may be NULL. */
+/** This rank's index and the number of ranks; either out may be NULL.
+ *  Statuses: FO_ERR_NULL_POINTER (comm is NULL). */
 FO_API fo_status fo_comm_get_rank(const fo_comm *comm, int *rank, int *size);
 
-/** The communicator's kind. */
+/** The communicator's kind.
+ *  Statuses: FO_ERR_NULL_POINTER (comm or out is NULL). */
 FO_API fo_status fo_comm_get_kind(const fo_comm *comm, fo_comm_kind *out);
 
 /** Sum count elements of dtype in buf over every rank, in place: device
  *  memory enqueued on stream for FO_COMM_NCCL, host memory and a blocking
  *  call (stream NULL) for FO_COMM_HOST.  For the caller's own reductions
- *  (a loss to log, say). */
-FO_API fo_status fo_comm_allreduce_sum(fo_comm *comm, void *buf,
-                                       int64_t count, fo_dtype dtype,
+ *  (a loss to log, say).  A collective call.
+ *  Statuses: FO_ERR_NULL_POINTER (comm is NULL; buf is NULL with count >
+ *  0); FO_ERR_INVALID_ARGUMENT (count < 0; an unknown dtype; a non-NULL
+ *  stream for FO_COMM_HOST; an invalid stream or one of another device
+ *  for FO_COMM_NCCL); FO_ERR_COMM (the collective failed, now or
+ *  asynchronously before; the back-end's message). */
+FO_API fo_status fo_comm_allreduce_sum(fo_comm *comm, void *buf, int64_t count, fo_dtype dtype,
                                        fo_stream_t stream);
 
 /** How an optimizer averages its gradients; fill with
@@ -732,35 +909,47 @@ typedef struct fo_dp_options {
   /** Shard the optimizer state over the ranks, ZeRO stage 1 (default 0):
    *  needs FO_STORAGE_ARENA, no stochastic rounding, and (for a host
    *  communicator) reduce_scatter_sum and all_gather in its ops, as
-   *  fusedopt_mpi's has; else FO_ERR_UNSUPPORTED.  Rank r keeps master weights and moments only
-   *  for its shard of the arena, the elements [first, first + count) that
-   *  fo_optimizer_get_shard() reports (about 1/N of them, 128-aligned);
-   *  parameters and gradients stay whole.  Each step then reduce-scatters
-   *  the gradients (bucketed like the all-reduce), updates the own shard,
-   *  and all-gathers the parameters.  The results equal the unsharded ones
-   *  (up to the summation order of the gradient sums).  After a reduction
-   *  only the own shard of the gradient arena holds the summed gradients;
-   *  the rest holds unspecified values (write_unscaled_grads also writes
-   *  only the own shard).  Attaching copies the rank's slice of the current
-   *  state and frees the rest, so every rank must hold the same state then
-   *  (a fresh optimizer, or one loaded from the same checkpoint).  A
-   *  sharded optimizer keeps its communicator until it is destroyed
-   *  (fo_optimizer_set_comm refuses with FO_ERR_INVALID_STATE). */
+   *  fusedopt_mpi's has; else FO_ERR_UNSUPPORTED.  Rank r keeps master
+   *  weights and moments only for its shard of the arena, the elements
+   *  [first, first + count) that fo_optimizer_get_shard() reports (about
+   *  1/N of them, 128-aligned); parameters and gradients stay whole.  Each
+   *  step then reduce-scatters the gradients (bucketed like the
+   *  all-reduce), updates the own shard, and all-gathers the parameters.
+   *  The results equal the unsharded ones (up to the summation order of
+   *  the gradient sums).  After a reduction only the own shard of the
+   *  gradient arena holds the summed gradients; the rest holds unspecified
+   *  values (write_unscaled_grads also writes only the own shard).
+   *  Attaching copies the rank's slice of the current state and frees the
+   *  rest, so every rank must hold the same state then (a fresh optimizer,
+   *  or one loaded from the same checkpoint).  A sharded optimizer keeps
+   *  its communicator until it is destroyed (fo_optimizer_set_comm refuses
+   *  with FO_ERR_INVALID_STATE). */
   int shard_state;
-  uint64_t reserved[4]; /**< must be zero */
+  /** Must be zero (fo_dp_options_default() zeroes them): room for options
+   *  of later versions without an ABI break. */
+  uint64_t reserved[4];
 } fo_dp_options;
 
-/** Fill *out with the defaults listed on each field of fo_dp_options. */
+/** Fill *out with the defaults listed on each field of fo_dp_options.
+ *  Statuses: FO_ERR_NULL_POINTER (out is NULL). */
 FO_API fo_status fo_dp_options_default(fo_dp_options *out);
 
 /** Attach comm to opt (options NULL: the defaults), or detach with comm
  *  NULL.  From now on the optimizer's gradients are summed over the ranks
- *  before every step and divided by the number of ranks inside it.  The
- *  executor must match the kind (FO_EXEC_CUDA: FO_COMM_NCCL on the
- *  optimizer's device; FO_EXEC_CPU: FO_COMM_HOST), else
- *  FO_ERR_UNSUPPORTED.  Buckets already reduced for the coming step are
- *  forgotten.  On FO_EXEC_CUDA, replacing or detaching a communicator
- *  waits for the device. */
+ *  before every step and divided by the number of ranks inside it.
+ *  Buckets already reduced for the coming step are forgotten.  On
+ *  FO_EXEC_CUDA, replacing or detaching a communicator waits for the
+ *  device.  On failure the optimizer keeps the communicator it had.
+ *  Statuses: FO_ERR_NULL_POINTER (opt is NULL); FO_ERR_INVALID_ARGUMENT
+ *  (options with a wrong struct_size, a non-zero reserved word, or a flag
+ *  not 0 or 1; an NCCL communicator of another device than the
+ *  optimizer's); FO_ERR_UNSUPPORTED (the kind does not match the
+ *  executor -- FO_EXEC_CUDA needs FO_COMM_NCCL, FO_EXEC_CPU FO_COMM_HOST
+ *  -- or shard_state without what it needs, listed at shard_state);
+ *  FO_ERR_INVALID_STATE (the optimizer's state is already sharded;
+ *  another thread is inside a call on opt); FO_ERR_OUT_OF_MEMORY;
+ *  FO_ERR_CUDA (FO_EXEC_CUDA: allocating or copying the buckets' buffers
+ *  or the shard). */
 FO_API fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
                                        const fo_dp_options *options);
 
@@ -769,48 +958,58 @@ FO_API fo_status fo_optimizer_set_comm(fo_optimizer *opt, fo_comm *comm,
  *  every role buffer, the only ones whose master weights and moments it
  *  keeps (fo_optimizer_arena() of a state role returns just them, *count
  *  elements).  Without sharding: the whole arena (0 and its element
- *  count).  Either out may be NULL. */
-FO_API fo_status fo_optimizer_get_shard(const fo_optimizer *opt,
-                                        int64_t *first, int64_t *count);
+ *  count).  Either out may be NULL.
+ *  Statuses: FO_ERR_NULL_POINTER (opt is NULL). */
+FO_API fo_status fo_optimizer_get_shard(const fo_optimizer *opt, int64_t *first, int64_t *count);
 
-/** The number of gradient buckets (0 without a communicator). */
-FO_API fo_status fo_optimizer_num_buckets(const fo_optimizer *opt,
-                                          int64_t *out);
+/** The number of gradient buckets (0 without a communicator).
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_STATE (another thread is inside a call on opt). */
+FO_API fo_status fo_optimizer_num_buckets(const fo_optimizer *opt, int64_t *out);
 
 /** The tensors of bucket: indices first .. first + count - 1.  A bucket is
- *  ready to be reduced once the backward pass has produced all of them. */
-FO_API fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt,
-                                             int64_t bucket, int64_t *first,
-                                             int64_t *count);
+ *  ready to be reduced once the backward pass has produced all of them.
+ *  Statuses: FO_ERR_NULL_POINTER (opt, first or count is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (bucket outside [0, num_buckets));
+ *  FO_ERR_INVALID_STATE (no communicator; another thread is inside a call
+ *  on opt). */
+FO_API fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket,
+                                             int64_t *first, int64_t *count);
 
 /** Sum one bucket's gradients over the ranks now, so that communication
  *  overlaps the rest of the backward pass.  FO_EXEC_CUDA: enqueued on
  *  stream, which must be the stream that produced the bucket's gradients
  *  or one ordered after it; the next step's stream waits for it (an event,
  *  no host synchronization).  FO_EXEC_CPU: blocking, stream NULL.  Each
- *  bucket is reduced at most once per step (FO_ERR_INVALID_STATE the
- *  second time).  A reduction that fails (FO_ERR_COMM; FO_ERR_CUDA)
- *  leaves the gradients partly summed: the optimizer then refuses to step
- *  or reduce (FO_ERR_COMM) until fo_optimizer_zero_grad(); parameters and
- *  state are never touched.  One thread driving several GPUs wraps every
- *  rank's reductions in one ncclGroupStart/End and steps on the same
- *  streams (reduce_in_f32 is not available inside such a group). */
-FO_API fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket,
-                                            fo_stream_t stream);
+ *  bucket is reduced at most once per step.  One thread driving several
+ *  GPUs wraps every rank's reductions in one ncclGroupStart/End and steps
+ *  on the same streams (reduce_in_f32 is not available inside such a
+ *  group).
+ *
+ *  A reduction that fails leaves the gradients partly summed: the
+ *  optimizer then refuses to step or reduce (FO_ERR_COMM) until
+ *  fo_optimizer_zero_grad(); parameters and state are never touched.
+ *  Statuses: FO_ERR_NULL_POINTER (opt is NULL); FO_ERR_INVALID_ARGUMENT
+ *  (bucket outside [0, num_buckets); a bad stream, as for
+ *  fo_optimizer_step); FO_ERR_INVALID_STATE (no communicator; the bucket
+ *  was already reduced for this step; another thread is inside a call on
+ *  opt; FO_EXEC_CUDA in a forked process); FO_ERR_COMM (the collective
+ *  failed, or an earlier one did and the gradients are poisoned);
+ *  FO_ERR_CUDA (the conversion or event work around the collective). */
+FO_API fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket, fo_stream_t stream);
 
 /** Reduce every bucket not reduced since the last step, in bucket order.
  *  fo_optimizer_step() calls it itself, so a caller who does not overlap
- *  needs neither call. */
-FO_API fo_status fo_optimizer_reduce_grads(fo_optimizer *opt,
-                                           fo_stream_t stream);
+ *  needs neither call.
+ *  Statuses: as fo_optimizer_reduce_bucket(), without the bucket's. */
+FO_API fo_status fo_optimizer_reduce_grads(fo_optimizer *opt, fo_stream_t stream);
 
 /** For communicator back-ends built outside the library (fusedopt_mpi):
  *  record "func: message" as this thread's fo_last_error() and return
- *  status. */
-FO_API fo_status fo_set_last_error(fo_status status, const char *func,
-                                   const char *message);
+ *  status, whatever it is (func and message may be NULL). */
+FO_API fo_status fo_set_last_error(fo_status status, const char *func, const char *message);
 
-/* ------------------------------------------------------------ checkpoints */
+/* ======================================================= 11. checkpoints */
 
 /** The newest checkpoint format version this library reads (every older
  *  one it reads too) and writes.  A whole checkpoint is written as version
@@ -831,7 +1030,10 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *  when it has none), state as "<name>.master", ".exp_avg", ".exp_avg_sq",
  *  ".max_exp_avg_sq" (SGD: ".momentum_buffer"), and fusedopt's metadata,
  *  with a CRC-32 of every tensor and of the metadata, in "__metadata__"
- *  (docs/reliability.md has the layout).
+ *  (docs/reliability.md has the layout).  The algorithm is recorded by
+ *  its fo_algorithm_string() name.  The file records each tensor's
+ *  parameter group ("fusedopt.group_of.<name>"); fo_optimizer_load()
+ *  refuses to move a tensor to another group.
  *
  *  The file is written as a temporary file next to path, flushed, fsynced
  *  and renamed over path, and the directory is fsynced: at every moment
@@ -847,11 +1049,6 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *  directory named exactly by this pattern for this path whose process no
  *  longer exists (never another checkpoint's, another process's still
  *  running, a directory or a symbolic link).
- *
- *  Every limit of the reader is the writer's: a save whose header would
- *  pass safetensors' 100 MB limit (about 99,000 tensors with 48-byte
- *  names, or names of tens of megabytes) fails with FO_ERR_INVALID_STATE
- *  before the file is created.
  *
  *  On FO_EXEC_CUDA the call waits until the device is idle and copies the
  *  state through host memory (it synchronizes); stream is checked as for a
@@ -870,19 +1067,24 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func,
  *  whole buffer.  fo_optimizer_save_gathered() writes one whole
  *  checkpoint instead.
  *
- *  Fails with FO_ERR_NULL_POINTER, FO_ERR_INVALID_ARGUMENT (empty path, bad
- *  stream), FO_ERR_INVALID_STATE (the optimizer is faulted, or its arena
- *  master weights were never set; or the header would pass 100 MB; another
- *  thread is inside a call on opt; on FO_EXEC_CUDA, a forked process),
- *  FO_ERR_IO (the message names path, then the temporary file the failure
- *  happened on, and the OS's reason), FO_ERR_CUDA, FO_ERR_OUT_OF_MEMORY.
- *  (Names a checkpoint cannot hold were refused at create.)
- *
- *  The file records each tensor's parameter group
- *  ("fusedopt.group_of.<name>"); fo_optimizer_load() refuses to move a
- *  tensor to another group. */
-FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path,
-                                   fo_stream_t stream);
+ *  Statuses:
+ *    FO_ERR_NULL_POINTER     opt or path is NULL.
+ *    FO_ERR_INVALID_ARGUMENT path is empty; a bad stream (as for a step).
+ *    FO_ERR_INVALID_STATE    the optimizer is faulted; its arena master
+ *                            weights were never set; the header would pass
+ *                            safetensors' 100 MB limit (about 99,000
+ *                            tensors with 48-byte names, or names of tens
+ *                            of megabytes: every limit of the reader is
+ *                            the writer's), found before the file is
+ *                            created; another thread is inside a call on
+ *                            opt; FO_EXEC_CUDA in a forked process.
+ *    FO_ERR_IO               the message names path, then the temporary
+ *                            file the failure happened on, and the OS's
+ *                            reason.
+ *    FO_ERR_CUDA             copying the state from the device.
+ *    FO_ERR_OUT_OF_MEMORY    the staging buffer or the header.
+ *  (Names a checkpoint cannot hold were refused at create.) */
+FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo_stream_t stream);
 
 /** Save one whole checkpoint of a data-parallel optimizer's state on rank
  *  root of its communicator: the file fo_optimizer_save() would write for
@@ -906,42 +1108,39 @@ FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path,
  *  on the ranks where it fails; what the other ranks see is the
  *  communicator's matter.  Argument errors found before any
  *  communication -- opt NULL, a bad stream, root out of range -- return at
- *  once on the rank that makes them. */
-FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt,
-                                            const char *path, int root,
+ *  once on the rank that makes them.
+ *
+ *  Statuses: those of fo_optimizer_save() (path is checked on root only),
+ *  and FO_ERR_INVALID_ARGUMENT (root is not a rank of the communicator),
+ *  FO_ERR_COMM (a collective failed). */
+FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, int root,
                                             fo_stream_t stream);
 
 /** Restore a checkpoint written by fo_optimizer_save() into opt, which must
  *  have been created with the same algorithm, parameter dtype, master
  *  weights, stochastic rounding and loss scaling on or off, the same number
  *  of groups, and the same tensors (count, names, sizes, and each in the
- *  group it was saved in, when the file records it), each checked with
- *  its own message naming the tensor.  The file may come from the other executor and the
- *  other storage mode.  Restored: the parameters (written into the
- *  caller's buffers with external storage), the state buffers, every
- *  group's hyper-parameters and the step state.  Not restored: options,
- *  which stay the loading optimizer's own (schedule, scaler constants,
- *  clipping, seed, gradient dtype); resuming is exact when they are equal.
+ *  group it was saved in, when the file records it), each checked with its
+ *  own message naming the tensor.  The file may come from the other
+ *  executor and the other storage mode.  Restored: the parameters (written
+ *  into the caller's buffers with external storage), the state buffers,
+ *  every group's hyper-parameters and the step state.  Not restored:
+ *  options, which stay the loading optimizer's own (schedule, scaler
+ *  constants, clipping, seed, gradient dtype); resuming is exact when they
+ *  are equal.  This is also how a faulted optimizer recovers (see "Faults"
+ *  at fo_optimizer_step): a successful load clears the fault.
  *
  *  Everything is read and checked before anything is written: the
  *  container (header length, strict JSON, offsets in range, no overlap, no
  *  hole), the format version (a newer one is refused), the metadata's and
  *  every tensor's CRC-32, the fit with opt, the hyper-parameters (as
- *  fo_optimizer_set_hparams() checks them) and the loss-scaler state.  A
- *  failed load changes nothing: FO_ERR_IO for the OS's failures (missing
- *  file, unreadable), FO_ERR_CHECKPOINT for the file's content, with the
- *  detail in fo_last_error().  A path that is not a regular file (a FIFO,
- *  a socket, a device) is refused at once with FO_ERR_IO, without waiting
- *  for a writer.  The step state must be one the optimizer can continue
- *  from: a loss scale of at least FO_LOSS_SCALE_MIN, step and skipped
- *  counts of at most FO_MAX_STEP.  FO_ERR_INVALID_STATE: another thread is
- *  inside a call on opt, or (FO_EXEC_CUDA) a forked process.
- *
- *  A successful load clears a fault (fo_optimizer_get_fault()): it is how
- *  a faulted optimizer becomes usable again.  On FO_EXEC_CUDA the call
- *  waits for the device before and after the copies (it synchronizes); a
- *  CUDA error during the copies leaves the optimizer faulted.  Needs host
- *  memory for the whole file.
+ *  fo_optimizer_set_hparams() checks them) and the loss-scaler state.  The
+ *  step state must be one the optimizer can continue from: a loss scale of
+ *  at least FO_LOSS_SCALE_MIN, step and skipped counts of at most
+ *  FO_MAX_STEP.  A failed load changes nothing, except as said for
+ *  FO_ERR_CUDA below.  On FO_EXEC_CUDA the call waits for the device
+ *  before and after the copies (it synchronizes).  Needs host memory for
+ *  the whole file.
  *
  *  A sharded optimizer loads either a whole checkpoint (fo_optimizer_save
  *  of an unsharded optimizer, or fo_optimizer_save_gathered; it takes its
@@ -956,9 +1155,28 @@ FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt,
  *  rank's message ("rank r of N: ...").  (Should a copy into device memory
  *  fail on one rank after that, every rank is left faulted.)  An
  *  unsharded optimizer loading a per-rank file gets FO_ERR_CHECKPOINT;
- *  fo_optimizer_load_shards() assembles the ranks' files. */
-FO_API fo_status fo_optimizer_load(fo_optimizer *opt, const char *path,
-                                   fo_stream_t stream);
+ *  fo_optimizer_load_shards() assembles the ranks' files.
+ *
+ *  Statuses:
+ *    FO_ERR_NULL_POINTER     opt or path is NULL.
+ *    FO_ERR_INVALID_ARGUMENT path is empty; a bad stream (as for a step).
+ *    FO_ERR_IO               the OS's failures: a missing or unreadable
+ *                            file; a path that is not a regular file (a
+ *                            FIFO, a socket, a device), refused at once
+ *                            without waiting for a writer.
+ *    FO_ERR_CHECKPOINT       the file's content: malformed, corrupt, of a
+ *                            newer format, not fitting opt, or holding
+ *                            invalid hyper-parameters or step state; the
+ *                            detail in fo_last_error().
+ *    FO_ERR_INVALID_STATE    another thread is inside a call on opt;
+ *                            FO_EXEC_CUDA in a forked process.
+ *    FO_ERR_OUT_OF_MEMORY    no memory to read the file.
+ *    FO_ERR_COMM             a sharded optimizer: the ranks' agreement
+ *                            failed.
+ *    FO_ERR_CUDA             FO_EXEC_CUDA: a copy into device memory
+ *                            failed part-way; the optimizer is now
+ *                            faulted. */
+FO_API fo_status fo_optimizer_load(fo_optimizer *opt, const char *path, fo_stream_t stream);
 
 /** Load a sharded state saved as per-rank files (fo_optimizer_save() on
  *  every rank of a sharded optimizer): paths[0 .. n-1] must be the files
@@ -971,58 +1189,41 @@ FO_API fo_status fo_optimizer_load(fo_optimizer *opt, const char *path,
  *  hyper-parameters and parameters (FO_ERR_CHECKPOINT naming the file
  *  otherwise).  Nothing is written unless everything is good.  Collective
  *  on a sharded optimizer, as fo_optimizer_load() is.  Needs host memory
- *  for all the files (each holds the parameters whole). */
-FO_API fo_status fo_optimizer_load_shards(fo_optimizer *opt,
-                                          const char *const *paths, int n,
+ *  for all the files (each holds the parameters whole).
+ *  Statuses: those of fo_optimizer_load(), and FO_ERR_NULL_POINTER (paths
+ *  or one of its paths is NULL), FO_ERR_INVALID_ARGUMENT (n < 1). */
+FO_API fo_status fo_optimizer_load_shards(fo_optimizer *opt, const char *const *paths, int n,
                                           fo_stream_t stream);
 
 /** Check a checkpoint file on its own, without an optimizer: the container,
  *  the format version and every checksum (a whole checkpoint or a per-rank
- *  file).  FO_SUCCESS if it is intact; otherwise FO_ERR_IO or
- *  FO_ERR_CHECKPOINT as fo_optimizer_load() says (a FIFO or other file
- *  that is not a regular one: FO_ERR_IO at once). */
+ *  file).  FO_SUCCESS if it is intact.
+ *  Statuses: FO_ERR_NULL_POINTER (path is NULL); FO_ERR_IO and
+ *  FO_ERR_CHECKPOINT as for fo_optimizer_load() (a FIFO or other file
+ *  that is not a regular one: FO_ERR_IO at once); FO_ERR_OUT_OF_MEMORY
+ *  (no memory to read the file). */
 FO_API fo_status fo_checkpoint_verify(const char *path);
 
-/** Faults.  When work already under way fails -- a step whose kernels hit
- *  a CUDA error (FO_ERR_CUDA), a zero_grad or sync_master that fails on the
- *  device, a load whose copies to the device fail -- part of the state may
- *  have been updated and part not.  The failing call returns its error;
- *  from then on the optimizer is faulted: fo_optimizer_step, _zero_grad,
- *  _sync_master and fo_optimizer_save refuse with FO_ERR_INVALID_STATE and
- *  the original error in the message, so no step ever runs on (and no
- *  checkpoint ever records) a half-updated state.  Reading calls still
- *  work.  A successful fo_optimizer_load() clears the fault; so does
- *  destroying the optimizer.  (After a sticky CUDA error such as an illegal
- *  address, the CUDA context itself is unusable: the process must reset
- *  the device, create a new optimizer and load.)  A failed collective of a
- *  communicator leaves only the gradients partly summed and is handled
- *  there (see fo_optimizer_reduce_bucket): it does not fault the state.
- *
- *  fo_optimizer_get_fault() sets *status to FO_SUCCESS when the optimizer
- *  is usable, else to the status of the failure that faulted it, and
- *  copies that failure's message into message (capacity bytes,
- *  NUL-terminated; message may be NULL when capacity is 0). */
-FO_API fo_status fo_optimizer_get_fault(const fo_optimizer *opt,
-                                        fo_status *status, char *message,
-                                        size_t capacity);
+/* ========================================================= 12. utilities */
 
-/* -------------------------------------------------------------- utilities */
-
-/** Size in bytes of one element of dtype, 0 for an unknown dtype. */
+/** Size in bytes of one element of dtype, 0 for an unknown dtype.  Cannot
+ *  fail. */
 FO_API size_t fo_dtype_size(fo_dtype dtype);
 
 /** Convert n floats to dtype (round to nearest even) and back: helpers for
  *  callers that fill 16-bit buffers on the host.  src and dst must not
- *  overlap unless they are equal and dtype is FO_DTYPE_F32. */
-FO_API fo_status fo_convert_from_f32(fo_dtype dtype, const float *src,
-                                     void *dst, int64_t n);
-FO_API fo_status fo_convert_to_f32(fo_dtype dtype, const void *src,
-                                   float *dst, int64_t n);
+ *  overlap unless they are equal and dtype is FO_DTYPE_F32.
+ *  Statuses: FO_ERR_NULL_POINTER (src or dst is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (an unknown dtype; n negative or too large);
+ *  FO_ERR_OVERLAP (src and dst overlap). */
+FO_API fo_status fo_convert_from_f32(fo_dtype dtype, const float *src, void *dst, int64_t n);
+FO_API fo_status fo_convert_to_f32(fo_dtype dtype, const void *src, float *dst, int64_t n);
 
-/** Whether a usable CUDA device exists: returns FO_SUCCESS and sets *count
- *  to the number of devices, or FO_ERR_NO_DEVICE with the reason (no
- *  driver, driver too old, no device, or a library built without CUDA,
- *  FO_ENABLE_CUDA=OFF) in fo_last_error(). */
+/** Whether a usable CUDA device exists: FO_SUCCESS with *count set to the
+ *  number of devices.
+ *  Statuses: FO_ERR_NULL_POINTER (count is NULL); FO_ERR_NO_DEVICE (no
+ *  driver, a driver too old, no device, or a library built without CUDA,
+ *  FO_ENABLE_CUDA=OFF: the reason in fo_last_error()). */
 FO_API fo_status fo_cuda_device_count(int *count);
 
 #ifdef __cplusplus

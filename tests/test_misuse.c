@@ -12,7 +12,7 @@
  *   - a failed save names the path asked for, then the temporary file.
  *
  * (Names a checkpoint cannot hold, refused at create, are in
- * test_checkpoint.c; the loss-scale pointer without scaling in test_api.c.)
+ * test_checkpoint.c; the loss-scale pointer without scaling in test_api_accessors.c.)
  */
 #define _POSIX_C_SOURCE 200809L
 

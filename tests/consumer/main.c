@@ -1,7 +1,8 @@
 /* Links the installed library, runs one SGD step on the CPU, and checks
- * it; then asks for the CUDA executor, which must work or fail with
- * FO_ERR_NO_DEVICE and a reason ("--no-cuda": a build without CUDA, whose
- * reason must say so).  C11, and valid C++ (check.sh builds it as both). */
+ * it (and the algorithm's name); then asks for the CUDA executor, which
+ * must work or fail with FO_ERR_NO_DEVICE and a reason ("--no-cuda": a
+ * build without CUDA, whose reason must say so).  C11, and valid C++
+ * (check.sh builds it as both). */
 #include <fusedopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -22,8 +23,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   fo_optimizer_destroy(opt);
-  int ok = p[0] == 0.75f && p[1] == 2.5f && p[2] == 2.0f;
-  printf("consumer: fusedopt %s, step %s\n", fo_version_string(), ok ? "ok" : "WRONG");
+  /* fo_algorithm_string (0.3): the installed library exports it */
+  int ok = p[0] == 0.75f && p[1] == 2.5f && p[2] == 2.0f &&
+           strcmp(fo_algorithm_string(o.algorithm), "sgd") == 0;
+  printf("consumer: fusedopt %s, %s step %s\n", fo_version_string(),
+         fo_algorithm_string(o.algorithm), ok ? "ok" : "WRONG");
 
   int no_cuda = argc > 1 && strcmp(argv[1], "--no-cuda") == 0;
   int count = 0;

@@ -256,7 +256,7 @@ typedef struct shot {
   int64_t first, count;
 } shot;
 
-static void shot_take(const fo_optimizer *opt, shot *s) {
+static void shot_take(fo_optimizer *opt, shot *s) {
   memset(s, 0, sizeof *s);
   fo_optimizer_get_info(opt, &s->info);
   for (int g = 0; g < 2; g++) fo_optimizer_get_hparams(opt, g, &s->h[g]);

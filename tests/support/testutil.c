@@ -198,13 +198,7 @@ const char *tu_dtype_name(fo_dtype dtype) {
 }
 
 const char *tu_alg_name(fo_algorithm alg) {
-  switch (alg) {
-    case FO_ALG_SGD: return "sgd";
-    case FO_ALG_ADAM: return "adam";
-    case FO_ALG_ADAMW: return "adamw";
-    case FO_ALG_LION: return "lion";
-    default: return "?";
-  }
+  return fo_algorithm_string(alg);
 }
 
 double tu_now(void) {
