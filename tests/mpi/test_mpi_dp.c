@@ -395,13 +395,7 @@ out:;
 }
 
 int main(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
-  if (fo_comm_create_mpi(&g_comm, MPI_COMM_WORLD) != FO_SUCCESS) {
-    fprintf(stderr, "rank %d: fo_comm_create_mpi: %s\n", g_rank, fo_last_error());
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
+  g_comm = begin(&argc, &argv);
   run("communicator rank and size", check_comm_shape);
   run("fo_comm_allreduce_sum per dtype", check_allreduce_sum);
   run("averaged gradients are exactly the mean (dyadic)", check_mean_exact);
@@ -410,11 +404,5 @@ int main(int argc, char **argv) {
   run("overflow on one rank: every rank skips", check_overflow_on_one_rank_skips_everywhere);
   run("overflow of the fp16 sum: every rank skips", check_overflow_of_the_sum_skips_everywhere);
   run("NCCL bootstrap without a device fails alike", check_nccl_bootstrap_agrees);
-  if (fo_comm_destroy(g_comm) != FO_SUCCESS) {
-    fprintf(stderr, "rank %d: fo_comm_destroy: %s\n", g_rank, fo_last_error());
-    g_failed++;
-  }
-  if (g_rank == 0) printf("%d passed, %d failed\n", g_passed, g_failed);
-  MPI_Finalize();
-  return g_failed ? 1 : 0;
+  return finish(g_comm);
 }

@@ -233,22 +233,10 @@ out:
 }
 
 int main(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
-  if (fo_comm_create_mpi(&g_comm, MPI_COMM_WORLD) != FO_SUCCESS) {
-    fprintf(stderr, "rank %d: fo_comm_create_mpi: %s\n", g_rank, fo_last_error());
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
+  g_comm = begin(&argc, &argv);
   run("sharded state: shards tile the arena, state / N", check_shards_tile_the_arena);
   run("sharded state: bit-identical to plain (dyadic)", check_sharded_equals_plain);
   run("sharded state: random fp32 close to plain", check_sharded_random_close_to_plain);
   run("sharded state: refusals change nothing", check_shard_refusals);
-  if (fo_comm_destroy(g_comm) != FO_SUCCESS) {
-    fprintf(stderr, "rank %d: fo_comm_destroy: %s\n", g_rank, fo_last_error());
-    g_failed++;
-  }
-  if (g_rank == 0) printf("%d passed, %d failed\n", g_passed, g_failed);
-  MPI_Finalize();
-  return g_failed ? 1 : 0;
+  return finish(g_comm);
 }
