@@ -222,7 +222,7 @@ run_tests() {
   for t in "$bin"/test_gpu_*; do
     [ -x "$t" ] || continue
     f=$(with_filter tests '*')
-    [ "$(basename "$t")" = test_gpu_kernels ] && [ "$f" = '*' ] && f="!($big_test)"
+    [ "$(basename "$t")" = test_gpu_kernels_device ] && [ "$f" = '*' ] && f="!($big_test)"
     part "tests-$(basename "$t")" "$t" --verbose --jobs=1 --filter="$f"
   done
 }
@@ -258,11 +258,11 @@ run_bench() {
 # converters, the norm / unscale pre-pass, the collectives' path, the
 # checkpoint copies).  NCCL's initialisation reports API errors: leave
 # those out; memory errors are still reported.
-san_tests="test_gpu_kernels:gpu/arena test_gpu_kernels:gpu/sync_master_and_zero_grad
-  test_gpu_kernels:gpu/repeatable_and_graph_replay
-  test_gpu_mixed_precision:gpu_mp/graph_replay_matches_eager_steps
-  test_gpu_mixed_precision:gpu_mp/clipping_matches_the_cpu_executor_and_a_double_norm
-  test_gpu_mixed_precision:gpu_mp/scaler_grows_and_backs_off_on_the_device
+san_tests="test_gpu_kernels_matrix:gpu/arena test_gpu_kernels_device:gpu/sync_master_and_zero_grad
+  test_gpu_kernels_matrix:gpu/repeatable_and_graph_replay
+  test_gpu_mixed_precision_streams:gpu_mp/graph_replay_matches_eager_steps
+  test_gpu_mixed_precision_clipping:gpu_mp/clipping_matches_the_cpu_executor_and_a_double_norm
+  test_gpu_mixed_precision_scaler:gpu_mp/scaler_grows_and_backs_off_on_the_device
   test_gpu_comm:gpu_comm/one_rank_sharded_state test_gpu_checkpoint:gpu_checkpoint/resume_adamw"
 run_san() { # TOOL [GLOB]: the sanitizer tests whose name matches GLOB
   local tool=$1 glob=${2:-*} t f
@@ -302,7 +302,7 @@ for p in "${selected[@]}"; do
     tests) run_tests ;;
     train) part train_example_gpu bash tests/test_train_example.sh gpu "$build/examples/train" "$root" ;;
     demo) part demo run_demo ;;
-    big) part big-tensor_past_2_31 "$bin/test_gpu_kernels" --verbose --jobs=1 --filter="$big_test" ;;
+    big) part big-tensor_past_2_31 "$bin/test_gpu_kernels_device" --verbose --jobs=1 --filter="$big_test" ;;
     bench) run_bench ;;
     torch)
       PYTHONUNBUFFERED=1 part torch python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so" \

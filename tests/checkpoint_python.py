@@ -5,7 +5,7 @@
 
 Independent of the library.  The first form opens FILE with
 safetensors.numpy, checks the documented names, dtypes and shapes (the
-model of tests/ckpt_harness.h), that parameter "fc1.weight" element 7
+model of tests/support/ckpt_harness.h), that parameter "fc1.weight" element 7
 equals EXPECTED (a float.hex string), recomputes every tensor's CRC-32 and
 the metadata's CRC-32 with zlib, and parses every hexadecimal float with
 float.fromhex.  Run by test_checkpoint.c.
@@ -16,7 +16,7 @@ checksums, that the per-rank files are format version 2 and their shards
 tile the arena in rank order, that each holds the parameters whole, and
 that each state buffer's pieces, concatenated in rank order (each starting
 where the metadata says), are the gathered file's whole buffer.  Run by
-test_checkpoint_shard.c.
+test_checkpoint_shard_files.c.
 
 Exits 0 when everything holds, when safetensors is installed.
 """

@@ -30,57 +30,25 @@
 #include <string.h>
 
 #include "ckpt_harness.h"
+#include "gpu_harness.h"
 
 #define TOTAL_STEPS 14
-
-#define CK(call)                                                              \
-  do {                                                                        \
-    cudaError_t e_ = (call);                                                  \
-    cr_assert_eq(e_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorName(e_), \
-                 cudaGetErrorString(e_));                                     \
-  } while (0)
-
-/* 1: run on the CUDA device; 0: the stand-in (FO_GPU_TEST_STAND_IN=cpu). */
-static int require_device(void) {
-  const char *s = getenv("FO_GPU_TEST_STAND_IN");
-  int n = 0;
-  if (fo_cuda_device_count(&n) == FO_SUCCESS && n > 0) return 1;
-  if (s && strcmp(s, "cpu") == 0) return 0;
-  cr_skip_test("no usable CUDA device: %s", fo_last_error());
-}
 
 /* ----------------------------------------------------- a device model */
 
 /* ck_model's twin over executor memory: external storage, one allocation
- * per buffer (device memory on CUDA). */
+ * per buffer (device memory on CUDA, host memory for the stand-in). */
 typedef struct gmodel {
   ck_cfg cfg;
-  int cuda;
-  cudaStream_t stream;
+  dev d; /* the default stream: the steps run on NULL */
   fo_optimizer *opt;
   void *p[CK_TENSORS], *g[CK_TENSORS];
 } gmodel;
 
-static void put(int cuda, void *dst, const void *src, size_t n) {
-  if (!n) return;
-  if (cuda)
-    CK(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice));
-  else
-    memcpy(dst, src, n);
-}
-
-static void download_cuda(void *dst, const void *src, size_t n) {
-  CK(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost));
-}
-
-static void *dev_alloc(int cuda, size_t n) {
-  void *p = NULL;
-  if (cuda)
-    CK(cudaMalloc(&p, n + 16));
-  else
-    p = calloc(n + 16, 1);
-  cr_assert_not_null(p);
-  return p;
+/* A blocking upload (the host buffer is freed right after). */
+static void put(const gmodel *m, void *dst, const void *src, size_t n) {
+  dev_put(&m->d, dst, src, n);
+  dev_sync(&m->d);
 }
 
 /* Fill dst (executor memory) with values of (seed, step, tensor). */
@@ -91,7 +59,7 @@ static void fill(const gmodel *m, fo_dtype d, void *dst, int i, uint64_t seed, u
   void *h = malloc((size_t)n * 4);
   cr_assert_not_null(h);
   ck_fill(d, h, n, seed, step, (uint64_t)i, scale);
-  put(m->cuda, dst, h, (size_t)n * fo_dtype_size(d));
+  put(m, dst, h, (size_t)n * fo_dtype_size(d));
   free(h);
 }
 
@@ -100,14 +68,14 @@ static void g_create(gmodel *m, const ck_cfg *c, int cuda, uint64_t seed) {
   m->cfg = *c;
   m->cfg.exec = cuda ? FO_EXEC_CUDA : FO_EXEC_CPU;
   m->cfg.storage = FO_STORAGE_EXTERNAL;
-  m->cuda = cuda;
+  m->d = (dev){cuda, NULL};
   fo_options o = ck_options(&m->cfg);
   fo_hparams h[2];
   ck_hparams(&m->cfg, h);
   fo_tensor_desc t[CK_TENSORS];
   for (int i = 0; i < CK_TENSORS; i++) {
-    m->p[i] = dev_alloc(cuda, (size_t)ck_sizes[i] * fo_dtype_size(c->pd));
-    m->g[i] = dev_alloc(cuda, (size_t)ck_sizes[i] * fo_dtype_size(c->gd));
+    m->p[i] = dev_alloc(&m->d, (size_t)ck_sizes[i] * fo_dtype_size(c->pd) + 16);
+    m->g[i] = dev_alloc(&m->d, (size_t)ck_sizes[i] * fo_dtype_size(c->gd) + 16);
     fill(m, c->pd, m->p[i], i, seed, 0, 1.0f);
     t[i] = (fo_tensor_desc){ck_sizes[i], i % 2, m->p[i], m->g[i], ck_names[i]};
   }
@@ -117,13 +85,8 @@ static void g_create(gmodel *m, const ck_cfg *c, int cuda, uint64_t seed) {
 static void g_destroy(gmodel *m) {
   CK_OK(fo_optimizer_destroy(m->opt));
   for (int i = 0; i < CK_TENSORS; i++) {
-    if (m->cuda) {
-      CK(cudaFree(m->p[i]));
-      CK(cudaFree(m->g[i]));
-    } else {
-      free(m->p[i]);
-      free(m->g[i]);
-    }
+    dev_free(&m->d, m->p[i]);
+    dev_free(&m->d, m->g[i]);
   }
 }
 
@@ -138,16 +101,15 @@ static void g_step(gmodel *m, int s) {
     uint16_t h16[2];
     float inf = INFINITY;
     CK_OK(fo_convert_from_f32(m->cfg.gd, &inf, h16, 1));
-    put(m->cuda, m->g[4], m->cfg.gd == FO_DTYPE_F32 ? (const void *)&inf : h16,
-        fo_dtype_size(m->cfg.gd));
+    put(m, m->g[4], m->cfg.gd == FO_DTYPE_F32 ? (const void *)&inf : h16, fo_dtype_size(m->cfg.gd));
   }
   CK_OK(fo_optimizer_step(m->opt, NULL));
   if (s == 1) CK_OK(fo_optimizer_set_lr(m->opt, 1, 0.0191f));
 }
 
 static void g_snapshot(const gmodel *m, ck_snap *s) {
-  if (m->cuda) CK(cudaDeviceSynchronize());
-  ck_snapshot_with(m->opt, m->cfg.pd, s, m->cuda ? download_cuda : ck_download_host);
+  if (m->d.cuda) CK(cudaDeviceSynchronize());
+  ck_snapshot_with(m->opt, m->cfg.pd, s, m->d.cuda ? dev_download_cuda : ck_download_host);
 }
 
 /* ------------------------------------------------------------- configs */
@@ -192,7 +154,7 @@ static void tmp_path(ck_dir *d, char *path, size_t cap) {
 /* ------------------------------------------------------------- resume */
 
 static void resume_matrix(fo_algorithm alg) {
-  int cuda = require_device();
+  int cuda = require_device(0);
   ck_dir d;
   char path[128];
   tmp_path(&d, path, sizeof path);
@@ -270,12 +232,12 @@ static void across(int from_cuda, int to_cuda) {
 }
 
 Test(gpu_checkpoint, device_to_host) {
-  int cuda = require_device();
+  int cuda = require_device(0);
   across(cuda, 0);
 }
 
 Test(gpu_checkpoint, host_to_device) {
-  int cuda = require_device();
+  int cuda = require_device(0);
   across(0, cuda);
 }
 
@@ -284,7 +246,7 @@ Test(gpu_checkpoint, host_to_device) {
 /* Steps queued on a non-blocking stream and not waited for: the save must
  * see their results (it waits for the device). */
 Test(gpu_checkpoint, save_waits_for_queued_steps) {
-  int cuda = require_device();
+  int cuda = require_device(0);
   if (!cuda) cr_skip_test("stand-in: stream ordering needs a CUDA device");
   ck_dir d;
   char path[128];

@@ -26,28 +26,14 @@
 #include <string.h>
 
 #include "fusedopt.h"
-#include "cr_status.h"
+#include "gpu_harness.h"
 #include "testutil.h"
 
-#define CK(call)                                                                  \
-  do {                                                                            \
-    cudaError_t e_ = (call);                                                      \
-    cr_assert_eq(e_, cudaSuccess, "%s: %s (%s)", #call, cudaGetErrorName(e_),     \
-                 cudaGetErrorString(e_));                                         \
+#define NC(call)                                                            \
+  do {                                                                      \
+    ncclResult_t r_ = (call);                                               \
+    cr_assert_eq(r_, ncclSuccess, "%s: %s", #call, ncclGetErrorString(r_)); \
   } while (0)
-#define NC(call)                                                                  \
-  do {                                                                            \
-    ncclResult_t r_ = (call);                                                     \
-    cr_assert_eq(r_, ncclSuccess, "%s: %s", #call, ncclGetErrorString(r_));       \
-  } while (0)
-
-static int devices(int least) {
-  int n = 0;
-  if (fo_cuda_device_count(&n) != FO_SUCCESS || n == 0)
-    cr_skip_test("no usable CUDA device: %s", fo_last_error());
-  if (n < least) cr_skip_test("needs %d CUDA devices, found %d", least, n);
-  return n;
-}
 
 /* --------------------------------------------------------------- the rig */
 
@@ -101,10 +87,9 @@ static void rig_make(rig *r, const config *c, int device) {
   }
   fo_tensor_desc t[NT];
   for (int i = 0; i < NT; i++) {
-    t[i] = (fo_tensor_desc){SIZES[i], i % 2,
-                            ext ? (char *)r->pbuf + (size_t)off * fo_dtype_size(c->pd) : NULL,
-                            ext ? (char *)r->gbuf + (size_t)off * fo_dtype_size(c->gd) : NULL,
-                            NULL};
+    t[i] = (fo_tensor_desc){
+        SIZES[i], i % 2, ext ? (char *)r->pbuf + (size_t)off * fo_dtype_size(c->pd) : NULL,
+        ext ? (char *)r->gbuf + (size_t)off * fo_dtype_size(c->gd) : NULL, NULL};
     off += SIZES[i] + c->gap;
   }
   OK(fo_optimizer_create(&r->opt, &o, h, 2, t, NT));
@@ -118,7 +103,8 @@ static void rig_make(rig *r, const config *c, int device) {
     OK(fo_optimizer_param_ptr(r->opt, i, &p));
     for (int64_t e = 0; e < SIZES[i]; e++) v[e] = (float)tu_rng_range(&rng, -1.0, 1.0);
     OK(fo_convert_from_f32(c->pd, v, h16, SIZES[i]));
-    if (SIZES[i]) CK(cudaMemcpy(p, h16, (size_t)SIZES[i] * fo_dtype_size(c->pd), cudaMemcpyHostToDevice));
+    if (SIZES[i])
+      CK(cudaMemcpy(p, h16, (size_t)SIZES[i] * fo_dtype_size(c->pd), cudaMemcpyHostToDevice));
   }
   OK(fo_optimizer_sync_master(r->opt, NULL));
   CK(cudaDeviceSynchronize());
@@ -149,7 +135,8 @@ static void rig_grads(rig *r, int k, int rank) {
       v[e] = info.loss_scale * (float)tu_rng_range(&rng, -0.02, 0.02);
     if (k == 3 && i == 3) v[5] = INFINITY; /* an overflow step */
     OK(fo_convert_from_f32(r->gd, v, h16, SIZES[i]));
-    if (SIZES[i]) CK(cudaMemcpy(g, h16, (size_t)SIZES[i] * fo_dtype_size(r->gd), cudaMemcpyHostToDevice));
+    if (SIZES[i])
+      CK(cudaMemcpy(g, h16, (size_t)SIZES[i] * fo_dtype_size(r->gd), cudaMemcpyHostToDevice));
   }
   CK(cudaDeviceSynchronize()); /* a pageable copy may still be in flight */
   free(v);
@@ -236,25 +223,25 @@ static void one_rank_case(const config *c, int side_stream) {
 }
 
 Test(gpu_comm, one_rank_arena_in_place, .timeout = 120) {
-  devices(1);
+  require_devices(1);
   config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 0, 0, 0};
   one_rank_case(&c, 0);
 }
 
 Test(gpu_comm, one_rank_buckets_on_a_side_stream, .timeout = 120) {
-  devices(1);
+  require_devices(1);
   config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0};
   one_rank_case(&c, 1);
 }
 
 Test(gpu_comm, one_rank_scattered_external_as_one_group, .timeout = 120) {
-  devices(1);
+  require_devices(1);
   config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_F16, FO_DTYPE_F16, 77, 0, 0, 0};
   one_rank_case(&c, 0);
 }
 
 Test(gpu_comm, one_rank_bf16_reduced_in_f32, .timeout = 120) {
-  devices(1);
+  require_devices(1);
   config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 4096, 1, 0};
   one_rank_case(&c, 1);
   config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F16, 0, 0, 1, 0};
@@ -265,7 +252,7 @@ Test(gpu_comm, one_rank_bf16_reduced_in_f32, .timeout = 120) {
  * norm's all-gather and the parameters' (grouped ncclBroadcast) run, and
  * the result stays bit-identical. */
 Test(gpu_comm, one_rank_sharded_state, .timeout = 120) {
-  devices(1);
+  require_devices(1);
   config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1};
   one_rank_case(&c, 1);
   config f = {FO_STORAGE_ARENA, FO_DTYPE_F16, FO_DTYPE_F16, 0, 0, 1, 1};
@@ -274,7 +261,7 @@ Test(gpu_comm, one_rank_sharded_state, .timeout = 120) {
 
 /* A step captured with its all-reduce replays like eager steps. */
 Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
-  devices(1);
+  require_devices(1);
   config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
   rig dp, ref;
   rig_make(&dp, &c, 0);
@@ -307,7 +294,7 @@ Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
 }
 
 Test(gpu_comm, wrap_and_kinds, .timeout = 60) {
-  devices(1);
+  require_devices(1);
   int dev0 = 0;
   ncclComm_t nccl;
   NC(ncclCommInitAll(&nccl, 1, &dev0));
@@ -344,7 +331,7 @@ Test(gpu_comm, wrap_and_kinds, .timeout = 60) {
 #define MAX_GPUS 8
 
 Test(gpu_comm, one_rank_per_gpu, .timeout = 300) {
-  int n = devices(2);
+  int n = require_devices(2);
   if (n > MAX_GPUS) n = MAX_GPUS;
   int devs[MAX_GPUS];
   for (int i = 0; i < n; i++) devs[i] = i;
@@ -373,8 +360,7 @@ Test(gpu_comm, one_rank_per_gpu, .timeout = 300) {
     unsigned char *p0 = rig_params(&r[0], &b0);
     for (int i = 1; i < n; i++) {
       unsigned char *pi = rig_params(&r[i], &bi);
-      cr_assert(b0 == bi && memcmp(p0, pi, b0) == 0, "step %d: rank %d differs from rank 0",
-                k, i);
+      cr_assert(b0 == bi && memcmp(p0, pi, b0) == 0, "step %d: rank %d differs from rank 0", k, i);
       free(pi);
     }
     free(p0);

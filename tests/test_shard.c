@@ -1,6 +1,6 @@
 /*
  * test_shard.c -- CPU tier of the sharded optimizer state (ZeRO-1), in one
- * process, over a fake host communicator.
+ * process, over a fake host communicator (tests/support/fake_comm.h).
  *
  * The fake plays rank `rank` of `size` ranks that all hold this rank's
  * gradients.  Its reduce-scatter multiplies this rank's part by size (exact:
@@ -18,70 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cr_status.h"
+#include "fake_comm.h"
 #include "fusedopt.h"
 #include "internal.h"
-#include "cr_status.h"
 #include "testutil.h"
-
-/* ------------------------------------------------------------- the fake */
-
-typedef struct fake {
-  int rank, size;
-  int fail_rs, fail_ag; /* 1-based reduce-scatter / all-gather call that fails */
-  int rs_calls, ag_calls;
-  int64_t ag_bytes; /* over every all-gather */
-} fake;
-
-static int fake_allreduce(void *ctx, void *buf, int64_t count, fo_dtype dtype, char *err,
-                          size_t cap) {
-  (void)ctx, (void)buf, (void)count, (void)dtype;
-  snprintf(err, cap, "a sharded state never all-reduces its gradients");
-  return 1;
-}
-
-static int fake_reduce_scatter(void *ctx, void *buf, const int64_t *counts, fo_dtype dtype,
-                               char *err, size_t cap) {
-  fake *f = ctx;
-  if (++f->rs_calls == f->fail_rs) {
-    snprintf(err, cap, "injected reduce-scatter failure");
-    return 7;
-  }
-  size_t es = fo_dtype_size(dtype);
-  char *p = buf;
-  for (int r = 0; r < f->size; p += (size_t)counts[r] * es, r++) {
-    if (r == f->rank) cr_assert_eq(tu_scale_buffer(p, counts[r], dtype, (float)f->size), FO_SUCCESS);
-    else memset(p, 0xff, (size_t)counts[r] * es); /* NaN in every float dtype */
-  }
-  return 0;
-}
-
-static int fake_all_gather(void *ctx, void *buf, const int64_t *bytes, char *err, size_t cap) {
-  fake *f = ctx;
-  (void)buf;
-  if (++f->ag_calls == f->fail_ag) {
-    snprintf(err, cap, "injected all-gather failure");
-    return 8;
-  }
-  for (int r = 0; r < f->size; r++) f->ag_bytes += bytes[r];
-  return 0;
-}
-
-static fo_comm *fake_comm(fake *f, int rank, int size, int with_shard_ops) {
-  memset(f, 0, sizeof *f);
-  f->rank = rank;
-  f->size = size;
-  fo_comm_ops ops;
-  memset(&ops, 0, sizeof ops);
-  ops.struct_size = sizeof ops;
-  ops.allreduce_sum = fake_allreduce;
-  if (with_shard_ops) {
-    ops.reduce_scatter_sum = fake_reduce_scatter;
-    ops.all_gather = fake_all_gather;
-  }
-  fo_comm *c = NULL;
-  OK(fo_comm_create_host(&c, &ops, f, rank, size));
-  return c;
-}
 
 /* --------------------------------------------------------------- ranges */
 
@@ -98,8 +39,8 @@ Test(shard, ranges_tile_the_arena_aligned_and_balanced) {
                   (long long)first, (long long)count);
         next = first + count;
       }
-      cr_assert_eq(next, totals[t], "total %lld size %d: covered %lld", (long long)totals[t],
-                   size, (long long)next);
+      cr_assert_eq(next, totals[t], "total %lld size %d: covered %lld", (long long)totals[t], size,
+                   (long long)next);
     }
 }
 
@@ -184,8 +125,8 @@ static void *arena(const rig *r, fo_role role, size_t *bytes) {
 
 /* ------------------------------------------------------ equal to plain */
 
-static void shard_equals_plain(fo_algorithm alg, fo_dtype pd, fo_dtype gd, int clip_scale,
-                               int rank, int size, size_t bucket) {
+static void shard_equals_plain(fo_algorithm alg, fo_dtype pd, fo_dtype gd, int clip_scale, int rank,
+                               int size, size_t bucket) {
   fo_options o = options(alg, pd, gd, clip_scale);
   rig plain, sh;
   rig_make(&plain, o);
@@ -197,7 +138,7 @@ static void shard_equals_plain(fo_algorithm alg, fo_dtype pd, fo_dtype gd, int c
   before = realloc(before, pbytes);
   memcpy(before, p0, pbytes);
   fake f;
-  fo_comm *c = fake_comm(&f, rank, size, 1);
+  fo_comm *c = fake_shard_comm(&f, rank, size, 1);
   fo_dp_options d;
   OK(fo_dp_options_default(&d));
   d.shard_state = 1;
@@ -215,11 +156,11 @@ static void shard_equals_plain(fo_algorithm alg, fo_dtype pd, fo_dtype gd, int c
     OK(fo_optimizer_get_info(sh.opt, &b));
     if (size == 1) /* one rank: the whole norm */
       cr_assert(memcmp(&a, &b, sizeof a) == 0, "step %d: the step state differs", k);
-    cr_assert(!b.last_step_skipped, "step %d was skipped: a gradient outside the shard leaked",
-              k);
+    cr_assert(!b.last_step_skipped, "step %d was skipped: a gradient outside the shard leaked", k);
   }
   size_t ps = fo_dtype_size(pd);
-  const unsigned char *pp = arena(&plain, FO_ROLE_PARAM, NULL), *sp = arena(&sh, FO_ROLE_PARAM, NULL);
+  const unsigned char *pp = arena(&plain, FO_ROLE_PARAM, NULL),
+                      *sp = arena(&sh, FO_ROLE_PARAM, NULL);
   cr_assert(memcmp(pp + first * ps, sp + first * ps, (size_t)count * ps) == 0,
             "the shard's parameters differ from the plain run's");
   cr_assert(memcmp(before, sp, (size_t)first * ps) == 0, "a parameter before the shard changed");
@@ -234,12 +175,10 @@ static void shard_equals_plain(fo_algorithm alg, fo_dtype pd, fo_dtype gd, int c
     if (st != FO_SUCCESS) continue;
     cr_assert_eq(nb, (size_t)count * 4, "role %d keeps %zu bytes for %lld elements", role, nb,
                  (long long)count);
-    cr_assert(memcmp((float *)a + first, b, nb) == 0, "role %d: the shard's state differs",
-              role);
+    cr_assert(memcmp((float *)a + first, b, nb) == 0, "role %d: the shard's state differs", role);
   }
   int64_t steps = 6;
-  cr_assert_eq(f.ag_bytes, steps * (int64_t)(size * (clip_scale ? 8 : 0)) +
-                               steps * (int64_t)pbytes,
+  cr_assert_eq(f.ag_bytes, steps * (int64_t)(size * (clip_scale ? 8 : 0)) + steps * (int64_t)pbytes,
                "all-gathered %lld bytes", (long long)f.ag_bytes);
   OK(fo_optimizer_destroy(sh.opt));
   OK(fo_optimizer_destroy(plain.opt));
@@ -268,7 +207,7 @@ Test(shard, refusals_change_nothing) {
   d.shard_state = 2;
   rig r;
   rig_make(&r, options(FO_ALG_ADAMW, FO_DTYPE_F32, FO_DTYPE_F32, 0));
-  fo_comm *plain_ops = fake_comm(&f, 0, 2, 0);
+  fo_comm *plain_ops = fake_shard_comm(&f, 0, 2, 0);
   FAILS(fo_optimizer_set_comm(r.opt, plain_ops, &d), FO_ERR_INVALID_ARGUMENT);
   d.shard_state = 1;
   FAILS(fo_optimizer_set_comm(r.opt, plain_ops, &d), FO_ERR_UNSUPPORTED);
@@ -283,7 +222,7 @@ Test(shard, refusals_change_nothing) {
   OK(fo_comm_destroy(plain_ops));
 
   fake g;
-  fo_comm *c = fake_comm(&g, 1, 2, 1);
+  fo_comm *c = fake_shard_comm(&g, 1, 2, 1);
   OK(fo_optimizer_set_comm(r.opt, c, &d));
   FAILS(fo_optimizer_set_comm(r.opt, NULL, NULL), FO_ERR_INVALID_STATE);
   FAILS(fo_optimizer_set_comm(r.opt, c, &d), FO_ERR_INVALID_STATE);
@@ -297,7 +236,7 @@ Test(shard, refusals_change_nothing) {
   o.master_weights = 0;
   o.stochastic_rounding = 1;
   rig_make(&r, o);
-  c = fake_comm(&g, 0, 2, 1);
+  c = fake_shard_comm(&g, 0, 2, 1);
   FAILS(fo_optimizer_set_comm(r.opt, c, &d), FO_ERR_UNSUPPORTED);
   OK(fo_optimizer_destroy(r.opt));
 
@@ -335,8 +274,7 @@ static void snap(const rig *r, snapshot *s) {
 static void expect_unchanged(const rig *r, const snapshot *s) {
   fo_step_info now;
   OK(fo_optimizer_get_info(r->opt, &now));
-  cr_assert(memcmp(s->param, arena(r, FO_ROLE_PARAM, NULL), s->pbytes) == 0,
-            "a parameter changed");
+  cr_assert(memcmp(s->param, arena(r, FO_ROLE_PARAM, NULL), s->pbytes) == 0, "a parameter changed");
   cr_assert(memcmp(s->exp_avg, arena(r, FO_ROLE_EXP_AVG, NULL), s->sbytes) == 0,
             "the state changed");
   cr_assert(now.step == s->info.step && now.loss_scale == s->info.loss_scale,
@@ -352,7 +290,7 @@ static void failing(int which) {
   rig_make(&r, options(FO_ALG_ADAMW, FO_DTYPE_F32, FO_DTYPE_F32, 1));
   rig_params(&r);
   fake f;
-  fo_comm *c = fake_comm(&f, 1, 2, 1);
+  fo_comm *c = fake_shard_comm(&f, 1, 2, 1);
   fo_dp_options d;
   OK(fo_dp_options_default(&d));
   d.shard_state = 1;
@@ -361,8 +299,10 @@ static void failing(int which) {
   rig_grads(&r, 0);
   OK(fo_optimizer_step(r.opt, NULL));
   /* step 2: reduce-scatter call 2; all-gathers 3 (norm) and 4 (params) */
-  if (which == 0) f.fail_rs = 2;
-  else f.fail_ag = which == 1 ? 3 : 4;
+  if (which == 0)
+    f.fail_rs = 2;
+  else
+    f.fail_ag = which == 1 ? 3 : 4;
   rig_grads(&r, 1);
   snapshot s;
   snap(&r, &s);
@@ -385,6 +325,12 @@ static void failing(int which) {
   OK(fo_comm_destroy(c));
 }
 
-Test(shard_errors, reduce_scatter_failure_changes_nothing) { failing(0); }
-Test(shard_errors, norm_agreement_failure_changes_nothing) { failing(1); }
-Test(shard_errors, parameter_gather_failure_marks_the_state_faulted) { failing(2); }
+Test(shard_errors, reduce_scatter_failure_changes_nothing) {
+  failing(0);
+}
+Test(shard_errors, norm_agreement_failure_changes_nothing) {
+  failing(1);
+}
+Test(shard_errors, parameter_gather_failure_marks_the_state_faulted) {
+  failing(2);
+}

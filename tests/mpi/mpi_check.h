@@ -14,6 +14,7 @@
 #include <stdio.h>
 
 #include "fusedopt.h"
+#include "fusedopt_mpi.h"
 
 static int g_rank, g_size;
 static int g_ok; /* the verdict of the running check on this rank */
@@ -36,14 +37,13 @@ static void fail_here(const char *file, int line, const char *fmt, ...) {
 
 /* A library call that must succeed; on failure the check fails and the
  * function goes to its `out:` label. */
-#define OK(call)                                                                     \
-  do {                                                                               \
-    fo_status s_ = (call);                                                           \
-    if (s_ != FO_SUCCESS) {                                                          \
-      fail_here(__FILE__, __LINE__, "%s: %s (%s)", #call, fo_status_string(s_),      \
-                fo_last_error());                                                    \
-      goto out;                                                                      \
-    }                                                                                \
+#define OK(call)                                                                                  \
+  do {                                                                                            \
+    fo_status s_ = (call);                                                                        \
+    if (s_ != FO_SUCCESS) {                                                                       \
+      fail_here(__FILE__, __LINE__, "%s: %s (%s)", #call, fo_status_string(s_), fo_last_error()); \
+      goto out;                                                                                   \
+    }                                                                                             \
   } while (0)
 
 static void run(const char *name, void (*check)(void)) {
@@ -51,10 +51,38 @@ static void run(const char *name, void (*check)(void)) {
   check();
   int all = 0;
   MPI_Allreduce(&g_ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (all) g_passed++;
-  else g_failed++;
+  if (all)
+    g_passed++;
+  else
+    g_failed++;
   if (g_rank == 0) printf("[%s] %s (np %d)\n", all ? "PASS" : "FAIL", name, g_size);
   fflush(stdout);
+}
+
+/* MPI up, g_rank and g_size set, and a host communicator over
+ * MPI_COMM_WORLD (every rank aborts if it cannot be made). */
+static fo_comm *begin(int *argc, char ***argv) {
+  MPI_Init(argc, argv);
+  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+  fo_comm *comm = NULL;
+  if (fo_comm_create_mpi(&comm, MPI_COMM_WORLD) != FO_SUCCESS) {
+    fprintf(stderr, "rank %d: fo_comm_create_mpi: %s\n", g_rank, fo_last_error());
+    MPI_Abort(MPI_COMM_WORLD, 2);
+  }
+  return comm;
+}
+
+/* The communicator destroyed (a failure counts), "N passed, M failed" on
+ * rank 0, MPI down; the program's exit status. */
+static int finish(fo_comm *comm) {
+  if (fo_comm_destroy(comm) != FO_SUCCESS) {
+    fprintf(stderr, "rank %d: fo_comm_destroy: %s\n", g_rank, fo_last_error());
+    g_failed++;
+  }
+  if (g_rank == 0) printf("%d passed, %d failed\n", g_passed, g_failed);
+  MPI_Finalize();
+  return g_failed ? 1 : 0;
 }
 
 #endif /* FO_MPI_CHECK_H */

@@ -620,13 +620,7 @@ out:
 }
 
 int main(int argc, char **argv) {
-  MPI_Init(&argc, &argv);
-  MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &g_size);
-  if (fo_comm_create_mpi(&g_comm, MPI_COMM_WORLD) != FO_SUCCESS) {
-    fprintf(stderr, "rank %d: fo_comm_create_mpi: %s\n", g_rank, fo_last_error());
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
+  g_comm = begin(&argc, &argv);
   if (g_rank == 0) {
     snprintf(g_dir, sizeof g_dir, "/tmp/fo_mpi_ckpt_XXXXXX");
     if (!mkdtemp(g_dir)) {
@@ -643,11 +637,5 @@ int main(int argc, char **argv) {
   run("bad files: the same error on every rank", check_bad_cases);
   MPI_Barrier(MPI_COMM_WORLD);
   if (g_rank == 0) rmdir(g_dir);
-  if (fo_comm_destroy(g_comm) != FO_SUCCESS) {
-    fprintf(stderr, "rank %d: fo_comm_destroy: %s\n", g_rank, fo_last_error());
-    g_failed++;
-  }
-  if (g_rank == 0) printf("%d passed, %d failed\n", g_passed, g_failed);
-  MPI_Finalize();
-  return g_failed ? 1 : 0;
+  return finish(g_comm);
 }

@@ -5,8 +5,8 @@
  * whole optimizer state and bitwise comparison, scratch directories, and
  * raw file editing for the bad-file tests.
  *
- * Header-only (static inline) because CMake builds every tests/test_*.c
- * as its own program and tests/support is the reference's home.
+ * Header-only (static inline): the tests include it, and so do the
+ * shared rigs of tests/support built on it (thread_ranks.c, shard_shots.c).
  */
 #ifndef FO_TEST_CKPT_HARNESS_H
 #define FO_TEST_CKPT_HARNESS_H

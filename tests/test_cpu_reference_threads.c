@@ -1,0 +1,78 @@
+/*
+ * test_cpu_reference_threads.c -- the CPU executor on 1 thread against
+ * many: bit-identical (tests/support/ref_harness.h).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fusedopt.h"
+#include "ref_harness.h"
+#include "reference.h"
+#include "testutil.h"
+
+/* -------------------------------------------------- threads: bit-identical */
+
+Test(cpu_reference, threads_bit_identical, .timeout = 120) {
+  const run_cfg base[] = {
+      {.alg = FO_ALG_SGD,
+       .f = {3, 1, 0, 0},
+       .pdt = FO_DTYPE_F32,
+       .gdt = FO_DTYPE_F32,
+       .master = 1,
+       .storage = FO_STORAGE_EXTERNAL},
+      {.alg = FO_ALG_SGD,
+       .f = {2, 1, 0, 1},
+       .pdt = FO_DTYPE_F16,
+       .gdt = FO_DTYPE_BF16,
+       .master = 0,
+       .storage = FO_STORAGE_ARENA},
+      {.alg = FO_ALG_ADAM,
+       .f = {0, 1, 1, 0},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_F16,
+       .master = 1,
+       .storage = FO_STORAGE_EXTERNAL},
+      {.alg = FO_ALG_ADAMW,
+       .f = {0, 1, 1, 1},
+       .pdt = FO_DTYPE_F16,
+       .gdt = FO_DTYPE_F32,
+       .master = 0,
+       .storage = FO_STORAGE_ARENA},
+      {.alg = FO_ALG_ADAMW,
+       .f = {0, 1, 0, 0},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_BF16,
+       .master = 0,
+       .storage = FO_STORAGE_EXTERNAL,
+       .sr = 1,
+       .sr_seed = 1234},
+      {.alg = FO_ALG_LION,
+       .f = {0, 1, 0, 1},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_F32,
+       .master = 1,
+       .storage = FO_STORAGE_ARENA},
+  };
+  const int thread_counts[] = {2, 4, 0};
+  for (size_t k = 0; k < sizeof base / sizeof base[0]; ++k) {
+    run_cfg c = base[k];
+    c.seed = 99 + k;
+    c.threads = 1;
+    size_t n1 = 0;
+    unsigned char *one = snapshot_run(&c, 4, &n1);
+    for (size_t j = 0; j < sizeof thread_counts / sizeof thread_counts[0]; ++j) {
+      c.threads = thread_counts[j];
+      size_t nm = 0;
+      unsigned char *many = snapshot_run(&c, 4, &nm);
+      char d[256];
+      describe(&c, d, sizeof d);
+      cr_expect(n1 == nm && memcmp(one, many, n1) == 0, "%s: results differ from num_threads=1", d);
+      free(many);
+    }
+    free(one);
+  }
+}
