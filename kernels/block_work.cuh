@@ -5,7 +5,7 @@
  *
  * Why a separate header: the __global__ kernels in step.cu are one-line
  * wrappers around these functions, and the same functions compile as host
- * C++ (g++), so the CPU test tier (tests/test_block_work.cpp) runs the exact
+ * C++ (g++), so the CPU test tier (tests/test_block_work_*.cpp) runs the exact
  * loop a kernel runs -- every block, every thread slot, the vector path, the
  * scalar path and the tails -- over host buffers and proves coverage and
  * results without a GPU (docs/design.md, "Testing the kernels on the
