@@ -132,10 +132,11 @@ static void parse(int argc, char **argv, args *a) {
   if (a->o.reps < 0) a->o.reps = a->cpu ? 10 : 50;
   if (a->o.warmup < 0) a->o.warmup = a->cpu ? 2 : 5;
   static const char *const lists[] = {"a", "b", "c", "d"};
-  static const char *const algs[] = {"adamw", "adam", "sgd", "lion"};
   static const char *const configs[] = {"fp32", "bf16-master", "bf16"};
+  const char *algs[FO_ALG_COUNT]; /* the library's own names */
+  for (int i = 0; i < FO_ALG_COUNT; i++) algs[i] = fo_algorithm_string((fo_algorithm)i);
   validate("--list", a->lists, lists, 4);
-  validate("--alg", a->algs, algs, 4);
+  validate("--alg", a->algs, algs, FO_ALG_COUNT);
   validate("--config", a->configs, configs, 3);
 }
 
