@@ -3,11 +3,11 @@
  * and the parser that checks a file's header and layout before anything
  * reads its data.
  */
+#include "checkpoint_safetensors.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "checkpoint_format.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoints store host memory as little-endian safetensors data"
