@@ -735,3 +735,37 @@ static void check_sharded(const cfg *c) {
 Test(compat, adamw_amsgrad_shard2) {
   check_sharded(&cfgs[4]);
 }
+
+/* --------------------------------------------- a decision of the refactor */
+
+/* Which state a file's hyper-parameters need is fo_state_needed's rule,
+ * the optimizer's own: Lion keeps no AMSGrad state whatever its amsgrad
+ * flag (fo_optimizer_create and _set_hparams accept the flag), so a Lion
+ * optimizer with amsgrad = 1 loads its own checkpoint.  Before the schema
+ * was shared the loader refused it ("uses AMSGrad in the checkpoint"). */
+Test(compat, lion_with_the_amsgrad_flag_loads_its_own_file) {
+  fo_options o;
+  OK(fo_options_default(&o));
+  o.algorithm = FO_ALG_LION;
+  fo_hparams h;
+  OK(fo_hparams_default(FO_ALG_LION, &h));
+  h.amsgrad = 1;
+  float p[5] = {0.5f, -1.0f, 2.0f, 0.25f, -0.75f}, g[5] = {0.1f, 0.2f, -0.3f, 0.4f, -0.5f};
+  fo_tensor_desc t = {5, 0, p, g, "w"};
+  fo_optimizer *opt = NULL;
+  OK(fo_optimizer_create(&opt, &o, &h, 1, &t, 1));
+  OK(fo_optimizer_step(opt, NULL));
+  scratch d;
+  scratch_make(&d);
+  char path[512];
+  scratch_path(d.path, "lion", path, sizeof path);
+  OK(fo_optimizer_save(opt, path, NULL));
+  float before[5];
+  memcpy(before, p, sizeof p);
+  OK(fo_optimizer_step(opt, NULL));
+  OK(fo_optimizer_load(opt, path, NULL));
+  cr_expect(memcmp(before, p, sizeof p) == 0, "the load restored other parameters");
+  OK(fo_optimizer_destroy(opt));
+  const char *files[] = {"lion"};
+  scratch_remove(&d, files, 1);
+}
