@@ -33,52 +33,41 @@ static int64_t shard_rest(const void *v) {
   return s->total - s->first;
 }
 
-#define F(name, scope, type, st, member, use, lo, hi) \
-  { name, scope, type, offsetof(st, member), use, lo, hi, NULL, NULL, 0 }
-#define NAMED(name, scope, st, member, use, names)                           \
-  {                                                                          \
-    name, scope, FO_CKPT_NAME, offsetof(st, member), use, 0, 0, NULL, names, \
-        (int)(sizeof names / sizeof names[0])                                \
-  }
-#define BOUNDED(name, member, hi_of)                                                           \
-  {                                                                                            \
-    name, FO_CKPT_SHARD, FO_CKPT_I64, offsetof(fo_ckpt_shard, member), FO_CKPT_RESTORED, 0, 0, \
-        hi_of, NULL, 0                                                                         \
-  }
-
-/* Shorthands of the columns that repeat. */
-#define FILE_(name, type, member, use, lo, hi) \
-  F(name, FO_CKPT_FILE, type, fo_ckpt_facts, member, use, lo, hi)
-#define OPT(name, type, member) \
-  F(name, FO_CKPT_OPTION, type, fo_options, member, FO_CKPT_RECORDED, 0, 0)
-#define OPT_FIT(name, member, use) \
-  F(name, FO_CKPT_OPTION, FO_CKPT_INT, fo_options, member, use, 0, 1)
-#define GROUP(type, member, hi) \
-  F(#member, FO_CKPT_GROUP, type, fo_hparams, member, FO_CKPT_RESTORED, 0, hi)
-#define STATE(name, type, member, hi) \
-  F(name, FO_CKPT_STATE, type, fo_step_state, member, FO_CKPT_RESTORED, 0, hi)
-
 /* clang-format off */
+/* A row; the columns a row leaves out are 0 or NULL. */
+#define ROW(name_, scope_, type_, st, member, use_, ...) \
+  {.name = name_, .scope = scope_, .type = type_, .offset = offsetof(st, member), .use = use_, __VA_ARGS__}
+/* Shorthands of the columns that repeat. */
+#define FILE_(name, type, member, use, ...) ROW(name, FO_CKPT_FILE, type, fo_ckpt_facts, member, use, __VA_ARGS__)
+#define OPT(name, type, member) ROW(name, FO_CKPT_OPTION, type, fo_options, member, FO_CKPT_RECORDED, .lo = 0)
+#define OPT_FIT(name, member, use) ROW(name, FO_CKPT_OPTION, FO_CKPT_INT, fo_options, member, use, .hi = 1)
+#define NAMED(name, member, use, names_) \
+  ROW(name, FO_CKPT_OPTION, FO_CKPT_NAME, fo_options, member, use, .names = names_, \
+      .num_names = (int)(sizeof names_ / sizeof names_[0]))
+#define GROUP(type, member, hi_) ROW(#member, FO_CKPT_GROUP, type, fo_hparams, member, FO_CKPT_RESTORED, .hi = hi_)
+#define STATE(name, type, member, hi_) ROW(name, FO_CKPT_STATE, type, fo_step_state, member, FO_CKPT_RESTORED, .hi = hi_)
+#define SHARD(name, type, member, ...) ROW(name, FO_CKPT_SHARD, type, fo_ckpt_shard, member, FO_CKPT_RESTORED, __VA_ARGS__)
+
 const fo_ckpt_field fo_ckpt_fields[] = {
     /* the file: its format first (a newer one may change what follows) */
-    FILE_("format_version", FO_CKPT_INT, format_version, FO_CKPT_VERSION, 0, 0),
-    FILE_("library_version", FO_CKPT_TEXT, library_version, FO_CKPT_RECORDED, 0, 0),
+    FILE_("format_version", FO_CKPT_INT, format_version, FO_CKPT_VERSION, .lo = 1),
+    FILE_("library_version", FO_CKPT_TEXT, library_version, FO_CKPT_RECORDED, .lo = 0),
     /* what must agree for the saved state to mean the same thing in the
      * loader: the update rule, the parameters' dtype, which buffers exist,
      * whether the scale in the step state is a loss scale, the groups and
      * the tensors */
-    NAMED("algorithm", FO_CKPT_OPTION, fo_options, algorithm, FO_CKPT_FIT_ALGORITHM, alg_names),
-    NAMED("options.param_dtype", FO_CKPT_OPTION, fo_options, param_dtype, FO_CKPT_FIT_PARAM_DTYPE, dtype_names),
+    NAMED("algorithm", algorithm, FO_CKPT_FIT_ALGORITHM, alg_names),
+    NAMED("options.param_dtype", param_dtype, FO_CKPT_FIT_PARAM_DTYPE, dtype_names),
     OPT_FIT("options.master_weights", master_weights, FO_CKPT_FIT_ROLES),
     OPT_FIT("options.stochastic_rounding", stochastic_rounding, FO_CKPT_FIT_EQUAL),
     OPT_FIT("options.loss_scaler.enabled", loss_scaler.enabled, FO_CKPT_FIT_EQUAL),
-    FILE_("num_groups", FO_CKPT_INT, num_groups, FO_CKPT_FIT_EQUAL, 1, FO_MAX_GROUPS),
-    FILE_("num_tensors", FO_CKPT_I64, num_tensors, FO_CKPT_FIT_EQUAL, 0, INT64_MAX),
+    FILE_("num_groups", FO_CKPT_INT, num_groups, FO_CKPT_FIT_EQUAL, .lo = 1, .hi = FO_MAX_GROUPS),
+    FILE_("num_tensors", FO_CKPT_I64, num_tensors, FO_CKPT_FIT_EQUAL, .hi = INT64_MAX),
     /* the saver's other options: the loader's own apply (schedule, scaler
      * constants, clipping, gradient dtype, executor, storage) */
-    NAMED("executor", FO_CKPT_OPTION, fo_options, executor, FO_CKPT_RECORDED, exec_names),
-    NAMED("storage", FO_CKPT_OPTION, fo_options, storage, FO_CKPT_RECORDED, storage_names),
-    NAMED("options.grad_dtype", FO_CKPT_OPTION, fo_options, grad_dtype, FO_CKPT_RECORDED, dtype_names),
+    NAMED("executor", executor, FO_CKPT_RECORDED, exec_names),
+    NAMED("storage", storage, FO_CKPT_RECORDED, storage_names),
+    NAMED("options.grad_dtype", grad_dtype, FO_CKPT_RECORDED, dtype_names),
     OPT("options.seed", FO_CKPT_U64, seed),
     OPT("options.max_grad_norm", FO_CKPT_F32, max_grad_norm),
     OPT("options.write_unscaled_grads", FO_CKPT_INT, write_unscaled_grads),
@@ -88,7 +77,7 @@ const fo_ckpt_field fo_ckpt_fields[] = {
     OPT("options.loss_scaler.growth_interval", FO_CKPT_INT, loss_scaler.growth_interval),
     OPT("options.loss_scaler.max_scale", FO_CKPT_F32, loss_scaler.max_scale),
     OPT("options.loss_scaler.hysteresis", FO_CKPT_INT, loss_scaler.hysteresis),
-    NAMED("options.schedule.kind", FO_CKPT_OPTION, fo_options, schedule.kind, FO_CKPT_RECORDED, sched_names),
+    NAMED("options.schedule.kind", schedule.kind, FO_CKPT_RECORDED, sched_names),
     OPT("options.schedule.warmup_steps", FO_CKPT_I64, schedule.warmup_steps),
     OPT("options.schedule.total_steps", FO_CKPT_I64, schedule.total_steps),
     OPT("options.schedule.step_size", FO_CKPT_I64, schedule.step_size),
@@ -120,11 +109,11 @@ const fo_ckpt_field fo_ckpt_fields[] = {
     STATE("state.lr_factor", FO_CKPT_F32, lr_factor, 0),
     /* a per-rank file's shard: elements [first, first + count) of total,
      * rank rank of size */
-    {"shard.size", FO_CKPT_SHARD, FO_CKPT_INT, offsetof(fo_ckpt_shard, size), FO_CKPT_RESTORED, 1, INT32_MAX, NULL, NULL, 0},
-    {"shard.rank", FO_CKPT_SHARD, FO_CKPT_INT, offsetof(fo_ckpt_shard, rank), FO_CKPT_RESTORED, 0, 0, last_rank, NULL, 0},
-    {"shard.total", FO_CKPT_SHARD, FO_CKPT_I64, offsetof(fo_ckpt_shard, total), FO_CKPT_RESTORED, 0, (int64_t)1 << 62, NULL, NULL, 0},
-    BOUNDED("shard.first", first, shard_total),
-    BOUNDED("shard.count", count, shard_rest),
+    SHARD("shard.size", FO_CKPT_INT, size, .lo = 1, .hi = INT32_MAX),
+    SHARD("shard.rank", FO_CKPT_INT, rank, .hi_of = last_rank),
+    SHARD("shard.total", FO_CKPT_I64, total, .hi = (int64_t)1 << 62),
+    SHARD("shard.first", FO_CKPT_I64, first, .hi_of = shard_total),
+    SHARD("shard.count", FO_CKPT_I64, count, .hi_of = shard_rest),
 };
 /* clang-format on */
 const int fo_ckpt_num_fields = (int)(sizeof fo_ckpt_fields / sizeof fo_ckpt_fields[0]);
