@@ -70,7 +70,7 @@ static fo_status check_structure(const fo_meta_reader *r, const fo_optimizer *op
   fo_ckpt_facts facts = {0, NULL, 0, 0}, own = {0, NULL, opt->num_groups, opt->num_tensors};
   for (int i = 0; i < fo_ckpt_num_fields; i++) {
     const fo_ckpt_field *f = &fo_ckpt_fields[i];
-    if (f->use < FO_CKPT_FIT_ALGORITHM) continue;
+    if (!fo_ckpt_use_is_fit(f->use)) continue;
     int option = f->scope == FO_CKPT_OPTION;
     void *value = option ? (void *)&file : (void *)&facts;
     fo_status st = fo_ckpt_schema_read_field(r, f, 0, value);

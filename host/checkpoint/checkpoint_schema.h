@@ -54,7 +54,7 @@ typedef enum fo_ckpt_type {
   FO_CKPT_TEXT  /* const char * */
 } fo_ckpt_type;
 
-/* What a load does with a field. */
+/* What a load does with a field (the FO_CKPT_FIT_* uses last). */
 typedef enum fo_ckpt_use {
   FO_CKPT_RECORDED,        /* nothing: the saver's choice; the loader keeps its own */
   FO_CKPT_VERSION,         /* the format version, read before anything else */
@@ -79,6 +79,11 @@ typedef struct fo_ckpt_field {
   const char *const *names; /* FO_CKPT_NAME: names[0 .. num_names) */
   int num_names;
 } fo_ckpt_field;
+
+/* Whether a load holds the field to the loading optimizer's. */
+static inline int fo_ckpt_use_is_fit(fo_ckpt_use use) {
+  return use >= FO_CKPT_FIT_ALGORITHM;
+}
 
 /* Every field, in the order a load reads them (which failure a file
  * with several faults reports); the order of writing does not matter,
