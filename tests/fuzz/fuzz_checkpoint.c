@@ -2,8 +2,9 @@
  * fuzz_checkpoint.c -- libFuzzer target of the checkpoint reader.
  *
  * The reader is a set of pure functions over a memory buffer
- * (host/checkpoint_format.h), compiled straight into this program with the
- * few host files they need -- no CUDA, no library build.  Each input is:
+ * (host/checkpoint/checkpoint_format.h), compiled straight into this
+ * program with the library's CPU side -- no CUDA, no library build.  Each
+ * input is:
  *
  *   1. verified on its own (container, version, every checksum);
  *   2. validated against each optimizer of fuzz_configs.h (built here by
@@ -52,10 +53,7 @@ static fo_optimizer *fixture(const fz_config *c) {
     fo_hparams_default(c->alg, &o->hparams[g]);
     fz_apply_hparams(c, g, &o->hparams[g]);
   }
-  o->keeps.master = c->pd != FO_DTYPE_F32 && c->master;
-  o->keeps.exp_avg = c->alg != FO_ALG_SGD || c->momentum != 0.0f;
-  o->keeps.exp_avg_sq = c->alg == FO_ALG_ADAM || c->alg == FO_ALG_ADAMW;
-  o->keeps.max_exp_avg_sq = o->keeps.exp_avg_sq && c->amsgrad;
+  o->keeps = fo_state_needed(&o->options, o->hparams, o->num_groups);
   o->num_tensors = c->num_tensors;
   o->names = xcalloc((size_t)c->num_tensors, sizeof *o->names);
   o->tensors = xcalloc((size_t)c->num_tensors, sizeof *o->tensors);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint_text.h"
 #include "internal.h"
 
 typedef struct parser {
@@ -49,19 +50,12 @@ static fo_status new_value(parser *p, fo_json_type type, int64_t *idx) {
 
 /* ---------------------------------------------------------------- strings */
 
-static int hex_digit(unsigned char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
 /* Four hex digits at p->pos; -1 if they are not. */
 static long read_hex4(parser *p) {
   if (p->len - p->pos < 4) return -1;
   long v = 0;
   for (int i = 0; i < 4; i++) {
-    int d = hex_digit(p->s[p->pos + (size_t)i]);
+    int d = fo_hex_digit(p->s[p->pos + (size_t)i]);
     if (d < 0) return -1;
     v = v * 16 + d;
   }

@@ -28,10 +28,21 @@
 /* One gathered window: 4 Mi elements, 16 MiB of fp32, as the I/O chunk. */
 #define GATHER_WINDOW_DEFAULT ((int64_t)4 << 20)
 
-static int64_t g_window_elems = GATHER_WINDOW_DEFAULT;
+#ifdef FO_TESTING
+/* The test suite's window (0: the default); the shipped library has no
+ * such setting. */
+static _Atomic int64_t test_window;
 
 void fo_ckpt_set_gather_window(int64_t elems) {
-  g_window_elems = elems > 0 ? elems : GATHER_WINDOW_DEFAULT;
+  test_window = elems > 0 ? elems : 0;
+}
+#endif
+
+int64_t fo_ckpt_gather_window_size(void) {
+#ifdef FO_TESTING
+  if (test_window > 0) return test_window;
+#endif
+  return GATHER_WINDOW_DEFAULT;
 }
 
 void fo_ckpt_comm_shape(const fo_optimizer *opt, int *rank, int *size) {
@@ -139,13 +150,13 @@ struct fo_ckpt_gather {
 };
 
 fo_status fo_ckpt_gather_open(const char *fn, const fo_optimizer *opt, fo_stream_t stream,
-                              int want_host, fo_ckpt_gather **out) {
+                              int want_host, int64_t window, fo_ckpt_gather **out) {
   fo_ckpt_gather *g = calloc(1, sizeof *g);
   if (!g) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to gather the state");
   g->fn = fn;
   g->opt = opt;
   g->stream = stream;
-  g->cap = g_window_elems;
+  g->cap = window > 0 ? window : GATHER_WINDOW_DEFAULT;
   fo_status st = fo_exec_alloc(fn, opt, (size_t)g->cap * sizeof(float), &g->window);
   g->bytes = malloc((size_t)opt->dp->comm->size * sizeof *g->bytes);
   if (st == FO_SUCCESS && !g->bytes)

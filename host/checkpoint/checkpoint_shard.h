@@ -31,10 +31,14 @@ fo_status fo_ckpt_agree(const char *func, const fo_optimizer *opt, fo_status loc
 /* Gathering a sharded state, window by window. */
 typedef struct fo_ckpt_gather fo_ckpt_gather;
 
-/* Buffers for the windows of a sharded opt (in the executor's memory;
- * with want_host on FO_EXEC_CUDA a host copy too). */
+/* Buffers for windows of `window` elements (0: the default) of a sharded
+ * opt (in the executor's memory; with want_host on FO_EXEC_CUDA a host
+ * copy too). */
 fo_status fo_ckpt_gather_open(const char *func, const fo_optimizer *opt, fo_stream_t stream,
-                              int want_host, fo_ckpt_gather **out);
+                              int want_host, int64_t window, fo_ckpt_gather **out);
+/* The window a gathered save uses: 4 Mi elements (16 MiB of fp32); in the
+ * test suite's build (FO_TESTING), what fo_ckpt_set_gather_window set. */
+int64_t fo_ckpt_gather_window_size(void);
 void fo_ckpt_gather_close(fo_ckpt_gather *g);
 /* The most elements one window holds. */
 int64_t fo_ckpt_gather_cap(const fo_ckpt_gather *g);
@@ -51,8 +55,10 @@ int64_t fo_ckpt_gather_cap(const fo_ckpt_gather *g);
 fo_status fo_ckpt_gather_window(fo_ckpt_gather *g, fo_role role, int64_t at, int64_t n, int copy_in,
                                 const void **host, int *fatal);
 
-/* Test hook (not exported): the window's size in elements; 0 restores
- * the default (16 MiB of fp32). */
+#ifdef FO_TESTING
+/* The test suite's build only: the window of later gathered saves, in
+ * elements, in every thread; 0 restores the default. */
 void fo_ckpt_set_gather_window(int64_t elems);
+#endif
 
 #endif /* FO_CHECKPOINT_SHARD_H */

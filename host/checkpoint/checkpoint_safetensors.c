@@ -3,11 +3,12 @@
  * and the parser that checks a file's header and layout before anything
  * reads its data.
  */
+#include "checkpoint_safetensors.h"
+
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "checkpoint_format.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoints store host memory as little-endian safetensors data"
@@ -322,12 +323,21 @@ void fo_st_free(fo_st_file *f) {
   memset(f, 0, sizeof *f);
 }
 
-const fo_st_tensor *fo_st_find(const fo_st_file *f, const char *name, size_t len) {
-  int64_t lo = 0, hi = f->num_tensors;
+/* Binary search of n records of `size` bytes at base, sorted by the name
+ * each holds at name_at (a const char *) with its length at len_at (a
+ * size_t); NULL when none is name. */
+static const void *find_sorted(const void *base, int64_t n, size_t size, size_t name_at,
+                               size_t len_at, const char *name, size_t len) {
+  int64_t lo = 0, hi = n;
   while (lo < hi) {
     int64_t mid = lo + (hi - lo) / 2;
-    int c = name_cmp(f->tensors[mid].name, f->tensors[mid].name_len, name, len);
-    if (c == 0) return &f->tensors[mid];
+    const char *rec = (const char *)base + (size_t)mid * size;
+    const char *rec_name;
+    size_t rec_len;
+    memcpy(&rec_name, rec + name_at, sizeof rec_name);
+    memcpy(&rec_len, rec + len_at, sizeof rec_len);
+    int c = name_cmp(rec_name, rec_len, name, len);
+    if (c == 0) return rec;
     if (c < 0)
       lo = mid + 1;
     else
@@ -336,18 +346,14 @@ const fo_st_tensor *fo_st_find(const fo_st_file *f, const char *name, size_t len
   return NULL;
 }
 
+const fo_st_tensor *fo_st_find(const fo_st_file *f, const char *name, size_t len) {
+  return find_sorted(f->tensors, f->num_tensors, sizeof *f->tensors, offsetof(fo_st_tensor, name),
+                     offsetof(fo_st_tensor, name_len), name, len);
+}
+
 const fo_st_meta *fo_st_find_meta(const fo_st_file *f, const char *key, size_t len) {
-  int64_t lo = 0, hi = f->num_meta;
-  while (lo < hi) {
-    int64_t mid = lo + (hi - lo) / 2;
-    int c = name_cmp(f->meta[mid].key, f->meta[mid].key_len, key, len);
-    if (c == 0) return &f->meta[mid];
-    if (c < 0)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return NULL;
+  return find_sorted(f->meta, f->num_meta, sizeof *f->meta, offsetof(fo_st_meta, key),
+                     offsetof(fo_st_meta, key_len), key, len);
 }
 
 void fo_st_shape_string(const fo_st_file *f, const fo_st_tensor *t, char *out, size_t cap) {
