@@ -1,26 +1,20 @@
 /*
  * cuda_none.c -- the CUDA side of a CPU-only build (FO_ENABLE_CUDA=OFF,
- * docs/install.md): it replaces cuda_device.c, exec_cuda.c and
- * checkpoint_cuda.c, so that the library needs neither the CUDA toolkit to
- * build nor the CUDA runtime to run.  Asking for FO_EXEC_CUDA (or a device
+ * docs/install.md): it replaces cuda_device.c and exec_cuda.c, so that
+ * the library needs neither the CUDA toolkit to build nor the CUDA runtime
+ * to run.  Asking for FO_EXEC_CUDA (or a device
  * count) fails with FO_ERR_NO_DEVICE, as on a machine without a GPU, and
  * the message says why: a program that falls back to the CPU when there
  * is no device works unchanged.  No optimizer on FO_EXEC_CUDA can exist
- * here (fo_exec_cuda_ops() is NULL), so the checkpoint's device calls are
- * unreachable and report an internal error.
+ * here (fo_exec_cuda_ops() is NULL).
  */
 #include <stddef.h>
 
-#include "checkpoint_cuda.h"
 #include "cuda_device.h"
 
 #define FO_NO_CUDA_MSG                                                                  \
   "no CUDA device: this fusedopt was built without CUDA (FO_ENABLE_CUDA=OFF), so only " \
   "FO_EXEC_CPU is available; FO_EXEC_CUDA needs a build with the CUDA toolkit"
-
-static fo_status unreachable(const char *fn) {
-  return fo_fail(FO_ERR_INTERNAL, fn, "a CUDA path was reached in a build without CUDA");
-}
 
 const fo_exec_ops *fo_exec_cuda_ops(void) {
   return NULL;
@@ -50,38 +44,4 @@ fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
   return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
                  "stream %p is not a valid CUDA stream: this fusedopt was built without CUDA",
                  (void *)stream);
-}
-
-/* ------------------------------------------------------------ checkpoints */
-
-fo_status fo_ckpt_cuda_wait(const char *fn, int device) {
-  (void)device;
-  return unreachable(fn);
-}
-
-fo_status fo_ckpt_cuda_copy(const char *fn, int device, void *dst, const void *src, size_t bytes,
-                            int to_device) {
-  (void)device, (void)dst, (void)src, (void)bytes, (void)to_device;
-  return unreachable(fn);
-}
-
-fo_status fo_ckpt_cuda_copy_in(void *ctx, void *dst, const void *src, size_t bytes) {
-  const fo_ckpt_cuda_ctx *c = ctx;
-  (void)dst, (void)src, (void)bytes;
-  return unreachable(c->fn);
-}
-
-fo_status fo_cuda_read_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
-  (void)opt, (void)out;
-  return unreachable(fn);
-}
-
-fo_status fo_cuda_write_state(const char *fn, fo_optimizer *opt, const fo_step_state *in) {
-  (void)opt, (void)in;
-  return unreachable(fn);
-}
-
-fo_status fo_cuda_copy(const char *fn, int device, void *dst, const void *src, size_t bytes) {
-  (void)device, (void)dst, (void)src, (void)bytes;
-  return unreachable(fn);
 }

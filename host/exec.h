@@ -24,6 +24,9 @@ struct fo_exec_ops {
   /* Elements of one tensor per plan block: a unit of work for one CUDA
    * thread block or one CPU thread. */
   int64_t chunk;
+  /* The executor's memory is host memory: the host may read and write it
+   * directly (the CPU); otherwise through copy (a device's). */
+  int host_memory;
   /* ---- memory (device: the optimizer's device; unused on the CPU) */
   /* Zero-filled memory; 256-byte aligned.  bytes may be 0. */
   fo_status (*alloc)(const char *fn, int device, size_t bytes, void **out);

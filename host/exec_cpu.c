@@ -327,6 +327,7 @@ static fo_status no_wait(const char *fn, int device, fo_stream_t stream, void *e
 
 static const fo_exec_ops cpu_ops = {
     .chunk = FO_CPU_CHUNK,
+    .host_memory = 1,
     .kind = FO_EXEC_CPU,
     .alloc = host_alloc,
     .release = host_release,

@@ -120,6 +120,7 @@ static fo_status write_state(const char *fn, fo_optimizer *opt, const fo_step_st
 
 static const fo_exec_ops cuda_ops = {
     .chunk = FO_CUDA_CHUNK,
+    .host_memory = 0,
     .kind = FO_EXEC_CUDA,
     .alloc = fo_cuda_alloc_zeroed,
     .release = fo_cuda_free,

@@ -19,6 +19,7 @@
 #include "checkpoint_io.h"
 #include "checkpoint_save.h"
 #include "checkpoint_shard.h"
+#include "exec.h"
 
 /* A state entry of a sharded optimizer, gathered window by window; the
  * root writes it.  A rank whose *local already failed keeps taking part
@@ -66,7 +67,7 @@ static fo_status gathered_prepare(gathered *x, const char *path, fo_stream_t str
   if (st == FO_SUCCESS) st = fo_ckpt_plan_build_for(s->fn, opt, NULL, &x->plan);
   if (st != FO_SUCCESS) return st;
   s->total = x->plan.data_len;
-  if (here && opt->options.executor == FO_EXEC_CUDA && !(s->staging = malloc(FO_CKPT_IO_CHUNK)))
+  if (here && !opt->exec->host_memory && !(s->staging = malloc(FO_CKPT_IO_CHUNK)))
     return fo_fail(FO_ERR_OUT_OF_MEMORY, s->fn, "no memory for the staging buffer");
   if (opt->shard.on &&
       (st = fo_ckpt_gather_open(s->fn, opt, stream, here, fo_ckpt_gather_window_size(), &x->g)) !=

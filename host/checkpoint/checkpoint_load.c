@@ -14,27 +14,35 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint_cuda.h"
 #include "checkpoint_format.h"
 #include "checkpoint_io.h"
 #include "checkpoint_shard.h"
+#include "exec.h"
+
+/* A copy from the file's buffer into the optimizer's memory, through its
+ * executor (fo_ckpt_apply_tensors' copy function). */
+typedef struct copy_ctx {
+  const char *fn;
+  const fo_optimizer *opt;
+} copy_ctx;
+
+static fo_status copy_in(void *ctx, void *dst, const void *src, size_t bytes) {
+  const copy_ctx *c = ctx;
+  return fo_exec_copy(c->fn, c->opt, dst, src, bytes, FO_COPY_FROM_HOST);
+}
 
 /* Write a validated checkpoint into the optimizer.  Only a failing device
  * copy can stop this halfway; the optimizer is then marked faulted. */
 static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore *r) {
-  int cuda = opt->options.executor == FO_EXEC_CUDA;
   int64_t stop = -1; /* no copy fails on purpose ... */
 #ifdef FO_TESTING
   if (fo_fault_armed(opt, FO_FAULT_LOAD_APPLY)) stop = r->num_copies / 2; /* ... but in a test */
 #endif
-  fo_ckpt_cuda_ctx ctx = {fn, opt->options.device};
-  fo_status st = FO_SUCCESS;
-  if (cuda) st = fo_ckpt_cuda_wait(fn, opt->options.device); /* no step still writing */
-  if (st == FO_SUCCESS)
-    st = fo_ckpt_apply_tensors(fn, opt, r, cuda ? fo_ckpt_cuda_copy_in : fo_ckpt_copy_host, &ctx,
-                               stop);
+  copy_ctx ctx = {fn, opt};
+  fo_status st = fo_exec_synchronize(fn, opt); /* no step still writing */
+  if (st == FO_SUCCESS) st = fo_ckpt_apply_tensors(fn, opt, r, copy_in, &ctx, stop);
   if (st == FO_SUCCESS) st = fo_exec_write_state(fn, opt, &r->state);
-  if (st == FO_SUCCESS && cuda) st = fo_ckpt_cuda_wait(fn, opt->options.device);
+  if (st == FO_SUCCESS) st = fo_exec_synchronize(fn, opt);
   if (st != FO_SUCCESS) return fo_fault_after(fn, opt, FO_FAULT_NONE, st);
   fo_steps_left_reset(opt, &r->state);
   memcpy(opt->hparams, r->hparams, (size_t)opt->num_groups * sizeof *opt->hparams);

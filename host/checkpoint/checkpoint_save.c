@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "checkpoint_cuda.h"
 #include "checkpoint_io.h"
+#include "exec.h"
 
 /* The test hooks of a save (the test suite's build only, FO_TESTING): a
  * failing write or a killed process once half of the data is written. */
@@ -41,15 +41,15 @@ fo_status fo_ckpt_save_piece(fo_ckpt_saver *s, fo_ckpt_entry *e, const void *p, 
 
 fo_status fo_ckpt_save_entry(fo_ckpt_saver *s, fo_ckpt_entry *e) {
   const unsigned char *src = fo_ckpt_entry_src(s->opt, e);
-  int cuda = s->opt->options.executor == FO_EXEC_CUDA;
+  int staged = !s->opt->exec->host_memory;
   e->crc = 0;
   if (!src && e->bytes > 0)
     return fo_fail(FO_ERR_INTERNAL, s->fn, "no buffer for \"%.80s\"", e->key);
   for (uint64_t at = 0; at < e->bytes;) {
     size_t n = e->bytes - at < FO_CKPT_IO_CHUNK ? (size_t)(e->bytes - at) : FO_CKPT_IO_CHUNK;
     const void *piece = src + at;
-    if (cuda) {
-      fo_status st = fo_ckpt_cuda_copy(s->fn, s->opt->options.device, s->staging, piece, n, 0);
+    if (staged) {
+      fo_status st = fo_exec_copy(s->fn, s->opt, s->staging, piece, n, FO_COPY_TO_HOST);
       if (st != FO_SUCCESS) return st;
       piece = s->staging;
     }
@@ -106,7 +106,7 @@ static fo_status save_to_temp(fo_ckpt_saver *s, const char *path, char **tmp) {
   if (st != FO_SUCCESS) return st;
   if ((st = fo_ckpt_plan_build(s->fn, s->opt, &plan)) != FO_SUCCESS) return st;
   s->total = plan.data_len;
-  if (s->opt->options.executor == FO_EXEC_CUDA && !(s->staging = malloc(FO_CKPT_IO_CHUNK)))
+  if (!s->opt->exec->host_memory && !(s->staging = malloc(FO_CKPT_IO_CHUNK)))
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, s->fn, "no memory for the staging buffer");
   if (st == FO_SUCCESS) st = fo_ckpt_save_build_header(s, &state, &plan);
   if (st == FO_SUCCESS) st = fo_ckpt_open_temp(s->fn, path, tmp, &s->fd);

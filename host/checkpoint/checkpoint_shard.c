@@ -22,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint_cuda.h"
 #include "comm_internal.h"
+#include "exec.h"
 
 /* One gathered window: 4 Mi elements, 16 MiB of fp32, as the I/O chunk. */
 #define GATHER_WINDOW_DEFAULT ((int64_t)4 << 20)
@@ -51,8 +51,9 @@ void fo_ckpt_comm_shape(const fo_optimizer *opt, int *rank, int *size) {
   *size = c ? c->size : 1;
 }
 
-static int on_cuda(const fo_optimizer *opt) {
-  return opt->options.executor == FO_EXEC_CUDA;
+/* The state is in device memory: the host reaches it through copies. */
+static int on_device(const fo_optimizer *opt) {
+  return !opt->exec->host_memory;
 }
 
 /* ------------------------------------------------------------ agreement */
@@ -75,20 +76,19 @@ static fo_status exchange(const char *fn, const fo_optimizer *opt, vote *all, fo
   for (int r = 0; r < c->size; r++) bytes[r] = (int64_t)sizeof(vote);
   size_t total = (size_t)c->size * sizeof(vote);
   fo_status st;
-  if (!on_cuda(opt)) {
+  if (!on_device(opt)) {
     st = fo_comm_all_gather(fn, c, all, bytes, NULL);
   } else {
     void *dev = NULL;
-    int d = opt->options.device;
     st = fo_exec_alloc(fn, opt, total, &dev);
+    /* the copy has landed when it returns (exec.h), so the collective on
+     * another stream reads it */
     if (st == FO_SUCCESS)
-      st = fo_ckpt_cuda_copy(fn, d, (vote *)dev + c->rank, all + c->rank, sizeof(vote), 1);
-    /* a copy from pageable memory may still be in flight when cudaMemcpy
-     * returns, and NCCL's stream is not ordered after it */
-    if (st == FO_SUCCESS) st = fo_ckpt_cuda_wait(fn, d);
+      st = fo_exec_copy(fn, opt, (vote *)dev + c->rank, all + c->rank, sizeof(vote),
+                        FO_COPY_FROM_HOST);
     if (st == FO_SUCCESS) st = fo_comm_all_gather(fn, c, dev, bytes, stream);
-    if (st == FO_SUCCESS) st = fo_ckpt_cuda_wait(fn, d);
-    if (st == FO_SUCCESS) st = fo_ckpt_cuda_copy(fn, d, all, dev, total, 0);
+    if (st == FO_SUCCESS) st = fo_exec_synchronize(fn, opt);
+    if (st == FO_SUCCESS) st = fo_exec_copy(fn, opt, all, dev, total, FO_COPY_TO_HOST);
     fo_exec_free(opt, dev);
   }
   free(bytes);
@@ -161,7 +161,7 @@ fo_status fo_ckpt_gather_open(const char *fn, const fo_optimizer *opt, fo_stream
   g->bytes = malloc((size_t)opt->dp->comm->size * sizeof *g->bytes);
   if (st == FO_SUCCESS && !g->bytes)
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to gather the state");
-  if (st == FO_SUCCESS && want_host && on_cuda(opt) &&
+  if (st == FO_SUCCESS && want_host && on_device(opt) &&
       !(g->host = malloc((size_t)g->cap * sizeof(float))))
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the gathering's staging buffer");
   if (st != FO_SUCCESS) {
@@ -199,25 +199,22 @@ fo_status fo_ckpt_gather_window(fo_ckpt_gather *g, fo_role role, int64_t at, int
   float *dst = (float *)g->window + (lo - at);
   const float *src = (const float *)opt->arena[role] + (lo - opt->shard.first);
   fo_status local = FO_SUCCESS;
-  int cuda = on_cuda(opt), d = opt->options.device;
-  if (copy_in && own > 0) {
-    if (cuda) /* a device-to-device cudaMemcpy returns before it is done */
-      local = fo_cuda_copy(g->fn, d, dst, src, own);
-    else
-      memcpy(dst, src, own);
-  }
-  if (cuda && local == FO_SUCCESS) local = fo_ckpt_cuda_wait(g->fn, d);
+  int device = on_device(opt);
+  /* a copy within device memory may return before it is done: wait, so
+   * the collective on another stream reads it */
+  if (copy_in && own > 0) local = fo_exec_copy(g->fn, opt, dst, src, own, FO_COPY_WITHIN);
+  if (local == FO_SUCCESS) local = fo_exec_synchronize(g->fn, opt);
   fo_status st = fo_comm_all_gather(g->fn, c, g->window, g->bytes, g->stream);
   *fatal = st != FO_SUCCESS;
   if (st != FO_SUCCESS) return st;
-  if (!cuda) {
+  if (!device) {
     if (host) *host = g->window;
     return local;
   }
   /* the next window's copy must not overwrite this one under NCCL's feet */
-  st = fo_ckpt_cuda_wait(g->fn, d);
+  st = fo_exec_synchronize(g->fn, opt);
   if (st == FO_SUCCESS && host && local == FO_SUCCESS)
-    st = fo_ckpt_cuda_copy(g->fn, d, g->host, g->window, (size_t)n * sizeof(float), 0);
+    st = fo_exec_copy(g->fn, opt, g->host, g->window, (size_t)n * sizeof(float), FO_COPY_TO_HOST);
   if (host) *host = g->host;
   return local != FO_SUCCESS ? local : st;
 }
