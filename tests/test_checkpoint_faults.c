@@ -1,8 +1,8 @@
 /*
  * test_checkpoint_faults.c -- faults during a step, a load or a save, on
  * the CPU executor, injected through the internal test hook
- * fo_inject_fault() (host/checkpoint_fault.c; not exported by the shared
- * library, reached here through the static one):
+ * fo_inject_fault() (host/fault.c; built only into the FO_TESTING
+ * library the tests link):
  *
  *   - a step that fails once its work has started (as a CUDA launch
  *     failure would) returns the error; the optimizer is then faulted:
@@ -18,7 +18,7 @@
  *     checkpoint intact and loadable (the half-written temporary file is
  *     never taken for a checkpoint);
  *   - a failing collective of a communicator does not fault the state:
- *     the gradients are refused until zero_grad (host/comm_dp.c), the
+ *     the gradients are refused until zero_grad (host/dp/buckets.c), the
  *     parameters never changed.
  */
 #define _POSIX_C_SOURCE 200809L

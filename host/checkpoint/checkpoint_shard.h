@@ -1,6 +1,6 @@
 /*
  * checkpoint_shard.h -- what the checkpoints of a data-parallel optimizer
- * need of its communicator (host/checkpoint_shard.c): the ranks' agreement
+ * need of its communicator (host/checkpoint/checkpoint_shard.c): the ranks' agreement
  * on the outcome of a collective save or load, and the gathering of a
  * sharded state, window by window.  Not installed.
  */
