@@ -113,6 +113,19 @@ fo_status fo_comm_check_async(const char *func, fo_comm *c);
 
 /* ---------------------------------------------------------------- nccl.c */
 
+/* fo_comm_init_nccl's argument checks, the same with or without NCCL
+ * (nccl.c, nccl_none.c): the pointers, the rank in [0, size), a usable
+ * device. */
+static inline fo_status fo_nccl_check_init(const char *fn, fo_comm *const *out,
+                                           const fo_nccl_id *id, int rank, int size, int device) {
+  if (!out || !id) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", out ? "id" : "out");
+  if (size < 1 || rank < 0 || rank >= size)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "rank = %d, size = %d: need size >= 1 and 0 <= rank < size", rank, size);
+  if (device < 0) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d is negative", device);
+  return fo_cuda_available(fn, device);
+}
+
 fo_status fo_nccl_sum(const char *func, fo_comm *c, void *buf, int64_t count, fo_dtype dtype,
                       fo_stream_t stream);
 fo_status fo_nccl_reduce_scatter(const char *func, fo_comm *c, void *buf, const int64_t *counts,

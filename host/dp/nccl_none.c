@@ -26,12 +26,7 @@ fo_status fo_nccl_get_id(fo_nccl_id *out) {
 
 fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int size, int device) {
   static const char fn[] = "fo_comm_init_nccl";
-  if (!out || !id) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", out ? "id" : "out");
-  if (size < 1 || rank < 0 || rank >= size)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
-                   "rank = %d, size = %d: need size >= 1 and 0 <= rank < size", rank, size);
-  if (device < 0) return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d is negative", device);
-  fo_status st = fo_cuda_available(fn, device);
+  fo_status st = fo_nccl_check_init(fn, out, id, rank, size, device);
   if (st != FO_SUCCESS) return st;
   return fo_fail(FO_ERR_UNSUPPORTED, fn, FO_NO_NCCL_MSG);
 }
