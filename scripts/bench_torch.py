@@ -19,8 +19,9 @@ and foreach; fused where this torch has it) with the same thread count.
 
 fusedopt is loaded with ctypes from libfusedopt.so (--lib, else $FUSEDOPT_LIB,
 else build*/host/libfusedopt.so); its structs are declared below field for
-field as in include/fusedopt.h, and fo_options' struct_size (set by
-fo_options_default) is checked against ctypes' size of the mirror.  Tensors
+field as in include/fusedopt.h, and fo_options' and fo_hparams' struct_size
+(set by their defaults functions) are checked against ctypes' sizes of the
+mirrors.  Tensors
 are registered as external storage: fusedopt updates torch's own buffers.
 
 Timing: warm-up, then a CUDA event (or a wall-clock mark) between any two
@@ -68,10 +69,10 @@ FO_ROLE_MASTER = 2
 
 
 class FoHparams(ctypes.Structure):
-    _fields_ = [("lr", c_float), ("weight_decay", c_float), ("momentum", c_float),
-                ("dampening", c_float), ("nesterov", c_int), ("beta1", c_float),
-                ("beta2", c_float), ("eps", c_float), ("amsgrad", c_int),
-                ("maximize", c_int)]
+    _fields_ = [("struct_size", c_size_t), ("lr", c_float), ("weight_decay", c_float),
+                ("momentum", c_float), ("dampening", c_float), ("nesterov", c_int),
+                ("beta1", c_float), ("beta2", c_float), ("eps", c_float), ("amsgrad", c_int),
+                ("maximize", c_int), ("reserved", c_uint64 * 8)]
 
 
 class FoLossScalerOptions(ctypes.Structure):
@@ -131,6 +132,16 @@ def load_lib(path):
     if opts.struct_size != ctypes.sizeof(FoOptions):
         sys.exit("bench_torch: fo_options is %d bytes in the library, %d in this script: "
                  "update the ctypes mirror" % (opts.struct_size, ctypes.sizeof(FoOptions)))
+    # fo_hparams_default writes sizeof(fo_hparams) bytes: check that the
+    # mirror is that large before trusting it (a smaller one would be
+    # overrun), through a buffer of ample size.
+    probe = ctypes.create_string_buffer(4096)
+    check(lib, lib.fo_hparams_default(0, ctypes.cast(probe, ctypes.POINTER(FoHparams))),
+          "fo_hparams_default")
+    size = ctypes.c_size_t.from_buffer(probe).value
+    if size != ctypes.sizeof(FoHparams):
+        sys.exit("bench_torch: fo_hparams is %d bytes in the library, %d in this script: "
+                 "update the ctypes mirror" % (size, ctypes.sizeof(FoHparams)))
     return lib
 
 
