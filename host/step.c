@@ -9,7 +9,8 @@
 
 /* The step in order.  Past the reduction a failure may leave the state
  * half-updated: the caller records it as a fault -- except a failed
- * agreement, which comes before any change and poisons the gradients. */
+ * collective of the agreement, which comes before any change and poisons
+ * the gradients. */
 static fo_status run_step(const char *fn, fo_optimizer *opt, fo_stream_t stream, int *faulted) {
   const fo_exec_ops *x = opt->exec;
   *faulted = 0;
@@ -28,8 +29,9 @@ static fo_status run_step(const char *fn, fo_optimizer *opt, fo_stream_t stream,
     n = opt->run.num_blocks;
     /* 3. agree across ranks: a sharded state saw only its shard */
     if (opt->shard.on) {
-      *faulted = 0;
       st = fo_dp_agree_sumsq(fn, opt, &sums, &n, stream);
+      /* a failed collective changed nothing and poisoned the gradients */
+      if (st != FO_SUCCESS) *faulted = !opt->grads_poisoned;
       if (st != FO_SUCCESS) return st;
     }
   }

@@ -233,6 +233,9 @@ static fo_status set_comm_claimed(const char *fn, fo_optimizer *opt, fo_comm *co
   fo_status st = check_kind(fn, opt, comm);
   fo_dp *dp = NULL;
   if (st == FO_SUCCESS) st = dp_create(fn, opt, comm, &o, &dp);
+  /* the scratch's zero-fill ran on the legacy stream: wait, so that a
+   * bucket packed on a non-blocking stream finds it done */
+  if (st == FO_SUCCESS && (st = fo_exec_synchronize(fn, opt)) != FO_SUCCESS) dp_destroy(opt, dp);
   if (st == FO_SUCCESS && o.shard_state) {
     /* detach the old one first: the shard's collectives are dp's */
     fo_dp *old = opt->dp;

@@ -18,7 +18,9 @@ fo_status fo_dp_reduce_for_step(const char *func, fo_optimizer *opt, fo_stream_t
 /* 3. A sharded state: this rank's pre-pass partials are added into its
  * slot of the per-rank sums, which the ranks all-gather (the same bits on
  * every rank); *sums and *n then name the per-rank sums for the update.
- * A failure poisons the gradients (nothing else has changed yet). */
+ * A failed all-gather poisons the gradients (nothing else has changed
+ * yet); a failed addition is the executor's failure, and leaves them
+ * unpoisoned. */
 fo_status fo_dp_agree_sumsq(const char *func, fo_optimizer *opt, const double **sums, int64_t *n,
                             fo_stream_t stream);
 

@@ -11,12 +11,17 @@
  * call that needs NCCL fails there, saying so (docs/install.md).  Each
  * communicator holds its own handle of the library (the loader counts
  * them), so nothing global is kept; a program that links NCCL itself gets
- * the very library it already has.
+ * the very library it already has.  The library is opened RTLD_NODELETE:
+ * closing a handle never unmaps it, because NCCL leaves threads of its own
+ * running in it (ncclGetUniqueId's bootstrap root waits for the ranks to
+ * connect long after the call returns).
  */
+#define _GNU_SOURCE /* RTLD_NODELETE */
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 #include <nccl.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,17 +89,20 @@ static void unload(fo_nccl_lib *lib) {
 static fo_status load(const char *fn, fo_nccl_lib **out) {
   fo_nccl_lib *lib = calloc(1, sizeof *lib);
   if (!lib) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the NCCL library");
-  const char *why = "";
+  /* the first soname's error, copied: the next dlopen frees dlerror's */
+  char why[256] = "libnccl.so.2 not found";
   for (size_t i = 0; i < sizeof nccl_sonames / sizeof *nccl_sonames && !lib->handle; i++) {
-    lib->handle = dlopen(nccl_sonames[i], RTLD_NOW | RTLD_LOCAL);
-    if (!lib->handle && i == 0) why = dlerror();
+    lib->handle = dlopen(nccl_sonames[i], RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    const char *e = lib->handle ? NULL : dlerror();
+    if (i == 0 && e) snprintf(why, sizeof why, "%s", e);
   }
   if (!lib->handle) {
     free(lib);
     return fo_fail(FO_ERR_UNSUPPORTED, fn,
                    "NCCL is not available: %s (install NCCL 2, or put libnccl.so.2 on the "
-                   "loader's path; host communicators need no NCCL)",
-                   why ? why : "libnccl.so.2 not found");
+                   "loader's path: LD_LIBRARY_PATH or ld.so.conf; host communicators need no "
+                   "NCCL)",
+                   why);
   }
   for (size_t i = 0; i < sizeof nccl_symbols / sizeof *nccl_symbols; i++) {
     void *sym = dlsym(lib->handle, nccl_symbols[i].name);

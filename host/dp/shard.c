@@ -204,8 +204,11 @@ fo_status fo_dp_agree_sumsq(const char *fn, fo_optimizer *opt, const double **su
   fo_dp *dp = opt->dp;
   int64_t *bytes = dp->counts;
   for (int r = 0; r < opt->shard.size; r++) bytes[r] = sizeof(double);
+  /* a failed launch here is the executor's (the caller faults the state);
+   * a failed collective leaves the ranks apart and poisons the gradients */
   fo_status st = opt->exec->sum_partials(opt, dp->sumsq + opt->shard.rank, stream);
-  if (st == FO_SUCCESS) st = fo_comm_all_gather(fn, dp->comm, dp->sumsq, bytes, stream);
+  if (st != FO_SUCCESS) return st;
+  st = fo_comm_all_gather(fn, dp->comm, dp->sumsq, bytes, stream);
   if (st != FO_SUCCESS) {
     opt->grads_poisoned = 1; /* the step has not started: retry after zero_grad */
     return st;
