@@ -1,0 +1,3 @@
+"""The package's version: the library's MAJOR.MINOR.PATCH it was written for."""
+
+__version__ = "0.3.0"

@@ -1,0 +1,355 @@
+"""fusedopt.Optimizer on the CPU executor: every algorithm against a
+pure-Python double-precision reference written from docs/numerics.md,
+errors carrying the library's message, checkpoints, zero_grad, and the
+arguments refused in Python before the library is called."""
+
+import array
+import math
+import os
+import random
+import struct
+import tempfile
+import unittest
+
+import fusedopt
+
+TOL = 1e-5  # docs/numerics.md, TOL_F32: 1e-5 x the running max magnitude
+
+
+def f32(x):
+    """The nearest float32 (hyper-parameters are floats in the API)."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def rand_vec(rng, n, lo=0.1, hi=1.0):
+    """Random signs and magnitudes in [lo, hi]: never zero."""
+    return [rng.choice((-1.0, 1.0)) * rng.uniform(lo, hi) for _ in range(n)]
+
+
+class Reference:
+    """One tensor's update in double, from docs/numerics.md."""
+
+    def __init__(self, alg, hp, w):
+        self.alg = alg
+        self.hp = {k: (f32(v) if isinstance(v, float) else v) for k, v in hp.items()}
+        self.w = [f32(x) for x in w]
+        n = len(w)
+        self.m = [0.0] * n  # exp_avg / momentum buffer
+        self.v = [0.0] * n
+        self.vmax = [0.0] * n
+        self.t = 0
+
+    def lion_c(self, g):
+        b1 = self.hp["beta1"]
+        return [b1 * m + (1 - b1) * gi for m, gi in zip(self.m, g)]
+
+    def step(self, g):
+        hp, self.t = self.hp, self.t + 1
+        t, lr, wd = self.t, hp["lr"], hp["weight_decay"]
+        if hp["maximize"]:
+            g = [-x for x in g]
+        w = self.w
+        for i, gi in enumerate(g):
+            if self.alg == "sgd":
+                d = gi + wd * w[i]
+                mu = hp["momentum"]
+                if mu != 0:
+                    if t == 1:
+                        self.m[i] = d
+                    else:
+                        self.m[i] = mu * self.m[i] + (1 - hp["dampening"]) * d
+                    d = d + mu * self.m[i] if hp["nesterov"] else self.m[i]
+                w[i] = w[i] - lr * d
+            elif self.alg in ("adam", "adamw"):
+                if self.alg == "adam":
+                    d = gi + wd * w[i]
+                else:
+                    d = gi
+                    w[i] = w[i] * (1 - lr * wd)
+                b1, b2 = hp["beta1"], hp["beta2"]
+                self.m[i] = b1 * self.m[i] + (1 - b1) * d
+                self.v[i] = b2 * self.v[i] + (1 - b2) * d * d
+                v = self.v[i]
+                if hp["amsgrad"]:
+                    self.vmax[i] = max(self.vmax[i], v)
+                    v = self.vmax[i]
+                denom = math.sqrt(v) / math.sqrt(1 - b2 ** t) + hp["eps"]
+                w[i] = w[i] - lr / (1 - b1 ** t) * self.m[i] / denom
+            elif self.alg == "lion":
+                b1, b2 = hp["beta1"], hp["beta2"]
+                c = b1 * self.m[i] + (1 - b1) * gi
+                s = (c > 0) - (c < 0)
+                w[i] = w[i] * (1 - lr * wd) - lr * s
+                self.m[i] = b2 * self.m[i] + (1 - b2) * gi
+            else:
+                raise AssertionError(self.alg)
+
+
+CASES = [
+    ("adamw", dict(lr=0.0517, weight_decay=0.0213, beta1=0.87, beta2=0.991, eps=1e-8)),
+    ("adamw", dict(lr=0.0317, weight_decay=0.05, amsgrad=True)),
+    ("adam", dict(lr=0.0417, weight_decay=0.0213, beta1=0.9, beta2=0.999)),
+    ("adam", dict(lr=0.0217, amsgrad=True, maximize=True)),
+    ("sgd", dict(lr=0.0517, momentum=0.9, dampening=0.1, weight_decay=0.0213)),
+    ("sgd", dict(lr=0.0517, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("sgd", dict(lr=0.0717)),
+    ("lion", dict(lr=0.0117, beta1=0.9, beta2=0.99, weight_decay=0.0213)),
+]
+
+
+class Algorithms(unittest.TestCase):
+    def run_case(self, alg, overrides, seed, steps=3, sizes=(7, 33, 1)):
+        rng = random.Random(seed)
+        hp = fusedopt.default_hparams(alg)
+        hp.update(overrides)
+        params = [array.array("f", rand_vec(rng, n, 0.2, 2.0)) for n in sizes]
+        refs = [Reference(alg, hp, list(p)) for p in params]
+        wmax = [[abs(x) for x in p] for p in params]
+        gmax = [[0.0] * len(p) for p in params]
+        with fusedopt.Optimizer(params, alg, num_threads=2, **overrides) as opt:
+            for _ in range(steps):
+                for k, (g_buf, ref) in enumerate(zip(opt.grads, refs)):
+                    g = rand_vec(rng, len(g_buf))
+                    if alg == "lion":  # sign(c) near c = 0 (docs/numerics.md)
+                        for i in range(len(g)):
+                            while abs(ref.lion_c([g[i]] * len(g))[i]) < 0.01:
+                                g[i] = rng.choice((-1.0, 1.0)) * rng.uniform(0.1, 1.0)
+                    g = [f32(x) for x in g]
+                    g_buf[:] = array.array("f", g)
+                    ref.step(g)
+                    gmax[k] = [max(a, abs(b)) for a, b in zip(gmax[k], g)]
+                opt.step()
+                for k, (p, ref) in enumerate(zip(params, refs)):
+                    wmax[k] = [max(a, abs(b)) for a, b in zip(wmax[k], ref.w)]
+                    for i in range(len(p)):
+                        self.assertLessEqual(abs(p[i] - ref.w[i]), TOL * wmax[k][i],
+                                             "%s %s tensor %d elem %d step %d"
+                                             % (alg, overrides, k, i, ref.t))
+                    roles = []
+                    if alg in ("adam", "adamw"):
+                        roles = [("exp_avg", ref.m), ("exp_avg_sq", ref.v)]
+                        if overrides.get("amsgrad"):
+                            roles.append(("max_exp_avg_sq", ref.vmax))
+                    elif alg == "lion" or overrides.get("momentum"):
+                        roles = [("momentum_buffer" if alg == "sgd" else "exp_avg", ref.m)]
+                    for name, want in roles:
+                        got = opt.state(k, name)
+                        for i in range(len(got)):
+                            scale = max(abs(want[i]), gmax[k][i] if name != "exp_avg_sq"
+                                        else gmax[k][i] ** 2)
+                            self.assertLessEqual(abs(got[i] - want[i]), TOL * scale + 1e-30,
+                                                 "%s %s elem %d" % (alg, name, i))
+            self.assertEqual(opt.step_count, steps)
+
+    def test_every_algorithm_matches_the_reference(self):
+        self.assertEqual(sorted(fusedopt.algorithms()), ["adam", "adamw", "lion", "sgd"])
+        covered = set()
+        for n, (alg, overrides) in enumerate(CASES):
+            with self.subTest(alg=alg, overrides=overrides):
+                self.run_case(alg, overrides, seed=1000 + n)
+                covered.add(alg)
+        self.assertEqual(covered, set(fusedopt.algorithms()))
+
+    def test_groups_have_their_own_hyper_parameters(self):
+        rng = random.Random(7)
+        params = [array.array("f", rand_vec(rng, 5)) for _ in range(3)]
+        refs = [Reference("adamw", dict(fusedopt.default_hparams("adamw"), lr=lr), list(p))
+                for p, lr in zip(params, (0.05, 0.01, 0.05))]
+        groups = [{"params": [0, 2], "lr": 0.05}, {"params": [1], "lr": 0.01}]
+        with fusedopt.Optimizer(params, "adamw", groups) as opt:
+            self.assertEqual(opt.num_groups, 2)
+            self.assertAlmostEqual(opt.get_lr(1), 0.01, places=7)
+            for _ in range(3):
+                for g_buf, ref in zip(opt.grads, refs):
+                    g = [f32(x) for x in rand_vec(rng, 5)]
+                    g_buf[:] = array.array("f", g)
+                    ref.step(g)
+                opt.step()
+            for p, ref in zip(params, refs):
+                for a, b in zip(p, ref.w):
+                    self.assertLessEqual(abs(a - b), TOL * 2)
+
+
+class Errors(unittest.TestCase):
+    def setUp(self):
+        self.p = array.array("f", [0.5, -0.25, 1.0])
+        self.opt = fusedopt.Optimizer([self.p], "adamw")
+
+    def tearDown(self):
+        self.opt.close()
+
+    def test_negative_lr_carries_the_library_message(self):
+        with self.assertRaises(fusedopt.InvalidArgument) as cm:
+            self.opt.set_lr(-0.5)
+        e = cm.exception
+        self.assertEqual(e.status, 2)
+        self.assertEqual(e.status_name, "invalid argument")
+        self.assertEqual(e.function, "fo_optimizer_set_lr")
+        self.assertIn("lr = -0.5", e.message)
+        self.assertIn(e.message, str(e))
+        self.assertIsInstance(e, fusedopt.FusedoptError)
+        self.assertAlmostEqual(self.opt.get_lr(0), 1e-3, places=9)  # unchanged
+
+    def test_bad_group_carries_the_library_message(self):
+        with self.assertRaises(fusedopt.InvalidArgument) as cm:
+            self.opt.get_lr(5)
+        self.assertIn("group", cm.exception.message)
+        with self.assertRaises(fusedopt.InvalidArgument):
+            self.opt.set_lr(0.1, group=3)
+
+    def test_bad_hyper_parameter_at_create(self):
+        with self.assertRaises(fusedopt.InvalidArgument) as cm:
+            fusedopt.Optimizer([array.array("f", [1.0])], "adam", beta1=1.5)
+        self.assertIn("beta1", cm.exception.message)
+        with self.assertRaises(fusedopt.InvalidArgument) as cm:
+            fusedopt.Optimizer([array.array("f", [1.0]), array.array("f", [2.0])], "adam",
+                               [{"params": [0]}, {"params": [1], "eps": 0.0}])
+        self.assertIn("hparams[1]", cm.exception.message)
+
+    def test_set_hparams_turning_amsgrad_on_is_invalid_state(self):
+        with self.assertRaises(fusedopt.InvalidState) as cm:
+            self.opt.set_hparams(0, amsgrad=True)
+        self.assertTrue(cm.exception.message)
+
+    def test_missing_checkpoint_is_io_error(self):
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaises(fusedopt.IOFailure) as cm:
+                self.opt.load(os.path.join(d, "missing.safetensors"))
+            self.assertIn("missing.safetensors", cm.exception.message)
+
+    def test_overlapping_buffers(self):
+        with self.assertRaises(fusedopt.Overlap):
+            fusedopt.Optimizer([self.p], grads=[self.p])
+
+    def test_python_arguments_refused_before_the_library(self):
+        f = array.array("f", [1.0, 2.0])
+        bad = [
+            (ValueError, lambda: fusedopt.Optimizer([f], "adagrad")),
+            (TypeError, lambda: fusedopt.Optimizer([f], 3)),
+            (TypeError, lambda: fusedopt.Optimizer([f], "adamw", betas2=0.9)),
+            (TypeError, lambda: fusedopt.Optimizer([f], "adamw", lr="fast")),
+            (TypeError, lambda: fusedopt.Optimizer([f], "adamw", amsgrad=2)),
+            (TypeError, lambda: fusedopt.Optimizer([array.array("d", [1.0])])),
+            (TypeError, lambda: fusedopt.Optimizer([[1.0, 2.0]])),
+            (TypeError, lambda: fusedopt.Optimizer([bytearray(4)])),
+            (ValueError, lambda: fusedopt.Optimizer([memoryview(array.array("f", [1, 2, 3,
+                                                                                 4]))[::2]])),
+            (ValueError, lambda: fusedopt.Optimizer([memoryview(bytes(8)).cast("f")])),
+            (ValueError, lambda: fusedopt.Optimizer([f], num_threads=-1)),
+            (ValueError, lambda: fusedopt.Optimizer([f], grads=[])),
+            (ValueError, lambda: fusedopt.Optimizer([f], grads=[array.array("f", [0.0])])),
+            (ValueError, lambda: fusedopt.Optimizer([f, f], groups=[{"params": [0, 1]},
+                                                                    {"params": [1]}])),
+            (ValueError, lambda: fusedopt.Optimizer([f, f], groups=[{"params": [0]}])),
+            (ValueError, lambda: fusedopt.Optimizer([f], groups=[{"params": [4]}])),
+            (ValueError, lambda: fusedopt.Optimizer([f], groups=[])),
+            (TypeError, lambda: fusedopt.Optimizer([f], groups=[{"lr": 0.1}])),
+            (TypeError, lambda: self.opt.set_lr("0.1")),
+            (TypeError, lambda: self.opt.get_lr(0.5)),
+            (ValueError, lambda: self.opt.state(0, "velocity")),
+            (ValueError, lambda: self.opt.save("")),
+        ]
+        for exc, call in bad:
+            with self.subTest(exc=exc):
+                with self.assertRaises(exc) as cm:
+                    call()
+                self.assertNotIsInstance(cm.exception, fusedopt.FusedoptError)
+
+    def test_closed_optimizer(self):
+        p = array.array("f", [1.0])
+        opt = fusedopt.Optimizer([p], "sgd")
+        with self.assertRaises(BufferError):  # the library holds its address
+            p.append(2.0)
+        opt.close()
+        opt.close()  # idempotent
+        self.assertTrue(opt.closed)
+        with self.assertRaises(ValueError):
+            opt.step()
+        p.append(2.0)  # released
+
+
+class StateAndBuffers(unittest.TestCase):
+    def test_save_load_round_trip_is_exact(self):
+        rng = random.Random(3)
+        init = [rand_vec(rng, n) for n in (9, 4)]
+        grads = [[rand_vec(rng, n) for n in (9, 4)] for _ in range(5)]
+
+        def make():
+            return fusedopt.Optimizer({"w": array.array("f", init[0]),
+                                       "b": array.array("f", init[1])}, "adamw", amsgrad=True,
+                                      lr=0.02)
+
+        def feed(opt, k):
+            for buf, g in zip(opt.grads, grads[k]):
+                buf[:] = array.array("f", g)
+
+        def snapshot(opt):
+            out = [p.tobytes() for p in opt.params]
+            for i in range(len(opt)):
+                for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                    out.append(opt.state(i, name).tobytes())
+            return out, opt.step_count, opt.get_hparams(0)
+
+        with tempfile.TemporaryDirectory() as d, make() as a, make() as b:
+            path = os.path.join(d, "opt.safetensors")
+            for k in range(3):
+                feed(a, k)
+                a.step()
+            a.set_lr(0.015)
+            a.save(path)
+            saved = snapshot(a)
+            b.load(path)
+            self.assertEqual(snapshot(b), saved)
+            self.assertEqual(b.step_count, 3)
+            for k in (3, 4):  # resuming equals continuing, bit for bit
+                feed(a, k)
+                feed(b, k)
+                a.step()
+                b.step()
+            self.assertEqual(snapshot(a), snapshot(b))
+
+    def test_zero_grad_zeroes_in_place(self):
+        p = array.array("f", [1.0, 2.0, 3.0])
+        g = array.array("f", [0.5, -0.5, 4.0])
+        with fusedopt.Optimizer([p], "sgd", grads=[g], lr=0.1) as opt:
+            self.assertIs(opt.grads[0], g)
+            opt.step()
+            opt.zero_grad()
+            self.assertEqual(list(g), [0.0, 0.0, 0.0])
+            self.assertIs(opt.grads[0], g)
+            before = p.tobytes()
+            opt.step()  # zero gradient, no decay: unchanged
+            self.assertEqual(p.tobytes(), before)
+
+    def test_info_and_lr(self):
+        p = array.array("f", [1.0, 2.0])
+        with fusedopt.Optimizer([p], "lion") as opt:
+            self.assertEqual(opt.get_lr(), f32(1e-4))
+            opt.set_lr(0.25)
+            self.assertEqual(opt.get_lr(0), 0.25)
+            opt.grads[0][:] = array.array("f", [1.0, -1.0])
+            opt.step()
+            self.assertEqual(list(p), [0.75, 2.25])
+            info = opt.info()
+            self.assertIsInstance(info, fusedopt.StepInfo)
+            self.assertEqual((info.step, info.skipped_steps, info.last_step_skipped),
+                             (1, 0, False))
+            self.assertEqual(info.lr_factor, 1.0)
+            self.assertEqual(info.grad_coef, 1.0)
+
+    def test_empty_and_zero_size_tensors(self):
+        with fusedopt.Optimizer([array.array("f"), array.array("f", [1.0])], "adam") as opt:
+            opt.step()
+            self.assertEqual(len(opt.state(0, "exp_avg")), 0)
+
+    def test_garbage_collection_destroys(self):
+        import gc
+        p = array.array("f", [1.0])
+        opt = fusedopt.Optimizer([p], "sgd")
+        del opt
+        gc.collect()
+        p.append(2.0)  # the export was released
+
+
+if __name__ == "__main__":
+    unittest.main()
