@@ -6,7 +6,6 @@
  * caller's to set (checkpoint_load.c).
  */
 #include <stdlib.h>
-#include <string.h>
 
 #include "checkpoint_fit.h"
 
@@ -55,20 +54,14 @@ void fo_ckpt_restore_free(fo_ckpt_restore *r) {
 
 /* ------------------------------------------------------------ applying */
 
-fo_status fo_ckpt_copy_host(void *ctx, void *dst, const void *src, size_t bytes) {
-  (void)ctx;
-  memcpy(dst, src, bytes);
-  return FO_SUCCESS;
-}
-
 fo_status fo_ckpt_apply_tensors(const char *fn, fo_optimizer *opt, const fo_ckpt_restore *r,
-                                fo_ckpt_copy_fn copy, void *ctx, int64_t stop_after) {
-  (void)opt; /* the copies already point into it */
+                                int64_t stop_after) {
   for (int64_t k = 0; k < r->num_copies; k++) {
     if (stop_after >= 0 && k == stop_after)
       return fo_fail(FO_ERR_CUDA, fn,
                      "injected fault: copy %lld of the checkpoint's tensors failed", (long long)k);
-    fo_status st = copy(ctx, r->copies[k].dst, r->copies[k].src, r->copies[k].bytes);
+    fo_status st = fo_exec_copy(fn, opt, r->copies[k].dst, r->copies[k].src, r->copies[k].bytes,
+                                FO_COPY_FROM_HOST);
     if (st != FO_SUCCESS) return st;
   }
   return FO_SUCCESS;

@@ -112,19 +112,13 @@ fo_status fo_ckpt_validate_shards(const char *func, const fo_optimizer *opt, int
                                   const char *const *paths, fo_ckpt_restore *out);
 void fo_ckpt_restore_free(fo_ckpt_restore *r);
 
-/* Copy bytes into the executor's memory; 0 on success. */
-typedef fo_status (*fo_ckpt_copy_fn)(void *ctx, void *dst, const void *src, size_t bytes);
-
-/* Run the restore's copies into opt's buffers with copy (memcpy for host
- * memory); hyper-parameters and the step state are the caller's to set.
+/* Run the restore's copies into opt's buffers, through its executor
+ * (host/exec.h: a memcpy on the CPU); hyper-parameters and the step state are the caller's to set.
  * Stops at the first failing copy (the caller then treats the optimizer as
  * half-restored).  stop_after >= 0: fail as injected after that many
  * copies (the test hook of fo_inject_fault). */
 fo_status fo_ckpt_apply_tensors(const char *func, fo_optimizer *opt, const fo_ckpt_restore *r,
-                                fo_ckpt_copy_fn copy, void *ctx, int64_t stop_after);
-
-/* The host copy function for fo_ckpt_apply_tensors. */
-fo_status fo_ckpt_copy_host(void *ctx, void *dst, const void *src, size_t bytes);
+                                int64_t stop_after);
 
 /* ---------------------------------------------------------------- saving */
 

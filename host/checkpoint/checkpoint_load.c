@@ -19,18 +19,6 @@
 #include "checkpoint_shard.h"
 #include "exec.h"
 
-/* A copy from the file's buffer into the optimizer's memory, through its
- * executor (fo_ckpt_apply_tensors' copy function). */
-typedef struct copy_ctx {
-  const char *fn;
-  const fo_optimizer *opt;
-} copy_ctx;
-
-static fo_status copy_in(void *ctx, void *dst, const void *src, size_t bytes) {
-  const copy_ctx *c = ctx;
-  return fo_exec_copy(c->fn, c->opt, dst, src, bytes, FO_COPY_FROM_HOST);
-}
-
 /* Write a validated checkpoint into the optimizer.  Only a failing device
  * copy can stop this halfway; the optimizer is then marked faulted. */
 static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore *r) {
@@ -38,9 +26,8 @@ static fo_status apply(const char *fn, fo_optimizer *opt, const fo_ckpt_restore 
 #ifdef FO_TESTING
   if (fo_fault_armed(opt, FO_FAULT_LOAD_APPLY)) stop = r->num_copies / 2; /* ... but in a test */
 #endif
-  copy_ctx ctx = {fn, opt};
   fo_status st = fo_exec_synchronize(fn, opt); /* no step still writing */
-  if (st == FO_SUCCESS) st = fo_ckpt_apply_tensors(fn, opt, r, copy_in, &ctx, stop);
+  if (st == FO_SUCCESS) st = fo_ckpt_apply_tensors(fn, opt, r, stop);
   if (st == FO_SUCCESS) st = fo_exec_write_state(fn, opt, &r->state);
   if (st == FO_SUCCESS) st = fo_exec_synchronize(fn, opt);
   if (st != FO_SUCCESS) return fo_fault_after(fn, opt, FO_FAULT_NONE, st);

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "checkpoint_format.h"
+#include "exec.h"
 #include "fuzz_configs.h"
 
 /* --------------------------------------------------- hand-built optimizers */
@@ -46,6 +47,7 @@ static fo_optimizer *fixture(const fz_config *c) {
   fo_optimizer *o = xcalloc(1, sizeof *o);
   o->options.struct_size = sizeof o->options;
   o->options.executor = FO_EXEC_CPU;
+  o->exec = fo_exec_cpu_ops();
   o->options.storage = FO_STORAGE_EXTERNAL;
   fz_apply_options(c, &o->options);
   o->num_groups = c->num_groups;
@@ -105,7 +107,7 @@ static unsigned char *save_to_memory(const fo_optimizer *o, size_t *len) {
 static void against(fo_optimizer *o, const uint8_t *data, size_t size) {
   fo_ckpt_restore r;
   if (fo_ckpt_validate("fuzz", o, data, size, &r) != FO_SUCCESS) return;
-  if (fo_ckpt_apply_tensors("fuzz", o, &r, fo_ckpt_copy_host, NULL, -1) != FO_SUCCESS) abort();
+  if (fo_ckpt_apply_tensors("fuzz", o, &r, -1) != FO_SUCCESS) abort();
   memcpy(o->hparams, r.hparams, (size_t)o->num_groups * sizeof *o->hparams);
   *o->state = r.state;
   fo_ckpt_restore_free(&r);
