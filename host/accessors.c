@@ -130,13 +130,17 @@ fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group, const fo_hparam
   if (st != FO_SUCCESS) return st;
   st = fo_validate_hparams(fn, opt->options.algorithm, group, hparams);
   if (st != FO_SUCCESS) return st;
-  fo_algorithm alg = opt->options.algorithm;
-  if (alg == FO_ALG_SGD && hparams->momentum != 0.0f && !opt->keeps.exp_avg)
+  /* the new values must not need a buffer the optimizer was created
+   * without (momentum, AMSGrad, centering) */
+  fo_state_flags need = fo_state_needed(&opt->options, hparams, 1);
+  if ((need.exp_avg && !opt->keeps.exp_avg) || (need.exp_avg_sq && !opt->keeps.exp_avg_sq) ||
+      (need.max_exp_avg_sq && !opt->keeps.max_exp_avg_sq))
     return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "momentum needs a buffer the optimizer was created without");
-  if ((alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) && hparams->amsgrad && !opt->keeps.max_exp_avg_sq)
-    return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "amsgrad needs state the optimizer was created without");
+                   "hparams[%d] need a state buffer the optimizer was created without (%s)",
+                   group,
+                   need.max_exp_avg_sq && !opt->keeps.max_exp_avg_sq
+                       ? (hparams->centered ? "centered" : "amsgrad")
+                       : "momentum");
   st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
   opt->hparams[group] = *hparams;

@@ -4,9 +4,6 @@
 
 #include "internal.h"
 
-_Static_assert(FO_ALG_SGD == FO_RULE_SGD && FO_ALG_ADAM == FO_RULE_ADAM &&
-                   FO_ALG_ADAMW == FO_RULE_ADAMW && FO_ALG_LION == FO_RULE_LION,
-               "algorithm codes of rules.h must equal fo_algorithm");
 _Static_assert(FO_DTYPE_F32 == FO_RULE_F32 && FO_DTYPE_F16 == FO_RULE_F16 &&
                    FO_DTYPE_BF16 == FO_RULE_BF16,
                "dtype codes of rules.h must equal fo_dtype");
@@ -16,27 +13,6 @@ _Static_assert(FO_MAX_GROUPS == FO_PLAN_MAX_GROUPS, "group limits differ");
  * no integer constant expression for every compiler's _Static_assert, so
  * test_reliability checks that the scale backs off onto it exactly. */
 _Static_assert(FO_MAX_STEP == FO_RULE_MAX_STEP, "step limits differ");
-
-fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out) {
-  static const char fn[] = "fo_hparams_default";
-  if (!out) return fo_fail(FO_ERR_NULL_POINTER, fn, "out is NULL");
-  if ((int)alg < 0 || alg >= FO_ALG_COUNT)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "unknown algorithm %d", (int)alg);
-  fo_hparams h;
-  memset(&h, 0, sizeof h); /* the reserved words included */
-  h.struct_size = sizeof h;
-  h.lr = 1e-3f;
-  h.beta1 = 0.9f;
-  h.beta2 = 0.999f;
-  h.eps = 1e-8f;
-  if (alg == FO_ALG_ADAMW) h.weight_decay = 1e-2f;
-  if (alg == FO_ALG_LION) {
-    h.lr = 1e-4f;
-    h.beta2 = 0.99f;
-  }
-  *out = h;
-  return FO_SUCCESS;
-}
 
 static int is_flag(int v) {
   return v == 0 || v == 1;
@@ -67,7 +43,12 @@ fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group, con
                 {"dampening", h->dampening},
                 {"beta1", h->beta1},
                 {"beta2", h->beta2},
-                {"eps", h->eps}};
+                {"eps", h->eps},
+                {"lr_decay", h->lr_decay},
+                {"initial_accumulator_value", h->initial_accumulator_value},
+                {"alpha", h->alpha},
+                {"momentum_decay", h->momentum_decay},
+                {"trust_coef", h->trust_coef}};
   for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
     if (!isfinite(fields[i].value))
       return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].%s is not finite", group,
@@ -76,25 +57,20 @@ fo_status fo_validate_hparams(const char *func, fo_algorithm alg, int group, con
       return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].%s = %g is negative", group,
                      fields[i].name, (double)fields[i].value);
   }
-  if (!is_flag(h->nesterov) || !is_flag(h->amsgrad) || !is_flag(h->maximize))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
-                   "hparams[%d]: nesterov, amsgrad and maximize must be 0 or 1", group);
-  if (alg == FO_ALG_SGD && h->dampening > 1.0f)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].dampening = %g is above 1", group,
-                   (double)h->dampening);
-  if (alg == FO_ALG_SGD && h->nesterov && (h->momentum <= 0.0f || h->dampening != 0.0f))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
-                   "hparams[%d]: Nesterov needs momentum > 0 and dampening 0", group);
-  if (alg != FO_ALG_SGD) {
-    if (h->beta1 >= 1.0f || h->beta2 >= 1.0f)
-      return fo_fail(FO_ERR_INVALID_ARGUMENT, func,
-                     "hparams[%d]: beta1 = %g and beta2 = %g must be in [0, 1)", group,
-                     (double)h->beta1, (double)h->beta2);
-  }
-  if ((alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) && !(h->eps > 0.0f))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].eps = %g must be > 0", group,
-                   (double)h->eps);
-  return FO_SUCCESS;
+  const struct {
+    const char *name;
+    int value;
+  } flags[] = {{"nesterov", h->nesterov},
+               {"amsgrad", h->amsgrad},
+               {"maximize", h->maximize},
+               {"centered", h->centered},
+               {"decoupled_weight_decay", h->decoupled_weight_decay},
+               {"layer_adaptation", h->layer_adaptation}};
+  for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+    if (!is_flag(flags[i].value))
+      return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].%s = %d must be 0 or 1", group,
+                     flags[i].name, flags[i].value);
+  return fo_algorithm_check_hparams(func, alg, group, h);
 }
 
 _Static_assert(FO_SCHED_CONSTANT == FO_RULE_SCHED_CONSTANT &&

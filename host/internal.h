@@ -157,6 +157,26 @@ struct fo_optimizer {
 #endif
 };
 
+/* ------------------------------------------- algorithms (algorithms.c) */
+
+/* The names checkpoints record, indexed by fo_algorithm. */
+extern const char *const fo_algorithm_names[FO_ALG_COUNT];
+/* What a checkpoint appends to a tensor's name for state role of alg
+ * (".exp_avg", ".sum", ...); NULL where alg never keeps the role. */
+const char *fo_algorithm_state_suffix(fo_algorithm alg, fo_role role);
+/* Whether alg reads beta1 and beta2. */
+int fo_algorithm_uses_betas(fo_algorithm alg);
+/* Whether alg scales each tensor's update by norms of the whole tensor
+ * (LAMB, LARS): a step of two passes (host/exec.h). */
+int fo_algorithm_has_tensor_norms(fo_algorithm alg);
+/* The checks of one group's hyper-parameters that depend on alg. */
+fo_status fo_algorithm_check_hparams(const char *func, fo_algorithm alg, int group,
+                                     const fo_hparams *h);
+/* Which state roles an optimizer with these options and groups keeps: the
+ * one rule the optimizer (allocation) and the checkpoint code (what a file
+ * must hold) share. */
+fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num_groups);
+
 /* --------------------------------------------------------------- helpers */
 
 int fo_dtype_valid(int dtype);
@@ -200,10 +220,6 @@ fo_status fo_exec_write_state(const char *fn, fo_optimizer *opt, const fo_step_s
 
 /* ---------------------------------------------------- layout (layout.c) */
 
-/* Which state roles an optimizer with these options and groups keeps: the
- * one rule the optimizer (allocation) and the checkpoint code (what a file
- * must hold) share. */
-fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num_groups);
 /* Whether the optimizer keeps a buffer of role (PARAM and GRAD: with arena
  * storage). */
 int fo_role_kept(const fo_optimizer *opt, fo_role role);

@@ -11,19 +11,6 @@
 
 #define FO_MAX_NUMEL ((int64_t)1 << 62)
 
-fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num_groups) {
-  fo_state_flags k = {0, 0, 0, 0};
-  fo_algorithm alg = o->algorithm;
-  k.master = o->param_dtype != FO_DTYPE_F32 && o->master_weights;
-  k.exp_avg = alg != FO_ALG_SGD;
-  k.exp_avg_sq = alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW;
-  for (int g = 0; g < num_groups; g++) {
-    if (alg == FO_ALG_SGD && h[g].momentum != 0.0f) k.exp_avg = 1;
-    if (k.exp_avg_sq && h[g].amsgrad) k.max_exp_avg_sq = 1;
-  }
-  return k;
-}
-
 size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role) {
   if (role == FO_ROLE_PARAM) return fo_dtype_size(opt->options.param_dtype);
   if (role == FO_ROLE_GRAD) return fo_dtype_size(opt->options.grad_dtype);

@@ -41,18 +41,6 @@ const char *fo_status_string(fo_status status) {
   return "unknown status";
 }
 
-/* The names checkpoints record in "fusedopt.algorithm". */
-const char *fo_algorithm_string(fo_algorithm algorithm) {
-  switch (algorithm) {
-    case FO_ALG_SGD: return "sgd";
-    case FO_ALG_ADAM: return "adam";
-    case FO_ALG_ADAMW: return "adamw";
-    case FO_ALG_LION: return "lion";
-    case FO_ALG_COUNT: break;
-  }
-  return "unknown";
-}
-
 const char *fo_last_error(void) {
   return fo_last_error_buf;
 }

@@ -169,11 +169,27 @@ typedef enum fo_algorithm {
   FO_ALG_ADAMW = 2,
   /** Lion (Chen et al. 2023): sign of an interpolated momentum. */
   FO_ALG_LION = 3,
+  /** AdaGrad (Duchi et al. 2011): per-coordinate sums of squared
+   *  gradients; optional learning-rate decay and initial accumulator. */
+  FO_ALG_ADAGRAD = 4,
+  /** RMSprop (Hinton 2012): a moving average of squared gradients;
+   *  optional momentum and centering. */
+  FO_ALG_RMSPROP = 5,
+  /** NAdam (Dozat 2016): Adam with Nesterov momentum and the momentum
+   *  decay schedule of torch.optim.NAdam; L2 or decoupled weight decay. */
+  FO_ALG_NADAM = 6,
+  /** LAMB (You et al. 2020): Adam's update scaled per tensor by the trust
+   *  ratio ||w|| / ||update||. */
+  FO_ALG_LAMB = 7,
+  /** LARS (You et al. 2017): SGD momentum with a per-tensor local learning
+   *  rate trust_coef * ||w|| / (||g|| + wd * ||w||). */
+  FO_ALG_LARS = 8,
   FO_ALG_COUNT /**< number of algorithms; not an algorithm */
 } fo_algorithm;
 
 /** The algorithm's lower-case name, the one checkpoints record
- *  ("fusedopt.algorithm"): "sgd", "adam", "adamw", "lion".  A static
+ *  ("fusedopt.algorithm"): "sgd", "adam", "adamw", "lion", "adagrad",
+ *  "rmsprop", "nadam", "lamb", "lars".  A static
  *  string, never NULL: "unknown" for a value outside the enum (a name no
  *  algorithm has, so that it never passes for one).  Cannot fail. */
 FO_API const char *fo_algorithm_string(fo_algorithm algorithm);
@@ -216,9 +232,12 @@ typedef enum fo_role {
   FO_ROLE_GRAD = 1,           /**< gradients, in the gradient dtype */
   FO_ROLE_MASTER = 2,         /**< fp32 master weights (16-bit params only) */
   FO_ROLE_EXP_AVG = 3,        /**< first moment / momentum buffer (fp32) */
-  FO_ROLE_EXP_AVG_SQ = 4,     /**< second moment (fp32; Adam, AdamW) */
+  FO_ROLE_EXP_AVG_SQ = 4,     /**< second moment (fp32): Adam, AdamW, NAdam,
+                               *   LAMB; AdaGrad's sum; RMSprop's
+                               *   square_avg */
   FO_ROLE_MAX_EXP_AVG_SQ = 5, /**< running max of the second moment
-                               *   (AMSGrad) */
+                               *   (AMSGrad); RMSprop's grad_avg
+                               *   (centered) */
   FO_ROLE_COUNT               /**< number of roles; not a role */
 } fo_role;
 
@@ -230,21 +249,37 @@ typedef enum fo_role {
  *  use are ignored but must still be finite and non-negative (garbage
  *  there is a sign of an uninitialised struct).
  *
- *  | field        | SGD | Adam | AdamW | Lion | range               |
- *  |--------------|-----|------|-------|------|---------------------|
- *  | lr           |  x  |  x   |   x   |  x   | >= 0, finite        |
- *  | weight_decay |  x  |  x   |   x   |  x   | >= 0, finite        |
- *  | momentum     |  x  |      |       |      | >= 0, finite        |
- *  | dampening    |  x  |      |       |      | [0, 1]              |
- *  | nesterov     |  x  |      |       |      | 0 or 1              |
- *  | beta1        |     |  x   |   x   |  x   | [0, 1)              |
- *  | beta2        |     |  x   |   x   |  x   | [0, 1)              |
- *  | eps          |     |  x   |   x   |      | > 0, finite         |
- *  | amsgrad      |     |  x   |   x   |      | 0 or 1              |
- *  | maximize     |  x  |  x   |   x   |  x   | 0 or 1              |
+ *  Which algorithm reads which field (Ada = AdaGrad, RMS = RMSprop,
+ *  NAd = NAdam; the update rules are in docs/numerics.md):
  *
- *  momentum is >= 0 and finite (PyTorch allows momentum >= 1; so do we).
- *  Nesterov needs momentum > 0 and dampening == 0, as in PyTorch.
+ *  | field            |SGD|Adam|AdamW|Lion|Ada|RMS|NAd|LAMB|LARS| range    |
+ *  |------------------|---|----|-----|----|---|---|---|----|----|----------|
+ *  | lr               | x | x  |  x  | x  | x | x | x | x  | x  | >= 0     |
+ *  | weight_decay     | x | x  |  x  | x  | x | x | x | x  | x  | >= 0     |
+ *  | momentum         | x |    |     |    |   | x |   |    | x  | >= 0     |
+ *  | dampening        | x |    |     |    |   |   |   |    | x  | [0, 1]   |
+ *  | nesterov         | x |    |     |    |   |   |   |    | x  | 0 or 1   |
+ *  | beta1            |   | x  |  x  | x  |   |   | x | x  |    | [0, 1)   |
+ *  | beta2            |   | x  |  x  | x  |   |   | x | x  |    | [0, 1)   |
+ *  | eps              |   | x  |  x  |    | x | x | x | x  |    | > 0      |
+ *  | amsgrad          |   | x  |  x  |    |   |   |   |    |    | 0 or 1   |
+ *  | maximize         | x | x  |  x  | x  | x | x | x | x  | x  | 0 or 1   |
+ *  | lr_decay         |   |    |     |    | x |   |   |    |    | >= 0     |
+ *  | initial_accumulator_value | | | |    | x |   |   |    |    | >= 0     |
+ *  | alpha            |   |    |     |    |   | x |   |    |    | [0, 1)   |
+ *  | centered         |   |    |     |    |   | x |   |    |    | 0 or 1   |
+ *  | momentum_decay   |   |    |     |    |   |   | x |    |    | >= 0     |
+ *  | decoupled_weight_decay | | |    |    |   |   | x |    |    | 0 or 1   |
+ *  | trust_coef       |   |    |     |    |   |   |   |    | x  | > 0      |
+ *  | layer_adaptation |   |    |     |    |   |   |   | x  | x  | 0 or 1   |
+ *
+ *  Every float must be finite.  momentum may be >= 1 (PyTorch allows it;
+ *  so do we).  Nesterov needs momentum > 0 and dampening == 0, as in
+ *  PyTorch.  Weight decay is L2 (added to the gradient) for SGD, Adam,
+ *  AdaGrad, RMSprop, NAdam (unless decoupled_weight_decay) and LARS;
+ *  decoupled (p *= 1 - lr*wd) for AdamW, Lion and NAdam with
+ *  decoupled_weight_decay; LAMB adds wd*p to the update before the trust
+ *  ratio, as the paper does.
  *
  *  Every function that takes hyper-parameters (fo_optimizer_create,
  *  fo_optimizer_set_hparams) refuses with FO_ERR_INVALID_ARGUMENT a struct
@@ -258,28 +293,57 @@ typedef struct fo_hparams {
   /** Must be sizeof(fo_hparams); set by fo_hparams_default(). */
   size_t struct_size;
   float lr;           /**< learning rate */
-  float weight_decay; /**< L2 (SGD, Adam) or decoupled (AdamW, Lion) */
-  float momentum;     /**< SGD momentum factor; 0 disables the buffer */
-  float dampening;    /**< SGD dampening of the gradient in the buffer */
-  int nesterov;       /**< SGD: use g + momentum*buf */
-  float beta1;        /**< Adam/AdamW: first-moment decay; Lion: interpolation
-                       *   factor of the update direction */
-  float beta2;        /**< Adam/AdamW: second-moment decay; Lion: momentum
-                       *   decay */
-  float eps;          /**< Adam/AdamW: added to sqrt(v_hat) */
+  float weight_decay; /**< L2 or decoupled, by algorithm (above) */
+  float momentum;     /**< SGD, RMSprop, LARS momentum factor; 0 disables
+                       *   the buffer */
+  float dampening;    /**< SGD, LARS: dampening of the gradient in the
+                       *   buffer */
+  int nesterov;       /**< SGD, LARS: use g + momentum*buf */
+  float beta1;        /**< Adam/AdamW/NAdam/LAMB: first-moment decay; Lion:
+                       *   interpolation factor of the update direction */
+  float beta2;        /**< Adam/AdamW/NAdam/LAMB: second-moment decay; Lion:
+                       *   momentum decay */
+  float eps;          /**< added to the denominator's square root */
   int amsgrad;        /**< Adam/AdamW: use the running max of v */
   int maximize;       /**< ascend instead of descend (negate the gradient) */
+  /* Since 0.4.0, in words that were reserved (the struct's size and the
+   * offsets above are unchanged). */
+  float lr_decay;                  /**< AdaGrad: lr / (1 + (t-1)*lr_decay) */
+  float initial_accumulator_value; /**< AdaGrad: the sum's starting value */
+  float alpha;                     /**< RMSprop: smoothing constant */
+  int centered;                    /**< RMSprop: divide by the gradient's
+                                    *   estimated standard deviation */
+  float momentum_decay;            /**< NAdam: psi of mu_t = beta1 *
+                                    *   (1 - 0.5 * 0.96^(t*psi)) */
+  int decoupled_weight_decay;      /**< NAdam: decay as AdamW does */
+  float trust_coef;                /**< LARS: eta of the local rate */
+  int layer_adaptation;            /**< LAMB, LARS: apply the per-tensor
+                                    *   trust ratio (1, the default); 0
+                                    *   excludes the group (biases and
+                                    *   norms, usually) */
   /** Must be zero (fo_hparams_default() zeroes them): room for the
    *  hyper-parameters of later algorithms without an ABI break. */
-  uint64_t reserved[8];
+  uint64_t reserved[4];
 } fo_hparams;
 
-/** Fill *out with PyTorch's defaults for alg (torch 2.x), struct_size with
- *  sizeof(fo_hparams) and every reserved word with zero:
+/** Fill *out with the defaults for alg, struct_size with sizeof(fo_hparams)
+ *  and every reserved word with zero.  Where PyTorch has the algorithm these
+ *  are torch.optim's defaults (torch 2.x):
  *  SGD lr 1e-3, momentum 0, dampening 0, wd 0, nesterov 0;
  *  Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 0;
  *  AdamW the same with wd 1e-2;
- *  Lion lr 1e-4, betas (0.9, 0.99), wd 0.
+ *  Lion lr 1e-4, betas (0.9, 0.99), wd 0;
+ *  AdaGrad lr 1e-2, lr_decay 0, wd 0, initial_accumulator_value 0, eps 1e-10;
+ *  RMSprop lr 1e-2, alpha 0.99, eps 1e-8, wd 0, momentum 0, centered 0;
+ *  NAdam lr 2e-3, betas (0.9, 0.999), eps 1e-8, wd 0, momentum_decay 4e-3,
+ *  decoupled_weight_decay 0;
+ *  LAMB lr 1e-3, betas (0.9, 0.999), eps 1e-6, wd 1e-2, layer_adaptation 1;
+ *  LARS lr 1, momentum 0.9, dampening 0, wd 0, trust_coef 1e-3,
+ *  layer_adaptation 1 (the trust ratio already scales each tensor's step to
+ *  about trust_coef * ||w||, so lr is a multiplier of that).
+ *  Fields an algorithm does not read keep these values: betas (0.9, 0.999),
+ *  eps 1e-8, alpha 0.99, momentum_decay 4e-3, trust_coef 1e-3,
+ *  layer_adaptation 1, everything else 0.
  *  Statuses: FO_ERR_NULL_POINTER (out is NULL), FO_ERR_INVALID_ARGUMENT
  *  (alg is not an fo_algorithm; *out is left as it was). */
 FO_API fo_status fo_hparams_default(fo_algorithm alg, fo_hparams *out);

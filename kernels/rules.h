@@ -27,6 +27,12 @@
 #define FO_RULE_ADAM 1
 #define FO_RULE_ADAMW 2
 #define FO_RULE_LION 3
+#define FO_RULE_ADAGRAD 4
+#define FO_RULE_RMSPROP 5
+#define FO_RULE_NADAM 6
+#define FO_RULE_LAMB 7
+#define FO_RULE_LARS 8
+#define FO_RULE_ALG_COUNT 9
 
 /* Dtype codes: equal to fo_dtype's values. */
 #define FO_RULE_F32 0
@@ -38,21 +44,29 @@
 #define FO_RULE_NESTEROV 2u
 #define FO_RULE_MAXIMIZE 4u
 #define FO_RULE_MOMENTUM 8u   /* SGD keeps a momentum buffer */
-#define FO_RULE_FIRST_STEP 16u /* SGD: buffer = gradient */
+#define FO_RULE_FIRST_STEP 16u /* SGD, LARS: buffer = gradient; AdaGrad:
+                                * the sum starts from init_acc */
+#define FO_RULE_CENTERED 32u   /* RMSprop keeps the gradient's average */
+#define FO_RULE_TRUST 64u      /* LAMB, LARS: the group uses trust ratios */
 
 /* The scalars one group's elements need for one step. */
 typedef struct fo_rule_scalars {
   float lr;
   float weight_decay;
-  float beta1;          /* Adam/Lion beta1; SGD momentum */
-  float beta2;          /* Adam/Lion beta2 */
-  float one_minus_b1;   /* 1 - beta1; SGD: 1 - dampening */
-  float one_minus_b2;   /* 1 - beta2 */
+  float beta1;          /* Adam/Lion/NAdam/LAMB beta1; SGD, RMSprop, LARS
+                         * momentum */
+  float beta2;          /* Adam/Lion/NAdam/LAMB beta2; RMSprop alpha */
+  float one_minus_b1;   /* 1 - beta1; SGD, LARS: 1 - dampening */
+  float one_minus_b2;   /* 1 - beta2; RMSprop: 1 - alpha */
   float eps;
-  float step_size;      /* Adam: lr / (1 - beta1^t) */
-  float bc2_sqrt;       /* Adam: sqrt(1 - beta2^t) */
-  float decay;          /* AdamW, Lion: 1 - lr*wd */
+  float step_size;      /* Adam: lr / (1 - beta1^t); NAdam: the first
+                         * moment's coefficient; LAMB: 1 / (1 - beta1^t) */
+  float step_size_g;    /* NAdam: the gradient's coefficient */
+  float bc2_sqrt;       /* Adam, NAdam, LAMB: sqrt(1 - beta2^t) */
+  float decay;          /* AdamW, Lion, decoupled NAdam: 1 - lr*wd; else 1 */
   float grad_coef;      /* multiplies every gradient (unscale, clip, 1/N) */
+  float init_acc;       /* AdaGrad: the sum's initial value */
+  float trust_coef;     /* LARS: eta */
   uint32_t flags;
 } fo_rule_scalars;
 

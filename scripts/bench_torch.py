@@ -61,7 +61,8 @@ c_int, c_float, c_int64, c_uint64, c_size_t, c_void_p = (
 
 # enums (include/fusedopt.h)
 FO_SUCCESS = 0
-FO_ALG = {"sgd": 0, "adam": 1, "adamw": 2, "lion": 3}
+FO_ALG = {"sgd": 0, "adam": 1, "adamw": 2, "lion": 3, "adagrad": 4, "rmsprop": 5, "nadam": 6,
+          "lamb": 7, "lars": 8}
 FO_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 FO_EXEC_CPU, FO_EXEC_CUDA = 0, 1
 FO_STORAGE_EXTERNAL = 0
@@ -72,7 +73,11 @@ class FoHparams(ctypes.Structure):
     _fields_ = [("struct_size", c_size_t), ("lr", c_float), ("weight_decay", c_float),
                 ("momentum", c_float), ("dampening", c_float), ("nesterov", c_int),
                 ("beta1", c_float), ("beta2", c_float), ("eps", c_float), ("amsgrad", c_int),
-                ("maximize", c_int), ("reserved", c_uint64 * 8)]
+                ("maximize", c_int), ("lr_decay", c_float),
+                ("initial_accumulator_value", c_float), ("alpha", c_float),
+                ("centered", c_int), ("momentum_decay", c_float),
+                ("decoupled_weight_decay", c_int), ("trust_coef", c_float),
+                ("layer_adaptation", c_int), ("reserved", c_uint64 * 4)]
 
 
 class FoLossScalerOptions(ctypes.Structure):

@@ -14,7 +14,6 @@ _Static_assert(sizeof(fo_algorithm) == sizeof(int) && sizeof(fo_dtype) == sizeof
                "checkpoint enums are read and written as int");
 _Static_assert(sizeof(int32_t) == sizeof(int), "FO_CKPT_INT fields are int or int32_t");
 
-static const char *const alg_names[FO_ALG_COUNT] = {"sgd", "adam", "adamw", "lion"};
 static const char *const dtype_names[FO_DTYPE_COUNT] = {"f32", "f16", "bf16"};
 static const char *const exec_names[FO_EXEC_COUNT] = {"cpu", "cuda"};
 static const char *const storage_names[FO_STORAGE_COUNT] = {"external", "arena"};
@@ -56,7 +55,7 @@ const fo_ckpt_field fo_ckpt_fields[] = {
      * loader: the update rule, the parameters' dtype, which buffers exist,
      * whether the scale in the step state is a loss scale, the groups and
      * the tensors */
-    NAMED("algorithm", algorithm, FO_CKPT_FIT_ALGORITHM, alg_names),
+    NAMED("algorithm", algorithm, FO_CKPT_FIT_ALGORITHM, fo_algorithm_names),
     NAMED("options.param_dtype", param_dtype, FO_CKPT_FIT_PARAM_DTYPE, dtype_names),
     OPT_FIT("options.master_weights", master_weights, FO_CKPT_FIT_ROLES),
     OPT_FIT("options.stochastic_rounding", stochastic_rounding, FO_CKPT_FIT_EQUAL),
@@ -209,22 +208,11 @@ uint32_t fo_ckpt_schema_fold(const fo_crc32 *c, uint32_t crc, fo_ckpt_scope scop
 
 /* ----------------------------------------------------------------- roles */
 
-static const struct {
-  const char *suffix, *sgd_suffix;
-} role_keys[FO_ROLE_COUNT] = {
-    [FO_ROLE_PARAM] = {"", ""},
-    [FO_ROLE_GRAD] = {"", ""},
-    [FO_ROLE_MASTER] = {".master", ".master"},
-    [FO_ROLE_EXP_AVG] = {".exp_avg", ".momentum_buffer"},
-    [FO_ROLE_EXP_AVG_SQ] = {".exp_avg_sq", ".exp_avg_sq"},
-    [FO_ROLE_MAX_EXP_AVG_SQ] = {".max_exp_avg_sq", ".max_exp_avg_sq"},
-};
-
 int fo_ckpt_role_saved(const fo_optimizer *opt, fo_role role) {
   return role == FO_ROLE_PARAM || (fo_ckpt_is_state_role(role) && fo_role_kept(opt, role));
 }
 
 const char *fo_ckpt_role_suffix(fo_algorithm alg, fo_role role) {
-  if ((int)role < 0 || role >= FO_ROLE_COUNT) return "";
-  return alg == FO_ALG_SGD ? role_keys[role].sgd_suffix : role_keys[role].suffix;
+  const char *s = fo_algorithm_state_suffix(alg, role);
+  return s ? s : "";
 }

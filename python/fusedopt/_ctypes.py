@@ -38,15 +38,26 @@ class FoHparams(ctypes.Structure):
         ("eps", c_float),
         ("amsgrad", c_int),
         ("maximize", c_int),
-        ("reserved", c_uint64 * 8),
+        ("lr_decay", c_float),
+        ("initial_accumulator_value", c_float),
+        ("alpha", c_float),
+        ("centered", c_int),
+        ("momentum_decay", c_float),
+        ("decoupled_weight_decay", c_int),
+        ("trust_coef", c_float),
+        ("layer_adaptation", c_int),
+        ("reserved", c_uint64 * 4),
     ]
 
 
 # The hyper-parameters a caller may set, by name (struct_size and reserved
 # are the library's), and which of them are flags (0 or 1).
 HPARAM_FIELDS = ("lr", "weight_decay", "momentum", "dampening", "nesterov", "beta1", "beta2",
-                 "eps", "amsgrad", "maximize")
-HPARAM_FLAGS = frozenset(("nesterov", "amsgrad", "maximize"))
+                 "eps", "amsgrad", "maximize", "lr_decay", "initial_accumulator_value", "alpha",
+                 "centered", "momentum_decay", "decoupled_weight_decay", "trust_coef",
+                 "layer_adaptation")
+HPARAM_FLAGS = frozenset(("nesterov", "amsgrad", "maximize", "centered", "decoupled_weight_decay",
+                          "layer_adaptation"))
 
 
 class FoLossScalerOptions(ctypes.Structure):

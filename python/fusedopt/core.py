@@ -18,13 +18,16 @@ _ROLES = {
     "momentum_buffer": C.FO_ROLE_EXP_AVG,
     "exp_avg_sq": C.FO_ROLE_EXP_AVG_SQ,
     "max_exp_avg_sq": C.FO_ROLE_MAX_EXP_AVG_SQ,
+    "sum": C.FO_ROLE_EXP_AVG_SQ,             # AdaGrad
+    "square_avg": C.FO_ROLE_EXP_AVG_SQ,      # RMSprop
+    "grad_avg": C.FO_ROLE_MAX_EXP_AVG_SQ,    # RMSprop, centered
 }
 _FLOAT_FORMATS = ("f", "<f", "=f", "@f")
 
 
 def algorithms():
     """The library's algorithm names, in fo_algorithm order ("sgd", "adam",
-    "adamw", "lion")."""
+    "adamw", "lion", "adagrad", "rmsprop", "nadam", "lamb", "lars")."""
     lib = _library.load()
     names = []
     for i in range(256):
