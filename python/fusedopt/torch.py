@@ -224,15 +224,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if not p.is_contiguous():
                     raise ValueError("%s is not contiguous: fusedopt steps contiguous tensors "
                                      "(the library reads and writes flat memory)" % what)
-                if p.device.type not in ("cpu", "cuda"):
-                    raise ValueError("%s is on %s: fusedopt steps CPU and CUDA tensors"
-                                     % (what, p.device))
                 if first is None:
                     first = p
                 if p.device != first.device:
                     raise ValueError("%s is on %s, another parameter on %s: one fusedopt "
                                      "optimizer steps tensors on one device (make one "
                                      "optimizer per device)" % (what, p.device, first.device))
+                if p.device.type not in ("cpu", "cuda"):
+                    raise ValueError("%s is on %s: fusedopt steps CPU and CUDA tensors"
+                                     % (what, p.device))
                 if p.dtype != first.dtype:
                     raise TypeError("%s is %s, another parameter %s: one fusedopt optimizer "
                                     "steps one dtype (make one optimizer per dtype)"
@@ -687,6 +687,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         hyper-parameters, step and loss-scaler state."""
         if self._device.type == "cuda":
             torch.cuda.current_stream(self._device).synchronize()
+        self._push_hparams()  # the groups' current values are what is saved
         self._call("fo_optimizer_save", os.fsencode(_check_path(path)),
                    _stream_of(self._device))
 
