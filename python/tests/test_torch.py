@@ -2,9 +2,9 @@
 
 Run as a script (CTest's python_torch): exits 77 (CTest's SKIP_RETURN_CODE),
 saying why, when torch cannot be imported.  Works with Debian 12's
-python3-torch (1.13) and with torch 2.x.  Algorithms the library lists but
-whose step does not compute them yet (a one-step probe against the
-closed form) are skipped, saying so; the CUDA tests skip without a device.
+python3-torch (1.13) and with torch 2.x.  NAdam is compared only with
+torch 2.x (1.13's NAdam computes otherwise); an algorithm the library lacks
+is skipped, saying so; the CUDA tests skip without a device.
 """
 
 import math
@@ -33,46 +33,16 @@ TORCH_VERSION = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")
 
 
 def _probe(alg):
-    """None when the library computes alg, else why not: for the algorithms
-    torch has, 3 steps on a 3-element tensor with non-default settings
-    against torch.optim; for LAMB and LARS, one step against the closed
-    form."""
+    """None when alg can be checked here, else why not: the library lacks
+    it, or (NAdam) the installed torch predates 2.0, whose NAdam fusedopt
+    follows (torch 1.13's gives other numbers on the same inputs; the
+    golden vectors of tests/test_golden.c pin NAdam to torch 2.x)."""
     if alg not in fusedopt.algorithms():
         return "the library has no %s" % alg
-    cls = {"adagrad": "Adagrad", "rmsprop": "RMSprop", "nadam": "NAdam", "lamb": "LAMB",
-           "lars": "LARS"}[alg]
-    kw = {"adagrad": dict(lr=0.1, lr_decay=0.1, initial_accumulator_value=0.2),
-          "rmsprop": dict(lr=0.01, momentum=0.5, centered=True),
-          "nadam": dict(lr=0.01)}.get(alg, {})
-    p = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
-    opt = getattr(ft, cls)([p], **kw)
-    grads = [torch.tensor([0.5, 0.25, -1.0]), torch.tensor([-0.3, 0.1, 0.2]),
-             torch.tensor([0.05, -0.4, 0.3])]
-    if hasattr(torch.optim, cls):
-        q = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
-        ref = getattr(torch.optim, cls)([q], **kw)
-        for g in grads:
-            p.grad.copy_(g)
-            opt.step()
-            q.grad = g.clone()
-            ref.step()
-        want = q.detach()
-    else:
-        grads = grads[:1]
-        p.grad.copy_(grads[0])
-        opt.step()
-        w, g = torch.tensor([1.0, -2.0, 0.5]), grads[0]
-        if alg == "lamb":  # m/(sqrt(v)+eps) = sign(g) at step 1 (eps 1e-6), plus wd*w
-            u = g / (g.abs() + 1e-6) + 1e-2 * w
-            want = w - 1e-3 * (w.norm() / u.norm()) * u
-        else:  # lars: local rate 1e-3 * ||w|| / ||g||, lr 1, first step buf = g
-            want = w - 1e-3 * w.norm() / g.norm() * g
-    got = p.detach()
-    opt.close()
-    err = (got - want).abs().max().item()
-    if err > 1e-5:
-        return ("libfusedopt %s lists %r but its step does not compute it yet (probe: %s, "
-                "want %s)" % (fusedopt.library_version(), alg, got.tolist(), want.tolist()))
+    major = int(torch.__version__.split(".")[0])
+    if alg == "nadam" and major < 2:
+        return ("torch %s's NAdam is not torch 2.x's, which fusedopt follows "
+                "(tests/test_golden.c checks it against torch 2.x)" % torch.__version__)
     return None
 
 
