@@ -5,7 +5,8 @@
  * configuration; prints a table and writes CSV.  docs/performance.md has
  * the method, the bytes model and the figures.
  *
- *   bench [--list a,b,c,d|all] [--alg adamw,adam,sgd,lion|all]
+ *   bench [--list a,b,c,d|all]
+ *         [--alg adamw,adam,sgd,lion,adagrad,rmsprop,nadam,lamb,lars|all]
  *         [--config fp32,bf16-master,bf16|all] [--reps N] [--warmup N]
  *         [--csv FILE] [--cpu [--threads N]] ...        (--help for all)
  *
@@ -57,7 +58,8 @@ static void usage(FILE *f) {
           "  --list L      tensor lists, comma-separated: a (GPT-2 124M), b (Llama-7B\n"
           "                layers), c (one huge tensor), d (4096 tiny tensors), or all\n"
           "                (default: all on CUDA, c,a with --cpu)\n"
-          "  --alg A       adamw, adam, sgd (momentum 0.9), lion, or all (default all)\n"
+          "  --alg A       adamw, adam, sgd (momentum 0.9), lion, adagrad, rmsprop\n"
+          "                (momentum 0.9), nadam, lamb, lars, or all (default all)\n"
           "  --config C    fp32, bf16-master, bf16, or all (default all)\n"
           "  --reps N      timed steps per measurement, median reported (default 50,\n"
           "                10 with --cpu)\n"

@@ -2,10 +2,11 @@
  * model.c -- the configurations, the bytes model and the hyper-parameters.
  *
  * Bytes a step must move per parameter (DESIGN.md, "Performance model":
- * each input read once, each output written once).  With P and G the
- * parameter and gradient element sizes and S the fp32 state buffers of the
- * algorithm (Adam, AdamW: m and v, S = 2; SGD momentum, Lion: one buffer,
- * S = 1):
+ * each input read once per pass that needs it, each output written once).
+ * With P and G the parameter and gradient element sizes and S the fp32
+ * state buffers of the algorithm (Adam, AdamW, NAdam, LAMB: m and v,
+ * S = 2; SGD momentum, Lion, AdaGrad, LARS: one buffer, S = 1; RMSprop:
+ * square_avg, + the momentum buffer, + grad_avg when centered):
  *
  *   weights   without master: read and write the parameter      2P
  *             with fp32 master: read and write the master, write
@@ -13,13 +14,21 @@
  *   gradient  read                                               G
  *   state     read and write each buffer                         8S
  *
- *   config        P  G  master | AdamW/Adam (S=2) | SGD, Lion (S=1)
- *   fp32          4  4  no     | 28              | 20
- *   bf16-master   2  2  yes    | 28              | 20
- *   bf16          2  2  no     | 22              | 14
+ * The two-pass rules (docs/performance.md) read more: LAMB's second pass
+ * reads the weights (P, or 4 with a master) and m and v (8) again; LARS's
+ * first pass reads the weights and the gradient, its second reads them
+ * again (P or 4, and G).
  *
- * (SGD's first step, which sets the buffer without reading it, is never
- * timed: warm-up runs first.)
+ *   config        P  G  master | AdamW, Adam, NAdam | SGD, Lion, AdaGrad | RMSprop  | LAMB | LARS
+ *   fp32          4  4  no     | 28                 | 20                 | 28 (S=2) | 40   | 28
+ *   bf16-master   2  2  yes    | 28                 | 20                 | 28       | 40   | 26
+ *   bf16          2  2  no     | 22                 | 14                 | 22       | 32   | 18
+ *
+ * The benchmark's RMSprop has momentum 0.9 and is not centered (S = 2);
+ * the counts follow bench_hparams(), so another choice there counts its
+ * own bytes.  (SGD's and LARS's first steps, which set the buffer without
+ * reading it, and AdaGrad's, which sets the sum, are never timed: warm-up
+ * runs first.)
  */
 #include <math.h>
 #include <string.h>
@@ -33,7 +42,9 @@ const bench_config bench_configs[] = {
 };
 const int bench_num_configs = (int)(sizeof bench_configs / sizeof bench_configs[0]);
 
-const fo_algorithm bench_algs[] = {FO_ALG_ADAMW, FO_ALG_ADAM, FO_ALG_SGD, FO_ALG_LION};
+const fo_algorithm bench_algs[] = {FO_ALG_ADAMW, FO_ALG_ADAM,    FO_ALG_SGD,
+                                   FO_ALG_LION,  FO_ALG_ADAGRAD, FO_ALG_RMSPROP,
+                                   FO_ALG_NADAM, FO_ALG_LAMB,    FO_ALG_LARS};
 const int bench_num_algs = (int)(sizeof bench_algs / sizeof bench_algs[0]);
 
 /* The name a run is selected and reported by: the library's own. */
@@ -42,13 +53,29 @@ const char *bench_alg_name(fo_algorithm alg) {
 }
 
 static int64_t state_buffers(fo_algorithm alg) {
-  return alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW ? 2 : 1;
+  switch (alg) {
+    case FO_ALG_ADAM:
+    case FO_ALG_ADAMW:
+    case FO_ALG_NADAM:
+    case FO_ALG_LAMB: return 2;
+    case FO_ALG_RMSPROP: {
+      fo_hparams h;
+      bench_hparams(alg, 0, &h);
+      return 1 + (h.momentum != 0.0f) + (h.centered != 0);
+    }
+    default: return 1; /* SGD momentum, Lion, AdaGrad, LARS */
+  }
 }
 
 int64_t bench_bytes_per_param(fo_algorithm alg, const bench_config *c) {
   const int64_t p = (int64_t)fo_dtype_size(c->param), g = (int64_t)fo_dtype_size(c->grad);
-  const int64_t weights = c->master ? 8 + p : 2 * p;
-  return weights + g + 8 * state_buffers(alg);
+  /* Passes that read the weights, passes that read the gradient, and the
+   * state bytes read again by a second pass. */
+  const int64_t w_reads = alg == FO_ALG_LAMB || alg == FO_ALG_LARS ? 2 : 1;
+  const int64_t g_reads = alg == FO_ALG_LARS ? 2 : 1;
+  const int64_t state_rereads = alg == FO_ALG_LAMB ? 8 : 0;
+  const int64_t weights = c->master ? 4 * w_reads + 4 + p : p * w_reads + p;
+  return weights + g * g_reads + 8 * state_buffers(alg) + state_rereads;
 }
 
 int64_t bench_footprint_per_param(fo_algorithm alg, const bench_config *c) {
@@ -64,29 +91,81 @@ void bench_hparams(fo_algorithm alg, int group, fo_hparams *out) {
   out->lr = 1e-3f;
   if (alg == FO_ALG_SGD) out->momentum = 0.9f;
   if (alg == FO_ALG_LION) out->weight_decay = 1e-2f;
-  if (group == 1) out->weight_decay = 0.0f;
+  /* RMSprop: momentum 0.9, not centered (28 B per fp32 parameter). */
+  if (alg == FO_ALG_RMSPROP) out->momentum = 0.9f;
+  /* LAMB and LARS move each tensor by about lr * ||w|| (LARS: lr *
+   * trust_coef * ||w||) per step: at lr 1e-3 (LARS: 1 with trust_coef
+   * 1e-3) a bf16 weight would not move by an ulp (0.4 % of it), so the
+   * check could not tell a step from a no-op.  LAMB lr 1e-2; LARS lr 10
+   * (the paper's eta 1e-3, its large-batch rates) and weight decay 5e-4. */
+  if (alg == FO_ALG_LAMB) out->lr = 1e-2f;
+  if (alg == FO_ALG_LARS) {
+    out->lr = 10.0f;
+    out->weight_decay = 5e-4f;
+  }
+  if (group == 1) {
+    out->weight_decay = 0.0f;
+    /* Biases and norms: no trust ratio for LAMB (NVIDIA's FusedLAMB
+     * applies it only where weight decay is). */
+    if (alg == FO_ALG_LAMB) out->layer_adaptation = 0;
+  }
+}
+
+/* NAdam's mu_t = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay)). */
+static double nadam_mu(const fo_hparams *h, int64_t t) {
+  return (double)h->beta1 * (1.0 - 0.5 * pow(0.96, (double)t * (double)h->momentum_decay));
 }
 
 void bench_naive_scalars(fo_algorithm alg, const fo_hparams *h, int64_t t, naive_scalars *out) {
   naive_scalars s;
   memset(&s, 0, sizeof s);
   const double lr = h->lr, wd = h->weight_decay;
-  const int decoupled = alg == FO_ALG_ADAMW || alg == FO_ALG_LION;
+  const int decoupled = alg == FO_ALG_ADAMW || alg == FO_ALG_LION ||
+                        (alg == FO_ALG_NADAM && h->decoupled_weight_decay);
   s.lr = h->lr;
-  s.l2 = decoupled ? 0.0f : h->weight_decay;
+  s.l2 = decoupled || alg == FO_ALG_LAMB ? 0.0f : h->weight_decay;
   s.decay = decoupled ? (float)(1.0 - lr * wd) : 1.0f;
   s.eps = h->eps;
-  if (alg == FO_ALG_SGD) {
-    s.b1 = h->momentum;
-    s.omb1 = (float)(1.0 - (double)h->dampening);
-    s.first = t == 1;
-  } else {
-    s.b1 = h->beta1;
-    s.b2 = h->beta2;
-    s.omb1 = (float)(1.0 - (double)h->beta1);
-    s.omb2 = (float)(1.0 - (double)h->beta2);
-    s.step_size = (float)(lr / (1.0 - pow((double)h->beta1, (double)t)));
-    s.bc2_sqrt = (float)sqrt(1.0 - pow((double)h->beta2, (double)t));
+  s.first = t == 1;
+  switch (alg) {
+    case FO_ALG_SGD:
+    case FO_ALG_LARS:
+      s.b1 = h->momentum;
+      s.omb1 = (float)(1.0 - (double)h->dampening);
+      s.wd = h->weight_decay;
+      s.trust = h->trust_coef;
+      s.adapt = h->layer_adaptation;
+      break;
+    case FO_ALG_ADAGRAD:
+      s.lr = (float)(lr / (1.0 + (double)(t - 1) * (double)h->lr_decay));
+      s.init = h->initial_accumulator_value;
+      break;
+    case FO_ALG_RMSPROP:
+      s.b1 = h->momentum;
+      s.b2 = h->alpha;
+      s.omb2 = (float)(1.0 - (double)h->alpha);
+      s.centered = h->centered;
+      break;
+    default: /* Adam, AdamW, Lion, NAdam, LAMB */
+      s.b1 = h->beta1;
+      s.b2 = h->beta2;
+      s.omb1 = (float)(1.0 - (double)h->beta1);
+      s.omb2 = (float)(1.0 - (double)h->beta2);
+      s.step_size = (float)(lr / (1.0 - pow((double)h->beta1, (double)t)));
+      s.bc1 = (float)(1.0 - pow((double)h->beta1, (double)t));
+      s.bc2_sqrt = (float)sqrt(1.0 - pow((double)h->beta2, (double)t));
+      s.wd = h->weight_decay;
+      s.adapt = h->layer_adaptation;
+      break;
+  }
+  if (alg == FO_ALG_NADAM) {
+    /* mu_product over steps 1..t, in double: the naive step keeps no
+     * state of its own between steps, so it is recomputed each step. */
+    double prod = 1.0;
+    for (int64_t k = 1; k <= t; k++) prod *= nadam_mu(h, k);
+    const double mu = nadam_mu(h, t), mu_next = nadam_mu(h, t + 1);
+    s.c1 = (float)(lr * (1.0 - mu) / (1.0 - prod));
+    s.c2 = (float)(lr * mu_next / (1.0 - prod * mu_next));
   }
   *out = s;
 }

@@ -113,20 +113,31 @@ static void fill_params(const row *r, bench_set *s, int index) {
              PARAM_SCALE);
 }
 
-/* The naive step's view of the set: the optimizer's own state buffers. */
+/* A state buffer of tensor i, or NULL when the optimizer keeps none of
+ * that role (FO_ERR_INVALID_STATE); any other failure is an error. */
+static float *state_or_null(fo_optimizer *opt, int64_t i, fo_role role) {
+  float *p = NULL;
+  const fo_status st = fo_optimizer_state_ptr(opt, i, role, &p);
+  if (st == FO_ERR_INVALID_STATE) return NULL;
+  FO_CHECK(st);
+  return p;
+}
+
+/* The naive step's view of the set: the optimizer's own state buffers,
+ * whichever the algorithm keeps (naive.h says which role holds what). */
 static void naive_table(const row *r, bench_set *s, const fo_tensor_desc *d) {
   const int64_t n = r->l->count;
   s->nt = calloc((size_t)n, sizeof *s->nt);
   if (!s->nt) bench_die("out of host memory");
-  const int adam = r->alg == FO_ALG_ADAM || r->alg == FO_ALG_ADAMW;
   for (int64_t i = 0; i < n; i++) {
     naive_tensor *t = &s->nt[i];
     t->param = d[i].param;
     t->grad = d[i].grad;
     t->numel = d[i].numel;
     t->group = d[i].group;
-    FO_CHECK(fo_optimizer_state_ptr(s->opt, i, FO_ROLE_EXP_AVG, &t->m));
-    if (adam) FO_CHECK(fo_optimizer_state_ptr(s->opt, i, FO_ROLE_EXP_AVG_SQ, &t->v));
+    t->m = state_or_null(s->opt, i, FO_ROLE_EXP_AVG);
+    t->v = state_or_null(s->opt, i, FO_ROLE_EXP_AVG_SQ);
+    t->a = state_or_null(s->opt, i, FO_ROLE_MAX_EXP_AVG_SQ);
     if (r->c->master) FO_CHECK(fo_optimizer_state_ptr(s->opt, i, FO_ROLE_MASTER, &t->master));
   }
 }
@@ -165,8 +176,9 @@ static void set_destroy(const row *r, bench_set *s) {
   memset(s, 0, sizeof *s);
 }
 
-/* Back to the state right after create: initial weights, zero moments,
- * step 0.  Gradients are never written by either step. */
+/* Back to the state right after create: initial weights, zero state
+ * buffers, step 0 (NAdam's mu_product back to 1).  Gradients are never
+ * written by either step. */
 static void set_reset(const row *r, bench_set *s, int index) {
   const bench_backend *b = r->b;
   b->sync();
@@ -174,8 +186,9 @@ static void set_reset(const row *r, bench_set *s, int index) {
   for (int64_t i = 0; i < r->l->count; i++) {
     const naive_tensor *t = &s->nt[i];
     const size_t bytes = (size_t)t->numel * sizeof(float);
-    b->zero(t->m, bytes);
+    if (t->m) b->zero(t->m, bytes);
     if (t->v) b->zero(t->v, bytes);
+    if (t->a) b->zero(t->a, bytes);
   }
   if (r->c->master) FO_CHECK(fo_optimizer_sync_master(s->opt, b->stream));
   b->sync();
