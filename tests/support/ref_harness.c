@@ -22,8 +22,17 @@ const int MATRIX_GROUPS[MATRIX_TENSORS] = {0, 1, 0, 1, 1, 0, 1};
 
 void describe_flags(fo_algorithm alg, const opt_flags *f, char *buf, size_t cap) {
   static const char *mom[] = {"", " momentum", " momentum+dampening", " nesterov"};
-  snprintf(buf, cap, "%s%s%s%s", alg == FO_ALG_SGD ? mom[f->momentum] : "", f->wd ? " wd" : "",
-           f->amsgrad ? " amsgrad" : "", f->maximize ? " maximize" : "");
+  const char *m = "";
+  if (alg == FO_ALG_SGD || alg == FO_ALG_LARS)
+    m = mom[f->momentum];
+  else if (alg == FO_ALG_RMSPROP && f->momentum)
+    m = " momentum";
+  const char *wd = "";
+  if (f->wd) wd = alg == FO_ALG_NADAM ? (f->wd == 2 ? " decoupled-wd" : " l2-wd") : " wd";
+  snprintf(buf, cap, "%s%s%s%s%s%s%s%s", m, f->centered ? " centered" : "", wd,
+           f->amsgrad ? " amsgrad" : "", f->lr_decay ? " lr_decay" : "",
+           f->init_acc ? " initial_accumulator" : "",
+           f->no_adapt ? " no-layer-adaptation(group 1)" : "", f->maximize ? " maximize" : "");
 }
 
 void describe(const run_cfg *c, char *buf, size_t cap) {
@@ -63,6 +72,53 @@ void make_hparams(fo_algorithm alg, const opt_flags *f, int g, fo_hparams *h) {
       else
         h->weight_decay = f->wd ? (g ? 0.213f : 0.0973f) : 0.0f;
       break;
+    case FO_ALG_ADAGRAD:
+      h->lr = g ? 0.0213f : 0.0517f;
+      h->lr_decay = f->lr_decay ? (g ? 0.0317f : 0.113f) : 0.0f;
+      h->initial_accumulator_value = f->init_acc ? (g ? 0.0731f : 0.317f) : 0.0f;
+      h->eps = g ? 0.0213f : 1e-10f;
+      h->weight_decay = f->wd ? (g ? 0.0493f : 0.0107f) : 0.0f;
+      break;
+    case FO_ALG_RMSPROP:
+      /* the first step moves by about lr/sqrt(1-alpha): ten times lr */
+      h->lr = g ? 0.00123f : 0.00317f;
+      h->alpha = g ? 0.913f : 0.987f;
+      h->momentum = f->momentum ? (g ? 0.613f : 0.893f) : 0.0f;
+      h->centered = f->centered;
+      h->eps = g ? 0.0173f : 1e-8f;
+      h->weight_decay = f->wd ? (g ? 0.0317f : 0.0973f) : 0.0f;
+      break;
+    case FO_ALG_NADAM:
+      h->lr = g ? 0.00407f : 0.0103f;
+      h->beta1 = g ? 0.8f : 0.9f;
+      h->beta2 = g ? 0.99f : 0.999f;
+      h->eps = g ? 0.0213f : 1e-8f;
+      h->momentum_decay = g ? 0.0517f : 0.00413f;
+      h->decoupled_weight_decay = f->wd == 2;
+      if (f->wd == 2)
+        h->weight_decay = g ? 0.213f : 0.0973f;
+      else
+        h->weight_decay = f->wd ? (g ? 0.0317f : 0.0973f) : 0.0f;
+      break;
+    case FO_ALG_LAMB:
+      h->lr = g ? 0.00407f : 0.0103f;
+      h->beta1 = g ? 0.8f : 0.9f;
+      h->beta2 = g ? 0.99f : 0.999f;
+      h->eps = g ? 0.0213f : 1e-6f;
+      h->weight_decay = f->wd ? (g ? 0.0317f : 0.0973f) : 0.0f;
+      h->layer_adaptation = !(f->no_adapt && g == 1);
+      break;
+    case FO_ALG_LARS:
+      /* a step of about lr * trust_coef * |w| per element */
+      h->lr = g ? 0.713f : 1.37f;
+      h->trust_coef = g ? 0.0213f : 0.0117f;
+      h->momentum = f->momentum ? (g ? 0.613f : 0.893f) : 0.0f;
+      h->dampening = f->momentum == 2 ? (g ? 0.317f : 0.109f) : 0.0f;
+      h->nesterov = f->momentum == 3;
+      h->weight_decay = f->wd ? (g ? 0.0493f : 0.0107f) : 0.0f;
+      h->layer_adaptation = !(f->no_adapt && g == 1);
+      if (!h->layer_adaptation) h->lr = 0.0213f; /* plain SGD on the gradient */
+      break;
     default:
       h->lr = g ? 0.00307f : 0.0101f;
       h->beta1 = g ? 0.95f : 0.9f;
@@ -74,12 +130,42 @@ void make_hparams(fo_algorithm alg, const opt_flags *f, int g, fo_hparams *h) {
 
 int flag_list(fo_algorithm alg, opt_flags *out) {
   int n = 0;
+  switch (alg) {
+    case FO_ALG_ADAGRAD:
+      for (int ld = 0; ld < 2; ++ld)
+        for (int ia = 0; ia < 2; ++ia)
+          for (int wd = 0; wd < 2; ++wd)
+            for (int mx = 0; mx < 2; ++mx)
+              out[n++] = (opt_flags){.wd = wd, .maximize = mx, .lr_decay = ld, .init_acc = ia};
+      return n;
+    case FO_ALG_RMSPROP:
+      for (int ce = 0; ce < 2; ++ce)
+        for (int mo = 0; mo < 2; ++mo)
+          for (int wd = 0; wd < 2; ++wd)
+            for (int mx = 0; mx < 2; ++mx)
+              out[n++] = (opt_flags){.momentum = mo, .wd = wd, .maximize = mx, .centered = ce};
+      return n;
+    case FO_ALG_NADAM:
+      for (int wd = 0; wd < 3; ++wd)
+        for (int mx = 0; mx < 2; ++mx) out[n++] = (opt_flags){.wd = wd, .maximize = mx};
+      return n;
+    case FO_ALG_LAMB:
+    case FO_ALG_LARS:
+      for (int mo = 0; mo < (alg == FO_ALG_LARS ? 4 : 1); ++mo)
+        for (int na = 0; na < 2; ++na)
+          for (int wd = 0; wd < 2; ++wd)
+            for (int mx = 0; mx < 2; ++mx)
+              out[n++] = (opt_flags){.momentum = mo, .wd = wd, .maximize = mx, .no_adapt = na};
+      return n;
+    default: break;
+  }
   int moms = alg == FO_ALG_SGD ? 4 : 1;
   int ams = (alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) ? 2 : 1;
   for (int mo = 0; mo < moms; ++mo)
     for (int a = 0; a < ams; ++a)
       for (int wd = 0; wd < 2; ++wd)
-        for (int mx = 0; mx < 2; ++mx) out[n++] = (opt_flags){mo, wd, a, mx};
+        for (int mx = 0; mx < 2; ++mx)
+          out[n++] = (opt_flags){.momentum = mo, .wd = wd, .amsgrad = a, .maximize = mx};
   return n;
 }
 
@@ -142,6 +228,10 @@ void harness_free(harness *h) {
     free(h->pscale[t]);
     free(h->mscale[t]);
     free(h->vscale[t]);
+    free(h->fscale[t]);
+    free(h->dabs[t]);
+    free(h->rel[t]);
+    free(h->ebound[t]);
   }
   free(h->lim);
   memset(h, 0, sizeof *h);
@@ -175,7 +265,12 @@ int harness_init(harness *h, const run_cfg *c, const int64_t *sizes, const int *
     h->pscale[t] = calloc(n1, sizeof(double));
     h->mscale[t] = calloc(n1, sizeof(double));
     h->vscale[t] = calloc(n1, sizeof(double));
-    cr_assert(init && h->gval[t] && h->pscale[t] && h->mscale[t] && h->vscale[t]);
+    h->fscale[t] = calloc(n1, sizeof(double));
+    h->dabs[t] = calloc(n1, sizeof(double));
+    h->rel[t] = calloc(n1, sizeof(double));
+    h->ebound[t] = calloc(n1, sizeof(double));
+    cr_assert(init && h->gval[t] && h->pscale[t] && h->mscale[t] && h->vscale[t] && h->fscale[t] &&
+              h->dabs[t] && h->rel[t] && h->ebound[t]);
     tu_fill_range(&h->rng, init, n, -PARAM_INIT, PARAM_INIT);
     ref_set_params(h->ref, t, init);
     for (int64_t i = 0; i < n; ++i) h->pscale[t][i] = fabs(h->ref->tensors[t].param[i]);
@@ -245,8 +340,94 @@ static double max3(double a, double b, double c) {
   return m > c ? m : c;
 }
 
+/* The tolerance of a parameter that has had magnitude up to scale. */
+static double param_tol(const run_cfg *c, double scale, double want) {
+  if (c->pdt == FO_DTYPE_F32) return TOL_F32 * scale;
+  if (c->master) return TOL_F32 * scale + TOL_16_MASTER_ULPS * ref_ulp(c->pdt, want);
+  return TOL_F32 * scale + TOL_16_NOMASTER_ULPS * ref_ulp(c->pdt, scale);
+}
+
+/* The algorithms of issue #17, whose state tolerances check_new_state()
+ * sets (the original four keep theirs unchanged). */
+static int is_new_alg(fo_algorithm alg) {
+  return alg == FO_ALG_ADAGRAD || alg == FO_ALG_RMSPROP || alg == FO_ALG_NADAM ||
+         alg == FO_ALG_LAMB || alg == FO_ALG_LARS;
+}
+
+/* Whether the group's weight decay is L2, added to the gradient: then a
+ * 16-bit parameter without master weights that is off the reference's by
+ * dp puts wd*dp into the gradient and the state carries it. */
+static int l2_coupled(fo_algorithm alg, const fo_hparams *hp) {
+  if (hp->weight_decay == 0.0f) return 0;
+  switch (alg) {
+    case FO_ALG_SGD:
+    case FO_ALG_ADAM:
+    case FO_ALG_ADAGRAD:
+    case FO_ALG_RMSPROP:
+    case FO_ALG_LARS: return 1;
+    case FO_ALG_NADAM: return !hp->decoupled_weight_decay;
+    default: return 0;
+  }
+}
+
+/* 16-bit parameters without master weights, the new algorithms: before
+ * the step, the gradient after decay (|d|, RMSprop) and the relative
+ * perturbation of ||w|| by the parameters' tolerances (LARS: the local
+ * rate has ||w|| above and, times wd, below: twice that). */
+static void perturbation_before(harness *h) {
+  for (int t = 0; t < h->nt; ++t) {
+    const ref_tensor *R = &h->ref->tensors[t];
+    const fo_hparams *hp = &h->hp[h->group[t]];
+    double wd = l2_coupled(h->c.alg, hp) ? hp->weight_decay : 0.0;
+    double tol2 = 0.0, w2 = 0.0;
+    for (int64_t i = 0; i < h->numel[t]; ++i) {
+      double g = hp->maximize ? -h->gval[t][i] : h->gval[t][i];
+      h->dabs[t][i] = fabs(g + wd * R->w[i]);
+      double dp = param_tol(&h->c, h->pscale[t][i], 0.0);
+      tol2 += dp * dp;
+      w2 += R->w[i] * R->w[i];
+    }
+    h->qw[t] = w2 > 0.0 ? 2.0 * sqrt(tol2 / w2) : 0.0;
+  }
+}
+
+/* After the step: the largest perturbation of what entered m (ebound).
+ * RMSprop: every d so far is off by a relative rho at most (the running
+ * maximum of wd*dp/|d|); d/avg, avg being homogeneous of degree 1 in the
+ * d's, moves by rho for the numerator and by (rho + rho^2/2)*kappa for
+ * avg, kappa = (sq + ga^2)/(sq - ga^2) the condition of the centered
+ * variance (1 when not centered); twice that for safety.  LARS: e =
+ * local*(d + wd*w) moves by local*wd*dp, and by feed*qw through local. */
+static void perturbation_after(harness *h) {
+  for (int t = 0; t < h->nt; ++t) {
+    const ref_tensor *R = &h->ref->tensors[t];
+    const fo_hparams *hp = &h->hp[h->group[t]];
+    double wd = l2_coupled(h->c.alg, hp) ? hp->weight_decay : 0.0;
+    for (int64_t i = 0; i < h->numel[t]; ++i) {
+      double dp = param_tol(&h->c, h->pscale[t][i], 0.0), e = 0.0;
+      if (h->c.alg == FO_ALG_RMSPROP) {
+        double rho = h->dabs[t][i] > 0.0 ? wd * dp / h->dabs[t][i] : 0.0;
+        if (rho > h->rel[t][i]) h->rel[t][i] = rho;
+        rho = h->rel[t][i];
+        double kappa = 1.0;
+        if (hp->centered) {
+          double sq = R->v[i], ga2 = R->gavg[i] * R->gavg[i];
+          kappa = sq > ga2 ? (sq + ga2) / (sq - ga2) : INFINITY;
+        }
+        e = 2.0 * (rho + (rho + 0.5 * rho * rho) * kappa) * R->feed[i];
+      } else if (h->c.alg == FO_ALG_LARS) {
+        e = R->ratio * wd * dp + (hp->layer_adaptation ? R->feed[i] * h->qw[t] : 0.0);
+      }
+      if (e > h->ebound[t][i]) h->ebound[t][i] = e;
+    }
+  }
+}
+
 int harness_step(harness *h, char *msg, size_t cap) {
+  int track = is_new_alg(h->c.alg) && h->c.pdt != FO_DTYPE_F32 && !h->c.master;
+  if (track) perturbation_before(h);
   ref_step(h->ref, (const double *const *)h->gval);
+  if (track) perturbation_after(h);
   for (int t = 0; t < h->nt; ++t) {
     const ref_tensor *R = &h->ref->tensors[t];
     for (int64_t i = 0; i < h->numel[t]; ++i) {
@@ -254,6 +435,7 @@ int harness_step(harness *h, char *msg, size_t cap) {
       if (fabs(R->w[i]) > h->pscale[t][i]) h->pscale[t][i] = fabs(R->w[i]);
       if (fabs(R->m[i]) > h->mscale[t][i]) h->mscale[t][i] = fabs(R->m[i]);
       h->vscale[t][i] = max3(h->vscale[t][i], R->v[i], R->vmax[i]);
+      if (R->feed[i] > h->fscale[t][i]) h->fscale[t][i] = R->feed[i];
     }
   }
   fo_status st = fo_optimizer_step(h->opt, NULL);
@@ -281,11 +463,59 @@ static int check_state(harness *h, int t, fo_role role, const char *name, const 
   return 1;
 }
 
-/* The tolerance of a parameter that has had magnitude up to scale. */
-static double param_tol(const run_cfg *c, double scale, double want) {
-  if (c->pdt == FO_DTYPE_F32) return TOL_F32 * scale;
-  if (c->master) return TOL_F32 * scale + TOL_16_MASTER_ULPS * ref_ulp(c->pdt, want);
-  return TOL_F32 * scale + TOL_16_NOMASTER_ULPS * ref_ulp(c->pdt, scale);
+/* The state of the algorithms of issue #17, for tensor t.  As for the
+ * original four, a buffer's rounding errors scale with its own running
+ * maximum and with what enters it (the reference's feed: the gradient,
+ * RMSprop's d/avg, LARS's scaled gradient).  Without master weights, a
+ * 16-bit parameter off by dp adds, with L2 decay, wd*dp to the gradient:
+ * m, NAdam's and LAMB's first moment, by at most that (weights summing to
+ * at most 1); a momentum buffer (RMSprop, LARS) by the running maximum of
+ * the perturbation of what entered it (ebound, perturbation_after()) times
+ * 1 + 1/(1-momentum); a second moment, square_avg, by (2|d| + wd*dp)*wd*dp,
+ * AdaGrad's sum by that once per step; RMSprop's grad_avg by wd*dp. */
+static int check_new_state(harness *h, int t, int step, char *msg, size_t cap) {
+  const run_cfg *c = &h->c;
+  fo_algorithm alg = c->alg;
+  const ref_tensor *R = &h->ref->tensors[t];
+  const fo_hparams *hp = &h->hp[h->group[t]];
+  int nomaster16 = c->pdt != FO_DTYPE_F32 && !c->master;
+  double wd = l2_coupled(alg, hp) ? hp->weight_decay : 0.0;
+  double mw = 1.0 + 1.0 / (1.0 - hp->momentum);
+  const double *ps = h->pscale[t];
+  double *lim = h->lim;
+  int64_t n = h->numel[t];
+  int ema_m = alg == FO_ALG_NADAM || alg == FO_ALG_LAMB;
+  /* roles this tensor's group does not use are not compared */
+  int has_m = ema_m || ((alg == FO_ALG_RMSPROP || alg == FO_ALG_LARS) && hp->momentum != 0.0f);
+  if (has_m) {
+    for (int64_t i = 0; i < n; ++i) {
+      double dd = nomaster16 ? wd * param_tol(c, ps[i], 0.0) : 0.0;
+      double sc = h->mscale[t][i] > h->fscale[t][i] ? h->mscale[t][i] : h->fscale[t][i];
+      lim[i] = TOL_F32 * sc + (ema_m ? dd : mw * h->ebound[t][i]);
+    }
+    const char *name = ema_m ? "exp_avg" : "momentum_buffer";
+    if (!check_state(h, t, FO_ROLE_EXP_AVG, name, R->m, step, msg, cap)) return 0;
+  }
+  if (alg != FO_ALG_LARS) {
+    double weight = alg == FO_ALG_ADAGRAD ? (double)step : 1.0;
+    for (int64_t i = 0; i < n; ++i) {
+      double dmax = GRAD_MAX + wd * ps[i];
+      double dd = nomaster16 ? wd * param_tol(c, ps[i], 0.0) : 0.0;
+      lim[i] = TOL_F32 * h->vscale[t][i] + weight * (2.0 * dmax + dd) * dd;
+    }
+    const char *name = alg == FO_ALG_ADAGRAD   ? "sum"
+                       : alg == FO_ALG_RMSPROP ? "square_avg"
+                                               : "exp_avg_sq";
+    if (!check_state(h, t, FO_ROLE_EXP_AVG_SQ, name, R->v, step, msg, cap)) return 0;
+  }
+  if (alg == FO_ALG_RMSPROP && hp->centered) {
+    for (int64_t i = 0; i < n; ++i) {
+      double dd = nomaster16 ? wd * param_tol(c, ps[i], 0.0) : 0.0;
+      lim[i] = TOL_F32 * (GRAD_MAX + wd * ps[i]) + dd;
+    }
+    if (!check_state(h, t, FO_ROLE_MAX_EXP_AVG_SQ, "grad_avg", R->gavg, step, msg, cap)) return 0;
+  }
+  return 1;
 }
 
 int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
@@ -337,6 +567,11 @@ int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
       }
     }
 
+    if (is_new_alg(c->alg)) {
+      if (!check_new_state(h, t, step, msg, cap)) return 0;
+      continue;
+    }
+
     /* State.  A moment's rounding errors scale with the gradients feeding
      * it (|d| <= GRAD_MAX + wd*|p| with L2 decay) as well as with its own
      * running maximum.  Without master weights, a 16-bit parameter may be
@@ -344,8 +579,7 @@ int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
      * Adam) that enters the gradient as wd*dp, and the state carries it:
      * the momentum buffer with weight at most 1 + 1/(1-mu), m with weight
      * at most 1, v as (2|d| + wd*dp)*wd*dp. */
-    int coupled = (c->alg == FO_ALG_SGD || c->alg == FO_ALG_ADAM) && hp->weight_decay != 0.0f;
-    double wd = coupled ? hp->weight_decay : 0.0;
+    double wd = l2_coupled(c->alg, hp) ? hp->weight_decay : 0.0;
     double mw = c->alg == FO_ALG_SGD ? 1.0 + 1.0 / (1.0 - hp->momentum) : 1.0;
     /* roles this tensor's group does not use are not compared: what a
      * buffer the library keeps for another group holds there is not
