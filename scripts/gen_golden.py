@@ -295,6 +295,15 @@ def run_case(name, alg, groups, tensors, seed):
            "rmsprop": torch.optim.RMSprop, "nadam": torch.optim.NAdam}[alg]
     if alg == "sgd":
         opt = cls(param_groups, lr=hps[0]["lr"], foreach=False)
+    elif alg == "adagrad":
+        # torch.optim.Adagrad fills every sum with the constructor's
+        # initial_accumulator_value, whatever the group says; fusedopt's is
+        # per group: start each group's sums from its own
+        opt = cls(param_groups, foreach=False,
+                  initial_accumulator_value=hps[0]["initial_accumulator_value"])
+        for group in opt.param_groups:
+            for p in group["params"]:
+                opt.state[p]["sum"].fill_(group["initial_accumulator_value"])
     else:
         opt = cls(param_groups, foreach=False)
 
