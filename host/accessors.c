@@ -31,6 +31,13 @@ static fo_status set_step_claimed(const char *fn, fo_optimizer *opt, int64_t ste
   fo_status st = read_state(fn, opt, &s);
   if (st != FO_SUCCESS) return st;
   s.step = step;
+  /* NAdam's products of momentum coefficients follow the step count */
+  if (opt->options.algorithm == FO_ALG_NADAM) {
+    fo_prepare_args a;
+    fo_prepare_args_fill(opt, &a);
+    for (int g = 0; g < opt->num_groups; g++)
+      s.mu_product[g] = fo_nadam_mu_product(&a.groups[g], step);
+  }
   st = fo_exec_write_state(fn, opt, &s);
   if (st == FO_SUCCESS) fo_steps_left_reset(opt, &s);
   return st;
@@ -136,8 +143,7 @@ fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group, const fo_hparam
   if ((need.exp_avg && !opt->keeps.exp_avg) || (need.exp_avg_sq && !opt->keeps.exp_avg_sq) ||
       (need.max_exp_avg_sq && !opt->keeps.max_exp_avg_sq))
     return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "hparams[%d] need a state buffer the optimizer was created without (%s)",
-                   group,
+                   "hparams[%d] need a state buffer the optimizer was created without (%s)", group,
                    need.max_exp_avg_sq && !opt->keeps.max_exp_avg_sq
                        ? (hparams->centered ? "centered" : "amsgrad")
                        : "momentum");

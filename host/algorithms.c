@@ -19,9 +19,9 @@ _Static_assert(FO_ALG_SGD == FO_RULE_SGD && FO_ALG_ADAM == FO_RULE_ADAM &&
 
 /* The names checkpoints record ("fusedopt.algorithm"). */
 const char *const fo_algorithm_names[FO_ALG_COUNT] = {
-    [FO_ALG_SGD] = "sgd",         [FO_ALG_ADAM] = "adam",       [FO_ALG_ADAMW] = "adamw",
-    [FO_ALG_LION] = "lion",       [FO_ALG_ADAGRAD] = "adagrad", [FO_ALG_RMSPROP] = "rmsprop",
-    [FO_ALG_NADAM] = "nadam",     [FO_ALG_LAMB] = "lamb",       [FO_ALG_LARS] = "lars",
+    [FO_ALG_SGD] = "sgd",     [FO_ALG_ADAM] = "adam",       [FO_ALG_ADAMW] = "adamw",
+    [FO_ALG_LION] = "lion",   [FO_ALG_ADAGRAD] = "adagrad", [FO_ALG_RMSPROP] = "rmsprop",
+    [FO_ALG_NADAM] = "nadam", [FO_ALG_LAMB] = "lamb",       [FO_ALG_LARS] = "lars",
 };
 
 /* The state roles, as a checkpoint names them after the tensor's name
@@ -135,11 +135,11 @@ fo_status fo_algorithm_check_hparams(const char *func, fo_algorithm alg, int gro
     return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].eps = %g must be > 0", group,
                    (double)h->eps);
   if (alg == FO_ALG_RMSPROP && h->alpha >= 1.0f)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].alpha = %g must be in [0, 1)",
-                   group, (double)h->alpha);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].alpha = %g must be in [0, 1)", group,
+                   (double)h->alpha);
   if (alg == FO_ALG_LARS && !(h->trust_coef > 0.0f))
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].trust_coef = %g must be > 0",
-                   group, (double)h->trust_coef);
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, func, "hparams[%d].trust_coef = %g must be > 0", group,
+                   (double)h->trust_coef);
   return FO_SUCCESS;
 }
 

@@ -31,10 +31,15 @@
 #define FO_HOT_LOOP
 #endif
 
+/* Which pass of the step a block runs: the only one, or LAMB's and LARS's
+ * norms pass and apply pass. */
+typedef enum step_pass { PASS_UPDATE, PASS_NORMS, PASS_APPLY } step_pass;
+
 typedef struct step_ctx {
   const fo_optimizer *opt;
   const fo_rule_scalars *scalars; /* per group, from the step state */
   int64_t t;                      /* 1-based number of this step */
+  step_pass pass;
 } step_ctx;
 
 FO_HOT_LOOP static void widen(int dtype, const void *src, int64_t at, float *dst, int n) {
@@ -96,13 +101,52 @@ FO_HOT_LOOP static void update_tile(int alg, float *restrict p, float *restrict 
       else
         for (int i = 0; i < n; i++) fo_update_adam_x(1, 0, &p[i], &m[i], &v[i], &vmax[i], g[i], s);
       break;
+    case FO_RULE_ADAGRAD:
+      for (int i = 0; i < n; i++) fo_update_adagrad(&p[i], &v[i], g[i], s);
+      break;
+    case FO_RULE_RMSPROP:
+      for (int i = 0; i < n; i++) fo_update_rmsprop(&p[i], &m[i], &v[i], &vmax[i], g[i], s);
+      break;
+    case FO_RULE_NADAM:
+      for (int i = 0; i < n; i++) fo_update_nadam(&p[i], &m[i], &v[i], g[i], s);
+      break;
     default:
       for (int i = 0; i < n; i++) fo_update_lion(&p[i], &m[i], g[i], s);
       break;
   }
 }
 
-static void step_block(const step_ctx *c, const fo_plan_block *b) {
+/* LAMB and LARS, first pass over one tile: the squared norms of the
+ * weights and of LAMB's direction u (advancing the moments) or of LARS's
+ * gradient, added to acc[0] and acc[1] in element order. */
+FO_HOT_LOOP static void norms_tile(int alg, const float *restrict p, float *restrict m,
+                                   float *restrict v, const float *restrict g, int n,
+                                   const fo_rule_scalars *sp, double acc[2]) {
+  const fo_rule_scalars copy = *sp, *s = &copy;
+  double ws = acc[0], xs = acc[1];
+  for (int i = 0; i < n; i++) {
+    float x =
+        alg == FO_RULE_LAMB ? fo_lamb_moments(p[i], &m[i], &v[i], g[i], s) : fo_rule_grad(g[i], s);
+    ws += (double)p[i] * (double)p[i];
+    xs += (double)x * (double)x;
+  }
+  acc[0] = ws;
+  acc[1] = xs;
+}
+
+/* LAMB and LARS, second pass over one tile, with the tensor's factor. */
+FO_HOT_LOOP static void apply_tile(int alg, float *restrict p, float *restrict m,
+                                   const float *restrict v, const float *restrict g, int n,
+                                   float factor, const fo_rule_scalars *sp) {
+  const fo_rule_scalars copy = *sp, *s = &copy;
+  if (alg == FO_RULE_LAMB)
+    for (int i = 0; i < n; i++) fo_update_lamb(&p[i], m[i], v[i], factor, s);
+  else
+    for (int i = 0; i < n; i++) fo_update_lars(&p[i], &m[i], g[i], factor, s);
+}
+
+static void step_block(const step_ctx *c, int64_t bi) {
+  const fo_plan_block *b = &c->opt->run.blocks[bi];
   const fo_optimizer *opt = c->opt;
   const fo_plan_tensor *t = &opt->run.tensors[b->tensor];
   const fo_rule_scalars *s = &c->scalars[t->group];
@@ -117,6 +161,8 @@ static void step_block(const step_ctx *c, const fo_plan_block *b) {
   /* Buffers the optimizer does not keep are never read by the rules for
    * this configuration; they point at scratch so the loops stay uniform. */
   float tile_p[TILE], tile_g[TILE], scratch_m[TILE], scratch_v[TILE], scratch_x[TILE];
+  double acc[2] = {0.0, 0.0};
+  const int alg = (int)opt->options.algorithm;
   for (int64_t at = b->start; at < end; at += TILE) {
     int n = end - at < TILE ? (int)(end - at) : TILE;
     float *p = w32 ? w32 + at : tile_p;
@@ -126,7 +172,14 @@ static void step_block(const step_ctx *c, const fo_plan_block *b) {
     float *m = t->exp_avg ? t->exp_avg + at : scratch_m;
     float *v = t->exp_avg_sq ? t->exp_avg_sq + at : scratch_v;
     float *x = t->max_exp_avg_sq ? t->max_exp_avg_sq + at : scratch_x;
-    update_tile((int)opt->options.algorithm, p, m, v, x, g, n, s);
+    if (c->pass == PASS_NORMS) { /* reads and the moments only */
+      norms_tile(alg, p, m, v, g, n, s, acc);
+      continue;
+    }
+    if (c->pass == PASS_APPLY)
+      apply_tile(alg, p, m, v, g, n, opt->run.tensor_factors[b->tensor], s);
+    else
+      update_tile(alg, p, m, v, x, g, n, s);
     /* After the update, which has read every gradient of the tile: an fp32
      * gradient is scaled where it is, a 16-bit one rounded back. */
     if (opt->options.write_unscaled_grads) {
@@ -140,6 +193,10 @@ static void step_block(const step_ctx *c, const fo_plan_block *b) {
       narrow_bf16_sr(p, (uint16_t *)t->param, at, n, opt->options.seed, c->t, b->tensor);
     else if (pd != FO_DTYPE_F32)
       narrow(pd, p, t->param, at, n);
+  }
+  if (c->pass == PASS_NORMS) {
+    opt->run.norm_partials[2 * bi] = acc[0];
+    opt->run.norm_partials[2 * bi + 1] = acc[1];
   }
 }
 
@@ -191,16 +248,43 @@ static fo_status sum_partials(fo_optimizer *opt, double *out, fo_stream_t stream
   return FO_SUCCESS;
 }
 
+static void run_blocks(const step_ctx *c) {
+  const fo_optimizer *opt = c->opt;
+  int64_t nb = opt->run.num_blocks;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
+  for (int64_t b = 0; b < nb; b++) step_block(c, b);
+}
+
+/* Each tensor's factor from its blocks' partial norms, added in block
+ * order (a tensor's blocks are next to each other in the plan). */
+static void tensor_factors(const fo_optimizer *opt) {
+  const fo_run_plan *r = &opt->run;
+  for (int64_t b = 0; b < r->num_blocks;) {
+    int64_t t = r->blocks[b].tensor;
+    double w = 0.0, x = 0.0;
+    for (; b < r->num_blocks && r->blocks[b].tensor == t; b++) {
+      w += r->norm_partials[2 * b];
+      x += r->norm_partials[2 * b + 1];
+    }
+    r->tensor_factors[t] = fo_trust_factor((int)opt->options.algorithm, w, x,
+                                           &opt->state->groups[r->tensors[t].group]);
+  }
+}
+
 static fo_status update(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream) {
   (void)stream;
   fo_prepare_args args;
   fo_prepare_args_fill(opt, &args);
   fo_prepare_step(&args, sums ? sum_in_order(sums, n) : 0.0, opt->state);
   if (opt->state->skip) return FO_SUCCESS;
-  int64_t nb = opt->run.num_blocks;
-  step_ctx c = {opt, opt->state->groups, opt->state->step};
-#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count(opt)) if (run_parallel(opt))
-  for (int64_t b = 0; b < nb; b++) step_block(&c, &opt->run.blocks[b]);
+  step_ctx c = {opt, opt->state->groups, opt->state->step, PASS_UPDATE};
+  if (fo_algorithm_has_tensor_norms(opt->options.algorithm)) {
+    c.pass = PASS_NORMS;
+    run_blocks(&c);
+    tensor_factors(opt);
+    c.pass = PASS_APPLY;
+  }
+  run_blocks(&c);
   return FO_SUCCESS;
 }
 

@@ -67,6 +67,19 @@ static int enqueue_update(fo_optimizer *opt, const double *sums, int64_t n, fo_s
   a.pdl = r->pdl;
   a.seed = opt->options.seed;
   a.state = opt->state;
+  if (fo_algorithm_has_tensor_norms(opt->options.algorithm)) {
+    /* LAMB, LARS: the norms pass, each tensor's factor, the apply pass */
+    a.pass = FO_PASS_NORMS;
+    a.norm_partials = r->norm_partials;
+    e = fo_launch_step(&a, stream);
+    if (!e)
+      e = fo_launch_tensor_factors(r->d_blocks, r->d_tensors, r->num_blocks, r->num_tensors,
+                                   a.algorithm, r->norm_partials, opt->state, r->tensor_factors,
+                                   stream);
+    if (e) return e;
+    a.pass = FO_PASS_APPLY;
+    a.tensor_factors = r->tensor_factors;
+  }
   e = fo_launch_step(&a, stream);
   if (e || !opt->options.write_unscaled_grads) return e;
   return fo_launch_unscale_grads(r->d_blocks, r->d_tensors, r->num_blocks, r->chunk,

@@ -196,8 +196,15 @@ void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *a) {
     d->beta1 = h->beta1;
     d->beta2 = h->beta2;
     d->eps = h->eps;
+    d->lr_decay = h->lr_decay;
+    d->init_acc = h->initial_accumulator_value;
+    d->alpha = h->alpha;
+    d->momentum_decay = h->momentum_decay;
+    d->trust_coef = h->trust_coef;
     d->flags = (h->amsgrad ? FO_RULE_AMSGRAD : 0u) | (h->nesterov ? FO_RULE_NESTEROV : 0u) |
-               (h->maximize ? FO_RULE_MAXIMIZE : 0u);
+               (h->maximize ? FO_RULE_MAXIMIZE : 0u) | (h->centered ? FO_RULE_CENTERED : 0u) |
+               (h->layer_adaptation ? FO_RULE_TRUST : 0u) |
+               (h->decoupled_weight_decay ? FO_RULE_DECOUPLED : 0u);
   }
 }
 
@@ -207,6 +214,20 @@ void fo_step_state_init(const fo_options *o, fo_step_state *out) {
   out->hysteresis_left = o->loss_scaler.hysteresis;
   out->grad_coef = 1.0f;
   out->lr_factor = 1.0f;
+  for (int g = 0; g < FO_PLAN_MAX_GROUPS; g++) out->mu_product[g] = 1.0f;
+}
+
+float fo_nadam_mu_product(const fo_group_hparams *h, int64_t steps) {
+  float p = 1.0f;
+  for (int64_t t = 1; t <= steps; t++) {
+    double mu = fo_nadam_mu(h, t);
+    /* mu_t has reached beta1 (0.96^(t*psi) is below double's resolution,
+     * or psi is 0 and every mu_t is the same): the rest is one power */
+    if (mu == fo_nadam_mu(h, t + 1)) return (float)((double)p * pow(mu, (double)(steps - t + 1)));
+    p = (float)((double)p * mu);
+    if (p == 0.0f) return 0.0f; /* underflowed: it stays 0 */
+  }
+  return p;
 }
 
 void fo_steps_left_reset(fo_optimizer *opt, const fo_step_state *s) {

@@ -57,9 +57,10 @@ typedef struct fo_state_flags {
 typedef struct fo_exec_ops fo_exec_ops;
 
 /* The plan a step runs: the tensor table it indexes, its blocks (chunk
- * elements of one tensor each), the executor's copies of both (CUDA; NULL
- * on the CPU, which reads the host tables) and one pre-pass partial sum
- * per block (executor memory; NULL without a pre-pass).  pdl: the step
+ * elements of one tensor each, a tensor's blocks next to each other in
+ * element order), the executor's copies of both (CUDA; NULL on the CPU,
+ * which reads the host tables) and one pre-pass partial sum per block
+ * (executor memory; NULL without a pre-pass).  pdl: the step
  * kernel may be launched with Programmatic Dependent Launch (CUDA, compute
  * capability 9.0 or newer; kernels/launch.h). */
 typedef struct fo_run_plan {
@@ -72,6 +73,12 @@ typedef struct fo_run_plan {
   fo_plan_block *d_blocks;
   fo_plan_tensor *d_tensors;
   double *partials;
+  /* LAMB, LARS (fo_algorithm_has_tensor_norms): the norms pass's two
+   * partial sums of squares per block (norm_partials[2b], [2b+1]), and
+   * the second pass's factor per tensor (fo_trust_factor); executor
+   * memory, NULL for the other algorithms. */
+  double *norm_partials;
+  float *tensor_factors;
   int pdl;
 } fo_run_plan;
 
@@ -194,6 +201,10 @@ void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *out);
 
 /* The state of a fresh optimizer: step 0, the initial loss scale. */
 void fo_step_state_init(const fo_options *o, fo_step_state *out);
+
+/* NAdam's product of the momentum coefficients of steps 1 .. steps, as the
+ * steps would have left it (fo_optimizer_set_step). */
+float fo_nadam_mu_product(const fo_group_hparams *h, int64_t steps);
 
 /* Set opt->steps_left from counters now in the state. */
 void fo_steps_left_reset(fo_optimizer *opt, const fo_step_state *s);

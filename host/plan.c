@@ -31,6 +31,8 @@ void fo_run_plan_free(const fo_optimizer *opt, fo_run_plan *plan) {
   fo_exec_free(opt, plan->d_blocks);
   fo_exec_free(opt, plan->d_tensors);
   fo_exec_free(opt, plan->partials);
+  fo_exec_free(opt, plan->norm_partials);
+  fo_exec_free(opt, plan->tensor_factors);
   free(plan->blocks);
   if (plan->owns_tensors) free(plan->tensors);
   memset(plan, 0, sizeof *plan);
@@ -57,6 +59,11 @@ fo_status fo_run_plan_build(const char *fn, const fo_optimizer *opt, fo_plan_ten
   if (opt->check_grads)
     FO_TRY(
         fo_exec_alloc(fn, opt, (size_t)(p.num_blocks + 1) * sizeof(double), (void **)&p.partials));
+  if (fo_algorithm_has_tensor_norms(opt->options.algorithm)) {
+    FO_TRY(fo_exec_alloc(fn, opt, (size_t)(2 * p.num_blocks + 2) * sizeof(double),
+                         (void **)&p.norm_partials));
+    FO_TRY(fo_exec_alloc(fn, opt, (size_t)(n + 1) * sizeof(float), (void **)&p.tensor_factors));
+  }
 done:
   if (st != FO_SUCCESS) {
     fo_run_plan_free(opt, &p);

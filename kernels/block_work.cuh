@@ -292,8 +292,11 @@ template <int PT, int GT> struct fo_step_shape {
 /* The update of one block, as a visitor of fo_block_loop.  ALG is the rule,
  * PT and GT the parameter and gradient dtypes; MASTER: fp32 master weights
  * are read and written and the parameter is only written; SR: the bf16
- * parameter (no master) is rounded stochastically. */
-template <int ALG, int PT, int GT, bool MASTER, bool SR>
+ * parameter (no master) is rounded stochastically.  PASS (launch.h): the
+ * step of one pass, or LAMB's and LARS's norms pass (reads, LAMB's moments,
+ * two sums of squares into *acc; no parameter is written) and apply pass
+ * (the tensor's factor from the launch's tensor_factors). */
+template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS = FO_PASS_UPDATE>
 struct fo_step_op {
   typedef typename fo_elem<PT>::type param_t;
   typedef typename fo_elem<GT>::type grad_t;
@@ -304,6 +307,9 @@ struct fo_step_op {
   static_assert(!SR || (PT == FO_RULE_BF16 && !MASTER),
                 "stochastic rounding is for bf16 parameters without master");
   static_assert(!MASTER || PT != FO_RULE_F32, "fp32 parameters keep no master");
+  static constexpr bool TWO_PASS = ALG == FO_RULE_LAMB || ALG == FO_RULE_LARS;
+  static_assert(TWO_PASS == (PASS != FO_PASS_UPDATE), "LAMB and LARS run two passes, the rest one");
+  static constexpr bool NORMS = PASS == FO_PASS_NORMS;
 
   /* The block's buffers, offset to its first element. */
   param_t *param;
@@ -318,12 +324,15 @@ struct fo_step_op {
    * load_m is false on SGD's first step, which sets the buffer without
    * reading it. */
   bool use_m, load_m, use_v, use_vmax;
+  bool store_m, store_v; /* the apply pass of LAMB reads the moments only */
   fo_rule_scalars s;
+  float factor; /* the apply pass: the tensor's fo_trust_factor */
+  double *acc;  /* the norms pass: this thread's sums of squares, [2] */
   uint64_t seed, step, tensor, start;
   int64_t n;
   bool vec;
 
-  FO_BW_FN fo_step_op(const fo_step_launch &a, int64_t b) {
+  FO_BW_FN fo_step_op(const fo_step_launch &a, int64_t b, double *sums = nullptr) : acc(sums) {
     /* The plan's records are written once at create: look them up while
      * the prepare kernel may still run (a PDL launch), then wait for it. */
     const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
@@ -345,15 +354,38 @@ struct fo_step_op {
     m = r.t.exp_avg ? r.t.exp_avg + r.start : nullptr;
     v = r.t.exp_avg_sq ? r.t.exp_avg_sq + r.start : nullptr;
     vmax = r.t.max_exp_avg_sq ? r.t.max_exp_avg_sq + r.start : nullptr;
-    if (ALG == FO_RULE_SGD) {
-      use_m = m && (s.flags & FO_RULE_MOMENTUM);
-      load_m = use_m && !(s.flags & FO_RULE_FIRST_STEP);
-      use_v = use_vmax = false;
-    } else {
-      use_m = load_m = m != nullptr;
-      use_v = ALG != FO_RULE_LION && v != nullptr;
-      use_vmax = ALG != FO_RULE_LION && vmax && (s.flags & FO_RULE_AMSGRAD);
+    /* which state this rule reads (load_*) and writes (use_*) */
+    const bool momentum = (s.flags & FO_RULE_MOMENTUM) != 0;
+    factor = PASS == FO_PASS_APPLY && a.tensor_factors ? a.tensor_factors[r.tensor] : 1.0f;
+    switch (ALG) {
+      case FO_RULE_SGD:
+      case FO_RULE_LARS:
+        use_m = m && momentum && PASS != FO_PASS_NORMS;
+        load_m = use_m && !(s.flags & FO_RULE_FIRST_STEP);
+        use_v = use_vmax = false;
+        break;
+      case FO_RULE_ADAGRAD: /* the sum; its first step does not read it */
+        use_m = load_m = use_vmax = false;
+        use_v = v != nullptr;
+        break;
+      case FO_RULE_RMSPROP:
+        use_m = load_m = m && momentum;
+        use_v = v != nullptr;
+        use_vmax = vmax && (s.flags & FO_RULE_CENTERED);
+        break;
+      case FO_RULE_LION:
+        use_m = load_m = m != nullptr;
+        use_v = use_vmax = false;
+        break;
+      default: /* Adam, AdamW, NAdam, LAMB */
+        use_m = load_m = m != nullptr;
+        use_v = v != nullptr;
+        use_vmax = ALG != FO_RULE_NADAM && ALG != FO_RULE_LAMB && vmax &&
+                   (s.flags & FO_RULE_AMSGRAD);
+        break;
     }
+    store_m = use_m && !(ALG == FO_RULE_LAMB && PASS == FO_PASS_APPLY);
+    store_v = use_v && !(ALG == FO_RULE_LAMB && PASS == FO_PASS_APPLY);
     if (!use_m) m = nullptr;
     if (!use_v) v = nullptr;
     if (!use_vmax) vmax = nullptr;
@@ -397,22 +429,46 @@ struct fo_step_op {
       if (use_vmax) fo_ld_f32<N>(vmax + e, xx[k]);
     }
     /* 2. the arithmetic, rules.h's */
-    FO_BW_UNROLL
-    for (int k = 0; k < K; k++) {
-      if (off[k] < 0) continue;
+    if constexpr (NORMS) {
+      double ws = acc[0], xs = acc[1];
       FO_BW_UNROLL
-      for (int j = 0; j < N; j++)
-        fo_update_element(ALG, &p[k][j], &mm[k][j], &vv[k][j], &xx[k][j],
-                          g[k][j], &s);
+      for (int k = 0; k < K; k++) {
+        if (off[k] < 0) continue;
+        FO_BW_UNROLL
+        for (int j = 0; j < N; j++) {
+          const float x = ALG == FO_RULE_LAMB
+                              ? fo_lamb_moments(p[k][j], &mm[k][j], &vv[k][j], g[k][j], &s)
+                              : fo_rule_grad(g[k][j], &s);
+          ws += (double)p[k][j] * (double)p[k][j];
+          xs += (double)x * (double)x;
+        }
+      }
+      acc[0] = ws;
+      acc[1] = xs;
+    } else {
+      FO_BW_UNROLL
+      for (int k = 0; k < K; k++) {
+        if (off[k] < 0) continue;
+        FO_BW_UNROLL
+        for (int j = 0; j < N; j++) {
+          if constexpr (ALG == FO_RULE_LAMB)
+            fo_update_lamb(&p[k][j], mm[k][j], vv[k][j], factor, &s);
+          else if constexpr (ALG == FO_RULE_LARS)
+            fo_update_lars(&p[k][j], &mm[k][j], g[k][j], factor, &s);
+          else
+            fo_update_element(ALG, &p[k][j], &mm[k][j], &vv[k][j], &xx[k][j], g[k][j], &s);
+        }
+      }
     }
     /* 3. every store */
     FO_BW_UNROLL
     for (int k = 0; k < K; k++) {
       if (off[k] < 0) continue;
       const int64_t e = off[k];
-      if (use_m) fo_st_f32<N>(m + e, mm[k]);
-      if (use_v) fo_st_f32<N>(v + e, vv[k]);
+      if (store_m) fo_st_f32<N>(m + e, mm[k]);
+      if (store_v) fo_st_f32<N>(v + e, vv[k]);
       if (use_vmax) fo_st_f32<N>(vmax + e, xx[k]);
+      if constexpr (NORMS) continue; /* the parameters are the apply pass's */
       if constexpr (MASTER) fo_st_f32<N>(master + e, p[k]);
       if constexpr (SR) {
         uint16_t h[N];
@@ -430,10 +486,18 @@ struct fo_step_op {
 
 /* The step's work for block b, thread tid of nthreads: what the kernel
  * runs, and what the CPU tier runs for every (b, tid). */
-template <int ALG, int PT, int GT, bool MASTER, bool SR>
+template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS = FO_PASS_UPDATE>
 FO_BW_FN void fo_step_block(const fo_step_launch &a, int64_t b, int tid,
                             int nthreads) {
-  fo_run_block(fo_step_op<ALG, PT, GT, MASTER, SR>(a, b), tid, nthreads);
+  fo_run_block(fo_step_op<ALG, PT, GT, MASTER, SR, PASS>(a, b), tid, nthreads);
+}
+
+/* The norms pass of LAMB and LARS for block b, thread tid: this thread's
+ * share of the two sums of squares, added to sums[0] and sums[1]. */
+template <int ALG, int PT, int GT, bool MASTER, bool SR>
+FO_BW_FN void fo_norms_block(const fo_step_launch &a, int64_t b, int tid, int nthreads,
+                             double *sums) {
+  fo_run_block(fo_step_op<ALG, PT, GT, MASTER, SR, FO_PASS_NORMS>(a, b, sums), tid, nthreads);
 }
 
 /* --------------------------------------------------- sync-master, zero */

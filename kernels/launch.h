@@ -21,6 +21,13 @@ extern "C" {
 #define FO_CUDA_THREADS 256
 #define FO_CUDA_CHUNK 32768
 
+/* Passes of a step (fo_step_launch.pass): one for most algorithms; LAMB and
+ * LARS first sum two squared norms per block (NORMS), then update with each
+ * tensor's factor (APPLY). */
+#define FO_PASS_UPDATE 0
+#define FO_PASS_NORMS 1
+#define FO_PASS_APPLY 2
+
 /* Everything one fused step launch needs, passed by value. */
 typedef struct fo_step_launch {
   const fo_plan_block *blocks;   /* device memory */
@@ -30,8 +37,8 @@ typedef struct fo_step_launch {
   int32_t algorithm;   /* FO_RULE_SGD ... FO_RULE_LION */
   int32_t param_dtype; /* FO_RULE_F32 / F16 / BF16 */
   int32_t grad_dtype;
-  int32_t master;      /* tensors carry fp32 master weights */
-  int32_t stochastic;  /* bf16 params without master: stochastic rounding */
+  int32_t master;     /* tensors carry fp32 master weights */
+  int32_t stochastic; /* bf16 params without master: stochastic rounding */
   int32_t num_groups;
   /* Launch with Programmatic Dependent Launch (a device of compute
    * capability 9.0 or newer): the step's blocks start, look up their plan
@@ -49,31 +56,43 @@ typedef struct fo_step_launch {
    * ~3 KB of FO_PLAN_MAX_GROUPS scalars, which every launch copied. */
   int64_t step;
   const fo_rule_scalars *groups;
+  /* LAMB and LARS: which pass; the norms pass writes norm_partials[2b] and
+   * [2b+1] for block b; the apply pass reads tensor_factors[tensor]. */
+  int32_t pass;
+  double *norm_partials;
+  const float *tensor_factors;
 } fo_step_launch;
 
 /* Per-step launch of the fused update over the whole plan on stream. */
 int fo_launch_step(const fo_step_launch *args, void *stream);
 
+/* LAMB and LARS, between the passes: tensor_factors[t] = fo_trust_factor
+ * of tensor t, from the norm partials of its blocks (a tensor's blocks are
+ * consecutive in the plan) summed in a fixed order; the scalars from the
+ * step state, nothing when the step is skipped. */
+int fo_launch_tensor_factors(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                             int64_t num_blocks, int64_t num_tensors, int32_t algorithm,
+                             const double *norm_partials, const fo_step_state *state,
+                             float *tensor_factors, void *stream);
+
 /* master = widen(param) for every element of every tensor in the plan. */
-int fo_launch_sync_master(const fo_plan_block *blocks,
-                          const fo_plan_tensor *tensors, int64_t num_blocks,
-                          int64_t chunk, int32_t param_dtype, void *stream);
+int fo_launch_sync_master(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                          int64_t num_blocks, int64_t chunk, int32_t param_dtype, void *stream);
 
 /* Zero every gradient in the plan (used for scattered external tensors). */
-int fo_launch_zero_grad(const fo_plan_block *blocks,
-                        const fo_plan_tensor *tensors, int64_t num_blocks,
-                        int64_t chunk, int32_t grad_dtype, void *stream);
+int fo_launch_zero_grad(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                        int64_t num_blocks, int64_t chunk, int32_t grad_dtype, void *stream);
 
 /* The gradient pre-pass: partials[b] = sum of squares (double) of plan
  * block b's gradients. */
 int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
-                         int64_t num_blocks, int64_t chunk, int32_t grad_dtype,
-                         double *partials, void *stream);
+                         int64_t num_blocks, int64_t chunk, int32_t grad_dtype, double *partials,
+                         void *stream);
 
 /* One block: total the partials (NULL: no pre-pass ran) and run
  * fo_prepare_step on the device state. */
-int fo_launch_prepare(const fo_prepare_args *args, const double *partials,
-                      int64_t num_partials, fo_step_state *state, void *stream);
+int fo_launch_prepare(const fo_prepare_args *args, const double *partials, int64_t num_partials,
+                      fo_step_state *state, void *stream);
 
 /* *out = the sum of values[0..n) (0 when n is 0), one block, the same tree
  * as the prepare kernel's: a sharded rank's partial sum of squares. */

@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "block_sum.cuh"
 #include "block_work.cuh"
 #include "grid.cuh"
 #include "launch.h"
@@ -35,20 +36,6 @@ struct fo_prestep_args {
   const fo_step_state *state; /* unscale input */
 };
 
-/* Sum of v over the block, the same tree every time; result in thread 0. */
-template <int THREADS>
-static __device__ double block_sum(double v) {
-  __shared__ double warp_sums[THREADS / 32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = threadIdx.x < THREADS / 32 ? warp_sums[threadIdx.x] : 0.0;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  return v;
-}
-
 /* Each thread sums its share with the block work's own loop (16-byte
  * loads), then the block reduces the shares in a fixed tree. */
 template <int GT>
@@ -56,7 +43,7 @@ __global__ void __launch_bounds__(FO_CUDA_THREADS)
     fo_grad_sumsq_kernel(const __grid_constant__ fo_prestep_args a, int64_t first_block) {
   const int64_t b = first_block + blockIdx.x;
   double sum = fo_grad_sumsq_block<GT>(a.plan, b, (int)threadIdx.x, (int)blockDim.x);
-  sum = block_sum<FO_CUDA_THREADS>(sum);
+  sum = fo_block_sum<FO_CUDA_THREADS>(sum);
   if (threadIdx.x == 0) a.partials[b] = sum;
 }
 
@@ -73,7 +60,7 @@ __global__ void __launch_bounds__(PREPARE_THREADS)
   double sum = 0.0;
   if (partials)
     for (int64_t i = threadIdx.x; i < num_partials; i += PREPARE_THREADS) sum += partials[i];
-  sum = block_sum<PREPARE_THREADS>(sum);
+  sum = fo_block_sum<PREPARE_THREADS>(sum);
   if (threadIdx.x == 0) fo_prepare_step(&args, sum, state);
 }
 
@@ -81,7 +68,7 @@ __global__ void __launch_bounds__(PREPARE_THREADS)
     fo_sum_doubles_kernel(const double *values, int64_t n, double *out) {
   double sum = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += PREPARE_THREADS) sum += values[i];
-  sum = block_sum<PREPARE_THREADS>(sum);
+  sum = fo_block_sum<PREPARE_THREADS>(sum);
   if (threadIdx.x == 0) *out = sum;
 }
 

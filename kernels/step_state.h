@@ -44,10 +44,14 @@
 #define FO_RULE_SCHED_COSINE_RESTARTS 4
 #define FO_RULE_SCHED_CYCLIC 5
 
+/* Flag of fo_group_hparams.flags only: NAdam decays decoupled. */
+#define FO_RULE_DECOUPLED 0x100u
+
 /* A group's hyper-parameters as the prepare step reads them. */
 typedef struct fo_group_hparams {
   float lr, weight_decay, momentum, dampening, beta1, beta2, eps;
-  uint32_t flags; /* FO_RULE_AMSGRAD | FO_RULE_NESTEROV | FO_RULE_MAXIMIZE */
+  float lr_decay, init_acc, alpha, momentum_decay, trust_coef;
+  uint32_t flags; /* FO_RULE_AMSGRAD | NESTEROV | MAXIMIZE | CENTERED | TRUST | DECOUPLED */
 } fo_group_hparams;
 
 typedef struct fo_schedule_params {
@@ -77,9 +81,9 @@ typedef struct fo_prepare_args {
 
 /* The optimizer's per-step state; in the executor's memory. */
 typedef struct fo_step_state {
-  int64_t step;    /* applied steps */
-  int64_t skipped; /* steps skipped for a non-finite gradient */
-  float scale;     /* the loss scale the next backward pass should use */
+  int64_t step;            /* applied steps */
+  int64_t skipped;         /* steps skipped for a non-finite gradient */
+  float scale;             /* the loss scale the next backward pass should use */
   int32_t growth_tracker;  /* clean steps since the scale last changed */
   int32_t hysteresis_left; /* overflows still tolerated before a backoff */
   int32_t skip;            /* the current step is skipped */
@@ -88,6 +92,9 @@ typedef struct fo_step_state {
   float lr_factor;         /* the schedule's factor of the current step */
   int32_t pad;
   fo_rule_scalars groups[FO_PLAN_MAX_GROUPS];
+  /* NAdam: each group's running product of its momentum coefficients
+   * mu_1 ... mu_t (1 before the first step), in fp32 as PyTorch keeps it. */
+  float mu_product[FO_PLAN_MAX_GROUPS];
 } fo_step_state;
 
 /* ------------------------------------------------------------ schedules */
@@ -96,8 +103,7 @@ typedef struct fo_step_state {
  * is number k+1).  Closed forms, documented in docs/numerics.md. */
 FO_HD double fo_schedule_factor(const fo_schedule_params *s, int64_t k) {
   const double pi = 3.14159265358979323846;
-  if (s->warmup_steps > 0 && k < s->warmup_steps)
-    return (double)(k + 1) / (double)s->warmup_steps;
+  if (s->warmup_steps > 0 && k < s->warmup_steps) return (double)(k + 1) / (double)s->warmup_steps;
   int64_t j = k - (s->warmup_steps > 0 ? s->warmup_steps : 0); /* steps after warmup */
   switch (s->kind) {
     case FO_RULE_SCHED_COSINE: {
@@ -124,7 +130,7 @@ FO_HD double fo_schedule_factor(const fo_schedule_params *s, int64_t k) {
     }
     case FO_RULE_SCHED_CYCLIC: {
       double x = (double)(j % (2 * s->step_size)) / (double)s->step_size; /* [0, 2) */
-      double tri = x <= 1.0 ? x : 2.0 - x; /* 0 -> 1 -> 0 */
+      double tri = x <= 1.0 ? x : 2.0 - x;                                /* 0 -> 1 -> 0 */
       return s->min_ratio + (1.0 - s->min_ratio) * tri;
     }
     default: return 1.0;
@@ -133,38 +139,87 @@ FO_HD double fo_schedule_factor(const fo_schedule_params *s, int64_t k) {
 
 /* ------------------------------------------------------------- scalars */
 
-/* One group's scalars for step t (1-based) with learning rate lr. */
+/* NAdam's momentum coefficient of step t: beta1 * (1 - 0.5 * 0.96^(t*psi)). */
+FO_HD double fo_nadam_mu(const fo_group_hparams *h, int64_t t) {
+  return (double)h->beta1 * (1.0 - 0.5 * pow(0.96, (double)t * (double)h->momentum_decay));
+}
+
+/* Does an L2-decaying algorithm (weight decay added to the gradient)? */
+FO_HD int fo_rule_l2_decay(int alg, uint32_t flags) {
+  switch (alg) {
+    case FO_RULE_SGD:
+    case FO_RULE_ADAM:
+    case FO_RULE_ADAGRAD:
+    case FO_RULE_RMSPROP:
+    case FO_RULE_LAMB: /* wd*p joins the update u, not the gradient: the rule knows */
+    case FO_RULE_LARS: return 1;
+    case FO_RULE_NADAM: return !(flags & FO_RULE_DECOUPLED);
+    default: return 0;
+  }
+}
+
+/* One group's scalars for step t (1-based) with learning rate lr.
+ * *mu_product is the group's NAdam product, advanced here (NAdam only). */
 FO_HD void fo_group_scalars(int alg, const fo_group_hparams *h, int64_t t, double lr,
-                            float grad_coef, fo_rule_scalars *out) {
+                            float grad_coef, float *mu_product, fo_rule_scalars *out) {
   fo_rule_scalars s;
   s.lr = (float)lr;
-  s.weight_decay = (alg == FO_RULE_SGD || alg == FO_RULE_ADAM) ? h->weight_decay : 0.0f;
+  int l2 = fo_rule_l2_decay(alg, h->flags);
+  s.weight_decay = l2 ? h->weight_decay : 0.0f;
   s.eps = h->eps;
   s.grad_coef = grad_coef;
-  s.flags = h->flags & FO_RULE_MAXIMIZE;
-  /* AdamW and Lion decay decoupled; SGD and Adam add wd*p to the gradient. */
-  s.decay = (alg == FO_RULE_ADAMW || alg == FO_RULE_LION)
-                ? (float)(1.0 - lr * (double)h->weight_decay)
-                : 1.0f;
-  s.beta2 = s.one_minus_b2 = s.step_size = s.bc2_sqrt = 0.0f;
-  if (alg == FO_RULE_SGD) {
-    s.beta1 = h->momentum;
-    s.one_minus_b1 = (float)(1.0 - (double)h->dampening);
-    if (h->momentum != 0.0f) s.flags |= FO_RULE_MOMENTUM;
-    s.flags |= h->flags & FO_RULE_NESTEROV;
-    if (t == 1) s.flags |= FO_RULE_FIRST_STEP;
-  } else {
-    s.beta1 = h->beta1;
-    s.beta2 = h->beta2;
-    s.one_minus_b1 = (float)(1.0 - (double)h->beta1);
-    s.one_minus_b2 = (float)(1.0 - (double)h->beta2);
-    /* Products and powers in double, rounded once, as PyTorch computes
-     * its Python-side scalars. */
-    double bc1 = 1.0 - pow((double)h->beta1, (double)t);
-    double bc2 = 1.0 - pow((double)h->beta2, (double)t);
-    s.step_size = (float)(lr / bc1);
-    s.bc2_sqrt = (float)sqrt(bc2);
-    s.flags |= h->flags & FO_RULE_AMSGRAD;
+  s.flags = h->flags & (FO_RULE_MAXIMIZE | FO_RULE_CENTERED | FO_RULE_TRUST);
+  /* the decoupled decays: p *= 1 - lr*wd */
+  s.decay = l2 ? 1.0f : (float)(1.0 - lr * (double)h->weight_decay);
+  s.beta2 = s.one_minus_b2 = s.step_size = s.step_size_g = s.bc2_sqrt = 0.0f;
+  s.init_acc = h->init_acc;
+  s.trust_coef = h->trust_coef;
+  /* Products and powers in double, rounded once, as PyTorch computes its
+   * Python-side scalars. */
+  switch (alg) {
+    case FO_RULE_SGD:
+    case FO_RULE_LARS:
+      s.beta1 = h->momentum;
+      s.one_minus_b1 = (float)(1.0 - (double)h->dampening);
+      if (h->momentum != 0.0f) s.flags |= FO_RULE_MOMENTUM;
+      s.flags |= h->flags & FO_RULE_NESTEROV;
+      if (t == 1) s.flags |= FO_RULE_FIRST_STEP;
+      break;
+    case FO_RULE_ADAGRAD:
+      s.beta1 = s.one_minus_b1 = 0.0f;
+      s.lr = (float)(lr / (1.0 + (double)(t - 1) * (double)h->lr_decay));
+      if (t == 1) s.flags |= FO_RULE_FIRST_STEP;
+      break;
+    case FO_RULE_RMSPROP:
+      s.beta1 = h->momentum;
+      s.one_minus_b1 = 0.0f;
+      s.beta2 = h->alpha;
+      s.one_minus_b2 = (float)(1.0 - (double)h->alpha);
+      if (h->momentum != 0.0f) s.flags |= FO_RULE_MOMENTUM;
+      break;
+    default: { /* Adam, AdamW, Lion, NAdam, LAMB */
+      s.beta1 = h->beta1;
+      s.beta2 = h->beta2;
+      s.one_minus_b1 = (float)(1.0 - (double)h->beta1);
+      s.one_minus_b2 = (float)(1.0 - (double)h->beta2);
+      double bc1 = 1.0 - pow((double)h->beta1, (double)t);
+      double bc2 = 1.0 - pow((double)h->beta2, (double)t);
+      s.bc2_sqrt = (float)sqrt(bc2);
+      s.step_size = (float)(lr / bc1);
+      s.flags |= h->flags & FO_RULE_AMSGRAD;
+      if (alg == FO_RULE_LAMB) s.step_size = (float)(1.0 / bc1);
+      if (alg == FO_RULE_NADAM) {
+        /* torch.optim.NAdam: the gradient's and the first moment's
+         * coefficients from mu_t, mu_{t+1} and the running product */
+        double mu = fo_nadam_mu(h, t), mu_next = fo_nadam_mu(h, t + 1);
+        double prod = (double)*mu_product * mu;
+        *mu_product = (float)prod;
+        prod = (double)*mu_product;
+        s.step_size_g = (float)(lr * (1.0 - mu) / (1.0 - prod));
+        s.step_size = (float)(lr * mu_next / (1.0 - prod * mu_next));
+      }
+      break;
+    }
   }
   *out = s;
 }
@@ -199,7 +254,8 @@ FO_HD void fo_scaler_update(const fo_scaler_params *p, fo_step_state *st, int ov
   if (++st->growth_tracker < p->growth_interval) return;
   st->growth_tracker = 0;
   float grown = st->scale * p->growth_factor;
-  if (isfinite(grown) && (p->max_scale <= 0.0f || grown <= p->max_scale)) st->scale = grown;
+  if (isfinite(grown) && (p->max_scale <= 0.0f || grown <= p->max_scale))
+    st->scale = grown;
   else if (isfinite(p->max_scale) && p->max_scale > 0.0f && st->scale < p->max_scale)
     st->scale = p->max_scale;
 }
@@ -250,8 +306,8 @@ FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state
   double f = fo_schedule_factor(&a->schedule, st->step);
   st->lr_factor = (float)f;
   for (int g = 0; g < a->num_groups; g++)
-    fo_group_scalars(a->algorithm, &a->groups[g], t, (double)a->groups[g].lr * f,
-                     st->grad_coef, &st->groups[g]);
+    fo_group_scalars(a->algorithm, &a->groups[g], t, (double)a->groups[g].lr * f, st->grad_coef,
+                     &st->mu_product[g], &st->groups[g]);
   st->step = t;
 }
 

@@ -62,10 +62,9 @@ Test(api_algorithm, every_name) {
     fo_algorithm alg;
     const char *name;
   } want[] = {
-      {FO_ALG_SGD, "sgd"},
-      {FO_ALG_ADAM, "adam"},
-      {FO_ALG_ADAMW, "adamw"},
-      {FO_ALG_LION, "lion"},
+      {FO_ALG_SGD, "sgd"},     {FO_ALG_ADAM, "adam"},       {FO_ALG_ADAMW, "adamw"},
+      {FO_ALG_LION, "lion"},   {FO_ALG_ADAGRAD, "adagrad"}, {FO_ALG_RMSPROP, "rmsprop"},
+      {FO_ALG_NADAM, "nadam"}, {FO_ALG_LAMB, "lamb"},       {FO_ALG_LARS, "lars"},
   };
   cr_assert_eq(sizeof want / sizeof want[0], (size_t)FO_ALG_COUNT,
                "an algorithm was added: give its name here");

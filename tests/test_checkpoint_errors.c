@@ -442,8 +442,8 @@ Test(errors, metadata_values) {
        "\"fusedopt.state.grad_coef\":\"0x1.0000000001p+0\",\"z\":\"",
        "\"fusedopt.state.grad_coef\" = \"0x1.0000000001p+0\" is not an exact float32"},
       {"algorithm unknown", "\"fusedopt.algorithm\":\"adamw\"",
-       "\"fusedopt.algorithm\":\"adagrad\"",
-       "\"fusedopt.algorithm\" = \"adagrad\" is not a known name"},
+       "\"fusedopt.algorithm\":\"adabelief\"",
+       "\"fusedopt.algorithm\" = \"adabelief\" is not a known name"},
       {"tensor checksum missing", "\"fusedopt.crc32.fc1.bias\":", "\"fusedopt.crc32.fc1.biax\":",
        "the metadata lacks the checksum of tensor \"fc1.bias\""},
       {"tensor checksum not hex", "\"fusedopt.crc32.fc1.bias\":\"",
@@ -508,7 +508,7 @@ Test(misfit, amsgrad_state) {
   plain.amsgrad = 0;
   expect_misfit(
       &base_cfg, &plain,
-      "group 0 uses AMSGrad in the checkpoint; this optimizer was created without AMSGrad state",
+      "group 0 uses AMSGrad in the checkpoint; this optimizer was created without its state",
       "AMSGrad in the file");
   expect_misfit(&plain, &base_cfg, "the checkpoint has no tensor \"embed.weight.max_exp_avg_sq\"",
                 "AMSGrad in the optimizer");

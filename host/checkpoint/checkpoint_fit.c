@@ -90,7 +90,7 @@ static fo_status check_groups(const fo_meta_reader *r, const fo_optimizer *opt, 
   for (int g = 0; g < opt->num_groups; g++) {
     fo_hparams *h = &out[g];
     *h = opt->hparams[g];
-    fo_status st = fo_ckpt_schema_read(r, FO_CKPT_GROUP, g, h);
+    fo_status st = fo_ckpt_schema_read(r, FO_CKPT_GROUP, alg, g, h);
     if (st != FO_SUCCESS) return st;
     if (fo_validate_hparams(r->fn, alg, g, h) != FO_SUCCESS) {
       /* the validator's message without its "func: " prefix */
@@ -109,16 +109,27 @@ static fo_status check_groups(const fo_meta_reader *r, const fo_optimizer *opt, 
                      g);
     if (need.max_exp_avg_sq && !opt->keeps.max_exp_avg_sq)
       return fo_fail(FO_ERR_CHECKPOINT, r->fn,
-                     "group %d uses AMSGrad in the checkpoint; this optimizer was created "
-                     "without AMSGrad state",
-                     g);
+                     "group %d uses %s in the checkpoint; this optimizer was created "
+                     "without its state",
+                     g, alg == FO_ALG_RMSPROP ? "centering" : "AMSGrad");
   }
   return FO_SUCCESS;
 }
 
 /* The step state, and that the loss scaler can continue from it. */
 static fo_status check_state(const fo_meta_reader *r, const fo_optimizer *opt, fo_step_state *s) {
-  fo_status st = fo_ckpt_schema_read(r, FO_CKPT_STATE, 0, s);
+  fo_algorithm alg = opt->options.algorithm;
+  fo_status st = fo_ckpt_schema_read(r, FO_CKPT_STATE, alg, 0, s);
+  for (int g = 0; g < opt->num_groups && st == FO_SUCCESS; g++) {
+    st = fo_ckpt_schema_read(r, FO_CKPT_GROUP_STATE, alg, g, s);
+    /* NAdam's product of momentum coefficients in (0, 1] ... 0 after
+     * underflow: what the step can produce */
+    if (st == FO_SUCCESS && alg == FO_ALG_NADAM &&
+        !(s->mu_product[g] >= 0.0f && s->mu_product[g] <= 1.0f))
+      return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                     "the checkpoint's group.%d.mu_product = %g is not in [0, 1]", g,
+                     (double)s->mu_product[g]);
+  }
   if (st != FO_SUCCESS) return st;
   const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
   /* what the scaler can produce (fo_scaler_backoff keeps it in range): a
@@ -152,7 +163,7 @@ static fo_status read_shard(const fo_meta_reader *r, int version, int *is_shard,
       !fo_st_find_meta(r->f, FO_CKPT_SHARD_SIZE_KEY, strlen(FO_CKPT_SHARD_SIZE_KEY)))
     return FO_SUCCESS;
   fo_ckpt_shard s = {0, 0, 0, 0, 0};
-  fo_status st = fo_ckpt_schema_read(r, FO_CKPT_SHARD, 0, &s);
+  fo_status st = fo_ckpt_schema_read(r, FO_CKPT_SHARD, FO_ALG_COUNT, 0, &s);
   if (st != FO_SUCCESS) return st;
   *sh = s;
   *is_shard = 1;
@@ -293,9 +304,12 @@ fo_status fo_ckpt_match_tensors(const fo_meta_reader *r, const fo_optimizer *opt
 /* ------------------------------------------------------------ one file */
 
 uint32_t fo_ckpt_fingerprint(const fo_crc32 *c, uint32_t crc, const fo_ckpt_restore *r,
-                             int groups) {
-  crc = fo_ckpt_schema_fold(c, crc, FO_CKPT_STATE, &r->state);
-  for (int g = 0; g < groups; g++) crc = fo_ckpt_schema_fold(c, crc, FO_CKPT_GROUP, &r->hparams[g]);
+                             fo_algorithm alg, int groups) {
+  crc = fo_ckpt_schema_fold(c, crc, FO_CKPT_STATE, alg, 0, &r->state);
+  for (int g = 0; g < groups; g++) {
+    crc = fo_ckpt_schema_fold(c, crc, FO_CKPT_GROUP, alg, g, &r->hparams[g]);
+    crc = fo_ckpt_schema_fold(c, crc, FO_CKPT_GROUP_STATE, alg, g, &r->state);
+  }
   return crc;
 }
 
@@ -322,7 +336,8 @@ static fo_status validate_file(const fo_meta_reader *r, const fo_optimizer *opt,
   uint32_t params = 0;
   st = fo_ckpt_match_tensors(r, opt, c, &p, 1, &params, out);
   fo_ckpt_plan_free(&p);
-  if (st == FO_SUCCESS) out->fingerprint = fo_ckpt_fingerprint(c, params, out, opt->num_groups);
+  if (st == FO_SUCCESS)
+    out->fingerprint = fo_ckpt_fingerprint(c, params, out, opt->options.algorithm, opt->num_groups);
   return st;
 }
 

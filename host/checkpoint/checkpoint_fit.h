@@ -26,7 +26,8 @@ fo_status fo_ckpt_match_tensors(const fo_meta_reader *r, const fo_optimizer *opt
 
 /* The CRC-32 over r's step state and its groups' hyper-parameters (the
  * schema's restored fields), continued from crc. */
-uint32_t fo_ckpt_fingerprint(const fo_crc32 *c, uint32_t crc, const fo_ckpt_restore *r, int groups);
+uint32_t fo_ckpt_fingerprint(const fo_crc32 *c, uint32_t crc, const fo_ckpt_restore *r,
+                             fo_algorithm alg, int groups);
 
 /* Add the copies of one saved buffer (the elements [e->first, e->first +
  * e->numel) of its tensor, at src) into opt to out: the parameters whole;

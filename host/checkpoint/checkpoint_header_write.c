@@ -56,12 +56,15 @@ static int build_meta(const fo_optimizer *opt, const fo_step_state *state, const
                       fo_meta_list *l) {
   fo_ckpt_facts facts = {plan->sharded ? FO_CKPT_FORMAT_SHARD : FO_CKPT_FORMAT_WHOLE,
                          fo_version_string(), opt->num_groups, opt->num_tensors};
-  fo_ckpt_schema_write(l, FO_CKPT_FILE, 0, &facts);
-  fo_ckpt_schema_write(l, FO_CKPT_OPTION, 0, &opt->options);
-  for (int g = 0; g < opt->num_groups; g++)
-    fo_ckpt_schema_write(l, FO_CKPT_GROUP, g, &opt->hparams[g]);
-  fo_ckpt_schema_write(l, FO_CKPT_STATE, 0, state);
-  if (plan->sharded) fo_ckpt_schema_write(l, FO_CKPT_SHARD, 0, &plan->shard);
+  fo_algorithm alg = opt->options.algorithm;
+  fo_ckpt_schema_write(l, FO_CKPT_FILE, alg, 0, &facts);
+  fo_ckpt_schema_write(l, FO_CKPT_OPTION, alg, 0, &opt->options);
+  for (int g = 0; g < opt->num_groups; g++) {
+    fo_ckpt_schema_write(l, FO_CKPT_GROUP, alg, g, &opt->hparams[g]);
+    fo_ckpt_schema_write(l, FO_CKPT_GROUP_STATE, alg, g, state);
+  }
+  fo_ckpt_schema_write(l, FO_CKPT_STATE, alg, 0, state);
+  if (plan->sharded) fo_ckpt_schema_write(l, FO_CKPT_SHARD, alg, 0, &plan->shard);
   for (size_t i = 0; i < sizeof per_tensor_keys / sizeof per_tensor_keys[0]; i++)
     meta_per_tensor(l, opt, plan, per_tensor_keys[i].prefix, per_tensor_keys[i].what);
   if (!fo_meta_finish(l)) return 0;

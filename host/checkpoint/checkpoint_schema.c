@@ -46,6 +46,12 @@ static int64_t shard_rest(const void *v) {
 #define GROUP(type, member, hi_) ROW(#member, FO_CKPT_GROUP, type, fo_hparams, member, FO_CKPT_RESTORED, .hi = hi_)
 #define STATE(name, type, member, hi_) ROW(name, FO_CKPT_STATE, type, fo_step_state, member, FO_CKPT_RESTORED, .hi = hi_)
 #define SHARD(name, type, member, ...) ROW(name, FO_CKPT_SHARD, type, fo_ckpt_shard, member, FO_CKPT_RESTORED, __VA_ARGS__)
+/* Fields of some algorithms only (fo_ckpt_field.algs). */
+#define ALG(a) (1u << (unsigned)FO_ALG_##a)
+#define GROUP_OF(type, member, hi_, algs_) ROW(#member, FO_CKPT_GROUP, type, fo_hparams, member, FO_CKPT_RESTORED, .hi = hi_, .algs = algs_)
+#define GROUP_STATE(type, member, algs_) \
+  ROW(#member, FO_CKPT_GROUP_STATE, type, fo_step_state, member, FO_CKPT_RESTORED, .algs = algs_, \
+      .stride = sizeof(((fo_step_state *)0)->member[0]))
 
 const fo_ckpt_field fo_ckpt_fields[] = {
     /* the file: its format first (a newer one may change what follows) */
@@ -95,6 +101,17 @@ const fo_ckpt_field fo_ckpt_fields[] = {
     GROUP(FO_CKPT_F32, eps, 0),
     GROUP(FO_CKPT_INT, amsgrad, 1),
     GROUP(FO_CKPT_INT, maximize, 1),
+    GROUP_OF(FO_CKPT_F32, lr_decay, 0, ALG(ADAGRAD)),
+    GROUP_OF(FO_CKPT_F32, initial_accumulator_value, 0, ALG(ADAGRAD)),
+    GROUP_OF(FO_CKPT_F32, alpha, 0, ALG(RMSPROP)),
+    GROUP_OF(FO_CKPT_INT, centered, 1, ALG(RMSPROP)),
+    GROUP_OF(FO_CKPT_F32, momentum_decay, 0, ALG(NADAM)),
+    GROUP_OF(FO_CKPT_INT, decoupled_weight_decay, 1, ALG(NADAM)),
+    GROUP_OF(FO_CKPT_F32, trust_coef, 0, ALG(LARS)),
+    GROUP_OF(FO_CKPT_INT, layer_adaptation, 1, ALG(LAMB) | ALG(LARS)),
+    /* each group's part of the step state: NAdam's running product of its
+     * momentum coefficients (PyTorch's state "mu_product") */
+    GROUP_STATE(FO_CKPT_F32, mu_product, ALG(NADAM)),
     /* the step state (FO_MAX_STEP, as fo_optimizer_set_step: a larger count
      * would overflow) */
     STATE("state.step", FO_CKPT_I64, step, FO_MAX_STEP),
@@ -123,6 +140,11 @@ static const void *at(const void *value, const fo_ckpt_field *f) {
   return (const char *)value + f->offset;
 }
 
+/* Group g's element of a per-group field. */
+static const void *at_group(const void *value, const fo_ckpt_field *f, int g) {
+  return (const char *)at(value, f) + (size_t)g * f->stride;
+}
+
 int64_t fo_ckpt_field_int(const fo_ckpt_field *f, const void *value) {
   const void *p = at(value, f);
   switch (f->type) {
@@ -136,16 +158,17 @@ int64_t fo_ckpt_field_int(const fo_ckpt_field *f, const void *value) {
 
 /* "group.<g>.<name>" in a group, else the name. */
 static const char *key_of(const fo_ckpt_field *f, int g, char k[96]) {
-  if (f->scope != FO_CKPT_GROUP) return f->name;
+  if (f->scope != FO_CKPT_GROUP && f->scope != FO_CKPT_GROUP_STATE) return f->name;
   snprintf(k, 96, "group.%d.%s", g, f->name);
   return k;
 }
 
-void fo_ckpt_schema_write(fo_meta_list *l, fo_ckpt_scope scope, int g, const void *value) {
+void fo_ckpt_schema_write(fo_meta_list *l, fo_ckpt_scope scope, fo_algorithm alg, int g,
+                          const void *value) {
   for (int i = 0; i < fo_ckpt_num_fields; i++) {
     const fo_ckpt_field *f = &fo_ckpt_fields[i];
-    if (f->scope != scope) continue;
-    const void *p = at(value, f);
+    if (f->scope != scope || !fo_ckpt_field_held(f, alg)) continue;
+    const void *p = at_group(value, f, g);
     char k[96], s[32];
     const char *v = s;
     switch (f->type) {
@@ -166,7 +189,7 @@ fo_status fo_ckpt_schema_read_field(const fo_meta_reader *r, const fo_ckpt_field
                                     void *value) {
   char k[96];
   const char *key = key_of(f, g, k);
-  void *p = (char *)value + f->offset;
+  void *p = (char *)value + f->offset + (size_t)g * f->stride;
   int64_t v = 0, hi = f->hi_of ? f->hi_of(value) : f->hi;
   fo_status st;
   switch (f->type) {
@@ -185,23 +208,24 @@ fo_status fo_ckpt_schema_read_field(const fo_meta_reader *r, const fo_ckpt_field
   }
 }
 
-fo_status fo_ckpt_schema_read(const fo_meta_reader *r, fo_ckpt_scope scope, int g, void *value) {
+fo_status fo_ckpt_schema_read(const fo_meta_reader *r, fo_ckpt_scope scope, fo_algorithm alg, int g,
+                              void *value) {
   fo_status st = FO_SUCCESS;
   for (int i = 0; i < fo_ckpt_num_fields && st == FO_SUCCESS; i++) {
     const fo_ckpt_field *f = &fo_ckpt_fields[i];
-    if (f->scope == scope && f->use == FO_CKPT_RESTORED)
+    if (f->scope == scope && f->use == FO_CKPT_RESTORED && fo_ckpt_field_held(f, alg))
       st = fo_ckpt_schema_read_field(r, f, g, value);
   }
   return st;
 }
 
-uint32_t fo_ckpt_schema_fold(const fo_crc32 *c, uint32_t crc, fo_ckpt_scope scope,
-                             const void *value) {
+uint32_t fo_ckpt_schema_fold(const fo_crc32 *c, uint32_t crc, fo_ckpt_scope scope, fo_algorithm alg,
+                             int g, const void *value) {
   for (int i = 0; i < fo_ckpt_num_fields; i++) {
     const fo_ckpt_field *f = &fo_ckpt_fields[i];
-    if (f->scope != scope || f->use != FO_CKPT_RESTORED) continue;
+    if (f->scope != scope || f->use != FO_CKPT_RESTORED || !fo_ckpt_field_held(f, alg)) continue;
     size_t n = f->type == FO_CKPT_I64 || f->type == FO_CKPT_U64 ? 8 : 4;
-    crc = fo_crc32_update(c, crc, at(value, f), n);
+    crc = fo_crc32_update(c, crc, at_group(value, f, g), n);
   }
   return crc;
 }

@@ -29,11 +29,13 @@
 
 /* Where a field's value lives, and which files hold it. */
 typedef enum fo_ckpt_scope {
-  FO_CKPT_FILE,   /* fo_ckpt_facts: every file */
-  FO_CKPT_OPTION, /* fo_options: every file */
-  FO_CKPT_GROUP,  /* fo_hparams, once per group ("group.<g>.<name>"): every file */
-  FO_CKPT_STATE,  /* fo_step_state: every file */
-  FO_CKPT_SHARD   /* fo_ckpt_shard: per-rank files of a sharded state only */
+  FO_CKPT_FILE,        /* fo_ckpt_facts: every file */
+  FO_CKPT_OPTION,      /* fo_options: every file */
+  FO_CKPT_GROUP,       /* fo_hparams, once per group ("group.<g>.<name>"): every file */
+  FO_CKPT_STATE,       /* fo_step_state: every file */
+  FO_CKPT_GROUP_STATE, /* an array of fo_step_state with one element per group
+                        * ("group.<g>.<name>") */
+  FO_CKPT_SHARD        /* fo_ckpt_shard: per-rank files of a sharded state only */
 } fo_ckpt_scope;
 
 /* The FO_CKPT_FILE fields' values. */
@@ -78,6 +80,12 @@ typedef struct fo_ckpt_field {
   int64_t (*hi_of)(const void *scope_value);
   const char *const *names; /* FO_CKPT_NAME: names[0 .. num_names) */
   int num_names;
+  /* The algorithms whose files hold the field, a mask of 1u << fo_algorithm;
+   * 0: every algorithm.  A field only some update rules read (AdaGrad's
+   * lr_decay, NAdam's mu_product) is neither written nor read for the
+   * others, so their files stay as earlier versions wrote them. */
+  unsigned algs;
+  size_t stride; /* FO_CKPT_GROUP_STATE: bytes from one group's element to the next */
 } fo_ckpt_field;
 
 /* Whether a load holds the field to the loading optimizer's. */
@@ -91,21 +99,29 @@ static inline int fo_ckpt_use_is_fit(fo_ckpt_use use) {
 extern const fo_ckpt_field fo_ckpt_fields[];
 extern const int fo_ckpt_num_fields;
 
-/* Write every field of scope (of group g in FO_CKPT_GROUP) from value,
- * the scope's struct. */
-void fo_ckpt_schema_write(fo_meta_list *l, fo_ckpt_scope scope, int g, const void *value);
+/* Whether a file of alg holds field f. */
+static inline int fo_ckpt_field_held(const fo_ckpt_field *f, fo_algorithm alg) {
+  return f->algs == 0 || (f->algs >> (unsigned)alg & 1u);
+}
+
+/* Write every field of scope that a file of alg holds (of group g in the
+ * group scopes) from value, the scope's struct. */
+void fo_ckpt_schema_write(fo_meta_list *l, fo_ckpt_scope scope, fo_algorithm alg, int g,
+                          const void *value);
 
 /* Read field f (of group g) into value, the scope's struct. */
 fo_status fo_ckpt_schema_read_field(const fo_meta_reader *r, const fo_ckpt_field *f, int g,
                                     void *value);
-/* Read every FO_CKPT_RESTORED field of scope, in table order. */
-fo_status fo_ckpt_schema_read(const fo_meta_reader *r, fo_ckpt_scope scope, int g, void *value);
+/* Read every FO_CKPT_RESTORED field of scope that a file of alg holds, in
+ * table order. */
+fo_status fo_ckpt_schema_read(const fo_meta_reader *r, fo_ckpt_scope scope, fo_algorithm alg, int g,
+                              void *value);
 
-/* Continue crc over the FO_CKPT_RESTORED fields of scope in value, in
- * table order: the fingerprint of a load's step state and
- * hyper-parameters that the ranks compare. */
-uint32_t fo_ckpt_schema_fold(const fo_crc32 *c, uint32_t crc, fo_ckpt_scope scope,
-                             const void *value);
+/* Continue crc over the FO_CKPT_RESTORED fields of scope (of group g) in
+ * value that a file of alg holds, in table order: the fingerprint of a
+ * load's step state and hyper-parameters that the ranks compare. */
+uint32_t fo_ckpt_schema_fold(const fo_crc32 *c, uint32_t crc, fo_ckpt_scope scope, fo_algorithm alg,
+                             int g, const void *value);
 
 /* An integer or enum field's value, widened. */
 int64_t fo_ckpt_field_int(const fo_ckpt_field *f, const void *value);

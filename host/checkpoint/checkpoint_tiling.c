@@ -66,10 +66,11 @@ static fo_status check_tiling(const fo_optimizer *opt, int n, const shard_file *
 static fo_status check_one_save(const fo_crc32 *c, const fo_optimizer *opt, int n,
                                 const shard_file *sf, const int *by_rank) {
   const shard_file *a = &sf[by_rank[0]];
-  uint32_t want = fo_ckpt_fingerprint(c, 0, &a->head, opt->num_groups);
+  uint32_t want = fo_ckpt_fingerprint(c, 0, &a->head, opt->options.algorithm, opt->num_groups);
   for (int r = 1; r < n; r++) {
     const shard_file *b = &sf[by_rank[r]];
-    if (fo_ckpt_fingerprint(c, 0, &b->head, opt->num_groups) == want) continue;
+    if (fo_ckpt_fingerprint(c, 0, &b->head, opt->options.algorithm, opt->num_groups) == want)
+      continue;
     return fo_fail(FO_ERR_CHECKPOINT, b->where,
                    "rank %d's file holds step %lld, rank 0's (\"%.200s\") step %lld%s: the "
                    "files are not of one save",
@@ -124,7 +125,8 @@ static fo_status validate_shards(const fo_optimizer *opt, int n, const unsigned 
     out->state = h->state;
     out->sharded_file = 1;
     out->shard = h->shard;
-    out->fingerprint = fo_ckpt_fingerprint(c, params0, out, opt->num_groups);
+    out->fingerprint =
+        fo_ckpt_fingerprint(c, params0, out, opt->options.algorithm, opt->num_groups);
   }
   return st;
 }

@@ -205,7 +205,9 @@ def check_layouts(lib):
         if not (abs(hp.lr - 1e-3) < 1e-9 and abs(hp.weight_decay - 1e-2) < 1e-9
                 and abs(hp.beta1 - 0.9) < 1e-7 and abs(hp.beta2 - 0.999) < 1e-7
                 and abs(hp.eps - 1e-8) < 1e-14 and hp.nesterov == 0 and hp.amsgrad == 0
-                and list(hp.reserved) == [0] * 8):
+                and abs(hp.alpha - 0.99) < 1e-7 and abs(hp.momentum_decay - 4e-3) < 1e-9
+                and abs(hp.trust_coef - 1e-3) < 1e-9 and hp.layer_adaptation == 1
+                and list(hp.reserved) == [0] * 4):
             problems.append("fo_hparams: AdamW's defaults read through the mirror are not "
                             "the header's (a field is misplaced)")
 

@@ -38,6 +38,39 @@ class Reference:
         self.v = [0.0] * n
         self.vmax = [0.0] * n
         self.t = 0
+        self.mu_product = 1.0
+
+    def nadam_mu(self, t):
+        return self.hp["beta1"] * (1 - 0.5 * 0.96 ** (t * self.hp["momentum_decay"]))
+
+    def step_tensor(self, g):
+        """LAMB and LARS: the whole tensor's norms first, then the update."""
+        hp, t, w = self.hp, self.t, self.w
+        lr, wd, adapt = hp["lr"], hp["weight_decay"], hp["layer_adaptation"]
+        wn = math.sqrt(sum(x * x for x in w))
+        if self.alg == "lamb":
+            b1, b2 = hp["beta1"], hp["beta2"]
+            u = []
+            for i, gi in enumerate(g):
+                self.m[i] = b1 * self.m[i] + (1 - b1) * gi
+                self.v[i] = b2 * self.v[i] + (1 - b2) * gi * gi
+                u.append((self.m[i] / (1 - b1 ** t))
+                         / (math.sqrt(self.v[i] / (1 - b2 ** t)) + hp["eps"]) + wd * w[i])
+            un = math.sqrt(sum(x * x for x in u))
+            r = wn / un if adapt and wn > 0 and un > 0 else 1.0
+            for i in range(len(w)):
+                w[i] = w[i] - lr * r * u[i]
+            return
+        gn = math.sqrt(sum(x * x for x in g))
+        local = (hp["trust_coef"] * wn / (gn + wd * wn)
+                 if adapt and wn > 0 and gn > 0 else 1.0)
+        mu = hp["momentum"]
+        for i, gi in enumerate(g):
+            d = (gi + wd * w[i]) * local
+            if mu != 0:
+                self.m[i] = d if t == 1 else mu * self.m[i] + (1 - hp["dampening"]) * d
+                d = d + mu * self.m[i] if hp["nesterov"] else self.m[i]
+            w[i] = w[i] - lr * d
 
     def lion_c(self, g):
         b1 = self.hp["beta1"]
@@ -49,8 +82,46 @@ class Reference:
         if hp["maximize"]:
             g = [-x for x in g]
         w = self.w
+        if self.alg in ("lamb", "lars"):
+            return self.step_tensor(g)
+        if self.alg == "nadam":
+            mu, mu_next = self.nadam_mu(t), self.nadam_mu(t + 1)
+            self.mu_product *= mu
         for i, gi in enumerate(g):
-            if self.alg == "sgd":
+            if self.alg == "adagrad":
+                d = gi + wd * w[i]
+                clr = lr / (1 + (t - 1) * hp["lr_decay"])
+                if t == 1:
+                    self.v[i] = hp["initial_accumulator_value"]
+                self.v[i] += d * d
+                w[i] = w[i] - clr * d / (math.sqrt(self.v[i]) + hp["eps"])
+            elif self.alg == "rmsprop":
+                d = gi + wd * w[i]
+                a = hp["alpha"]
+                self.v[i] = a * self.v[i] + (1 - a) * d * d
+                avg = self.v[i]
+                if hp["centered"]:
+                    self.vmax[i] = a * self.vmax[i] + (1 - a) * d
+                    avg = max(avg - self.vmax[i] ** 2, 0.0)
+                avg = math.sqrt(avg) + hp["eps"]
+                if hp["momentum"] > 0:
+                    self.m[i] = hp["momentum"] * self.m[i] + d / avg
+                    w[i] = w[i] - lr * self.m[i]
+                else:
+                    w[i] = w[i] - lr * d / avg
+            elif self.alg == "nadam":
+                if hp["decoupled_weight_decay"]:
+                    d = gi
+                    w[i] = w[i] * (1 - lr * wd)
+                else:
+                    d = gi + wd * w[i]
+                b1, b2 = hp["beta1"], hp["beta2"]
+                self.m[i] = b1 * self.m[i] + (1 - b1) * d
+                self.v[i] = b2 * self.v[i] + (1 - b2) * d * d
+                denom = math.sqrt(self.v[i] / (1 - b2 ** t)) + hp["eps"]
+                w[i] = (w[i] - lr * (1 - mu) / (1 - self.mu_product) * d / denom
+                        - lr * mu_next / (1 - self.mu_product * mu_next) * self.m[i] / denom)
+            elif self.alg == "sgd":
                 d = gi + wd * w[i]
                 mu = hp["momentum"]
                 if mu != 0:
@@ -94,6 +165,18 @@ CASES = [
     ("sgd", dict(lr=0.0517, momentum=0.9, nesterov=True, weight_decay=0.01)),
     ("sgd", dict(lr=0.0717)),
     ("lion", dict(lr=0.0117, beta1=0.9, beta2=0.99, weight_decay=0.0213)),
+    ("adagrad", dict(lr=0.0517, lr_decay=0.013, initial_accumulator_value=0.31,
+                     weight_decay=0.0213)),
+    ("adagrad", dict(lr=0.0317, maximize=True)),
+    ("rmsprop", dict(lr=0.0117, alpha=0.93, weight_decay=0.0213)),
+    ("rmsprop", dict(lr=0.0117, alpha=0.9, momentum=0.8, centered=True)),
+    ("nadam", dict(lr=0.0217, weight_decay=0.0213, momentum_decay=0.0041)),
+    ("nadam", dict(lr=0.0217, weight_decay=0.05, decoupled_weight_decay=True, maximize=True)),
+    ("lamb", dict(lr=0.0217, weight_decay=0.0213, beta1=0.87, beta2=0.991, eps=1e-6)),
+    ("lamb", dict(lr=0.0217, layer_adaptation=False)),
+    ("lars", dict(lr=0.517, momentum=0.9, weight_decay=0.0213, trust_coef=0.0123)),
+    ("lars", dict(lr=0.0517, momentum=0.9, nesterov=True)),
+    ("lars", dict(lr=0.0517, momentum=0.0, layer_adaptation=False, maximize=True)),
 ]
 
 
@@ -126,23 +209,33 @@ class Algorithms(unittest.TestCase):
                                              "%s %s tensor %d elem %d step %d"
                                              % (alg, overrides, k, i, ref.t))
                     roles = []
-                    if alg in ("adam", "adamw"):
+                    if alg in ("adam", "adamw", "nadam", "lamb"):
                         roles = [("exp_avg", ref.m), ("exp_avg_sq", ref.v)]
                         if overrides.get("amsgrad"):
                             roles.append(("max_exp_avg_sq", ref.vmax))
+                    elif alg == "adagrad":
+                        roles = [("sum", ref.v)]
+                    elif alg == "rmsprop":
+                        roles = [("square_avg", ref.v)]
+                        if overrides.get("momentum"):
+                            roles.append(("momentum_buffer", ref.m))
+                        if overrides.get("centered"):
+                            roles.append(("grad_avg", ref.vmax))
                     elif alg == "lion" or overrides.get("momentum"):
-                        roles = [("momentum_buffer" if alg == "sgd" else "exp_avg", ref.m)]
+                        roles = [("momentum_buffer" if alg in ("sgd", "lars") else "exp_avg", ref.m)]
                     for name, want in roles:
                         got = opt.state(k, name)
                         for i in range(len(got)):
-                            scale = max(abs(want[i]), gmax[k][i] if name != "exp_avg_sq"
-                                        else gmax[k][i] ** 2)
+                            squares = name in ("exp_avg_sq", "sum", "square_avg")
+                            scale = max(abs(want[i]), gmax[k][i] ** 2 if squares else gmax[k][i])
                             self.assertLessEqual(abs(got[i] - want[i]), TOL * scale + 1e-30,
                                                  "%s %s elem %d" % (alg, name, i))
             self.assertEqual(opt.step_count, steps)
 
     def test_every_algorithm_matches_the_reference(self):
-        self.assertEqual(sorted(fusedopt.algorithms()), ["adam", "adamw", "lion", "sgd"])
+        self.assertEqual(sorted(fusedopt.algorithms()),
+                         sorted(["adam", "adamw", "lion", "sgd", "adagrad", "rmsprop", "nadam",
+                                 "lamb", "lars"]))
         covered = set()
         for n, (alg, overrides) in enumerate(CASES):
             with self.subTest(alg=alg, overrides=overrides):
@@ -224,7 +317,7 @@ class Errors(unittest.TestCase):
     def test_python_arguments_refused_before_the_library(self):
         f = array.array("f", [1.0, 2.0])
         bad = [
-            (ValueError, lambda: fusedopt.Optimizer([f], "adagrad")),
+            (ValueError, lambda: fusedopt.Optimizer([f], "adabelief")),
             (TypeError, lambda: fusedopt.Optimizer([f], 3)),
             (TypeError, lambda: fusedopt.Optimizer([f], "adamw", betas2=0.9)),
             (TypeError, lambda: fusedopt.Optimizer([f], "adamw", lr="fast")),
