@@ -73,9 +73,9 @@ static void print_optimizer(const run_plan *p) {
   make_hparams(cfg, cfg->opt, &w, &b);
   printf("%s: lr %g, weight decay %g (none on biases)", opt_name(cfg->opt), (double)w.lr,
          (double)w.weight_decay);
-  if (cfg->opt == OPT_SGD || cfg->opt == OPT_NESTEROV)
+  if (opt_has_momentum(cfg->opt))
     printf(", momentum %g", (double)w.momentum);
-  else
+  else if (opt_has_betas(cfg->opt))
     printf(", betas %g, %g", (double)w.beta1, (double)w.beta2);
   printf(", warmup %lld steps", (long long)(cfg->warmup >= 0 ? cfg->warmup : default_warmup(p)));
   if (cfg->clip > 0) printf(", gradient norm clipped to %g", cfg->clip);

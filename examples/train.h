@@ -49,6 +49,11 @@ typedef enum opt_kind {
   OPT_ADAM,
   OPT_ADAMW,
   OPT_LION,
+  OPT_ADAGRAD,
+  OPT_RMSPROP,
+  OPT_NADAM,
+  OPT_LAMB,
+  OPT_LARS,
   OPT_COUNT
 } opt_kind;
 
@@ -98,6 +103,9 @@ fo_dtype precision_dtype(int precision);
 int fo_failed(fo_status st, const char *call);
 
 fo_algorithm opt_algorithm(int opt);
+/* Whether the optimizer reads momentum (SGD, Nesterov, LARS) or betas. */
+int opt_has_momentum(int opt);
+int opt_has_betas(int opt);
 /* The hyper-parameters of the weights' group from the flags and the
  * optimizer's defaults (which differ for the bowl); the biases' group is
  * the same without weight decay. */

@@ -42,7 +42,8 @@ typedef struct flag_spec {
 } flag_spec;
 
 static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
-static const char *const opt_names[] = {"sgd", "nesterov", "adam", "adamw", "lion", NULL};
+static const char *const opt_names[] = {"sgd",     "nesterov", "adam", "adamw", "lion", "adagrad",
+                                        "rmsprop", "nadam",    "lamb", "lars",  NULL};
 static const char *const schedule_names[] = {"constant", "cosine", "step", "exponential",
                                              "restarts", "cyclic", NULL};
 static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
@@ -73,11 +74,11 @@ static const flag_spec flags[] = {
     {"--wd", FLAG_REAL, MODE_BOTH, OFF(wd), 0, 0, 1e6, 0, NULL, "X",
      "weight decay of the weights, >= 0 (biases get none; default per optimizer)"},
     {"--momentum", FLAG_REAL, MODE_BOTH, OFF(momentum), 0, 0, 1e3, 0, NULL, "X",
-     "SGD momentum, >= 0 (default 0 for sgd, 0.9 for nesterov)"},
+     "SGD, LARS momentum, >= 0 (default 0 for sgd, 0.9 for nesterov and lars)"},
     {"--beta1", FLAG_REAL, MODE_BOTH, OFF(beta1), 0, 0, 1, OPEN_HI, NULL, "X",
-     "Adam/AdamW/Lion beta1, in [0, 1) (default 0.9)"},
+     "Adam/AdamW/Lion/NAdam/LAMB beta1, in [0, 1) (default 0.9)"},
     {"--beta2", FLAG_REAL, MODE_BOTH, OFF(beta2), 0, 0, 1, OPEN_HI, NULL, "X",
-     "Adam/AdamW/Lion beta2, in [0, 1) (default 0.999; Lion 0.99)"},
+     "Adam/AdamW/Lion/NAdam/LAMB beta2, in [0, 1) (default 0.999; Lion 0.99)"},
     {"--clip", FLAG_REAL, MODE_BOTH, OFF(clip), 0, 0, 1e30, 0, NULL, "X",
      "clip the global gradient norm to X; 0: off (default 0)"},
     {"--schedule", FLAG_CHOICE, MODE_BOTH, OFF(schedule), 0, 0, 0, 0, schedule_names,
@@ -297,16 +298,16 @@ static int usage_error(const char *msg) {
 }
 
 static int check_optimizer_flags(const train_config *cfg) {
-  int sgd = cfg->opt == OPT_SGD || cfg->opt == OPT_NESTEROV;
+  int momentum = opt_has_momentum(cfg->opt), betas = opt_has_betas(cfg->opt);
   if (cfg->compare && !(isnan(cfg->lr) && isnan(cfg->wd) && isnan(cfg->momentum) &&
                         isnan(cfg->beta1) && isnan(cfg->beta2)))
     return usage_error(
         "--compare uses each optimizer's own defaults; "
         "drop --lr, --wd, --momentum, --beta1 and --beta2");
-  if (!sgd && !isnan(cfg->momentum))
-    return usage_error("--momentum applies to --opt sgd and nesterov only");
-  if (sgd && !(isnan(cfg->beta1) && isnan(cfg->beta2)))
-    return usage_error("--beta1 and --beta2 apply to --opt adam, adamw and lion only");
+  if (!momentum && !isnan(cfg->momentum))
+    return usage_error("--momentum applies to --opt sgd, nesterov and lars only");
+  if (!betas && !(isnan(cfg->beta1) && isnan(cfg->beta2)))
+    return usage_error("--beta1 and --beta2 apply to --opt adam, adamw, lion, nadam and lamb only");
   if (cfg->opt == OPT_NESTEROV && cfg->momentum == 0.0)
     return usage_error("--opt nesterov needs --momentum > 0");
   return 0;

@@ -72,9 +72,9 @@ static void print_bowl_header(const train_config *cfg, const bowl *b, const fo_o
   printf("), x0 = (");
   print_vector(stdout, ", ", b->x, b->n);
   printf(")\n      %s, lr %g", opt_name(cfg->opt), (double)hp.lr);
-  if (cfg->opt == OPT_SGD || cfg->opt == OPT_NESTEROV)
+  if (opt_has_momentum(cfg->opt))
     printf(", momentum %g", (double)hp.momentum);
-  else
+  else if (opt_has_betas(cfg->opt))
     printf(", betas %g, %g", (double)hp.beta1, (double)hp.beta2);
   if (hp.weight_decay > 0.0f) printf(", weight decay %g", (double)hp.weight_decay);
   int kind = cfg->schedule < 0 ? SCHED_CONSTANT : cfg->schedule;

@@ -13,16 +13,20 @@ typedef struct opt_defaults {
 
 /* Training the MLP (tuned on the digits; see docs/train.md). */
 static const opt_defaults train_defaults[OPT_COUNT] = {
-    [OPT_SGD] = {0.2f, 5e-4f, 0.0f},  [OPT_NESTEROV] = {0.05f, 5e-4f, 0.9f},
-    [OPT_ADAM] = {2e-3f, 0.0f, 0.0f}, [OPT_ADAMW] = {2e-3f, 0.05f, 0.0f},
-    [OPT_LION] = {5e-4f, 0.1f, 0.0f},
+    [OPT_SGD] = {0.2f, 5e-4f, 0.0f},     [OPT_NESTEROV] = {0.05f, 5e-4f, 0.9f},
+    [OPT_ADAM] = {2e-3f, 0.0f, 0.0f},    [OPT_ADAMW] = {2e-3f, 0.05f, 0.0f},
+    [OPT_LION] = {5e-4f, 0.1f, 0.0f},    [OPT_ADAGRAD] = {0.05f, 0.0f, 0.0f},
+    [OPT_RMSPROP] = {1e-3f, 0.0f, 0.0f}, [OPT_NADAM] = {2e-3f, 0.0f, 0.0f},
+    [OPT_LAMB] = {5e-3f, 0.01f, 0.0f},   [OPT_LARS] = {2.0f, 5e-4f, 0.9f},
 };
 
 /* The quadratic bowl: no weight decay, one learning rate for all. */
 static const opt_defaults bowl_defaults[OPT_COUNT] = {
-    [OPT_SGD] = {0.05f, 0.0f, 0.0f},  [OPT_NESTEROV] = {0.05f, 0.0f, 0.9f},
-    [OPT_ADAM] = {0.05f, 0.0f, 0.0f}, [OPT_ADAMW] = {0.05f, 0.0f, 0.0f},
-    [OPT_LION] = {0.05f, 0.0f, 0.0f},
+    [OPT_SGD] = {0.05f, 0.0f, 0.0f},     [OPT_NESTEROV] = {0.05f, 0.0f, 0.9f},
+    [OPT_ADAM] = {0.05f, 0.0f, 0.0f},    [OPT_ADAMW] = {0.05f, 0.0f, 0.0f},
+    [OPT_LION] = {0.05f, 0.0f, 0.0f},    [OPT_ADAGRAD] = {0.5f, 0.0f, 0.0f},
+    [OPT_RMSPROP] = {0.05f, 0.0f, 0.0f}, [OPT_NADAM] = {0.05f, 0.0f, 0.0f},
+    [OPT_LAMB] = {0.05f, 0.0f, 0.0f},    [OPT_LARS] = {50.0f, 0.0f, 0.9f},
 };
 
 int fo_failed(fo_status st, const char *call) {
@@ -36,8 +40,22 @@ fo_algorithm opt_algorithm(int opt) {
     case OPT_ADAM: return FO_ALG_ADAM;
     case OPT_ADAMW: return FO_ALG_ADAMW;
     case OPT_LION: return FO_ALG_LION;
+    case OPT_ADAGRAD: return FO_ALG_ADAGRAD;
+    case OPT_RMSPROP: return FO_ALG_RMSPROP;
+    case OPT_NADAM: return FO_ALG_NADAM;
+    case OPT_LAMB: return FO_ALG_LAMB;
+    case OPT_LARS: return FO_ALG_LARS;
     default: return FO_ALG_SGD;
   }
+}
+
+int opt_has_momentum(int opt) {
+  return opt == OPT_SGD || opt == OPT_NESTEROV || opt == OPT_LARS;
+}
+
+int opt_has_betas(int opt) {
+  return opt == OPT_ADAM || opt == OPT_ADAMW || opt == OPT_LION || opt == OPT_NADAM ||
+         opt == OPT_LAMB;
 }
 
 static float given_or(double value, float fallback) {
@@ -49,7 +67,7 @@ void make_hparams(const train_config *cfg, int opt, fo_hparams *weights, fo_hpar
   fo_hparams_default(opt_algorithm(opt), weights); /* PyTorch's betas and eps */
   weights->lr = given_or(cfg->lr, d->lr);
   weights->weight_decay = given_or(cfg->wd, d->wd);
-  if (opt == OPT_SGD || opt == OPT_NESTEROV) {
+  if (opt_has_momentum(opt)) {
     weights->momentum = given_or(cfg->momentum, d->momentum);
     weights->nesterov = opt == OPT_NESTEROV;
   }
@@ -57,6 +75,7 @@ void make_hparams(const train_config *cfg, int opt, fo_hparams *weights, fo_hpar
   weights->beta2 = given_or(cfg->beta2, weights->beta2);
   *biases = *weights;
   biases->weight_decay = 0.0f;
+  biases->layer_adaptation = 0; /* LAMB, LARS: biases keep the plain step */
 }
 
 /* The kinds' own lengths, as fractions of the steps after the warmup. */

@@ -5,7 +5,8 @@
 # Installs only what is missing, so a second run costs a second.
 #   deps.sh          what building and testing need
 #   deps.sh --demo   also what the demo's plot needs (gnuplot)
-#   deps.sh --test   also what scripts/test.sh's fuzz pass needs (clang)
+#   deps.sh --test   also what scripts/test.sh's fuzz pass needs (clang) and
+#                    what fusedopt.torch's tests need (python3-torch)
 set -euo pipefail
 
 need=()
@@ -29,6 +30,21 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# fusedopt.torch's tests (CTest python_torch) run under Debian's python3-torch
+# (1.13, CPU) with /usr/bin/python3; a torch wheel with CUDA is gigabytes.
+# Without recommends it is about 50 MB of downloads (the test SKIPs without it).
+if [ "${1:-}" = "--test" ] && ! /usr/bin/python3 -c "import torch" >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  [ ${#need[@]} -gt 0 ] || $SUDO apt-get update -qq
+  if apt-cache show python3-torch >/dev/null 2>&1; then
+    echo "deps: installing python3-torch (fusedopt.torch's tests)"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+      python3-torch >/dev/null
+  else
+    echo "deps: no python3-torch package here: fusedopt.torch's tests will SKIP" >&2
+  fi
 fi
 
 # CUDA is optional: without nvcc the build is CPU-only (FO_ENABLE_CUDA=OFF,

@@ -104,6 +104,38 @@ static const hp_case k_hp_cases[] = {
     {FO_ALG_LION, {F(beta1, 0.0), F(beta2, 0.0)}, OK, OK},
     {FO_ALG_LION, {F(eps, NAN)}, IA, IA},
     {FO_ALG_LION, {F(momentum, INFINITY)}, IA, IA},
+    /* AdaGrad */
+    {FO_ALG_ADAGRAD, {F(lr_decay, -0.1)}, IA, IA},
+    {FO_ALG_ADAGRAD, {F(lr_decay, NAN)}, IA, IA},
+    {FO_ALG_ADAGRAD, {F(initial_accumulator_value, -1.0)}, IA, IA},
+    {FO_ALG_ADAGRAD, {F(eps, 0.0)}, IA, IA},
+    {FO_ALG_ADAGRAD, {F(lr_decay, 0.5), F(initial_accumulator_value, 0.1)}, OK, OK},
+    /* RMSprop */
+    {FO_ALG_RMSPROP, {F(alpha, 1.0)}, IA, IA},
+    {FO_ALG_RMSPROP, {F(alpha, -0.5)}, IA, IA},
+    {FO_ALG_RMSPROP, {F(alpha, 0.0)}, OK, OK},
+    {FO_ALG_RMSPROP, {I(centered, 2)}, IA, IA},
+    {FO_ALG_RMSPROP, {I(centered, 1)}, OK, IS},
+    {FO_ALG_RMSPROP, {F(momentum, 0.9)}, OK, IS},
+    {FO_ALG_RMSPROP, {F(eps, 0.0)}, IA, IA},
+    /* NAdam */
+    {FO_ALG_NADAM, {F(momentum_decay, -4e-3)}, IA, IA},
+    {FO_ALG_NADAM, {I(decoupled_weight_decay, 3)}, IA, IA},
+    {FO_ALG_NADAM, {I(decoupled_weight_decay, 1), F(weight_decay, 0.1)}, OK, OK},
+    {FO_ALG_NADAM, {F(beta1, 1.0)}, IA, IA},
+    /* LAMB */
+    {FO_ALG_LAMB, {I(layer_adaptation, -1)}, IA, IA},
+    {FO_ALG_LAMB, {I(layer_adaptation, 0)}, OK, OK},
+    {FO_ALG_LAMB, {F(beta2, 1.0)}, IA, IA},
+    {FO_ALG_LAMB, {F(eps, 0.0)}, IA, IA},
+    /* LARS */
+    {FO_ALG_LARS, {F(trust_coef, 0.0)}, IA, IA},
+    {FO_ALG_LARS, {F(trust_coef, -1e-3)}, IA, IA},
+    {FO_ALG_LARS, {F(trust_coef, INFINITY)}, IA, IA},
+    {FO_ALG_LARS, {F(dampening, 1.5)}, IA, IA},
+    {FO_ALG_LARS, {I(nesterov, 1), F(dampening, 0.1)}, IA, IA},
+    {FO_ALG_LARS, {I(nesterov, 1)}, OK, OK},
+    {FO_ALG_LARS, {F(momentum, 0.0)}, OK, OK},
 };
 
 static void hp_apply(fo_hparams *h, const hp_set *s) {

@@ -37,18 +37,22 @@
 
 /* ------------------------------------------------------------ the matrix */
 
-enum { N_ALGS = 6, N_DTYPES = 6 };
+enum { N_ALGS = 11, N_DTYPES = 6 };
 
 static ck_cfg matrix_cfg(int a, int d) {
   ck_cfg c;
   memset(&c, 0, sizeof c);
-  static const fo_algorithm algs[N_ALGS] = {FO_ALG_SGD,   FO_ALG_SGD,   FO_ALG_ADAM,
-                                            FO_ALG_ADAMW, FO_ALG_ADAMW, FO_ALG_LION};
-  static const char *const alg_labels[N_ALGS] = {"sgd",   "sgd-nesterov",  "adam-amsgrad",
-                                                 "adamw", "adamw-amsgrad", "lion"};
+  static const fo_algorithm algs[N_ALGS] = {
+      FO_ALG_SGD,     FO_ALG_SGD,     FO_ALG_ADAM,  FO_ALG_ADAMW, FO_ALG_ADAMW, FO_ALG_LION,
+      FO_ALG_ADAGRAD, FO_ALG_RMSPROP, FO_ALG_NADAM, FO_ALG_LAMB,  FO_ALG_LARS};
+  static const char *const alg_labels[N_ALGS] = {
+      "sgd",           "sgd-nesterov", "adam-amsgrad", "adamw",
+      "adamw-amsgrad", "lion",         "adagrad",      "rmsprop-centered-momentum",
+      "nadam",         "lamb",         "lars-nesterov"};
   c.alg = algs[a];
-  c.momentum = a == 1 ? 0.9f : 0.0f;
-  c.nesterov = a == 1;
+  c.momentum = a == 1 || a == 7 || a == 10 ? 0.9f : 0.0f;
+  c.nesterov = a == 1 || a == 10;
+  c.centered = a == 7;
   c.amsgrad = a == 2 || a == 4;
   snprintf(c.label, sizeof c.label, "%s", alg_labels[a]);
   c.exec = FO_EXEC_CPU;

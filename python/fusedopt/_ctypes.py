@@ -12,8 +12,11 @@ from ctypes import (POINTER, c_char_p, c_float, c_int, c_int64, c_size_t, c_uint
 # enum values (include/fusedopt.h section 3); C enums are ints here.
 FO_SUCCESS = 0
 FO_EXEC_CPU = 0
+FO_EXEC_CUDA = 1
 FO_STORAGE_EXTERNAL = 0
 FO_DTYPE_F32 = 0
+FO_DTYPE_F16 = 1
+FO_DTYPE_BF16 = 2
 FO_ROLE_MASTER = 2
 FO_ROLE_EXP_AVG = 3
 FO_ROLE_EXP_AVG_SQ = 4
@@ -170,6 +173,9 @@ PROTOTYPES = {
     "fo_optimizer_save": (fo_status, [_opt, c_char_p, fo_stream_t]),
     "fo_optimizer_load": (fo_status, [_opt, c_char_p, fo_stream_t]),
     "fo_checkpoint_verify": (fo_status, [c_char_p]),
+    "fo_optimizer_set_step": (fo_status, [_opt, c_int64]),
+    "fo_optimizer_sync_master": (fo_status, [_opt, fo_stream_t]),
+    "fo_optimizer_loss_scale_ptr": (fo_status, [_opt, POINTER(POINTER(c_float))]),
 }
 
 __all__ = ["FoHparams", "FoLossScalerOptions", "FoSchedule", "FoOptions", "FoTensorDesc",

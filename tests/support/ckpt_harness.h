@@ -41,7 +41,8 @@ typedef struct ck_cfg {
   int master;          /* master weights (16-bit parameters) */
   int sr;              /* stochastic rounding (bf16 without master) */
   int amsgrad;         /* Adam/AdamW */
-  float momentum;      /* SGD */
+  float momentum;      /* SGD, RMSprop, LARS */
+  int centered;        /* RMSprop */
   int nesterov;        /* SGD */
   int scaler;          /* loss scaling: growth every 3 clean steps, hysteresis 2 */
   int growth_interval; /* with scaler: instead of 3 when not 0 */
@@ -97,12 +98,21 @@ static inline void ck_hparams(const ck_cfg *c, fo_hparams h[2]) {
   h[0].beta2 = c->alg == FO_ALG_LION ? 0.981f : 0.9917f;
   h[0].eps = 1.3e-6f;
   h[0].amsgrad = c->amsgrad;
-  if (c->alg == FO_ALG_SGD) {
+  if (c->alg == FO_ALG_SGD || c->alg == FO_ALG_LARS || c->alg == FO_ALG_RMSPROP) {
     h[0].momentum = c->momentum;
     h[0].nesterov = c->nesterov;
   }
+  h[0].centered = c->centered;
+  h[0].lr_decay = 0.0173f;
+  h[0].initial_accumulator_value = 0.137f;
+  h[0].alpha = 0.937f;
+  h[0].momentum_decay = 0.00413f;
+  h[0].trust_coef = 0.0171f;
+  if (c->alg == FO_ALG_LARS) h[0].lr = 0.713f;
   h[1] = h[0];
   h[1].weight_decay = 0.0f;
+  h[1].layer_adaptation = 0;       /* LAMB, LARS: a group without trust ratios */
+  h[1].decoupled_weight_decay = 1; /* NAdam */
 }
 
 /* ------------------------------------------------------------- values */

@@ -1,0 +1,935 @@
+"""fusedopt.torch: torch.optim.Optimizer subclasses over libfusedopt.
+
+    import fusedopt.torch
+    opt = fusedopt.torch.AdamW(model.parameters(), lr=1e-3)   # was torch.optim.AdamW
+
+Each class takes PyTorch's constructor arguments and defaults, keeps
+param groups with their own hyper-parameters (a change of group["lr"] or
+any other hyper-parameter between steps is pushed to the library before
+the next step), and reads and writes state dicts in PyTorch's layout.  The
+step itself is the library's fused step over every tensor: its CPU
+executor for CPU tensors, its CUDA executor on
+torch.cuda.current_stream() for CUDA tensors.
+
+Differences from torch.optim (docs/python.md):
+  - The optimizer owns the gradient memory: one flat buffer per optimizer
+    (one device, one dtype), each p.grad a view of it.  zero_grad() zeroes
+    it in place whatever set_to_none says.  A p.grad replaced by user code
+    is copied into the buffer at the next step (and p.grad set back to the
+    view); a p.grad that is None is an error (missing_grad="error", the
+    default) or a zero gradient (missing_grad="zero").
+  - Every parameter is stepped every step (there is no per-parameter
+    "skip when grad is None"); the state lives in the library, so
+    opt.state is empty: use state_dict().
+  - Parameters must not move: p.data replaced, or the model moved to
+    another device after the optimizer was created, is refused at the next
+    step.
+  - fp16/bf16 parameters get fp32 master weights in the optimizer
+    (master_weights=True); loss_scale=True turns on the library's dynamic
+    loss scaler (opt.loss_scale is a one-element fp32 tensor on the
+    parameters' device; opt.scale_loss(loss) multiplies by it, no host
+    synchronization).
+"""
+
+import ctypes
+import math
+import numbers
+import os
+import warnings
+
+import torch
+
+from . import _ctypes as C
+from . import _library
+from .core import _algorithm_index, _check_path, algorithms
+
+__all__ = ["FusedOptimizer", "SGD", "Adam", "AdamW", "Lion", "Adagrad", "RMSprop", "NAdam",
+           "LAMB", "LARS"]
+
+_DTYPES = {torch.float32: C.FO_DTYPE_F32, torch.float16: C.FO_DTYPE_F16,
+           torch.bfloat16: C.FO_DTYPE_BF16}
+_ALIGN_BYTES = 256  # each gradient view starts on a 256-byte boundary
+_TORCH_KEYS = ("foreach", "fused", "capturable", "differentiable")
+_SCALER_KEYS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval",
+                "max_scale", "hysteresis")
+
+
+def _is_real(x):
+    return not isinstance(x, bool) and isinstance(x, numbers.Real)
+
+
+def _as_float(value, where):
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise TypeError("%s must be a real number or a one-element tensor; got a tensor "
+                            "of shape %s" % (where, tuple(value.shape)))
+        value = value.item()
+    if not _is_real(value):
+        raise TypeError("%s must be a real number; got %r" % (where, value))
+    return float(value)
+
+
+def _as_flag(value, where):
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return int(value)
+    raise TypeError("%s must be a bool; got %r" % (where, value))
+
+
+def _stream_of(device):
+    if device.type == "cuda":
+        return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+    return None
+
+
+class _CudaArray:
+    """A __cuda_array_interface__ over library memory, for torch.as_tensor."""
+
+    def __init__(self, ptr, numel):
+        self.__cuda_array_interface__ = {"shape": (numel,), "typestr": "<f4",
+                                         "data": (ptr, False), "version": 2, "strides": None}
+
+
+def _float_view(ptr, numel, device):
+    """A float32 tensor over numel floats of the library's memory at ptr
+    (device memory on CUDA).  Valid while the optimizer lives."""
+    if numel == 0 or not ptr:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    if device.type == "cuda":
+        return torch.as_tensor(_CudaArray(ptr, numel), device=device)
+    arr = (ctypes.c_float * numel).from_address(ptr)
+    return torch.frombuffer(arr, dtype=torch.float32, count=numel)
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """The base of fusedopt's torch optimizers: a torch.optim.Optimizer
+    whose step is one call of libfusedopt over every parameter.
+
+    Subclasses set: algorithm (the library's name), _hparam_keys (the
+    group keys that map to fo_hparams fields; "betas" maps to beta1 and
+    beta2) and _state_layout(group) (PyTorch's state names of a parameter
+    in that group, each with the library's role).
+
+    Options every class takes (keyword-only):
+      master_weights  fp32 master weights for fp16/bf16 parameters (True).
+      loss_scale      False (default), True, or a dict of the library's
+                      loss-scaler options (init_scale, growth_factor,
+                      backoff_factor, growth_interval, max_scale,
+                      hysteresis): dynamic loss scaling inside the step.
+      max_grad_norm   clip the global gradient norm inside the step (0: off).
+      num_threads     CPU executor threads (0: every core).
+      missing_grad    "error" (default): a step with a p.grad that is None
+                      raises; "zero": it counts as a zero gradient.
+    """
+
+    algorithm = None
+    _hparam_keys = ()
+
+    def __init__(self, params, defaults, *, master_weights=True, loss_scale=False,
+                 max_grad_norm=0.0, num_threads=0, missing_grad="error"):
+        self._handle = None
+        self._lib = _library.load()
+        self._alg = _algorithm_index(self.algorithm)
+        self._master_weights = _as_flag(master_weights, "master_weights")
+        self._scaler = self._scaler_options(loss_scale)
+        self._max_grad_norm = _as_float(max_grad_norm, "max_grad_norm")
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
+            raise ValueError("num_threads must be an int >= 0; got %r" % (num_threads,))
+        self._num_threads = num_threads
+        if missing_grad not in ("error", "zero"):
+            raise ValueError("missing_grad must be 'error' or 'zero'; got %r" % (missing_grad,))
+        self._missing_grad = missing_grad
+        self._warned_copy = False
+        self._loaded_state = False
+        for key in _TORCH_KEYS:
+            defaults.setdefault(key, None if key in ("foreach", "fused") else False)
+        super().__init__(params, defaults)
+        self._build()
+
+    # ------------------------------------------------------------ options
+    @staticmethod
+    def _scaler_options(loss_scale):
+        if loss_scale is False or loss_scale is None:
+            return None
+        if loss_scale is True:
+            return {}
+        if isinstance(loss_scale, dict):
+            unknown = set(loss_scale) - set(_SCALER_KEYS)
+            if unknown:
+                raise TypeError("loss_scale: unknown option(s) %s (known: %s)"
+                                % (", ".join(sorted(unknown)), ", ".join(_SCALER_KEYS)))
+            out = {}
+            for k, v in loss_scale.items():
+                if k in ("growth_interval", "hysteresis"):
+                    if isinstance(v, bool) or not isinstance(v, int):
+                        raise TypeError("loss_scale: %s must be an int; got %r" % (k, v))
+                    out[k] = v
+                else:
+                    out[k] = _as_float(v, "loss_scale: " + k)
+            return out
+        raise TypeError("loss_scale must be a bool or a dict of loss-scaler options; got %r"
+                        % (loss_scale,))
+
+    # ------------------------------------------------------------ groups
+    def _hparams_of(self, group, where):
+        """An FoHparams from a group dict (types checked here, ranges by
+        the library)."""
+        hp = C.FoHparams()
+        _library.check(self._lib.fo_hparams_default(self._alg, ctypes.byref(hp)),
+                       "fo_hparams_default")
+        for key in self._hparam_keys:
+            if key not in group:
+                continue
+            value = group[key]
+            if key == "betas":
+                if not (isinstance(value, (tuple, list)) and len(value) == 2):
+                    raise TypeError("%s: betas must be a pair (beta1, beta2); got %r"
+                                    % (where, value))
+                hp.beta1 = _as_float(value[0], where + ": betas[0]")
+                hp.beta2 = _as_float(value[1], where + ": betas[1]")
+            elif key in C.HPARAM_FLAGS:
+                setattr(hp, key, _as_flag(value, "%s: %s" % (where, key)))
+            else:
+                setattr(hp, key, _as_float(value, "%s: %s" % (where, key)))
+        if group.get("differentiable"):
+            raise ValueError("%s: differentiable=True is not supported by fusedopt (the step "
+                             "runs outside autograd)" % where)
+        return hp
+
+    def add_param_group(self, param_group):
+        """torch's add_param_group, with fusedopt's checks: parameters of
+        float32, float16 or bfloat16, dense, contiguous, on one device, of
+        one dtype.  After the first step a new group is refused (the
+        library registers its tensors once)."""
+        if not isinstance(param_group, dict):
+            raise TypeError("param_group must be a dict; got %s" % type(param_group).__name__)
+        params = param_group.get("params")
+        if isinstance(params, torch.Tensor):
+            params = [params]
+        elif params is not None and not isinstance(params, set):
+            params = list(params)
+        if isinstance(params, list):
+            where = "param group %d" % len(self.param_groups)
+            existing = [p for g in self.param_groups for p in g["params"]]
+            first = existing[0] if existing else None
+            for j, p in enumerate(params):
+                if not isinstance(p, torch.Tensor):
+                    continue  # torch's own message
+                what = "%s, parameter %d" % (where, j)
+                if p.dtype not in _DTYPES:
+                    raise TypeError("%s has dtype %s: fusedopt steps float32, float16 and "
+                                    "bfloat16 parameters (not complex, integer or float64)"
+                                    % (what, p.dtype))
+                if p.layout != torch.strided:
+                    raise ValueError("%s is %s: fusedopt steps dense tensors" % (what, p.layout))
+                if not p.is_contiguous():
+                    raise ValueError("%s is not contiguous: fusedopt steps contiguous tensors "
+                                     "(the library reads and writes flat memory)" % what)
+                if first is None:
+                    first = p
+                if p.device != first.device:
+                    raise ValueError("%s is on %s, another parameter on %s: one fusedopt "
+                                     "optimizer steps tensors on one device (make one "
+                                     "optimizer per device)" % (what, p.device, first.device))
+                if p.device.type not in ("cpu", "cuda"):
+                    raise ValueError("%s is on %s: fusedopt steps CPU and CUDA tensors"
+                                     % (what, p.device))
+                if p.dtype != first.dtype:
+                    raise TypeError("%s is %s, another parameter %s: one fusedopt optimizer "
+                                    "steps one dtype (make one optimizer per dtype)"
+                                    % (what, p.dtype, first.dtype))
+            param_group = dict(param_group, params=params)
+        if self._handle is not None:
+            if self._step_count_lib() != 0 or self._loaded_state:
+                raise RuntimeError("fusedopt: add_param_group after the first step (or a "
+                                   "loaded state) is not supported: the library registers "
+                                   "its tensors once; create the optimizer with every group")
+        if len(self.param_groups) >= C.FO_MAX_GROUPS:
+            raise ValueError("fusedopt: at most %d parameter groups" % C.FO_MAX_GROUPS)
+        n_before = len(self.param_groups)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._hparams_of(group, "param group %d" % n_before)
+            if self._handle is not None:
+                self._rebuild()
+        except BaseException:
+            del self.param_groups[n_before:]
+            raise
+
+    # ------------------------------------------------------------ building
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _build(self):
+        params = self._params()
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        device, dtype = params[0].device, params[0].dtype
+        esize = torch.tensor([], dtype=dtype).element_size()
+        align = _ALIGN_BYTES // esize
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += (p.numel() + align - 1) // align * align
+        flat = torch.zeros(max(total, 1), dtype=dtype, device=device)
+        views = [flat[o:o + p.numel()].view_as(p) for o, p in zip(offsets, params)]
+        group_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+        hps = [self._hparams_of(g, "param group %d" % gi)
+               for gi, g in enumerate(self.param_groups)]
+
+        descs = (C.FoTensorDesc * len(params))()
+        for i, (p, v) in enumerate(zip(params, views)):
+            descs[i].numel = p.numel()
+            descs[i].group = group_of[i]
+            descs[i].param = p.data_ptr() if p.numel() else None
+            descs[i].grad = v.data_ptr() if p.numel() else None
+            descs[i].name = None
+        opts = C.FoOptions()
+        _library.check(self._lib.fo_options_default(ctypes.byref(opts)), "fo_options_default")
+        opts.algorithm = self._alg
+        opts.executor = C.FO_EXEC_CUDA if device.type == "cuda" else C.FO_EXEC_CPU
+        if device.type == "cuda":
+            opts.device = (device.index if device.index is not None
+                           else torch.cuda.current_device())
+        opts.storage = C.FO_STORAGE_EXTERNAL
+        opts.param_dtype = _DTYPES[dtype]
+        opts.grad_dtype = _DTYPES[dtype]
+        opts.master_weights = self._master_weights
+        opts.num_threads = self._num_threads
+        opts.max_grad_norm = self._max_grad_norm
+        if self._scaler is not None:
+            opts.loss_scaler.enabled = 1
+            for k, v in self._scaler.items():
+                setattr(opts.loss_scaler, k, v)
+        harr = (C.FoHparams * len(hps))(*hps)
+        handle = C.fo_optimizer_p()
+        if device.type == "cuda":
+            # The parameters' initial values must be written before create
+            # reads them (master weights) on its own stream.
+            torch.cuda.current_stream(device).synchronize()
+        _library.check(self._lib.fo_optimizer_create(ctypes.byref(handle), ctypes.byref(opts),
+                                                     harr, len(hps), descs, len(params)),
+                       "fo_optimizer_create")
+        # Committed: from here on nothing fails.
+        old = self._handle
+        self._handle = handle
+        if old is not None:
+            self._lib.fo_optimizer_destroy(old)
+        for p, v in zip(params, views):
+            if p.grad is not None and p.grad is not v:
+                v.copy_(p.grad)
+            p.grad = v
+        self._device, self._dtype = device, dtype
+        self._flat, self._views = flat, views
+        # Hold the parameters' storage: a p.data replaced by user code
+        # cannot free memory the library still points to.
+        self._pdata = [p.detach() for p in params]
+        self._pptrs = [p.data_ptr() for p in params]
+        self._pushed = [bytes(h) for h in hps]
+
+    def _rebuild(self):
+        self._build()
+
+    def _live(self):
+        if self._handle is None:
+            raise ValueError("the optimizer is closed")
+        return self._handle
+
+    def _call(self, function, *args):
+        _library.check(getattr(self._lib, function)(self._live(), *args), function)
+
+    def _step_count_lib(self):
+        out = ctypes.c_int64()
+        self._call("fo_optimizer_get_step", ctypes.byref(out))
+        return out.value
+
+    def _state_view(self, index, role):
+        ptr = ctypes.POINTER(ctypes.c_float)()
+        self._call("fo_optimizer_state_ptr", index, role, ctypes.byref(ptr))
+        addr = ctypes.cast(ptr, ctypes.c_void_p).value
+        return _float_view(addr, self._pdata[index].numel(), self._device)
+
+    # ------------------------------------------------------------ the step
+    def _check_grads(self):
+        """Check every p.grad before the step; copy replaced ones into the
+        owned buffer.  Raises (changing nothing) on a moved parameter, a
+        sparse or mismatched gradient, or a missing one under
+        missing_grad="error"."""
+        params = self._params()
+        if len(params) != len(self._views):
+            raise RuntimeError("fusedopt: the param groups' parameters changed (%d registered, "
+                               "%d now): create a new optimizer" % (len(self._views), len(params)))
+        copies, missing = [], []
+        for i, (p, v) in enumerate(zip(params, self._views)):
+            if p.data_ptr() != self._pptrs[i] or p.shape != v.shape:
+                raise RuntimeError(
+                    "fusedopt: parameter %d moved (p.data was replaced, or the model was moved "
+                    "to another device or dtype, after the optimizer was created): the library "
+                    "steps the memory it registered; create the optimizer after moving the "
+                    "model" % i)
+            g = p.grad
+            if g is v:
+                continue
+            if g is None:
+                if self._missing_grad == "error":
+                    missing.append(i)
+                else:
+                    copies.append((i, None))
+                continue
+            if g.is_sparse or g.layout != torch.strided:
+                raise RuntimeError("fusedopt: parameter %d has a sparse gradient: fusedopt "
+                                   "steps dense gradients" % i)
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise RuntimeError("fusedopt: parameter %d's gradient is %s %s on %s, the "
+                                   "parameter %s %s on %s" % (i, g.dtype, tuple(g.shape),
+                                                              g.device, p.dtype,
+                                                              tuple(p.shape), p.device))
+            copies.append((i, g))
+        if missing:
+            raise RuntimeError(
+                "fusedopt: parameter(s) %s have no gradient (p.grad is None): fusedopt steps "
+                "every parameter it holds each step.  If user code set p.grad = None "
+                "(model.zero_grad() does, set_to_none=True), call opt.zero_grad() instead; "
+                "for parameters that get no gradient, pass missing_grad='zero' or leave them "
+                "out of the optimizer" % missing[:10])
+        for i, g in copies:
+            p, v = params[i], self._views[i]
+            if g is None:
+                v.zero_()
+            else:
+                if not self._warned_copy:
+                    self._warned_copy = True
+                    warnings.warn(
+                        "fusedopt: p.grad was replaced by a tensor the optimizer does not own "
+                        "(model.zero_grad(set_to_none=True), or an assignment to p.grad): it "
+                        "is copied into the optimizer's gradient buffer at each step, an extra "
+                        "pass over the gradients.  Use opt.zero_grad() to keep them in place.",
+                        RuntimeWarning, stacklevel=4)
+                v.copy_(g)
+            p.grad = v
+
+    def _push_hparams(self):
+        """Push every group whose hyper-parameters changed since the last
+        push (fo_optimizer_set_hparams; the library checks the ranges).
+        All groups are checked before any is pushed."""
+        todo = []
+        for gi, g in enumerate(self.param_groups):
+            hp = self._hparams_of(g, "param group %d" % gi)
+            raw = bytes(hp)
+            if raw != self._pushed[gi]:
+                todo.append((gi, hp, raw))
+        done = []
+        try:
+            for gi, hp, raw in todo:
+                self._call("fo_optimizer_set_hparams", gi, ctypes.byref(hp))
+                done.append(gi)
+        except BaseException:
+            for gi in done:  # back to what the library had
+                old = C.FoHparams.from_buffer_copy(self._pushed[gi])
+                self._lib.fo_optimizer_set_hparams(self._handle, gi, ctypes.byref(old))
+            raise
+        for gi, hp, raw in todo:
+            self._pushed[gi] = raw
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One fused step of every parameter; closure (optional) is called
+        first with gradients enabled and its value returned."""
+        self._live()
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._check_grads()
+        self._push_hparams()
+        self._call("fo_optimizer_step", _stream_of(self._device))
+        return loss
+
+    def zero_grad(self, set_to_none=True):
+        """Zero the gradient buffer in place and point every p.grad back at
+        its view.  set_to_none is accepted for torch's signature and has no
+        effect: the gradient memory is the optimizer's and stays put."""
+        self._live()
+        self._flat.zero_()
+        for p, v in zip(self._params(), self._views):
+            if p.grad is not v:
+                p.grad = v
+
+    # ------------------------------------------------------------ reading
+    @property
+    def loss_scale(self):
+        """The library's current loss scale: a one-element float32 tensor
+        over its memory (device memory for CUDA parameters), updated by
+        each step.  1 when loss scaling is off.  Reading its value
+        (.item()) synchronizes; multiplying by it does not."""
+        ptr = ctypes.POINTER(ctypes.c_float)()
+        self._call("fo_optimizer_loss_scale_ptr", ctypes.byref(ptr))
+        return _float_view(ctypes.cast(ptr, ctypes.c_void_p).value, 1, self._device)
+
+    def scale_loss(self, loss):
+        """loss times the current loss scale (no host synchronization)."""
+        return loss * self.loss_scale[0]
+
+    def info(self):
+        """fusedopt.StepInfo: step count, skipped steps, loss scale, gradient
+        norm... (synchronizes on CUDA)."""
+        from .core import StepInfo
+        out = C.FoStepInfo()
+        self._call("fo_optimizer_get_info", ctypes.cast(ctypes.byref(out), ctypes.c_void_p))
+        return StepInfo(out.step, out.skipped_steps, bool(out.last_step_skipped),
+                        out.loss_scale, out.grad_norm, out.grad_coef, out.lr_factor,
+                        out.growth_tracker)
+
+    @property
+    def step_count(self):
+        """The number of steps applied (skipped ones not counted)."""
+        return self._step_count_lib()
+
+    def sync_master(self):
+        """Copy the 16-bit parameters into the fp32 master weights, after
+        writing new parameter values (model.load_state_dict, say)."""
+        self._call("fo_optimizer_sync_master", _stream_of(self._device))
+
+    # ------------------------------------------------------------ state dicts
+    def _state_layout(self, group):
+        """[(PyTorch's state name, library role)] of a parameter in group;
+        role None for "step" and other scalars."""
+        raise NotImplementedError
+
+    def _has_step(self):
+        return True
+
+    def _scalar_state(self, name, step, group):
+        if name == "step":
+            return torch.tensor(float(step), dtype=torch.float32)
+        raise KeyError(name)
+
+    def _export_state(self):
+        return self._step_count_lib() > 0 or self._loaded_state
+
+    def state_dict(self):
+        """PyTorch's layout: {"state": {index: {name: tensor}}, "param_groups":
+        [{hyper-parameters..., "params": [indices]}]}, state names as
+        torch.optim's (step, exp_avg, exp_avg_sq, max_exp_avg_sq,
+        momentum_buffer, sum, square_avg, grad_avg, mu_product), fp32
+        tensors on the parameters' device; 16-bit parameters with master
+        weights add "master" (the fp32 master copy)."""
+        self._live()
+        if self._device.type == "cuda":
+            torch.cuda.current_stream(self._device).synchronize()
+        step = self._step_count_lib()
+        state, groups, index = {}, [], 0
+        export = self._export_state()
+        for g in self.param_groups:
+            ids = []
+            for p in g["params"]:
+                if export:
+                    st = {}
+                    for name, role in self._state_layout(g):
+                        if role is None:
+                            st[name] = self._scalar_state(name, step, g)
+                        else:
+                            st[name] = self._state_view(index, role).clone().view(p.shape)
+                    if self._dtype != torch.float32 and self._master_weights:
+                        st["master"] = self._state_view(index, C.FO_ROLE_MASTER).clone() \
+                            .view(p.shape)
+                    state[index] = st
+                ids.append(index)
+                index += 1
+            groups.append(dict({k: v for k, v in g.items() if k != "params"}, params=ids))
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Load a state dict of PyTorch's layout (from this class or from the
+        matching torch.optim optimizer) on the same parameters.  Everything
+        is checked before anything changes: the groups and their sizes,
+        every state tensor's name (another algorithm's state is refused)
+        and shape, one step count, the hyper-parameters' ranges."""
+        self._live()
+        if not isinstance(state_dict, dict) or "state" not in state_dict \
+                or "param_groups" not in state_dict:
+            raise ValueError("not an optimizer state dict (no 'state' and 'param_groups')")
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups "
+                             "(%d, this optimizer %d)" % (len(saved_groups),
+                                                         len(self.param_groups)))
+        ids, new_groups = [], []
+        for gi, (g, sg) in enumerate(zip(self.param_groups, saved_groups)):
+            if len(sg["params"]) != len(g["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't "
+                                 "match the size of optimizer's group (group %d: %d "
+                                 "parameters saved, %d here)" % (gi, len(sg["params"]),
+                                                                 len(g["params"])))
+            ids.extend(sg["params"])
+            ng = dict({k: v for k, v in sg.items() if k != "params"}, params=g["params"])
+            for k, v in g.items():  # keys the saved group lacks (another torch version)
+                ng.setdefault(k, v)
+            new_groups.append(ng)
+        params = self._params()
+        hps = [self._hparams_of(ng, "loaded param group %d" % gi)
+               for gi, ng in enumerate(new_groups)]
+
+        # The state: names, shapes, one step.
+        writes, steps, present = [], set(), 0
+        index = 0
+        for gi, ng in enumerate(new_groups):
+            layout = self._state_layout(ng)
+            tensor_names = {n for n, r in layout if r is not None}
+            for p in ng["params"]:
+                sid = ids[index]
+                st = saved_state.get(sid)
+                if st is None:
+                    st = saved_state.get(str(sid))
+                if st:
+                    present += 1
+                    extra = {k for k, v in st.items() if v is not None} - \
+                        {n for n, _ in layout} - {"master"}
+                    if extra:
+                        raise ValueError(
+                            "loaded state of parameter %d holds %s, which %s does not keep "
+                            "(it keeps %s): a state dict of another algorithm or settings?"
+                            % (sid, ", ".join(sorted(extra)), type(self).__name__,
+                               ", ".join(n for n, _ in layout) or "nothing"))
+                    for name, role in layout:
+                        if role is None:
+                            if name == "step" and name in st:
+                                steps.add(int(round(_as_float(st[name], "step"))))
+                            continue
+                        t = st.get(name)
+                        if t is None:
+                            raise ValueError(
+                                "loaded state of parameter %d has no %r (it holds %s): a "
+                                "state dict of another algorithm or settings?"
+                                % (sid, name, ", ".join(sorted(st)) or "nothing"))
+                        self._check_state_tensor(t, p, sid, name)
+                        writes.append((index, role, t))
+                    if "master" in st and self._dtype != torch.float32 and self._master_weights:
+                        self._check_state_tensor(st["master"], p, sid, "master")
+                        writes.append((index, C.FO_ROLE_MASTER, st["master"]))
+                index += 1
+        if present not in (0, len(params)):
+            raise ValueError("loaded state covers %d of %d parameters: fusedopt keeps one step "
+                             "count for all of them (a state dict of another model?)"
+                             % (present, len(params)))
+        if len(steps) > 1:
+            raise ValueError("loaded state has different step counts %s: fusedopt keeps one "
+                             "for every parameter" % sorted(steps))
+        if steps:
+            step = steps.pop()
+        else:
+            step = 1 if present and not self._has_step() else 0
+        if step < 0:
+            raise ValueError("loaded step count %d is negative" % step)
+        unused = set(saved_state) - set(ids) - {str(i) for i in ids}
+        if unused:
+            raise ValueError("loaded state holds parameter ids %s that no group lists"
+                             % sorted(map(str, unused))[:10])
+
+        # Commit: hyper-parameters (rolled back on failure), then the rest.
+        old = []
+        try:
+            for gi, hp in enumerate(hps):
+                cur = C.FoHparams()
+                self._call("fo_optimizer_get_hparams", gi, ctypes.byref(cur))
+                old.append(cur)
+                self._call("fo_optimizer_set_hparams", gi, ctypes.byref(hp))
+            self._call("fo_optimizer_set_step", step)
+        except BaseException:
+            for gi, cur in enumerate(old):
+                self._lib.fo_optimizer_set_hparams(self._handle, gi, ctypes.byref(cur))
+            raise
+        with torch.no_grad():
+            if self._device.type == "cuda":
+                torch.cuda.current_stream(self._device).synchronize()
+            for index in range(len(params)):
+                for name, role in self._all_roles():
+                    try:
+                        self._state_view(index, role).zero_()
+                    except Exception:
+                        pass
+            self._init_state(params)
+            has_master = any(r == C.FO_ROLE_MASTER for _, r, _ in writes)
+            if self._dtype != torch.float32 and self._master_weights and not has_master:
+                self.sync_master()
+            for index, role, t in writes:
+                self._state_view(index, role).copy_(t.detach().reshape(-1))
+            if self._device.type == "cuda":
+                torch.cuda.current_stream(self._device).synchronize()
+        for g, ng in zip(self.param_groups, new_groups):
+            g.clear()
+            g.update(ng)
+        self._pushed = [bytes(h) for h in hps]
+        self._loaded_state = present > 0
+
+    def _check_state_tensor(self, t, p, sid, name):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError("loaded state %r of parameter %d is %s, not a tensor"
+                            % (name, sid, type(t).__name__))
+        if t.numel() != p.numel() or (t.dim() and tuple(t.shape) != tuple(p.shape)):
+            raise ValueError("loaded state %r of parameter %d has shape %s, the parameter %s: "
+                             "a state dict of another model?" % (name, sid, tuple(t.shape),
+                                                                 tuple(p.shape)))
+        if t.is_complex() or not t.is_floating_point():
+            raise TypeError("loaded state %r of parameter %d is %s" % (name, sid, t.dtype))
+
+    def _all_roles(self):
+        return [("exp_avg", C.FO_ROLE_EXP_AVG), ("exp_avg_sq", C.FO_ROLE_EXP_AVG_SQ),
+                ("max_exp_avg_sq", C.FO_ROLE_MAX_EXP_AVG_SQ)]
+
+    def _init_state(self, params):
+        """Fresh-state values other than zero (AdaGrad's accumulator)."""
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, path):
+        """The library's safetensors checkpoint (atomic): parameters, state,
+        hyper-parameters, step and loss-scaler state."""
+        if self._device.type == "cuda":
+            torch.cuda.current_stream(self._device).synchronize()
+        self._push_hparams()  # the groups' current values are what is saved
+        self._call("fo_optimizer_save", os.fsencode(_check_path(path)),
+                   _stream_of(self._device))
+
+    def load(self, path):
+        """Restore a save(): the parameters (written in place), the state,
+        every group's hyper-parameters (copied into param_groups) and the
+        step count."""
+        if self._device.type == "cuda":
+            torch.cuda.current_stream(self._device).synchronize()
+        self._call("fo_optimizer_load", os.fsencode(_check_path(path)),
+                   _stream_of(self._device))
+        for gi, g in enumerate(self.param_groups):
+            hp = C.FoHparams()
+            self._call("fo_optimizer_get_hparams", gi, ctypes.byref(hp))
+            for key in self._hparam_keys:
+                if key == "betas":
+                    g["betas"] = (float(hp.beta1), float(hp.beta2))
+                elif key in C.HPARAM_FLAGS:
+                    g[key] = bool(getattr(hp, key))
+                else:
+                    g[key] = float(getattr(hp, key))
+            self._pushed[gi] = bytes(self._hparams_of(g, "param group %d" % gi))
+        self._loaded_state = True
+
+    # ------------------------------------------------------------ lifetime
+    def close(self):
+        """Destroy the library's optimizer (also done on garbage collection)."""
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None:
+            _library.check(self._lib.fo_optimizer_destroy(handle), "fo_optimizer_destroy")
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self):
+        raise TypeError("%s cannot be pickled or deep-copied (it holds the library's "
+                        "optimizer): use state_dict() / load_state_dict() or save() / load()"
+                        % type(self).__name__)
+
+    def __repr__(self):
+        return "fusedopt." + super().__repr__()
+
+
+# ---------------------------------------------------------------- classes
+
+
+class SGD(FusedOptimizer):
+    """torch.optim.SGD over libfusedopt (state: momentum_buffer)."""
+    algorithm = "sgd"
+    _hparam_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
+                 nesterov=False, *, maximize=False, foreach=None, differentiable=False,
+                 fused=None, **options):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
+                        foreach=foreach, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, **options)
+
+    def _state_layout(self, group):
+        return [("momentum_buffer", C.FO_ROLE_EXP_AVG)] if group["momentum"] != 0 else []
+
+    def _has_step(self):
+        return False
+
+
+class Adam(FusedOptimizer):
+    """torch.optim.Adam over libfusedopt (state: step, exp_avg, exp_avg_sq,
+    max_exp_avg_sq with amsgrad)."""
+    algorithm = "adam"
+    _hparam_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+    _default_wd = 0.0
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=None,
+                 amsgrad=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, fused=None, **options):
+        if weight_decay is None:
+            weight_decay = self._default_wd
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        amsgrad=amsgrad, maximize=maximize, foreach=foreach,
+                        capturable=capturable, differentiable=differentiable, fused=fused)
+        super().__init__(params, defaults, **options)
+
+    def _state_layout(self, group):
+        out = [("step", None), ("exp_avg", C.FO_ROLE_EXP_AVG),
+               ("exp_avg_sq", C.FO_ROLE_EXP_AVG_SQ)]
+        if group.get("amsgrad"):
+            out.append(("max_exp_avg_sq", C.FO_ROLE_MAX_EXP_AVG_SQ))
+        return out
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW over libfusedopt (decoupled weight decay, default
+    1e-2)."""
+    algorithm = "adamw"
+    _default_wd = 1e-2
+
+
+class Lion(FusedOptimizer):
+    """Lion (Chen et al. 2023; torch has none): lr 1e-4, betas (0.9, 0.99);
+    state exp_avg, as lion-pytorch names it."""
+    algorithm = "lion"
+    _hparam_keys = ("lr", "betas", "weight_decay", "maximize")
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *,
+                 maximize=False, **options):
+        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, **options)
+
+    def _state_layout(self, group):
+        return [("exp_avg", C.FO_ROLE_EXP_AVG)]
+
+    def _has_step(self):
+        return False
+
+
+class Adagrad(FusedOptimizer):
+    """torch.optim.Adagrad over libfusedopt (state: step, sum)."""
+    algorithm = "adagrad"
+    _hparam_keys = ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps",
+                    "maximize")
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
+                 initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
+                 differentiable=False, fused=None, **options):
+        defaults = dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                        initial_accumulator_value=initial_accumulator_value, eps=eps,
+                        foreach=foreach, maximize=maximize, differentiable=differentiable,
+                        fused=fused)
+        super().__init__(params, defaults, **options)
+
+    def _state_layout(self, group):
+        return [("step", None), ("sum", C.FO_ROLE_EXP_AVG_SQ)]
+
+    def _export_state(self):
+        return True  # torch.optim.Adagrad creates its state in __init__
+
+    def _all_roles(self):
+        return [("sum", C.FO_ROLE_EXP_AVG_SQ)]
+
+    def _init_state(self, params):
+        index = 0
+        for g in self.param_groups:
+            for _ in g["params"]:
+                self._state_view(index, C.FO_ROLE_EXP_AVG_SQ).fill_(
+                    float(g["initial_accumulator_value"]))
+                index += 1
+
+
+class RMSprop(FusedOptimizer):
+    """torch.optim.RMSprop over libfusedopt (state: step, square_avg,
+    momentum_buffer with momentum, grad_avg when centered)."""
+    algorithm = "rmsprop"
+    _hparam_keys = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False, **options):
+        defaults = dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                        momentum=momentum, centered=centered, capturable=capturable,
+                        foreach=foreach, maximize=maximize, differentiable=differentiable)
+        super().__init__(params, defaults, **options)
+
+    def _state_layout(self, group):
+        out = [("step", None), ("square_avg", C.FO_ROLE_EXP_AVG_SQ)]
+        if group.get("momentum", 0) > 0:
+            out.append(("momentum_buffer", C.FO_ROLE_EXP_AVG))
+        if group.get("centered"):
+            out.append(("grad_avg", C.FO_ROLE_MAX_EXP_AVG_SQ))
+        return out
+
+
+class NAdam(FusedOptimizer):
+    """torch.optim.NAdam over libfusedopt (state: step, mu_product,
+    exp_avg, exp_avg_sq; mu_product is computed from the step count)."""
+    algorithm = "nadam"
+    _hparam_keys = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
+                    "decoupled_weight_decay", "maximize")
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 momentum_decay=4e-3, decoupled_weight_decay=False, *, foreach=None,
+                 maximize=False, capturable=False, differentiable=False, **options):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        momentum_decay=momentum_decay,
+                        decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
+                        maximize=maximize, capturable=capturable,
+                        differentiable=differentiable)
+        super().__init__(params, defaults, **options)
+
+    def _state_layout(self, group):
+        return [("step", None), ("mu_product", None), ("exp_avg", C.FO_ROLE_EXP_AVG),
+                ("exp_avg_sq", C.FO_ROLE_EXP_AVG_SQ)]
+
+    def _scalar_state(self, name, step, group):
+        if name == "mu_product":
+            beta1, psi = float(group["betas"][0]), float(group["momentum_decay"])
+            prod = torch.tensor(1.0, dtype=torch.float32)
+            for t in range(1, step + 1):
+                prod *= beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+            return prod
+        return super()._scalar_state(name, step, group)
+
+
+class LAMB(FusedOptimizer):
+    """LAMB (You et al. 2020; torch has none): state step, exp_avg,
+    exp_avg_sq.  layout_adaptation=False excludes a group from the trust
+    ratio (biases and norms)."""
+    algorithm = "lamb"
+    _hparam_keys = ("lr", "betas", "eps", "weight_decay", "layer_adaptation", "maximize")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=1e-2, *,
+                 layer_adaptation=True, maximize=False, **options):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        layer_adaptation=layer_adaptation, maximize=maximize)
+        super().__init__(params, defaults, **options)
+
+    def _state_layout(self, group):
+        return [("step", None), ("exp_avg", C.FO_ROLE_EXP_AVG),
+                ("exp_avg_sq", C.FO_ROLE_EXP_AVG_SQ)]
+
+
+class LARS(FusedOptimizer):
+    """LARS (You et al. 2017; torch has none): SGD momentum with the local
+    rate trust_coef * ||w|| / (||g|| + wd ||w||); state step,
+    momentum_buffer."""
+    algorithm = "lars"
+    _hparam_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "trust_coef",
+                    "layer_adaptation", "maximize")
+
+    def __init__(self, params, lr=1.0, momentum=0.9, dampening=0, weight_decay=0,
+                 nesterov=False, *, trust_coef=1e-3, layer_adaptation=True, maximize=False,
+                 **options):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov, trust_coef=trust_coef,
+                        layer_adaptation=layer_adaptation, maximize=maximize)
+        super().__init__(params, defaults, **options)
+
+    def _state_layout(self, group):
+        out = [("step", None)]
+        if group["momentum"] != 0:
+            out.append(("momentum_buffer", C.FO_ROLE_EXP_AVG))
+        return out
