@@ -197,6 +197,27 @@ int checked_step(int step);
 /* One configuration of the matrix, NUM_STEPS steps. */
 int run_case(const run_cfg *c, char *msg, size_t cap);
 
+/* ---------------------------------------------- inside the harness */
+
+/* The tolerance of a parameter that has had magnitude up to scale. */
+double harness_param_tol(const run_cfg *c, double scale, double want);
+
+/* Compare one fp32 state buffer of tensor t with the reference's, against
+ * the per-element limits in h->lim. */
+int harness_check_state(harness *h, int t, fo_role role, const char *name, const double *want,
+                        int step, char *msg, size_t cap);
+
+/* ref_harness_new.c: the algorithms of issue #17 (the original four keep
+ * the harness's own tolerances); whether a group's weight decay is L2,
+ * added to the gradient; the perturbations a 16-bit parameter without
+ * master weights brings into the state, noted before and after each step;
+ * and the comparison of tensor t's state. */
+int harness_is_new_alg(fo_algorithm alg);
+int harness_l2_coupled(fo_algorithm alg, const fo_hparams *hp);
+void harness_perturbation_before(harness *h);
+void harness_perturbation_after(harness *h);
+int harness_check_new_state(harness *h, int t, int step, char *msg, size_t cap);
+
 /* FO_TEST_MAX_REPORTED overrides how many failing configurations are
  * printed per test. */
 int max_reported(void);
