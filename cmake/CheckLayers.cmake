@@ -32,3 +32,20 @@ if(FO_ENABLE_NCCL AND FO_READELF)
     COMMAND sh -c "! ${FO_READELF} -d \"$1\" | grep -i 'NEEDED.*libnccl'" sh
             $<TARGET_FILE:fusedopt>)
 endif()
+
+# The CUDA runtime is linked statically (host/CMakeLists.txt): the shared
+# library names no libcudart, so CPU-only use of a CUDA build needs no CUDA
+# installation (issue #19).
+if(FO_ENABLE_CUDA AND FO_READELF)
+  add_test(NAME library_links_no_cudart
+    COMMAND sh -c "! ${FO_READELF} -d \"$1\" | grep -i 'NEEDED.*libcudart'" sh
+            $<TARGET_FILE:fusedopt>)
+endif()
+# Only the API leaves the shared library: every defined dynamic symbol is
+# fo_-prefixed (none of the static CUDA runtime's, none of the internals).
+find_program(FO_NM nm)
+if(FO_NM)
+  add_test(NAME library_exports_only_fo
+    COMMAND sh -c "${FO_NM} -D --defined-only \"$1\" | awk '{print $3}' | grep -v '^fo_' | grep -v '^_init$' | grep -v '^_fini$' | grep . && exit 1; exit 0" sh
+            $<TARGET_FILE:fusedopt>)
+endif()

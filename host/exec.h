@@ -59,6 +59,11 @@ struct fo_exec_ops {
   /* Prepare the step's scalars from the sums of squares sums[0..n) (added
    * in order; NULL without a pre-pass), then update every tensor. */
   fo_status (*update)(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream);
+  /* LAMB and LARS (fo_algorithm_has_tensor_norms): update runs the norms
+   * pass and leaves this rank's slot of the plan's tensor_sums; apply,
+   * once every slot is in place, turns them into each tensor's factor and
+   * runs the second pass.  Nothing when the step is skipped. */
+  fo_status (*apply)(fo_optimizer *opt, fo_stream_t stream);
   /* 1 when the host knows the last step was skipped (CPU); 0 when it was
    * not or cannot know without waiting (CUDA). */
   int (*skipped)(const fo_optimizer *opt);

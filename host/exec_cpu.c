@@ -255,10 +255,14 @@ static void run_blocks(const step_ctx *c) {
   for (int64_t b = 0; b < nb; b++) step_block(c, b);
 }
 
-/* Each tensor's factor from its blocks' partial norms, added in block
- * order (a tensor's blocks are next to each other in the plan). */
-static void tensor_factors(const fo_optimizer *opt) {
+/* This rank's slot of the tensors' sums: each piece's blocks' partial
+ * norms added in block order (a tensor's blocks are next to each other in
+ * the plan), under the whole tensor's index; 0 for tensors without a
+ * piece here. */
+static void piece_sums(const fo_optimizer *opt) {
   const fo_run_plan *r = &opt->run;
+  double *slot = r->tensor_sums + (size_t)r->slot * (size_t)r->all_tensors * 2;
+  memset(slot, 0, (size_t)r->all_tensors * 2 * sizeof(double));
   for (int64_t b = 0; b < r->num_blocks;) {
     int64_t t = r->blocks[b].tensor;
     double w = 0.0, x = 0.0;
@@ -266,8 +270,24 @@ static void tensor_factors(const fo_optimizer *opt) {
       w += r->norm_partials[2 * b];
       x += r->norm_partials[2 * b + 1];
     }
-    r->tensor_factors[t] = fo_trust_factor((int)opt->options.algorithm, w, x,
-                                           &opt->state->groups[r->tensors[t].group]);
+    slot[2 * r->tensors[t].index] = w;
+    slot[2 * r->tensors[t].index + 1] = x;
+  }
+}
+
+/* Each piece's factor from its whole tensor's sums, the slots added in
+ * rank order. */
+static void tensor_factors(const fo_optimizer *opt) {
+  const fo_run_plan *r = &opt->run;
+  for (int64_t i = 0; i < r->num_tensors; i++) {
+    const double *s = r->tensor_sums + 2 * r->tensors[i].index;
+    double w = 0.0, x = 0.0;
+    for (int k = 0; k < r->slots; k++, s += 2 * r->all_tensors) {
+      w += s[0];
+      x += s[1];
+    }
+    r->tensor_factors[i] = fo_trust_factor((int)opt->options.algorithm, w, x,
+                                           &opt->state->groups[r->tensors[i].group]);
   }
 }
 
@@ -281,9 +301,18 @@ static fo_status update(fo_optimizer *opt, const double *sums, int64_t n, fo_str
   if (fo_algorithm_has_tensor_norms(opt->options.algorithm)) {
     c.pass = PASS_NORMS;
     run_blocks(&c);
-    tensor_factors(opt);
-    c.pass = PASS_APPLY;
+    piece_sums(opt);
+    return FO_SUCCESS; /* apply() follows */
   }
+  run_blocks(&c);
+  return FO_SUCCESS;
+}
+
+static fo_status apply(fo_optimizer *opt, fo_stream_t stream) {
+  (void)stream;
+  if (opt->state->skip) return FO_SUCCESS;
+  tensor_factors(opt);
+  step_ctx c = {opt, opt->state->groups, opt->state->step, PASS_APPLY};
   run_blocks(&c);
   return FO_SUCCESS;
 }
@@ -424,6 +453,7 @@ static const fo_exec_ops cpu_ops = {
     .prepass = prepass,
     .sum_partials = sum_partials,
     .update = update,
+    .apply = apply,
     .skipped = skipped,
     .zero_grad = zero_grad,
     .sync_master = sync_master,

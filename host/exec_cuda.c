@@ -44,14 +44,9 @@ static fo_status sum_partials(fo_optimizer *opt, double *out, fo_stream_t stream
                  fo_launch_sum_doubles(opt->run.partials, opt->run.num_blocks, out, stream));
 }
 
-/* Enqueue the prepare kernel (over sums[0..n), NULL without a pre-pass)
- * and the fused update (and the optional unscaled-gradient write). */
-static int enqueue_update(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream) {
+/* The step launch's arguments that every pass shares. */
+static void step_launch_fill(const fo_optimizer *opt, fo_step_launch *out) {
   const fo_run_plan *r = &opt->run;
-  fo_prepare_args pa;
-  fo_prepare_args_fill(opt, &pa);
-  int e = fo_launch_prepare(&pa, sums, n, opt->state, stream);
-  if (e) return e;
   fo_step_launch a;
   memset(&a, 0, sizeof a);
   a.blocks = r->d_blocks;
@@ -67,23 +62,63 @@ static int enqueue_update(fo_optimizer *opt, const double *sums, int64_t n, fo_s
   a.pdl = r->pdl;
   a.seed = opt->options.seed;
   a.state = opt->state;
+  *out = a;
+}
+
+static int unscale(const fo_optimizer *opt, fo_stream_t stream);
+
+/* Enqueue the prepare kernel (over sums[0..n), NULL without a pre-pass)
+ * and the fused update (and the optional unscaled-gradient write). */
+static int enqueue_update(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream) {
+  const fo_run_plan *r = &opt->run;
+  fo_prepare_args pa;
+  fo_prepare_args_fill(opt, &pa);
+  int e = fo_launch_prepare(&pa, sums, n, opt->state, stream);
+  if (e) return e;
+  fo_step_launch a;
+  step_launch_fill(opt, &a);
   if (fo_algorithm_has_tensor_norms(opt->options.algorithm)) {
-    /* LAMB, LARS: the norms pass, each tensor's factor, the apply pass */
+    /* LAMB, LARS: the norms pass and this rank's slot of the sums; apply()
+     * follows */
     a.pass = FO_PASS_NORMS;
     a.norm_partials = r->norm_partials;
     e = fo_launch_step(&a, stream);
-    if (!e)
-      e = fo_launch_tensor_factors(r->d_blocks, r->d_tensors, r->num_blocks, r->num_tensors,
-                                   a.algorithm, r->norm_partials, opt->state, r->tensor_factors,
-                                   stream);
     if (e) return e;
-    a.pass = FO_PASS_APPLY;
-    a.tensor_factors = r->tensor_factors;
+    return fo_launch_piece_sums(
+        r->d_blocks, r->d_tensors, r->num_blocks, r->num_tensors, r->all_tensors, r->norm_partials,
+        r->tensor_sums + (size_t)r->slot * (size_t)r->all_tensors * 2, stream);
   }
   e = fo_launch_step(&a, stream);
-  if (e || !opt->options.write_unscaled_grads) return e;
+  if (e) return e;
+  return unscale(opt, stream);
+}
+
+/* The optional write-back of unscaled gradients, after the pass that read
+ * them last. */
+static int unscale(const fo_optimizer *opt, fo_stream_t stream) {
+  const fo_run_plan *r = &opt->run;
+  if (!opt->options.write_unscaled_grads) return 0;
   return fo_launch_unscale_grads(r->d_blocks, r->d_tensors, r->num_blocks, r->chunk,
                                  (int32_t)opt->options.grad_dtype, opt->state, stream);
+}
+
+/* LAMB, LARS: the factors from every slot, then the apply pass. */
+static int enqueue_apply(fo_optimizer *opt, fo_stream_t stream) {
+  const fo_run_plan *r = &opt->run;
+  int e = fo_launch_tensor_factors(r->d_tensors, r->num_tensors, r->all_tensors, r->slots,
+                                   (int32_t)opt->options.algorithm, r->tensor_sums, opt->state,
+                                   r->tensor_factors, stream);
+  if (e) return e;
+  fo_step_launch a;
+  step_launch_fill(opt, &a);
+  a.pass = FO_PASS_APPLY;
+  a.tensor_factors = r->tensor_factors;
+  e = fo_launch_step(&a, stream);
+  return e ? e : unscale(opt, stream);
+}
+
+static fo_status apply(fo_optimizer *opt, fo_stream_t stream) {
+  FO_CUDA_RETURN("fo_optimizer_step", device_of(opt), "step launch", enqueue_apply(opt, stream));
 }
 
 static fo_status update(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream) {
@@ -146,6 +181,7 @@ static const fo_exec_ops cuda_ops = {
     .prepass = prepass,
     .sum_partials = sum_partials,
     .update = update,
+    .apply = apply,
     .skipped = skipped,
     .zero_grad = zero_grad,
     .sync_master = sync_master,

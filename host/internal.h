@@ -79,6 +79,14 @@ typedef struct fo_run_plan {
    * memory, NULL for the other algorithms. */
   double *norm_partials;
   float *tensor_factors;
+  /* ... and the sums of the whole tensors: slots x all_tensors x 2 doubles,
+   * indexed by fo_plan_tensor.index.  This rank writes slot `slot` (the
+   * others are 0 for tensors it has no piece of); a sharded state has one
+   * slot per rank, which the ranks all-gather, and the factors add the
+   * slots up in rank order. */
+  double *tensor_sums;
+  int64_t all_tensors;
+  int slots, slot;
   int pdl;
 } fo_run_plan;
 
@@ -261,6 +269,10 @@ void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk, fo_p
 /* The run plan over tensors[0..n) (not copied: the plan refers to them)
  * for opt's executor: blocks, their executor copies and, with a pre-pass,
  * the partial sums.  A failure leaves *out empty. */
+/* Give plan's tensor_sums `slots` slots, this rank writing `slot` (a
+ * sharded state: one per rank); the old buffer goes only on success. */
+fo_status fo_run_plan_norm_slots(const char *func, const fo_optimizer *opt, fo_run_plan *plan,
+                                 int slots, int slot);
 fo_status fo_run_plan_build(const char *func, const fo_optimizer *opt, fo_plan_tensor *tensors,
                             int64_t n, fo_run_plan *out);
 /* Release what fo_run_plan_build allocated (and tensors, when the plan

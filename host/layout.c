@@ -67,6 +67,7 @@ fo_status fo_layout_tensors(const char *fn, fo_optimizer *opt, const fo_tensor_d
     p->exp_avg_sq = (float *)at[FO_ROLE_EXP_AVG_SQ];
     p->max_exp_avg_sq = (float *)at[FO_ROLE_MAX_EXP_AVG_SQ];
     p->numel = t[i].numel;
+    p->index = i;
     p->group = t[i].group;
     uintptr_t bits = (uintptr_t)p->param | (uintptr_t)p->grad;
     p->vector_ok = (bits & 15u) == 0;

@@ -33,9 +33,25 @@ void fo_run_plan_free(const fo_optimizer *opt, fo_run_plan *plan) {
   fo_exec_free(opt, plan->partials);
   fo_exec_free(opt, plan->norm_partials);
   fo_exec_free(opt, plan->tensor_factors);
+  fo_exec_free(opt, plan->tensor_sums);
   free(plan->blocks);
   if (plan->owns_tensors) free(plan->tensors);
   memset(plan, 0, sizeof *plan);
+}
+
+fo_status fo_run_plan_norm_slots(const char *fn, const fo_optimizer *opt, fo_run_plan *plan,
+                                 int slots, int slot) {
+  double *sums = NULL;
+  int64_t all = opt->num_tensors;
+  size_t bytes = ((size_t)slots * (size_t)all * 2 + 2) * sizeof(double);
+  fo_status st = fo_exec_alloc(fn, opt, bytes, (void **)&sums);
+  if (st != FO_SUCCESS) return st;
+  fo_exec_free(opt, plan->tensor_sums);
+  plan->tensor_sums = sums;
+  plan->all_tensors = all;
+  plan->slots = slots;
+  plan->slot = slot;
+  return FO_SUCCESS;
 }
 
 fo_status fo_run_plan_build(const char *fn, const fo_optimizer *opt, fo_plan_tensor *tensors,
@@ -63,6 +79,7 @@ fo_status fo_run_plan_build(const char *fn, const fo_optimizer *opt, fo_plan_ten
     FO_TRY(fo_exec_alloc(fn, opt, (size_t)(2 * p.num_blocks + 2) * sizeof(double),
                          (void **)&p.norm_partials));
     FO_TRY(fo_exec_alloc(fn, opt, (size_t)(n + 1) * sizeof(float), (void **)&p.tensor_factors));
+    FO_TRY(fo_run_plan_norm_slots(fn, opt, &p, 1, 0));
   }
 done:
   if (st != FO_SUCCESS) {

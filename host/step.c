@@ -39,6 +39,14 @@ static fo_status run_step(const char *fn, fo_optimizer *opt, fo_stream_t stream,
   /* 4. update: the step's scalars, then every tensor */
   st = x->update(opt, sums, n, stream);
   if (st != FO_SUCCESS) return st;
+  /* 4b. LAMB, LARS: the norms pass left each tensor's sums of squares;
+   * a shard's ranks gather them (the ranks skip alike), then the second
+   * pass applies each tensor's factor */
+  if (fo_algorithm_has_tensor_norms(opt->options.algorithm)) {
+    if (opt->shard.on && !x->skipped(opt)) st = fo_dp_gather_tensor_sums(fn, opt, stream);
+    if (st == FO_SUCCESS) st = x->apply(opt, stream);
+    if (st != FO_SUCCESS) return st;
+  }
   /* 5. gather the parameters each rank updated (the ranks skip alike) */
   if (opt->shard.on && !x->skipped(opt)) st = fo_dp_gather_params(fn, opt, stream);
   return st;

@@ -86,7 +86,7 @@ extern "C" {
 /* ============================================================ 1. version */
 
 #define FO_VERSION_MAJOR 0
-#define FO_VERSION_MINOR 3
+#define FO_VERSION_MINOR 4
 #define FO_VERSION_PATCH 0
 /** MAJOR*10000 + MINOR*100 + PATCH: compare with fo_version_number(). */
 #define FO_VERSION_NUMBER (FO_VERSION_MAJOR * 10000 + FO_VERSION_MINOR * 100 + FO_VERSION_PATCH)

@@ -82,8 +82,7 @@ FO_BW_FN void fo_wait_for_prior_kernel() {
  * scalar path; K is ILP_VEC or ILP_SCALAR.  vec must only be true when
  * every buffer the visitor touches is 16-byte aligned at offset 0. */
 template <int W, int ILP_VEC, int ILP_SCALAR, class Visitor>
-FO_BW_FN void fo_block_loop(int64_t n, bool vec, int tid, int nthreads,
-                            Visitor &visit) {
+FO_BW_FN void fo_block_loop(int64_t n, bool vec, int tid, int nthreads, Visitor &visit) {
   int64_t scalar_from = 0;
   if (vec) {
     const int64_t nvec = n / W;
@@ -132,8 +131,7 @@ struct fo_block_range {
 };
 
 FO_BW_FN fo_block_range fo_block_range_of(const fo_plan_block *blocks,
-                                          const fo_plan_tensor *tensors,
-                                          int64_t chunk, int64_t b) {
+                                          const fo_plan_tensor *tensors, int64_t chunk, int64_t b) {
   fo_block_range r;
   const fo_plan_block blk = blocks[b];
   r.tensor = blk.tensor;
@@ -153,11 +151,18 @@ FO_BW_FN bool fo_aligned16(const void *p) {
 /* ------------------------------------------------- loads and stores */
 
 /* The storage type of a dtype code. */
-template <int DT> struct fo_elem { typedef uint16_t type; };
-template <> struct fo_elem<FO_RULE_F32> { typedef float type; };
+template <int DT>
+struct fo_elem {
+  typedef uint16_t type;
+};
+template <>
+struct fo_elem<FO_RULE_F32> {
+  typedef float type;
+};
 
 /* Bytes of one element of a dtype code. */
-template <int DT> struct fo_elem_size {
+template <int DT>
+struct fo_elem_size {
   static constexpr int value = DT == FO_RULE_F32 ? 4 : 2;
 };
 
@@ -219,8 +224,7 @@ FO_BW_FN void fo_ld_u16(const uint16_t *p, uint16_t (&h)[N]) {
     }
   } else {
     FO_BW_UNROLL
-    for (int j = 0; j < N; j++)
-      h[j] = __ldcs(reinterpret_cast<const unsigned short *>(p) + j);
+    for (int j = 0; j < N; j++) h[j] = __ldcs(reinterpret_cast<const unsigned short *>(p) + j);
   }
 #else
   memcpy(h, p, sizeof h);
@@ -283,7 +287,8 @@ FO_BW_FN void fo_st_round(typename fo_elem<DT>::type *p, const float (&x)[N]) {
  * per access of the narrowest array, 16 elements per thread per round
  * either way (the chunk is a multiple of W * nthreads * ILP, so every round
  * but a tensor's last block's is full). */
-template <int PT, int GT> struct fo_step_shape {
+template <int PT, int GT>
+struct fo_step_shape {
   static constexpr int W = (PT == FO_RULE_F32 && GT == FO_RULE_F32) ? 4 : 8;
   static constexpr int ILP_VEC = 16 / W;
   static constexpr int ILP_SCALAR = 4;
@@ -380,8 +385,8 @@ struct fo_step_op {
       default: /* Adam, AdamW, NAdam, LAMB */
         use_m = load_m = m != nullptr;
         use_v = v != nullptr;
-        use_vmax = ALG != FO_RULE_NADAM && ALG != FO_RULE_LAMB && vmax &&
-                   (s.flags & FO_RULE_AMSGRAD);
+        use_vmax =
+            ALG != FO_RULE_NADAM && ALG != FO_RULE_LAMB && vmax && (s.flags & FO_RULE_AMSGRAD);
         break;
     }
     store_m = use_m && !(ALG == FO_RULE_LAMB && PASS == FO_PASS_APPLY);
@@ -474,8 +479,8 @@ struct fo_step_op {
         uint16_t h[N];
         FO_BW_UNROLL
         for (int j = 0; j < N; j++)
-          h[j] = fo_f32_to_bf16_sr(
-              p[k][j], fo_sr_bits(seed, step, tensor, start + (uint64_t)(e + j)));
+          h[j] =
+              fo_f32_to_bf16_sr(p[k][j], fo_sr_bits(seed, step, tensor, start + (uint64_t)(e + j)));
         fo_st_u16<N>(param + e, h);
       } else {
         fo_st_round<PT, N>(param + e, p[k]);
@@ -487,8 +492,7 @@ struct fo_step_op {
 /* The step's work for block b, thread tid of nthreads: what the kernel
  * runs, and what the CPU tier runs for every (b, tid). */
 template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS = FO_PASS_UPDATE>
-FO_BW_FN void fo_step_block(const fo_step_launch &a, int64_t b, int tid,
-                            int nthreads) {
+FO_BW_FN void fo_step_block(const fo_step_launch &a, int64_t b, int tid, int nthreads) {
   fo_run_block(fo_step_op<ALG, PT, GT, MASTER, SR, PASS>(a, b), tid, nthreads);
 }
 
@@ -549,8 +553,7 @@ struct fo_sync_master_op {
 };
 
 template <int PT>
-FO_BW_FN void fo_sync_master_block(const fo_plan_args &a, int64_t b, int tid,
-                                   int nthreads) {
+FO_BW_FN void fo_sync_master_block(const fo_plan_args &a, int64_t b, int tid, int nthreads) {
   fo_run_block(fo_sync_master_op<PT>(a, b), tid, nthreads);
 }
 
@@ -583,8 +586,7 @@ struct fo_grad_block_op {
  * store needs no conversion. */
 template <int GT>
 struct fo_zero_grad_op : fo_grad_block_op<GT> {
-  FO_BW_FN fo_zero_grad_op(const fo_plan_args &a, int64_t b)
-      : fo_grad_block_op<GT>(a, b, true) {}
+  FO_BW_FN fo_zero_grad_op(const fo_plan_args &a, int64_t b) : fo_grad_block_op<GT>(a, b, true) {}
 
   template <int N, int K>
   FO_BW_FN void operator()(const int64_t (&off)[K]) const {
@@ -598,8 +600,7 @@ struct fo_zero_grad_op : fo_grad_block_op<GT> {
 };
 
 template <int GT>
-FO_BW_FN void fo_zero_grad_block(const fo_plan_args &a, int64_t b, int tid,
-                                 int nthreads) {
+FO_BW_FN void fo_zero_grad_block(const fo_plan_args &a, int64_t b, int tid, int nthreads) {
   fo_run_block(fo_zero_grad_op<GT>(a, b), tid, nthreads);
 }
 
@@ -668,8 +669,8 @@ struct fo_unscale_op : fo_grad_block_op<GT> {
 };
 
 template <int GT>
-FO_BW_FN void fo_unscale_block(const fo_plan_args &a, const fo_step_state *st, int64_t b,
-                               int tid, int nthreads) {
+FO_BW_FN void fo_unscale_block(const fo_plan_args &a, const fo_step_state *st, int64_t b, int tid,
+                               int nthreads) {
   fo_run_block(fo_unscale_op<GT>(a, st, b), tid, nthreads);
 }
 

@@ -66,14 +66,22 @@ typedef struct fo_step_launch {
 /* Per-step launch of the fused update over the whole plan on stream. */
 int fo_launch_step(const fo_step_launch *args, void *stream);
 
-/* LAMB and LARS, between the passes: tensor_factors[t] = fo_trust_factor
- * of tensor t, from the norm partials of its blocks (a tensor's blocks are
- * consecutive in the plan) summed in a fixed order; the scalars from the
- * step state, nothing when the step is skipped. */
-int fo_launch_tensor_factors(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
-                             int64_t num_blocks, int64_t num_tensors, int32_t algorithm,
-                             const double *norm_partials, const fo_step_state *state,
-                             float *tensor_factors, void *stream);
+/* LAMB and LARS, after the norms pass: slot[2k] and slot[2k+1], k <
+ * all_tensors, = the sums of squares over the blocks of the plan's piece
+ * of tensor k (fo_plan_tensor.index; a tensor's blocks are consecutive in
+ * the plan), added in a fixed order; 0 where the plan has no piece of k. */
+int fo_launch_piece_sums(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                         int64_t num_blocks, int64_t num_tensors, int64_t all_tensors,
+                         const double *norm_partials, double *slot, void *stream);
+
+/* Then, once every rank's slot is in sums (slots x all_tensors x 2):
+ * tensor_factors[i] = fo_trust_factor of plan tensor i from its whole
+ * tensor's sums, the slots added in order; nothing when the step state
+ * says the step is skipped. */
+int fo_launch_tensor_factors(const fo_plan_tensor *tensors, int64_t num_tensors,
+                             int64_t all_tensors, int32_t slots, int32_t algorithm,
+                             const double *sums, const fo_step_state *state, float *tensor_factors,
+                             void *stream);
 
 /* master = widen(param) for every element of every tensor in the plan. */
 int fo_launch_sync_master(const fo_plan_block *blocks, const fo_plan_tensor *tensors,

@@ -1,11 +1,12 @@
 /*
- * norms.cu -- LAMB's and LARS's step between its two passes: each tensor's
- * factor (rules.h, fo_trust_factor) from the squared norms its blocks'
- * norms pass left, one warp per tensor.  The warp finds the tensor's
- * blocks by binary search (a tensor's blocks are consecutive in the plan,
- * in tensor order), its lanes add the partials in a fixed order and the
- * warp reduces them in a fixed tree: the factors are bit-identical from run
- * to run, in one launch whatever the tensor count.
+ * norms.cu -- LAMB's and LARS's step between its two passes, in two
+ * launches whatever the tensor count: each tensor's sums of squares from
+ * the partials its blocks' norms pass left (one warp per tensor: binary
+ * searches find its piece and blocks, the lanes add in a fixed order, the
+ * warp reduces in a fixed tree), then -- after a sharded state's ranks
+ * have all-gathered their sums -- each tensor's factor (rules.h,
+ * fo_trust_factor), the ranks' sums added in rank order.  The factors are
+ * bit-identical from run to run and the same on every rank.
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -17,12 +18,14 @@
 #define FACTOR_THREADS 256
 #define WARPS_PER_BLOCK (FACTOR_THREADS / 32)
 
-/* The first block of tensor t or later: blocks[lo].tensor >= t. */
-static __device__ int64_t first_block_of(const fo_plan_block *blocks, int64_t n, int64_t t) {
+/* The first element of a sorted array of n keys that is >= key, keys
+ * read through key_of(i). */
+template <class Key>
+static __device__ int64_t lower_bound(int64_t n, int64_t key, Key key_of) {
   int64_t lo = 0, hi = n;
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (blocks[mid].tensor < t)
+    if (key_of(mid) < key)
       lo = mid + 1;
     else
       hi = mid;
@@ -30,33 +33,69 @@ static __device__ int64_t first_block_of(const fo_plan_block *blocks, int64_t n,
   return lo;
 }
 
+/* One warp per tensor k of the optimizer: the plan's piece of k (found
+ * by its index; pieces are in index order), its blocks (found by their
+ * tensor), their partials added lane-strided and reduced in a fixed tree. */
 __global__ void __launch_bounds__(FACTOR_THREADS)
-    fo_tensor_factors_kernel(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
-                             int64_t num_blocks, int64_t num_tensors, int32_t algorithm,
-                             const double *partials, const fo_step_state *state, float *factors) {
-  const int64_t t = (int64_t)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5);
+    fo_piece_sums_kernel(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                         int64_t num_blocks, int64_t num_tensors, int64_t all_tensors,
+                         const double *partials, double *slot) {
+  const int64_t k = (int64_t)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  if (t >= num_tensors || state->skip) return; /* whole warps leave together */
-  const int64_t lo = first_block_of(blocks, num_blocks, t);
-  const int64_t hi = first_block_of(blocks, num_blocks, t + 1);
+  if (k >= all_tensors) return; /* whole warps leave together */
+  const int64_t i = lower_bound(num_tensors, k, [&](int64_t j) { return tensors[j].index; });
   double w = 0.0, x = 0.0;
-  for (int64_t b = lo + lane; b < hi; b += 32) {
-    w += partials[2 * b];
-    x += partials[2 * b + 1];
+  if (i < num_tensors && tensors[i].index == k) {
+    const int64_t lo = lower_bound(num_blocks, i, [&](int64_t b) { return blocks[b].tensor; });
+    const int64_t hi = lower_bound(num_blocks, i + 1, [&](int64_t b) { return blocks[b].tensor; });
+    for (int64_t b = lo + lane; b < hi; b += 32) {
+      w += partials[2 * b];
+      x += partials[2 * b + 1];
+    }
+    w = fo_warp_sum(w);
+    x = fo_warp_sum(x);
   }
-  w = fo_warp_sum(w);
-  x = fo_warp_sum(x);
-  if (lane == 0) factors[t] = fo_trust_factor(algorithm, w, x, &state->groups[tensors[t].group]);
+  if (lane == 0) {
+    slot[2 * k] = w;
+    slot[2 * k + 1] = x;
+  }
 }
 
-extern "C" int fo_launch_tensor_factors(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
-                                        int64_t num_blocks, int64_t num_tensors, int32_t algorithm,
-                                        const double *norm_partials, const fo_step_state *state,
+/* One thread per plan tensor: its whole tensor's sums over the slots, in
+ * slot (rank) order, and the factor. */
+__global__ void __launch_bounds__(FACTOR_THREADS)
+    fo_tensor_factors_kernel(const fo_plan_tensor *tensors, int64_t num_tensors,
+                             int64_t all_tensors, int32_t slots, int32_t algorithm,
+                             const double *sums, const fo_step_state *state, float *factors) {
+  const int64_t i = (int64_t)blockIdx.x * FACTOR_THREADS + threadIdx.x;
+  if (i >= num_tensors || state->skip) return;
+  const double *s = sums + 2 * tensors[i].index;
+  double w = 0.0, x = 0.0;
+  for (int r = 0; r < slots; r++, s += 2 * all_tensors) {
+    w += s[0];
+    x += s[1];
+  }
+  factors[i] = fo_trust_factor(algorithm, w, x, &state->groups[tensors[i].group]);
+}
+
+extern "C" int fo_launch_piece_sums(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                                    int64_t num_blocks, int64_t num_tensors, int64_t all_tensors,
+                                    const double *norm_partials, double *slot, void *stream) {
+  if (all_tensors <= 0) return (int)cudaSuccess;
+  const int64_t grid = (all_tensors + WARPS_PER_BLOCK - 1) / WARPS_PER_BLOCK;
+  if (grid > FO_MAX_GRID) return (int)cudaErrorInvalidValue;
+  return fo_launch(fo_piece_sums_kernel, (unsigned)grid, FACTOR_THREADS, (cudaStream_t)stream,
+                   blocks, tensors, num_blocks, num_tensors, all_tensors, norm_partials, slot);
+}
+
+extern "C" int fo_launch_tensor_factors(const fo_plan_tensor *tensors, int64_t num_tensors,
+                                        int64_t all_tensors, int32_t slots, int32_t algorithm,
+                                        const double *sums, const fo_step_state *state,
                                         float *tensor_factors, void *stream) {
   if (num_tensors <= 0) return (int)cudaSuccess;
-  const int64_t grid = (num_tensors + WARPS_PER_BLOCK - 1) / WARPS_PER_BLOCK;
+  const int64_t grid = (num_tensors + FACTOR_THREADS - 1) / FACTOR_THREADS;
   if (grid > FO_MAX_GRID) return (int)cudaErrorInvalidValue;
   return fo_launch(fo_tensor_factors_kernel, (unsigned)grid, FACTOR_THREADS, (cudaStream_t)stream,
-                   blocks, tensors, num_blocks, num_tensors, algorithm, norm_partials, state,
+                   tensors, num_tensors, all_tensors, slots, algorithm, sums, state,
                    tensor_factors);
 }

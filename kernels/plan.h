@@ -18,13 +18,16 @@
 /* One tensor as the kernels see it: every buffer of its roles.  A buffer
  * the optimizer does not keep is NULL. */
 typedef struct fo_plan_tensor {
-  void *param;       /* param_dtype, numel elements */
-  void *grad;        /* grad_dtype */
-  float *master;     /* fp32 master weights, or NULL */
-  float *exp_avg;    /* first moment / momentum buffer, or NULL */
-  float *exp_avg_sq; /* second moment, or NULL */
+  void *param;           /* param_dtype, numel elements */
+  void *grad;            /* grad_dtype */
+  float *master;         /* fp32 master weights, or NULL */
+  float *exp_avg;        /* first moment / momentum buffer, or NULL */
+  float *exp_avg_sq;     /* second moment, or NULL */
   float *max_exp_avg_sq; /* AMSGrad running max, or NULL */
   int64_t numel;
+  /* The tensor's index among the optimizer's tensors; a shard's piece of a
+   * tensor keeps it (LAMB's and LARS's norms add the pieces up by it). */
+  int64_t index;
   int32_t group;
   /* Non-zero when every buffer above is aligned to 16 bytes, so the
    * vector path may run over whole vectors from the tensor's start. */

@@ -101,15 +101,12 @@ extern "C" int fo_launch_prepare(const fo_prepare_args *args, const double *part
                    num_partials, state);
 }
 
-extern "C" int fo_launch_sum_doubles(const double *values, int64_t n, double *out,
-                                     void *stream) {
-  return fo_launch(fo_sum_doubles_kernel, 1, PREPARE_THREADS, (cudaStream_t)stream, values, n,
-                   out);
+extern "C" int fo_launch_sum_doubles(const double *values, int64_t n, double *out, void *stream) {
+  return fo_launch(fo_sum_doubles_kernel, 1, PREPARE_THREADS, (cudaStream_t)stream, values, n, out);
 }
 
-extern "C" int fo_launch_unscale_grads(const fo_plan_block *blocks,
-                                       const fo_plan_tensor *tensors, int64_t num_blocks,
-                                       int64_t chunk, int32_t grad_dtype,
+extern "C" int fo_launch_unscale_grads(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                                       int64_t num_blocks, int64_t chunk, int32_t grad_dtype,
                                        const fo_step_state *state, void *stream) {
   if (num_blocks <= 0) return (int)cudaSuccess;
   const fo_prestep_args a = {{blocks, tensors, num_blocks, chunk}, nullptr, state};

@@ -69,15 +69,34 @@ Test(gpu, matrix_adamw) {
 Test(gpu, matrix_lion) {
   run_matrix(FO_ALG_LION);
 }
+Test(gpu, matrix_adagrad) {
+  run_matrix(FO_ALG_ADAGRAD);
+}
+Test(gpu, matrix_rmsprop) {
+  run_matrix(FO_ALG_RMSPROP);
+}
+Test(gpu, matrix_nadam) {
+  run_matrix(FO_ALG_NADAM);
+}
+/* LAMB and LARS: the per-tensor norms over many tensors (the matrix's
+ * small ones and two large ones of several blocks each) */
+Test(gpu, matrix_lamb) {
+  run_matrix(FO_ALG_LAMB);
+}
+Test(gpu, matrix_lars) {
+  run_matrix(FO_ALG_LARS);
+}
 
 /* The same inputs twice give the same bits, and a step captured in a CUDA
  * graph and replayed gives the same bits as eager steps (the scalars,
  * step counter, schedule and loss scaler live on the device). */
 Test(gpu, repeatable_and_graph_replay) {
   dev d = dev_open(require_device(0));
-  const fo_algorithm algs[] = {FO_ALG_SGD, FO_ALG_ADAM, FO_ALG_ADAMW, FO_ALG_LION};
+  const fo_algorithm algs[] = {FO_ALG_SGD,   FO_ALG_ADAM,    FO_ALG_ADAMW,
+                               FO_ALG_LION,  FO_ALG_ADAGRAD, FO_ALG_RMSPROP,
+                               FO_ALG_NADAM, FO_ALG_LAMB,    FO_ALG_LARS};
   const int64_t large[] = {(1 << 20) + 1};
-  for (int a = 0; a < 4; a++)
+  for (int a = 0; a < (int)(sizeof algs / sizeof algs[0]); a++)
     for (int set = 0; set < 3; set++) {
       cfg c = {algs[a],  set,      FO_DTYPE_BF16,       FO_DTYPE_BF16,
                set != 1, set == 1, FO_STORAGE_EXTERNAL, tu_hash(77, (uint64_t)(a * 3 + set))};

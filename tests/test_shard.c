@@ -240,19 +240,6 @@ Test(shard, refusals_change_nothing) {
   FAILS(fo_optimizer_set_comm(r.opt, c, &d), FO_ERR_UNSUPPORTED);
   OK(fo_optimizer_destroy(r.opt));
 
-  /* LAMB and LARS: their per-tensor norms are not summed across shards
-   * yet, so a sharded state is refused; averaging alone is not */
-  const fo_algorithm tensor_norms[] = {FO_ALG_LAMB, FO_ALG_LARS};
-  for (int k = 0; k < 2; k++) {
-    rig_make(&r, options(tensor_norms[k], FO_DTYPE_F32, FO_DTYPE_F32, 0));
-    FAILS(fo_optimizer_set_comm(r.opt, c, &d), FO_ERR_UNSUPPORTED);
-    cr_assert(strstr(fo_last_error(), "shard_state"), "%s", fo_last_error());
-    OK(fo_optimizer_get_shard(r.opt, &first, &count));
-    cr_assert(first == 0 && count > 0, "a refusal changed the state");
-    OK(fo_optimizer_set_comm(r.opt, c, NULL));
-    OK(fo_optimizer_destroy(r.opt));
-  }
-
   fo_tensor_desc t = {16, 0, NULL, NULL, NULL};
   float pbuf[16] = {1}, gbuf[16] = {1};
   t.param = pbuf, t.grad = gbuf;

@@ -124,9 +124,9 @@ case_fp16() {
 case_compare() {
   local out=$tmp/out log=$tmp/compare.log opt acc
   run_train "$log" --device cpu --compare --epochs 8 --out "$out" --no-plot
-  [ "$(grep -c '^RESULT' "$log")" -eq 5 ] || fail "--compare should report 5 optimizers"
-  [ "$(wc -l <"$out/compare.csv")" -eq 6 ] || fail "compare.csv should hold 5 rows"
-  for opt in sgd nesterov adam adamw lion; do
+  [ "$(grep -c '^RESULT' "$log")" -eq 10 ] || fail "--compare should report 10 optimizers"
+  [ "$(wc -l <"$out/compare.csv")" -eq 11 ] || fail "compare.csv should hold 10 rows"
+  for opt in sgd nesterov adam adamw lion adagrad rmsprop nadam lamb lars; do
     [ -s "$out/train_$opt.csv" ] || fail "no curves for $opt"
     grep -q "^$opt " "$log" || fail "the table has no row for $opt"
     acc=$(result_field "$log" val_acc "$opt ")
@@ -256,7 +256,7 @@ case_errors() {
   expect_error 2 --lr -1
   expect_error 2 --epochs 0
   expect_error 2 --layers 9
-  expect_error 2 --opt rmsprop
+  expect_error 2 --opt adabelief
   expect_error 2 --precision fp8
   expect_error 2 --device tpu
   expect_error 2 --val-frac 1.5

@@ -175,9 +175,9 @@ case_ranks() {
   one=$tmp/compare1.log many=$tmp/compare$np.log
   run_one "$one" "${cmp[@]}" --out "$tmp/out1"
   run_ranks "$np" "$many" "${cmp[@]}" --out "$out"
-  [ "$(grep -c '^RESULT' "$many")" -eq 5 ] || fail "--compare should report 5 optimizers"
-  [ "$(wc -l <"$out/compare.csv")" -eq 6 ] || fail "compare.csv should hold 5 rows"
-  for opt in sgd nesterov adam adamw lion; do
+  [ "$(grep -c '^RESULT' "$many")" -eq 10 ] || fail "--compare should report 10 optimizers"
+  [ "$(wc -l <"$out/compare.csv")" -eq 11 ] || fail "compare.csv should hold 10 rows"
+  for opt in sgd nesterov adam adamw lion adagrad rmsprop nadam lamb lars; do
     compare_runs "$one" "$many" "$np" 1e-5 "$opt "
   done
 

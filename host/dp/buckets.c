@@ -230,15 +230,6 @@ static fo_status set_comm_claimed(const char *fn, fo_optimizer *opt, fo_comm *co
     detach(opt);
     return FO_SUCCESS;
   }
-  /* LAMB's and LARS's norms cover whole tensors, which a shard cuts: their
-   * per-rank partial sums would need a collective of their own
-   * (docs/data-parallel.md) */
-  if (o.shard_state && fo_algorithm_has_tensor_norms(opt->options.algorithm))
-    return fo_fail(FO_ERR_UNSUPPORTED, fn,
-                   "%s with shard_state: a sharded state does not yet sum the per-tensor norms "
-                   "of LAMB and LARS across ranks; attach without shard_state (data-parallel "
-                   "averaging works)",
-                   fo_algorithm_string(opt->options.algorithm));
   fo_status st = check_kind(fn, opt, comm);
   fo_dp *dp = NULL;
   if (st == FO_SUCCESS) st = dp_create(fn, opt, comm, &o, &dp);

@@ -24,6 +24,12 @@ fo_status fo_dp_reduce_for_step(const char *func, fo_optimizer *opt, fo_stream_t
 fo_status fo_dp_agree_sumsq(const char *func, fo_optimizer *opt, const double **sums, int64_t *n,
                             fo_stream_t stream);
 
+/* 4b. A sharded state of LAMB or LARS: all-gather each rank's slot of the
+ * tensors' sums of squares (fo_run_plan.tensor_sums) between the two
+ * passes (a failure comes after the moments moved: the caller marks the
+ * optimizer faulted). */
+fo_status fo_dp_gather_tensor_sums(const char *func, fo_optimizer *opt, fo_stream_t stream);
+
 /* 5. A sharded state: all-gather the updated parameters (a failure leaves
  * the ranks with different parameters: the caller marks the optimizer
  * faulted). */

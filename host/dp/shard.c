@@ -137,6 +137,9 @@ static fo_status build(const char *fn, const fo_optimizer *opt, const fo_comm *c
   fo_shard_range(opt->total_elems, comm->size, comm->rank, &b->layout.first, &b->layout.count);
   fo_status st = build_state(fn, opt, b);
   if (st == FO_SUCCESS) st = build_plan(fn, opt, b);
+  /* LAMB, LARS: one slot of tensor sums per rank (fo_dp_gather_tensor_sums) */
+  if (st == FO_SUCCESS && b->run.tensor_sums)
+    st = fo_run_plan_norm_slots(fn, opt, &b->run, comm->size, comm->rank);
   if (st == FO_SUCCESS)
     st = fo_exec_alloc(fn, opt, (size_t)comm->size * sizeof(double), (void **)&b->sumsq);
   return st;
@@ -217,6 +220,13 @@ fo_status fo_dp_agree_sumsq(const char *fn, fo_optimizer *opt, const double **su
   *sums = dp->sumsq;
   *n = opt->shard.size;
   return FO_SUCCESS;
+}
+
+fo_status fo_dp_gather_tensor_sums(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
+  int64_t *bytes = opt->dp->counts;
+  for (int r = 0; r < opt->shard.size; r++)
+    bytes[r] = opt->run.all_tensors * 2 * (int64_t)sizeof(double);
+  return fo_comm_all_gather(fn, opt->dp->comm, opt->run.tensor_sums, bytes, stream);
 }
 
 fo_status fo_dp_gather_params(const char *fn, fo_optimizer *opt, fo_stream_t stream) {

@@ -19,7 +19,7 @@ from .core import Optimizer, StepInfo, algorithms, default_hparams  # noqa: E402
 
 
 def library_version():
-    """The loaded library's fo_version_string() ("0.3.0")."""
+    """The loaded library's fo_version_string() ("0.4.0")."""
     return _library.load().fo_version_string().decode()
 
 

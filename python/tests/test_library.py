@@ -20,14 +20,14 @@ class LibraryFound(unittest.TestCase):
         if not env:
             self.skipTest("FUSEDOPT_LIBRARY is not set (CTest sets it)")
         self.assertEqual(os.path.realpath(fusedopt.library_path()), os.path.realpath(env))
-        self.assertEqual(fusedopt.library_version(), "0.3.0")
+        self.assertEqual(fusedopt.library_version(), "0.4.0")
 
     def test_env_directory(self):
         env = os.environ.get("FUSEDOPT_LIBRARY")
         if not env:
             self.skipTest("FUSEDOPT_LIBRARY is not set")
         lib = _library.find_and_load({"FUSEDOPT_LIBRARY": os.path.dirname(env)})
-        self.assertEqual(lib.fo_version_string(), b"0.3.0")
+        self.assertEqual(lib.fo_version_string(), b"0.4.0")
 
     def test_env_pointing_at_nothing_lists_the_path(self):
         missing = os.path.join(tempfile.gettempdir(), "no-such-dir-fo", "libfusedopt.so")
@@ -56,11 +56,11 @@ class LibraryFound(unittest.TestCase):
                 msg = str(e)
                 for kind, path in _library.candidates({}, pkg, [prefix]):
                     self.assertIn(path + ":", msg)
-                self.assertIn(os.path.join(pkg, "libfusedopt.so.0.3") + ": no such file", msg)
+                self.assertIn(os.path.join(pkg, "libfusedopt.so.0.4") + ": no such file", msg)
                 self.assertIn(os.path.join(prefix, "libfusedopt.so") + ": no such file", msg)
-                self.assertIn("libfusedopt.so.0.3:", msg)  # the loader's own search
+                self.assertIn("libfusedopt.so.0.4:", msg)  # the loader's own search
             else:  # installed where the dynamic loader finds it
-                self.assertEqual(lib.fo_version_number() // 100, 3)
+                self.assertEqual(lib.fo_version_number() // 100, 4)
 
     def test_next_to_package_before_prefix(self):
         env = os.environ.get("FUSEDOPT_LIBRARY")
@@ -88,7 +88,7 @@ class VersionCheck(unittest.TestCase):
         with self.assertRaises(fusedopt.VersionMismatchError) as cm:
             _library.check_version(_library.load())
         msg = str(cm.exception)
-        self.assertIn("0.3.0", msg)  # the library's
+        self.assertIn("0.4.0", msg)  # the library's
         self.assertIn("0.2.0", msg)  # the package's
         self.assertIsInstance(cm.exception, ImportError)
 
@@ -100,7 +100,7 @@ class VersionCheck(unittest.TestCase):
         with self.assertRaises(fusedopt.VersionMismatchError) as cm:
             _library.find_and_load({"FUSEDOPT_LIBRARY": env})
         self.assertIn("1.4.0", str(cm.exception))
-        self.assertIn("0.3.0", str(cm.exception))
+        self.assertIn("0.4.0", str(cm.exception))
 
     def test_pyproject_version_is_the_package_version(self):
         with open(os.path.join(HERE, "..", "pyproject.toml")) as f:

@@ -102,6 +102,32 @@ void cfg_hparams(const cfg *c, fo_hparams h[2]) {
         h[1].lr = 5.3e-3f;
       }
       break;
+    case FO_ALG_ADAGRAD:
+      h[0].lr = 2.07e-2f, h[0].weight_decay = b ? 0.0f : 0.0113f;
+      h[0].lr_decay = 0.0137f, h[0].initial_accumulator_value = b ? 0.0f : 0.113f;
+      h[0].maximize = b;
+      h[1].lr = 1.03e-2f;
+      break;
+    case FO_ALG_RMSPROP:
+      h[0].lr = 3.1e-3f, h[0].alpha = 0.93f, h[0].centered = !b, h[0].momentum = b ? 0.0f : 0.7f;
+      h[0].weight_decay = b ? 0.0f : 0.0113f, h[0].maximize = b;
+      h[1].lr = 1.07e-3f, h[1].centered = b, h[1].momentum = b ? 0.5f : 0.0f;
+      break;
+    case FO_ALG_NADAM:
+      h[0].lr = 1.07e-2f, h[0].weight_decay = 0.0913f, h[0].decoupled_weight_decay = b;
+      h[0].momentum_decay = 0.0041f, h[0].maximize = b;
+      h[1].lr = 3.1e-3f;
+      break;
+    case FO_ALG_LAMB:
+      h[0].lr = 1.07e-2f, h[0].weight_decay = 0.0913f, h[0].maximize = b;
+      h[0].beta1 = b ? 0.8f : 0.9f, h[0].eps = 1.1e-6f;
+      h[1].lr = 3.1e-3f, h[1].layer_adaptation = b, h[1].weight_decay = 0.0f;
+      break;
+    case FO_ALG_LARS:
+      h[0].lr = 0.517f, h[0].momentum = 0.9f, h[0].nesterov = b, h[0].weight_decay = 0.0113f;
+      h[0].trust_coef = 0.0213f, h[0].maximize = b;
+      h[1].lr = 0.0917f, h[1].momentum = b ? 0.0f : 0.5f, h[1].layer_adaptation = !b;
+      break;
     default:
       if (!b) {
         h[0].lr = 1.03e-3f, h[0].weight_decay = 0.0917f;
@@ -461,7 +487,9 @@ void compare(const cfg *c, const world *w, const result *want, const result *got
   /* state */
   fo_hparams h[2];
   cfg_hparams(c, h);
-  const int l2 = (c->alg == FO_ALG_SGD || c->alg == FO_ALG_ADAM) &&
+  const int l2 = (c->alg == FO_ALG_SGD || c->alg == FO_ALG_ADAM || c->alg == FO_ALG_ADAGRAD ||
+                  c->alg == FO_ALG_RMSPROP || c->alg == FO_ALG_LARS ||
+                  (c->alg == FO_ALG_NADAM && !h[0].decoupled_weight_decay)) &&
                  (h[0].weight_decay > 0.0f || h[1].weight_decay > 0.0f);
   for (int k = 0; k < 4; k++) {
     cr_assert_eq(got->state[k] == NULL, want->state[k] == NULL, "%s: %s kept by one executor only",
@@ -476,7 +504,8 @@ void compare(const cfg *c, const world *w, const result *want, const result *got
     if (!ok && fed_back && l2 && k != 0) {
       /* the parameter's flips enter the gradient as wd*dp (file comment) */
       double wd = h[0].weight_decay > h[1].weight_decay ? h[0].weight_decay : h[1].weight_decay;
-      double mu = c->alg == FO_ALG_SGD ? 0.9 : 0.0;
+      double mu =
+          c->alg == FO_ALG_SGD || c->alg == FO_ALG_LARS || c->alg == FO_ALG_RMSPROP ? 0.9 : 0.0;
       double dp = 4.0 * (c->pt == FO_DTYPE_BF16 ? 0x1p-7 : 0x1p-10) * (pmax > 1.0 ? pmax : 1.0);
       double dmax = c->set == 2 ? 2.0 : 2.0 + wd * pmax;
       tu_tol loose = {st.atol + wd * dp * (2.0 + 1.0 / (1.0 - mu)) * (1.0 + 2.0 * dmax), 1e-5, 0.0,
