@@ -4,7 +4,10 @@
  * harness of tests/support/ref_harness.h.
  *
  * The matrix: every algorithm x option (SGD momentum / dampening / Nesterov,
- * weight decay, AMSGrad, maximize) x parameter dtype x gradient dtype x
+ * weight decay, AMSGrad, maximize; AdaGrad learning-rate decay and initial
+ * accumulator; RMSprop centering and momentum; NAdam's L2 or decoupled
+ * decay; LAMB and LARS with layer adaptation off in one group; LARS
+ * momentum / dampening / Nesterov) x parameter dtype x gradient dtype x
  * master weights (16-bit parameters) x storage mode, over tensors of odd
  * sizes (empty ones included) in two parameter groups with different
  * hyper-parameters, fresh random non-zero gradients every step, the learning
@@ -30,7 +33,7 @@
 #include "testutil.h"
 
 static void run_matrix(fo_algorithm alg) {
-  opt_flags flags[32];
+  opt_flags flags[MAX_FLAGS];
   int nf = flag_list(alg, flags);
   int runs = 0, failures = 0;
   double t0 = tu_now();
@@ -78,6 +81,21 @@ Test(cpu_reference, adamw, .timeout = 120) {
 Test(cpu_reference, lion, .timeout = 120) {
   run_matrix(FO_ALG_LION);
 }
+Test(cpu_reference, adagrad, .timeout = 120) {
+  run_matrix(FO_ALG_ADAGRAD);
+}
+Test(cpu_reference, rmsprop, .timeout = 120) {
+  run_matrix(FO_ALG_RMSPROP);
+}
+Test(cpu_reference, nadam, .timeout = 120) {
+  run_matrix(FO_ALG_NADAM);
+}
+Test(cpu_reference, lamb, .timeout = 120) {
+  run_matrix(FO_ALG_LAMB);
+}
+Test(cpu_reference, lars, .timeout = 120) {
+  run_matrix(FO_ALG_LARS);
+}
 
 /* The boolean options are per group: the two groups of one optimizer differ
  * in them (momentum on in one, off in the other; AMSGrad in one; maximize
@@ -87,10 +105,30 @@ Test(cpu_reference, mixed_group_options, .timeout = 60) {
     fo_algorithm alg;
     opt_flags g0, g1;
   } mixes[] = {
-      {FO_ALG_SGD, {3, 1, 0, 0}, {0, 0, 0, 1}},   {FO_ALG_SGD, {0, 1, 0, 0}, {2, 0, 0, 1}},
-      {FO_ALG_SGD, {1, 0, 0, 1}, {3, 1, 0, 0}},   {FO_ALG_ADAM, {0, 1, 1, 0}, {0, 0, 0, 1}},
-      {FO_ALG_ADAM, {0, 0, 0, 1}, {0, 1, 1, 0}},  {FO_ALG_ADAMW, {0, 1, 1, 1}, {0, 1, 0, 0}},
-      {FO_ALG_ADAMW, {0, 0, 0, 0}, {0, 1, 1, 1}}, {FO_ALG_LION, {0, 1, 0, 1}, {0, 0, 0, 0}},
+      {FO_ALG_SGD,
+       {.momentum = 3, .wd = 1, .amsgrad = 0, .maximize = 0},
+       {.momentum = 0, .wd = 0, .amsgrad = 0, .maximize = 1}},
+      {FO_ALG_SGD,
+       {.momentum = 0, .wd = 1, .amsgrad = 0, .maximize = 0},
+       {.momentum = 2, .wd = 0, .amsgrad = 0, .maximize = 1}},
+      {FO_ALG_SGD,
+       {.momentum = 1, .wd = 0, .amsgrad = 0, .maximize = 1},
+       {.momentum = 3, .wd = 1, .amsgrad = 0, .maximize = 0}},
+      {FO_ALG_ADAM,
+       {.momentum = 0, .wd = 1, .amsgrad = 1, .maximize = 0},
+       {.momentum = 0, .wd = 0, .amsgrad = 0, .maximize = 1}},
+      {FO_ALG_ADAM,
+       {.momentum = 0, .wd = 0, .amsgrad = 0, .maximize = 1},
+       {.momentum = 0, .wd = 1, .amsgrad = 1, .maximize = 0}},
+      {FO_ALG_ADAMW,
+       {.momentum = 0, .wd = 1, .amsgrad = 1, .maximize = 1},
+       {.momentum = 0, .wd = 1, .amsgrad = 0, .maximize = 0}},
+      {FO_ALG_ADAMW,
+       {.momentum = 0, .wd = 0, .amsgrad = 0, .maximize = 0},
+       {.momentum = 0, .wd = 1, .amsgrad = 1, .maximize = 1}},
+      {FO_ALG_LION,
+       {.momentum = 0, .wd = 1, .amsgrad = 0, .maximize = 1},
+       {.momentum = 0, .wd = 0, .amsgrad = 0, .maximize = 0}},
   };
   static const struct {
     fo_dtype p, g;
@@ -114,6 +152,57 @@ Test(cpu_reference, mixed_group_options, .timeout = 60) {
         c.storage = sto ? FO_STORAGE_ARENA : FO_STORAGE_EXTERNAL;
         c.threads = 1;
         c.seed = tu_hash(1000 + k, d * 2 + (size_t)sto);
+        char msg[1024], desc[256];
+        ++runs;
+        if (!run_case(&c, msg, sizeof msg)) {
+          describe(&c, desc, sizeof desc);
+          if (++failures <= max_reported()) cr_expect(0, "%s: %s", desc, msg);
+        }
+      }
+  cr_expect_eq(failures, 0, "%d of %d mixed-option configurations failed", failures, runs);
+}
+
+/* The same for the algorithms of issue #17: RMSprop centered and with
+ * momentum in one group only; NAdam's decay L2 in one group, decoupled in
+ * the other; AdaGrad's learning-rate decay and initial accumulator in one
+ * group; LARS's Nesterov against dampening, layer adaptation in one group
+ * (no_adapt turns it off in group 1); LAMB with maximize in one group. */
+Test(cpu_reference, mixed_group_options_new, .timeout = 60) {
+  static const struct {
+    fo_algorithm alg;
+    opt_flags g0, g1;
+  } mixes[] = {
+      {FO_ALG_RMSPROP, {.momentum = 1, .wd = 1, .centered = 1}, {.maximize = 1}},
+      {FO_ALG_RMSPROP, {.wd = 1, .maximize = 1}, {.momentum = 1, .centered = 1}},
+      {FO_ALG_NADAM, {.wd = 1}, {.wd = 2, .maximize = 1}},
+      {FO_ALG_NADAM, {.wd = 2}, {.wd = 0}},
+      {FO_ALG_ADAGRAD, {.lr_decay = 1, .init_acc = 1, .wd = 1}, {.maximize = 1}},
+      {FO_ALG_LARS, {.momentum = 3, .wd = 1}, {.momentum = 2, .no_adapt = 1, .maximize = 1}},
+      {FO_ALG_LARS, {.momentum = 0, .maximize = 1}, {.momentum = 1, .wd = 1}},
+      {FO_ALG_LAMB, {.wd = 1, .maximize = 1}, {.no_adapt = 1}},
+  };
+  static const struct {
+    fo_dtype p, g;
+    int master;
+  } dts[] = {{FO_DTYPE_F32, FO_DTYPE_F32, 1},
+             {FO_DTYPE_BF16, FO_DTYPE_BF16, 1},
+             {FO_DTYPE_F16, FO_DTYPE_F32, 0},
+             {FO_DTYPE_BF16, FO_DTYPE_F16, 0}};
+  int failures = 0, runs = 0;
+  for (size_t k = 0; k < sizeof mixes / sizeof mixes[0]; ++k)
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; ++d)
+      for (int sto = 0; sto < 2; ++sto) {
+        run_cfg c = {0};
+        c.alg = mixes[k].alg;
+        c.f = mixes[k].g0;
+        c.mixed = 1;
+        c.f1 = mixes[k].g1;
+        c.pdt = dts[d].p;
+        c.gdt = dts[d].g;
+        c.master = dts[d].master;
+        c.storage = sto ? FO_STORAGE_ARENA : FO_STORAGE_EXTERNAL;
+        c.threads = 1;
+        c.seed = tu_hash(2000 + k, d * 2 + (size_t)sto);
         char msg[1024], desc[256];
         ++runs;
         if (!run_case(&c, msg, sizeof msg)) {

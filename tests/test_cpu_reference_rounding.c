@@ -28,7 +28,7 @@ Test(cpu_reference, sr_brackets_exact_value, .timeout = 60) {
   for (int a = 0; a < 4; ++a)
     for (int gi = 0; gi < 3; ++gi) {
       run_cfg c = {.alg = algs[a],
-                   .f = {1, 1, 1, a % 2},
+                   .f = {.momentum = 1, .wd = 1, .amsgrad = 1, .maximize = a % 2},
                    .pdt = FO_DTYPE_BF16,
                    .gdt = DTYPES[gi],
                    .master = 0,
@@ -85,7 +85,7 @@ Test(cpu_reference, sr_reproducible_and_seeded, .timeout = 60) {
   const fo_algorithm algs[] = {FO_ALG_SGD, FO_ALG_ADAMW, FO_ALG_LION};
   for (int a = 0; a < 3; ++a) {
     run_cfg c = {.alg = algs[a],
-                 .f = {1, 1, 0, 0},
+                 .f = {.momentum = 1, .wd = 1, .amsgrad = 0, .maximize = 0},
                  .pdt = FO_DTYPE_BF16,
                  .gdt = FO_DTYPE_F32,
                  .master = 0,

@@ -16,51 +16,13 @@
 
 /* -------------------------------------------------- threads: bit-identical */
 
-Test(cpu_reference, threads_bit_identical, .timeout = 120) {
-  const run_cfg base[] = {
-      {.alg = FO_ALG_SGD,
-       .f = {3, 1, 0, 0},
-       .pdt = FO_DTYPE_F32,
-       .gdt = FO_DTYPE_F32,
-       .master = 1,
-       .storage = FO_STORAGE_EXTERNAL},
-      {.alg = FO_ALG_SGD,
-       .f = {2, 1, 0, 1},
-       .pdt = FO_DTYPE_F16,
-       .gdt = FO_DTYPE_BF16,
-       .master = 0,
-       .storage = FO_STORAGE_ARENA},
-      {.alg = FO_ALG_ADAM,
-       .f = {0, 1, 1, 0},
-       .pdt = FO_DTYPE_BF16,
-       .gdt = FO_DTYPE_F16,
-       .master = 1,
-       .storage = FO_STORAGE_EXTERNAL},
-      {.alg = FO_ALG_ADAMW,
-       .f = {0, 1, 1, 1},
-       .pdt = FO_DTYPE_F16,
-       .gdt = FO_DTYPE_F32,
-       .master = 0,
-       .storage = FO_STORAGE_ARENA},
-      {.alg = FO_ALG_ADAMW,
-       .f = {0, 1, 0, 0},
-       .pdt = FO_DTYPE_BF16,
-       .gdt = FO_DTYPE_BF16,
-       .master = 0,
-       .storage = FO_STORAGE_EXTERNAL,
-       .sr = 1,
-       .sr_seed = 1234},
-      {.alg = FO_ALG_LION,
-       .f = {0, 1, 0, 1},
-       .pdt = FO_DTYPE_BF16,
-       .gdt = FO_DTYPE_F32,
-       .master = 1,
-       .storage = FO_STORAGE_ARENA},
-  };
+/* Each configuration on 1 thread, then on 2, 4 and the default: the bytes of
+ * every parameter and state buffer after 4 steps must be identical. */
+static void check_threads(const run_cfg *base, size_t n, uint64_t seed) {
   const int thread_counts[] = {2, 4, 0};
-  for (size_t k = 0; k < sizeof base / sizeof base[0]; ++k) {
+  for (size_t k = 0; k < n; ++k) {
     run_cfg c = base[k];
-    c.seed = 99 + k;
+    c.seed = seed + k;
     c.threads = 1;
     size_t n1 = 0;
     unsigned char *one = snapshot_run(&c, 4, &n1);
@@ -75,4 +37,100 @@ Test(cpu_reference, threads_bit_identical, .timeout = 120) {
     }
     free(one);
   }
+}
+
+Test(cpu_reference, threads_bit_identical, .timeout = 120) {
+  const run_cfg base[] = {
+      {.alg = FO_ALG_SGD,
+       .f = {.momentum = 3, .wd = 1, .amsgrad = 0, .maximize = 0},
+       .pdt = FO_DTYPE_F32,
+       .gdt = FO_DTYPE_F32,
+       .master = 1,
+       .storage = FO_STORAGE_EXTERNAL},
+      {.alg = FO_ALG_SGD,
+       .f = {.momentum = 2, .wd = 1, .amsgrad = 0, .maximize = 1},
+       .pdt = FO_DTYPE_F16,
+       .gdt = FO_DTYPE_BF16,
+       .master = 0,
+       .storage = FO_STORAGE_ARENA},
+      {.alg = FO_ALG_ADAM,
+       .f = {.momentum = 0, .wd = 1, .amsgrad = 1, .maximize = 0},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_F16,
+       .master = 1,
+       .storage = FO_STORAGE_EXTERNAL},
+      {.alg = FO_ALG_ADAMW,
+       .f = {.momentum = 0, .wd = 1, .amsgrad = 1, .maximize = 1},
+       .pdt = FO_DTYPE_F16,
+       .gdt = FO_DTYPE_F32,
+       .master = 0,
+       .storage = FO_STORAGE_ARENA},
+      {.alg = FO_ALG_ADAMW,
+       .f = {.momentum = 0, .wd = 1, .amsgrad = 0, .maximize = 0},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_BF16,
+       .master = 0,
+       .storage = FO_STORAGE_EXTERNAL,
+       .sr = 1,
+       .sr_seed = 1234},
+      {.alg = FO_ALG_LION,
+       .f = {.momentum = 0, .wd = 1, .amsgrad = 0, .maximize = 1},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_F32,
+       .master = 1,
+       .storage = FO_STORAGE_ARENA},
+  };
+  check_threads(base, sizeof base / sizeof base[0], 99);
+}
+
+/* The algorithms of issue #17; LAMB's and LARS's per-tensor norms over
+ * tensors split between threads must not depend on the split. */
+Test(cpu_reference, threads_bit_identical_new, .timeout = 120) {
+  const run_cfg base[] = {
+      {.alg = FO_ALG_ADAGRAD,
+       .f = {.wd = 1, .lr_decay = 1, .init_acc = 1},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_F16,
+       .master = 1,
+       .storage = FO_STORAGE_EXTERNAL},
+      {.alg = FO_ALG_RMSPROP,
+       .f = {.momentum = 1, .wd = 1, .centered = 1, .maximize = 1},
+       .pdt = FO_DTYPE_F16,
+       .gdt = FO_DTYPE_F32,
+       .master = 0,
+       .storage = FO_STORAGE_ARENA},
+      {.alg = FO_ALG_NADAM,
+       .f = {.wd = 2},
+       .pdt = FO_DTYPE_F32,
+       .gdt = FO_DTYPE_F32,
+       .master = 1,
+       .storage = FO_STORAGE_EXTERNAL},
+      {.alg = FO_ALG_LAMB,
+       .f = {.wd = 1, .no_adapt = 1},
+       .pdt = FO_DTYPE_F32,
+       .gdt = FO_DTYPE_BF16,
+       .master = 1,
+       .storage = FO_STORAGE_ARENA},
+      {.alg = FO_ALG_LAMB,
+       .f = {.wd = 1, .maximize = 1},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_BF16,
+       .master = 0,
+       .storage = FO_STORAGE_EXTERNAL,
+       .sr = 1,
+       .sr_seed = 77},
+      {.alg = FO_ALG_LARS,
+       .f = {.momentum = 3, .wd = 1},
+       .pdt = FO_DTYPE_F32,
+       .gdt = FO_DTYPE_F32,
+       .master = 1,
+       .storage = FO_STORAGE_EXTERNAL},
+      {.alg = FO_ALG_LARS,
+       .f = {.momentum = 2, .wd = 1, .no_adapt = 1, .maximize = 1},
+       .pdt = FO_DTYPE_BF16,
+       .gdt = FO_DTYPE_F16,
+       .master = 1,
+       .storage = FO_STORAGE_ARENA},
+  };
+  check_threads(base, sizeof base / sizeof base[0], 199);
 }

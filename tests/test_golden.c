@@ -1,6 +1,7 @@
 /*
  * test_golden.c -- the CPU executor against golden vectors recorded from
- * PyTorch's own optimizers (torch.optim.SGD, Adam, AdamW; fp32, CPU).
+ * PyTorch's own optimizers (torch.optim.SGD, Adam, AdamW, Adagrad, RMSprop,
+ * NAdam; fp32, CPU).
  *
  * The files in tests/golden/ come from scripts/gen_golden.py (its docstring
  * describes the format): initial parameters, every step's gradients, the
@@ -8,7 +9,9 @@
  * 10 steps.  Every file is replayed through fusedopt in both storage modes
  * and compared.  Because the first step of SGD momentum and the placement of
  * Adam's eps change the results by far more than the tolerance, these cases
- * pin down exactly PyTorch's semantics.
+ * pin down exactly PyTorch's semantics.  (LAMB and LARS are not in
+ * torch.optim; the fp64 reference of test_cpu_reference_matrix.c covers
+ * them.)
  */
 #define _POSIX_C_SOURCE 200809L
 #include <criterion/criterion.h>
@@ -38,18 +41,54 @@
  * too), at least 2^-10.  Observed: within 3u (FO_TEST_VERBOSE=1 prints the worst ratio).
  * The wrong first-step momentum rule, maximize applied after weight decay,
  * or eps inside the square root (the *_eps_placement cases use eps ~
- * sqrt(v_hat)) move results by 1e-3 or more, 500 times this tolerance. */
+ * sqrt(v_hat)) move results by 1e-3 or more, 500 times this tolerance.
+ *
+ * The same tolerance holds for Adagrad, RMSprop and NAdam.  Their step
+ * scalars are computed in double on both sides (Adagrad's lr / (1 +
+ * (t-1)*lr_decay); NAdam's mu_t = beta1*(1 - 0.5*0.96^(t*psi)), mu_{t+1},
+ * the bias correction) and reach fp32 once.  One difference is
+ * systematic: PyTorch keeps NAdam's mu_product, the product of the mu_t,
+ * in an fp32 tensor (rounded once per step), fusedopt in double.  After t
+ * steps PyTorch's product is off by at most t*u relative, and the two
+ * coefficients lr*(1-mu_t)/(1-mu_product) and lr*mu_{t+1}/(1 -
+ * mu_product*mu_{t+1}) by that times mu_product/(1 - mu_product) (at most
+ * about 1 here: mu_t is below 0.9*0.5... 0.9 and the product shrinks
+ * geometrically), so by at most ~10u ~ 6e-7 relative over 10 steps, a
+ * third of the tolerance, in the worst case and far less in practice.
+ * RMSprop's centered variance square_avg - grad_avg^2 could cancel; with
+ * random-sign gradients grad_avg^2 stays a fraction of square_avg.  A
+ * wrong formula (eps inside the square root, Adagrad's sum starting
+ * without initial_accumulator_value, the learning-rate decay one step off,
+ * RMSprop's momentum with a first-step rule, NAdam's mu schedule one step
+ * off or its decoupled decay as L2) moves results by 1e-3 or more. */
 #define GOLDEN_TOL 2e-6
 #define GOLDEN_FLOOR 0x1p-10
 
 #define MAX_TENSORS 16
 #define MAX_STEPS 64
 
-enum { ST_EXP_AVG, ST_EXP_AVG_SQ, ST_MAX_EXP_AVG_SQ, ST_MOMENTUM, ST_COUNT };
-static const char *const STATE_NAMES[ST_COUNT] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq",
-                                                  "momentum_buffer"};
-static const fo_role STATE_ROLES[ST_COUNT] = {FO_ROLE_EXP_AVG, FO_ROLE_EXP_AVG_SQ,
-                                              FO_ROLE_MAX_EXP_AVG_SQ, FO_ROLE_EXP_AVG};
+/* PyTorch's state names and the roles fusedopt keeps them in (Adagrad's
+ * sum and RMSprop's square_avg are the second-moment role, RMSprop's
+ * grad_avg the AMSGrad maximum's). */
+enum {
+  ST_EXP_AVG,
+  ST_EXP_AVG_SQ,
+  ST_MAX_EXP_AVG_SQ,
+  ST_MOMENTUM,
+  ST_SUM,
+  ST_SQUARE_AVG,
+  ST_GRAD_AVG,
+  ST_COUNT
+};
+static const char *const STATE_NAMES[ST_COUNT] = {
+    "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "sum", "square_avg", "grad_avg"};
+static const fo_role STATE_ROLES[ST_COUNT] = {
+    FO_ROLE_EXP_AVG,    FO_ROLE_EXP_AVG_SQ, FO_ROLE_MAX_EXP_AVG_SQ, FO_ROLE_EXP_AVG,
+    FO_ROLE_EXP_AVG_SQ, FO_ROLE_EXP_AVG_SQ, FO_ROLE_MAX_EXP_AVG_SQ};
+
+/* The newest file version this reader knows (scripts/gen_golden.py):
+ * version 2 adds algorithms, state names and optional group keys. */
+#define GOLDEN_VERSION 2
 
 typedef struct golden {
   char path[1024];
@@ -83,10 +122,15 @@ typedef struct reader {
   FILE *f;
   const char *path;
   char tok[256];
+  int pushed; /* tok holds a token given back by unread() */
 } reader;
 
 /* Next token, skipping '#' comments to the end of their line; NULL at EOF. */
 static const char *next(reader *r) {
+  if (r->pushed) {
+    r->pushed = 0;
+    return r->tok;
+  }
   for (;;) {
     if (fscanf(r->f, "%255s", r->tok) != 1) return NULL;
     if (r->tok[0] != '#') return r->tok;
@@ -94,6 +138,12 @@ static const char *next(reader *r) {
     while ((c = fgetc(r->f)) != EOF && c != '\n') {
     }
   }
+}
+
+/* Give back the token next() returned last: the next call returns it
+ * again. */
+static void unread(reader *r) {
+  r->pushed = 1;
 }
 
 static const char *need(reader *r, const char *what) {
@@ -135,10 +185,12 @@ static float *read_values(reader *r, int64_t n, const char *what) {
 static void golden_load(golden *g, const char *path) {
   memset(g, 0, sizeof *g);
   snprintf(g->path, sizeof g->path, "%s", path);
-  reader r = {fopen(path, "r"), g->path, {0}};
+  reader r = {fopen(path, "r"), g->path, {0}, 0};
   cr_assert_not_null(r.f, "cannot open %s", path);
   expect_word(&r, "fusedopt-golden");
-  cr_assert_eq(need_int(&r, "version", 0, 1000), 1, "%s: unknown format version", path);
+  long version = need_int(&r, "version", 0, 1000);
+  cr_assert(version >= 1 && version <= GOLDEN_VERSION, "%s: unknown format version %ld", path,
+            version);
   const char *t;
   while ((t = need(&r, "a record")) && strcmp(t, "end") != 0) {
     if (!strcmp(t, "case")) {
@@ -151,6 +203,12 @@ static void golden_load(golden *g, const char *path) {
         g->alg = FO_ALG_ADAM;
       else if (!strcmp(a, "adamw"))
         g->alg = FO_ALG_ADAMW;
+      else if (version >= 2 && !strcmp(a, "adagrad"))
+        g->alg = FO_ALG_ADAGRAD;
+      else if (version >= 2 && !strcmp(a, "rmsprop"))
+        g->alg = FO_ALG_RMSPROP;
+      else if (version >= 2 && !strcmp(a, "nadam"))
+        g->alg = FO_ALG_NADAM;
       else
         cr_assert_fail("%s: unknown algorithm '%s'", path, a);
     } else if (!strcmp(t, "groups")) {
@@ -179,6 +237,26 @@ static void golden_load(golden *g, const char *path) {
       h->amsgrad = (int)need_int(&r, "amsgrad", 0, 1);
       expect_word(&r, "maximize");
       h->maximize = (int)need_int(&r, "maximize", 0, 1);
+      /* version 2: optional keys; a key left out keeps the default */
+      const char *key;
+      while (version >= 2 && (key = next(&r)) != NULL) {
+        if (!strcmp(key, "lr_decay")) {
+          h->lr_decay = need_float(&r, "lr_decay");
+        } else if (!strcmp(key, "initial_accumulator_value")) {
+          h->initial_accumulator_value = need_float(&r, "initial_accumulator_value");
+        } else if (!strcmp(key, "alpha")) {
+          h->alpha = need_float(&r, "alpha");
+        } else if (!strcmp(key, "centered")) {
+          h->centered = (int)need_int(&r, "centered", 0, 1);
+        } else if (!strcmp(key, "momentum_decay")) {
+          h->momentum_decay = need_float(&r, "momentum_decay");
+        } else if (!strcmp(key, "decoupled_weight_decay")) {
+          h->decoupled_weight_decay = (int)need_int(&r, "decoupled_weight_decay", 0, 1);
+        } else {
+          unread(&r); /* the next record */
+          break;
+        }
+      }
     } else if (!strcmp(t, "steps")) {
       g->steps = (int)need_int(&r, "steps", 1, MAX_STEPS);
     } else if (!strcmp(t, "tensors")) {
@@ -202,7 +280,7 @@ static void golden_load(golden *g, const char *path) {
     } else if (!strcmp(t, "state")) {
       const char *name = need(&r, "state name");
       int which = -1;
-      for (int k = 0; k < ST_COUNT; ++k)
+      for (int k = 0; k < (version >= 2 ? ST_COUNT : ST_SUM); ++k)
         if (!strcmp(name, STATE_NAMES[k])) which = k;
       cr_assert(which >= 0, "%s: unknown state '%s'", path, name);
       int k = (int)need_int(&r, "tensor index", 0, g->nt - 1);
@@ -234,7 +312,7 @@ static double buffer_scale(const golden *g, int t, const char *what, const float
   int64_t n = g->numel[t];
   double m = max_into(GOLDEN_FLOOR, want, n);
   if (!strcmp(what, "param")) return max_into(m, g->init[t], n);
-  if (!strcmp(what, "exp_avg") || !strcmp(what, "momentum_buffer")) {
+  if (!strcmp(what, "exp_avg") || !strcmp(what, "momentum_buffer") || !strcmp(what, "grad_avg")) {
     /* the gradient after L2 decay: |g| + wd*|p| */
     double gm = 0.0;
     for (int s = 0; s < g->steps; ++s) gm = max_into(gm, g->grad[s][t], n);
@@ -373,4 +451,16 @@ Test(golden, adam) {
 
 Test(golden, adamw) {
   cr_expect_geq(run_all(FO_ALG_ADAMW), 4, "too few AdamW golden files");
+}
+
+Test(golden, adagrad) {
+  cr_expect_geq(run_all(FO_ALG_ADAGRAD), 4, "too few Adagrad golden files");
+}
+
+Test(golden, rmsprop) {
+  cr_expect_geq(run_all(FO_ALG_RMSPROP), 4, "too few RMSprop golden files");
+}
+
+Test(golden, nadam) {
+  cr_expect_geq(run_all(FO_ALG_NADAM), 4, "too few NAdam golden files");
 }

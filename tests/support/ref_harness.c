@@ -22,8 +22,17 @@ const int MATRIX_GROUPS[MATRIX_TENSORS] = {0, 1, 0, 1, 1, 0, 1};
 
 void describe_flags(fo_algorithm alg, const opt_flags *f, char *buf, size_t cap) {
   static const char *mom[] = {"", " momentum", " momentum+dampening", " nesterov"};
-  snprintf(buf, cap, "%s%s%s%s", alg == FO_ALG_SGD ? mom[f->momentum] : "", f->wd ? " wd" : "",
-           f->amsgrad ? " amsgrad" : "", f->maximize ? " maximize" : "");
+  const char *m = "";
+  if (alg == FO_ALG_SGD || alg == FO_ALG_LARS)
+    m = mom[f->momentum];
+  else if (alg == FO_ALG_RMSPROP && f->momentum)
+    m = " momentum";
+  const char *wd = "";
+  if (f->wd) wd = alg == FO_ALG_NADAM ? (f->wd == 2 ? " decoupled-wd" : " l2-wd") : " wd";
+  snprintf(buf, cap, "%s%s%s%s%s%s%s%s", m, f->centered ? " centered" : "", wd,
+           f->amsgrad ? " amsgrad" : "", f->lr_decay ? " lr_decay" : "",
+           f->init_acc ? " initial_accumulator" : "",
+           f->no_adapt ? " no-layer-adaptation(group 1)" : "", f->maximize ? " maximize" : "");
 }
 
 void describe(const run_cfg *c, char *buf, size_t cap) {
@@ -63,6 +72,53 @@ void make_hparams(fo_algorithm alg, const opt_flags *f, int g, fo_hparams *h) {
       else
         h->weight_decay = f->wd ? (g ? 0.213f : 0.0973f) : 0.0f;
       break;
+    case FO_ALG_ADAGRAD:
+      h->lr = g ? 0.0213f : 0.0517f;
+      h->lr_decay = f->lr_decay ? (g ? 0.0317f : 0.113f) : 0.0f;
+      h->initial_accumulator_value = f->init_acc ? (g ? 0.0731f : 0.317f) : 0.0f;
+      h->eps = g ? 0.0213f : 1e-10f;
+      h->weight_decay = f->wd ? (g ? 0.0493f : 0.0107f) : 0.0f;
+      break;
+    case FO_ALG_RMSPROP:
+      /* the first step moves by about lr/sqrt(1-alpha): ten times lr */
+      h->lr = g ? 0.00123f : 0.00317f;
+      h->alpha = g ? 0.913f : 0.987f;
+      h->momentum = f->momentum ? (g ? 0.613f : 0.893f) : 0.0f;
+      h->centered = f->centered;
+      h->eps = g ? 0.0173f : 1e-8f;
+      h->weight_decay = f->wd ? (g ? 0.0317f : 0.0973f) : 0.0f;
+      break;
+    case FO_ALG_NADAM:
+      h->lr = g ? 0.00407f : 0.0103f;
+      h->beta1 = g ? 0.8f : 0.9f;
+      h->beta2 = g ? 0.99f : 0.999f;
+      h->eps = g ? 0.0213f : 1e-8f;
+      h->momentum_decay = g ? 0.0517f : 0.00413f;
+      h->decoupled_weight_decay = f->wd == 2;
+      if (f->wd == 2)
+        h->weight_decay = g ? 0.213f : 0.0973f;
+      else
+        h->weight_decay = f->wd ? (g ? 0.0317f : 0.0973f) : 0.0f;
+      break;
+    case FO_ALG_LAMB:
+      h->lr = g ? 0.00407f : 0.0103f;
+      h->beta1 = g ? 0.8f : 0.9f;
+      h->beta2 = g ? 0.99f : 0.999f;
+      h->eps = g ? 0.0213f : 1e-6f;
+      h->weight_decay = f->wd ? (g ? 0.0317f : 0.0973f) : 0.0f;
+      h->layer_adaptation = !(f->no_adapt && g == 1);
+      break;
+    case FO_ALG_LARS:
+      /* a step of about lr * trust_coef * |w| per element */
+      h->lr = g ? 0.713f : 1.37f;
+      h->trust_coef = g ? 0.0213f : 0.0117f;
+      h->momentum = f->momentum ? (g ? 0.613f : 0.893f) : 0.0f;
+      h->dampening = f->momentum == 2 ? (g ? 0.317f : 0.109f) : 0.0f;
+      h->nesterov = f->momentum == 3;
+      h->weight_decay = f->wd ? (g ? 0.0493f : 0.0107f) : 0.0f;
+      h->layer_adaptation = !(f->no_adapt && g == 1);
+      if (!h->layer_adaptation) h->lr = 0.0213f; /* plain SGD on the gradient */
+      break;
     default:
       h->lr = g ? 0.00307f : 0.0101f;
       h->beta1 = g ? 0.95f : 0.9f;
@@ -74,12 +130,42 @@ void make_hparams(fo_algorithm alg, const opt_flags *f, int g, fo_hparams *h) {
 
 int flag_list(fo_algorithm alg, opt_flags *out) {
   int n = 0;
+  switch (alg) {
+    case FO_ALG_ADAGRAD:
+      for (int ld = 0; ld < 2; ++ld)
+        for (int ia = 0; ia < 2; ++ia)
+          for (int wd = 0; wd < 2; ++wd)
+            for (int mx = 0; mx < 2; ++mx)
+              out[n++] = (opt_flags){.wd = wd, .maximize = mx, .lr_decay = ld, .init_acc = ia};
+      return n;
+    case FO_ALG_RMSPROP:
+      for (int ce = 0; ce < 2; ++ce)
+        for (int mo = 0; mo < 2; ++mo)
+          for (int wd = 0; wd < 2; ++wd)
+            for (int mx = 0; mx < 2; ++mx)
+              out[n++] = (opt_flags){.momentum = mo, .wd = wd, .maximize = mx, .centered = ce};
+      return n;
+    case FO_ALG_NADAM:
+      for (int wd = 0; wd < 3; ++wd)
+        for (int mx = 0; mx < 2; ++mx) out[n++] = (opt_flags){.wd = wd, .maximize = mx};
+      return n;
+    case FO_ALG_LAMB:
+    case FO_ALG_LARS:
+      for (int mo = 0; mo < (alg == FO_ALG_LARS ? 4 : 1); ++mo)
+        for (int na = 0; na < 2; ++na)
+          for (int wd = 0; wd < 2; ++wd)
+            for (int mx = 0; mx < 2; ++mx)
+              out[n++] = (opt_flags){.momentum = mo, .wd = wd, .maximize = mx, .no_adapt = na};
+      return n;
+    default: break;
+  }
   int moms = alg == FO_ALG_SGD ? 4 : 1;
   int ams = (alg == FO_ALG_ADAM || alg == FO_ALG_ADAMW) ? 2 : 1;
   for (int mo = 0; mo < moms; ++mo)
     for (int a = 0; a < ams; ++a)
       for (int wd = 0; wd < 2; ++wd)
-        for (int mx = 0; mx < 2; ++mx) out[n++] = (opt_flags){mo, wd, a, mx};
+        for (int mx = 0; mx < 2; ++mx)
+          out[n++] = (opt_flags){.momentum = mo, .wd = wd, .amsgrad = a, .maximize = mx};
   return n;
 }
 
@@ -142,6 +228,10 @@ void harness_free(harness *h) {
     free(h->pscale[t]);
     free(h->mscale[t]);
     free(h->vscale[t]);
+    free(h->fscale[t]);
+    free(h->dabs[t]);
+    free(h->rel[t]);
+    free(h->ebound[t]);
   }
   free(h->lim);
   memset(h, 0, sizeof *h);
@@ -175,7 +265,12 @@ int harness_init(harness *h, const run_cfg *c, const int64_t *sizes, const int *
     h->pscale[t] = calloc(n1, sizeof(double));
     h->mscale[t] = calloc(n1, sizeof(double));
     h->vscale[t] = calloc(n1, sizeof(double));
-    cr_assert(init && h->gval[t] && h->pscale[t] && h->mscale[t] && h->vscale[t]);
+    h->fscale[t] = calloc(n1, sizeof(double));
+    h->dabs[t] = calloc(n1, sizeof(double));
+    h->rel[t] = calloc(n1, sizeof(double));
+    h->ebound[t] = calloc(n1, sizeof(double));
+    cr_assert(init && h->gval[t] && h->pscale[t] && h->mscale[t] && h->vscale[t] && h->fscale[t] &&
+              h->dabs[t] && h->rel[t] && h->ebound[t]);
     tu_fill_range(&h->rng, init, n, -PARAM_INIT, PARAM_INIT);
     ref_set_params(h->ref, t, init);
     for (int64_t i = 0; i < n; ++i) h->pscale[t][i] = fabs(h->ref->tensors[t].param[i]);
@@ -246,7 +341,10 @@ static double max3(double a, double b, double c) {
 }
 
 int harness_step(harness *h, char *msg, size_t cap) {
+  int track = harness_is_new_alg(h->c.alg) && h->c.pdt != FO_DTYPE_F32 && !h->c.master;
+  if (track) harness_perturbation_before(h);
   ref_step(h->ref, (const double *const *)h->gval);
+  if (track) harness_perturbation_after(h);
   for (int t = 0; t < h->nt; ++t) {
     const ref_tensor *R = &h->ref->tensors[t];
     for (int64_t i = 0; i < h->numel[t]; ++i) {
@@ -254,6 +352,7 @@ int harness_step(harness *h, char *msg, size_t cap) {
       if (fabs(R->w[i]) > h->pscale[t][i]) h->pscale[t][i] = fabs(R->w[i]);
       if (fabs(R->m[i]) > h->mscale[t][i]) h->mscale[t][i] = fabs(R->m[i]);
       h->vscale[t][i] = max3(h->vscale[t][i], R->v[i], R->vmax[i]);
+      if (R->feed[i] > h->fscale[t][i]) h->fscale[t][i] = R->feed[i];
     }
   }
   fo_status st = fo_optimizer_step(h->opt, NULL);
@@ -263,8 +362,8 @@ int harness_step(harness *h, char *msg, size_t cap) {
 
 /* Compare one fp32 state buffer of tensor t with the reference's, against
  * the per-element limits in h->lim. */
-static int check_state(harness *h, int t, fo_role role, const char *name, const double *want,
-                       int step, char *msg, size_t cap) {
+int harness_check_state(harness *h, int t, fo_role role, const char *name, const double *want,
+                        int step, char *msg, size_t cap) {
   float *s = NULL;
   fo_status st = fo_optimizer_state_ptr(h->opt, t, role, &s);
   if (st != FO_SUCCESS)
@@ -279,13 +378,6 @@ static int check_state(harness *h, int t, fo_role role, const char *name, const 
     FAIL("after step %d: %s", step, line);
   }
   return 1;
-}
-
-/* The tolerance of a parameter that has had magnitude up to scale. */
-static double param_tol(const run_cfg *c, double scale, double want) {
-  if (c->pdt == FO_DTYPE_F32) return TOL_F32 * scale;
-  if (c->master) return TOL_F32 * scale + TOL_16_MASTER_ULPS * ref_ulp(c->pdt, want);
-  return TOL_F32 * scale + TOL_16_NOMASTER_ULPS * ref_ulp(c->pdt, scale);
 }
 
 int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
@@ -306,7 +398,7 @@ int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
 
     /* parameters */
     if (!c->sr) {
-      for (int64_t i = 0; i < n; ++i) lim[i] = param_tol(c, ps[i], R->param[i]);
+      for (int64_t i = 0; i < n; ++i) lim[i] = harness_param_tol(c, ps[i], R->param[i]);
       int ok = tu_compare_limits(&rep, R->param, pp, c->pdt, n, lim);
       note(
           !sixteen ? &g_stats.f32_param : (c->master ? &g_stats.p16_master : &g_stats.p16_nomaster),
@@ -323,7 +415,7 @@ int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
     /* master weights, and the parameter is exactly their RNE rounding */
     if (sixteen && c->master) {
       for (int64_t i = 0; i < n; ++i) lim[i] = TOL_F32 * ps[i];
-      if (!check_state(h, t, FO_ROLE_MASTER, "master", R->w, step, msg, cap)) return 0;
+      if (!harness_check_state(h, t, FO_ROLE_MASTER, "master", R->w, step, msg, cap)) return 0;
       float *ms = NULL;
       cr_assert_eq(fo_optimizer_state_ptr(h->opt, t, FO_ROLE_MASTER, &ms), FO_SUCCESS);
       for (int64_t i = 0; i < n; ++i) {
@@ -337,6 +429,11 @@ int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
       }
     }
 
+    if (harness_is_new_alg(c->alg)) {
+      if (!harness_check_new_state(h, t, step, msg, cap)) return 0;
+      continue;
+    }
+
     /* State.  A moment's rounding errors scale with the gradients feeding
      * it (|d| <= GRAD_MAX + wd*|p| with L2 decay) as well as with its own
      * running maximum.  Without master weights, a 16-bit parameter may be
@@ -344,8 +441,7 @@ int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
      * Adam) that enters the gradient as wd*dp, and the state carries it:
      * the momentum buffer with weight at most 1 + 1/(1-mu), m with weight
      * at most 1, v as (2|d| + wd*dp)*wd*dp. */
-    int coupled = (c->alg == FO_ALG_SGD || c->alg == FO_ALG_ADAM) && hp->weight_decay != 0.0f;
-    double wd = coupled ? hp->weight_decay : 0.0;
+    double wd = harness_l2_coupled(c->alg, hp) ? hp->weight_decay : 0.0;
     double mw = c->alg == FO_ALG_SGD ? 1.0 + 1.0 / (1.0 - hp->momentum) : 1.0;
     /* roles this tensor's group does not use are not compared: what a
      * buffer the library keeps for another group holds there is not
@@ -353,23 +449,25 @@ int harness_check(harness *h, int step, int final, char *msg, size_t cap) {
     if (c->alg != FO_ALG_SGD || hp->momentum != 0.0f) {
       for (int64_t i = 0; i < n; ++i) {
         double dmax = GRAD_MAX + wd * ps[i];
-        double dd = nomaster16 ? wd * param_tol(c, ps[i], 0.0) : 0.0;
+        double dd = nomaster16 ? wd * harness_param_tol(c, ps[i], 0.0) : 0.0;
         double sc = h->mscale[t][i] > dmax ? h->mscale[t][i] : dmax;
         lim[i] = TOL_F32 * sc + mw * dd;
       }
-      if (!check_state(h, t, FO_ROLE_EXP_AVG, c->alg == FO_ALG_SGD ? "momentum_buffer" : "exp_avg",
-                       R->m, step, msg, cap))
+      if (!harness_check_state(h, t, FO_ROLE_EXP_AVG,
+                               c->alg == FO_ALG_SGD ? "momentum_buffer" : "exp_avg", R->m, step,
+                               msg, cap))
         return 0;
     }
     if (c->alg == FO_ALG_ADAM || c->alg == FO_ALG_ADAMW) {
       for (int64_t i = 0; i < n; ++i) {
         double dmax = GRAD_MAX + wd * ps[i];
-        double dd = nomaster16 ? wd * param_tol(c, ps[i], 0.0) : 0.0;
+        double dd = nomaster16 ? wd * harness_param_tol(c, ps[i], 0.0) : 0.0;
         lim[i] = TOL_F32 * h->vscale[t][i] + (2.0 * dmax + dd) * dd;
       }
-      if (!check_state(h, t, FO_ROLE_EXP_AVG_SQ, "exp_avg_sq", R->v, step, msg, cap)) return 0;
-      if (hp->amsgrad &&
-          !check_state(h, t, FO_ROLE_MAX_EXP_AVG_SQ, "max_exp_avg_sq", R->vmax, step, msg, cap))
+      if (!harness_check_state(h, t, FO_ROLE_EXP_AVG_SQ, "exp_avg_sq", R->v, step, msg, cap))
+        return 0;
+      if (hp->amsgrad && !harness_check_state(h, t, FO_ROLE_MAX_EXP_AVG_SQ, "max_exp_avg_sq",
+                                              R->vmax, step, msg, cap))
         return 0;
     }
   }

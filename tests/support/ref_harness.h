@@ -84,11 +84,19 @@ extern const int MATRIX_GROUPS[MATRIX_TENSORS];
 
 /* ------------------------------------------------------- configurations */
 
+/* The options of one group.  The first four fields are the original
+ * algorithms' (positional initializers {momentum, wd, amsgrad, maximize}
+ * stay valid); the others are zero unless an algorithm uses them. */
 typedef struct opt_flags {
-  int momentum; /* SGD: 0 none, 1 plain, 2 with dampening, 3 Nesterov */
-  int wd;
+  int momentum; /* SGD, LARS: 0 none, 1 plain, 2 with dampening, 3 Nesterov;
+                 * RMSprop: 0 or 1 */
+  int wd;       /* weight decay; NAdam: 1 L2, 2 decoupled */
   int amsgrad;
   int maximize;
+  int lr_decay; /* AdaGrad */
+  int init_acc; /* AdaGrad: a non-zero initial_accumulator_value */
+  int centered; /* RMSprop */
+  int no_adapt; /* LAMB, LARS: layer_adaptation off in group 1 */
 } opt_flags;
 
 typedef struct run_cfg {
@@ -119,7 +127,8 @@ void describe(const run_cfg *c, char *buf, size_t cap);
  * enough (comparable to sqrt(v_hat)) that its placement matters. */
 void make_hparams(fo_algorithm alg, const opt_flags *f, int g, fo_hparams *h);
 
-/* Every option combination of alg. */
+/* Every option combination of alg (at most MAX_FLAGS). */
+#define MAX_FLAGS 64
 int flag_list(fo_algorithm alg, opt_flags *out);
 
 /* ---------------------------------------------------------------- stats */
@@ -142,6 +151,14 @@ typedef struct harness {
   /* running maxima of |parameter| and of |m| (SGD buffer), |v| per element:
    * the magnitudes the tolerances scale with */
   double *pscale[MAX_TENSORS], *mscale[MAX_TENSORS], *vscale[MAX_TENSORS];
+  /* the algorithms of issue #17 (AdaGrad .. LARS): the running maximum of
+   * what entered m (the reference's feed); with 16-bit parameters without
+   * master weights, the gradient after decay before the step (dabs), the
+   * running maximum of its relative perturbation by the parameter's
+   * tolerance (rel), the running maximum of the perturbation of what
+   * entered m (ebound), and LARS's relative perturbation of ||w|| (qw) */
+  double *fscale[MAX_TENSORS], *dabs[MAX_TENSORS], *rel[MAX_TENSORS], *ebound[MAX_TENSORS];
+  double qw[MAX_TENSORS];
   double *lim; /* scratch: per-element tolerances */
   tu_rng rng;
 } harness;
@@ -179,6 +196,27 @@ int checked_step(int step);
 
 /* One configuration of the matrix, NUM_STEPS steps. */
 int run_case(const run_cfg *c, char *msg, size_t cap);
+
+/* ---------------------------------------------- inside the harness */
+
+/* The tolerance of a parameter that has had magnitude up to scale. */
+double harness_param_tol(const run_cfg *c, double scale, double want);
+
+/* Compare one fp32 state buffer of tensor t with the reference's, against
+ * the per-element limits in h->lim. */
+int harness_check_state(harness *h, int t, fo_role role, const char *name, const double *want,
+                        int step, char *msg, size_t cap);
+
+/* ref_harness_new.c: the algorithms of issue #17 (the original four keep
+ * the harness's own tolerances); whether a group's weight decay is L2,
+ * added to the gradient; the perturbations a 16-bit parameter without
+ * master weights brings into the state, noted before and after each step;
+ * and the comparison of tensor t's state. */
+int harness_is_new_alg(fo_algorithm alg);
+int harness_l2_coupled(fo_algorithm alg, const fo_hparams *hp);
+void harness_perturbation_before(harness *h);
+void harness_perturbation_after(harness *h);
+int harness_check_new_state(harness *h, int t, int step, char *msg, size_t cap);
 
 /* FO_TEST_MAX_REPORTED overrides how many failing configurations are
  * printed per test. */

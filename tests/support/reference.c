@@ -191,6 +191,7 @@ ref_optimizer *ref_create(fo_algorithm alg, fo_dtype param_dtype, int master_wei
   r->master_weights = param_dtype != FO_DTYPE_F32 && master_weights;
   r->num_groups = num_groups;
   memcpy(r->groups, groups, (size_t)num_groups * sizeof *groups);
+  for (int g = 0; g < FO_MAX_GROUPS; ++g) r->mu_product[g] = 1.0;
   r->num_tensors = num_tensors;
   r->tensors = calloc(num_tensors > 0 ? (size_t)num_tensors : 1, sizeof *r->tensors);
   if (!r->tensors) {
@@ -208,7 +209,10 @@ ref_optimizer *ref_create(fo_algorithm alg, fo_dtype param_dtype, int master_wei
     T->m = calloc(n, sizeof(double));
     T->v = calloc(n, sizeof(double));
     T->vmax = calloc(n, sizeof(double));
-    if (!T->w || !T->param || !T->exact || !T->m || !T->v || !T->vmax) {
+    T->gavg = calloc(n, sizeof(double));
+    T->feed = calloc(n, sizeof(double));
+    T->ratio = 1.0;
+    if (!T->w || !T->param || !T->exact || !T->m || !T->v || !T->vmax || !T->gavg || !T->feed) {
       ref_destroy(r);
       return NULL;
     }
@@ -226,6 +230,8 @@ void ref_destroy(ref_optimizer *r) {
     free(T->m);
     free(T->v);
     free(T->vmax);
+    free(T->gavg);
+    free(T->feed);
   }
   free(r->tensors);
   free(r);
@@ -250,14 +256,114 @@ static double sign_of(double x) {
   return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : 0.0);
 }
 
+/* Keep element i's result w: in double for fp32 parameters and master
+ * weights, else rounded to the parameter's type and fed back. */
+static void store_result(const ref_optimizer *r, ref_tensor *T, int64_t i, double w) {
+  T->exact[i] = w;
+  if (r->param_dtype == FO_DTYPE_F32) {
+    T->w[i] = w;
+    T->param[i] = w;
+  } else if (r->master_weights) {
+    T->w[i] = w;
+    T->param[i] = ref_round(r->param_dtype, w);
+  } else {
+    double p = ref_round(r->param_dtype, w);
+    T->w[i] = p;
+    T->param[i] = p;
+  }
+}
+
+/* The Euclidean norm of n values, summed in double. */
+static double norm_of(const double *x, int64_t n) {
+  double s = 0.0;
+  for (int64_t i = 0; i < n; ++i) s += x[i] * x[i];
+  return sqrt(s);
+}
+
+/* torch.optim.SGD's momentum on the (decayed) gradient d of one element:
+ * the buffer is d itself at the first step; returns the step's direction. */
+static double sgd_momentum(const fo_hparams *h, double *buf, double d, int first) {
+  double mu = h->momentum;
+  if (mu == 0.0) return d;
+  if (first)
+    *buf = d;
+  else
+    *buf = mu * *buf + (1.0 - (double)h->dampening) * d;
+  return h->nesterov ? d + mu * *buf : *buf;
+}
+
+/* LAMB over one tensor (You et al. 2020, with Adam's bias corrections):
+ * u = m_hat / (sqrt(v_hat) + eps) + wd*w, then w -= lr * r * u with the
+ * trust ratio r = ||w|| / ||u|| of the whole tensor (1 when either norm is
+ * 0 or the group is not adapted). */
+static void lamb_tensor(const ref_optimizer *r, ref_tensor *T, const fo_hparams *h,
+                        const double *grad, double t) {
+  double lr = h->lr, wd = h->weight_decay, b1 = h->beta1, b2 = h->beta2, eps = h->eps;
+  double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+  int64_t n = T->numel;
+  double *u = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+  if (!u) abort();
+  for (int64_t i = 0; i < n; ++i) {
+    double d = h->maximize ? -grad[i] : grad[i];
+    T->m[i] = b1 * T->m[i] + (1.0 - b1) * d;
+    T->v[i] = b2 * T->v[i] + (1.0 - b2) * d * d;
+    u[i] = (T->m[i] / bc1) / (sqrt(T->v[i] / bc2) + eps) + wd * T->w[i];
+    T->feed[i] = fabs(d);
+  }
+  double wn = norm_of(T->w, n), un = norm_of(u, n);
+  double ratio = (h->layer_adaptation && wn > 0.0 && un > 0.0) ? wn / un : 1.0;
+  T->ratio = ratio;
+  for (int64_t i = 0; i < n; ++i) store_result(r, T, i, T->w[i] - lr * ratio * u[i]);
+  free(u);
+}
+
+/* LARS over one tensor (You et al. 2017): the local learning rate
+ * trust_coef * ||w|| / (||d|| + wd*||w||) from the tensor's weights and
+ * gradient before the step (1 when either norm is 0 or the group is not
+ * adapted) scales the decayed gradient, and SGD's momentum runs on that. */
+static void lars_tensor(const ref_optimizer *r, ref_tensor *T, const fo_hparams *h,
+                        const double *grad, int first) {
+  double lr = h->lr, wd = h->weight_decay;
+  int64_t n = T->numel;
+  double wn = norm_of(T->w, n), gn = norm_of(grad, n); /* ||-g|| = ||g|| */
+  double local = 1.0;
+  if (h->layer_adaptation && wn > 0.0 && gn > 0.0)
+    local = (double)h->trust_coef * wn / (gn + wd * wn);
+  T->ratio = local;
+  for (int64_t i = 0; i < n; ++i) {
+    double d = h->maximize ? -grad[i] : grad[i];
+    double w = T->w[i];
+    double e = (d + wd * w) * local;
+    T->feed[i] = local * (fabs(d) + wd * fabs(w));
+    store_result(r, T, i, w - lr * sgd_momentum(h, &T->m[i], e, first));
+  }
+}
+
 void ref_step(ref_optimizer *r, const double *const *grads) {
   double t = (double)(r->step + 1); /* this step's number, 1-based */
   int first = r->step == 0;
+  /* NAdam's momentum schedule mu_t and mu_{t+1}, and the product of the
+   * mu's up to this step, per group */
+  double mu_t[FO_MAX_GROUPS], mu_next[FO_MAX_GROUPS];
+  for (int g = 0; g < r->num_groups; ++g) {
+    double b1 = r->groups[g].beta1, psi = r->groups[g].momentum_decay;
+    mu_t[g] = b1 * (1.0 - 0.5 * pow(0.96, t * psi));
+    mu_next[g] = b1 * (1.0 - 0.5 * pow(0.96, (t + 1.0) * psi));
+    if (r->alg == FO_ALG_NADAM) r->mu_product[g] *= mu_t[g];
+  }
   for (int k = 0; k < r->num_tensors; ++k) {
     ref_tensor *T = &r->tensors[k];
     const fo_hparams *h = &r->groups[T->group];
+    if (r->alg == FO_ALG_LAMB) {
+      lamb_tensor(r, T, h, grads[k], t);
+      continue;
+    }
+    if (r->alg == FO_ALG_LARS) {
+      lars_tensor(r, T, h, grads[k], first);
+      continue;
+    }
     double lr = h->lr, wd = h->weight_decay, mu = h->momentum;
-    double damp = h->dampening, b1 = h->beta1, b2 = h->beta2, eps = h->eps;
+    double b1 = h->beta1, b2 = h->beta2, eps = h->eps;
     double bc1 = 1.0 - pow(b1, t);
     double bc2 = 1.0 - pow(b2, t);
     for (int64_t i = 0; i < T->numel; ++i) {
@@ -267,17 +373,12 @@ void ref_step(ref_optimizer *r, const double *const *grads) {
       switch (r->alg) {
         case FO_ALG_SGD:
           if (wd != 0.0) d = d + wd * w;
-          if (mu != 0.0) {
-            if (first)
-              T->m[i] = d;
-            else
-              T->m[i] = mu * T->m[i] + (1.0 - damp) * d;
-            d = h->nesterov ? d + mu * T->m[i] : T->m[i];
-          }
-          w = w - lr * d;
+          T->feed[i] = fabs(g) + wd * fabs(w);
+          w = w - lr * sgd_momentum(h, &T->m[i], d, first);
           break;
         case FO_ALG_ADAM:
         case FO_ALG_ADAMW: {
+          T->feed[i] = fabs(g) + (r->alg == FO_ALG_ADAM ? wd * fabs(w) : 0.0);
           if (r->alg == FO_ALG_ADAMW)
             w = w * (1.0 - lr * wd);
           else if (wd != 0.0)
@@ -296,23 +397,59 @@ void ref_step(ref_optimizer *r, const double *const *grads) {
         case FO_ALG_LION: {
           double c = b1 * T->m[i] + (1.0 - b1) * d;
           w = w * (1.0 - lr * wd) - lr * sign_of(c);
+          T->feed[i] = fabs(g);
           T->m[i] = b2 * T->m[i] + (1.0 - b2) * d;
+          break;
+        }
+        case FO_ALG_ADAGRAD: {
+          /* torch.optim.Adagrad: the sum starts at initial_accumulator_value */
+          if (wd != 0.0) d = d + wd * w;
+          double clr = lr / (1.0 + (t - 1.0) * (double)h->lr_decay);
+          T->v[i] = (first ? (double)h->initial_accumulator_value : T->v[i]) + d * d;
+          T->feed[i] = fabs(g) + wd * fabs(w);
+          w = w - clr * d / (sqrt(T->v[i]) + eps);
+          break;
+        }
+        case FO_ALG_RMSPROP: {
+          /* torch.optim.RMSprop; the centered variance is clamped at 0 */
+          double alpha = h->alpha, avg;
+          if (wd != 0.0) d = d + wd * w;
+          T->v[i] = alpha * T->v[i] + (1.0 - alpha) * d * d;
+          if (h->centered) {
+            T->gavg[i] = alpha * T->gavg[i] + (1.0 - alpha) * d;
+            double var = T->v[i] - T->gavg[i] * T->gavg[i];
+            avg = sqrt(var > 0.0 ? var : 0.0) + eps;
+          } else {
+            avg = sqrt(T->v[i]) + eps;
+          }
+          T->feed[i] = (fabs(g) + wd * fabs(w)) / avg;
+          if (mu > 0.0) {
+            T->m[i] = mu * T->m[i] + d / avg; /* from 0: no first-step rule */
+            w = w - lr * T->m[i];
+          } else {
+            w = w - lr * d / avg;
+          }
+          break;
+        }
+        case FO_ALG_NADAM: {
+          /* torch.optim.NAdam */
+          T->feed[i] = fabs(g) + (h->decoupled_weight_decay ? 0.0 : wd * fabs(w));
+          if (h->decoupled_weight_decay)
+            w = w * (1.0 - lr * wd);
+          else if (wd != 0.0)
+            d = d + wd * w;
+          double mt = mu_t[T->group], mn = mu_next[T->group];
+          double prod = r->mu_product[T->group]; /* mu_1 * .. * mu_t */
+          T->m[i] = b1 * T->m[i] + (1.0 - b1) * d;
+          T->v[i] = b2 * T->v[i] + (1.0 - b2) * d * d;
+          double denom = sqrt(T->v[i] / bc2) + eps;
+          w = w - lr * (1.0 - mt) / (1.0 - prod) * (d / denom) -
+              lr * mn / (1.0 - prod * mn) * (T->m[i] / denom);
           break;
         }
         default: break;
       }
-      T->exact[i] = w;
-      if (r->param_dtype == FO_DTYPE_F32) {
-        T->w[i] = w;
-        T->param[i] = w;
-      } else if (r->master_weights) {
-        T->w[i] = w;
-        T->param[i] = ref_round(r->param_dtype, w);
-      } else {
-        double p = ref_round(r->param_dtype, w);
-        T->w[i] = p;
-        T->param[i] = p;
-      }
+      store_result(r, T, i, w);
     }
   }
   r->step += 1;
@@ -323,7 +460,13 @@ double ref_sensitivity(const ref_optimizer *r, int t, int64_t i, double g) {
   const fo_hparams *h = &r->groups[T->group];
   double d = h->maximize ? -g : g;
   switch (r->alg) {
-    case FO_ALG_ADAM: return h->weight_decay != 0.0 ? d + (double)h->weight_decay * T->w[i] : d;
+    case FO_ALG_ADAM:
+    case FO_ALG_ADAGRAD:
+    case FO_ALG_RMSPROP: return h->weight_decay != 0.0 ? d + (double)h->weight_decay * T->w[i] : d;
+    case FO_ALG_NADAM:
+      return h->weight_decay != 0.0 && !h->decoupled_weight_decay
+                 ? d + (double)h->weight_decay * T->w[i]
+                 : d;
     case FO_ALG_ADAMW: return d;
     case FO_ALG_LION: return (double)h->beta1 * T->m[i] + (1.0 - (double)h->beta1) * d;
     default: return INFINITY;

@@ -3,7 +3,8 @@
  * optimizer steps, in double precision.
  *
  * Written from the textbook formulas (torch.optim's documentation for SGD,
- * Adam and AdamW; the Lion paper for Lion), one element at a time, with no
+ * Adam, AdamW, Adagrad, RMSprop and NAdam; the Lion, LAMB and LARS papers
+ * for those), one element at a time, with no
  * code shared with the library: nothing from host/ or kernels/ is included.
  * fusedopt.h is used only for its enums and the fo_hparams struct.  Not
  * thread-safe (a table is filled on first use): call it from one thread.
@@ -70,9 +71,19 @@ typedef struct ref_tensor {
                   * param_dtype (equal to w unless the parameter is 16-bit
                   * without master weights): what stochastic rounding
                   * brackets */
-  double *m;     /* SGD momentum buffer, Adam/AdamW/Lion first moment */
-  double *v;     /* Adam/AdamW second moment */
+  double *m;     /* SGD, RMSprop and LARS momentum buffer; Adam, AdamW,
+                  * Lion, NAdam and LAMB first moment */
+  double *v;     /* Adam, AdamW, NAdam and LAMB second moment; AdaGrad's
+                  * sum; RMSprop's square_avg */
   double *vmax;  /* AMSGrad running max of v */
+  double *gavg;  /* RMSprop (centered): grad_avg */
+  double *feed;  /* the last step's magnitude of what entered m, as the sum
+                  * of the absolute values of its terms (|g| + wd*|w| with
+                  * L2 decay, |g| without; RMSprop: that over avg; LARS:
+                  * local*(|g| + wd*|w|)): the scale of m's rounding
+                  * errors, for tolerances */
+  double ratio;  /* LAMB: the last step's trust ratio; LARS: its local
+                  * learning rate (1 when not adapted) */
 } ref_tensor;
 
 typedef struct ref_optimizer {
@@ -82,6 +93,9 @@ typedef struct ref_optimizer {
   int num_groups;
   fo_hparams groups[FO_MAX_GROUPS];
   int64_t step; /* steps applied so far */
+  /* NAdam: the product of mu_1 .. mu_step per group (1 before the first
+   * step) */
+  double mu_product[FO_MAX_GROUPS];
   int num_tensors;
   ref_tensor *tensors;
 } ref_optimizer;
@@ -110,7 +124,14 @@ void ref_step(ref_optimizer *r, const double *const *grads);
  *   Adam, AdamW: the gradient after maximize and L2 decay (the first step's
  *     update is lr * d / (|d| + eps), which turns on |d| ~ eps);
  *   Lion: c = beta1*m + (1-beta1)*g (its sign is the update);
- *   SGD: +infinity (every operation is well-conditioned).
+ *   NAdam: as Adam (L2 decay unless decoupled);
+ *   AdaGrad, RMSprop: the gradient after maximize and L2 decay (the first
+ *     step's update is ~ d/(|d| + eps): AdaGrad's sqrt(sum) is |d| without
+ *     an initial accumulator, RMSprop's sqrt(square_avg) is
+ *     sqrt(1-alpha)*|d|, and a momentum buffer or later step carries it);
+ *   SGD, LAMB, LARS: +infinity (every elementwise operation is
+ *     well-conditioned; LAMB adds no decay to the gradient, and LAMB's and
+ *     LARS's per-tensor norms are sums of squares).
  * Tests draw gradients so that this is not tiny. */
 double ref_sensitivity(const ref_optimizer *r, int t, int64_t i, double g);
 
