@@ -97,14 +97,52 @@ Test(cpu_reference, lars, .timeout = 120) {
   run_matrix(FO_ALG_LARS);
 }
 
+/* An algorithm with different options in its two groups. */
+typedef struct option_mix {
+  fo_algorithm alg;
+  opt_flags g0, g1;
+} option_mix;
+
+/* Each mix over four dtype combinations and both storage modes; seeds
+ * from seed_base. */
+static void run_mixes(const option_mix *mixes, size_t n, uint64_t seed_base) {
+  static const struct {
+    fo_dtype p, g;
+    int master;
+  } dts[] = {{FO_DTYPE_F32, FO_DTYPE_F32, 1},
+             {FO_DTYPE_BF16, FO_DTYPE_BF16, 1},
+             {FO_DTYPE_F16, FO_DTYPE_F32, 0},
+             {FO_DTYPE_BF16, FO_DTYPE_F16, 0}};
+  int failures = 0, runs = 0;
+  for (size_t k = 0; k < n; ++k)
+    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; ++d)
+      for (int sto = 0; sto < 2; ++sto) {
+        run_cfg c = {0};
+        c.alg = mixes[k].alg;
+        c.f = mixes[k].g0;
+        c.mixed = 1;
+        c.f1 = mixes[k].g1;
+        c.pdt = dts[d].p;
+        c.gdt = dts[d].g;
+        c.master = dts[d].master;
+        c.storage = sto ? FO_STORAGE_ARENA : FO_STORAGE_EXTERNAL;
+        c.threads = 1;
+        c.seed = tu_hash(seed_base + k, d * 2 + (size_t)sto);
+        char msg[1024], desc[256];
+        ++runs;
+        if (!run_case(&c, msg, sizeof msg)) {
+          describe(&c, desc, sizeof desc);
+          if (++failures <= max_reported()) cr_expect(0, "%s: %s", desc, msg);
+        }
+      }
+  cr_expect_eq(failures, 0, "%d of %d mixed-option configurations failed", failures, runs);
+}
+
 /* The boolean options are per group: the two groups of one optimizer differ
  * in them (momentum on in one, off in the other; AMSGrad in one; maximize
  * in one; Nesterov against dampening). */
 Test(cpu_reference, mixed_group_options, .timeout = 60) {
-  static const struct {
-    fo_algorithm alg;
-    opt_flags g0, g1;
-  } mixes[] = {
+  static const option_mix mixes[] = {
       {FO_ALG_SGD,
        {.momentum = 3, .wd = 1, .amsgrad = 0, .maximize = 0},
        {.momentum = 0, .wd = 0, .amsgrad = 0, .maximize = 1}},
@@ -130,36 +168,7 @@ Test(cpu_reference, mixed_group_options, .timeout = 60) {
        {.momentum = 0, .wd = 1, .amsgrad = 0, .maximize = 1},
        {.momentum = 0, .wd = 0, .amsgrad = 0, .maximize = 0}},
   };
-  static const struct {
-    fo_dtype p, g;
-    int master;
-  } dts[] = {{FO_DTYPE_F32, FO_DTYPE_F32, 1},
-             {FO_DTYPE_BF16, FO_DTYPE_BF16, 1},
-             {FO_DTYPE_F16, FO_DTYPE_F32, 0},
-             {FO_DTYPE_BF16, FO_DTYPE_F16, 0}};
-  int failures = 0, runs = 0;
-  for (size_t k = 0; k < sizeof mixes / sizeof mixes[0]; ++k)
-    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; ++d)
-      for (int sto = 0; sto < 2; ++sto) {
-        run_cfg c = {0};
-        c.alg = mixes[k].alg;
-        c.f = mixes[k].g0;
-        c.mixed = 1;
-        c.f1 = mixes[k].g1;
-        c.pdt = dts[d].p;
-        c.gdt = dts[d].g;
-        c.master = dts[d].master;
-        c.storage = sto ? FO_STORAGE_ARENA : FO_STORAGE_EXTERNAL;
-        c.threads = 1;
-        c.seed = tu_hash(1000 + k, d * 2 + (size_t)sto);
-        char msg[1024], desc[256];
-        ++runs;
-        if (!run_case(&c, msg, sizeof msg)) {
-          describe(&c, desc, sizeof desc);
-          if (++failures <= max_reported()) cr_expect(0, "%s: %s", desc, msg);
-        }
-      }
-  cr_expect_eq(failures, 0, "%d of %d mixed-option configurations failed", failures, runs);
+  run_mixes(mixes, sizeof mixes / sizeof mixes[0], 1000);
 }
 
 /* The same for the algorithms of issue #17: RMSprop centered and with
@@ -168,10 +177,7 @@ Test(cpu_reference, mixed_group_options, .timeout = 60) {
  * group; LARS's Nesterov against dampening, layer adaptation in one group
  * (no_adapt turns it off in group 1); LAMB with maximize in one group. */
 Test(cpu_reference, mixed_group_options_new, .timeout = 60) {
-  static const struct {
-    fo_algorithm alg;
-    opt_flags g0, g1;
-  } mixes[] = {
+  static const option_mix mixes[] = {
       {FO_ALG_RMSPROP, {.momentum = 1, .wd = 1, .centered = 1}, {.maximize = 1}},
       {FO_ALG_RMSPROP, {.wd = 1, .maximize = 1}, {.momentum = 1, .centered = 1}},
       {FO_ALG_NADAM, {.wd = 1}, {.wd = 2, .maximize = 1}},
@@ -181,34 +187,5 @@ Test(cpu_reference, mixed_group_options_new, .timeout = 60) {
       {FO_ALG_LARS, {.momentum = 0, .maximize = 1}, {.momentum = 1, .wd = 1}},
       {FO_ALG_LAMB, {.wd = 1, .maximize = 1}, {.no_adapt = 1}},
   };
-  static const struct {
-    fo_dtype p, g;
-    int master;
-  } dts[] = {{FO_DTYPE_F32, FO_DTYPE_F32, 1},
-             {FO_DTYPE_BF16, FO_DTYPE_BF16, 1},
-             {FO_DTYPE_F16, FO_DTYPE_F32, 0},
-             {FO_DTYPE_BF16, FO_DTYPE_F16, 0}};
-  int failures = 0, runs = 0;
-  for (size_t k = 0; k < sizeof mixes / sizeof mixes[0]; ++k)
-    for (size_t d = 0; d < sizeof dts / sizeof dts[0]; ++d)
-      for (int sto = 0; sto < 2; ++sto) {
-        run_cfg c = {0};
-        c.alg = mixes[k].alg;
-        c.f = mixes[k].g0;
-        c.mixed = 1;
-        c.f1 = mixes[k].g1;
-        c.pdt = dts[d].p;
-        c.gdt = dts[d].g;
-        c.master = dts[d].master;
-        c.storage = sto ? FO_STORAGE_ARENA : FO_STORAGE_EXTERNAL;
-        c.threads = 1;
-        c.seed = tu_hash(2000 + k, d * 2 + (size_t)sto);
-        char msg[1024], desc[256];
-        ++runs;
-        if (!run_case(&c, msg, sizeof msg)) {
-          describe(&c, desc, sizeof desc);
-          if (++failures <= max_reported()) cr_expect(0, "%s: %s", desc, msg);
-        }
-      }
-  cr_expect_eq(failures, 0, "%d of %d mixed-option configurations failed", failures, runs);
+  run_mixes(mixes, sizeof mixes / sizeof mixes[0], 2000);
 }
