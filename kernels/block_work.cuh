@@ -16,12 +16,13 @@
  * blocks[b].tensor, n = min(chunk, numel - start).  fo_block_loop() hands
  * each thread its elements in groups:
  *   - vector path (the block's buffers are 16-byte aligned at its start):
- *     vectors of W elements, W = 4 when every array is fp32 (one float4 per
- *     array) and W = 8 when a 16-bit array is involved (one 16-byte load per
- *     16-bit array, two float4 per fp32 array).  A thread takes ILP vectors
- *     at a time, nthreads vectors apart so that a warp's accesses are
- *     contiguous; the visitor loads all of them, then computes, then stores,
- *     so ILP independent 16-byte loads per array are in flight per thread.
+ *     vectors of W elements, one access per array per vector: the step and
+ *     sync-master use W = 4 (a float4 per fp32 array, 8 bytes per 16-bit
+ *     array), the ops over gradients alone one 16-byte access.  A thread
+ *     takes ILP vectors at a time, nthreads vectors apart, so that each
+ *     access instruction of a warp covers contiguous memory in every array;
+ *     the visitor loads all of them, then computes, then stores, so ILP
+ *     independent loads per array are in flight per thread.
  *     The n % W elements left over go through the scalar path.
  *   - scalar path (misaligned buffers, or the vector tail): single elements,
  *     ILP_SCALAR at a time, nthreads apart.
@@ -47,19 +48,7 @@
 #include "plan.h"
 #include "rules.h"
 #include "step_state.h"
-
-#if defined(__CUDACC__)
-#define FO_BW_FN __host__ __device__ __forceinline__
-#else
-#define FO_BW_FN inline
-#endif
-/* Full unrolling of the fixed-size register loops; only the device compiler
- * knows the pragma (g++ unrolls them by itself at -O2). */
-#if defined(__CUDA_ARCH__)
-#define FO_BW_UNROLL _Pragma("unroll")
-#else
-#define FO_BW_UNROLL
-#endif
+#include "vec_io.cuh"
 
 /* Wait until the kernel launched before this one on the stream has finished
  * and its writes are visible: a no-op unless this kernel was launched with
@@ -142,155 +131,23 @@ FO_BW_FN fo_block_range fo_block_range_of(const fo_plan_block *blocks,
   return r;
 }
 
-/* True when p is 16-byte aligned, so 16-byte vector accesses from it are
- * legal. */
-FO_BW_FN bool fo_aligned16(const void *p) {
-  return ((uintptr_t)p & 15u) == 0;
-}
-
-/* ------------------------------------------------- loads and stores */
-
-/* The storage type of a dtype code. */
-template <int DT>
-struct fo_elem {
-  typedef uint16_t type;
-};
-template <>
-struct fo_elem<FO_RULE_F32> {
-  typedef float type;
-};
-
-/* Bytes of one element of a dtype code. */
-template <int DT>
-struct fo_elem_size {
-  static constexpr int value = DT == FO_RULE_F32 ? 4 : 2;
-};
-
-/* N consecutive fp32 values.  On the device, 16-byte streaming loads
- * (__ldcs: every byte is touched once per step, so do not let it evict
- * what the caller's next kernel needs from L2); on the host, memcpy. */
-template <int N>
-FO_BW_FN void fo_ld_f32(const float *p, float (&x)[N]) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (N % 4 == 0) {
-    FO_BW_UNROLL
-    for (int q = 0; q < N / 4; q++) {
-      const float4 v = __ldcs(reinterpret_cast<const float4 *>(p) + q);
-      x[4 * q + 0] = v.x;
-      x[4 * q + 1] = v.y;
-      x[4 * q + 2] = v.z;
-      x[4 * q + 3] = v.w;
-    }
-  } else {
-    FO_BW_UNROLL
-    for (int j = 0; j < N; j++) x[j] = __ldcs(p + j);
-  }
-#else
-  memcpy(x, p, sizeof x);
-#endif
-}
-
-template <int N>
-FO_BW_FN void fo_st_f32(float *p, const float (&x)[N]) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (N % 4 == 0) {
-    FO_BW_UNROLL
-    for (int q = 0; q < N / 4; q++)
-      __stcs(reinterpret_cast<float4 *>(p) + q,
-             make_float4(x[4 * q], x[4 * q + 1], x[4 * q + 2], x[4 * q + 3]));
-  } else {
-    FO_BW_UNROLL
-    for (int j = 0; j < N; j++) __stcs(p + j, x[j]);
-  }
-#else
-  memcpy(p, x, sizeof x);
-#endif
-}
-
-/* N consecutive 16-bit values: one 16-byte load per 8 on the device. */
-template <int N>
-FO_BW_FN void fo_ld_u16(const uint16_t *p, uint16_t (&h)[N]) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (N % 8 == 0) {
-    FO_BW_UNROLL
-    for (int q = 0; q < N / 8; q++) {
-      const uint4 v = __ldcs(reinterpret_cast<const uint4 *>(p) + q);
-      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-      FO_BW_UNROLL
-      for (int i = 0; i < 4; i++) {
-        h[8 * q + 2 * i] = (uint16_t)(w[i] & 0xffffu);
-        h[8 * q + 2 * i + 1] = (uint16_t)(w[i] >> 16);
-      }
-    }
-  } else {
-    FO_BW_UNROLL
-    for (int j = 0; j < N; j++) h[j] = __ldcs(reinterpret_cast<const unsigned short *>(p) + j);
-  }
-#else
-  memcpy(h, p, sizeof h);
-#endif
-}
-
-template <int N>
-FO_BW_FN void fo_st_u16(uint16_t *p, const uint16_t (&h)[N]) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (N % 8 == 0) {
-    FO_BW_UNROLL
-    for (int q = 0; q < N / 8; q++) {
-      uint32_t w[4];
-      FO_BW_UNROLL
-      for (int i = 0; i < 4; i++)
-        w[i] = (uint32_t)h[8 * q + 2 * i] | ((uint32_t)h[8 * q + 2 * i + 1] << 16);
-      __stcs(reinterpret_cast<uint4 *>(p) + q, make_uint4(w[0], w[1], w[2], w[3]));
-    }
-  } else {
-    FO_BW_UNROLL
-    for (int j = 0; j < N; j++)
-      __stcs(reinterpret_cast<unsigned short *>(p) + j, (unsigned short)h[j]);
-  }
-#else
-  memcpy(p, h, sizeof h);
-#endif
-}
-
-/* N values of dtype DT at p, widened to fp32. */
-template <int DT, int N>
-FO_BW_FN void fo_ld_widen(const typename fo_elem<DT>::type *p, float (&x)[N]) {
-  if constexpr (DT == FO_RULE_F32) {
-    fo_ld_f32<N>(p, x);
-  } else {
-    uint16_t h[N];
-    fo_ld_u16<N>(p, h);
-    FO_BW_UNROLL
-    for (int j = 0; j < N; j++)
-      x[j] = DT == FO_RULE_BF16 ? fo_bf16_to_f32(h[j]) : fo_f16_to_f32(h[j]);
-  }
-}
-
-/* N fp32 values rounded to nearest even into dtype DT at p. */
-template <int DT, int N>
-FO_BW_FN void fo_st_round(typename fo_elem<DT>::type *p, const float (&x)[N]) {
-  if constexpr (DT == FO_RULE_F32) {
-    fo_st_f32<N>(p, x);
-  } else {
-    uint16_t h[N];
-    FO_BW_UNROLL
-    for (int j = 0; j < N; j++)
-      h[j] = DT == FO_RULE_BF16 ? fo_f32_to_bf16(x[j]) : fo_f32_to_f16(x[j]);
-    fo_st_u16<N>(p, h);
-  }
-}
 
 /* ------------------------------------------------------------ the step */
 
-/* Vector width and ILP of the step for a (param, grad) dtype pair: 16 bytes
- * per access of the narrowest array, 16 elements per thread per round
- * either way (the chunk is a multiple of W * nthreads * ILP, so every round
- * but a tensor's last block's is full). */
+/* Vector width and ILP of the step, for every (param, grad) dtype pair:
+ * vectors of 4 elements, 4 of them in flight per thread (16 elements per
+ * round; the chunk is a multiple of W * nthreads * ILP, so every round but a
+ * tensor's last block's is full).  W is set by the fp32 arrays, which every
+ * step has (master, moments, or the parameter): one float4 each, so a warp's
+ * load of an fp32 array is 512 contiguous bytes.  A 16-bit array is then
+ * one 8-byte access per vector (256 contiguous bytes per warp).  Vectors of
+ * 8, one 16-byte access per 16-bit array, would read each fp32 array as two
+ * float4 per thread at a 32-byte stride: every instruction half of each
+ * sector it touches (issue #15; docs/performance.md). */
 template <int PT, int GT>
 struct fo_step_shape {
-  static constexpr int W = (PT == FO_RULE_F32 && GT == FO_RULE_F32) ? 4 : 8;
-  static constexpr int ILP_VEC = 16 / W;
+  static constexpr int W = 4;
+  static constexpr int ILP_VEC = 4;
   static constexpr int ILP_SCALAR = 4;
 };
 
@@ -400,13 +257,14 @@ struct fo_step_op {
     vec = r.t.vector_ok && aligned_at(0);
   }
 
-  /* True when every buffer this block touches is 16-byte aligned at
-   * block-relative element off: the condition of a vector access there
-   * (checked by the CPU tier at every vector access it runs). */
+  /* True when every buffer this block touches is aligned to one vector's
+   * bytes (16 for fp32, 8 for 16-bit) at block-relative element off: the
+   * condition of a vector access there (checked by the CPU tier at every
+   * vector access it runs). */
   FO_BW_FN bool aligned_at(int64_t off) const {
-    return fo_aligned16(param + off) && fo_aligned16(grad + off) &&
-           (!master || fo_aligned16(master + off)) && (!m || fo_aligned16(m + off)) &&
-           (!v || fo_aligned16(v + off)) && (!vmax || fo_aligned16(vmax + off));
+    return fo_aligned_vec<W>(param + off) && fo_aligned_vec<W>(grad + off) &&
+           (!master || fo_aligned_vec<W>(master + off)) && (!m || fo_aligned_vec<W>(m + off)) &&
+           (!v || fo_aligned_vec<W>(v + off)) && (!vmax || fo_aligned_vec<W>(vmax + off));
   }
 
   template <int N, int K>
@@ -515,12 +373,12 @@ struct fo_plan_args {
 };
 
 /* master = widen(param) for one block; PT is the parameter dtype.  W is one
- * 16-byte access of the parameter. */
+ * float4 of the master, as in the step. */
 template <int PT>
 struct fo_sync_master_op {
   typedef typename fo_elem<PT>::type param_t;
-  static constexpr int W = 16 / fo_elem_size<PT>::value;
-  static constexpr int ILP_VEC = 2;
+  static constexpr int W = 4;
+  static constexpr int ILP_VEC = 4;
   static constexpr int ILP_SCALAR = 4;
 
   const param_t *param;
@@ -537,7 +395,7 @@ struct fo_sync_master_op {
   }
 
   FO_BW_FN bool aligned_at(int64_t off) const {
-    return fo_aligned16(param + off) && fo_aligned16(master + off);
+    return fo_aligned_vec<W>(param + off) && fo_aligned_vec<W>(master + off);
   }
 
   template <int N, int K>

@@ -18,16 +18,20 @@
 #include "launch.h"
 
 /* The launch arguments are a __grid_constant__ parameter so the block work
- * can take their address without a copy to local memory.  The norms pass
+ * can take their address without a copy to local memory.  The block has
+ * FO_CUDA_THREADS threads (fo_launch_grid), passed as the constant it is, so
+ * a thread's vectors lie at immediate offsets from one address; the bounds
+ * keep every variant at 128 registers or fewer: two blocks per SM, no
+ * spills (docs/performance.md, issue #15).  The norms pass
  * of LAMB and LARS reduces each thread's two sums of squares over the
  * block in a fixed tree and writes them as the block's partials. */
 template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS>
-__global__ void __launch_bounds__(FO_CUDA_THREADS)
+__global__ void __launch_bounds__(FO_CUDA_THREADS, 2)
     fo_step_kernel(const __grid_constant__ fo_step_launch args, int64_t first_block) {
   const int64_t b = first_block + blockIdx.x;
   if constexpr (PASS == FO_PASS_NORMS) {
     double sums[2] = {0.0, 0.0};
-    fo_norms_block<ALG, PT, GT, MASTER, SR>(args, b, (int)threadIdx.x, (int)blockDim.x, sums);
+    fo_norms_block<ALG, PT, GT, MASTER, SR>(args, b, (int)threadIdx.x, FO_CUDA_THREADS, sums);
     const double w = fo_block_sum<FO_CUDA_THREADS>(sums[0]);
     __syncthreads(); /* fo_block_sum's shared scratch is reused */
     const double x = fo_block_sum<FO_CUDA_THREADS>(sums[1]);
@@ -36,7 +40,7 @@ __global__ void __launch_bounds__(FO_CUDA_THREADS)
       args.norm_partials[2 * b + 1] = x;
     }
   } else {
-    fo_step_block<ALG, PT, GT, MASTER, SR, PASS>(args, b, (int)threadIdx.x, (int)blockDim.x);
+    fo_step_block<ALG, PT, GT, MASTER, SR, PASS>(args, b, (int)threadIdx.x, FO_CUDA_THREADS);
   }
 }
 

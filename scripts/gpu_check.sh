@@ -19,7 +19,9 @@
 #                           weights + loss scaling, --graph; the CPU for scale
 #                  big      gpu/tensor_past_2_31_elements
 #                  bench    bench on lists a, c, d and b (4 layers): AdamW,
-#                           SGD momentum, Lion in fp32 and bf16-master
+#                           SGD momentum, Lion in fp32 and bf16-master; and
+#                           `new`: LAMB, LARS, AdaGrad, RMSprop, NAdam on
+#                           list a (eager)
 #                  torch    scripts/bench_torch.py on lists a, mlp, d
 #                  memcheck compute-sanitizer memcheck, one test per kernel
 #                           family; racecheck, initcheck the same
@@ -28,7 +30,8 @@
 #                           CUDA_LAUNCH_BLOCKING=1, and under memcheck: to
 #                           isolate the illegal address seen 2026-12-04
 #                PART:FILTER narrows a part, for a re-run of what failed:
-#                tests:GLOB (a Criterion --filter), bench:LISTS and
+#                tests:GLOB (a Criterion --filter), bench:LISTS (a, c, d,
+#                b, new) and
 #                torch:LISTS (lists joined by '+': bench:a+d), and
 #                memcheck:GLOB (racecheck, initcheck alike; alternatives
 #                joined by '|': 'memcheck:gpu/arena|*graph*').
@@ -238,8 +241,13 @@ run_demo() {
 }
 
 run_bench() {
-  local list lists=${filter_of[bench]:-a+c+d+b}
+  local list lists=${filter_of[bench]:-a+new+c+d+b}
   for list in ${lists//+/ }; do
+    if [ "$list" = new ]; then # the algorithms of issue #17, list a, eager
+      part "bench-new" "$build/bench/bench" --list a --alg lamb,lars,adagrad,rmsprop,nadam \
+        --config fp32,bf16-master --reps 10 --warmup 2 --csv "$work/logs/bench_gpu_new.csv"
+      continue
+    fi
     part "bench-$list" "$build/bench/bench" --list "$list" --alg adamw,sgd,lion \
       --config fp32,bf16-master --layers 4 --reps 20 --warmup 3 --graph \
       --csv "$work/logs/bench_gpu_$list.csv"
@@ -247,7 +255,7 @@ run_bench() {
   # one CSV, the header once
   local first=1
   : >"$out/bench_gpu.csv"
-  for list in a c d b; do
+  for list in a new c d b; do
     local f=$work/logs/bench_gpu_$list.csv
     [ -s "$f" ] || continue
     if [ $first = 1 ]; then cat "$f"; first=0; else tail -n +2 "$f"; fi
@@ -256,14 +264,15 @@ run_bench() {
 
 # Sanitizer: one test of each kernel family (the step with its plan, the
 # converters, the norm / unscale pre-pass, the collectives' path, the
-# checkpoint copies).  NCCL's initialisation reports API errors: leave
+# checkpoint copies, LAMB's norms and factors passes: last, the longest).  NCCL's initialisation reports API errors: leave
 # those out; memory errors are still reported.
 san_tests="test_gpu_kernels_matrix:gpu/arena test_gpu_kernels_device:gpu/sync_master_and_zero_grad
   test_gpu_kernels_matrix:gpu/repeatable_and_graph_replay
   test_gpu_mixed_precision_streams:gpu_mp/graph_replay_matches_eager_steps
   test_gpu_mixed_precision_clipping:gpu_mp/clipping_matches_the_cpu_executor_and_a_double_norm
   test_gpu_mixed_precision_scaler:gpu_mp/scaler_grows_and_backs_off_on_the_device
-  test_gpu_comm:gpu_comm/one_rank_sharded_state test_gpu_checkpoint:gpu_checkpoint/resume_adamw"
+  test_gpu_comm:gpu_comm/one_rank_sharded_state test_gpu_checkpoint:gpu_checkpoint/resume_adamw
+  test_gpu_kernels_matrix:gpu/matrix_lamb"
 run_san() { # TOOL [GLOB]: the sanitizer tests whose name matches GLOB
   local tool=$1 glob=${2:-*} t f
   shopt -s extglob

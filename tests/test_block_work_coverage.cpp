@@ -12,9 +12,11 @@
  *   coverage: a spy wraps the kernel's own visitor and records, for
  *       every access the loop makes, the (block, thread) and the elements;
  *       each element must be touched exactly once, inside its block, and
- *       every vector access must be at 16-byte aligned addresses of every
- *       buffer it touches (on the host a misaligned vector access would go
- *       unnoticed; on the GPU it faults).  Guard zones must stay poisoned.
+ *       every vector access must be one aligned access of at most 16 bytes
+ *       in every buffer it touches (on the host a misaligned vector access
+ *       would go unnoticed; on the GPU it faults; a wider one would be
+ *       several loads at a stride, which wastes half of each sector per
+ *       instruction).  Guard zones must stay poisoned.
  *   The sync-master and zero-grad kernels over a plan, and the loop alone
  *   for shapes and thread counts the kernels do not use today.
  */

@@ -48,9 +48,10 @@ struct Coverage {
   std::vector<int64_t> vector_visits;             /* per tensor */
   std::vector<int64_t> scalar_visits;
   /* The test's own model of the buffers a kernel touches in each tensor
-   * (base pointer, element size): every vector access must be 16-byte
-   * aligned in each of them.  Independent of the op's aligned_at(), which
-   * is checked too. */
+   * (base pointer, element size): every vector access of w elements must
+   * be one aligned access of at most 16 bytes in each of them (w times the
+   * element size, a power of two).  Independent of the op's aligned_at(),
+   * which is checked too. */
   struct Touch {
     const void *base;
     size_t elem;
@@ -72,9 +73,12 @@ struct Coverage {
     if (base) touches[tensor].push_back(Touch{base, elem});
   }
 
-  bool model_aligned(size_t tensor, int64_t elem) const {
-    for (const Touch &t : touches[tensor])
-      if (((uintptr_t)t.base + (uintptr_t)elem * t.elem) & 15u) return false;
+  bool model_aligned(size_t tensor, int64_t elem, int w) const {
+    for (const Touch &t : touches[tensor]) {
+      const uintptr_t bytes = (uintptr_t)w * t.elem;
+      if (bytes > 16 || (bytes & (bytes - 1)) != 0) return false;
+      if (((uintptr_t)t.base + (uintptr_t)elem * t.elem) & (bytes - 1)) return false;
+    }
     return true;
   }
 
@@ -128,9 +132,10 @@ struct Spy {
           cr_assert_fail("%s: block %" PRId64 " thread %d: vector access of %d at %" PRId64
                          " (W %d, vec %d)",
                          ctx, block, tid, N, o, W, (int)vec);
-        if (!op.aligned_at(o) || !cov->model_aligned((size_t)tensor, start + o))
+        if (!op.aligned_at(o) || !cov->model_aligned((size_t)tensor, start + o, W))
           cr_assert_fail("%s: block %" PRId64 " thread %d: vector access at %" PRId64
-                         " is not 16-byte aligned in every buffer it touches",
+                         " is not one aligned access (at most 16 bytes) in every buffer it "
+                         "touches",
                          ctx, block, tid, o);
         cov->vector_visits[(size_t)tensor]++;
       } else {

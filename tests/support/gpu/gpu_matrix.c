@@ -3,8 +3,10 @@
  * (gpu_matrix.h).
  *
  * Discontinuities are avoided by choosing the data, as in docs/numerics.md:
- * gradients are redrawn where Lion's c = b1*m + (1-b1)*d or Adam's
- * L2-decayed gradient d cancels to below 1e-3 of its terms.
+ * gradients are redrawn where Lion's c = b1*m + (1-b1)*d or the L2-decayed
+ * gradient d = g + wd*w of a rule whose first step is close to sign(d)
+ * (Adam, NAdam without decoupled decay, AdaGrad, RMSprop) cancels to below
+ * 1e-3 of its terms.
  */
 #include "gpu_matrix.h"
 
@@ -241,6 +243,20 @@ float mx_draw_grad(tu_rng *r) {
   return tu_rng_u32(r) % 50 == 0 ? 0.0f : (float)tu_rng_nonzero(r, 2e-3, 2.0);
 }
 
+/* Whether the rule adds wd*w to the gradient (L2) and its first step is
+ * about lr * d / (|d| + eps), so that a cancelling d = g + wd*w turns the
+ * step on the last bits of either term (docs/numerics.md). */
+static int l2_sign_like(fo_algorithm alg, const fo_hparams *hg) {
+  if (hg->weight_decay <= 0.0f) return 0;
+  switch (alg) {
+    case FO_ALG_ADAM:
+    case FO_ALG_ADAGRAD:
+    case FO_ALG_RMSPROP: return 1;
+    case FO_ALG_NADAM: return !hg->decoupled_weight_decay;
+    default: return 0;
+  }
+}
+
 /* The gradients of one step (packed, grad dtype, already times the loss
  * scale), drawn so that no element sits on a discontinuity of the rule
  * (see the file comment), judged against the CPU optimizer's current
@@ -285,7 +301,7 @@ static void make_grads(const cfg *c, const world *w, fo_optimizer *cpu,
         const int64_t e = w->hoff[i] + j;
         const double d = (double)gf[e] * coef * (hg->maximize ? -1.0 : 1.0);
         int bad = 0;
-        if (c->alg == FO_ALG_ADAM && hg->weight_decay > 0.0f) {
+        if (l2_sign_like(c->alg, hg)) {
           const double wp = (double)hg->weight_decay * (double)pv[e];
           const double terms = fabs(d) + fabs(wp);
           bad = terms > 0.0 && fabs(d + wp) < 1e-3 * terms;
