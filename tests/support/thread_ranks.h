@@ -41,6 +41,7 @@ struct tr_world {
   unsigned gen;
   void *bufs[MAXR];
   tr_peer peers[MAXR];
+  int allreduce_calls[MAXR]; /* per rank, written by that rank's thread only */
 };
 
 /* A world of size ranks (1..MAXR). */
