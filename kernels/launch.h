@@ -112,8 +112,8 @@ int fo_launch_unscale_grads(const fo_plan_block *blocks, const fo_plan_tensor *t
                             const fo_step_state *state, void *stream);
 
 /* dst[i] = src[i] converted from dtype from to dtype to, i < n (one of
- * the two is FO_RULE_F32; RNE on narrowing), for reducing 16-bit
- * gradients in fp32 (kernels/convert.cu). */
+ * the two is FO_RULE_F32; RNE on narrowing): a sharded rank's part of a
+ * bucket reduced in fp32 (kernels/convert.cu). */
 int fo_launch_convert(const void *src, int32_t from, void *dst, int32_t to, int64_t n,
                       void *stream);
 
