@@ -13,10 +13,11 @@
  * gradients are reduced in fp32) it is packed into a scratch buffer by
  * one launch of the executor's pack op, summed with ONE collective and
  * unpacked by one launch: a bucket costs one collective however scattered
- * its gradients are (PyTorch's allocator scatters a GPT-2's over ~148
- * runs; one NCCL launch each cost more than the two copies).  The pack
- * table (plan.h) is built and uploaded at attach, so a step copies nothing
- * from the host and waits for nothing.
+ * its gradients are (PyTorch's allocator leaves a GPT-2's in ~148 runs:
+ * one collective each pays its latency ~148 times, where the copies cost
+ * bytes at memory bandwidth; docs/data-parallel.md).  The pack table
+ * (plan.h) is built and uploaded at attach, so a step copies nothing from
+ * the host and waits for nothing.
  *
  * The sum is divided by the number of ranks inside the step (grad_divisor
  * in the step's gradient coefficient), and the pre-pass then reads the
@@ -157,10 +158,11 @@ static size_t scratch_needed(const fo_optimizer *opt, const fo_dp *dp) {
 }
 
 /* The pack table of the packed buckets: each segment cut into blocks of
- * FO_PACK_CHUNK (plan.h), on the host, then copied to the executor's
- * memory once. */
+ * FO_PACK_CHUNK (plan.h), on the host (counted, then written), then copied
+ * to the executor's memory once. */
 static fo_status build_pack_table(const char *fn, const fo_optimizer *opt, fo_dp *dp) {
   size_t gs = grad_size(opt);
+  fo_pack_block *table = NULL;
   int64_t n = 0;
   for (int pass = 0; pass < 2; pass++) {
     n = 0;
@@ -170,19 +172,18 @@ static fo_status build_pack_table(const char *fn, const fo_optimizer *opt, fo_dp
       b->first_block = n;
       for (int64_t s = b->first_seg; s < b->first_seg + b->num_segs; s++)
         n += fo_pack_cut(dp->segs[s].grad, gs, dp->segs[s].count, dp->segs[s].packed_at,
-                         pass ? dp->blocks + n : NULL);
+                         table ? table + n : NULL);
       b->num_blocks = n - b->first_block;
     }
-    if (pass == 0 && n == 0) return FO_SUCCESS;
-    if (pass == 0 && !(dp->blocks = calloc((size_t)n, sizeof *dp->blocks)))
+    if (n == 0) return FO_SUCCESS;
+    if (!table && !(table = calloc((size_t)n, sizeof *table)))
       return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a pack table of %lld blocks",
                      (long long)n);
   }
-  dp->num_blocks = n;
-  size_t bytes = (size_t)n * sizeof *dp->blocks;
+  size_t bytes = (size_t)n * sizeof *table;
   fo_status st = fo_exec_alloc(fn, opt, bytes, (void **)&dp->d_blocks);
-  if (st == FO_SUCCESS)
-    st = fo_exec_copy(fn, opt, dp->d_blocks, dp->blocks, bytes, FO_COPY_FROM_HOST);
+  if (st == FO_SUCCESS) st = fo_exec_copy(fn, opt, dp->d_blocks, table, bytes, FO_COPY_FROM_HOST);
+  free(table);
   return st;
 }
 
@@ -195,7 +196,6 @@ static void dp_destroy(fo_optimizer *opt, fo_dp *dp) {
   fo_exec_free(opt, dp->scratch);
   fo_exec_free(opt, dp->sumsq);
   fo_exec_free(opt, dp->d_blocks);
-  free(dp->blocks);
   free(dp->events);
   free(dp->streams);
   free(dp->counts);
@@ -363,8 +363,8 @@ static fo_status pack(const char *fn, const fo_optimizer *opt, const fo_dp_bucke
 }
 
 /* Pack the bucket into the scratch buffer, sum it with one collective,
- * unpack: the bucket's gradients cross memory twice more than in place,
- * 2 x count x (grad size + wire size) bytes. */
+ * unpack: copies of 2 x count x (grad size + wire size) bytes that a sum in
+ * place would not make, for one collective instead of one per segment. */
 static fo_status reduce_packed(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream) {
   fo_dp *dp = opt->dp;
   const fo_dp_bucket *b = &dp->buckets[bi];

@@ -43,7 +43,7 @@ typedef struct fo_dp_bucket {
   int64_t first_seg, num_segs;
   int64_t count;  /* elements over all segments */
   int64_t packed; /* elements of its packed buffer: count and the padding */
-  /* Its blocks of the pack table (fo_dp.blocks; a bucket that is not
+  /* Its blocks of the pack table (fo_dp.d_blocks; a bucket that is not
    * packed has none). */
   int64_t first_block, num_blocks;
 } fo_dp_bucket;
@@ -67,12 +67,10 @@ struct fo_dp {
   void **events;
   fo_stream_t *streams;
   int64_t last_packed; /* the bucket that last used the scratch, or -1 */
-  /* The packed buckets' pack table, built at attach (plan.h): on the host
-   * (blocks) and in the executor's memory (d_blocks, what the pack op
-   * reads), so a step copies nothing to the device. */
-  fo_pack_block *blocks;
+  /* The packed buckets' pack table (plan.h), built at attach and kept in
+   * the executor's memory, where the pack op reads it: a step copies
+   * nothing to the device.  NULL when no bucket is packed. */
   fo_pack_block *d_blocks;
-  int64_t num_blocks;
   /* A sharded state: one sum of squares per rank, in executor memory, for
    * the pre-pass's agreement (fo_dp_agree_sumsq). */
   double *sumsq;
