@@ -30,9 +30,9 @@ static fo_status upload_plan(const char *fn, int device, fo_run_plan *plan) {
 static fo_status pack(const char *fn, int device, const fo_pack_block *blocks, int64_t num_blocks,
                       void *wire_buf, fo_dtype grad, fo_dtype wire, int unpack,
                       fo_stream_t stream) {
-  FO_CUDA_RETURN(fn, device, unpack ? "unpack kernel" : "pack kernel",
-                 fo_launch_pack(blocks, num_blocks, wire_buf, (int32_t)grad, (int32_t)wire, unpack,
-                                stream));
+  FO_CUDA_RETURN(
+      fn, device, unpack ? "unpack kernel" : "pack kernel",
+      fo_launch_pack(blocks, num_blocks, wire_buf, (int32_t)grad, (int32_t)wire, unpack, stream));
 }
 
 /* ------------------------------------------------------------------ step */

@@ -380,14 +380,16 @@ Test(gpu_comm, one_rank_sharded_state, .timeout = 120) {
 }
 
 /* A step captured with its all-reduce replays like eager steps. */
-Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
-  require_devices(1);
-  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
+static void graph_capture_case(const config *c) {
   rig dp, ref;
-  rig_make(&dp, &c, 0);
-  rig_make(&ref, &c, 0);
+  rig_make(&dp, c, 0);
+  rig_make(&ref, c, 0);
   fo_comm *comm = one_rank_comm(0);
-  OK(fo_optimizer_set_comm(dp.opt, comm, NULL));
+  fo_dp_options o;
+  OK(fo_dp_options_default(&o));
+  o.bucket_bytes = c->bucket_bytes;
+  o.reduce_in_f32 = c->reduce_in_f32;
+  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
   cudaStream_t s;
   CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   cudaGraph_t graph;
@@ -411,6 +413,17 @@ Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
   rig_free(&dp);
   OK(fo_comm_destroy(comm));
   rig_free(&ref);
+}
+
+/* The arena's in-place all-reduce, and scattered bf16 gradients packed,
+ * widened to fp32, summed and unpacked: the pack table is in device memory
+ * since attach, so the captured kernels replay alike. */
+Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
+  require_devices(1);
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
+  graph_capture_case(&c);
+  config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
+  graph_capture_case(&x);
 }
 
 Test(gpu_comm, wrap_and_kinds, .timeout = 60) {
