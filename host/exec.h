@@ -38,6 +38,13 @@ struct fo_exec_ops {
   /* Convert n elements between dtypes in executor memory, on stream. */
   fo_status (*convert)(const char *fn, int device, const void *src, fo_dtype from, void *dst,
                        fo_dtype to, int64_t n, fo_stream_t stream);
+  /* A gradient bucket's pack (unpack = 0) or unpack, on stream: for each
+   * of blocks[0..num_blocks) (executor memory; plan.h), its gradients
+   * (dtype grad) to elements [packed_at, packed_at + n) of wire (dtype
+   * wire: the same, copied bit for bit, or fp32 for 16-bit gradients), or
+   * back (rounded to nearest even).  One launch on CUDA. */
+  fo_status (*pack)(const char *fn, int device, const fo_pack_block *blocks, int64_t num_blocks,
+                    void *wire_buf, fo_dtype grad, fo_dtype wire, int unpack, fo_stream_t stream);
   /* Wait until every piece of work enqueued on the device has finished. */
   fo_status (*synchronize)(const char *fn, int device);
   /* ---- arguments */

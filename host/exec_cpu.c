@@ -380,6 +380,22 @@ static fo_status host_convert(const char *fn, int device, const void *src, fo_dt
                               : fo_convert_to_f32(from, src, (float *)dst, n);
 }
 
+/* A plain loop over the bucket's blocks, through the same conversions as
+ * convert (the CUDA kernel's block work is checked against them). */
+static fo_status host_pack(const char *fn, int device, const fo_pack_block *blocks,
+                           int64_t num_blocks, void *wire_buf, fo_dtype grad, fo_dtype wire,
+                           int unpack, fo_stream_t stream) {
+  size_t ws = fo_dtype_size(wire);
+  for (int64_t b = 0; b < num_blocks; b++) {
+    void *packed = (char *)wire_buf + (size_t)blocks[b].packed_at * ws;
+    fo_status st =
+        unpack ? host_convert(fn, device, packed, wire, blocks[b].grad, grad, blocks[b].n, stream)
+               : host_convert(fn, device, blocks[b].grad, grad, packed, wire, blocks[b].n, stream);
+    if (st != FO_SUCCESS) return st;
+  }
+  return FO_SUCCESS;
+}
+
 /* Nothing runs behind the caller's back: every call has finished its work
  * when it returns. */
 static fo_status nothing_to_wait_for(const char *fn, int device) {
@@ -446,6 +462,7 @@ static const fo_exec_ops cpu_ops = {
     .release = host_release,
     .copy = host_copy,
     .convert = host_convert,
+    .pack = host_pack,
     .synchronize = nothing_to_wait_for,
     .check_stream = check_stream,
     .check_pointer = check_pointer,

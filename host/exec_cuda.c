@@ -26,6 +26,15 @@ static fo_status upload_plan(const char *fn, int device, fo_run_plan *plan) {
                         (void **)&plan->d_tensors);
 }
 
+/* The block table is in device memory since attach: nothing is copied. */
+static fo_status pack(const char *fn, int device, const fo_pack_block *blocks, int64_t num_blocks,
+                      void *wire_buf, fo_dtype grad, fo_dtype wire, int unpack,
+                      fo_stream_t stream) {
+  FO_CUDA_RETURN(
+      fn, device, unpack ? "unpack kernel" : "pack kernel",
+      fo_launch_pack(blocks, num_blocks, wire_buf, (int32_t)grad, (int32_t)wire, unpack, stream));
+}
+
 /* ------------------------------------------------------------------ step */
 
 static int device_of(const fo_optimizer *opt) {
@@ -174,6 +183,7 @@ static const fo_exec_ops cuda_ops = {
     .release = fo_cuda_free,
     .copy = fo_cuda_memcpy,
     .convert = fo_cuda_convert,
+    .pack = pack,
     .synchronize = fo_cuda_synchronize,
     .check_stream = fo_cuda_check_stream,
     .check_pointer = check_pointer,

@@ -1047,8 +1047,9 @@ FO_API fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bu
  *  no host synchronization).  FO_EXEC_CPU: blocking, stream NULL.  Each
  *  bucket is reduced at most once per step.  One thread driving several
  *  GPUs wraps every rank's reductions in one ncclGroupStart/End and steps
- *  on the same streams (reduce_in_f32 is not available inside such a
- *  group).
+ *  on the same streams (neither reduce_in_f32 nor external gradients at
+ *  non-adjacent addresses work inside such a group: their buckets are
+ *  packed and unpacked around the collective, which the group defers).
  *
  *  A reduction that fails leaves the gradients partly summed: the
  *  optimizer then refuses to step or reduce (FO_ERR_COMM) until

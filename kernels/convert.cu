@@ -1,8 +1,9 @@
 /*
- * convert.cu -- dtype conversion of a flat device buffer, for reducing
- * 16-bit gradients in fp32 (host/dp/buckets.c): widen a bucket into an fp32
- * buffer before the all-reduce, round it back after.  The conversions are
- * rules.h's, the same the step and the CPU executor use.
+ * convert.cu -- dtype conversion of a flat device buffer, for a sharded
+ * state's 16-bit gradients reduced in fp32 (host/dp/buckets.c): round this
+ * rank's part of the reduce-scattered fp32 bucket back (the whole bucket
+ * goes through pack.cu).  The conversions are rules.h's, the same the step
+ * and the CPU executor use.
  */
 #include <cuda_runtime.h>
 #include <stdint.h>

@@ -112,10 +112,17 @@ int fo_launch_unscale_grads(const fo_plan_block *blocks, const fo_plan_tensor *t
                             const fo_step_state *state, void *stream);
 
 /* dst[i] = src[i] converted from dtype from to dtype to, i < n (one of
- * the two is FO_RULE_F32; RNE on narrowing), for reducing 16-bit
- * gradients in fp32 (kernels/convert.cu). */
+ * the two is FO_RULE_F32; RNE on narrowing): a sharded rank's part of a
+ * bucket reduced in fp32 (kernels/convert.cu). */
 int fo_launch_convert(const void *src, int32_t from, void *dst, int32_t to, int64_t n,
                       void *stream);
+
+/* A gradient bucket's pack (unpack = 0) or unpack (kernels/pack.cu): for
+ * each of blocks[0..num_blocks) (device memory, plan.h), its gradients
+ * (grad_dtype) to the packed buffer wire (wire_dtype: the same, a bit
+ * copy, or FO_RULE_F32 for 16-bit gradients) or back (RNE on narrowing). */
+int fo_launch_pack(const fo_pack_block *blocks, int64_t num_blocks, void *wire, int32_t grad_dtype,
+                   int32_t wire_dtype, int32_t unpack, void *stream);
 
 #ifdef __cplusplus
 }

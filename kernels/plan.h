@@ -10,6 +10,7 @@
 #ifndef FO_PLAN_H
 #define FO_PLAN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* The most parameter groups one launch carries (== FO_MAX_GROUPS). */
@@ -39,5 +40,48 @@ typedef struct fo_plan_block {
   int64_t tensor; /* index into the tensor table */
   int64_t start;  /* first element; a multiple of the chunk size */
 } fo_plan_block;
+
+/* ------------------------------------------------ a bucket's pack table */
+
+/* Elements of one pack block at most (kernels/pack.cu, one CUDA block of
+ * FO_PACK_THREADS threads each; the CPU executor takes one block at a
+ * time).  A multiple of 8, so every block of a segment starts at the same
+ * 16-byte alignment as the segment itself. */
+#define FO_PACK_CHUNK 16384
+
+/* One block of a gradient bucket's pack (host/dp/buckets.c): the n <=
+ * FO_PACK_CHUNK gradient elements from grad are elements [packed_at,
+ * packed_at + n) of the packed (wire) buffer.
+ *
+ * Why a table of blocks, built at attach and uploaded once, rather than a
+ * binary search of each block's place in the segments' prefix offsets: a
+ * large segment is cut into many blocks that spread over every SM, and a
+ * small one (a bias, a norm's weight) costs one block, never a block's
+ * share of a search or a tail loop over several segments; each block has
+ * one source and one destination, so its 16-byte vector path is decided
+ * once from two pointers; and the kernel reads one 24-byte record per
+ * block, no dependent loads before its first gradient load.  The table is
+ * small (a 124M-parameter model: about 7,700 records of bf16 chunks). */
+typedef struct fo_pack_block {
+  void *grad;        /* the block's first gradient element */
+  int64_t packed_at; /* its element offset in the packed buffer */
+  int64_t n;         /* elements, 1 .. FO_PACK_CHUNK */
+} fo_pack_block;
+
+/* Cut a segment of count gradient elements (gs bytes each) at grad,
+ * packed from element packed_at, into blocks of FO_PACK_CHUNK: writes them
+ * to out (when not NULL) and returns how many there are. */
+static inline int64_t fo_pack_cut(void *grad, size_t gs, int64_t count, int64_t packed_at,
+                                  fo_pack_block *out) {
+  int64_t k = 0;
+  for (int64_t start = 0; start < count; start += FO_PACK_CHUNK, k++) {
+    if (!out) continue;
+    const int64_t left = count - start;
+    out[k].grad = (char *)grad + (size_t)start * gs;
+    out[k].packed_at = packed_at + start;
+    out[k].n = left < FO_PACK_CHUNK ? left : FO_PACK_CHUNK;
+  }
+  return k;
+}
 
 #endif /* FO_PLAN_H */

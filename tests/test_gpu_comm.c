@@ -6,8 +6,9 @@
  * GPU the NCCL path runs with one rank: a sum over one rank is the
  * identity and the divisor is 1, so an optimizer with the communicator
  * attached must end bit-identical to one without -- through every path of
- * the reduction (the arena in place, scattered external tensors as one
- * NCCL group, 16-bit gradients widened to fp32 and back, buckets reduced on
+ * the reduction (the arena in place, scattered external tensors packed
+ * into one collective per bucket, 16-bit gradients widened to fp32 and
+ * back, buckets reduced on
  * a side stream with the step waiting on their events, a step captured in
  * a CUDA graph with its all-reduce).  With two or more GPUs, one rank per
  * GPU from this one thread (ncclCommInitAll, the reductions in one NCCL
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exec.h"
 #include "fusedopt.h"
 #include "gpu_harness.h"
 #include "testutil.h"
@@ -234,10 +236,128 @@ Test(gpu_comm, one_rank_buckets_on_a_side_stream, .timeout = 120) {
   one_rank_case(&c, 1);
 }
 
-Test(gpu_comm, one_rank_scattered_external_as_one_group, .timeout = 120) {
+Test(gpu_comm, one_rank_scattered_external_packed, .timeout = 120) {
   require_devices(1);
   config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_F16, FO_DTYPE_F16, 77, 0, 0, 0};
   one_rank_case(&c, 0);
+  config b = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 3, 8192, 0, 0};
+  one_rank_case(&b, 1);
+}
+
+/* Scattered gradients (odd gaps, several buckets) reduced over one rank:
+ * packed, summed, unpacked, they come back bit for bit (a sum over one
+ * rank is the identity; bf16 -> fp32 -> bf16 is exact), and the poisoned
+ * gaps between them stay as they were. */
+Test(gpu_comm, one_rank_scattered_gradients_come_back, .timeout = 120) {
+  require_devices(1);
+  for (int f32 = 0; f32 < 2; f32++) {
+    config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, f32, 0};
+    rig r;
+    rig_make(&r, &c, 0);
+    size_t total = 0;
+    for (int i = 0; i < NT; i++) total += (size_t)(SIZES[i] + c.gap) * 2;
+    CK(cudaMemset(r.gbuf, 0xC3, total));
+    rig_grads(&r, 1, 0);
+    unsigned char *before = malloc(total), *after = malloc(total);
+    cr_assert(before && after);
+    CK(cudaMemcpy(before, r.gbuf, total, cudaMemcpyDeviceToHost));
+    fo_comm *comm = one_rank_comm(0);
+    fo_dp_options o;
+    OK(fo_dp_options_default(&o));
+    o.bucket_bytes = c.bucket_bytes;
+    o.reduce_in_f32 = f32;
+    OK(fo_optimizer_set_comm(r.opt, comm, &o));
+    int64_t nb = 0;
+    OK(fo_optimizer_num_buckets(r.opt, &nb));
+    cr_assert_gt(nb, 2);
+    OK(fo_optimizer_reduce_grads(r.opt, NULL));
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(after, r.gbuf, total, cudaMemcpyDeviceToHost));
+    cr_assert(memcmp(before, after, total) == 0, "reduce_in_f32 = %d: gradients or gaps changed",
+              f32);
+    free(before);
+    free(after);
+    rig_free(&r);
+    OK(fo_comm_destroy(comm));
+  }
+}
+
+/* The CUDA executor's pack op itself, over a table of scattered device
+ * segments (some misaligned, one several chunks long): the packed buffer
+ * holds the host conversion of every segment and its padding keeps its
+ * poison; unpacking fresh fp32 values rounds them as the host does and
+ * leaves the guard bytes between the segments alone. */
+Test(gpu_comm, pack_op_on_the_device, .timeout = 120) {
+  require_devices(1);
+  enum { NS = 5 };
+  const int64_t counts[NS] = {3, 40000, 1, 16384, 777};
+  const int64_t skew[NS] = {1, 0, 3, 0, 2}; /* elements off 16 bytes */
+  int64_t byte_at[NS], packed_at[NS], packed = 0, bytes = 0, nblocks = 0;
+  for (int s = 0; s < NS; s++) {
+    bytes = (bytes + 64 + 15) / 16 * 16 + skew[s] * 2;
+    byte_at[s] = bytes;
+    bytes += counts[s] * 2;
+    packed = (packed + 3) / 4 * 4; /* fp32 wire: 16 bytes */
+    packed_at[s] = packed;
+    packed += counts[s];
+  }
+  bytes += 64;
+  unsigned char *dg, *dw, *hg = malloc((size_t)bytes), *hw = malloc((size_t)packed * 4);
+  fo_pack_block *table = malloc(sizeof *table * 16), *dt;
+  cr_assert(hg && hw && table);
+  CK(cudaMalloc((void **)&dg, (size_t)bytes));
+  CK(cudaMalloc((void **)&dw, (size_t)packed * 4));
+  for (int s = 0; s < NS; s++)
+    nblocks += fo_pack_cut(dg + byte_at[s], 2, counts[s], packed_at[s], table + nblocks);
+  cr_assert_leq(nblocks, 16);
+  CK(cudaMalloc((void **)&dt, sizeof *table * (size_t)nblocks));
+  CK(cudaMemcpy(dt, table, sizeof *table * (size_t)nblocks, cudaMemcpyHostToDevice));
+  tu_rng rng;
+  tu_rng_seed(&rng, 77, 3);
+  memset(hg, 0xA5, (size_t)bytes);
+  float *v = malloc(40000 * sizeof *v), *w = malloc(40000 * sizeof *w);
+  cr_assert(v && w);
+  for (int s = 0; s < NS; s++) {
+    for (int64_t e = 0; e < counts[s]; e++) v[e] = (float)tu_rng_nonzero(&rng, -3.0, 3.0);
+    OK(fo_convert_from_f32(FO_DTYPE_BF16, v, hg + byte_at[s], counts[s]));
+  }
+  CK(cudaMemcpy(dg, hg, (size_t)bytes, cudaMemcpyHostToDevice));
+  CK(cudaMemset(dw, 0xC3, (size_t)packed * 4));
+  const fo_exec_ops *ops = fo_exec_cuda_ops();
+  OK(ops->pack("test", 0, dt, nblocks, dw, FO_DTYPE_BF16, FO_DTYPE_F32, 0, NULL));
+  CK(cudaDeviceSynchronize());
+  CK(cudaMemcpy(hw, dw, (size_t)packed * 4, cudaMemcpyDeviceToHost));
+  int64_t next = 0;
+  for (int s = 0; s < NS; s++) {
+    for (int64_t e = next * 4; e < packed_at[s] * 4; e++) cr_assert_eq(hw[e], 0xC3);
+    OK(fo_convert_to_f32(FO_DTYPE_BF16, hg + byte_at[s], v, counts[s]));
+    cr_assert(memcmp(hw + packed_at[s] * 4, v, (size_t)counts[s] * 4) == 0, "segment %d packed", s);
+    next = packed_at[s] + counts[s];
+  }
+  /* unpack fresh sums: fp32 values that need rounding */
+  unsigned char *want = malloc((size_t)bytes);
+  cr_assert(want);
+  memcpy(want, hg, (size_t)bytes);
+  for (int s = 0; s < NS; s++) {
+    for (int64_t e = 0; e < counts[s]; e++) w[e] = (float)tu_rng_nonzero(&rng, -3.0, 3.0);
+    memcpy(hw + packed_at[s] * 4, w, (size_t)counts[s] * 4);
+    OK(fo_convert_from_f32(FO_DTYPE_BF16, w, want + byte_at[s], counts[s]));
+  }
+  CK(cudaMemcpy(dw, hw, (size_t)packed * 4, cudaMemcpyHostToDevice));
+  for (int s = 0; s < NS; s++) CK(cudaMemset(dg + byte_at[s], 0xC3, (size_t)counts[s] * 2));
+  OK(ops->pack("test", 0, dt, nblocks, dw, FO_DTYPE_BF16, FO_DTYPE_F32, 1, NULL));
+  CK(cudaDeviceSynchronize());
+  CK(cudaMemcpy(hg, dg, (size_t)bytes, cudaMemcpyDeviceToHost));
+  cr_assert(memcmp(hg, want, (size_t)bytes) == 0, "unpacked gradients or guards differ");
+  CK(cudaFree(dg));
+  CK(cudaFree(dw));
+  CK(cudaFree(dt));
+  free(hg);
+  free(hw);
+  free(want);
+  free(table);
+  free(v);
+  free(w);
 }
 
 Test(gpu_comm, one_rank_bf16_reduced_in_f32, .timeout = 120) {
@@ -260,14 +380,16 @@ Test(gpu_comm, one_rank_sharded_state, .timeout = 120) {
 }
 
 /* A step captured with its all-reduce replays like eager steps. */
-Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
-  require_devices(1);
-  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
+static void graph_capture_case(const config *c) {
   rig dp, ref;
-  rig_make(&dp, &c, 0);
-  rig_make(&ref, &c, 0);
+  rig_make(&dp, c, 0);
+  rig_make(&ref, c, 0);
   fo_comm *comm = one_rank_comm(0);
-  OK(fo_optimizer_set_comm(dp.opt, comm, NULL));
+  fo_dp_options o;
+  OK(fo_dp_options_default(&o));
+  o.bucket_bytes = c->bucket_bytes;
+  o.reduce_in_f32 = c->reduce_in_f32;
+  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
   cudaStream_t s;
   CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   cudaGraph_t graph;
@@ -291,6 +413,17 @@ Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
   rig_free(&dp);
   OK(fo_comm_destroy(comm));
   rig_free(&ref);
+}
+
+/* The arena's in-place all-reduce, and scattered bf16 gradients packed,
+ * widened to fp32, summed and unpacked: the pack table is in device memory
+ * since attach, so the captured kernels replay alike. */
+Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
+  require_devices(1);
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
+  graph_capture_case(&c);
+  config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
+  graph_capture_case(&x);
 }
 
 Test(gpu_comm, wrap_and_kinds, .timeout = 60) {

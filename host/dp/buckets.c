@@ -8,12 +8,16 @@
  *     gradient arena from the first tensor's start to the last one's end
  *     (the zero padding between tensors is summed too: zeros stay zeros);
  *   - external storage: one segment per run of tensors whose gradients are
- *     adjacent in memory, so contiguous tensors cost one collective.
+ *     adjacent in memory.
  * A bucket of one segment is summed in place.  Otherwise (or when 16-bit
- * gradients are reduced in fp32) it is packed into a scratch buffer,
- * summed with one collective and unpacked -- except on CUDA with the
- * gradients' own dtype, where the segments are summed in place as one NCCL
- * group (one launch, no copies).
+ * gradients are reduced in fp32) it is packed into a scratch buffer by
+ * one launch of the executor's pack op, summed with ONE collective and
+ * unpacked by one launch: a bucket costs one collective however scattered
+ * its gradients are (PyTorch's allocator leaves a GPT-2's in ~148 runs:
+ * one collective each pays its latency ~148 times, where the copies cost
+ * bytes at memory bandwidth; docs/data-parallel.md).  The pack table
+ * (plan.h) is built and uploaded at attach, so a step copies nothing from
+ * the host and waits for nothing.
  *
  * The sum is divided by the number of ranks inside the step (grad_divisor
  * in the step's gradient coefficient), and the pre-pass then reads the
@@ -82,17 +86,24 @@ static size_t grad_size(const fo_optimizer *opt) {
 }
 
 /* Append count elements at grad to bucket b, extending its last segment
- * when the memory continues it. */
+ * when the memory continues it.  A new segment starts its packed copy at a
+ * 16-byte boundary, so the pack kernel's vector path runs wherever the
+ * gradients themselves are aligned (the padding, under 16 bytes a
+ * segment, is summed with the rest and never read back). */
 static void add_span(fo_dp *dp, fo_dp_bucket *b, void *grad, int64_t count, size_t gs) {
   if (count == 0) return;
   fo_dp_segment *last = b->num_segs ? &dp->segs[b->first_seg + b->num_segs - 1] : NULL;
   if (last && (char *)last->grad + (size_t)last->count * gs == (char *)grad) {
     last->count += count;
   } else {
-    dp->segs[dp->num_segs++] = (fo_dp_segment){grad, count, b->count};
+    int64_t align = 16 / (int64_t)fo_dtype_size(dp->wire);
+    int64_t at = (b->packed + align - 1) / align * align;
+    dp->segs[dp->num_segs++] = (fo_dp_segment){grad, count, at};
     b->num_segs++;
+    b->packed = at;
   }
   b->count += count;
+  b->packed += count;
 }
 
 /* The memory of tensors [first, end) of bucket b. */
@@ -122,7 +133,7 @@ static void build_buckets(const fo_optimizer *opt, fo_dp *dp) {
     int close = i == opt->num_tensors ? i > first : full;
     if (close) {
       fo_dp_bucket *b = &dp->buckets[dp->num_buckets++];
-      *b = (fo_dp_bucket){first, i - first, dp->num_segs, 0, 0};
+      *b = (fo_dp_bucket){first, i - first, dp->num_segs, 0, 0, 0, 0, 0};
       add_tensors(opt, dp, b, first, i);
       first = i;
       bytes = 0;
@@ -132,18 +143,48 @@ static void build_buckets(const fo_optimizer *opt, fo_dp *dp) {
 }
 
 /* A bucket goes through the scratch buffer: widened to fp32, or packed
- * because its memory is scattered and the communicator cannot group the
- * pieces' collectives into one launch (host communicators). */
+ * because its memory is scattered (one collective instead of one per
+ * segment). */
 static int packed(const fo_optimizer *opt, const fo_dp *dp, const fo_dp_bucket *b) {
-  return dp->wire != opt->options.grad_dtype || (!dp->groups && b->num_segs > 1);
+  return dp->wire != opt->options.grad_dtype || b->num_segs > 1;
 }
 
 static size_t scratch_needed(const fo_optimizer *opt, const fo_dp *dp) {
   size_t most = 0, ws = fo_dtype_size(dp->wire);
   for (int64_t i = 0; i < dp->num_buckets; i++)
-    if (packed(opt, dp, &dp->buckets[i]) && (size_t)dp->buckets[i].count * ws > most)
-      most = (size_t)dp->buckets[i].count * ws;
+    if (packed(opt, dp, &dp->buckets[i]) && (size_t)dp->buckets[i].packed * ws > most)
+      most = (size_t)dp->buckets[i].packed * ws;
   return most;
+}
+
+/* The pack table of the packed buckets: each segment cut into blocks of
+ * FO_PACK_CHUNK (plan.h), on the host (counted, then written), then copied
+ * to the executor's memory once. */
+static fo_status build_pack_table(const char *fn, const fo_optimizer *opt, fo_dp *dp) {
+  size_t gs = grad_size(opt);
+  fo_pack_block *table = NULL;
+  int64_t n = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    n = 0;
+    for (int64_t i = 0; i < dp->num_buckets; i++) {
+      fo_dp_bucket *b = &dp->buckets[i];
+      if (!packed(opt, dp, b)) continue;
+      b->first_block = n;
+      for (int64_t s = b->first_seg; s < b->first_seg + b->num_segs; s++)
+        n += fo_pack_cut(dp->segs[s].grad, gs, dp->segs[s].count, dp->segs[s].packed_at,
+                         table ? table + n : NULL);
+      b->num_blocks = n - b->first_block;
+    }
+    if (n == 0) return FO_SUCCESS;
+    if (!table && !(table = calloc((size_t)n, sizeof *table)))
+      return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for a pack table of %lld blocks",
+                     (long long)n);
+  }
+  size_t bytes = (size_t)n * sizeof *table;
+  fo_status st = fo_exec_alloc(fn, opt, bytes, (void **)&dp->d_blocks);
+  if (st == FO_SUCCESS) st = fo_exec_copy(fn, opt, dp->d_blocks, table, bytes, FO_COPY_FROM_HOST);
+  free(table);
+  return st;
 }
 
 /* ------------------------------------------------------ create, destroy */
@@ -154,6 +195,7 @@ static void dp_destroy(fo_optimizer *opt, fo_dp *dp) {
   opt->exec->events_destroy(opt->options.device, dp->events, dp->num_buckets);
   fo_exec_free(opt, dp->scratch);
   fo_exec_free(opt, dp->sumsq);
+  fo_exec_free(opt, dp->d_blocks);
   free(dp->events);
   free(dp->streams);
   free(dp->counts);
@@ -177,7 +219,6 @@ static fo_status dp_create(const char *fn, fo_optimizer *opt, fo_comm *comm, con
   dp->options = *o;
   dp->wire = o->reduce_in_f32 ? FO_DTYPE_F32 : opt->options.grad_dtype;
   dp->last_packed = -1;
-  dp->groups = comm->kind == FO_COMM_NCCL;
   size_t n1 = (size_t)opt->num_tensors + 1; /* never more buckets or segments */
   dp->buckets = calloc(n1, sizeof *dp->buckets);
   dp->segs = calloc(n1, sizeof *dp->segs);
@@ -191,6 +232,7 @@ static fo_status dp_create(const char *fn, fo_optimizer *opt, fo_comm *comm, con
     goto done;
   }
   build_buckets(opt, dp);
+  FO_TRY(build_pack_table(fn, opt, dp));
   FO_TRY(alloc_scratch(fn, opt, dp));
   FO_TRY(opt->exec->events_create(fn, opt->options.device, dp->events, dp->num_buckets));
   dp->comm = comm; /* last: dp_destroy then releases the attachment */
@@ -304,16 +346,6 @@ fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, i
 
 /* ------------------------------------------------------------- reduce */
 
-/* Copy count elements between the gradient memory and the scratch buffer,
- * converting between the gradient dtype and the wire dtype. */
-static fo_status move(const char *fn, const fo_optimizer *opt, const fo_dp *dp, void *grad,
-                      void *wire, int64_t count, int to_wire, fo_stream_t stream) {
-  fo_dtype gd = opt->options.grad_dtype;
-  int dev = opt->options.device;
-  return to_wire ? opt->exec->convert(fn, dev, grad, gd, wire, dp->wire, count, stream)
-                 : opt->exec->convert(fn, dev, wire, dp->wire, grad, gd, count, stream);
-}
-
 /* The scratch is shared by the buckets: on CUDA, wait for the last bucket
  * that used it when that one ran on another stream. */
 static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
@@ -322,39 +354,35 @@ static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_strea
   return opt->exec->wait(fn, opt->options.device, stream, dp->events[dp->last_packed]);
 }
 
-/* Pack the bucket into the scratch buffer, sum it, unpack. */
+/* Pack (unpack = 0) or unpack the bucket's segments: one launch. */
+static fo_status pack(const char *fn, const fo_optimizer *opt, const fo_dp_bucket *b, int unpack,
+                      fo_stream_t stream) {
+  const fo_dp *dp = opt->dp;
+  return opt->exec->pack(fn, opt->options.device, dp->d_blocks + b->first_block, b->num_blocks,
+                         dp->scratch, opt->options.grad_dtype, dp->wire, unpack, stream);
+}
+
+/* Pack the bucket into the scratch buffer, sum it with one collective,
+ * unpack: copies of 2 x count x (grad size + wire size) bytes that a sum in
+ * place would not make, for one collective instead of one per segment. */
 static fo_status reduce_packed(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream) {
   fo_dp *dp = opt->dp;
   const fo_dp_bucket *b = &dp->buckets[bi];
-  size_t ws = fo_dtype_size(dp->wire);
   fo_status st = FO_SUCCESS;
   FO_TRY(claim_scratch(fn, opt, stream));
-  for (int64_t s = b->first_seg; s < b->first_seg + b->num_segs; s++)
-    FO_TRY(move(fn, opt, dp, dp->segs[s].grad,
-                (char *)dp->scratch + (size_t)dp->segs[s].packed_at * ws, dp->segs[s].count, 1,
-                stream));
-  FO_TRY(fo_comm_sum(fn, dp->comm, dp->scratch, b->count, dp->wire, stream));
-  for (int64_t s = b->first_seg; s < b->first_seg + b->num_segs; s++)
-    FO_TRY(move(fn, opt, dp, dp->segs[s].grad,
-                (char *)dp->scratch + (size_t)dp->segs[s].packed_at * ws, dp->segs[s].count, 0,
-                stream));
+  FO_TRY(pack(fn, opt, b, 0, stream));
+  FO_TRY(fo_comm_sum(fn, dp->comm, dp->scratch, b->packed, dp->wire, stream));
+  FO_TRY(pack(fn, opt, b, 1, stream));
   dp->last_packed = bi;
 done:
   return st;
 }
 
-/* Sum the bucket's segments where they are: one collective, or one NCCL
- * group of them. */
+/* A bucket of one segment in the wire dtype: summed where it is. */
 static fo_status reduce_in_place(const char *fn, fo_optimizer *opt, const fo_dp_bucket *b,
                                  fo_stream_t stream) {
-  fo_dp *dp = opt->dp;
-  const fo_dp_segment *seg = &dp->segs[b->first_seg];
-  if (b->num_segs == 1) return fo_comm_sum(fn, dp->comm, seg->grad, seg->count, dp->wire, stream);
-  fo_status st = fo_comm_group_start(fn, dp->comm);
-  if (st != FO_SUCCESS) return st;
-  for (int64_t s = 0; s < b->num_segs && st == FO_SUCCESS; s++)
-    st = fo_comm_sum(fn, dp->comm, seg[s].grad, seg[s].count, dp->wire, stream);
-  return fo_comm_group_end(fn, dp->comm, st);
+  const fo_dp_segment *seg = &opt->dp->segs[b->first_seg];
+  return fo_comm_sum(fn, opt->dp->comm, seg->grad, seg->count, opt->dp->wire, stream);
 }
 
 /* A sharded state: reduce-scatter the bucket along the shard boundaries
@@ -369,14 +397,15 @@ static fo_status reduce_sharded(const char *fn, fo_optimizer *opt, int64_t bi, f
     return fo_shard_reduce(fn, opt, seg->grad, at, seg->count, dp->wire, dp->counts, stream);
   fo_status st = FO_SUCCESS;
   FO_TRY(claim_scratch(fn, opt, stream));
-  FO_TRY(move(fn, opt, dp, seg->grad, dp->scratch, seg->count, 1, stream));
+  FO_TRY(pack(fn, opt, &dp->buckets[bi], 0, stream));
   FO_TRY(fo_shard_reduce(fn, opt, dp->scratch, at, seg->count, dp->wire, dp->counts, stream));
   int64_t lo, hi;
   fo_shard_clip(opt, at, seg->count, &lo, &hi);
-  if (hi > lo)
-    FO_TRY(move(fn, opt, dp, (char *)seg->grad + (size_t)(lo - at) * gs,
-                (char *)dp->scratch + (size_t)(lo - at) * fo_dtype_size(dp->wire), hi - lo, 0,
-                stream));
+  if (hi > lo) /* this rank's part only: not the bucket's whole unpack */
+    FO_TRY(opt->exec->convert(fn, opt->options.device,
+                              (char *)dp->scratch + (size_t)(lo - at) * fo_dtype_size(dp->wire),
+                              dp->wire, (char *)seg->grad + (size_t)(lo - at) * gs,
+                              opt->options.grad_dtype, hi - lo, stream));
   dp->last_packed = bi;
 done:
   return st;

@@ -140,16 +140,6 @@ fo_status fo_comm_all_gather(const char *fn, fo_comm *c, void *buf, const int64_
   return rc == 0 ? FO_SUCCESS : host_failed(fn, "all-gather (bytes)", n, rc, err, sizeof err);
 }
 
-fo_status fo_comm_group_start(const char *fn, fo_comm *c) {
-  return c->kind == FO_COMM_NCCL ? fo_nccl_group_start(fn, c) : FO_SUCCESS;
-}
-
-fo_status fo_comm_group_end(const char *fn, fo_comm *c, fo_status so_far) {
-  if (c->kind != FO_COMM_NCCL) return so_far;
-  fo_status st = fo_nccl_group_end(fn, c);
-  return so_far != FO_SUCCESS ? so_far : st;
-}
-
 fo_status fo_comm_check_async(const char *fn, fo_comm *c) {
   return c->kind == FO_COMM_NCCL ? fo_nccl_check_async(fn, c) : FO_SUCCESS;
 }

@@ -41,7 +41,11 @@ typedef struct fo_dp_segment {
 typedef struct fo_dp_bucket {
   int64_t first_tensor, num_tensors;
   int64_t first_seg, num_segs;
-  int64_t count; /* elements over all segments */
+  int64_t count;  /* elements over all segments */
+  int64_t packed; /* elements of its packed buffer: count and the padding */
+  /* Its blocks of the pack table (fo_dp.d_blocks; a bucket that is not
+   * packed has none). */
+  int64_t first_block, num_blocks;
 } fo_dp_bucket;
 
 /* An optimizer's data-parallel attachment. */
@@ -63,9 +67,10 @@ struct fo_dp {
   void **events;
   fo_stream_t *streams;
   int64_t last_packed; /* the bucket that last used the scratch, or -1 */
-  /* The communicator groups several collectives into one launch (NCCL):
-   * a scattered bucket is summed in place, piece by piece. */
-  int groups;
+  /* The packed buckets' pack table (plan.h), built at attach and kept in
+   * the executor's memory, where the pack op reads it: a step copies
+   * nothing to the device.  NULL when no bucket is packed. */
+  fo_pack_block *d_blocks;
   /* A sharded state: one sum of squares per rank, in executor memory, for
    * the pre-pass's agreement (fo_dp_agree_sumsq). */
   double *sumsq;
@@ -102,11 +107,6 @@ fo_status fo_comm_all_gather(const char *func, fo_comm *c, void *buf, const int6
                              fo_stream_t stream);
 /* Whether the communicator can carry a sharded state. */
 int fo_comm_can_shard(const fo_comm *c);
-/* Bracket several fo_comm_sum calls into one launch (NCCL group); no-ops
- * for host communicators.  end must follow a successful start even when a
- * sum in between failed; it returns the first error. */
-fo_status fo_comm_group_start(const char *func, fo_comm *c);
-fo_status fo_comm_group_end(const char *func, fo_comm *c, fo_status so_far);
 /* FO_ERR_COMM when the communicator reports an asynchronous error (a
  * collective that failed after it was enqueued: NCCL). */
 fo_status fo_comm_check_async(const char *func, fo_comm *c);
@@ -132,8 +132,6 @@ fo_status fo_nccl_reduce_scatter(const char *func, fo_comm *c, void *buf, const 
                                  fo_dtype dtype, fo_stream_t stream);
 fo_status fo_nccl_all_gather(const char *func, fo_comm *c, void *buf, const int64_t *bytes,
                              fo_stream_t stream);
-fo_status fo_nccl_group_start(const char *func, fo_comm *c);
-fo_status fo_nccl_group_end(const char *func, fo_comm *c);
 fo_status fo_nccl_check_async(const char *func, fo_comm *c);
 /* Destroy the NCCL communicator when owned (abort it after an error). */
 void fo_nccl_release(fo_comm *c);

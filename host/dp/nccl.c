@@ -291,16 +291,6 @@ fo_status fo_nccl_all_gather(const char *fn, fo_comm *c, void *buf, const int64_
   return rooted_group(fn, c, buf, bytes, 1, ncclUint8, 0, stream);
 }
 
-fo_status fo_nccl_group_start(const char *fn, fo_comm *c) {
-  ncclResult_t r = c->lib->group_start();
-  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, c->lib, "ncclGroupStart", r, NULL);
-}
-
-fo_status fo_nccl_group_end(const char *fn, fo_comm *c) {
-  ncclResult_t r = c->lib->group_end();
-  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, c->lib, "ncclGroupEnd", r, NULL);
-}
-
 fo_status fo_nccl_check_async(const char *fn, fo_comm *c) {
   ncclResult_t async = ncclSuccess;
   ncclResult_t r = c->lib->comm_get_async_error(c->nccl, &async);

@@ -59,16 +59,6 @@ fo_status fo_nccl_all_gather(const char *fn, fo_comm *c, void *buf, const int64_
   return unreachable(fn);
 }
 
-fo_status fo_nccl_group_start(const char *fn, fo_comm *c) {
-  (void)c;
-  return unreachable(fn);
-}
-
-fo_status fo_nccl_group_end(const char *fn, fo_comm *c) {
-  (void)c;
-  return unreachable(fn);
-}
-
 fo_status fo_nccl_check_async(const char *fn, fo_comm *c) {
   (void)c;
   return unreachable(fn);

@@ -68,6 +68,7 @@ static void tr_sum_parts(tr_world *w, size_t off, int64_t n, fo_dtype dt, float 
 static int tw_allreduce(void *ctx, void *buf, int64_t count, fo_dtype dt, char *err, size_t cap) {
   tr_peer *p = ctx;
   tr_world *w = p->w;
+  w->allreduce_calls[p->rank]++;
   w->bufs[p->rank] = buf;
   if (tr_barrier(w)) return tr_broken_msg(err, cap);
   float *acc = malloc((size_t)(count + 1) * sizeof *acc);

@@ -1,6 +1,7 @@
 /*
  * thread_ranks.h -- ranks as threads of one process, for the data-parallel
- * checkpoint tests (test_checkpoint_shard_*.c).
+ * checkpoint tests (test_checkpoint_shard_*.c) and the reduction of
+ * scattered gradients (test_comm_pack.c, which counts the all-reduces).
  *
  * A "thread world" is a host communicator whose collectives meet at a
  * barrier and read each other's buffers (sums in rank order, each partial
@@ -41,6 +42,7 @@ struct tr_world {
   unsigned gen;
   void *bufs[MAXR];
   tr_peer peers[MAXR];
+  int allreduce_calls[MAXR]; /* per rank, written by that rank's thread only */
 };
 
 /* A world of size ranks (1..MAXR). */
