@@ -79,10 +79,10 @@ WEIGHT_DECAY = 0.1
 # moves by up to lr whatever its sign.  Three steps are enough to see every
 # hyper-parameter (betas only act from the second) and few enough to keep that
 # growth small.  Measured on the CPU (the smoke model and 4 layers x 256):
-#   fp32: 5e-6 .. 1.1e-5, while a wrong rule is off by 2.5e-3 (no decay) to 1
-#   (Adam's L2 decay, or no step): 1e-4 is the optimizers' own fp32
-#   agreement (docs/numerics.md, TOL_F32 1e-5 of the weights, 3e-4 of one
-#   step here) with the feedback's margin.
+#   fp32: 5e-6 .. 1.1e-5 (3.4e-7 after one step: the optimizers' own
+#   rounding), while a wrong rule is off by 2.5e-3 (no decay) to 1 (Adam's
+#   L2 decay, or no step): 1e-4 leaves the feedback a margin of ten and
+#   catches each of those.
 #   bf16 autocast: 2.5e-7 (smoke) to 1.8e-2 (4 x 256): a weight one fp32 ulp
 #   away can round to another bf16 value in the forward, 2^-8 of it, and
 #   bf16 activations carry that on: a correct run then diverges as far as one
