@@ -47,6 +47,7 @@ be imported; without a CUDA device, --device cuda prints why and exits 0.
 import argparse
 import contextlib
 import copy
+import gc
 import glob
 import importlib.util
 import math
@@ -401,7 +402,8 @@ def relative_difference(names, weights, reference, initial):
         a, r = a.float(), r.float()
         d2, m2 = float(((a - r) ** 2).sum()), float(((r - w0) ** 2).sum())
         diff2, moved2 = diff2 + d2, moved2 + m2
-        per_tensor.append(((d2 / m2) ** 0.5 if m2 > 0 else math.inf * (d2 > 0), name))
+        per_tensor.append(((d2 / m2) ** 0.5 if m2 > 0 else (0.0 if d2 == 0 else math.inf),
+                           name))
     return (diff2 / moved2) ** 0.5 if moved2 > 0 else math.inf, max(per_tensor)
 
 
@@ -522,7 +524,8 @@ def run_precision(args, precision, base, ft, device, cuda):
         if hasattr(r.opt, "close"):
             r.opt.close()
     del runs
-    if cuda:
+    if cuda:  # the check's three models need the memory back
+        gc.collect()
         torch.cuda.empty_cache()
     err, floor, verdict, why = check(args, precision, base, ft, device, cuda)
     print("# %s check: %s" % (precision, why), flush=True)
