@@ -273,10 +273,12 @@ def fusedopt_weights(model, opt, master):
 
     def read():
         # state_dict() indexes the parameters group by group; map them back
-        # to model.parameters() order.
+        # to model.parameters() order.  Before any step it holds no state:
+        # the weights are then the parameters as they were.
         state = opt.state_dict()["state"]
         flat = [p for g in opt.param_groups for p in g["params"]]
-        by_id = {id(p): state[i]["master"] for i, p in enumerate(flat)}
+        by_id = {id(p): state[i]["master"] if i in state else p.detach().float()
+                 for i, p in enumerate(flat)}
         return [by_id[id(p)] for p in model.parameters()]
     return read
 
