@@ -23,6 +23,10 @@
 #                           `new`: LAMB, LARS, AdaGrad, RMSprop, NAdam on
 #                           list a (eager)
 #                  torch    scripts/bench_torch.py on lists a, mlp, d
+#                  torchtrain  scripts/bench_torch_train.py: GPT-2 small's
+#                           whole training step (forward, backward, AdamW)
+#                           with fusedopt.torch and torch's fused AdamW, in
+#                           fp32, bf16 autocast and bf16-master; 10 steps
 #                  memcheck compute-sanitizer memcheck, one test per kernel
 #                           family; racecheck, initcheck the same
 #                  torchdebug  (only when named) bench_torch.py's AdamW fp32
@@ -46,6 +50,7 @@
 #   current.log    the log of the part in progress (what a kill leaves)
 #   bench_gpu.csv  bench's rows, every list (header once)
 #   torch_gpu.csv  scripts/bench_torch.py's rows
+#   torch_train_gpu.csv  scripts/bench_torch_train.py's rows
 #
 # On a lent machine: carry .devpack (scripts/devpack.sh makes it: Criterion
 # and zlib, which the machine lacks) and start the command with
@@ -80,18 +85,18 @@ mkdir -p "$out" "$work/logs"
 summary=$out/summary.txt
 : >"$summary"
 
-all_parts="tests train demo big bench torch memcheck racecheck initcheck torchdebug"
+all_parts="tests train demo big bench torch torchtrain memcheck racecheck initcheck torchdebug"
 # Each part: the seconds it needs to be worth starting, and its own limit.
 need_of() {
   case "$1" in
     tests) echo 40 ;; train) echo 30 ;; demo) echo 20 ;; big) echo 60 ;;
-    bench) echo 40 ;; torch) echo 40 ;; *) echo 25 ;;
+    bench) echo 40 ;; torch) echo 40 ;; torchtrain) echo 60 ;; *) echo 25 ;;
   esac
 }
 limit_of() {
   case "$1" in
     tests) echo 150 ;; train) echo 120 ;; demo) echo 90 ;; big) echo 240 ;;
-    bench) echo 180 ;; torch) echo 150 ;; *) echo 120 ;;
+    bench) echo 180 ;; torch) echo 150 ;; torchtrain) echo 150 ;; *) echo 120 ;;
   esac
 }
 
@@ -303,7 +308,18 @@ run_torchdebug() {
   echo "== exit ${PIPESTATUS[0]}"
 }
 
-export -f run_demo run_san run_torchdebug
+# The whole training step of GPT-2 small (about 40 s on an H100 by estimate:
+# ~35 steps per precision).  Exit 77 (no torch) is a skip, said so.
+run_torchtrain() {
+  python3 scripts/bench_torch_train.py --lib "$build/host/libfusedopt.so" --device cuda \
+    --precision fp32,bf16,bf16-master --impls fusedopt,torch_fused,torch_foreach \
+    --steps 10 --warmup 3 --csv "$work/logs/torch_train_gpu.csv"
+  local rc=$?
+  [ "$rc" = 77 ] && echo "torchtrain skipped: python3 cannot import torch" && rc=0
+  return "$rc"
+}
+
+export -f run_demo run_san run_torchdebug run_torchtrain
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/compute-sanitizer/compute-sanitizer)
 export build work bin san_tests sanitizer
 for p in "${selected[@]}"; do
@@ -317,6 +333,9 @@ for p in "${selected[@]}"; do
       PYTHONUNBUFFERED=1 part torch python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so" \
         --lists "$(l=${filter_of[torch]:-a+mlp+d}; echo "${l//+/,}")" --reps 20 --warmup 3 --csv "$work/logs/torch_gpu.csv"
       [ -s "$work/logs/torch_gpu.csv" ] && cp "$work/logs/torch_gpu.csv" "$out/torch_gpu.csv" ;;
+    torchtrain)
+      PYTHONUNBUFFERED=1 part torchtrain run_torchtrain
+      [ -s "$work/logs/torch_train_gpu.csv" ] && cp "$work/logs/torch_train_gpu.csv" "$out/torch_train_gpu.csv" ;;
     memcheck | racecheck | initcheck) part "$p" run_san "$p" "${filter_of[$p]:-*}" ;;
     torchdebug) PYTHONUNBUFFERED=1 part torchdebug run_torchdebug ;;
   esac
@@ -339,6 +358,14 @@ if [ "$dry" = 0 ]; then
                { printf "  %-4s %-6s %-11s %-26s %10s us  x%s %s\n", $c["list"], $c["alg"],
                  $c["config"], $c["impl"], $c["time_us"], $c["fusedopt_speedup"], $c["check"] }' \
         "$out/torch_gpu.csv"
+    fi
+    if [ -s "$out/torch_train_gpu.csv" ]; then
+      echo "== torch training step (time over fusedopt's; above 1: fusedopt faster)"
+      awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+               { printf "  %-11s %-14s step %8s ms x%-6s  opt %8s ms x%-6s  %s %s\n", $c["precision"],
+                 $c["impl"], $c["step_ms"], $c["step_vs_fusedopt"], $c["opt_ms"],
+                 $c["opt_vs_fusedopt"], $c["check"], $c["check_err"] }' \
+        "$out/torch_train_gpu.csv"
     fi
     echo "== total $(($(date +%s) - start))s of a ${budget}s budget"
   } >>"$summary"

@@ -604,9 +604,21 @@ class Cuda(unittest.TestCase):
             o16.step()
             o32.step()
         sd = o16.state_dict()
-        assert_close(self, [sd["state"][i]["master"] for i in range(4)],
-                     list(m32.parameters()), "master", tol=1e-4)
-        o32.load_state_dict(sd)
+        masters = [sd["state"][i]["master"] for i in range(4)]
+        assert_close(self, masters, list(m32.parameters()), "master", tol=1e-4)
+        for p16, mst in zip(m16.parameters(), masters):
+            self.assertEqual(p16.dtype, torch.bfloat16)
+            self.assertTrue(torch.equal(p16, mst.to(torch.bfloat16)), "p16 != RNE(master)")
+        # The state is read from the library's device memory: fp32 on the
+        # parameters' device, and torch's moments (on the same gradients).
+        want = o32.state_dict()["state"]
+        for i in range(4):
+            for k in ("exp_avg", "exp_avg_sq"):
+                t = sd["state"][i][k]
+                self.assertEqual((t.device.type, t.dtype), ("cuda", torch.float32), k)
+            assert_close(self, [sd["state"][i]["exp_avg"]], [want[i]["exp_avg"]],
+                         "exp_avg %d" % i, tol=1e-4)
+        self.assertEqual(float(sd["state"][0]["step"]), 5.0)
 
     def test_graph_capture(self):
         m1, m2 = make_model(device="cuda"), make_model(device="cuda")
@@ -635,6 +647,83 @@ class Cuda(unittest.TestCase):
         train(m2, o2, data[1:])
         torch.cuda.synchronize()
         assert_close(self, list(m1.parameters()), list(m2.parameters()), "graph", tol=1e-4)
+        # the step count (bias corrections) advances on the device in replays
+        self.assertEqual(o1.step_count, len(data))
+
+    def test_graph_capture_bf16_master(self):
+        """bf16 parameters with fp32 master weights, the step captured with
+        backward and replayed; torch's AdamW on the fp32 values of the same
+        parameters gets the graph's gradients, widened, after each replay."""
+        m16 = make_model(dtype=torch.bfloat16, device="cuda")
+        m32 = make_model(dtype=torch.bfloat16, device="cuda").float()
+        o16 = ft.AdamW(m16.parameters(), lr=1e-2)
+        o32 = torch.optim.AdamW(m32.parameters(), lr=1e-2)
+
+        def torch_step():
+            for p16, p32 in zip(m16.parameters(), m32.parameters()):
+                p32.grad = p16.grad.float()
+            o32.step()
+
+        data = batches(6, device="cuda")
+        x_static, y_static = data[0][0].clone(), data[0][1].clone()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):  # warm-up outside the graph
+            o16.zero_grad()
+            loss_of(m16, x_static, y_static).backward()
+            o16.step()
+        torch.cuda.current_stream().wait_stream(s)
+        torch_step()  # the warm-up's gradients: computed at the initial weights
+        g = torch.cuda.CUDAGraph()
+        o16.zero_grad()
+        with torch.cuda.graph(g):
+            loss_of(m16, x_static, y_static).backward()
+            o16.step()
+        for x, y in data[1:]:
+            x_static.copy_(x)
+            y_static.copy_(y)
+            o16.zero_grad()
+            g.replay()
+            torch_step()  # the gradients stay in fusedopt's buffer until zero_grad
+        torch.cuda.synchronize()
+        self.assertEqual(o16.step_count, len(data))
+        sd = o16.state_dict()
+        masters = [sd["state"][i]["master"] for i in range(4)]
+        assert_close(self, masters, list(m32.parameters()), "bf16 graph master", tol=1e-4)
+        for p16, mst in zip(m16.parameters(), masters):
+            self.assertTrue(torch.equal(p16, mst.to(torch.bfloat16)), "p16 != RNE(master)")
+
+    def test_state_dict_both_ways(self):
+        """The state read from and written to device memory: fusedopt's state
+        continued by torch, and torch's continued by fusedopt, agree with the
+        other optimizer running on."""
+        data = batches(8, device="cuda")
+        for name, kw in (("AdamW", dict(lr=1e-2, amsgrad=True)),
+                         ("SGD", dict(lr=0.05, momentum=0.9))):
+            with self.subTest(name=name):
+                m1, m2 = make_model(device="cuda"), make_model(device="cuda")
+                o1 = getattr(ft, name)(m1.parameters(), **kw)
+                train(m1, o1, data[:4])
+                sd = o1.state_dict()
+                for st in sd["state"].values():
+                    for k, v in st.items():
+                        if k != "step":
+                            self.assertEqual(v.device.type, "cuda", k)
+                m2.load_state_dict(m1.state_dict())
+                o2 = getattr(torch.optim, name)(m2.parameters(), **kw)
+                o2.load_state_dict(sd)
+                train(m1, o1, data[4:])
+                train(m2, o2, data[4:])
+                assert_close(self, list(m2.parameters()), list(m1.parameters()),
+                             "fusedopt -> torch")
+                m3 = make_model(seed=3, device="cuda")
+                m3.load_state_dict(m2.state_dict())
+                o3 = getattr(ft, name)(m3.parameters(), **kw)
+                o3.load_state_dict(o2.state_dict())
+                train(m2, o2, data[:4])
+                train(m3, o3, data[:4])
+                assert_close(self, list(m3.parameters()), list(m2.parameters()),
+                             "torch -> fusedopt")
 
 
 if __name__ == "__main__":
