@@ -116,22 +116,40 @@ FO_HOT_LOOP static void update_tile(int alg, float *restrict p, float *restrict 
   }
 }
 
+/* Independent double accumulators of norms_tile: lane k sums the elements
+ * i with i % NORM_LANES == k, so the squares vectorize (one fixed order,
+ * the same whatever the thread count). */
+#define NORM_LANES 8
+
+/* Add the squares of x[0..n) to *acc: NORM_LANES partial sums in a fixed
+ * order, then the lanes from 0 up. */
+FO_HOT_LOOP static void sum_squares(const float *restrict x, int n, double *acc) {
+  double lane[NORM_LANES] = {0.0};
+  int i = 0;
+  for (; i + NORM_LANES <= n; i += NORM_LANES)
+    for (int k = 0; k < NORM_LANES; k++) lane[k] += (double)x[i + k] * (double)x[i + k];
+  for (; i < n; i++) lane[i % NORM_LANES] += (double)x[i] * (double)x[i];
+  double sum = *acc;
+  for (int k = 0; k < NORM_LANES; k++) sum += lane[k];
+  *acc = sum;
+}
+
 /* LAMB and LARS, first pass over one tile: the squared norms of the
  * weights and of LAMB's direction u (advancing the moments) or of LARS's
- * gradient, added to acc[0] and acc[1] in element order. */
+ * gradient, added to acc[0] and acc[1].  The direction is formed in its
+ * own loop and summed in another: a double accumulation in the loop that
+ * advances the moments kept it scalar (0.3 of copy for LAMB on list a). */
 FO_HOT_LOOP static void norms_tile(int alg, const float *restrict p, float *restrict m,
                                    float *restrict v, const float *restrict g, int n,
                                    const fo_rule_scalars *sp, double acc[2]) {
   const fo_rule_scalars copy = *sp, *s = &copy;
-  double ws = acc[0], xs = acc[1];
-  for (int i = 0; i < n; i++) {
-    float x =
-        alg == FO_RULE_LAMB ? fo_lamb_moments(p[i], &m[i], &v[i], g[i], s) : fo_rule_grad(g[i], s);
-    ws += (double)p[i] * (double)p[i];
-    xs += (double)x * (double)x;
-  }
-  acc[0] = ws;
-  acc[1] = xs;
+  float x[TILE];
+  if (alg == FO_RULE_LAMB)
+    for (int i = 0; i < n; i++) x[i] = fo_lamb_moments(p[i], &m[i], &v[i], g[i], s);
+  else
+    for (int i = 0; i < n; i++) x[i] = fo_rule_grad(g[i], s);
+  sum_squares(p, n, &acc[0]);
+  sum_squares(x, n, &acc[1]);
 }
 
 /* LAMB and LARS, second pass over one tile, with the tensor's factor. */
