@@ -7,7 +7,6 @@ torch 2.x (1.13's NAdam computes otherwise); an algorithm the library lacks
 is skipped, saying so; the CUDA tests skip without a device.
 """
 
-import math
 import os
 import sys
 import tempfile
