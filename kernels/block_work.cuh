@@ -131,7 +131,6 @@ FO_BW_FN fo_block_range fo_block_range_of(const fo_plan_block *blocks,
   return r;
 }
 
-
 /* ------------------------------------------------------------ the step */
 
 /* Vector width and ILP of the step, for every (param, grad) dtype pair:
