@@ -5,9 +5,10 @@
  *                          squares per plan block (the global norm and the
  *                          non-finite check in one pass);
  *   fo_prepare_kernel      one block: folds the partials in a fixed order,
- *                          then one thread runs fo_prepare_step (step_state.h:
- *                          skip decision, clip coefficient, schedule, bias
- *                          corrections, loss-scaler update);
+ *                          then one thread decides the step (step_state.h:
+ *                          skip decision, clip coefficient, schedule,
+ *                          loss-scaler update) and one thread per group
+ *                          computes its scalars (bias corrections, ...);
  *   fo_sum_doubles_kernel  one block: a sharded rank's total of its
  *                          partials, before the ranks all-gather them;
  *   fo_unscale_kernel      optional: writes g * coef back, for callers that
@@ -61,7 +62,18 @@ __global__ void __launch_bounds__(PREPARE_THREADS)
   if (partials)
     for (int64_t i = threadIdx.x; i < num_partials; i += PREPARE_THREADS) sum += partials[i];
   sum = fo_block_sum<PREPARE_THREADS>(sum);
-  if (threadIdx.x == 0) fo_prepare_step(&args, sum, state);
+  /* thread 0 decides; the groups' scalars (double pow and the like, per
+   * group) are then computed by one thread each, not one after another on
+   * thread 0: the step kernel waits for all of this */
+  __shared__ int applies;
+  __shared__ double factor;
+  if (threadIdx.x == 0) applies = fo_prepare_decide(&args, sum, state, &factor);
+  __syncthreads();
+  if (!applies) return;
+  for (int g = (int)threadIdx.x; g < args.num_groups; g += PREPARE_THREADS)
+    fo_prepare_group(&args, state, g, factor);
+  __syncthreads();
+  if (threadIdx.x == 0) state->step += 1;
 }
 
 __global__ void __launch_bounds__(PREPARE_THREADS)

@@ -263,7 +263,11 @@ FO_HD void fo_scaler_update(const fo_scaler_params *p, fo_step_state *st, int ov
 /* -------------------------------------------------------------- prepare */
 
 /* Decide the step from the total sum of squares of the (scaled, summed
- * over ranks) gradients.  Runs on one thread.
+ * over ranks) gradients: the norm, the coefficient, the skip decision, the
+ * scaler, and for a step that applies (returns 1) the schedule's factor.
+ * Runs on one thread; then fo_prepare_group() for every group (on the
+ * device one thread each) and the step count goes up (fo_prepare_step()
+ * is the three in order).
  *
  * A step is skipped -- nothing but the scaler and the skip count changes --
  * when a gradient is not finite, and also when the combined coefficient
@@ -277,7 +281,8 @@ FO_HD void fo_scaler_update(const fo_scaler_params *p, fo_step_state *st, int ov
  * The counters never pass FO_RULE_MAX_STEP: the host refuses a step that
  * could take them there, and a step replayed from a CUDA graph past it is
  * skipped here instead of overflowing. */
-FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state *st) {
+FO_HD int fo_prepare_decide(const fo_prepare_args *a, double sumsq, fo_step_state *st,
+                            double *factor) {
   int nonfinite = a->check_grads && !isfinite(sumsq);
   float scale = a->scaler.enabled ? st->scale : 1.0f;
   /* 1/scale and 1/world in double, rounded once */
@@ -300,15 +305,27 @@ FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state
   if (a->scaler.enabled && !exhausted) fo_scaler_update(&a->scaler, st, nonfinite || bad_coef);
   if (st->skip) {
     if (st->skipped < FO_RULE_MAX_STEP) st->skipped++;
-    return;
+    return 0;
   }
-  int64_t t = st->step + 1;
-  double f = fo_schedule_factor(&a->schedule, st->step);
-  st->lr_factor = (float)f;
-  for (int g = 0; g < a->num_groups; g++)
-    fo_group_scalars(a->algorithm, &a->groups[g], t, (double)a->groups[g].lr * f, st->grad_coef,
-                     &st->mu_product[g], &st->groups[g]);
-  st->step = t;
+  *factor = fo_schedule_factor(&a->schedule, st->step);
+  st->lr_factor = (float)*factor;
+  return 1;
+}
+
+/* Group g's scalars for the step being applied (t = st->step + 1), with
+ * the schedule's factor from fo_prepare_decide.  Groups touch only their
+ * own slots, so one thread per group may run these side by side. */
+FO_HD void fo_prepare_group(const fo_prepare_args *a, fo_step_state *st, int g, double factor) {
+  fo_group_scalars(a->algorithm, &a->groups[g], st->step + 1, (double)a->groups[g].lr * factor,
+                   st->grad_coef, &st->mu_product[g], &st->groups[g]);
+}
+
+/* The whole prepare step on one thread: decide, every group, count it. */
+FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state *st) {
+  double factor = 1.0;
+  if (!fo_prepare_decide(a, sumsq, st, &factor)) return;
+  for (int g = 0; g < a->num_groups; g++) fo_prepare_group(a, st, g, factor);
+  st->step += 1;
 }
 
 #endif /* FO_STEP_STATE_H */
