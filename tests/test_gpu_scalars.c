@@ -8,7 +8,9 @@
  * which may differ in the last double ulp; after the single rounding to
  * float, every scalar agrees within 1 fp32 ulp, and most agree bit for bit.
  * The test asserts the ulp bound for every float field of the step state,
- * every group, every schedule and algorithm, over 300 steps; it also
+ * every group, every schedule and all nine algorithms, over 300 steps, and
+ * for each algorithm once with 64 groups (the prepare kernel computes each
+ * group on a thread of its own; the CPU one after another); it also
  * asserts that the integer fields (step, flags) are identical, and reports
  * how many floats were not bit-identical.
  */
@@ -26,6 +28,10 @@
 
 #define STEPS 300
 #define GROUPS 3
+/* The prepare kernel computes each group on a thread of its own: one case
+ * per algorithm runs the most groups a launch carries. */
+#define MANY_GROUPS FO_PLAN_MAX_GROUPS
+#define MANY_STEPS 40
 
 /* |a - b| in fp32 ulps (0 when bit-identical, large on a sign or NaN
  * mismatch). */
@@ -38,10 +44,10 @@ static int64_t ulps_apart(float a, float b) {
   return ia > ib ? (int64_t)ia - ib : (int64_t)ib - ia;
 }
 
-static void random_args(tu_rng *r, int alg, int sched, fo_prepare_args *a) {
+static void random_args(tu_rng *r, int alg, int sched, int groups, fo_prepare_args *a) {
   memset(a, 0, sizeof *a);
   a->algorithm = alg;
-  a->num_groups = GROUPS;
+  a->num_groups = groups;
   a->grad_divisor = 1.0f;
   a->schedule.kind = sched;
   a->schedule.warmup_steps = sched ? 7 : 0;
@@ -51,7 +57,7 @@ static void random_args(tu_rng *r, int alg, int sched, fo_prepare_args *a) {
   a->schedule.period_mult = 2;
   a->schedule.gamma = tu_rng_range(r, 0.9, 0.999);
   a->schedule.min_ratio = tu_rng_range(r, 0.0, 0.2);
-  for (int g = 0; g < GROUPS; g++) {
+  for (int g = 0; g < groups; g++) {
     fo_group_hparams *h = &a->groups[g];
     h->lr = (float)tu_rng_range(r, 1e-5, 1e-1);
     h->weight_decay = (float)tu_rng_range(r, 0.0, 0.2);
@@ -60,7 +66,15 @@ static void random_args(tu_rng *r, int alg, int sched, fo_prepare_args *a) {
     h->beta1 = (float)tu_rng_range(r, 0.8, 0.95);
     h->beta2 = (float)tu_rng_range(r, 0.95, 0.9999);
     h->eps = 1e-8f;
-    h->flags = g == 1 ? FO_RULE_NESTEROV : 0;
+    h->lr_decay = (float)tu_rng_range(r, 0.0, 0.05);
+    h->init_acc = (float)tu_rng_range(r, 0.0, 0.2);
+    h->alpha = (float)tu_rng_range(r, 0.9, 0.999);
+    h->momentum_decay = (float)tu_rng_range(r, 1e-3, 1e-2);
+    h->trust_coef = (float)tu_rng_range(r, 1e-3, 2e-2);
+    /* every flag a rule reads, on some groups */
+    h->flags = (g % 3 == 1 ? FO_RULE_NESTEROV : 0u) | (g % 4 == 2 ? FO_RULE_AMSGRAD : 0u) |
+               (g % 5 == 3 ? FO_RULE_CENTERED : 0u) | (g % 2 ? FO_RULE_DECOUPLED : 0u) |
+               (g % 3 != 2 ? FO_RULE_TRUST : 0u);
   }
 }
 
@@ -80,12 +94,14 @@ static void compare(const fo_step_state *c, const fo_step_state *d, int num_grou
   for (int g = 0; g < num_groups; g++) {
     const fo_rule_scalars *a = &c->groups[g], *b = &d->groups[g];
     cr_assert_eq(a->flags, b->flags, "%s: group %d flags %u vs %u", what, g, a->flags, b->flags);
-    const float fa[] = {a->lr,           a->weight_decay, a->beta1,    a->beta2,
-                        a->one_minus_b1, a->one_minus_b2, a->eps,      a->step_size,
-                        a->bc2_sqrt,     a->decay,        a->grad_coef};
-    const float fb[] = {b->lr,           b->weight_decay, b->beta1,    b->beta2,
-                        b->one_minus_b1, b->one_minus_b2, b->eps,      b->step_size,
-                        b->bc2_sqrt,     b->decay,        b->grad_coef};
+    const float fa[] = {a->lr,          a->weight_decay, a->beta1,      a->beta2,
+                        a->one_minus_b1, a->one_minus_b2, a->eps,       a->step_size,
+                        a->step_size_g,  a->bc2_sqrt,     a->decay,     a->grad_coef,
+                        a->init_acc,     a->trust_coef,   c->mu_product[g]};
+    const float fb[] = {b->lr,          b->weight_decay, b->beta1,      b->beta2,
+                        b->one_minus_b1, b->one_minus_b2, b->eps,       b->step_size,
+                        b->step_size_g,  b->bc2_sqrt,     b->decay,     b->grad_coef,
+                        b->init_acc,     b->trust_coef,   d->mu_product[g]};
     for (int k = 0; k < (int)(sizeof fa / sizeof fa[0]); k++) {
       int64_t u = ulps_apart(fa[k], fb[k]);
       cr_assert_leq(u, 1, "%s: group %d scalar %d: CPU %.9g, GPU %.9g (%lld ulps)", what, g, k,
@@ -96,6 +112,27 @@ static void compare(const fo_step_state *c, const fo_step_state *d, int num_grou
   }
 }
 
+/* steps prepare steps of a on the CPU and on the device, from the same
+ * state, compared after each. */
+static void run_case(fo_step_state *dstate, const fo_prepare_args *a, int steps, int64_t *floats,
+                     int64_t *differ) {
+  fo_step_state cpu, gpu;
+  memset(&cpu, 0, sizeof cpu);
+  cpu.scale = 1.0f;
+  for (int g = 0; g < FO_PLAN_MAX_GROUPS; g++) cpu.mu_product[g] = 1.0f;
+  CK(cudaMemcpy(dstate, &cpu, sizeof cpu, cudaMemcpyHostToDevice));
+  for (int s = 0; s < steps; s++) {
+    fo_prepare_step(a, 0.0, &cpu);
+    CK(cudaMemset(dstate->groups, 0xff, sizeof dstate->groups)); /* poison: written each step */
+    CK((cudaError_t)fo_launch_prepare(a, NULL, 0, dstate, NULL));
+    CK(cudaMemcpy(&gpu, dstate, sizeof gpu, cudaMemcpyDeviceToHost));
+    char what[96];
+    snprintf(what, sizeof what, "alg %d schedule %d, %d groups, step %d", a->algorithm,
+             a->schedule.kind, a->num_groups, s + 1);
+    compare(&cpu, &gpu, a->num_groups, what, floats, differ);
+  }
+}
+
 Test(gpu_scalars, within_one_ulp_of_the_cpu_for_every_schedule_and_algorithm) {
   require_device(1);
   fo_step_state *dstate = NULL;
@@ -103,24 +140,16 @@ Test(gpu_scalars, within_one_ulp_of_the_cpu_for_every_schedule_and_algorithm) {
   tu_rng r;
   tu_rng_seed(&r, 2026, 12);
   int64_t floats = 0, differ = 0;
-  const int algs[] = {FO_RULE_SGD, FO_RULE_ADAM, FO_RULE_ADAMW, FO_RULE_LION};
-  for (int ai = 0; ai < 4; ai++)
+  for (int alg = FO_RULE_SGD; alg <= FO_RULE_LARS; alg++) {
     for (int sched = FO_RULE_SCHED_CONSTANT; sched <= FO_RULE_SCHED_CYCLIC; sched++) {
       fo_prepare_args a;
-      random_args(&r, algs[ai], sched, &a);
-      fo_step_state cpu, gpu;
-      memset(&cpu, 0, sizeof cpu);
-      cpu.scale = 1.0f;
-      CK(cudaMemcpy(dstate, &cpu, sizeof cpu, cudaMemcpyHostToDevice));
-      for (int s = 0; s < STEPS; s++) {
-        fo_prepare_step(&a, 0.0, &cpu);
-        CK((cudaError_t)fo_launch_prepare(&a, NULL, 0, dstate, NULL));
-        CK(cudaMemcpy(&gpu, dstate, sizeof gpu, cudaMemcpyDeviceToHost));
-        char what[64];
-        snprintf(what, sizeof what, "alg %d schedule %d step %d", algs[ai], sched, s + 1);
-        compare(&cpu, &gpu, GROUPS, what, &floats, &differ);
-      }
+      random_args(&r, alg, sched, GROUPS, &a);
+      run_case(dstate, &a, STEPS, &floats, &differ);
     }
+    fo_prepare_args many; /* one thread per group on the device */
+    random_args(&r, alg, FO_RULE_SCHED_COSINE, MANY_GROUPS, &many);
+    run_case(dstate, &many, MANY_STEPS, &floats, &differ);
+  }
   CK(cudaFree(dstate));
   cr_log_info("%lld of %lld per-step floats not bit-identical (each within 1 ulp)",
               (long long)differ, (long long)floats);
