@@ -156,12 +156,15 @@ struct fo_step_shape {
  * parameter (no master) is rounded stochastically.  PASS (launch.h): the
  * step of one pass, or LAMB's and LARS's norms pass (reads, LAMB's moments,
  * two sums of squares into *acc; no parameter is written) and apply pass
- * (the tensor's factor from the launch's tensor_factors). */
-template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS = FO_PASS_UPDATE>
+ * (the tensor's factor from the launch's tensor_factors).  Shape: W and the
+ * ILPs, fo_step_shape's unless a harness times others (bench/step_variants.cu);
+ * the results do not depend on it. */
+template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS = FO_PASS_UPDATE,
+          class Shape = fo_step_shape<PT, GT>>
 struct fo_step_op {
   typedef typename fo_elem<PT>::type param_t;
   typedef typename fo_elem<GT>::type grad_t;
-  typedef fo_step_shape<PT, GT> shape;
+  typedef Shape shape;
   static constexpr int W = shape::W;
   static constexpr int ILP_VEC = shape::ILP_VEC;
   static constexpr int ILP_SCALAR = shape::ILP_SCALAR;

@@ -17,11 +17,11 @@ With --cpu (here: Debian's python3-torch, so run /usr/bin/python3):
 times fusedopt's CPU executor against torch's CPU optimizers (single-tensor
 and foreach; fused where this torch has it) with the same thread count.
 
-fusedopt is loaded with ctypes from libfusedopt.so (--lib, else $FUSEDOPT_LIB,
-else build*/host/libfusedopt.so); its structs are declared below field for
-field as in include/fusedopt.h, and fo_options' and fo_hparams' struct_size
-(set by their defaults functions) are checked against ctypes' sizes of the
-mirrors.  Tensors
+fusedopt is loaded with ctypes from libfusedopt.so (--lib, else
+$FUSEDOPT_LIBRARY or $FUSEDOPT_LIB, else build*/host/libfusedopt.so); its
+structs are declared below field for field as in include/fusedopt.h, and
+fo_options' and fo_hparams' struct_size (set by their defaults functions)
+are checked against ctypes' sizes of the mirrors.  Tensors
 are registered as external storage: fusedopt updates torch's own buffers.
 
 Timing: warm-up, then a CUDA event (or a wall-clock mark) between any two
@@ -107,16 +107,18 @@ class FoTensorDesc(ctypes.Structure):
                 ("grad", c_void_p), ("name", ctypes.c_char_p)]
 
 
-def find_lib(path):
-    if path:
-        return path
-    if os.environ.get("FUSEDOPT_LIB"):
-        return os.environ["FUSEDOPT_LIB"]
+def find_lib(path, prog="bench_torch"):
+    """--lib, else $FUSEDOPT_LIBRARY (the package's variable), else
+    $FUSEDOPT_LIB, else the newest build*/host/libfusedopt.so of this
+    checkout."""
+    for candidate in (path, os.environ.get("FUSEDOPT_LIBRARY"), os.environ.get("FUSEDOPT_LIB")):
+        if candidate:
+            return candidate
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     found = sorted(glob.glob(os.path.join(root, "build*", "host", "libfusedopt.so")),
                    key=os.path.getmtime, reverse=True)
     if not found:
-        sys.exit("bench_torch: no libfusedopt.so under build*/host; build first or pass --lib")
+        sys.exit("%s: no libfusedopt.so under build*/host; build first or pass --lib" % prog)
     return found[0]
 
 

@@ -49,11 +49,9 @@ import argparse
 import contextlib
 import copy
 import gc
-import glob
 import importlib.util
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -66,6 +64,8 @@ except ImportError as e:
     print("SKIP: torch cannot be imported (%s): install python3-torch (Debian) or a torch "
           "wheel to run bench_torch_train.py" % e)
     sys.exit(77)
+
+from bench_torch import cpu_model, find_lib  # noqa: E402  (scripts/, next to this file)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,20 +98,6 @@ PRECISIONS = ("fp32", "bf16", "bf16-master")
 
 
 # ------------------------------------------------------------------ fusedopt
-
-def find_lib(path):
-    """--lib, else $FUSEDOPT_LIBRARY (the package's own variable), else
-    $FUSEDOPT_LIB (bench_torch.py's), else the newest build*/host/libfusedopt.so."""
-    for candidate in (path, os.environ.get("FUSEDOPT_LIBRARY"), os.environ.get("FUSEDOPT_LIB")):
-        if candidate:
-            return candidate
-    found = sorted(glob.glob(os.path.join(ROOT, "build*", "host", "libfusedopt.so")),
-                   key=os.path.getmtime, reverse=True)
-    if not found:
-        sys.exit("bench_torch_train: no libfusedopt.so under build*/host; build first or "
-                 "pass --lib")
-    return found[0]
-
 
 def import_fusedopt_torch(lib_path):
     """fusedopt.torch over lib_path: the package of this checkout (python/)
@@ -495,17 +481,6 @@ def markdown(rows):
     return "\n".join(lines)
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 # ---------------------------------------------------------------------- main
 
 def run_precision(args, precision, base, ft, device, cuda):
@@ -597,7 +572,7 @@ def main():
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
-    fo_pkg, ft = import_fusedopt_torch(find_lib(args.lib))
+    fo_pkg, ft = import_fusedopt_torch(find_lib(args.lib, "bench_torch_train"))
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if cuda else "%s, %d thread%s" % (
         cpu_model(), args.threads, "" if args.threads == 1 else "s")

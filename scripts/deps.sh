@@ -5,8 +5,10 @@
 # Installs only what is missing, so a second run costs a second.
 #   deps.sh          what building and testing need
 #   deps.sh --demo   also what the demo's plot needs (gnuplot)
-#   deps.sh --test   also what scripts/test.sh's fuzz pass needs (clang) and
-#                    what fusedopt.torch's tests need (python3-torch)
+#   deps.sh --test   also what scripts/test.sh's fuzz pass needs (clang),
+#                    what fusedopt.torch's tests need (python3-torch) and
+#                    what the package's install test needs (venv, pip,
+#                    setuptools, wheel for /usr/bin/python3)
 set -euo pipefail
 
 need=()
@@ -24,7 +26,13 @@ pkg-config --exists ompi-c 2>/dev/null || need+=(libopenmpi-dev)
 # The demo draws its loss curves with gnuplot; the tests do not need it.
 if [ "${1:-}" = "--demo" ]; then have_cmd gnuplot || need+=(gnuplot-nox); fi
 # The checkpoint reader's fuzz target is built with clang (libFuzzer).
-if [ "${1:-}" = "--test" ]; then have_cmd clang || need+=(clang); fi
+if [ "${1:-}" = "--test" ]; then
+  have_cmd clang || need+=(clang)
+  # CTest python_install: pip install ./python into a venv, offline
+  for m in venv:python3-venv pip:python3-pip setuptools:python3-setuptools wheel:python3-wheel; do
+    /usr/bin/python3 -c "import ${m%%:*}" >/dev/null 2>&1 || need+=("${m#*:}")
+  done
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -22,6 +22,9 @@
 #                           SGD momentum, Lion in fp32 and bf16-master; and
 #                           `new`: LAMB, LARS, AdaGrad, RMSprop, NAdam on
 #                           list a (eager)
+#                  variants bench/step_variants: the step kernel's shapes
+#                           (chunk, ILP, blocks per SM) side by side on
+#                           lists a and d, with a bit-identity check
 #                  torch    scripts/bench_torch.py on lists a, mlp, d
 #                  torchtrain  scripts/bench_torch_train.py: GPT-2 small's
 #                           whole training step (forward, backward, AdamW)
@@ -35,7 +38,7 @@
 #                           isolate the illegal address seen 2026-12-04
 #                PART:FILTER narrows a part, for a re-run of what failed:
 #                tests:GLOB (a Criterion --filter), bench:LISTS (a, c, d,
-#                b, new) and
+#                b, new), variants:LISTS (a, d) and
 #                torch:LISTS (lists joined by '+': bench:a+d), and
 #                memcheck:GLOB (racecheck, initcheck alike; alternatives
 #                joined by '|': 'memcheck:gpu/arena|*graph*').
@@ -85,18 +88,18 @@ mkdir -p "$out" "$work/logs"
 summary=$out/summary.txt
 : >"$summary"
 
-all_parts="tests train demo big bench torch torchtrain memcheck racecheck initcheck torchdebug"
+all_parts="tests train demo big bench variants torch torchtrain memcheck racecheck initcheck torchdebug"
 # Each part: the seconds it needs to be worth starting, and its own limit.
 need_of() {
   case "$1" in
     tests) echo 40 ;; train) echo 30 ;; demo) echo 20 ;; big) echo 60 ;;
-    bench) echo 40 ;; torch) echo 40 ;; torchtrain) echo 60 ;; *) echo 25 ;;
+    bench) echo 40 ;; variants) echo 20 ;; torch) echo 40 ;; torchtrain) echo 60 ;; *) echo 25 ;;
   esac
 }
 limit_of() {
   case "$1" in
     tests) echo 150 ;; train) echo 120 ;; demo) echo 90 ;; big) echo 240 ;;
-    bench) echo 180 ;; torch) echo 150 ;; torchtrain) echo 150 ;; *) echo 120 ;;
+    bench) echo 180 ;; variants) echo 90 ;; torch) echo 150 ;; torchtrain) echo 150 ;; *) echo 120 ;;
   esac
 }
 
@@ -329,6 +332,9 @@ for p in "${selected[@]}"; do
     demo) part demo run_demo ;;
     big) part big-tensor_past_2_31 "$bin/test_gpu_kernels_device" --verbose --jobs=1 --filter="$big_test" ;;
     bench) run_bench ;;
+    variants)
+      part variants "$build/bench/step_variants" --lists "$(l=${filter_of[variants]:-a+d}; echo "${l//+/,}")" \
+        --reps 20 --warmup 3 --csv "$work/logs/step_variants.csv" ;;
     torch)
       PYTHONUNBUFFERED=1 part torch python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so" \
         --lists "$(l=${filter_of[torch]:-a+mlp+d}; echo "${l//+/,}")" --reps 20 --warmup 3 --csv "$work/logs/torch_gpu.csv"
@@ -351,6 +357,13 @@ if [ "$dry" = 0 ]; then
                { printf "  %-22s of_copy %6s  graph %6s  vs_naive %7s  check %s\n",
                  $c["label"], $c["fused_of_copy"], $c["graph_of_copy"], $c["speedup"], $c["check"] }' \
         "$out/bench_gpu.csv"
+    fi
+    if [ -s "$work/logs/step_variants.csv" ]; then
+      echo "== step kernel variants (bench/step_variants; of_copy: eager, update kernel alone)"
+      awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+               { printf "  %-2s %-18s %-10s regs %3s  blocks/SM %2s  %9s us  of_copy %s  %s\n",
+                 $c["list"], $c["config"], $c["variant"], $c["regs"], $c["blocks_per_sm"],
+                 $c["us"], $c["of_copy"], $c["check"] }' "$work/logs/step_variants.csv"
     fi
     if [ -s "$out/torch_gpu.csv" ]; then
       echo "== torch (time over fusedopt's eager step; above 1: fusedopt faster)"

@@ -161,12 +161,13 @@ struct Spy {
 /* Run Op over every block and thread of a plan, through the spy. */
 template <class Op, class Args>
 void run_spied(const Args &a, const fo_plan_block *blocks, const fo_plan_tensor *tensors,
-               int64_t num_blocks, int64_t chunk, Coverage *cov, const char *ctx) {
+               int64_t num_blocks, int64_t chunk, Coverage *cov, const char *ctx,
+               int nthreads = NT) {
   for (int64_t b = 0; b < num_blocks; b++) {
     const fo_block_range r = fo_block_range_of(blocks, tensors, chunk, b);
-    for (int tid = 0; tid < NT; tid++) {
+    for (int tid = 0; tid < nthreads; tid++) {
       const Op op(a, b); /* as each GPU thread constructs its own */
-      fo_run_block(Spy<Op>(op, cov, r, b, tid, ctx), tid, NT);
+      fo_run_block(Spy<Op>(op, cov, r, b, tid, ctx), tid, nthreads);
     }
   }
 }

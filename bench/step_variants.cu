@@ -1,0 +1,483 @@
+/*
+ * step_variants.cu -- the fused step kernel in several shapes, timed side
+ * by side on the same buffers (issue #15; docs/performance.md, "Step
+ * kernel variants").  A developer's harness in the manner of llm.c's
+ * dev/cuda: it includes the kernels' own block work (kernels/
+ * block_work.cuh) rather than the public API, so a shape can be tried
+ * without touching the library, and one device call measures them all.
+ *
+ * A variant is the library's kernel (fo_step_kernel, the "base" rows) at
+ * another chunk size, or the same block work with another ILP (vectors in
+ * flight per thread) and another __launch_bounds__ minimum of blocks per
+ * SM: fewer registers, more blocks resident, more blocks' load chains in
+ * flight at once, which is what a list of small tensors (list d) needs and
+ * what a list of large ones may not.
+ *
+ * Each row: the variant's registers and resident blocks per SM (from the
+ * runtime), the median time of a step over reps back-to-back launches (a
+ * CUDA event between any two), the bytes the step moves over that time, and
+ * that bandwidth over a device-to-device copy of the same bytes measured in
+ * the same run.  Check: from the same initial values, one step of the
+ * variant leaves every output array bit-identical to one step of the base
+ * kernel (a checksum of each array's words, element index included); the
+ * arithmetic per element is the same whatever the shape, so any difference
+ * is a coverage bug.
+ *
+ * The step's scalars are passed by value (fo_step_launch.groups, step 1;
+ * no prepare kernel), as the CPU tier's tests launch the block work: the
+ * row times the update kernel alone.  One set of buffers, no rotation: list
+ * a (3.5 GB) and list d (237 MB) both exceed the H100's and H200's L2.
+ *
+ * usage: step_variants [--lists a,d] [--reps N] [--warmup N] [--csv FILE]
+ * Exit status 0; 1 on a CUDA error or a bad argument; 2 when a check
+ * fails.  Without a usable device it says why and exits 0.
+ */
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "block_work.cuh"
+#include "step_kernel.cuh"
+
+extern "C" {
+#include "bench.h"
+}
+
+extern "C" void bench_die(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "step_variants: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  exit(1);
+}
+
+#define SV_CHECK(call)                                                               \
+  do {                                                                               \
+    cudaError_t e_ = (call);                                                         \
+    if (e_ != cudaSuccess)                                                           \
+      bench_die("%s:%d: %s: %s", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+  } while (0)
+
+namespace {
+
+/* ------------------------------------------------------------ variants */
+
+/* The shape of a variant: fo_step_shape's vector width, another ILP. */
+template <int ILP>
+struct sv_shape {
+  static constexpr int W = 4;
+  static constexpr int ILP_VEC = ILP;
+  static constexpr int ILP_SCALAR = 4;
+};
+
+/* The library's step kernel with another shape, thread count and bound. */
+template <int ALG, int PT, int GT, bool MASTER, int ILP, int THREADS, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB)
+    sv_step_kernel(const __grid_constant__ fo_step_launch args, int64_t first_block) {
+  typedef fo_step_op<ALG, PT, GT, MASTER, false, FO_PASS_UPDATE, sv_shape<ILP>> op;
+  fo_run_block(op(args, first_block + blockIdx.x), (int)threadIdx.x, THREADS);
+}
+
+typedef void (*sv_kernel)(fo_step_launch, int64_t);
+
+struct variant {
+  const char *name;
+  sv_kernel kernel;
+  int threads, ilp, min_blocks;
+  int64_t chunk;
+};
+
+/* Every variant of one configuration; the first is the library's kernel
+ * as it launches it, the reference of the check. */
+template <int ALG, int PT, int GT, bool MASTER>
+std::vector<variant> variants_of() {
+  const sv_kernel base = fo_step_kernel<ALG, PT, GT, MASTER, false, FO_PASS_UPDATE>;
+  const int ilp = fo_step_shape<PT, GT>::ILP_VEC;
+  return {
+      {"base", base, FO_CUDA_THREADS, ilp, 2, FO_CUDA_CHUNK},
+      {"chunk16k", base, FO_CUDA_THREADS, ilp, 2, 16384},
+      {"chunk64k", base, FO_CUDA_THREADS, ilp, 2, 65536},
+      {"ilp2_b3", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 3>, 256, 2, 3, FO_CUDA_CHUNK},
+      {"ilp2_b4", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 4>, 256, 2, 4, FO_CUDA_CHUNK},
+      {"ilp4_t512", sv_step_kernel<ALG, PT, GT, MASTER, 4, 512, 1>, 512, 4, 1, FO_CUDA_CHUNK},
+  };
+}
+
+/* ------------------------------------------------------ configurations */
+
+struct config {
+  const char *name; /* adamw/fp32, ... */
+  int alg, pt, gt;
+  bool master;
+  std::vector<variant> variants;
+};
+
+std::vector<config> configs() {
+  return {
+      {"adamw/fp32", FO_RULE_ADAMW, FO_RULE_F32, FO_RULE_F32, false,
+       variants_of<FO_RULE_ADAMW, FO_RULE_F32, FO_RULE_F32, false>()},
+      {"adamw/bf16-master", FO_RULE_ADAMW, FO_RULE_BF16, FO_RULE_BF16, true,
+       variants_of<FO_RULE_ADAMW, FO_RULE_BF16, FO_RULE_BF16, true>()},
+      {"lion/fp32", FO_RULE_LION, FO_RULE_F32, FO_RULE_F32, false,
+       variants_of<FO_RULE_LION, FO_RULE_F32, FO_RULE_F32, false>()},
+  };
+}
+
+size_t elem_bytes(int dtype) {
+  return dtype == FO_RULE_F32 ? 4 : 2;
+}
+
+/* Bytes one step moves per parameter: what it reads and what it writes. */
+int64_t bytes_per_param(const config &c) {
+  const int64_t p = (int64_t)elem_bytes(c.pt), g = (int64_t)elem_bytes(c.gt);
+  const int64_t moments = c.alg == FO_RULE_LION ? 1 : 2;
+  const int64_t weights = c.master ? 4 + 4 + p : p + p; /* master read+write, param write */
+  return weights + g + moments * 8;
+}
+
+/* ------------------------------------------------------------- buffers */
+
+/* Deterministic values: lo + (hi - lo) * u, u from (seed, index). */
+__global__ void sv_fill(void *dst, int dtype, int64_t n, uint64_t seed, float lo, float hi) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float u = (float)(fo_mix64(seed ^ fo_mix64((uint64_t)i)) >> 40) * (1.0f / 16777216.0f);
+    const float x = lo + (hi - lo) * u;
+    if (dtype == FO_RULE_F32)
+      ((float *)dst)[i] = x;
+    else
+      ((uint16_t *)dst)[i] = fo_f32_to_bf16(x);
+  }
+}
+
+/* Sum over the 16-bit words of an array of mix(word, index): equal sums
+ * mean equal arrays, but for a 2^-64 chance. */
+__global__ void sv_checksum(const uint16_t *w, int64_t n, unsigned long long *out) {
+  unsigned long long s = 0;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    s += fo_mix64(((uint64_t)i << 16) ^ w[i] ^ 0x5851f42d4c957f2dull);
+  atomicAdd(out, s);
+}
+
+/* One array per role, each tensor at a 256-byte boundary (vector_ok). */
+struct arena {
+  void *param = nullptr, *grad = nullptr;
+  float *master = nullptr, *m = nullptr, *v = nullptr;
+  std::vector<int64_t> offset; /* elements */
+  int64_t total = 0;
+};
+
+const int64_t ALIGN_ELEMS = 128; /* 256 bytes of a 16-bit array */
+
+void *dev_alloc(size_t bytes) {
+  void *p = nullptr;
+  SV_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
+  return p;
+}
+
+arena make_arena(const bench_list &l, const config &c) {
+  arena a;
+  for (int64_t i = 0; i < l.count; i++) {
+    a.offset.push_back(a.total);
+    a.total += (l.tensors[i].numel + ALIGN_ELEMS - 1) / ALIGN_ELEMS * ALIGN_ELEMS;
+  }
+  a.param = dev_alloc((size_t)a.total * elem_bytes(c.pt));
+  a.grad = dev_alloc((size_t)a.total * elem_bytes(c.gt));
+  if (c.master) a.master = (float *)dev_alloc((size_t)a.total * 4);
+  a.m = (float *)dev_alloc((size_t)a.total * 4);
+  if (c.alg != FO_RULE_LION) a.v = (float *)dev_alloc((size_t)a.total * 4);
+  return a;
+}
+
+void free_arena(arena &a) {
+  for (void *p : {a.param, a.grad, (void *)a.master, (void *)a.m, (void *)a.v})
+    if (p) SV_CHECK(cudaFree(p));
+}
+
+void fill(void *dst, int dtype, int64_t n, uint64_t seed, float lo, float hi) {
+  sv_fill<<<1024, 256>>>(dst, dtype, n, seed, lo, hi);
+  SV_CHECK(cudaGetLastError());
+}
+
+/* The same initial values before every check. */
+void reset(const arena &a, const config &c) {
+  fill(a.param, c.pt, a.total, 1, -0.05f, 0.05f);
+  fill(a.grad, c.gt, a.total, 2, -1.0f, 1.0f);
+  if (a.master) fill(a.master, FO_RULE_F32, a.total, 3, -0.05f, 0.05f);
+  fill(a.m, FO_RULE_F32, a.total, 4, -0.01f, 0.01f);
+  if (a.v) fill(a.v, FO_RULE_F32, a.total, 5, 0.0f, 1e-4f);
+  /* the fills run on the legacy stream, the steps on a non-blocking one */
+  SV_CHECK(cudaDeviceSynchronize());
+}
+
+/* The checksums of every array the step writes. */
+std::vector<unsigned long long> checksums(const arena &a, const config &c) {
+  struct arr {
+    const void *p;
+    size_t elem;
+  };
+  const arr outs[] = {{a.param, elem_bytes(c.pt)}, {a.master, 4}, {a.m, 4}, {a.v, 4}};
+  std::vector<unsigned long long> sums;
+  unsigned long long *d = (unsigned long long *)dev_alloc(sizeof *d);
+  for (const arr &o : outs) {
+    if (!o.p) continue;
+    SV_CHECK(cudaMemset(d, 0, sizeof *d));
+    sv_checksum<<<1024, 256>>>((const uint16_t *)o.p, a.total * (int64_t)(o.elem / 2), d);
+    SV_CHECK(cudaGetLastError());
+    unsigned long long h = 0;
+    SV_CHECK(cudaMemcpy(&h, d, sizeof h, cudaMemcpyDeviceToHost));
+    sums.push_back(h);
+  }
+  SV_CHECK(cudaFree(d));
+  return sums;
+}
+
+/* --------------------------------------------------------------- plans */
+
+/* The plan of a chunk size: tensor table and block table, on the device. */
+struct plan {
+  fo_plan_tensor *tensors = nullptr;
+  fo_plan_block *blocks = nullptr;
+  int64_t num_blocks = 0;
+};
+
+plan make_plan(const bench_list &l, const config &c, const arena &a, int64_t chunk) {
+  std::vector<fo_plan_tensor> t((size_t)l.count);
+  for (int64_t i = 0; i < l.count; i++) {
+    fo_plan_tensor &x = t[(size_t)i];
+    memset(&x, 0, sizeof x);
+    const int64_t o = a.offset[(size_t)i];
+    x.param = (char *)a.param + o * (int64_t)elem_bytes(c.pt);
+    x.grad = (char *)a.grad + o * (int64_t)elem_bytes(c.gt);
+    x.master = a.master ? a.master + o : nullptr;
+    x.exp_avg = a.m + o;
+    x.exp_avg_sq = a.v ? a.v + o : nullptr;
+    x.numel = l.tensors[i].numel;
+    x.index = i;
+    x.group = l.tensors[i].group;
+    x.vector_ok = 1;
+  }
+  /* kernels/plan.h's rule, as host/plan.c builds it: each tensor's
+   * chunks in order */
+  std::vector<fo_plan_block> b;
+  for (int64_t i = 0; i < l.count; i++)
+    for (int64_t start = 0; start < t[(size_t)i].numel; start += chunk) b.push_back({i, start});
+  plan p;
+  p.num_blocks = (int64_t)b.size();
+  p.tensors = (fo_plan_tensor *)dev_alloc(t.size() * sizeof t[0]);
+  p.blocks = (fo_plan_block *)dev_alloc(b.size() * sizeof b[0]);
+  SV_CHECK(cudaMemcpy(p.tensors, t.data(), t.size() * sizeof t[0], cudaMemcpyHostToDevice));
+  SV_CHECK(cudaMemcpy(p.blocks, b.data(), b.size() * sizeof b[0], cudaMemcpyHostToDevice));
+  return p;
+}
+
+/* Two groups as training uses them: decay on group 0 only. */
+fo_rule_scalars *make_groups(const config &c) {
+  fo_rule_scalars s[2];
+  for (int g = 0; g < 2; g++) {
+    fo_group_hparams h;
+    memset(&h, 0, sizeof h);
+    const bool lion = c.alg == FO_RULE_LION;
+    h.lr = lion ? 1e-4f : 1e-3f;
+    h.weight_decay = g == 0 ? 0.1f : 0.0f;
+    h.beta1 = 0.9f;
+    h.beta2 = lion ? 0.99f : 0.999f;
+    h.eps = 1e-8f;
+    float mu = 1.0f;
+    fo_group_scalars(c.alg, &h, 1, h.lr, 1.0f, &mu, &s[g]);
+  }
+  fo_rule_scalars *d = (fo_rule_scalars *)dev_alloc(sizeof s);
+  SV_CHECK(cudaMemcpy(d, s, sizeof s, cudaMemcpyHostToDevice));
+  return d;
+}
+
+/* ------------------------------------------------------------- timing */
+
+/* Median microseconds of reps back-to-back calls of run (warmup first). */
+template <class F>
+double median_us(F run, int reps, int warmup, cudaStream_t s) {
+  for (int i = 0; i < warmup; i++) run();
+  std::vector<cudaEvent_t> ev((size_t)reps + 1);
+  for (auto &e : ev) SV_CHECK(cudaEventCreate(&e));
+  SV_CHECK(cudaStreamSynchronize(s));
+  SV_CHECK(cudaEventRecord(ev[0], s));
+  for (int i = 0; i < reps; i++) {
+    run();
+    SV_CHECK(cudaEventRecord(ev[(size_t)i + 1], s));
+  }
+  SV_CHECK(cudaEventSynchronize(ev[(size_t)reps]));
+  std::vector<double> us((size_t)reps);
+  for (int i = 0; i < reps; i++) {
+    float ms = 0;
+    SV_CHECK(cudaEventElapsedTime(&ms, ev[(size_t)i], ev[(size_t)i + 1]));
+    us[(size_t)i] = ms * 1e3;
+  }
+  for (auto &e : ev) SV_CHECK(cudaEventDestroy(e));
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
+struct opts {
+  const char *lists = "a,d";
+  int reps = 30, warmup = 5;
+  const char *csv = nullptr;
+};
+
+void launch(const variant &v, const fo_step_launch &a, cudaStream_t s) {
+  /* one launch covers the plan: blockIdx.x < 2^31 for every list here */
+  v.kernel<<<(unsigned)a.num_blocks, v.threads, 0, s>>>(a, 0);
+  SV_CHECK(cudaGetLastError());
+}
+
+/* Every variant of one configuration over one list; returns failed checks. */
+int run_config(const bench_list &l, const config &c, const opts &o, FILE *csv) {
+  arena ar = make_arena(l, c);
+  fo_rule_scalars *groups = make_groups(c);
+  const int64_t bytes = bytes_per_param(c) * l.params;
+  cudaStream_t s;
+  SV_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  /* the copy: half the counted bytes read, half written */
+  const size_t side = (size_t)(bytes / 2) / 16 * 16;
+  char *cp = (char *)dev_alloc(2 * side);
+  SV_CHECK(cudaMemset(cp, 1, 2 * side));
+  SV_CHECK(cudaDeviceSynchronize());
+  const double copy_us = median_us(
+      [&] { SV_CHECK(cudaMemcpyAsync(cp + side, cp, side, cudaMemcpyDeviceToDevice, s)); }, o.reps,
+      o.warmup, s);
+  SV_CHECK(cudaFree(cp));
+
+  int failed = 0;
+  std::vector<unsigned long long> want;
+  for (const variant &v : c.variants) {
+    const plan p = make_plan(l, c, ar, v.chunk);
+    fo_step_launch a;
+    memset(&a, 0, sizeof a);
+    a.blocks = p.blocks;
+    a.tensors = p.tensors;
+    a.num_blocks = p.num_blocks;
+    a.chunk = v.chunk;
+    a.algorithm = c.alg;
+    a.param_dtype = c.pt;
+    a.grad_dtype = c.gt;
+    a.master = c.master;
+    a.num_groups = 2;
+    a.step = 1;
+    a.groups = groups;
+    a.pass = FO_PASS_UPDATE;
+    /* the check: one step from the initial values */
+    reset(ar, c);
+    launch(v, a, s);
+    SV_CHECK(cudaStreamSynchronize(s));
+    const std::vector<unsigned long long> got = checksums(ar, c);
+    if (want.empty()) want = got;
+    const bool ok = got == want;
+    failed += !ok;
+    /* then the timing, from wherever the check left the values */
+    const double us = median_us([&] { launch(v, a, s); }, o.reps, o.warmup, s);
+    cudaFuncAttributes attr;
+    SV_CHECK(cudaFuncGetAttributes(&attr, (const void *)v.kernel));
+    int per_sm = 0;
+    SV_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, (const void *)v.kernel,
+                                                           v.threads, 0));
+    const double gbps = (double)bytes / us * 1e-3, copy_gbps = (double)bytes / copy_us * 1e-3;
+    printf("%-2s %-18s %-10s %4d %3d %2d %6lld %4d %2d %7lld %9.2f %9.2f %8.1f %6.4f  %s\n", l.name,
+           c.name, v.name, v.threads, v.ilp, v.min_blocks, (long long)v.chunk, attr.numRegs, per_sm,
+           (long long)p.num_blocks, copy_us, us, gbps, gbps / copy_gbps, ok ? "ok" : "FAIL");
+    if (csv)
+      fprintf(csv, "%s,%s,%s,%d,%d,%d,%lld,%d,%d,%lld,%lld,%.3f,%.3f,%.1f,%.1f,%.4f,%s\n", l.name,
+              c.name, v.name, v.threads, v.ilp, v.min_blocks, (long long)v.chunk, attr.numRegs,
+              per_sm, (long long)p.num_blocks, (long long)bytes, copy_us, us, copy_gbps, gbps,
+              gbps / copy_gbps, ok ? "ok" : "FAIL");
+    fflush(stdout);
+    SV_CHECK(cudaFree(p.blocks));
+    SV_CHECK(cudaFree(p.tensors));
+  }
+  SV_CHECK(cudaStreamDestroy(s));
+  SV_CHECK(cudaFree(groups));
+  free_arena(ar);
+  return failed;
+}
+
+void usage(FILE *f) {
+  fprintf(f,
+          "usage: step_variants [--lists a,d] [--reps N] [--warmup N] [--csv FILE]\n"
+          "  the step kernel's shapes (chunk, ILP, blocks per SM) side by side on lists\n"
+          "  a (GPT-2 124M) and d (4096 tiny tensors); docs/performance.md\n");
+}
+
+opts parse(int argc, char **argv) {
+  opts o;
+  for (int i = 1; i < argc; i++) {
+    const char *k = argv[i];
+    const bool has = i + 1 < argc;
+    if (!strcmp(k, "--help") || !strcmp(k, "-h")) {
+      usage(stdout);
+      exit(0);
+    } else if (!strcmp(k, "--lists") && has) {
+      o.lists = argv[++i];
+    } else if (!strcmp(k, "--reps") && has) {
+      o.reps = atoi(argv[++i]);
+    } else if (!strcmp(k, "--warmup") && has) {
+      o.warmup = atoi(argv[++i]);
+    } else if (!strcmp(k, "--csv") && has) {
+      o.csv = argv[++i];
+    } else {
+      usage(stderr);
+      bench_die("bad argument '%s'", k);
+    }
+  }
+  if (o.reps < 1 || o.warmup < 0) bench_die("--reps must be >= 1 and --warmup >= 0");
+  return o;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  const opts o = parse(argc, argv);
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    printf("step_variants: no usable CUDA device (%s): nothing to time\n",
+           e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    return 0;
+  }
+  cudaDeviceProp prop;
+  SV_CHECK(cudaGetDeviceProperties(&prop, 0));
+  printf("# %s, %d SMs; step kernel variants (docs/performance.md)\n", prop.name,
+         prop.multiProcessorCount);
+  printf(
+      "# list config variant threads ilp min_blocks chunk regs blocks/SM blocks copy_us us "
+      "GB/s of_copy check\n");
+  FILE *csv = nullptr;
+  if (o.csv) {
+    csv = fopen(o.csv, "w");
+    if (!csv) bench_die("cannot write %s", o.csv);
+    fprintf(csv,
+            "list,config,variant,threads,ilp,min_blocks,chunk,regs,blocks_per_sm,blocks,"
+            "bytes,copy_us,us,copy_gbps,gbps,of_copy,check\n");
+  }
+  int failed = 0;
+  char names[64];
+  snprintf(names, sizeof names, "%s", o.lists);
+  const bench_sizes sizes = {0, 0};
+  const std::vector<config> cs = configs();
+  for (char *name = strtok(names, ","); name; name = strtok(nullptr, ",")) {
+    bench_list l;
+    if (strcmp(name, "a") && strcmp(name, "d")) bench_die("list '%s': a or d", name);
+    if (bench_list_make(name, &sizes, &l) != 0) bench_die("unknown list '%s'", name);
+    for (const config &c : cs) failed += run_config(l, c, o, csv);
+    bench_list_free(&l);
+  }
+  if (csv) fclose(csv);
+  if (failed) printf("step_variants: %d check(s) FAILED\n", failed);
+  return failed ? 2 : 0;
+}
