@@ -11,7 +11,8 @@
  * flight per thread) and another __launch_bounds__ minimum of blocks per
  * SM: fewer registers, more blocks resident, more blocks' load chains in
  * flight at once, which is what a list of small tensors (list d) needs and
- * what a list of large ones may not.
+ * what a list of large ones may not; or the library's block work over
+ * packed blocks, each CUDA block running a run of small plan blocks in turn.
  *
  * Each row: the variant's registers and resident blocks per SM (from the
  * runtime), the median time of a step over reps back-to-back launches (a
@@ -86,13 +87,28 @@ __global__ void __launch_bounds__(THREADS, MINB)
   fo_run_block(op(args, first_block + blockIdx.x), (int)threadIdx.x, THREADS);
 }
 
+/* The library's kernel over packed blocks: CUDA block k runs the plan's
+ * blocks first[k] .. first[k+1] - 1 one after another, so a run of small
+ * tensors (one plan block each) shares one CUDA block and the grid shrinks
+ * (list d: 4096 blocks of at most 4096 elements become a few hundred). */
+template <int ALG, int PT, int GT, bool MASTER, int ILP, int MINB>
+__global__ void __launch_bounds__(FO_CUDA_THREADS, MINB)
+    sv_packed_kernel(const __grid_constant__ fo_step_launch args, const int64_t *first) {
+  typedef fo_step_op<ALG, PT, GT, MASTER, false, FO_PASS_UPDATE, sv_shape<ILP>> op;
+  for (int64_t b = first[blockIdx.x]; b < first[blockIdx.x + 1]; b++)
+    fo_run_block(op(args, b), (int)threadIdx.x, FO_CUDA_THREADS);
+}
+
 typedef void (*sv_kernel)(fo_step_launch, int64_t);
+typedef void (*sv_packed)(fo_step_launch, const int64_t *);
 
 struct variant {
   const char *name;
   sv_kernel kernel;
   int threads, ilp, min_blocks;
   int64_t chunk;
+  sv_packed packed; /* instead of kernel: blocks packed up to pack elements */
+  int64_t pack;
 };
 
 /* Every variant of one configuration; the first is the library's kernel
@@ -102,12 +118,21 @@ std::vector<variant> variants_of() {
   const sv_kernel base = fo_step_kernel<ALG, PT, GT, MASTER, false, FO_PASS_UPDATE>;
   const int ilp = fo_step_shape<PT, GT>::ILP_VEC;
   return {
-      {"base", base, FO_CUDA_THREADS, ilp, 2, FO_CUDA_CHUNK},
-      {"chunk16k", base, FO_CUDA_THREADS, ilp, 2, 16384},
-      {"chunk64k", base, FO_CUDA_THREADS, ilp, 2, 65536},
-      {"ilp2_b3", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 3>, 256, 2, 3, FO_CUDA_CHUNK},
-      {"ilp2_b4", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 4>, 256, 2, 4, FO_CUDA_CHUNK},
-      {"ilp4_t512", sv_step_kernel<ALG, PT, GT, MASTER, 4, 512, 1>, 512, 4, 1, FO_CUDA_CHUNK},
+      {"base", base, FO_CUDA_THREADS, ilp, 2, FO_CUDA_CHUNK, nullptr, 0},
+      {"chunk16k", base, FO_CUDA_THREADS, ilp, 2, 16384, nullptr, 0},
+      {"chunk64k", base, FO_CUDA_THREADS, ilp, 2, 65536, nullptr, 0},
+      {"ilp2_b3", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 3>, 256, 2, 3, FO_CUDA_CHUNK, nullptr,
+       0},
+      {"ilp2_b4", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 4>, 256, 2, 4, FO_CUDA_CHUNK, nullptr,
+       0},
+      {"ilp4_t512", sv_step_kernel<ALG, PT, GT, MASTER, 4, 512, 1>, 512, 4, 1, FO_CUDA_CHUNK,
+       nullptr, 0},
+      {"packed16k", nullptr, 256, 4, 2, FO_CUDA_CHUNK, sv_packed_kernel<ALG, PT, GT, MASTER, 4, 2>,
+       16384},
+      {"packed64k", nullptr, 256, 4, 2, FO_CUDA_CHUNK, sv_packed_kernel<ALG, PT, GT, MASTER, 4, 2>,
+       65536},
+      {"packed16k_ilp2_b3", nullptr, 256, 2, 3, FO_CUDA_CHUNK,
+       sv_packed_kernel<ALG, PT, GT, MASTER, 2, 3>, 16384},
   };
 }
 
@@ -248,9 +273,31 @@ struct plan {
   fo_plan_tensor *tensors = nullptr;
   fo_plan_block *blocks = nullptr;
   int64_t num_blocks = 0;
+  int64_t *first = nullptr; /* packed: CUDA block k runs [first[k], first[k+1]) */
+  int64_t grid = 0;         /* CUDA blocks per launch */
 };
 
-plan make_plan(const bench_list &l, const config &c, const arena &a, int64_t chunk) {
+/* Consecutive plan blocks grouped while their elements add up to at most
+ * pack; a block of pack elements or more stands alone. */
+std::vector<int64_t> pack_blocks(const std::vector<fo_plan_block> &b,
+                                 const std::vector<fo_plan_tensor> &t, int64_t chunk,
+                                 int64_t pack) {
+  std::vector<int64_t> first{0};
+  int64_t sum = 0;
+  for (size_t k = 0; k < b.size(); k++) {
+    const int64_t left = t[(size_t)b[k].tensor].numel - b[k].start;
+    const int64_t n = left < chunk ? left : chunk;
+    if (sum > 0 && sum + n > pack) {
+      first.push_back((int64_t)k);
+      sum = 0;
+    }
+    sum += n;
+  }
+  first.push_back((int64_t)b.size());
+  return first;
+}
+
+plan make_plan(const bench_list &l, const config &c, const arena &a, int64_t chunk, int64_t pack) {
   std::vector<fo_plan_tensor> t((size_t)l.count);
   for (int64_t i = 0; i < l.count; i++) {
     fo_plan_tensor &x = t[(size_t)i];
@@ -277,6 +324,14 @@ plan make_plan(const bench_list &l, const config &c, const arena &a, int64_t chu
   p.blocks = (fo_plan_block *)dev_alloc(b.size() * sizeof b[0]);
   SV_CHECK(cudaMemcpy(p.tensors, t.data(), t.size() * sizeof t[0], cudaMemcpyHostToDevice));
   SV_CHECK(cudaMemcpy(p.blocks, b.data(), b.size() * sizeof b[0], cudaMemcpyHostToDevice));
+  p.grid = p.num_blocks;
+  if (pack > 0) {
+    const std::vector<int64_t> first = pack_blocks(b, t, chunk, pack);
+    p.grid = (int64_t)first.size() - 1;
+    p.first = (int64_t *)dev_alloc(first.size() * sizeof first[0]);
+    SV_CHECK(
+        cudaMemcpy(p.first, first.data(), first.size() * sizeof first[0], cudaMemcpyHostToDevice));
+  }
   return p;
 }
 
@@ -332,9 +387,12 @@ struct opts {
   const char *csv = nullptr;
 };
 
-void launch(const variant &v, const fo_step_launch &a, cudaStream_t s) {
+void launch(const variant &v, const plan &p, const fo_step_launch &a, cudaStream_t s) {
   /* one launch covers the plan: blockIdx.x < 2^31 for every list here */
-  v.kernel<<<(unsigned)a.num_blocks, v.threads, 0, s>>>(a, 0);
+  if (v.packed)
+    v.packed<<<(unsigned)p.grid, v.threads, 0, s>>>(a, p.first);
+  else
+    v.kernel<<<(unsigned)p.grid, v.threads, 0, s>>>(a, 0);
   SV_CHECK(cudaGetLastError());
 }
 
@@ -358,7 +416,7 @@ int run_config(const bench_list &l, const config &c, const opts &o, FILE *csv) {
   int failed = 0;
   std::vector<unsigned long long> want;
   for (const variant &v : c.variants) {
-    const plan p = make_plan(l, c, ar, v.chunk);
+    const plan p = make_plan(l, c, ar, v.chunk, v.pack);
     fo_step_launch a;
     memset(&a, 0, sizeof a);
     a.blocks = p.blocks;
@@ -375,30 +433,31 @@ int run_config(const bench_list &l, const config &c, const opts &o, FILE *csv) {
     a.pass = FO_PASS_UPDATE;
     /* the check: one step from the initial values */
     reset(ar, c);
-    launch(v, a, s);
+    launch(v, p, a, s);
     SV_CHECK(cudaStreamSynchronize(s));
     const std::vector<unsigned long long> got = checksums(ar, c);
     if (want.empty()) want = got;
     const bool ok = got == want;
     failed += !ok;
     /* then the timing, from wherever the check left the values */
-    const double us = median_us([&] { launch(v, a, s); }, o.reps, o.warmup, s);
+    const double us = median_us([&] { launch(v, p, a, s); }, o.reps, o.warmup, s);
+    const void *fn = v.packed ? (const void *)v.packed : (const void *)v.kernel;
     cudaFuncAttributes attr;
-    SV_CHECK(cudaFuncGetAttributes(&attr, (const void *)v.kernel));
+    SV_CHECK(cudaFuncGetAttributes(&attr, fn));
     int per_sm = 0;
-    SV_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, (const void *)v.kernel,
-                                                           v.threads, 0));
+    SV_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, v.threads, 0));
     const double gbps = (double)bytes / us * 1e-3, copy_gbps = (double)bytes / copy_us * 1e-3;
     printf("%-2s %-18s %-10s %4d %3d %2d %6lld %4d %2d %7lld %9.2f %9.2f %8.1f %6.4f  %s\n", l.name,
            c.name, v.name, v.threads, v.ilp, v.min_blocks, (long long)v.chunk, attr.numRegs, per_sm,
-           (long long)p.num_blocks, copy_us, us, gbps, gbps / copy_gbps, ok ? "ok" : "FAIL");
+           (long long)p.grid, copy_us, us, gbps, gbps / copy_gbps, ok ? "ok" : "FAIL");
     if (csv)
       fprintf(csv, "%s,%s,%s,%d,%d,%d,%lld,%d,%d,%lld,%lld,%.3f,%.3f,%.1f,%.1f,%.4f,%s\n", l.name,
               c.name, v.name, v.threads, v.ilp, v.min_blocks, (long long)v.chunk, attr.numRegs,
-              per_sm, (long long)p.num_blocks, (long long)bytes, copy_us, us, copy_gbps, gbps,
+              per_sm, (long long)p.grid, (long long)bytes, copy_us, us, copy_gbps, gbps,
               gbps / copy_gbps, ok ? "ok" : "FAIL");
     fflush(stdout);
     SV_CHECK(cudaFree(p.blocks));
+    if (p.first) SV_CHECK(cudaFree(p.first));
     SV_CHECK(cudaFree(p.tensors));
   }
   SV_CHECK(cudaStreamDestroy(s));
