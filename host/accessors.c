@@ -125,7 +125,7 @@ fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *ou
   fo_prepare_args pa;
   fo_prepare_args_fill(opt, &pa);
   /* exactly the prepare step's arithmetic (fo_prepare_step) */
-  *out = (float)((double)opt->hparams[group].lr * fo_schedule_factor(&pa.schedule, s.step));
+  *out = (float)((double)opt->hparams[group].lr * fo_schedule_factor(&pa.head.schedule, s.step));
   return FO_SUCCESS;
 }
 

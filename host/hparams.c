@@ -171,21 +171,21 @@ fo_status fo_validate_step_options(const char *fn, const fo_options *o) {
 void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *a) {
   const fo_options *o = &opt->options;
   memset(a, 0, sizeof *a);
-  a->algorithm = (int32_t)o->algorithm;
-  a->num_groups = opt->num_groups;
-  a->check_grads = opt->check_grads;
-  a->max_grad_norm = o->max_grad_norm;
-  a->grad_divisor = opt->grad_divisor;
-  a->scaler.enabled = o->loss_scaler.enabled;
-  a->scaler.growth_interval = o->loss_scaler.growth_interval;
-  a->scaler.hysteresis = o->loss_scaler.hysteresis;
-  a->scaler.growth_factor = o->loss_scaler.growth_factor;
-  a->scaler.backoff_factor = o->loss_scaler.backoff_factor;
-  a->scaler.max_scale = o->loss_scaler.max_scale;
+  a->head.algorithm = (int32_t)o->algorithm;
+  a->head.num_groups = opt->num_groups;
+  a->head.check_grads = opt->check_grads;
+  a->head.max_grad_norm = o->max_grad_norm;
+  a->head.grad_divisor = opt->grad_divisor;
+  a->head.scaler.enabled = o->loss_scaler.enabled;
+  a->head.scaler.growth_interval = o->loss_scaler.growth_interval;
+  a->head.scaler.hysteresis = o->loss_scaler.hysteresis;
+  a->head.scaler.growth_factor = o->loss_scaler.growth_factor;
+  a->head.scaler.backoff_factor = o->loss_scaler.backoff_factor;
+  a->head.scaler.max_scale = o->loss_scaler.max_scale;
   const fo_schedule *s = &o->schedule;
-  a->schedule = (fo_schedule_params){(int32_t)s->kind, s->warmup_steps,     s->total_steps,
-                                     s->step_size,     s->period,           s->period_mult,
-                                     (double)s->gamma, (double)s->min_ratio};
+  a->head.schedule = (fo_schedule_params){(int32_t)s->kind, s->warmup_steps,     s->total_steps,
+                                          s->step_size,     s->period,           s->period_mult,
+                                          (double)s->gamma, (double)s->min_ratio};
   for (int g = 0; g < opt->num_groups; g++) {
     const fo_hparams *h = &opt->hparams[g];
     fo_group_hparams *d = &a->groups[g];

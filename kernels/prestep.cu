@@ -21,6 +21,7 @@
  */
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "block_sum.cuh"
 #include "block_work.cuh"
@@ -48,8 +49,21 @@ __global__ void __launch_bounds__(FO_CUDA_THREADS)
   if (threadIdx.x == 0) a.partials[b] = sum;
 }
 
+/* The prepare kernel's parameter: the head and G groups' hyper-parameters
+ * (at least num_groups of them).  Most optimizers have one or two groups:
+ * their launch carries FO_PREPARE_FEW groups, about 300 bytes, instead of
+ * all FO_PLAN_MAX_GROUPS (3.4 KB) that every eager step would copy into the
+ * launch (issue #15, as for the step's own parameter). */
+#define FO_PREPARE_FEW 4
+template <int G>
+struct fo_prepare_launch {
+  fo_prepare_head head;
+  fo_group_hparams groups[G];
+};
+
+template <int G>
 __global__ void __launch_bounds__(PREPARE_THREADS)
-    fo_prepare_kernel(const __grid_constant__ fo_prepare_args args, const double *partials,
+    fo_prepare_kernel(const __grid_constant__ fo_prepare_launch<G> args, const double *partials,
                       int64_t num_partials, fo_step_state *state) {
 #if __CUDA_ARCH__ >= 900
   /* Let the step kernel (launched after this one with Programmatic
@@ -58,20 +72,23 @@ __global__ void __launch_bounds__(PREPARE_THREADS)
    * finished and its writes are visible, so triggering early is safe. */
   cudaTriggerProgrammaticLaunchCompletion();
 #endif
+  /* partials (a pre-pass ran): PREPARE_THREADS threads fold them; else
+   * the launch has one thread per group at most and nothing to fold */
   double sum = 0.0;
-  if (partials)
+  if (partials) {
     for (int64_t i = threadIdx.x; i < num_partials; i += PREPARE_THREADS) sum += partials[i];
-  sum = fo_block_sum<PREPARE_THREADS>(sum);
+    sum = fo_block_sum<PREPARE_THREADS>(sum);
+  }
   /* thread 0 decides; the groups' scalars (double pow and the like, per
    * group) are then computed by one thread each, not one after another on
    * thread 0: the step kernel waits for all of this */
   __shared__ int applies;
   __shared__ double factor;
-  if (threadIdx.x == 0) applies = fo_prepare_decide(&args, sum, state, &factor);
+  if (threadIdx.x == 0) applies = fo_prepare_decide(&args.head, sum, state, &factor);
   __syncthreads();
   if (!applies) return;
-  for (int g = (int)threadIdx.x; g < args.num_groups; g += PREPARE_THREADS)
-    fo_prepare_group(&args, state, g, factor);
+  for (int g = (int)threadIdx.x; g < args.head.num_groups && g < G; g += (int)blockDim.x)
+    fo_prepare_group(args.head.algorithm, args.groups, state, g, factor);
   __syncthreads();
   if (threadIdx.x == 0) state->step += 1;
 }
@@ -107,10 +124,28 @@ extern "C" int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_t
   }
 }
 
+/* Launch the prepare kernel whose parameter holds G >= num_groups groups. */
+template <int G>
+static int fo_launch_prepare_of(const fo_prepare_args *args, const double *partials,
+                                int64_t num_partials, fo_step_state *state, cudaStream_t stream) {
+  fo_prepare_launch<G> a;
+  memset(&a, 0, sizeof a);
+  a.head = args->head;
+  memcpy(a.groups, args->groups, (size_t)args->head.num_groups * sizeof a.groups[0]);
+  /* without partials there is nothing to fold: one thread per group (a
+   * block of 1024 threads costs more to start and to finish) */
+  const unsigned threads = partials ? PREPARE_THREADS : FO_PLAN_MAX_GROUPS;
+  return fo_launch(fo_prepare_kernel<G>, 1, threads, stream, a, partials, num_partials, state);
+}
+
 extern "C" int fo_launch_prepare(const fo_prepare_args *args, const double *partials,
                                  int64_t num_partials, fo_step_state *state, void *stream) {
-  return fo_launch(fo_prepare_kernel, 1, PREPARE_THREADS, (cudaStream_t)stream, *args, partials,
-                   num_partials, state);
+  const int n = args->head.num_groups;
+  if (n < 0 || n > FO_PLAN_MAX_GROUPS) return (int)cudaErrorInvalidValue;
+  const cudaStream_t s = (cudaStream_t)stream;
+  if (n <= FO_PREPARE_FEW)
+    return fo_launch_prepare_of<FO_PREPARE_FEW>(args, partials, num_partials, state, s);
+  return fo_launch_prepare_of<FO_PLAN_MAX_GROUPS>(args, partials, num_partials, state, s);
 }
 
 extern "C" int fo_launch_sum_doubles(const double *values, int64_t n, double *out, void *stream) {

@@ -67,8 +67,8 @@ typedef struct fo_scaler_params {
   float growth_factor, backoff_factor, max_scale; /* max_scale 0: none */
 } fo_scaler_params;
 
-/* Everything the prepare step needs that the host owns; passed by value. */
-typedef struct fo_prepare_args {
+/* What the prepare step needs that the host owns, but the groups. */
+typedef struct fo_prepare_head {
   int32_t algorithm;
   int32_t num_groups;
   int32_t check_grads; /* a pre-pass ran: partials are valid */
@@ -76,6 +76,13 @@ typedef struct fo_prepare_args {
   float grad_divisor;  /* 1, or the world size of a data-parallel run */
   fo_scaler_params scaler;
   fo_schedule_params schedule;
+} fo_prepare_head;
+
+/* Everything the prepare step needs that the host owns; passed by value
+ * (the prepare kernel's launch carries only the groups in use when there
+ * are few: kernels/prestep.cu). */
+typedef struct fo_prepare_args {
+  fo_prepare_head head;
   fo_group_hparams groups[FO_PLAN_MAX_GROUPS];
 } fo_prepare_args;
 
@@ -281,7 +288,7 @@ FO_HD void fo_scaler_update(const fo_scaler_params *p, fo_step_state *st, int ov
  * The counters never pass FO_RULE_MAX_STEP: the host refuses a step that
  * could take them there, and a step replayed from a CUDA graph past it is
  * skipped here instead of overflowing. */
-FO_HD int fo_prepare_decide(const fo_prepare_args *a, double sumsq, fo_step_state *st,
+FO_HD int fo_prepare_decide(const fo_prepare_head *a, double sumsq, fo_step_state *st,
                             double *factor) {
   int nonfinite = a->check_grads && !isfinite(sumsq);
   float scale = a->scaler.enabled ? st->scale : 1.0f;
@@ -312,19 +319,22 @@ FO_HD int fo_prepare_decide(const fo_prepare_args *a, double sumsq, fo_step_stat
   return 1;
 }
 
-/* Group g's scalars for the step being applied (t = st->step + 1), with
- * the schedule's factor from fo_prepare_decide.  Groups touch only their
- * own slots, so one thread per group may run these side by side. */
-FO_HD void fo_prepare_group(const fo_prepare_args *a, fo_step_state *st, int g, double factor) {
-  fo_group_scalars(a->algorithm, &a->groups[g], st->step + 1, (double)a->groups[g].lr * factor,
-                   st->grad_coef, &st->mu_product[g], &st->groups[g]);
+/* Group g's scalars (algorithm alg, hyper-parameters groups[g]) for the
+ * step being applied (t = st->step + 1), with the schedule's factor from
+ * fo_prepare_decide.  Groups touch only their own slots, so one thread per
+ * group may run these side by side. */
+FO_HD void fo_prepare_group(int alg, const fo_group_hparams *groups, fo_step_state *st, int g,
+                            double factor) {
+  fo_group_scalars(alg, &groups[g], st->step + 1, (double)groups[g].lr * factor, st->grad_coef,
+                   &st->mu_product[g], &st->groups[g]);
 }
 
 /* The whole prepare step on one thread: decide, every group, count it. */
 FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state *st) {
   double factor = 1.0;
-  if (!fo_prepare_decide(a, sumsq, st, &factor)) return;
-  for (int g = 0; g < a->num_groups; g++) fo_prepare_group(a, st, g, factor);
+  if (!fo_prepare_decide(&a->head, sumsq, st, &factor)) return;
+  for (int g = 0; g < a->head.num_groups; g++)
+    fo_prepare_group(a->head.algorithm, a->groups, st, g, factor);
   st->step += 1;
 }
 

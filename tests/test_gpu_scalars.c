@@ -46,17 +46,17 @@ static int64_t ulps_apart(float a, float b) {
 
 static void random_args(tu_rng *r, int alg, int sched, int groups, fo_prepare_args *a) {
   memset(a, 0, sizeof *a);
-  a->algorithm = alg;
-  a->num_groups = groups;
-  a->grad_divisor = 1.0f;
-  a->schedule.kind = sched;
-  a->schedule.warmup_steps = sched ? 7 : 0;
-  a->schedule.total_steps = 250;
-  a->schedule.step_size = 13;
-  a->schedule.period = 29;
-  a->schedule.period_mult = 2;
-  a->schedule.gamma = tu_rng_range(r, 0.9, 0.999);
-  a->schedule.min_ratio = tu_rng_range(r, 0.0, 0.2);
+  a->head.algorithm = alg;
+  a->head.num_groups = groups;
+  a->head.grad_divisor = 1.0f;
+  a->head.schedule.kind = sched;
+  a->head.schedule.warmup_steps = sched ? 7 : 0;
+  a->head.schedule.total_steps = 250;
+  a->head.schedule.step_size = 13;
+  a->head.schedule.period = 29;
+  a->head.schedule.period_mult = 2;
+  a->head.schedule.gamma = tu_rng_range(r, 0.9, 0.999);
+  a->head.schedule.min_ratio = tu_rng_range(r, 0.0, 0.2);
   for (int g = 0; g < groups; g++) {
     fo_group_hparams *h = &a->groups[g];
     h->lr = (float)tu_rng_range(r, 1e-5, 1e-1);
@@ -127,9 +127,9 @@ static void run_case(fo_step_state *dstate, const fo_prepare_args *a, int steps,
     CK((cudaError_t)fo_launch_prepare(a, NULL, 0, dstate, NULL));
     CK(cudaMemcpy(&gpu, dstate, sizeof gpu, cudaMemcpyDeviceToHost));
     char what[96];
-    snprintf(what, sizeof what, "alg %d schedule %d, %d groups, step %d", a->algorithm,
-             a->schedule.kind, a->num_groups, s + 1);
-    compare(&cpu, &gpu, a->num_groups, what, floats, differ);
+    snprintf(what, sizeof what, "alg %d schedule %d, %d groups, step %d", a->head.algorithm,
+             a->head.schedule.kind, a->head.num_groups, s + 1);
+    compare(&cpu, &gpu, a->head.num_groups, what, floats, differ);
   }
 }
 
@@ -146,9 +146,13 @@ Test(gpu_scalars, within_one_ulp_of_the_cpu_for_every_schedule_and_algorithm) {
       random_args(&r, alg, sched, GROUPS, &a);
       run_case(dstate, &a, STEPS, &floats, &differ);
     }
-    fo_prepare_args many; /* one thread per group on the device */
+    /* one thread per group on the device; 5 groups: just past the launch
+     * that carries only a few groups' hyper-parameters (prestep.cu) */
+    fo_prepare_args many, five;
     random_args(&r, alg, FO_RULE_SCHED_COSINE, MANY_GROUPS, &many);
     run_case(dstate, &many, MANY_STEPS, &floats, &differ);
+    random_args(&r, alg, FO_RULE_SCHED_STEP, 5, &five);
+    run_case(dstate, &five, MANY_STEPS, &floats, &differ);
   }
   CK(cudaFree(dstate));
   cr_log_info("%lld of %lld per-step floats not bit-identical (each within 1 ulp)",
