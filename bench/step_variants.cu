@@ -317,7 +317,8 @@ plan make_plan(const bench_list &l, const config &c, const arena &a, int64_t chu
    * chunks in order */
   std::vector<fo_plan_block> b;
   for (int64_t i = 0; i < l.count; i++)
-    for (int64_t start = 0; start < t[(size_t)i].numel; start += chunk) b.push_back({i, start});
+    for (int64_t start = 0; start < t[(size_t)i].numel; start += chunk)
+      b.push_back({i, start, l.tensors[i].group, 0});
   plan p;
   p.num_blocks = (int64_t)b.size();
   p.tensors = (fo_plan_tensor *)dev_alloc(t.size() * sizeof t[0]);

@@ -24,7 +24,7 @@ void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk, fo_p
   int64_t k = 0;
   for (int64_t i = 0; i < n; i++)
     for (int64_t start = 0; start < t[i].numel; start += chunk)
-      out[k++] = (fo_plan_block){i, start};
+      out[k++] = (fo_plan_block){i, start, t[i].group, 0};
 }
 
 void fo_run_plan_free(const fo_optimizer *opt, fo_run_plan *plan) {

@@ -119,16 +119,20 @@ struct fo_block_range {
   int64_t n;      /* elements in the block */
 };
 
-FO_BW_FN fo_block_range fo_block_range_of(const fo_plan_block *blocks,
-                                          const fo_plan_tensor *tensors, int64_t chunk, int64_t b) {
+FO_BW_FN fo_block_range fo_block_range_at(const fo_plan_block &blk, const fo_plan_tensor *tensors,
+                                          int64_t chunk) {
   fo_block_range r;
-  const fo_plan_block blk = blocks[b];
   r.tensor = blk.tensor;
   r.start = blk.start;
   r.t = tensors[blk.tensor];
   const int64_t left = r.t.numel - r.start;
   r.n = left < chunk ? left : chunk;
   return r;
+}
+
+FO_BW_FN fo_block_range fo_block_range_of(const fo_plan_block *blocks,
+                                          const fo_plan_tensor *tensors, int64_t chunk, int64_t b) {
+  return fo_block_range_at(blocks[b], tensors, chunk);
 }
 
 /* ------------------------------------------------------------ the step */
@@ -198,15 +202,18 @@ struct fo_step_op {
 
   FO_BW_FN fo_step_op(const fo_step_launch &a, int64_t b, double *sums = nullptr) : acc(sums) {
     /* The plan's records are written once at create: look them up while
-     * the prepare kernel may still run (a PDL launch), then wait for it. */
-    const fo_block_range r = fo_block_range_of(a.blocks, a.tensors, a.chunk, b);
+     * the prepare kernel may still run (a PDL launch), then wait for it.
+     * The block record names the group, so the group's scalars below are
+     * read while the tensor record is still on its way. */
+    const fo_plan_block blk = a.blocks[b];
+    const fo_block_range r = fo_block_range_at(blk, a.tensors, a.chunk);
     fo_wait_for_prior_kernel();
     /* The library's step reads the scalars, the step number and the skip
      * decision from the step state the prepare kernel wrote (device memory,
      * so a captured graph replays correctly); a launch without a state
      * carries them in memory. */
     const fo_step_state *st = a.state;
-    s = st ? st->groups[r.t.group] : a.groups[r.t.group];
+    s = st ? st->groups[blk.group] : a.groups[blk.group];
     step = (uint64_t)(st ? st->step : a.step);
     n = st && st->skip ? 0 : r.n;
     tensor = (uint64_t)r.tensor;

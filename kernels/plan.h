@@ -39,6 +39,11 @@ typedef struct fo_plan_tensor {
 typedef struct fo_plan_block {
   int64_t tensor; /* index into the tensor table */
   int64_t start;  /* first element; a multiple of the chunk size */
+  /* The tensor's group (tensors[tensor].group): a step's block reads its
+   * group's scalars from the step state while its tensor record is still
+   * in flight, one dependent load fewer before the data (issue #15). */
+  int32_t group;
+  int32_t reserved; /* 0 */
 } fo_plan_block;
 
 /* ------------------------------------------------ a bucket's pack table */

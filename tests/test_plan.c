@@ -24,7 +24,7 @@
 #include "testutil.h"
 
 /* A sentinel written after the last block: fill must not touch it. */
-static const fo_plan_block SENTINEL = {-7, -7};
+static const fo_plan_block SENTINEL = {-7, -7, -7, -7};
 
 /* ceil(numel / chunk) in 128-bit arithmetic: the textbook formula, which
  * cannot overflow here, as an independent check of the library's. */
@@ -42,7 +42,10 @@ static unsigned __int128 expected_count(const fo_plan_tensor *t, int64_t n,
 
 static void set_sizes(fo_plan_tensor *t, const int64_t *numel, int64_t n) {
   memset(t, 0, (size_t)n * sizeof *t);
-  for (int64_t i = 0; i < n; i++) t[i].numel = numel[i];
+  for (int64_t i = 0; i < n; i++) {
+    t[i].numel = numel[i];
+    t[i].group = (int32_t)(i % 3);
+  }
 }
 
 /* Check blocks[0..count) against the tensor list; fails the test with the
@@ -66,6 +69,10 @@ static void check_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk,
                 (long long)k, (long long)b.start, (long long)i, (long long)numel);
       cr_assert_eq(b.start % chunk, 0, "%s: block %lld start %lld is not a multiple of %lld",
                    ctx, (long long)k, (long long)b.start, (long long)chunk);
+      /* the step reads its group's scalars by the block record's group */
+      cr_assert(b.group == t[i].group && b.reserved == 0,
+                "%s: block %lld has group %d (reserved %d); its tensor %lld is in group %d", ctx,
+                (long long)k, (int)b.group, (int)b.reserved, (long long)i, (int)t[i].group);
       /* end = min(start + chunk, numel), without forming start + chunk */
       covered = numel - b.start <= chunk ? numel : b.start + chunk;
       k++;
@@ -96,7 +103,8 @@ static int64_t run_plan(const int64_t *numel, int64_t n, int64_t chunk, const ch
   cr_assert_not_null(blocks, "%s: no memory for %lld blocks", ctx, (long long)count);
   for (int64_t k = 0; k <= count; k++) blocks[k] = SENTINEL;
   fo_plan_fill_blocks(t, n, chunk, blocks);
-  cr_assert(blocks[count].tensor == SENTINEL.tensor && blocks[count].start == SENTINEL.start,
+  cr_assert(blocks[count].tensor == SENTINEL.tensor && blocks[count].start == SENTINEL.start &&
+                blocks[count].group == SENTINEL.group,
             "%s: fill wrote past its %lld blocks", ctx, (long long)count);
   check_blocks(t, n, chunk, blocks, count, ctx);
 
