@@ -385,15 +385,24 @@ def time_impls(impls, reps, warmup, cuda):
         return {name: statistics.median(us[j::len(impls)]) for j, (name, _) in enumerate(impls)}
     med = {}
     for name, step in impls:
+        progress("timing " + name)
         for _ in range(warmup):
             step()
         med[name] = statistics.median(timed_rounds([(name, step)], reps, cuda))
     return med
 
 
-def graphed(step):
+def progress(what):
+    """A line on stderr before each CUDA stage, flushed: a fault reported
+    later (an illegal address surfaces at the next synchronize) is then
+    placed by the last line before it."""
+    print("# " + what, file=sys.stderr, flush=True)
+
+
+def graphed(step, name):
     """Capture step into a CUDA graph after warm-up on a side stream (the
     recipe of torch.cuda.graph's documentation); None if capture fails."""
+    progress("capturing " + name)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -428,7 +437,7 @@ def build_impls(args, lib, alg, config, shapes, params, grads, hp, cuda):
         owned.append(fo)
         impls.append(("fusedopt_" + name, fo.step))
         if cuda and not args.no_graph:
-            replay = graphed(fo.step)
+            replay = graphed(fo.step, "fusedopt_" + name)
             if replay:
                 impls.append(("fusedopt_" + name + "_graph", replay))
     variants = [("torch_fused", {"fused": True}), ("torch_foreach", {"foreach": True})]
@@ -440,11 +449,11 @@ def build_impls(args, lib, alg, config, shapes, params, grads, hp, cuda):
             impls.append((name, opt.step))
         if cuda and not args.no_graph and alg != "sgd":
             cap = torch_optimizer(alg, leaf, shapes, hp, capturable=True, **kw)
-            replay = graphed(cap.step) if cap is not None else None
+            replay = graphed(cap.step, name) if cap is not None else None
             if replay:
                 impls.append((name + "_graph", replay))
         elif cuda and not args.no_graph and opt is not None:
-            replay = graphed(opt.step)  # SGD has no step counter to capture
+            replay = graphed(opt.step, name)  # SGD has no step counter to capture
             if replay:
                 impls.append((name + "_graph", replay))
     return impls, owned

@@ -307,7 +307,7 @@ run_torchdebug() {
   CUDA_LAUNCH_BLOCKING=1 "${py[@]}" 2>&1 | tail -25
   echo "== exit ${PIPESTATUS[0]}"
   echo "== graphs, memcheck"
-  "$sanitizer" --tool memcheck --report-api-errors no "${py[@]}" 2>&1 | grep -av '^# ' | head -60
+  "$sanitizer" --tool memcheck --report-api-errors no "${py[@]}" 2>&1 | head -80
   echo "== exit ${PIPESTATUS[0]}"
 }
 
