@@ -26,16 +26,16 @@
 #                           (chunk, ILP, blocks per SM) side by side on
 #                           lists a and d, with a bit-identity check
 #                  torch    scripts/bench_torch.py on lists a, mlp, d
+#                  torchdebug  (only when named) bench_torch.py's AdamW fp32
+#                           case on the MLP list: without graphs, with
+#                           CUDA_LAUNCH_BLOCKING=1, and under memcheck: to
+#                           isolate the illegal address seen 2026-12-04
 #                  torchtrain  scripts/bench_torch_train.py: GPT-2 small's
 #                           whole training step (forward, backward, AdamW)
 #                           with fusedopt.torch and torch's fused AdamW, in
 #                           fp32, bf16 autocast and bf16-master; 10 steps
 #                  memcheck compute-sanitizer memcheck, one test per kernel
 #                           family; racecheck, initcheck the same
-#                  torchdebug  (only when named) bench_torch.py's AdamW fp32
-#                           case on the MLP list: without graphs, with
-#                           CUDA_LAUNCH_BLOCKING=1, and under memcheck: to
-#                           isolate the illegal address seen 2026-12-04
 #                PART:FILTER narrows a part, for a re-run of what failed:
 #                tests:GLOB (a Criterion --filter), bench:LISTS (a, c, d,
 #                b, new), variants:LISTS (a, d) and
@@ -88,7 +88,7 @@ mkdir -p "$out" "$work/logs"
 summary=$out/summary.txt
 : >"$summary"
 
-all_parts="tests train demo big bench variants torch torchtrain memcheck racecheck initcheck torchdebug"
+all_parts="tests train demo big bench variants torch torchdebug torchtrain memcheck racecheck initcheck"
 # Each part: the seconds it needs to be worth starting, and its own limit.
 need_of() {
   case "$1" in
