@@ -428,7 +428,13 @@ def fo_configs(config):
 
 def build_impls(args, lib, alg, config, shapes, params, grads, hp, cuda):
     """Every implementation's step over the same tensors; also returns what
-    to close afterwards."""
+    must outlive the timing: the fusedopt optimizers (closed afterwards) and
+    the capturable torch optimizers whose graphs are timed.  A graph holds
+    the addresses its capture used, not the tensors: once the optimizer
+    that owns them is gone, its state returns to torch's caching allocator,
+    the next capture's empty_cache() gives it back to the driver, and a
+    replay writes to unmapped memory (an illegal address) or, where the
+    address was handed out again, into another tensor."""
     leaf = as_leaf_params(params, grads)
     groups = [g for _, g in shapes]
     impls, owned = [], []
@@ -452,6 +458,7 @@ def build_impls(args, lib, alg, config, shapes, params, grads, hp, cuda):
             replay = graphed(cap.step, name) if cap is not None else None
             if replay:
                 impls.append((name + "_graph", replay))
+                owned.append(cap)  # its state is what the graph writes
         elif cuda and not args.no_graph and opt is not None:
             replay = graphed(opt.step, name)  # SGD has no step counter to capture
             if replay:
@@ -495,11 +502,17 @@ def time_case(args, lib, alg, config, shapes, device, cuda):
     dtype = torch.float32 if config == "fp32" else torch.bfloat16
     params, grads = make_inputs(shapes, dtype, device, seed=1)
     impls, owned = build_impls(args, lib, alg, config, shapes, params, grads, HPARAMS[alg], cuda)
+    if cuda:
+        # Whatever the captures left unowned goes back to the driver now, so
+        # a graph that still points at it faults here, at its first replay,
+        # instead of writing into a tensor allocated later.
+        torch.cuda.empty_cache()
     try:
         return time_impls(impls, args.reps, args.warmup, cuda)
     finally:
-        for fo in owned:
-            fo.close()
+        for obj in owned:
+            if isinstance(obj, FusedOpt):
+                obj.close()
 
 
 def run_case(args, lib, list_name, alg, config, device, cuda):

@@ -26,10 +26,12 @@
 #                           (chunk, ILP, blocks per SM) side by side on
 #                           lists a and d, with a bit-identity check
 #                  torch    scripts/bench_torch.py on lists a, mlp, d
-#                  torchdebug  (only when named) bench_torch.py's AdamW fp32
-#                           case on the MLP list: without graphs, with
-#                           CUDA_LAUNCH_BLOCKING=1, and under memcheck: to
-#                           isolate the illegal address seen 2026-12-04
+#                  torchdebug  (only when named) the illegal address seen
+#                           2026-12-04: torch alone, a graph replayed after
+#                           its optimizer is freed (should fault) or kept;
+#                           bench_torch.py's AdamW fp32 with graphs on lists
+#                           a and mlp (CUDA_LAUNCH_BLOCKING=1), and on mlp
+#                           under memcheck
 #                  torchtrain  scripts/bench_torch_train.py: GPT-2 small's
 #                           whole training step (forward, backward, AdamW)
 #                           with fusedopt.torch and torch's fused AdamW, in
@@ -298,16 +300,47 @@ run_san() { # TOOL [GLOB]: the sanitizer tests whose name matches GLOB
 
 # The PyTorch path in three variants, each in its own process.
 run_torchdebug() {
-  local py=(python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so" --lists mlp
+  local py=(python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so"
     --cases adamw:fp32 --reps 3 --warmup 1)
-  echo "== no graphs"
-  "${py[@]}" --no-graph 2>&1 | tail -8
+  # The cause found by reading (docs/gpu-verification.md, "Open"): the
+  # script let the capturable torch optimizers whose graphs it replayed be
+  # freed.  Torch alone, each in its own process (the fault is sticky):
+  # keep=0 should fault, keep=1 finish.
+  local keep
+  for keep in 0 1; do
+    echo "== torch alone: graph of a capturable AdamW replayed, optimizer kept=$keep"
+    python3 - "$keep" <<'PY' 2>&1 | tail -3
+import sys
+import torch
+keep = sys.argv[1] == "1"
+ps = [torch.nn.Parameter(torch.rand(n, device="cuda")) for n in (1 << 24, 4096)]
+for p in ps:
+    p.grad = torch.rand_like(p)
+opt = torch.optim.AdamW(ps, capturable=True, fused=True)
+side = torch.cuda.Stream()
+side.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(side):
+    for _ in range(3):
+        opt.step()
+torch.cuda.current_stream().wait_stream(side)
+graph = torch.cuda.CUDAGraph()
+with torch.cuda.graph(graph):
+    opt.step()
+if not keep:
+    del opt  # its state goes back to the caching allocator
+torch.cuda.empty_cache()  # and from there to the driver
+for _ in range(5):
+    graph.replay()
+torch.cuda.synchronize()
+print("replays finished")
+PY
+    echo "== exit ${PIPESTATUS[0]}"
+  done
+  echo "== bench_torch.py with graphs, lists a and mlp, CUDA_LAUNCH_BLOCKING=1"
+  CUDA_LAUNCH_BLOCKING=1 "${py[@]}" --lists a,mlp 2>&1 | tail -25
   echo "== exit ${PIPESTATUS[0]}"
-  echo "== graphs, CUDA_LAUNCH_BLOCKING=1"
-  CUDA_LAUNCH_BLOCKING=1 "${py[@]}" 2>&1 | tail -25
-  echo "== exit ${PIPESTATUS[0]}"
-  echo "== graphs, memcheck"
-  "$sanitizer" --tool memcheck --report-api-errors no "${py[@]}" 2>&1 | head -80
+  echo "== bench_torch.py with graphs, list mlp, memcheck"
+  "$sanitizer" --tool memcheck --report-api-errors no "${py[@]}" --lists mlp 2>&1 | head -80
   echo "== exit ${PIPESTATUS[0]}"
 }
 
