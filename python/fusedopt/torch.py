@@ -38,10 +38,12 @@ import os
 import warnings
 
 import torch
+import torch.utils.dlpack
 
 from . import _ctypes as C
 from . import _library
 from .core import _algorithm_index, _check_path, algorithms
+from .errors import InvalidState
 
 __all__ = ["FusedOptimizer", "SGD", "Adam", "AdamW", "Lion", "Adagrad", "RMSprop", "NAdam",
            "LAMB", "LARS"]
@@ -81,12 +83,72 @@ def _stream_of(device):
     return None
 
 
-class _CudaArray:
-    """A __cuda_array_interface__ over library memory, for torch.as_tensor."""
+# A tensor over library memory without numpy: torch.as_tensor of a
+# __cuda_array_interface__ parses its typestr with numpy ("Numpy is not
+# available" where torch was installed without it).  DLPack is torch's own
+# importer: a DLManagedTensor (dlpack.h, the unversioned "dltensor"
+# capsule) in one malloc'd block with its shape and strides, whose deleter
+# is libc's free, so the block lives exactly as long as the tensor and no
+# Python code runs when torch releases it.
+class _DLDevice(ctypes.Structure):
+    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
 
-    def __init__(self, ptr, numel):
-        self.__cuda_array_interface__ = {"shape": (numel,), "typestr": "<f4",
-                                         "data": (ptr, False), "version": 2, "strides": None}
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int32),
+                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p),
+                ("deleter", ctypes.c_void_p)]
+
+
+class _DLBlock(ctypes.Structure):
+    _fields_ = [("managed", _DLManagedTensor), ("shape", ctypes.c_int64),
+                ("stride", ctypes.c_int64)]
+
+
+_KDL_CPU, _KDL_CUDA, _KDL_FLOAT = 1, 2, 2
+_DLTENSOR = b"dltensor"  # the capsule's name: must outlive the capsule
+_libc = ctypes.CDLL(None)
+_libc.malloc.restype = ctypes.c_void_p
+_libc.malloc.argtypes = [ctypes.c_size_t]
+_LIBC_FREE = ctypes.cast(_libc.free, ctypes.c_void_p).value
+_capsule_new = ctypes.pythonapi.PyCapsule_New
+_capsule_new.restype = ctypes.py_object
+_capsule_new.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+
+
+def _dlpack_view(ptr, numel, device):
+    """A float32 tensor aliasing numel floats at ptr on device (CPU or CUDA),
+    imported through DLPack."""
+    size = ctypes.sizeof(_DLBlock)
+    addr = _libc.malloc(size)
+    if not addr:
+        raise MemoryError("fusedopt: malloc(%d) for a DLPack header failed" % size)
+    ctypes.memset(addr, 0, size)
+    block = _DLBlock.from_address(addr)
+    block.shape, block.stride = numel, 1
+    t = block.managed.dl_tensor
+    t.data = ptr
+    if device.type == "cuda":
+        t.device.device_type = _KDL_CUDA
+        t.device.device_id = device.index if device.index is not None \
+            else torch.cuda.current_device()
+    else:
+        t.device.device_type, t.device.device_id = _KDL_CPU, 0
+    t.ndim = 1
+    t.dtype.code, t.dtype.bits, t.dtype.lanes = _KDL_FLOAT, 32, 1
+    t.shape = ctypes.cast(addr + _DLBlock.shape.offset, ctypes.POINTER(ctypes.c_int64))
+    t.strides = ctypes.cast(addr + _DLBlock.stride.offset, ctypes.POINTER(ctypes.c_int64))
+    block.managed.deleter = _LIBC_FREE
+    return torch.utils.dlpack.from_dlpack(_capsule_new(addr, _DLTENSOR, None))
 
 
 def _float_view(ptr, numel, device):
@@ -95,7 +157,7 @@ def _float_view(ptr, numel, device):
     if numel == 0 or not ptr:
         return torch.empty(0, dtype=torch.float32, device=device)
     if device.type == "cuda":
-        return torch.as_tensor(_CudaArray(ptr, numel), device=device)
+        return _dlpack_view(ptr, numel, device)
     arr = (ctypes.c_float * numel).from_address(ptr)
     return torch.frombuffer(arr, dtype=torch.float32, count=numel)
 
@@ -326,6 +388,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._pdata = [p.detach() for p in params]
         self._pptrs = [p.data_ptr() for p in params]
         self._pushed = [bytes(h) for h in hps]
+        # The loss scale's view, made once: scale_loss() then runs no
+        # library call and creates no tensor header per step (nothing but
+        # the multiplication is enqueued, inside a graph capture too).
+        ptr = ctypes.POINTER(ctypes.c_float)()
+        self._call("fo_optimizer_loss_scale_ptr", ctypes.byref(ptr))
+        self._loss_scale = _float_view(ctypes.cast(ptr, ctypes.c_void_p).value, 1, device)
 
     def _rebuild(self):
         self._build()
@@ -462,13 +530,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         over its memory (device memory for CUDA parameters), updated by
         each step.  1 when loss scaling is off.  Reading its value
         (.item()) synchronizes; multiplying by it does not."""
-        ptr = ctypes.POINTER(ctypes.c_float)()
-        self._call("fo_optimizer_loss_scale_ptr", ctypes.byref(ptr))
-        return _float_view(ctypes.cast(ptr, ctypes.c_void_p).value, 1, self._device)
+        self._live()
+        return self._loss_scale
 
     def scale_loss(self, loss):
         """loss times the current loss scale (no host synchronization)."""
-        return loss * self.loss_scale[0]
+        self._live()
+        return loss * self._loss_scale[0]
 
     def info(self):
         """fusedopt.StepInfo: step count, skipped steps, loss scale, gradient
@@ -646,9 +714,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             for index in range(len(params)):
                 for name, role in self._all_roles():
                     try:
-                        self._state_view(index, role).zero_()
-                    except Exception:
-                        pass
+                        view = self._state_view(index, role)
+                    except InvalidState:
+                        continue  # a role this optimizer does not keep
+                    view.zero_()
             self._init_state(params)
             has_master = any(r == C.FO_ROLE_MASTER for _, r, _ in writes)
             if self._dtype != torch.float32 and self._master_weights and not has_master:

@@ -566,6 +566,23 @@ class MixedPrecision(unittest.TestCase):
             self.assertTrue(torch.equal(a, b))
 
 
+class DLPackView(unittest.TestCase):
+    """The DLPack import that gives the CUDA path its views of the library's
+    state and loss scale (ft._dlpack_view), checked here on host memory: the
+    header's layout, the alias, and the deleter (libc free) over many views."""
+
+    def test_alias_and_lifetime(self):
+        base = torch.arange(10, dtype=torch.float32)
+        for _ in range(2000):
+            v = ft._dlpack_view(base.data_ptr() + 8, 5, torch.device("cpu"))
+        self.assertEqual((v.dtype, tuple(v.shape), v.stride()), (torch.float32, (5,), (1,)))
+        self.assertEqual(v.tolist(), [2.0, 3.0, 4.0, 5.0, 6.0])
+        self.assertEqual(v.data_ptr(), base.data_ptr() + 8)
+        v.fill_(-1.0)
+        self.assertEqual(base.tolist(), [0, 1, -1, -1, -1, -1, -1, 7, 8, 9])
+        del v
+
+
 @unittest.skipUnless(torch.cuda.is_available(), "no CUDA device (torch.cuda.is_available() "
                      "is False): the CUDA tests need one")
 class Cuda(unittest.TestCase):
@@ -648,6 +665,42 @@ class Cuda(unittest.TestCase):
         assert_close(self, list(m1.parameters()), list(m2.parameters()), "graph", tol=1e-4)
         # the step count (bias corrections) advances on the device in replays
         self.assertEqual(o1.step_count, len(data))
+
+    def test_graph_capture_loss_scale(self):
+        """The loss scaler inside a capture: scale_loss multiplies by the
+        device-resident scale (no host synchronization, which a capture
+        would refuse) and the step unscales; torch's AdamW on the unscaled
+        gradients agrees."""
+        m1, m2 = make_model(device="cuda"), make_model(device="cuda")
+        o1 = ft.AdamW(m1.parameters(), lr=1e-2, loss_scale=True)
+        o2 = torch.optim.AdamW(m2.parameters(), lr=1e-2)
+        data = batches(6, device="cuda")
+        x_static, y_static = data[0][0].clone(), data[0][1].clone()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):  # warm-up outside the graph
+            o1.zero_grad()
+            o1.scale_loss(loss_of(m1, x_static, y_static)).backward()
+            o1.step()
+        torch.cuda.current_stream().wait_stream(s)
+        train(m2, o2, data[:1])
+        g = torch.cuda.CUDAGraph()
+        o1.zero_grad()
+        with torch.cuda.graph(g):
+            o1.scale_loss(loss_of(m1, x_static, y_static)).backward()
+            o1.step()
+        for x, y in data[1:]:
+            x_static.copy_(x)
+            y_static.copy_(y)
+            o1.zero_grad()
+            g.replay()
+        train(m2, o2, data[1:])
+        torch.cuda.synchronize()
+        info = o1.info()
+        self.assertEqual((info.step, info.skipped_steps), (len(data), 0))
+        self.assertEqual(o1.loss_scale.item(), 65536.0)
+        assert_close(self, list(m1.parameters()), list(m2.parameters()), "graph, scaled",
+                     tol=1e-4)
 
     def test_graph_capture_bf16_master(self):
         """bf16 parameters with fp32 master weights, the step captured with
