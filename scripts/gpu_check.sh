@@ -17,6 +17,10 @@
 #                  train    train_example_gpu (tests/test_train_example.sh gpu)
 #                  demo     examples/train on the GPU: fp32, bf16 + master
 #                           weights + loss scaling, --graph; the CPU for scale
+#                  torchtests  fusedopt.torch's CUDA tests
+#                           (python/tests/test_torch.py, class Cuda): the
+#                           eager ones, then the graph captures in a
+#                           process of their own (a fault there is sticky)
 #                  big      gpu/tensor_past_2_31_elements
 #                  bench    bench on lists a, c, d and b (4 layers): AdamW,
 #                           SGD momentum, Lion in fp32 and bf16-master; and
@@ -90,17 +94,17 @@ mkdir -p "$out" "$work/logs"
 summary=$out/summary.txt
 : >"$summary"
 
-all_parts="tests train demo big bench variants torch torchdebug torchtrain memcheck racecheck initcheck"
+all_parts="tests train demo torchtests big bench variants torch torchdebug torchtrain memcheck racecheck initcheck"
 # Each part: the seconds it needs to be worth starting, and its own limit.
 need_of() {
   case "$1" in
-    tests) echo 40 ;; train) echo 30 ;; demo) echo 20 ;; big) echo 60 ;;
+    tests) echo 40 ;; train) echo 30 ;; demo) echo 20 ;; torchtests) echo 30 ;; big) echo 60 ;;
     bench) echo 40 ;; variants) echo 20 ;; torch) echo 40 ;; torchtrain) echo 60 ;; *) echo 25 ;;
   esac
 }
 limit_of() {
   case "$1" in
-    tests) echo 150 ;; train) echo 120 ;; demo) echo 90 ;; big) echo 240 ;;
+    tests) echo 150 ;; train) echo 120 ;; demo) echo 90 ;; torchtests) echo 120 ;; big) echo 240 ;;
     bench) echo 180 ;; variants) echo 90 ;; torch) echo 150 ;; torchtrain) echo 150 ;; *) echo 120 ;;
   esac
 }
@@ -168,6 +172,9 @@ verdict() {
          /^\[PASS\]/ { pass++ } /^\[FAIL\]/ { fail++ }
          END { printf "sanitizer runs %d (tests passed %d, failed %d), exit != 0: %d, errors reported: %d\n",
                runs, pass, fail, bad, errs }' "$log"
+  elif grep -aqE '^Ran [0-9]+ tests? in' "$log"; then # unittest
+    grep -aE '^Ran [0-9]+ tests? in|^OK|^FAILED' "$log" | sed 's/ in [0-9.]*s//' | tr '\n' ' '
+    echo
   elif [ -n "$syn" ]; then
     echo "$syn, Skipped: $skips"
   else
@@ -344,6 +351,26 @@ PY
   echo "== exit ${PIPESTATUS[0]}"
 }
 
+# fusedopt.torch's CUDA tests against the library just built: the eager
+# ones in one process, the graph captures in another.
+run_torchtests() {
+  cd "$root/python/tests" || return 1
+  local lib=$build/host/libfusedopt.so which list rc=0
+  [ "${lib#/}" = "$lib" ] && lib=$root/$lib
+  export FUSEDOPT_LIBRARY=$lib PYTHONPATH=$root/python
+  for which in eager graph; do
+    list=$(python3 -c 'import sys, test_torch as t
+graph = sys.argv[1] == "graph"
+print(" ".join("test_torch.Cuda." + n for n in sorted(dir(t.Cuda))
+               if n.startswith("test") and ("graph" in n) == graph))' "$which") || return 1
+    echo "== $which: $list"
+    # shellcheck disable=SC2086
+    python3 -m unittest -v $list 2>&1 | tail -30
+    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+  done
+  return "$rc"
+}
+
 # The whole training step of GPT-2 small (about 40 s on an H100 by estimate:
 # ~35 steps per precision).  Exit 77 (no torch) is a skip, said so.
 run_torchtrain() {
@@ -355,14 +382,15 @@ run_torchtrain() {
   return "$rc"
 }
 
-export -f run_demo run_san run_torchdebug run_torchtrain
+export -f run_demo run_san run_torchdebug run_torchtrain run_torchtests
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/compute-sanitizer/compute-sanitizer)
-export build work bin san_tests sanitizer
+export build work bin san_tests sanitizer root
 for p in "${selected[@]}"; do
   case "$p" in
     tests) run_tests ;;
     train) part train_example_gpu bash tests/test_train_example.sh gpu "$build/examples/train" "$root" ;;
     demo) part demo run_demo ;;
+    torchtests) PYTHONUNBUFFERED=1 part torchtests run_torchtests ;;
     big) part big-tensor_past_2_31 "$bin/test_gpu_kernels_device" --verbose --jobs=1 --filter="$big_test" ;;
     bench) run_bench ;;
     variants)
