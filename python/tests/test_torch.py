@@ -583,6 +583,34 @@ class DLPackView(unittest.TestCase):
         del v
 
 
+def captured_training(m1, o1, m2, o2, data, scale=lambda loss: loss):
+    """Train m1 with o1 from a CUDA graph (warm-up step on a side stream,
+    then forward, backward of scale(loss) and o1.step() captured once and
+    replayed on data[1:] through static inputs), and m2 with o2 eagerly on
+    the same batches."""
+    x_static, y_static = data[0][0].clone(), data[0][1].clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up outside the graph
+        o1.zero_grad()
+        scale(loss_of(m1, x_static, y_static)).backward()
+        o1.step()
+    torch.cuda.current_stream().wait_stream(s)
+    train(m2, o2, data[:1])
+    g = torch.cuda.CUDAGraph()
+    o1.zero_grad()
+    with torch.cuda.graph(g):
+        scale(loss_of(m1, x_static, y_static)).backward()
+        o1.step()
+    for x, y in data[1:]:
+        x_static.copy_(x)
+        y_static.copy_(y)
+        o1.zero_grad()
+        g.replay()
+    train(m2, o2, data[1:])
+    torch.cuda.synchronize()
+
+
 @unittest.skipUnless(torch.cuda.is_available(), "no CUDA device (torch.cuda.is_available() "
                      "is False): the CUDA tests need one")
 class Cuda(unittest.TestCase):
@@ -641,27 +669,7 @@ class Cuda(unittest.TestCase):
         o1 = ft.AdamW(m1.parameters(), lr=1e-2)
         o2 = torch.optim.AdamW(m2.parameters(), lr=1e-2)
         data = batches(6, device="cuda")
-        x_static, y_static = data[0][0].clone(), data[0][1].clone()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):  # warm-up outside the graph
-            o1.zero_grad()
-            loss_of(m1, x_static, y_static).backward()
-            o1.step()
-        torch.cuda.current_stream().wait_stream(s)
-        train(m2, o2, data[:1])
-        g = torch.cuda.CUDAGraph()
-        o1.zero_grad()
-        with torch.cuda.graph(g):
-            loss_of(m1, x_static, y_static).backward()
-            o1.step()
-        for x, y in data[1:]:
-            x_static.copy_(x)
-            y_static.copy_(y)
-            o1.zero_grad()
-            g.replay()
-        train(m2, o2, data[1:])
-        torch.cuda.synchronize()
+        captured_training(m1, o1, m2, o2, data)
         assert_close(self, list(m1.parameters()), list(m2.parameters()), "graph", tol=1e-4)
         # the step count (bias corrections) advances on the device in replays
         self.assertEqual(o1.step_count, len(data))
@@ -675,27 +683,7 @@ class Cuda(unittest.TestCase):
         o1 = ft.AdamW(m1.parameters(), lr=1e-2, loss_scale=True)
         o2 = torch.optim.AdamW(m2.parameters(), lr=1e-2)
         data = batches(6, device="cuda")
-        x_static, y_static = data[0][0].clone(), data[0][1].clone()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):  # warm-up outside the graph
-            o1.zero_grad()
-            o1.scale_loss(loss_of(m1, x_static, y_static)).backward()
-            o1.step()
-        torch.cuda.current_stream().wait_stream(s)
-        train(m2, o2, data[:1])
-        g = torch.cuda.CUDAGraph()
-        o1.zero_grad()
-        with torch.cuda.graph(g):
-            o1.scale_loss(loss_of(m1, x_static, y_static)).backward()
-            o1.step()
-        for x, y in data[1:]:
-            x_static.copy_(x)
-            y_static.copy_(y)
-            o1.zero_grad()
-            g.replay()
-        train(m2, o2, data[1:])
-        torch.cuda.synchronize()
+        captured_training(m1, o1, m2, o2, data, scale=o1.scale_loss)
         info = o1.info()
         self.assertEqual((info.step, info.skipped_steps), (len(data), 0))
         self.assertEqual(o1.loss_scale.item(), 65536.0)
