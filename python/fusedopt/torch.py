@@ -955,12 +955,28 @@ class NAdam(FusedOptimizer):
 
     def _scalar_state(self, name, step, group):
         if name == "mu_product":
-            beta1, psi = float(group["betas"][0]), float(group["momentum_decay"])
-            prod = torch.tensor(1.0, dtype=torch.float32)
-            for t in range(1, step + 1):
-                prod *= beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
-            return prod
+            cache = self.__dict__.setdefault("_mu_products", {})
+            return _nadam_mu_product(cache, float(group["betas"][0]),
+                                     float(group["momentum_decay"]), step)
         return super()._scalar_state(name, step, group)
+
+
+def _nadam_mu_product(cache, beta1, psi, step):
+    """mu_1 * ... * mu_step as torch.optim.NAdam keeps it (an fp32 tensor
+    multiplied step by step).  cache maps (beta1, momentum_decay) to the
+    last (t, product): a state_dict() of many tensors, or one taken every
+    few thousand steps, extends it instead of redoing t multiplications
+    per tensor."""
+    t, prod = cache.get((beta1, psi), (0, None))
+    if prod is None or t > step:
+        t, prod = 0, torch.tensor(1.0, dtype=torch.float32)
+    else:
+        prod = prod.clone()
+    while t < step:
+        t += 1
+        prod *= beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+    cache[(beta1, psi)] = (t, prod)
+    return prod.clone()
 
 
 class LAMB(FusedOptimizer):
