@@ -285,8 +285,7 @@ std::vector<int64_t> pack_blocks(const std::vector<fo_plan_block> &b,
   std::vector<int64_t> first{0};
   int64_t sum = 0;
   for (size_t k = 0; k < b.size(); k++) {
-    const int64_t left = t[(size_t)b[k].tensor].numel - b[k].start;
-    const int64_t n = left < chunk ? left : chunk;
+    const int64_t n = fo_block_range_at(b[k], t.data(), chunk).n;
     if (sum > 0 && sum + n > pack) {
       first.push_back((int64_t)k);
       sum = 0;
@@ -313,14 +312,12 @@ plan make_plan(const bench_list &l, const config &c, const arena &a, int64_t chu
     x.group = l.tensors[i].group;
     x.vector_ok = 1;
   }
-  /* kernels/plan.h's rule, as host/plan.c builds it: each tensor's
-   * chunks in order */
-  std::vector<fo_plan_block> b;
-  for (int64_t i = 0; i < l.count; i++)
-    for (int64_t start = 0; start < t[(size_t)i].numel; start += chunk)
-      b.push_back({i, start, l.tensors[i].group, 0});
+  /* the library's blocks (kernels/plan.h) */
   plan p;
-  p.num_blocks = (int64_t)b.size();
+  p.num_blocks = fo_plan_count_blocks(t.data(), l.count, chunk);
+  if (p.num_blocks < 0) bench_die("list %s: no plan at chunk %lld", l.name, (long long)chunk);
+  std::vector<fo_plan_block> b((size_t)p.num_blocks);
+  fo_plan_fill_blocks(t.data(), l.count, chunk, b.data());
   p.tensors = (fo_plan_tensor *)dev_alloc(t.size() * sizeof t[0]);
   p.blocks = (fo_plan_block *)dev_alloc(b.size() * sizeof b[0]);
   SV_CHECK(cudaMemcpy(p.tensors, t.data(), t.size() * sizeof t[0], cudaMemcpyHostToDevice));

@@ -261,11 +261,6 @@ fo_status fo_master_check(const char *func, const fo_optimizer *opt);
 
 /* ------------------------------------------------------ plan (plan.c) */
 
-/* Number of blocks that cover n tensors with chunks of chunk elements, or
- * -1 if the count overflows int64 or an argument is invalid. */
-int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk);
-/* Write the fo_plan_count_blocks() blocks, tensor by tensor, in order. */
-void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk, fo_plan_block *out);
 /* The run plan over tensors[0..n) (not copied: the plan refers to them)
  * for opt's executor: blocks, their executor copies and, with a pre-pass,
  * the partial sums.  A failure leaves *out empty. */

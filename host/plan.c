@@ -1,31 +1,10 @@
-/* plan.c -- the launch plan: which block covers which chunk of which
- * tensor, and the run plan a step executes (host/internal.h).  The block
- * arithmetic is pure arithmetic on sizes, so the CPU tier can check it for
- * any size list, sizes past 2^31 included, without a buffer or a GPU. */
+/* plan.c -- the run plan a step executes (host/internal.h): the blocks
+ * (kernels/plan.h's fo_plan_count_blocks and fo_plan_fill_blocks, shared
+ * with bench/step_variants.cu), their executor copies and scratch. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "exec.h"
-
-int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk) {
-  if (n < 0 || chunk <= 0 || (n > 0 && !t)) return -1;
-  int64_t blocks = 0;
-  for (int64_t i = 0; i < n; i++) {
-    if (t[i].numel < 0) return -1;
-    /* ceil(numel / chunk) without forming numel + chunk - 1 */
-    int64_t b = t[i].numel / chunk + (t[i].numel % chunk != 0);
-    if (b > INT64_MAX - blocks) return -1;
-    blocks += b;
-  }
-  return blocks;
-}
-
-void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk, fo_plan_block *out) {
-  int64_t k = 0;
-  for (int64_t i = 0; i < n; i++)
-    for (int64_t start = 0; start < t[i].numel; start += chunk)
-      out[k++] = (fo_plan_block){i, start, t[i].group, 0};
-}
 
 void fo_run_plan_free(const fo_optimizer *opt, fo_run_plan *plan) {
   fo_exec_free(opt, plan->d_blocks);

@@ -46,6 +46,36 @@ typedef struct fo_plan_block {
   int32_t reserved; /* 0 */
 } fo_plan_block;
 
+/* Number of blocks that cover n tensors with chunks of chunk elements, or
+ * -1 if the count overflows int64 or an argument is invalid.  Pure
+ * arithmetic on sizes, so the CPU tier checks it for any size list, sizes
+ * past 2^31 included (tests/test_plan.c). */
+static inline int64_t fo_plan_count_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk) {
+  if (n < 0 || chunk <= 0 || (n > 0 && !t)) return -1;
+  int64_t blocks = 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (t[i].numel < 0) return -1;
+    /* ceil(numel / chunk) without forming numel + chunk - 1 */
+    int64_t b = t[i].numel / chunk + (t[i].numel % chunk != 0);
+    if (b > INT64_MAX - blocks) return -1;
+    blocks += b;
+  }
+  return blocks;
+}
+
+/* Write the fo_plan_count_blocks() blocks, tensor by tensor, in order. */
+static inline void fo_plan_fill_blocks(const fo_plan_tensor *t, int64_t n, int64_t chunk,
+                                       fo_plan_block *out) {
+  int64_t k = 0;
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t start = 0; start < t[i].numel; start += chunk, k++) {
+      out[k].tensor = i;
+      out[k].start = start;
+      out[k].group = t[i].group;
+      out[k].reserved = 0;
+    }
+}
+
 /* ------------------------------------------------ a bucket's pack table */
 
 /* Elements of one pack block at most (kernels/pack.cu, one CUDA block of
