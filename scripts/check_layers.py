@@ -9,7 +9,6 @@ limit is found among the sources given with --sources.
 
 usage: check_layers.py [--max-lines N --sources FILE...] OBJECT...
 """
-import os
 import subprocess
 import sys
 

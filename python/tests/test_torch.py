@@ -7,6 +7,7 @@ torch 2.x (1.13's NAdam computes otherwise); an algorithm the library lacks
 is skipped, saying so; the CUDA tests skip without a device.
 """
 
+import math
 import os
 import sys
 import tempfile
@@ -177,6 +178,60 @@ class AgainstTorch(unittest.TestCase):
                     g["betas"] = (0.8, 0.95)
                     g["weight_decay"] = 0.2
         self.run_pair("AdamW", dict(lr=1e-2), on_step=change)
+
+    def test_hparams_changed_in_place(self):
+        """An unchanged group is not converted again at each step; a value
+        that changes without the group changing (a tensor filled, a list
+        written) still reaches the library."""
+        def change(k, opt):
+            for i, g in enumerate(opt.param_groups):
+                lr = 1e-2 / (1 + k + i)
+                if isinstance(g["lr"], torch.Tensor):
+                    g["lr"].fill_(lr)  # fusedopt's groups hold tensors
+                else:
+                    g["lr"] = lr
+                if k == 4:
+                    if isinstance(g["betas"], list):
+                        g["betas"][0] = 0.7
+                    else:
+                        g["betas"] = (0.7, g["betas"][1])
+
+        def fo_groups(m):
+            return [{"params": m[0].parameters(), "lr": torch.tensor(1e-2),
+                     "betas": [0.9, 0.999]},
+                    {"params": m[2].parameters(), "lr": torch.tensor(5e-3),
+                     "betas": [0.9, 0.999]}]
+
+        m1, m2 = make_model(), make_model()
+        o1 = ft.AdamW(fo_groups(m1), lr=1e-2)
+        o2 = torch.optim.AdamW([{"params": m2[0].parameters(), "lr": 1e-2},
+                                {"params": m2[2].parameters(), "lr": 5e-3}], lr=1e-2)
+        data = batches(STEPS)
+        train(m1, o1, data, change)
+        train(m2, o2, data, change)
+        assert_close(self, list(m1.parameters()), list(m2.parameters()), "in place")
+
+    def test_unchanged_groups_still_checked(self):
+        """A value replaced by an equal one of another type is checked as
+        before (False == 0.0, but a flag must be a bool); -0.0 is pushed as
+        0.0, so the skip of equal values is exact."""
+        m = make_model()
+        opt = ft.AdamW(m.parameters(), lr=1e-2)
+        train(m, opt, batches(1))
+        before = [p.detach().clone() for p in m.parameters()]
+        opt.param_groups[0]["amsgrad"] = 0.0
+        with self.assertRaisesRegex(TypeError, "amsgrad"):
+            opt.step()
+        self.assertEqual(opt.step_count, 1)
+        for a, b in zip(m.parameters(), before):
+            self.assertTrue(torch.equal(a, b))
+        opt.param_groups[0]["amsgrad"] = False
+        opt.param_groups[0]["weight_decay"] = -0.0
+        opt.step()
+        lib = fusedopt.torch.C.FoHparams()
+        opt._call("fo_optimizer_get_hparams", 0, fusedopt.torch.ctypes.byref(lib))
+        self.assertEqual(math.copysign(1.0, lib.weight_decay), 1.0)
+        self.assertEqual(opt.step_count, 2)
 
     def test_lr_scheduler(self):
         m1, m2 = make_model(), make_model()
