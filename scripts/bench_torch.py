@@ -26,7 +26,10 @@ are registered as external storage: fusedopt updates torch's own buffers.
 
 Timing: warm-up, then a CUDA event (or a wall-clock mark) between any two
 steps, each implementation's steps back to back on CUDA, round by round on
-the CPU; each figure is the median of its steps.  No input rotation: list a's tensors (2 GB with
+the CPU; each figure is the median of its steps.  On CUDA a step shorter
+than 200 us (by the warm-up's mean) is timed in runs of up to 16 back to
+back between two events (column steps_per_mark), so the event's own
+Python cost is not added to each step where the host is the bottleneck.  No input rotation: list a's tensors (2 GB with
 their state) are 40x an H100's L2 (b and c more still), and the 4-tensor MLP
 measures latency.
 
@@ -355,8 +358,9 @@ class Timer:
         return [(b - a) * 1e6 for a, b in zip(self.marks, self.marks[1:])]
 
 
-def timed_rounds(impls, rounds, cuda):
-    """Marks around rounds of every impl's step; intervals, round-major."""
+def timed_rounds(impls, rounds, cuda, per_mark=1):
+    """Marks around rounds of every impl's step (per_mark steps of it
+    between two marks); microseconds per step, round-major."""
     if cuda:
         torch.cuda.synchronize()
     timer = Timer(cuda, rounds * len(impls) + 1)
@@ -364,14 +368,42 @@ def timed_rounds(impls, rounds, cuda):
     k = 0
     for _ in range(rounds):
         for _, step in impls:
-            step()
+            for _ in range(per_mark):
+                step()
             k += 1
             timer.mark(k)
-    return timer.intervals_us()
+    return [us / per_mark for us in timer.intervals_us()]
+
+
+# On CUDA a mark is an event recorded from Python, a few microseconds of
+# host time: between every two steps it would be part of each figure where
+# the host is the bottleneck (the 4-tensor MLP's step takes ~15 us).  So
+# the marks are at least MARK_EVERY_US of device time apart: short steps
+# are timed in runs of up to MAX_PER_MARK back to back.
+MARK_EVERY_US = 200.0
+MAX_PER_MARK = 16
+
+
+def warm_up(step, warmup, cuda):
+    """Run the warm-up steps; on CUDA, how many steps go between two marks
+    (from the warm-up's mean time; 1 without a warm-up or on the CPU)."""
+    if not cuda or warmup < 1:
+        for _ in range(warmup):
+            step()
+        return 1
+    torch.cuda.synchronize()
+    t = Timer(cuda, 2)
+    t.mark(0)
+    for _ in range(warmup):
+        step()
+    t.mark(1)
+    us = t.intervals_us()[0] / warmup
+    return max(1, min(MAX_PER_MARK, int(MARK_EVERY_US // max(us, 1e-3))))
 
 
 def time_impls(impls, reps, warmup, cuda):
-    """impls: [(name, step function)]; median microseconds per name.  On the
+    """impls: [(name, step function)]; median microseconds per name, and
+    the steps per mark of each (on CUDA; 1 on the CPU).  On the
     CPU the implementations take turns round by round (a shared host's
     bandwidth drifts; turns expose them all to it alike); on CUDA each runs
     its steps back to back, so the device queue stays full as in training
@@ -382,14 +414,14 @@ def time_impls(impls, reps, warmup, cuda):
             for _, step in impls:
                 step()
         us = timed_rounds(impls, reps, cuda)
-        return {name: statistics.median(us[j::len(impls)]) for j, (name, _) in enumerate(impls)}
-    med = {}
+        return ({name: statistics.median(us[j::len(impls)]) for j, (name, _) in enumerate(impls)},
+                {name: 1 for name, _ in impls})
+    med, per = {}, {}
     for name, step in impls:
         progress("timing " + name)
-        for _ in range(warmup):
-            step()
-        med[name] = statistics.median(timed_rounds([(name, step)], reps, cuda))
-    return med
+        per[name] = warm_up(step, warmup, cuda)
+        med[name] = statistics.median(timed_rounds([(name, step)], reps, cuda, per[name]))
+    return med, per
 
 
 def progress(what):
@@ -497,7 +529,8 @@ def tolerance(fo_config):
 
 
 def time_case(args, lib, alg, config, shapes, device, cuda):
-    """Median microseconds per implementation; everything it allocated is
+    """Median microseconds per implementation (and steps per mark, as
+    time_impls); everything it allocated is
     freed when it returns (list b needs the memory for the check)."""
     dtype = torch.float32 if config == "fp32" else torch.bfloat16
     params, grads = make_inputs(shapes, dtype, device, seed=1)
@@ -517,14 +550,14 @@ def time_case(args, lib, alg, config, shapes, device, cuda):
 
 def run_case(args, lib, list_name, alg, config, device, cuda):
     shapes = list_shapes(list_name, args)
-    med = time_case(args, lib, alg, config, shapes, device, cuda)
+    med, per = time_case(args, lib, alg, config, shapes, device, cuda)
     if cuda:
         torch.cuda.empty_cache()
     errs = check_case(args, lib, alg, config, shapes, HPARAMS[alg], device, cuda)
-    return rows_of(list_name, alg, config, shapes, med, errs)
+    return rows_of(list_name, alg, config, shapes, med, per, errs)
 
 
-def rows_of(list_name, alg, config, shapes, med, errs):
+def rows_of(list_name, alg, config, shapes, med, per, errs):
     """One row per implementation; speedup = this time / fusedopt's eager time
     (fusedopt's bf16-master for torch's bf16 rows)."""
     numel = sum(n for n, _ in shapes)
@@ -538,14 +571,15 @@ def rows_of(list_name, alg, config, shapes, med, errs):
                          tensors=len(shapes), params=numel, bytes=nbytes, time_us=us,
                          gbps=nbytes / us * 1e-3, fusedopt_speedup=us / base,
                          check_err=err, check=("" if err is None else
-                                               "ok" if err <= tolerance(fo_cfg) else "FAIL")))
+                                               "ok" if err <= tolerance(fo_cfg) else "FAIL"),
+                         steps_per_mark=per[impl]))
     return rows
 
 
 # ------------------------------------------------------------------ output
 
 COLUMNS = ["list", "alg", "config", "impl", "tensors", "params", "bytes", "time_us", "gbps",
-           "fusedopt_speedup", "check_err", "check"]
+           "fusedopt_speedup", "check_err", "check", "steps_per_mark"]
 
 
 def print_row(r):
