@@ -116,11 +116,12 @@ struct variant {
 template <int ALG, int PT, int GT, bool MASTER>
 std::vector<variant> variants_of() {
   const sv_kernel base = fo_step_kernel<ALG, PT, GT, MASTER, false, FO_PASS_UPDATE>;
-  const int ilp = fo_step_shape<PT, GT>::ILP_VEC;
-  return {
-      {"base", base, FO_CUDA_THREADS, ilp, 2, FO_CUDA_CHUNK, nullptr, 0},
-      {"chunk16k", base, FO_CUDA_THREADS, ilp, 2, 16384, nullptr, 0},
-      {"chunk64k", base, FO_CUDA_THREADS, ilp, 2, 65536, nullptr, 0},
+  constexpr int ilp = fo_step_shape<PT, GT>::ILP_VEC;
+  constexpr int minb = fo_step_min_blocks<ALG>();
+  std::vector<variant> v = {
+      {"base", base, FO_CUDA_THREADS, ilp, minb, FO_CUDA_CHUNK, nullptr, 0},
+      {"chunk16k", base, FO_CUDA_THREADS, ilp, minb, 16384, nullptr, 0},
+      {"chunk64k", base, FO_CUDA_THREADS, ilp, minb, 65536, nullptr, 0},
       {"ilp2_b3", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 3>, 256, 2, 3, FO_CUDA_CHUNK, nullptr,
        0},
       {"ilp2_b4", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 4>, 256, 2, 4, FO_CUDA_CHUNK, nullptr,
@@ -134,6 +135,12 @@ std::vector<variant> variants_of() {
       {"packed16k_ilp2_b3", nullptr, 256, 2, 3, FO_CUDA_CHUNK,
        sv_packed_kernel<ALG, PT, GT, MASTER, 2, 3>, 16384},
   };
+  /* Where the library's bound is not 2 blocks per SM (Lion, SGD: 3 since
+   * 2026-12-06), its shape at 2 as well: the bound it had before. */
+  if (minb != 2)
+    v.push_back({"ilp4_b2", sv_step_kernel<ALG, PT, GT, MASTER, ilp, FO_CUDA_THREADS, 2>,
+                 FO_CUDA_THREADS, ilp, 2, FO_CUDA_CHUNK, nullptr, 0});
+  return v;
 }
 
 /* ------------------------------------------------------ configurations */

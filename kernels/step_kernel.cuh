@@ -17,16 +17,31 @@
 #include "grid.cuh"
 #include "launch.h"
 
+/* The blocks of FO_CUDA_THREADS an algorithm's step kernel keeps resident
+ * per SM at the least: three where every variant of its update fits in 80
+ * registers without spilling (SGD, Lion, AdaGrad, LARS: ptxas for sm_90
+ * gives 71-80), two for the others (the Adam family, RMSprop and LAMB need
+ * up to 117).  More resident blocks keep more blocks' chains of plan
+ * look-ups in flight, which a list of small tensors waits on (list d on an
+ * H200: SGD and Lion at 3 blocks per SM reached 0.91 of copy, AdamW at 2
+ * reached 0.79; docs/performance.md, issue #15). */
+template <int ALG>
+constexpr int fo_step_min_blocks() {
+  return ALG == FO_RULE_SGD || ALG == FO_RULE_LION || ALG == FO_RULE_ADAGRAD || ALG == FO_RULE_LARS
+             ? 3
+             : 2;
+}
+
 /* The launch arguments are a __grid_constant__ parameter so the block work
  * can take their address without a copy to local memory.  The block has
  * FO_CUDA_THREADS threads (fo_launch_grid), passed as the constant it is, so
  * a thread's vectors lie at immediate offsets from one address; the bounds
- * keep every variant at 128 registers or fewer: two blocks per SM, no
- * spills (docs/performance.md, issue #15).  The norms pass
+ * hold every variant to fo_step_min_blocks blocks per SM with no spills
+ * (the build fails on a spill).  The norms pass
  * of LAMB and LARS reduces each thread's two sums of squares over the
  * block in a fixed tree and writes them as the block's partials. */
 template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS>
-__global__ void __launch_bounds__(FO_CUDA_THREADS, 2)
+__global__ void __launch_bounds__(FO_CUDA_THREADS, fo_step_min_blocks<ALG>())
     fo_step_kernel(const __grid_constant__ fo_step_launch args, int64_t first_block) {
   const int64_t b = first_block + blockIdx.x;
   if constexpr (PASS == FO_PASS_NORMS) {
