@@ -27,9 +27,10 @@ are registered as external storage: fusedopt updates torch's own buffers.
 Timing: warm-up, then a CUDA event (or a wall-clock mark) between any two
 steps, each implementation's steps back to back on CUDA, round by round on
 the CPU; each figure is the median of its steps.  On CUDA a step shorter
-than 200 us (by the warm-up's mean) is timed in runs of up to 16 back to
-back between two events (column steps_per_mark), so the event's own
-Python cost is not added to each step where the host is the bottleneck.  No input rotation: list a's tensors (2 GB with
+than 200 us (timed over a few steps after the warm-up) is timed in runs
+of up to 16 back to back between two events (column steps_per_mark), so
+the event's own Python cost is not added to each step where the host is
+the bottleneck.  No input rotation: list a's tensors (2 GB with
 their state) are 40x an H100's L2 (b and c more still), and the 4-tensor MLP
 measures latency.
 
@@ -386,18 +387,26 @@ MAX_PER_MARK = 16
 
 def warm_up(step, warmup, cuda):
     """Run the warm-up steps; on CUDA, how many steps go between two marks
-    (from the warm-up's mean time; 1 without a warm-up or on the CPU)."""
+    (from the mean of a few more steps after it; 1 without a warm-up or on
+    the CPU)."""
     if not cuda or warmup < 1:
         for _ in range(warmup):
             step()
         return 1
+    for _ in range(warmup):
+        step()
+    # The estimate comes from steps after the warm-up: the first step of a
+    # torch.optim optimizer creates its state (cudaMalloc after the
+    # empty_cache() before timing, lazy module loads), which would make a
+    # 15 us step look like 200+ us and time it one step per mark.
+    probe = max(1, min(warmup, 4))
     torch.cuda.synchronize()
     t = Timer(cuda, 2)
     t.mark(0)
-    for _ in range(warmup):
+    for _ in range(probe):
         step()
     t.mark(1)
-    us = t.intervals_us()[0] / warmup
+    us = t.intervals_us()[0] / probe
     return max(1, min(MAX_PER_MARK, int(MARK_EVERY_US // max(us, 1e-3))))
 
 

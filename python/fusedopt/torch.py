@@ -94,14 +94,17 @@ def _values_key(group, keys):
     of keys and their types (a tuple's elements' too: True == 1 == 1.0,
     but only some of them are valid for a given key)."""
     vals = tuple(map(group.get, keys, (_ABSENT,) * len(keys)))
-    return vals, tuple([type(v) if type(v) is not tuple else tuple(map(type, v)) for v in vals])
+    # types first: a key of other types compares unequal without comparing
+    # its values (a tensor's or an array's == is elementwise, and bool() of
+    # it raises for more than one element)
+    return tuple([type(v) if type(v) is not tuple else tuple(map(type, v)) for v in vals]), vals
 
 
 def _frozen(key):
     """key if none of its values can change in place, else None (a tensor
     or a list can change without the group changing: such a group is
     converted at every step)."""
-    for t in key[1]:
+    for t in key[0]:
         if type(t) is tuple:
             if not all(e in _FROZEN_TYPES for e in t):
                 return None
@@ -422,6 +425,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         # cannot free memory the library still points to.
         self._pdata = [p.detach() for p in params]
         self._pptrs = [p.data_ptr() for p in params]
+        self._pnumels = [p.numel() for p in params]
         self._pushed = [bytes(h) for h in hps]
         self._seen = [None] * len(hps)
         # The loss scale's view, made once: scale_loss() then runs no
@@ -457,12 +461,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _grads_in_place(self, params):
         """The common case, checked without a Python loop per parameter
         (the loop cost GPT-2's 148 tensors 60 us a step on a CPU): every
-        p.grad is its view and no parameter's memory moved.  (A parameter
-        reshaped in place keeps its address; autograd then refuses its
-        gradient, so the shape is checked only in the loop.)"""
+        p.grad is its view and no parameter's memory moved or changed size
+        (p.data = p.data[:1] keeps the address, and autograd broadcasts its
+        (1, n) gradient into the (k, n) view without complaint).  A reshape
+        of the same size is left to the loop: the library steps the same
+        memory, and autograd refuses a gradient of the new shape."""
         return (len(params) == len(self._views)
                 and all(map(operator.is_, map(_grad_of, params), self._views))
-                and list(map(torch.Tensor.data_ptr, params)) == self._pptrs)
+                and list(map(torch.Tensor.data_ptr, params)) == self._pptrs
+                and list(map(torch.Tensor.numel, params)) == self._pnumels)
 
     def _check_grads(self):
         """Check every p.grad before the step; copy replaced ones into the

@@ -226,6 +226,10 @@ class AgainstTorch(unittest.TestCase):
         for a, b in zip(m.parameters(), before):
             self.assertTrue(torch.equal(a, b))
         opt.param_groups[0]["amsgrad"] = False
+        opt.param_groups[0]["lr"] = torch.full((2,), 1e-2)  # not one element
+        with self.assertRaisesRegex(TypeError, "lr"):
+            opt.step()
+        opt.param_groups[0]["lr"] = 1e-2
         opt.param_groups[0]["weight_decay"] = -0.0
         opt.step()
         lib = fusedopt.torch.C.FoHparams()
@@ -488,6 +492,14 @@ class GradientBuffer(unittest.TestCase):
         p.data = p.data.clone()
         with self.assertRaisesRegex(RuntimeError, "moved"):
             opt.step()
+        # narrowed in place: the same address, fewer elements
+        m2 = make_model()
+        opt2 = ft.SGD(m2.parameters(), lr=0.1)
+        train(m2, opt2, batches(1))
+        w = m2[0].weight
+        w.data = w.data[:1]
+        with self.assertRaisesRegex(RuntimeError, "moved"):
+            opt2.step()
 
 
 class BadInput(unittest.TestCase):
