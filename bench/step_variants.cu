@@ -116,10 +116,13 @@ struct variant {
 template <int ALG, int PT, int GT, bool MASTER>
 std::vector<variant> variants_of() {
   const sv_kernel base = fo_step_kernel<ALG, PT, GT, MASTER, false, FO_PASS_UPDATE>;
-  constexpr int ilp = fo_step_shape<PT, GT>::ILP_VEC;
+  constexpr int ilp = fo_step_shape<ALG, PT, GT>::ILP_VEC;
   constexpr int minb = fo_step_min_blocks<ALG>();
-  std::vector<variant> v = {
+  return {
       {"base", base, FO_CUDA_THREADS, ilp, minb, FO_CUDA_CHUNK, nullptr, 0},
+      /* the library's shape until 2026-12-06: 4 vectors, 2 blocks per SM */
+      {"ilp4_b2", sv_step_kernel<ALG, PT, GT, MASTER, 4, FO_CUDA_THREADS, 2>, FO_CUDA_THREADS, 4, 2,
+       FO_CUDA_CHUNK, nullptr, 0},
       {"chunk16k", base, FO_CUDA_THREADS, ilp, minb, 16384, nullptr, 0},
       {"chunk64k", base, FO_CUDA_THREADS, ilp, minb, 65536, nullptr, 0},
       {"ilp2_b3", sv_step_kernel<ALG, PT, GT, MASTER, 2, 256, 3>, 256, 2, 3, FO_CUDA_CHUNK, nullptr,
@@ -135,12 +138,6 @@ std::vector<variant> variants_of() {
       {"packed16k_ilp2_b3", nullptr, 256, 2, 3, FO_CUDA_CHUNK,
        sv_packed_kernel<ALG, PT, GT, MASTER, 2, 3>, 16384},
   };
-  /* Where the library's bound is not 2 blocks per SM (Lion, SGD: 3 since
-   * 2026-12-06), its shape at 2 as well: the bound it had before. */
-  if (minb != 2)
-    v.push_back({"ilp4_b2", sv_step_kernel<ALG, PT, GT, MASTER, ilp, FO_CUDA_THREADS, 2>,
-                 FO_CUDA_THREADS, ilp, 2, FO_CUDA_CHUNK, nullptr, 0});
-  return v;
 }
 
 /* ------------------------------------------------------ configurations */

@@ -137,20 +137,39 @@ FO_BW_FN fo_block_range fo_block_range_of(const fo_plan_block *blocks,
 
 /* ------------------------------------------------------------ the step */
 
-/* Vector width and ILP of the step, for every (param, grad) dtype pair:
- * vectors of 4 elements, 4 of them in flight per thread (16 elements per
- * round; the chunk is a multiple of W * nthreads * ILP, so every round but a
- * tensor's last block's is full).  W is set by the fp32 arrays, which every
+/* Vectors in flight per thread in the step of algorithm alg: 2 where the
+ * update holds the most per element (Adam, AdamW, NAdam, RMSprop, LAMB: two
+ * moments, or a moment and an average; at 4 vectors their kernels need
+ * 113-117 registers, 2 blocks of 256 threads per SM), so that 3 or 4
+ * blocks fit (step_kernel.cuh, fo_step_min_blocks) with the same bytes in
+ * flight per SM; 4 for the others, which fit 3 blocks at 4 vectors.  More
+ * resident blocks run more blocks' chains of plan look-ups at once, which
+ * a list of small tensors waits on: on an H200, list d (4096 tensors of
+ * 1..4096 elements) took about 5 us per wave of resident blocks whatever
+ * the algorithm (SGD and Lion at 3 blocks per SM 0.91 of copy, AdamW at 2
+ * 0.79; docs/performance.md, issue #15). */
+constexpr int fo_step_ilp(int alg) {
+  return alg == FO_RULE_ADAM || alg == FO_RULE_ADAMW || alg == FO_RULE_NADAM ||
+                 alg == FO_RULE_RMSPROP || alg == FO_RULE_LAMB
+             ? 2
+             : 4;
+}
+
+/* Vector width and ILP of the step, for every algorithm and (param, grad)
+ * dtype pair: vectors of 4 elements, fo_step_ilp of them in flight per
+ * thread (8 or 16 elements per round; the chunk is a multiple of W *
+ * nthreads * ILP, so every round but a tensor's last block's is full).  W
+ * is set by the fp32 arrays, which every
  * step has (master, moments, or the parameter): one float4 each, so a warp's
  * load of an fp32 array is 512 contiguous bytes.  A 16-bit array is then
  * one 8-byte access per vector (256 contiguous bytes per warp).  Vectors of
  * 8, one 16-byte access per 16-bit array, would read each fp32 array as two
  * float4 per thread at a 32-byte stride: every instruction half of each
  * sector it touches (issue #15; docs/performance.md). */
-template <int PT, int GT>
+template <int ALG, int PT, int GT>
 struct fo_step_shape {
   static constexpr int W = 4;
-  static constexpr int ILP_VEC = 4;
+  static constexpr int ILP_VEC = fo_step_ilp(ALG);
   static constexpr int ILP_SCALAR = 4;
 };
 
@@ -164,7 +183,7 @@ struct fo_step_shape {
  * ILPs, fo_step_shape's unless a harness times others (bench/step_variants.cu);
  * the results do not depend on it. */
 template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS = FO_PASS_UPDATE,
-          class Shape = fo_step_shape<PT, GT>>
+          class Shape = fo_step_shape<ALG, PT, GT>>
 struct fo_step_op {
   typedef typename fo_elem<PT>::type param_t;
   typedef typename fo_elem<GT>::type grad_t;

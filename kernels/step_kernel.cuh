@@ -18,18 +18,17 @@
 #include "launch.h"
 
 /* The blocks of FO_CUDA_THREADS an algorithm's step kernel keeps resident
- * per SM at the least: three where every variant of its update fits in 80
- * registers without spilling (SGD, Lion, AdaGrad, LARS: ptxas for sm_90
- * gives 71-80), two for the others (the Adam family, RMSprop and LAMB need
- * up to 117).  More resident blocks keep more blocks' chains of plan
- * look-ups in flight, which a list of small tensors waits on (list d on an
- * H200: SGD and Lion at 3 blocks per SM reached 0.91 of copy, AdamW at 2
- * reached 0.79; docs/performance.md, issue #15). */
+ * per SM at the least (why: fo_step_ilp, block_work.cuh): the most at which
+ * every variant of its update fits without spilling, by ptxas for sm_80
+ * and sm_90.  4 (at most 64 registers) for Adam, AdamW, NAdam and LAMB at
+ * 2 vectors per thread (57-64); 3 (at most 80) for RMSprop at 2 vectors
+ * (66-80; at 4 blocks it spills) and for SGD, Lion, AdaGrad and LARS at 4
+ * (64-80). */
 template <int ALG>
 constexpr int fo_step_min_blocks() {
-  return ALG == FO_RULE_SGD || ALG == FO_RULE_LION || ALG == FO_RULE_ADAGRAD || ALG == FO_RULE_LARS
-             ? 3
-             : 2;
+  return ALG == FO_RULE_ADAM || ALG == FO_RULE_ADAMW || ALG == FO_RULE_NADAM || ALG == FO_RULE_LAMB
+             ? 4
+             : 3;
 }
 
 /* The launch arguments are a __grid_constant__ parameter so the block work

@@ -347,7 +347,8 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
       run_step(a, &cov, sctx);
       cov.check_exactly_once(sctx);
       for (int64_t i = 0; i < nt; i++) {
-        const int W = fo_step_shape<FO_RULE_F32, FO_RULE_F32>::W; /* 4 for every dtype */
+        const int W =
+            fo_step_shape<FO_RULE_SGD, FO_RULE_F32, FO_RULE_F32>::W; /* 4 for every dtype */
         if (layout[i] == ALIGNED && chunk % W == 0 && numel[i] >= W)
           cr_assert_gt(cov.vector_visits[i], 0,
                        "%s: aligned tensor %" PRId64 " (numel %" PRId64
