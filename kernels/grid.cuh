@@ -31,7 +31,20 @@ static int fo_launch_pdl(bool pdl, void (*kernel)(Params...), unsigned grid, uns
   cfg.stream = stream;
   cfg.attrs = pdl ? attr : nullptr;
   cfg.numAttrs = pdl ? 1 : 0;
-  return (int)cudaLaunchKernelEx(&cfg, kernel, static_cast<Actual &&>(args)...);
+  cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Actual &&>(args)...);
+  if (e != cudaSuccess && pdl) {
+    /* Not yet seen on a device: whether every stream (the legacy default
+     * stream among them) and driver takes the attribute.  A launch refused
+     * with it is made again without it -- the same kernel, whose wait for
+     * the prior kernel then returns at once -- and the refusal is not left
+     * pending for the caller.  An error that is not the attribute's comes
+     * back from the second launch as well. */
+    if (cudaPeekAtLastError() == e) (void)cudaGetLastError();
+    cfg.attrs = nullptr;
+    cfg.numAttrs = 0;
+    e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Actual &&>(args)...);
+  }
+  return (int)e;
 }
 
 template <class... Params, class... Actual>
@@ -46,8 +59,8 @@ static int fo_launch(void (*kernel)(Params...), unsigned grid, unsigned threads,
  * still runs, and must call fo_wait_for_prior_kernel() (block_work.cuh)
  * before it reads anything that kernel writes. */
 template <class Args>
-static int fo_launch_grid(void (*kernel)(Args, int64_t), const Args &args,
-                          int64_t num_blocks, cudaStream_t stream, bool pdl = false) {
+static int fo_launch_grid(void (*kernel)(Args, int64_t), const Args &args, int64_t num_blocks,
+                          cudaStream_t stream, bool pdl = false) {
   for (int64_t first = 0; first < num_blocks; first += FO_MAX_GRID) {
     const int64_t left = num_blocks - first;
     const unsigned grid = (unsigned)(left < FO_MAX_GRID ? left : FO_MAX_GRID);
