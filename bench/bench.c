@@ -56,8 +56,9 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: bench [options]\n"
           "  --list L      tensor lists, comma-separated: a (GPT-2 124M), b (Llama-7B\n"
-          "                layers), c (one huge tensor), d (4096 tiny tensors), or all\n"
-          "                (default: all on CUDA, c,a with --cpu)\n"
+          "                layers), c (one huge tensor), d (4096 tiny tensors), m (a\n"
+          "                4-tensor MLP: latency), or all (default: all on CUDA, c,a\n"
+          "                with --cpu)\n"
           "  --alg A       adamw, adam, sgd (momentum 0.9), lion, adagrad, rmsprop\n"
           "                (momentum 0.9), nadam, lamb, lars, or all (default all)\n"
           "  --config C    fp32, bf16-master, bf16, or all (default all)\n"
@@ -133,11 +134,11 @@ static void parse(int argc, char **argv, args *a) {
   if (!a->lists) a->lists = a->cpu ? "c,a" : "all";
   if (a->o.reps < 0) a->o.reps = a->cpu ? 10 : 50;
   if (a->o.warmup < 0) a->o.warmup = a->cpu ? 2 : 5;
-  static const char *const lists[] = {"a", "b", "c", "d"};
+  static const char *const lists[] = {"a", "b", "c", "d", "m"};
   static const char *const configs[] = {"fp32", "bf16-master", "bf16"};
   const char *algs[FO_ALG_COUNT]; /* the library's own names */
   for (int i = 0; i < FO_ALG_COUNT; i++) algs[i] = fo_algorithm_string((fo_algorithm)i);
-  validate("--list", a->lists, lists, 4);
+  validate("--list", a->lists, lists, 5);
   validate("--alg", a->algs, algs, FO_ALG_COUNT);
   validate("--config", a->configs, configs, 3);
 }
@@ -180,9 +181,9 @@ static int run_list(const bench_backend *b, const bench_list *l, const args *a) 
 
 static int run_all(const bench_backend *b, const args *a) {
   const bench_sizes sizes = choose_sizes(b, a);
-  static const char *const names[] = {"a", "b", "c", "d"};
+  static const char *const names[] = {"a", "b", "c", "d", "m"};
   int failed = 0;
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < 5; i++) {
     if (!selected(a->lists, names[i])) continue;
     if (!strcmp(names[i], "b") && sizes.llama_layers < 1) {
       printf("# list b skipped: not one Llama-7B layer (%.1f GB) fits\n",

@@ -37,7 +37,7 @@ typedef struct bench_tensor {
 } bench_tensor;
 
 typedef struct bench_list {
-  char name[8];       /* "a" .. "d" */
+  char name[8];       /* "a" .. "d", "m" */
   char what[64];      /* "GPT-2 124M", "Llama-7B x 23 layers", ... */
   bench_tensor *tensors;
   int64_t count;
@@ -51,7 +51,7 @@ typedef struct bench_sizes {
   int llama_layers;   /* list b */
 } bench_sizes;
 
-/* Build list name ("a".."d") into *out; returns 0, or -1 for an unknown
+/* Build list name ("a".."d", "m") into *out; returns 0, or -1 for an unknown
  * name.  Free with bench_list_free(). */
 int bench_list_make(const char *name, const bench_sizes *sizes, bench_list *out);
 void bench_list_free(bench_list *l);

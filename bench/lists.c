@@ -7,7 +7,9 @@
  *      4096x11008, two RMSNorm 4096: 9 tensors and 202,383,360 parameters a
  *      layer, as many layers as fit (bench.c decides);
  *   c  one huge tensor;
- *   d  4096 tiny tensors of random sizes 1..4096 (fixed seed).
+ *   d  4096 tiny tensors of random sizes 1..4096 (fixed seed);
+ *   m  a 4-tensor MLP (64-128-10: 9,610 parameters), scripts/bench_torch.py's
+ *      list mlp: a step that only latency can measure.
  *
  * Two parameter groups where the model has them, as training uses them:
  * matrices decay (group 0), biases and norms do not (group 1).
@@ -92,6 +94,15 @@ static void make_tiny(bench_list *l) {
   snprintf(l->what, sizeof l->what, "%d tensors of 1..%d", D_TENSORS, D_MAX_NUMEL);
 }
 
+static void make_mlp(bench_list *l) {
+  start(l, "m", 4, 2);
+  push(l, 128 * 64, 0); /* fc1.weight */
+  push(l, 128, 1);      /* fc1.bias */
+  push(l, 10 * 128, 0); /* fc2.weight */
+  push(l, 10, 1);       /* fc2.bias */
+  snprintf(l->what, sizeof l->what, "MLP 64-128-10");
+}
+
 int bench_list_make(const char *name, const bench_sizes *sizes, bench_list *out) {
   if (!strcmp(name, "a"))
     make_gpt2(out);
@@ -101,6 +112,8 @@ int bench_list_make(const char *name, const bench_sizes *sizes, bench_list *out)
     make_huge(out, sizes->huge_numel);
   else if (!strcmp(name, "d"))
     make_tiny(out);
+  else if (!strcmp(name, "m"))
+    make_mlp(out);
   else
     return -1;
   return 0;

@@ -22,10 +22,10 @@
 #                           eager ones, then the graph captures in a
 #                           process of their own (a fault there is sticky)
 #                  big      gpu/tensor_past_2_31_elements
-#                  bench    bench on lists a, c, d and b (4 layers): AdamW,
-#                           SGD momentum, Lion in fp32 and bf16-master; and
-#                           `new`: LAMB, LARS, AdaGrad, RMSprop, NAdam on
-#                           list a (eager)
+#                  bench    bench on lists a, c, d, b (4 layers) and m (the
+#                           4-tensor MLP's latency): AdamW, SGD momentum,
+#                           Lion in fp32 and bf16-master; and `new`: LAMB,
+#                           LARS, AdaGrad, RMSprop, NAdam on list a (eager)
 #                  variants bench/step_variants: the step kernel's shapes
 #                           (chunk, ILP, blocks per SM) side by side on
 #                           lists a and d, with a bit-identity check
@@ -258,21 +258,22 @@ run_demo() {
 }
 
 run_bench() {
-  local list lists=${filter_of[bench]:-a+new+c+d+b}
+  local list lists=${filter_of[bench]:-a+new+c+d+b+m}
   for list in ${lists//+/ }; do
     if [ "$list" = new ]; then # the algorithms of issue #17, list a, eager
       part "bench-new" "$build/bench/bench" --list a --alg lamb,lars,adagrad,rmsprop,nadam \
         --config fp32,bf16-master --reps 10 --warmup 2 --csv "$work/logs/bench_gpu_new.csv"
       continue
     fi
+    # list m: one input set, as bench_torch.py's mlp (a latency, in L2)
     part "bench-$list" "$build/bench/bench" --list "$list" --alg adamw,sgd,lion \
       --config fp32,bf16-master --layers 4 --reps 20 --warmup 3 --graph \
-      --csv "$work/logs/bench_gpu_$list.csv"
+      $([ "$list" = m ] && echo --sets 1) --csv "$work/logs/bench_gpu_$list.csv"
   done
   # one CSV, the header once
   local first=1
   : >"$out/bench_gpu.csv"
-  for list in a new c d b; do
+  for list in a new c d b m; do
     local f=$work/logs/bench_gpu_$list.csv
     [ -s "$f" ] || continue
     if [ $first = 1 ]; then cat "$f"; first=0; else tail -n +2 "$f"; fi
