@@ -416,8 +416,9 @@ if [ "$dry" = 0 ]; then
     echo "== headline ratios (bench: fused step over copy, eager; graph where measured)"
     if [ -s "$out/bench_gpu.csv" ]; then
       awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
-               { printf "  %-22s of_copy %6s  graph %6s  vs_naive %7s  check %s\n",
-                 $c["label"], $c["fused_of_copy"], $c["graph_of_copy"], $c["speedup"], $c["check"] }' \
+               { printf "  %-22s of_copy %6s  graph %6s  vs_naive %7s  us %9s / %9s  check %s\n",
+                 $c["label"], $c["fused_of_copy"], $c["graph_of_copy"], $c["speedup"],
+                 $c["fused_us"], $c["graph_us"], $c["check"] }' \
         "$out/bench_gpu.csv"
     fi
     if [ -s "$work/logs/step_variants.csv" ]; then
