@@ -181,7 +181,8 @@ struct fo_step_shape {
  * two sums of squares into *acc; no parameter is written) and apply pass
  * (the tensor's factor from the launch's tensor_factors).  Shape: W and the
  * ILPs, fo_step_shape's unless a harness times others (bench/step_variants.cu);
- * the results do not depend on it. */
+ * the updates do not depend on it (the norms pass's sums of squares do, in
+ * their last bits: each thread adds other elements). */
 template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS = FO_PASS_UPDATE,
           class Shape = fo_step_shape<ALG, PT, GT>>
 struct fo_step_op {
