@@ -66,6 +66,13 @@ typedef struct fo_step_launch {
 /* Per-step launch of the fused update over the whole plan on stream. */
 int fo_launch_step(const fo_step_launch *args, void *stream);
 
+/* The PTX architecture (cudaFuncAttributes.ptxVersion: 80, 90, ...) of the
+ * library's kernels as the runtime runs them on the current device, 0 when
+ * it cannot tell.  Programmatic Dependent Launch needs 90 or more: compiled
+ * for less (a build for sm_80 alone, run on an H100 from its PTX), the step
+ * kernel's wait for the prepare kernel is not in it. */
+int fo_kernels_ptx_version(void);
+
 /* LAMB and LARS, after the norms pass: slot[2k] and slot[2k+1], k <
  * all_tensors, = the sums of squares over the blocks of the plan's piece
  * of tensor k (fo_plan_tensor.index; a tensor's blocks are consecutive in

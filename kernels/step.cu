@@ -35,6 +35,18 @@ __global__ void __launch_bounds__(FO_CUDA_THREADS)
 
 /* ------------------------------------------------------------- launchers */
 
+/* Every kernel of the library is built for the same architectures: one
+ * kernel's attributes stand for all of them. */
+extern "C" int fo_kernels_ptx_version(void) {
+  cudaFuncAttributes a;
+  const cudaError_t e = cudaFuncGetAttributes(&a, fo_zero_grad_kernel<FO_RULE_F32>);
+  if (e != cudaSuccess) {
+    if (cudaPeekAtLastError() == e) (void)cudaGetLastError();
+    return 0;
+  }
+  return a.ptxVersion;
+}
+
 extern "C" int fo_launch_step(const fo_step_launch *args, void *stream) {
   if (!args) return (int)cudaErrorInvalidValue;
   if (args->num_blocks <= 0) return (int)cudaSuccess;

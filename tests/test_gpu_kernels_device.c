@@ -29,6 +29,7 @@
 #include "gpu_harness.h"
 #include "gpu_matrix.h"
 #include "internal.h"
+#include "launch.h"
 #include "reference.h"
 #include "testutil.h"
 
@@ -289,10 +290,11 @@ Test(gpu, caller_pending_error_is_neither_blamed_nor_cleared) {
   CK(cudaFree(dg));
 }
 
-/* On a device of compute capability 9.0 or newer the step kernel is
+/* On a device of compute capability 9.0 or newer, with kernels compiled for
+ * it (PTX 90 or newer: the default build's sm_90), the step kernel is
  * launched with Programmatic Dependent Launch after the prepare kernel (and
- * waits for it before reading the step state); on older ones it is not.
- * The other tests of this file check the results either way. */
+ * waits for it before reading the step state); otherwise it is not.  The
+ * other tests of this file check the results either way. */
 Test(gpu, step_uses_pdl_exactly_on_sm90_and_newer) {
   require_device(1);
   int major = 0;
@@ -310,7 +312,9 @@ Test(gpu, step_uses_pdl_exactly_on_sm90_and_newer) {
   fo_tensor_desc t = {1024, 0, dp, dg, "w"};
   fo_optimizer *opt = NULL;
   OK(fo_optimizer_create(&opt, &o, &h, 1, &t, 1));
-  cr_assert_eq(opt->run.pdl, major >= 9, "compute capability %d.x, pdl %d", major, opt->run.pdl);
+  const int ptx = fo_kernels_ptx_version();
+  cr_assert_eq(opt->run.pdl, major >= 9 && ptx >= 90, "compute capability %d.x, PTX %d, pdl %d",
+               major, ptx, opt->run.pdl);
   OK(fo_optimizer_destroy(opt));
   CK(cudaFree(dp));
   CK(cudaFree(dg));
