@@ -133,7 +133,8 @@ static int fo_launch_prepare_of(const fo_prepare_args *args, const double *parti
   a.head = args->head;
   memcpy(a.groups, args->groups, (size_t)args->head.num_groups * sizeof a.groups[0]);
   /* without partials there is nothing to fold: one thread per group (a
-   * block of 1024 threads costs more to start and to finish) */
+   * block of 1024 threads costs more to start and to finish); with them,
+   * exactly PREPARE_THREADS, which the kernel's fo_block_sum assumes */
   const unsigned threads = partials ? PREPARE_THREADS : FO_PLAN_MAX_GROUPS;
   return fo_launch(fo_prepare_kernel<G>, 1, threads, stream, a, partials, num_partials, state);
 }
