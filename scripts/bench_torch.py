@@ -389,24 +389,15 @@ def warm_up(step, warmup, cuda):
     """Run the warm-up steps; on CUDA, how many steps go between two marks
     (from the mean of a few more steps after it; 1 without a warm-up or on
     the CPU)."""
-    if not cuda or warmup < 1:
-        for _ in range(warmup):
-            step()
-        return 1
     for _ in range(warmup):
         step()
+    if not cuda or warmup < 1:
+        return 1
     # The estimate comes from steps after the warm-up: the first step of a
     # torch.optim optimizer creates its state (cudaMalloc after the
     # empty_cache() before timing, lazy module loads), which would make a
     # 15 us step look like 200+ us and time it one step per mark.
-    probe = max(1, min(warmup, 4))
-    torch.cuda.synchronize()
-    t = Timer(cuda, 2)
-    t.mark(0)
-    for _ in range(probe):
-        step()
-    t.mark(1)
-    us = t.intervals_us()[0] / probe
+    us = timed_rounds([("probe", step)], 1, cuda, per_mark=min(warmup, 4))[0]
     return max(1, min(MAX_PER_MARK, int(MARK_EVERY_US // max(us, 1e-3))))
 
 
