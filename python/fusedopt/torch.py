@@ -426,8 +426,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._pdata = [p.detach() for p in params]
         self._pptrs = [p.data_ptr() for p in params]
         self._pnumels = [p.numel() for p in params]
-        self._pushed = [bytes(h) for h in hps]
-        self._seen = [None] * len(hps)
+        self._pushed_all(hps)
         # The loss scale's view, made once: scale_loss() then runs no
         # library call and creates no tensor header per step (nothing but
         # the multiplication is enqueued, inside a graph capture too).
@@ -458,6 +457,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         return _float_view(addr, self._pdata[index].numel(), self._device)
 
     # ------------------------------------------------------------ the step
+    def _grads_are_views(self, params):
+        """Every p.grad is still its view (one C-level pass, no Python loop
+        per parameter)."""
+        return all(map(operator.is_, map(_grad_of, params), self._views))
+
     def _grads_in_place(self, params):
         """The common case, checked without a Python loop per parameter
         (the loop cost GPT-2's 148 tensors 60 us a step on a CPU): every
@@ -467,7 +471,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         of the same size is left to the loop: the library steps the same
         memory, and autograd refuses a gradient of the new shape."""
         return (len(params) == len(self._views)
-                and all(map(operator.is_, map(_grad_of, params), self._views))
+                and self._grads_are_views(params)
                 and list(map(torch.Tensor.data_ptr, params)) == self._pptrs
                 and list(map(torch.Tensor.numel, params)) == self._pnumels)
 
@@ -531,6 +535,17 @@ class FusedOptimizer(torch.optim.Optimizer):
                 v.copy_(g)
             p.grad = v
 
+    def _pushed_all(self, hps):
+        """The library now holds hps, one per group: nothing seen yet."""
+        self._pushed = [bytes(h) for h in hps]
+        self._seen = [None] * len(hps)
+
+    def _pushed_one(self, gi, raw, key=None):
+        """The library now holds raw for group gi, made from the group's
+        values key (_values_key; None: not known, convert at the next step)."""
+        self._pushed[gi] = raw
+        self._seen[gi] = _frozen(key) if key is not None else None
+
     def _push_hparams(self):
         """Push every group whose hyper-parameters changed since the last
         push (fo_optimizer_set_hparams; the library checks the ranges).
@@ -547,7 +562,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             if raw != self._pushed[gi]:
                 todo.append((gi, hp, raw, key))
             else:
-                self._seen[gi] = _frozen(key)
+                self._pushed_one(gi, raw, key)  # the same bytes, now known by its values
         done = []
         try:
             for gi, hp, raw, _ in todo:
@@ -559,8 +574,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self._lib.fo_optimizer_set_hparams(self._handle, gi, ctypes.byref(old))
             raise
         for gi, hp, raw, key in todo:
-            self._pushed[gi] = raw
-            self._seen[gi] = _frozen(key)
+            self._pushed_one(gi, raw, key)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -583,7 +597,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._live()
         self._flat.zero_()
         params = self._params()
-        if all(map(operator.is_, map(_grad_of, params), self._views)):
+        if self._grads_are_views(params):
             return
         for p, v in zip(params, self._views):
             if p.grad is not v:
@@ -794,8 +808,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for g, ng in zip(self.param_groups, new_groups):
             g.clear()
             g.update(ng)
-        self._pushed = [bytes(h) for h in hps]
-        self._seen = [None] * len(hps)
+        self._pushed_all(hps)
         self._loaded_state = present > 0
 
     def _check_state_tensor(self, t, p, sid, name):
@@ -844,8 +857,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     g[key] = bool(getattr(hp, key))
                 else:
                     g[key] = float(getattr(hp, key))
-            self._pushed[gi] = bytes(self._hparams_of(g, "param group %d" % gi))
-            self._seen[gi] = None
+            self._pushed_one(gi, bytes(self._hparams_of(g, "param group %d" % gi)))
         self._loaded_state = True
 
     # ------------------------------------------------------------ lifetime
