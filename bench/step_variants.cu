@@ -117,7 +117,7 @@ template <int ALG, int PT, int GT, bool MASTER>
 std::vector<variant> variants_of() {
   const sv_kernel base = fo_step_kernel<ALG, PT, GT, MASTER, false, FO_PASS_UPDATE>;
   constexpr int ilp = fo_step_shape<ALG, PT, GT>::ILP_VEC;
-  constexpr int minb = fo_step_min_blocks<ALG>();
+  constexpr int minb = fo_step_min_blocks(ALG);
   return {
       {"base", base, FO_CUDA_THREADS, ilp, minb, FO_CUDA_CHUNK, nullptr, 0},
       /* the library's shape until 2026-12-06: 4 vectors, 2 blocks per SM */

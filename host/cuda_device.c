@@ -74,21 +74,12 @@ fo_status fo_cuda_device_count(int *count) {
                                                   : fo_fail(FO_ERR_INTERNAL, fn, "device count");
 }
 
-/* PDL needs the device (compute capability 9.0 or newer) and kernels
- * compiled for it (fo_kernels_ptx_version, asked on that device). */
+/* PDL needs kernels compiled for sm_90 or newer, as the runtime runs them
+ * on that device (fo_kernels_ptx_version): PTX 90 or newer runs only on a
+ * device of compute capability 9.0 or newer, so that is checked too. */
 int fo_cuda_supports_pdl(int device) {
-  int major = 0, prev = 0;
-  cudaError_t e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (e == cudaSuccess) e = cudaGetDevice(&prev);
-  if (e != cudaSuccess) {
-    fo_cuda_forget(e);
-    return 0;
-  }
-  if (major < 9) return 0;
-  if (prev != device && (e = cudaSetDevice(device)) != cudaSuccess) {
-    fo_cuda_forget(e);
-    return 0;
-  }
+  int prev;
+  if (fo_cuda_enter("fo_cuda_supports_pdl", device, &prev) != FO_SUCCESS) return 0;
   const int ptx = fo_kernels_ptx_version();
   fo_cuda_leave(device, prev);
   return ptx >= 90;

@@ -141,7 +141,7 @@ FO_BW_FN fo_block_range fo_block_range_of(const fo_plan_block *blocks,
  * update holds the most per element (Adam, AdamW, NAdam, RMSprop, LAMB: two
  * moments, or a moment and an average; at 4 vectors their kernels need
  * 113-117 registers, 2 blocks of 256 threads per SM), so that 3 or 4
- * blocks fit (step_kernel.cuh, fo_step_min_blocks) with the same bytes in
+ * blocks fit (fo_step_min_blocks, below) with the same bytes in
  * flight per SM; 4 for the others, which fit 3 blocks at 4 vectors.  More
  * resident blocks run more blocks' chains of plan look-ups at once, which
  * a list of small tensors waits on: on an H200, list d (4096 tensors of
@@ -153,6 +153,19 @@ constexpr int fo_step_ilp(int alg) {
                  alg == FO_RULE_RMSPROP || alg == FO_RULE_LAMB
              ? 2
              : 4;
+}
+
+/* The blocks of FO_CUDA_THREADS the step kernel of algorithm alg keeps
+ * resident per SM at the least (its __launch_bounds__, step_kernel.cuh),
+ * set with fo_step_ilp: the most at which every variant of its update fits
+ * without spilling, by ptxas for sm_80 and sm_90.  4 (at most 64
+ * registers) for Adam, AdamW, NAdam and LAMB at 2 vectors per thread
+ * (57-64); 3 (at most 80) for RMSprop at 2 vectors (66-80; at 4 blocks it
+ * spills) and for SGD, Lion, AdaGrad and LARS at 4 (64-80). */
+constexpr int fo_step_min_blocks(int alg) {
+  return alg == FO_RULE_ADAM || alg == FO_RULE_ADAMW || alg == FO_RULE_NADAM || alg == FO_RULE_LAMB
+             ? 4
+             : 3;
 }
 
 /* Vector width and ILP of the step, for every algorithm and (param, grad)

@@ -17,20 +17,6 @@
 #include "grid.cuh"
 #include "launch.h"
 
-/* The blocks of FO_CUDA_THREADS an algorithm's step kernel keeps resident
- * per SM at the least (why: fo_step_ilp, block_work.cuh): the most at which
- * every variant of its update fits without spilling, by ptxas for sm_80
- * and sm_90.  4 (at most 64 registers) for Adam, AdamW, NAdam and LAMB at
- * 2 vectors per thread (57-64); 3 (at most 80) for RMSprop at 2 vectors
- * (66-80; at 4 blocks it spills) and for SGD, Lion, AdaGrad and LARS at 4
- * (64-80). */
-template <int ALG>
-constexpr int fo_step_min_blocks() {
-  return ALG == FO_RULE_ADAM || ALG == FO_RULE_ADAMW || ALG == FO_RULE_NADAM || ALG == FO_RULE_LAMB
-             ? 4
-             : 3;
-}
-
 /* The launch arguments are a __grid_constant__ parameter so the block work
  * can take their address without a copy to local memory.  The block has
  * FO_CUDA_THREADS threads (fo_launch_grid), passed as the constant it is, so
@@ -40,7 +26,7 @@ constexpr int fo_step_min_blocks() {
  * of LAMB and LARS reduces each thread's two sums of squares over the
  * block in a fixed tree and writes them as the block's partials. */
 template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS>
-__global__ void __launch_bounds__(FO_CUDA_THREADS, fo_step_min_blocks<ALG>())
+__global__ void __launch_bounds__(FO_CUDA_THREADS, fo_step_min_blocks(ALG))
     fo_step_kernel(const __grid_constant__ fo_step_launch args, int64_t first_block) {
   const int64_t b = first_block + blockIdx.x;
   if constexpr (PASS == FO_PASS_NORMS) {
