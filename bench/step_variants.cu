@@ -24,9 +24,9 @@
  * arithmetic per element is the same whatever the shape, so any difference
  * is a coverage bug.
  *
- * The step's scalars are passed by value (fo_step_launch.groups, step 1;
- * no prepare kernel), as the CPU tier's tests launch the block work: the
- * row times the update kernel alone.  One set of buffers, no rotation: list
+ * The step's scalars are carried by value (fo_step_launch.k, step 1; no
+ * prepare kernel), as the library's eager steps without a pre-pass carry
+ * them: the row times the update kernel alone.  One set of buffers, no rotation: list
  * a (3.5 GB) and list d (237 MB) both exceed the H100's and H200's L2.
  *
  * usage: step_variants [--lists a,d] [--reps N] [--warmup N] [--csv FILE]
@@ -337,9 +337,15 @@ plan make_plan(const bench_list &l, const config &c, const arena &a, int64_t chu
   return p;
 }
 
-/* Two groups as training uses them: decay on group 0 only. */
-fo_rule_scalars *make_groups(const config &c) {
-  fo_rule_scalars s[2];
+/* Two groups as training uses them (decay on group 0 only), step 1,
+ * carried by value in the launch as the library's eager steps carry them. */
+fo_known_step make_known(const config &c) {
+  fo_known_step k;
+  memset(&k, 0, sizeof k);
+  k.step = 1;
+  k.grad_coef = 1.0f;
+  k.lr_factor = 1.0f;
+  k.num_groups = 2;
   for (int g = 0; g < 2; g++) {
     fo_group_hparams h;
     memset(&h, 0, sizeof h);
@@ -349,12 +355,10 @@ fo_rule_scalars *make_groups(const config &c) {
     h.beta1 = 0.9f;
     h.beta2 = lion ? 0.99f : 0.999f;
     h.eps = 1e-8f;
-    float mu = 1.0f;
-    fo_group_scalars(c.alg, &h, 1, h.lr, 1.0f, &mu, &s[g]);
+    k.mu_product[g] = 1.0f;
+    fo_group_scalars(c.alg, &h, 1, h.lr, 1.0f, &k.mu_product[g], &k.groups[g]);
   }
-  fo_rule_scalars *d = (fo_rule_scalars *)dev_alloc(sizeof s);
-  SV_CHECK(cudaMemcpy(d, s, sizeof s, cudaMemcpyHostToDevice));
-  return d;
+  return k;
 }
 
 /* ------------------------------------------------------------- timing */
@@ -401,7 +405,7 @@ void launch(const variant &v, const plan &p, const fo_step_launch &a, cudaStream
 /* Every variant of one configuration over one list; returns failed checks. */
 int run_config(const bench_list &l, const config &c, const opts &o, FILE *csv) {
   arena ar = make_arena(l, c);
-  fo_rule_scalars *groups = make_groups(c);
+  const fo_known_step known = make_known(c);
   const int64_t bytes = bytes_per_param(c) * l.params;
   cudaStream_t s;
   SV_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
@@ -430,8 +434,8 @@ int run_config(const bench_list &l, const config &c, const opts &o, FILE *csv) {
     a.grad_dtype = c.gt;
     a.master = c.master;
     a.num_groups = 2;
-    a.step = 1;
-    a.groups = groups;
+    a.known = 1;
+    a.k = known;
     a.pass = FO_PASS_UPDATE;
     /* the check: one step from the initial values */
     reset(ar, c);
@@ -463,7 +467,6 @@ int run_config(const bench_list &l, const config &c, const opts &o, FILE *csv) {
     SV_CHECK(cudaFree(p.tensors));
   }
   SV_CHECK(cudaStreamDestroy(s));
-  SV_CHECK(cudaFree(groups));
   free_arena(ar);
   return failed;
 }

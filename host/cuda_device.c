@@ -147,6 +147,17 @@ fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
   return FO_SUCCESS;
 }
 
+int fo_cuda_stream_capturing(fo_stream_t stream) {
+  if (!stream) return 0; /* the legacy default stream cannot be captured */
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
+  if (e != cudaSuccess) {
+    fo_cuda_forget(e);
+    return 1; /* cannot tell: assume the worst */
+  }
+  return capture != cudaStreamCaptureStatusNone;
+}
+
 /* ---------------------------------------------------------------- memory */
 
 fo_status fo_cuda_alloc_zeroed(const char *fn, int device, size_t bytes, void **out) {

@@ -41,6 +41,10 @@ fo_status fo_cuda_check_pointer(const char *func, const char *what, const void *
  * captured into a graph is accepted as is (the capture forbids the query;
  * the eager calls before it checked the stream). */
 fo_status fo_cuda_check_stream(const char *func, fo_stream_t stream, int device);
+/* 1 when work enqueued on stream now goes into a CUDA graph (or when the
+ * runtime cannot say); 0 for the legacy default stream, which cannot be
+ * captured. */
+int fo_cuda_stream_capturing(fo_stream_t stream);
 
 /* Zero-filled device memory (bytes may be 0), and its release. */
 fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes, void **out);

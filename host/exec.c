@@ -42,5 +42,12 @@ fo_status fo_exec_read_state(const char *fn, const fo_optimizer *opt, fo_step_st
 }
 
 fo_status fo_exec_write_state(const char *fn, fo_optimizer *opt, const fo_step_state *in) {
-  return opt->exec->write_state(fn, opt, in);
+  fo_status st = opt->exec->write_state(fn, opt, in);
+  /* the host's copy follows every write; after a failed one the device's
+   * state is unknown */
+  if (st == FO_SUCCESS)
+    fo_known_set(opt, in);
+  else
+    fo_known_forget(opt, 0);
+  return st;
 }

@@ -76,29 +76,57 @@ static void step_launch_fill(const fo_optimizer *opt, fo_step_launch *out) {
 
 static int unscale(const fo_optimizer *opt, fo_stream_t stream);
 
-/* Enqueue the prepare kernel (over sums[0..n), NULL without a pre-pass)
- * and the fused update (and the optional unscaled-gradient write). */
+/* Can the host decide this step alone (host/known.c)?  Not into a CUDA
+ * graph: a captured step must read the count its replay finds on the
+ * device, and once one is captured the host no longer knows that count.
+ * Not with a pre-pass (sums: the device's sums decide). */
+static int decide_on_host(fo_optimizer *opt, const double *sums, const fo_prepare_args *pa,
+                          fo_known_step *k, fo_step_state *next, fo_stream_t stream) {
+  if (opt->known.off) return 0;
+  if (fo_cuda_stream_capturing(stream)) {
+    fo_known_forget(opt, 1);
+    return 0;
+  }
+  return !sums && fo_known_next(opt, pa, k, next);
+}
+
+/* Enqueue the step's scalars -- carried by value when the host can decide
+ * them, else the prepare kernel over sums[0..n) (NULL without a pre-pass)
+ * -- and the fused update (and the optional unscaled-gradient write). */
 static int enqueue_update(fo_optimizer *opt, const double *sums, int64_t n, fo_stream_t stream) {
   const fo_run_plan *r = &opt->run;
   fo_prepare_args pa;
   fo_prepare_args_fill(opt, &pa);
-  int e = fo_launch_prepare(&pa, sums, n, opt->state, stream);
-  if (e) return e;
   fo_step_launch a;
   step_launch_fill(opt, &a);
+  fo_step_state next;
+  a.known = decide_on_host(opt, sums, &pa, &a.k, &next, stream);
+  int e = 0;
+  if (a.known) {
+    a.pdl = 0; /* no prepare kernel to overlap */
+  } else {
+    fo_known_forget(opt, 0);
+    e = fo_launch_prepare(&pa, sums, n, opt->state, stream);
+    if (e) return e;
+  }
   if (fo_algorithm_has_tensor_norms(opt->options.algorithm)) {
     /* LAMB, LARS: the norms pass and this rank's slot of the sums; apply()
-     * follows */
+     * follows, reading the state the norms pass published */
     a.pass = FO_PASS_NORMS;
     a.norm_partials = r->norm_partials;
-    e = fo_launch_step(&a, stream);
-    if (e) return e;
+  }
+  e = fo_launch_step(&a, stream);
+  if (a.known) {
+    if (e)
+      fo_known_forget(opt, 0);
+    else
+      fo_known_set(opt, &next);
+  }
+  if (e) return e;
+  if (fo_algorithm_has_tensor_norms(opt->options.algorithm))
     return fo_launch_piece_sums(
         r->d_blocks, r->d_tensors, r->num_blocks, r->num_tensors, r->all_tensors, r->norm_partials,
         r->tensor_sums + (size_t)r->slot * (size_t)r->all_tensors * 2, stream);
-  }
-  e = fo_launch_step(&a, stream);
-  if (e) return e;
   return unscale(opt, stream);
 }
 

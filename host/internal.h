@@ -145,6 +145,16 @@ struct fo_optimizer {
 
   /* Per-step state, in the executor's memory (device memory on CUDA). */
   fo_step_state *state;
+  /* host/known.c: a copy of *state the host keeps for the steps it can
+   * decide alone.  valid: equal to *state once the work enqueued so far has
+   * run.  off: never again (FUSEDOPT_HOST_SCALARS=0 at create, or a step
+   * was captured into a CUDA graph).  Only the CUDA executor reads and
+   * advances it; every executor's whole-state writes set it (exec.c), so
+   * on the CPU it is stale after the first step, and never read. */
+  struct {
+    fo_step_state state;
+    int valid, off;
+  } known;
 
   int64_t num_tensors;
   char **names;            /* per tensor, may hold NULLs */
@@ -216,6 +226,22 @@ float fo_nadam_mu_product(const fo_group_hparams *h, int64_t steps);
 
 /* Set opt->steps_left from counters now in the state. */
 void fo_steps_left_reset(fo_optimizer *opt, const fo_step_state *s);
+
+/* ------------------------------------------- the host's copy (known.c) */
+
+/* At create, before the state is first written: FUSEDOPT_HOST_SCALARS. */
+void fo_known_init(fo_optimizer *opt);
+/* The executor's state was just written with *s (fo_exec_write_state). */
+void fo_known_set(fo_optimizer *opt, const fo_step_state *s);
+/* The device decides the state from here on: until the next write, or
+ * (for_good) for the optimizer's life. */
+void fo_known_forget(fo_optimizer *opt, int for_good);
+/* When the host can decide the next step alone (its copy is valid, no
+ * pre-pass, at most FO_KNOWN_GROUPS groups, not skipped): 1, with *out the
+ * step to carry in the launch and *next the state after it (fo_known_set
+ * it once the launch is enqueued).  Otherwise 0. */
+int fo_known_next(const fo_optimizer *opt, const fo_prepare_args *pa, fo_known_step *out,
+                  fo_step_state *next);
 
 /* ----------------------------------------------- executor (exec.h, exec.c) */
 

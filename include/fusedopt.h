@@ -570,7 +570,15 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *  FO_EXEC_CPU.  On FO_EXEC_CUDA the call only enqueues work (no host
  *  synchronization), so a stream capture of it is a replayable CUDA graph;
  *  a replay runs without this call, and a replay past FO_MAX_STEP is
- *  skipped on the device instead of refused.
+ *  skipped on the device instead of refused.  An eager CUDA step without
+ *  clipping or loss scaling (and with at most 4 groups) is one kernel
+ *  launch: the host computes its per-step scalars and carries them in the
+ *  launch.  Once a step of opt has been captured, every later step computes
+ *  them on the device (a small prepare kernel first), since the graph's
+ *  replays advance the step count where the host cannot see them; so does
+ *  every step of an optimizer created with the environment variable
+ *  FUSEDOPT_HOST_SCALARS=0.  The results agree either way within the
+ *  1-ulp contract of the per-step scalars (docs/numerics.md).
  *
  *  Statuses:
  *    FO_ERR_NULL_POINTER     opt is NULL.

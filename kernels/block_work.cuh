@@ -35,8 +35,8 @@
  * the parameter (or the fp32 master when there is one), the gradient and the
  * state buffers the configuration uses, and writes the state, the master and
  * the rounded parameter.  All arithmetic is rules.h's, with the group's
- * scalars (from the device step state, step_state.h, when the launch has
- * one), so the CUDA and CPU executors compute the same thing.
+ * scalars (from the device step state, step_state.h, or carried by value
+ * in the launch), so the CUDA and CPU executors compute the same thing.
  */
 #ifndef FO_BLOCK_WORK_CUH
 #define FO_BLOCK_WORK_CUH
@@ -186,6 +186,14 @@ struct fo_step_shape {
   static constexpr int ILP_SCALAR = 4;
 };
 
+/* A launch that carries its step by value (known) and names the state:
+ * block 0's thread 0 writes the step into the state, so the passes and
+ * readers after this launch on the stream find it there.  No block of the
+ * launch reads the state, so when it is written does not matter. */
+FO_BW_FN void fo_publish_known_block(const fo_step_launch &a, int64_t b, int tid) {
+  if (a.known && a.state && b == 0 && tid == 0) fo_known_publish(&a.k, a.state);
+}
+
 /* The update of one block, as a visitor of fo_block_loop.  ALG is the rule,
  * PT and GT the parameter and gradient dtypes; MASTER: fp32 master weights
  * are read and written and the parameter is only written; SR: the bf16
@@ -241,14 +249,24 @@ struct fo_step_op {
     const fo_plan_block blk = a.blocks[b];
     const fo_block_range r = fo_block_range_at(blk, a.tensors, a.chunk);
     fo_wait_for_prior_kernel();
-    /* The library's step reads the scalars, the step number and the skip
-     * decision from the step state the prepare kernel wrote (device memory,
-     * so a captured graph replays correctly); a launch without a state
-     * carries them in memory. */
-    const fo_step_state *st = a.state;
-    s = st ? st->groups[blk.group] : a.groups[blk.group];
-    step = (uint64_t)(st ? st->step : a.step);
-    n = st && st->skip ? 0 : r.n;
+    /* The scalars, the step number and the skip decision: from the step
+     * state the prepare kernel wrote (device memory, so a captured graph
+     * replays correctly), or carried by value in a launch the host decided
+     * (never a skipped step; a group past the carried ones is a broken
+     * plan: nothing to do). */
+    const fo_rule_scalars *group;
+    if (a.known) {
+      const bool carried = blk.group >= 0 && blk.group < a.k.num_groups;
+      group = &a.k.groups[carried ? blk.group : 0];
+      step = (uint64_t)a.k.step;
+      n = carried ? r.n : 0;
+    } else {
+      const fo_step_state *st = a.state;
+      group = &st->groups[blk.group];
+      step = (uint64_t)st->step;
+      n = st->skip ? 0 : r.n;
+    }
+    s = *group; /* one load path, from the launch's parameter or the state */
     tensor = (uint64_t)r.tensor;
     start = (uint64_t)r.start;
     seed = a.seed;

@@ -46,16 +46,19 @@ typedef struct fo_step_launch {
    * state, so the second launch's latency hides behind the first. */
   int32_t pdl;
   uint64_t seed;
-  /* When non-NULL (the library's step), the scalars, the step number and
-   * the skip decision come from here, written on the device by the prepare
-   * kernel, and groups/step below are ignored. */
-  const fo_step_state *state;
-  /* Without a state: the step's 1-based number (for SR's random bits) and
-   * num_groups scalars in memory the kernel can read.  A pointer, not an
-   * array by value: the launch's parameter stays ~100 bytes instead of the
-   * ~3 KB of FO_PLAN_MAX_GROUPS scalars, which every launch copied. */
-  int64_t step;
-  const fo_rule_scalars *groups;
+  /* Where the step's scalars, number and skip decision come from.
+   * known = 0 (the library's step after the prepare kernel): the step
+   * state, written on the device, so a captured graph replays correctly.
+   * known = 1: k, by value -- an eager step the host decided (host/known.c,
+   * at most FO_KNOWN_GROUPS groups, never skipped), or a test's or
+   * benchmark's launch; the blocks then never read state, and when state
+   * is non-NULL block 0 of the launch writes k into it (fo_known_publish)
+   * for what runs after on the stream.  By value rather than through a
+   * pointer, so the host needs no copy to the device per step; the whole
+   * parameter stays about 400 bytes. */
+  fo_step_state *state;
+  int32_t known;
+  fo_known_step k;
   /* LAMB and LARS: which pass; the norms pass writes norm_partials[2b] and
    * [2b+1] for block b; the apply pass reads tensor_factors[tensor]. */
   int32_t pass;

@@ -49,8 +49,11 @@ extern "C" int fo_kernels_ptx_version(void) {
 
 extern "C" int fo_launch_step(const fo_step_launch *args, void *stream) {
   if (!args) return (int)cudaErrorInvalidValue;
-  if (args->num_blocks <= 0) return (int)cudaSuccess;
-  if (args->chunk <= 0 || !args->blocks || !args->tensors) return (int)cudaErrorInvalidValue;
+  /* an empty plan has nothing to update, but a step it carries must still
+   * reach the state (one block publishes it: step_kernel.cuh) */
+  if (args->num_blocks <= 0 && !(args->known && args->state)) return (int)cudaSuccess;
+  if (args->num_blocks > 0 && (args->chunk <= 0 || !args->blocks || !args->tensors))
+    return (int)cudaErrorInvalidValue;
   const cudaStream_t s = (cudaStream_t)stream;
   switch (args->algorithm) {
     case FO_RULE_SGD: return fo_launch_step_sgd(args, s);

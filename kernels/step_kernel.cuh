@@ -29,6 +29,8 @@ template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS>
 __global__ void __launch_bounds__(FO_CUDA_THREADS, fo_step_min_blocks(ALG))
     fo_step_kernel(const __grid_constant__ fo_step_launch args, int64_t first_block) {
   const int64_t b = first_block + blockIdx.x;
+  fo_publish_known_block(args, b, (int)threadIdx.x);
+  if (b >= args.num_blocks) return; /* the one block of an empty plan's publish */
   if constexpr (PASS == FO_PASS_NORMS) {
     double sums[2] = {0.0, 0.0};
     fo_norms_block<ALG, PT, GT, MASTER, SR>(args, b, (int)threadIdx.x, FO_CUDA_THREADS, sums);
@@ -46,26 +48,29 @@ __global__ void __launch_bounds__(FO_CUDA_THREADS, fo_step_min_blocks(ALG))
 
 template <int ALG, int PT, int GT, int PASS>
 static int fo_launch_step_mode(const fo_step_launch &a, cudaStream_t stream) {
+  /* A launch that publishes a carried step into the state is never a PDL
+   * launch: its block 0 writes the state before any wait, while the
+   * kernels before it on the stream may still read it.  It always runs, an
+   * empty plan's as one block that publishes and returns, so that every
+   * applied step leaves the state the prepare kernel would have. */
+  const bool publishes = a.known && a.state;
+  const bool pdl = a.pdl != 0 && !publishes;
+  const int64_t nb = a.num_blocks > 0 || !publishes ? a.num_blocks : 1;
   /* fp32 parameters keep no master and are never stochastically rounded:
    * both flags are ignored for them, as the host documents. */
-  const bool pdl = a.pdl != 0;
   if constexpr (PT == FO_RULE_F32) {
-    return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, false, PASS>, a, a.num_blocks, stream,
-                          pdl);
+    return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, false, PASS>, a, nb, stream, pdl);
   } else {
     if (a.master)
-      return fo_launch_grid(fo_step_kernel<ALG, PT, GT, true, false, PASS>, a, a.num_blocks, stream,
-                            pdl);
+      return fo_launch_grid(fo_step_kernel<ALG, PT, GT, true, false, PASS>, a, nb, stream, pdl);
     if (a.stochastic) {
       /* the host rejects stochastic rounding of fp16 at create */
       if constexpr (PT != FO_RULE_BF16)
         return (int)cudaErrorInvalidValue;
       else
-        return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, true, PASS>, a, a.num_blocks,
-                              stream, pdl);
+        return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, true, PASS>, a, nb, stream, pdl);
     }
-    return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, false, PASS>, a, a.num_blocks, stream,
-                          pdl);
+    return fo_launch_grid(fo_step_kernel<ALG, PT, GT, false, false, PASS>, a, nb, stream, pdl);
   }
 }
 

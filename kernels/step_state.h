@@ -21,6 +21,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "plan.h"
 #include "rules.h"
@@ -143,6 +144,26 @@ FO_HD double fo_schedule_factor(const fo_schedule_params *s, int64_t k) {
     default: return 1.0;
   }
 }
+
+/* The most groups whose scalars a step launch can carry by value
+ * (fo_known_step). */
+#define FO_KNOWN_GROUPS 4
+
+/* A step decided on the host, carried by value in the step launch
+ * (kernels/launch.h) instead of written by the prepare kernel: what the
+ * prepare step would have left in the step state for a step without a
+ * pre-pass, for the first num_groups groups.  The CUDA executor uses it
+ * for eager steps whose outcome the host can compute without the device
+ * (host/known.c); block 0 of the launch then writes it into the state
+ * (fo_known_publish) for the passes and readers that come after. */
+typedef struct fo_known_step {
+  int64_t step;    /* the step being applied, 1-based: the count after it */
+  int64_t skipped; /* the skipped count, unchanged by an applied step */
+  float grad_norm, grad_coef, lr_factor;
+  int32_t num_groups;
+  fo_rule_scalars groups[FO_KNOWN_GROUPS];
+  float mu_product[FO_KNOWN_GROUPS]; /* NAdam's products after this step */
+} fo_known_step;
 
 /* ------------------------------------------------------------- scalars */
 
@@ -336,6 +357,48 @@ FO_HD void fo_prepare_step(const fo_prepare_args *a, double sumsq, fo_step_state
   for (int g = 0; g < a->head.num_groups; g++)
     fo_prepare_group(a->head.algorithm, a->groups, st, g, factor);
   st->step += 1;
+}
+
+/* ---------------------------------------------------------- known steps */
+
+/* The fields of st that an applied step without a pre-pass sets (the
+ * scaler's fields are not among them: it needs a pre-pass), for
+ * min(num_groups, FO_KNOWN_GROUPS) groups. */
+FO_HD void fo_known_from_state(const fo_step_state *st, int num_groups, fo_known_step *out) {
+  const int n = num_groups < FO_KNOWN_GROUPS ? num_groups : FO_KNOWN_GROUPS;
+  out->step = st->step;
+  out->skipped = st->skipped;
+  out->grad_norm = st->grad_norm;
+  out->grad_coef = st->grad_coef;
+  out->lr_factor = st->lr_factor;
+  out->num_groups = n;
+  for (int g = 0; g < FO_KNOWN_GROUPS; g++) {
+    if (g < n) {
+      out->groups[g] = st->groups[g];
+      out->mu_product[g] = st->mu_product[g];
+    } else {
+      /* unused slots zeroed, so equal steps compare equal byte for byte */
+      memset(&out->groups[g], 0, sizeof out->groups[g]);
+      out->mu_product[g] = 0.0f;
+    }
+  }
+}
+
+/* Write a known step into the state, as the prepare kernel would have:
+ * exactly the fields fo_known_from_state reads, and skip = 0.  The loss
+ * scale, its tracker and hysteresis are left alone (a caller may have
+ * written the scale through fo_optimizer_loss_scale_ptr). */
+FO_HD void fo_known_publish(const fo_known_step *k, fo_step_state *st) {
+  st->step = k->step;
+  st->skipped = k->skipped;
+  st->skip = 0;
+  st->grad_norm = k->grad_norm;
+  st->grad_coef = k->grad_coef;
+  st->lr_factor = k->lr_factor;
+  for (int g = 0; g < k->num_groups && g < FO_KNOWN_GROUPS; g++) {
+    st->groups[g] = k->groups[g];
+    st->mu_product[g] = k->mu_product[g];
+  }
 }
 
 #endif /* FO_STEP_STATE_H */

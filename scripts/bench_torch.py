@@ -475,7 +475,13 @@ def build_impls(args, lib, alg, config, shapes, params, grads, hp, cuda):
         owned.append(fo)
         impls.append(("fusedopt_" + name, fo.step))
         if cuda and not args.no_graph:
-            replay = graphed(fo.step, "fusedopt_" + name)
+            # the graph gets an optimizer of its own: once one of its steps
+            # is captured, an optimizer computes every later step's scalars
+            # on the device (docs/api.md), and the eager row must time the
+            # eager step a training loop gets
+            gfo = FusedOpt(lib, alg, params, grads, groups, hp, master, cuda, args.threads)
+            owned.append(gfo)
+            replay = graphed(gfo.step, "fusedopt_" + name)
             if replay:
                 impls.append(("fusedopt_" + name + "_graph", replay))
     variants = [("torch_fused", {"fused": True}), ("torch_foreach", {"foreach": True})]

@@ -24,8 +24,10 @@
 #                  big      gpu/tensor_past_2_31_elements
 #                  bench    bench on lists a, c, d, b (4 layers) and m (the
 #                           4-tensor MLP's latency): AdamW, SGD momentum,
-#                           Lion in fp32 and bf16-master; and `new`: LAMB,
-#                           LARS, AdaGrad, RMSprop, NAdam on list a (eager)
+#                           Lion in fp32 and bf16-master; `new`: LAMB,
+#                           LARS, AdaGrad, RMSprop, NAdam on list a (eager);
+#                           m0 and d0: lists m and d with every step through
+#                           the prepare kernel (FUSEDOPT_HOST_SCALARS=0)
 #                  variants bench/step_variants: the step kernel's shapes
 #                           (chunk, ILP, blocks per SM) side by side on
 #                           lists a and d, with a bit-identity check
@@ -44,7 +46,7 @@
 #                           family; racecheck, initcheck the same
 #                PART:FILTER narrows a part, for a re-run of what failed:
 #                tests:GLOB (a Criterion --filter), bench:LISTS (a, c, d,
-#                b, new), variants:LISTS (a, d) and
+#                b, m, new, m0, d0), variants:LISTS (a, d) and
 #                torch:LISTS (lists joined by '+': bench:a+d), and
 #                memcheck:GLOB (racecheck, initcheck alike; alternatives
 #                joined by '|': 'memcheck:gpu/arena|*graph*').
@@ -258,25 +260,33 @@ run_demo() {
 }
 
 run_bench() {
-  local list lists=${filter_of[bench]:-a+new+c+d+b+m}
+  local list lists=${filter_of[bench]:-a+new+c+d+b+m+m0+d0}
   for list in ${lists//+/ }; do
     if [ "$list" = new ]; then # the algorithms of issue #17, list a, eager
       part "bench-new" "$build/bench/bench" --list a --alg lamb,lars,adagrad,rmsprop,nadam \
         --config fp32,bf16-master --reps 10 --warmup 2 --csv "$work/logs/bench_gpu_new.csv"
       continue
     fi
-    # list m: one input set, as bench_torch.py's mlp (a latency, in L2)
-    part "bench-$list" "$build/bench/bench" --list "$list" --alg adamw,sgd,lion \
+    # list m: one input set, as bench_torch.py's mlp (a latency, in L2).
+    # m0, d0: lists m and d with every step through the prepare kernel
+    # (FUSEDOPT_HOST_SCALARS=0), beside the host-decided eager steps
+    local base=${list%0} pre=()
+    [ "$base" != "$list" ] && pre=(env FUSEDOPT_HOST_SCALARS=0)
+    part "bench-$list" "${pre[@]}" "$build/bench/bench" --list "$base" --alg adamw,sgd,lion \
       --config fp32,bf16-master --layers 4 --reps 20 --warmup 3 --graph \
-      $([ "$list" = m ] && echo --sets 1) --csv "$work/logs/bench_gpu_$list.csv"
+      $([ "$base" = m ] && echo --sets 1) --csv "$work/logs/bench_gpu_$list.csv"
   done
-  # one CSV, the header once
+  # one CSV, the header once; the m0/d0 rows labelled as such
   local first=1
   : >"$out/bench_gpu.csv"
-  for list in a new c d b m; do
+  for list in a new c d b m m0 d0; do
     local f=$work/logs/bench_gpu_$list.csv
     [ -s "$f" ] || continue
-    if [ $first = 1 ]; then cat "$f"; first=0; else tail -n +2 "$f"; fi
+    if [ $first = 1 ]; then head -1 "$f"; first=0; fi
+    tail -n +2 "$f" | if [ "${list%0}" != "$list" ]; then
+      awk -F, -v OFS=, -v col="$(head -1 "$f" | tr , '\n' | grep -nx label | cut -d: -f1)" \
+        '{ $col = $col " prepare-kernel"; print }'
+    else cat; fi
   done >"$out/bench_gpu.csv"
 }
 

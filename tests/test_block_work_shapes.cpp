@@ -210,8 +210,10 @@ void check_shapes(const char *name, uint64_t seed) {
       a.grad_dtype = GT;
       a.master = MASTER;
       a.num_groups = 2;
-      a.step = 2;
-      a.groups = groups;
+      a.known = 1;
+      a.k.step = 2;
+      a.k.num_groups = 2;
+      memcpy(a.k.groups, groups, sizeof groups);
       a.pass = FO_PASS_UPDATE;
       restore(ts, inputs, MASTER);
       Coverage cov = coverage_of(ts, ALG, MASTER);

@@ -13,8 +13,10 @@
  *       same bits as the CPU executor through the public API
  *       (fo_optimizer_step with FO_EXEC_CPU) on identical inputs, step after
  *       step, for parameters, master weights and every moment, with the
- *       scalars taken from the step state (as the library launches) or by
- *       value; a step the state marks as skipped changes nothing.
+ *       scalars taken from the step state (as after the prepare kernel)
+ *       or carried by value (as in an eager step the host decided, which
+ *       block 0 alone then publishes into the state); a step the state
+ *       marks as skipped changes nothing.
  *
  * Bit-identity is expected, not a tolerance: both executors call the same
  * rules.h functions with the same scalars (the CPU executor's step state),
@@ -310,7 +312,6 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
     cr_assert_eq(st->skip, 0);
 
     fo_step_launch a;
-    fo_rule_scalars by_value[FO_PLAN_MAX_GROUPS];
     memset(&a, 0, sizeof a);
     a.blocks = blocks.data();
     a.tensors = tensors.data();
@@ -323,19 +324,21 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
     a.stochastic = c.sr;
     a.num_groups = 2;
     a.seed = o.seed;
-    /* odd steps: the scalars from the step state, as the library launches
-     * (the by-value copies are poisoned and must be ignored); even steps:
-     * by value, without a state */
+    /* odd steps: the scalars from the step state, as a step after the
+     * prepare kernel reads them (the carried copy is poisoned and must be
+     * ignored); even steps: carried by value, as the host decides an eager
+     * step, with a state that is poison but for what the launch publishes
+     * into it (the blocks must not read it) */
+    fo_step_state published;
+    memset(&published, 0xa5, sizeof published);
+    const fo_step_state poison = published;
     if (step % 2) {
-      a.state = st;
-      memset(by_value, 0xff, sizeof by_value);
-      a.groups = by_value;
-      a.step = -1;
+      a.state = opt->state;
+      memset(&a.k, 0xff, sizeof a.k);
     } else {
-      a.state = nullptr;
-      memcpy(by_value, st->groups, sizeof by_value);
-      a.groups = by_value;
-      a.step = st->step;
+      a.state = &published;
+      a.known = 1;
+      fo_known_from_state(st, 2, &a.k);
     }
 
     /* odd steps through the spy (coverage), even steps through
@@ -360,6 +363,33 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
       }
     } else {
       run_step(a, nullptr, sctx);
+    }
+
+    /* the kernel's entry publishes a carried step from block 0, thread 0
+     * only: exactly the fields an applied step sets, the rest untouched */
+    for (int64_t b = 0; b < nb; b++)
+      for (int tid : {0, 1, 255})
+        if (b || tid) fo_publish_known_block(a, b, tid);
+    cr_assert(memcmp(&published, &poison, sizeof poison) == 0,
+              "%s: a block or thread other than block 0's thread 0 published", sctx);
+    fo_publish_known_block(a, 0, 0);
+    if (a.known) {
+      cr_assert_eq(published.step, st->step, "%s", sctx);
+      cr_assert_eq(published.skipped, st->skipped, "%s", sctx);
+      cr_assert_eq(published.skip, 0, "%s", sctx);
+      cr_assert(memcmp(&published.grad_norm, &st->grad_norm, 3 * sizeof(float)) == 0,
+                "%s: norm, coefficient, lr factor", sctx);
+      cr_assert(memcmp(published.groups, st->groups, 2 * sizeof st->groups[0]) == 0,
+                "%s: the groups' scalars", sctx);
+      cr_assert(memcmp(published.mu_product, st->mu_product, 2 * sizeof(float)) == 0, "%s", sctx);
+      cr_assert(memcmp(&published.scale, &poison.scale, 3 * sizeof(int32_t)) == 0,
+                "%s: the scaler's fields were written", sctx);
+      cr_assert(memcmp(&published.groups[2], &poison.groups[2],
+                       (FO_PLAN_MAX_GROUPS - 2) * sizeof st->groups[0]) == 0,
+                "%s: a group past the carried ones was written", sctx);
+      cr_assert(memcmp(&published.mu_product[2], &poison.mu_product[2],
+                       (FO_PLAN_MAX_GROUPS - 2) * sizeof(float)) == 0,
+                "%s", sctx);
     }
 
     /* compare every buffer with the CPU executor, bit for bit */
@@ -409,6 +439,7 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
     a.stochastic = c.sr;
     a.num_groups = 2;
     a.state = &skipped;
+    memset(&a.k, 0xff, sizeof a.k);
     std::vector<std::vector<unsigned char>> before;
     for (auto *set : {&param, &grad, &state})
       for (auto &b : *set)

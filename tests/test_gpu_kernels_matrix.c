@@ -11,7 +11,9 @@
  *     small tensors, odd sizes and a few large ones, as offset views into
  *     one cudaMalloc buffer per role (misaligned for some tensors), the gaps
  *     between tensors poisoned and checked afterwards;
- *   - repeated runs and graph replay: bit-identical to an eager run;
+ *   - repeated runs: bit-identical; graph replay: bit-identical to an eager
+ *     run whose scalars also came from the prepare kernel
+ *     (FUSEDOPT_HOST_SCALARS=0);
  *   - arena storage.
  *
  * Set FO_GPU_TEST_STAND_IN=cpu to run the same harness with a second CPU
@@ -88,8 +90,9 @@ Test(gpu, matrix_lars) {
 }
 
 /* The same inputs twice give the same bits, and a step captured in a CUDA
- * graph and replayed gives the same bits as eager steps (the scalars,
- * step counter, schedule and loss scaler live on the device). */
+ * graph and replayed gives the same bits as eager steps through the
+ * prepare kernel (the scalars, step counter, schedule and loss scaler live
+ * on the device). */
 Test(gpu, repeatable_and_graph_replay) {
   dev d = dev_open(require_device(0));
   const fo_algorithm algs[] = {FO_ALG_SGD,   FO_ALG_ADAM,    FO_ALG_ADAMW,

@@ -1,0 +1,176 @@
+/*
+ * test_gpu_host_scalars.c -- the GPU tier: eager steps the host decides
+ * (host/known.c), one launch each, against the CPU executor.
+ *
+ * An eager step without a pre-pass carries its scalars by value in the
+ * step launch, and block 0 publishes them into the device's step state.
+ * Here, for a one-pass algorithm of each kind and for LAMB (whose apply
+ * pass and trust factors read the state the norms pass published):
+ *
+ *   - after every eager step the device's whole step state equals the
+ *     host's copy byte for byte (nothing more, nothing less was published),
+ *     and its learning-rate factor equals the CPU executor's bit for bit
+ *     (both come from the host's libm now);
+ *   - a step captured into a CUDA graph turns the scheme off; replays and
+ *     eager steps after it (through the prepare kernel) count on from the
+ *     device's state: the step count and the parameters after eager,
+ *     replayed and eager steps again match the CPU executor's.
+ *
+ * Skipped with the reason without a usable device.
+ */
+#define _POSIX_C_SOURCE 200809L /* unsetenv */
+
+#include <criterion/criterion.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec.h"
+#include "fusedopt.h"
+#include "gpu_harness.h"
+#include "internal.h"
+#include "testutil.h"
+
+#define NT 3
+#define N 3001
+
+typedef struct pair {
+  fo_optimizer *gpu, *cpu;
+  float *dp[NT], *dg[NT];
+  float hp[NT][N], hg[NT][N];
+} pair;
+
+static void pair_make(pair *p, fo_algorithm alg, uint64_t seed) {
+  memset(p, 0, sizeof *p);
+  tu_rng r;
+  tu_rng_seed(&r, seed, 1);
+  fo_hparams h[2];
+  for (int g = 0; g < 2; g++) {
+    OK(fo_hparams_default(alg, &h[g]));
+    h[g].weight_decay = g ? 0.0f : 0.05f;
+    if (alg == FO_ALG_SGD) h[g].momentum = 0.9f;
+    if (alg == FO_ALG_LAMB) h[g].layer_adaptation = g == 0;
+  }
+  fo_options o;
+  OK(fo_options_default(&o));
+  o.algorithm = alg;
+  o.schedule.kind = FO_SCHED_COSINE;
+  o.schedule.warmup_steps = 2;
+  o.schedule.total_steps = 20;
+  o.schedule.min_ratio = 0.1f;
+  fo_tensor_desc dg[NT], dc[NT];
+  for (int t = 0; t < NT; t++) {
+    for (int i = 0; i < N; i++) {
+      p->hp[t][i] = (float)tu_rng_nonzero(&r, 1e-2, 1.0);
+      p->hg[t][i] = (float)tu_rng_nonzero(&r, -1.0, 1.0);
+    }
+    CK(cudaMalloc((void **)&p->dp[t], sizeof p->hp[t]));
+    CK(cudaMalloc((void **)&p->dg[t], sizeof p->hg[t]));
+    CK(cudaMemcpy(p->dp[t], p->hp[t], sizeof p->hp[t], cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(p->dg[t], p->hg[t], sizeof p->hg[t], cudaMemcpyHostToDevice));
+    dg[t] = (fo_tensor_desc){N, t == 1, p->dp[t], p->dg[t], NULL};
+    dc[t] = (fo_tensor_desc){N, t == 1, p->hp[t], p->hg[t], NULL};
+  }
+  o.executor = FO_EXEC_CUDA;
+  OK(fo_optimizer_create(&p->gpu, &o, h, 2, dg, NT));
+  o.executor = FO_EXEC_CPU;
+  OK(fo_optimizer_create(&p->cpu, &o, h, 2, dc, NT));
+}
+
+static void pair_free(pair *p) {
+  OK(fo_optimizer_destroy(p->gpu));
+  OK(fo_optimizer_destroy(p->cpu));
+  for (int t = 0; t < NT; t++) {
+    CK(cudaFree(p->dp[t]));
+    CK(cudaFree(p->dg[t]));
+  }
+}
+
+static fo_step_info info_of(const fo_optimizer *opt) {
+  fo_step_info i;
+  OK(fo_optimizer_get_info(opt, &i));
+  return i;
+}
+
+/* The device's parameters within a small relative distance of the CPU
+ * executor's: the same fp32 arithmetic, scalars within 1 ulp. */
+static void params_close(const pair *p, const char *ctx) {
+  static float got[N];
+  for (int t = 0; t < NT; t++) {
+    CK(cudaMemcpy(got, p->dp[t], sizeof got, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < N; i++) {
+      const double want = p->hp[t][i], d = fabs((double)got[i] - want);
+      cr_assert(d <= 1e-5 * fmax(1.0, fabs(want)), "%s: tensor %d [%d] = %.9g, CPU %.9g", ctx, t, i,
+                (double)got[i], want);
+    }
+  }
+}
+
+Test(gpu_host_scalars, eager_steps_publish_their_state_and_a_capture_turns_them_off,
+     .timeout = 120) {
+  require_device(1);
+  cr_assert_eq(unsetenv("FUSEDOPT_HOST_SCALARS"), 0); /* whatever the suite's environment */
+  const fo_algorithm algs[] = {FO_ALG_ADAMW, FO_ALG_SGD, FO_ALG_NADAM, FO_ALG_LAMB};
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (size_t a = 0; a < sizeof algs / sizeof algs[0]; a++) {
+    char ctx[64];
+    snprintf(ctx, sizeof ctx, "algorithm %d", (int)algs[a]);
+    pair p;
+    pair_make(&p, algs[a], 40 + a);
+    /* eager steps: decided on the host, the device's state published */
+    for (int k = 1; k <= 3; k++) {
+      OK(fo_optimizer_step(p.gpu, s));
+      OK(fo_optimizer_step(p.cpu, NULL));
+      cr_assert(p.gpu->known.valid && !p.gpu->known.off, "%s: step %d not decided on the host", ctx,
+                k);
+      fo_step_state on_dev;
+      OK(fo_exec_read_state("test", p.gpu, &on_dev));
+      cr_assert(memcmp(&on_dev, &p.gpu->known.state, sizeof on_dev) == 0,
+                "%s, step %d: the device's state (step %lld, lr factor %.9g) is not the host's "
+                "copy (step %lld, lr factor %.9g)",
+                ctx, k, (long long)on_dev.step, (double)on_dev.lr_factor,
+                (long long)p.gpu->known.state.step, (double)p.gpu->known.state.lr_factor);
+      const fo_step_info gi = info_of(p.gpu), ci = info_of(p.cpu);
+      cr_assert_eq(gi.step, k, "%s", ctx);
+      cr_assert_eq(fo_f32_bits(gi.lr_factor), fo_f32_bits(ci.lr_factor),
+                   "%s, step %d: lr factor %.9g, CPU %.9g", ctx, k, (double)gi.lr_factor,
+                   (double)ci.lr_factor);
+      cr_assert_eq(gi.last_step_skipped, 0, "%s", ctx);
+    }
+    params_close(&p, ctx);
+
+    /* a captured step: off for good; three replays, two eager steps */
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    const fo_status st = fo_optimizer_step(p.gpu, s);
+    CK(cudaStreamEndCapture(s, &graph));
+    cr_assert_eq(st, FO_SUCCESS, "%s: step during capture: %s", ctx, fo_last_error());
+    cr_assert(p.gpu->known.off, "%s: still deciding on the host after a capture", ctx);
+    CK(cudaGraphInstantiate(&exec, graph, 0));
+    for (int k = 0; k < 3; k++) {
+      CK(cudaGraphLaunch(exec, s));
+      OK(fo_optimizer_step(p.cpu, NULL));
+    }
+    for (int k = 0; k < 2; k++) {
+      OK(fo_optimizer_step(p.gpu, s));
+      OK(fo_optimizer_step(p.cpu, NULL));
+    }
+    CK(cudaStreamSynchronize(s));
+    const fo_step_info gi = info_of(p.gpu), ci = info_of(p.cpu);
+    cr_assert_eq(gi.step, 8, "%s: %lld steps after 3 eager, 3 replayed, 2 eager", ctx,
+                 (long long)gi.step);
+    cr_assert_eq(ci.step, 8, "%s", ctx);
+    cr_assert(fabsf(gi.lr_factor - ci.lr_factor) <= 2e-7f * ci.lr_factor,
+              "%s: lr factor %.9g, CPU %.9g", ctx, (double)gi.lr_factor, (double)ci.lr_factor);
+    params_close(&p, ctx);
+    CK(cudaGraphExecDestroy(exec));
+    CK(cudaGraphDestroy(graph));
+    pair_free(&p);
+  }
+  CK(cudaStreamDestroy(s));
+}
