@@ -293,6 +293,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         if group.get("differentiable"):
             raise ValueError("%s: differentiable=True is not supported by fusedopt (the step "
                              "runs outside autograd)" % where)
+        decoupled = getattr(self, "_decoupled", None)
+        if decoupled is not None and group.get("decoupled_weight_decay") is not None \
+                and bool(group["decoupled_weight_decay"]) != decoupled:
+            raise ValueError("%s: decoupled_weight_decay=%s is %s's weight decay: use "
+                             "fusedopt.torch.%s (a state dict of torch's %s?)"
+                             % (where, group["decoupled_weight_decay"],
+                                "AdamW" if not decoupled else "Adam",
+                                "AdamW" if not decoupled else "Adam",
+                                "AdamW" if not decoupled else "Adam"))
         return hp
 
     def add_param_group(self, param_group):
@@ -312,6 +321,10 @@ class FusedOptimizer(torch.optim.Optimizer):
             existing = [p for g in self.param_groups for p in g["params"]]
             first = existing[0] if existing else None
             for j, p in enumerate(params):
+                # torch 2.6 and newer also take (name, tensor) pairs
+                # (named_parameters()): check the tensor all the same
+                if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], torch.Tensor):
+                    p = p[1]
                 if not isinstance(p, torch.Tensor):
                     continue  # torch's own message
                 what = "%s, parameter %d" % (where, j)
@@ -433,6 +446,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         ptr = ctypes.POINTER(ctypes.c_float)()
         self._call("fo_optimizer_loss_scale_ptr", ctypes.byref(ptr))
         self._loss_scale = _float_view(ctypes.cast(ptr, ctypes.c_void_p).value, 1, device)
+        # Fresh state that is not zero, as torch's optimizer shows it before
+        # the first step (AdaGrad's accumulator; the library's first step
+        # sets it without reading it, so this changes no update)
+        with torch.no_grad():
+            self._init_state(params)
 
     def _rebuild(self):
         self._build()
@@ -911,15 +929,21 @@ class Adam(FusedOptimizer):
     algorithm = "adam"
     _hparam_keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
     _default_wd = 0.0
+    # torch 2.x's Adam(decoupled_weight_decay=True) is AdamW: the class
+    # decides, and a group (or a loaded state dict) saying otherwise is refused
+    _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=None,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, **options):
+                 differentiable=False, fused=None, decoupled_weight_decay=None, **options):
         if weight_decay is None:
             weight_decay = self._default_wd
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = self._decoupled
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, maximize=maximize, foreach=foreach,
-                        capturable=capturable, differentiable=differentiable, fused=fused)
+                        capturable=capturable, differentiable=differentiable, fused=fused,
+                        decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults, **options)
 
     def _state_layout(self, group):
@@ -935,6 +959,7 @@ class AdamW(Adam):
     1e-2)."""
     algorithm = "adamw"
     _default_wd = 1e-2
+    _decoupled = True
 
 
 class Lion(FusedOptimizer):

@@ -310,6 +310,32 @@ class StateDicts(unittest.TestCase):
                 assert_close(self, list(m4.parameters()), list(m3.parameters()),
                              "fusedopt -> torch")
 
+    def test_fresh_state_dict_is_torchs(self):
+        """Before the first step: AdaGrad's accumulator is already
+        initial_accumulator_value in torch's state dict, and a state taken
+        then resumes in torch as torch's own would."""
+        self.skip_unimplemented("adagrad")
+        kw = dict(lr=0.05, initial_accumulator_value=0.3)
+        m1, m2 = make_model(), make_model()
+        m2.load_state_dict(m1.state_dict())
+        o_f = ft.Adagrad(m1.parameters(), **kw)
+        o_t = torch.optim.Adagrad(m2.parameters(), **kw)
+        sf, st = o_f.state_dict(), o_t.state_dict()
+        for i in st["state"]:
+            self.assertTrue(torch.equal(sf["state"][i]["sum"], st["state"][i]["sum"]),
+                            "state %d: sum %s, torch %s" % (i, sf["state"][i]["sum"].flatten()[:3],
+                                                            st["state"][i]["sum"].flatten()[:3]))
+        m3 = make_model()
+        m3.load_state_dict(m1.state_dict())
+        o_t3 = torch.optim.Adagrad(m3.parameters(), **kw)
+        o_t3.load_state_dict(sf)
+        data = batches(3)
+        train(m2, o_t, data)
+        train(m3, o_t3, data)
+        train(m1, o_f, data)
+        assert_close(self, list(m3.parameters()), list(m2.parameters()), "resumed in torch")
+        assert_close(self, list(m1.parameters()), list(m2.parameters()), "fusedopt")
+
     def test_state_names_are_torchs(self):
         for name, alg, kw in STATE_CASES:
             with self.subTest(name=name):
@@ -391,6 +417,12 @@ class StateDicts(unittest.TestCase):
         train(m2, sgd, batches(1))
         with self.assertRaisesRegex(ValueError, "momentum_buffer|another algorithm"):
             opt.load_state_dict(sgd.state_dict())
+        # Adam's state (torch 2.x's groups say decoupled_weight_decay=False)
+        m_adam = make_model()
+        o_adam = ft.Adam(m_adam.parameters(), lr=1e-2)
+        train(m_adam, o_adam, batches(1))
+        with self.assertRaisesRegex(ValueError, "decoupled_weight_decay"):
+            opt.load_state_dict(o_adam.state_dict())
         # another model: other shapes
         other = torch.nn.Sequential(torch.nn.Linear(8, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
         o_other = torch.optim.AdamW(other.parameters())
@@ -526,6 +558,19 @@ class BadInput(unittest.TestCase):
             ft.AdamW([])
         self.assertIsNone(a.grad)  # nothing was registered
 
+    def test_named_params_are_checked(self):
+        """(name, tensor) pairs, as torch 2.6 and newer take them from
+        named_parameters(): each tensor is checked as a bare one would be
+        (older torch refuses the pairs itself, after these checks)."""
+        a = torch.zeros(4, requires_grad=True)
+        with self.assertRaisesRegex(TypeError, "one dtype"):
+            ft.AdamW([("a", a), ("b", torch.zeros(4, dtype=torch.bfloat16, requires_grad=True))])
+        with self.assertRaisesRegex(ValueError, "contiguous"):
+            ft.AdamW([("a", a), ("t", torch.zeros(4, 4, requires_grad=True).t())])
+        with self.assertRaisesRegex(TypeError, "float64|dtype"):
+            ft.SGD([("d", torch.zeros(4, dtype=torch.float64, requires_grad=True))])
+        self.assertIsNone(a.grad)
+
     def test_arguments(self):
         a = torch.zeros(4, requires_grad=True)
         with self.assertRaises(TypeError):
@@ -542,6 +587,10 @@ class BadInput(unittest.TestCase):
             ft.Adam([a], missing_grad="skip")
         with self.assertRaisesRegex(ValueError, "differentiable"):
             ft.Adam([a], differentiable=True)
+        with self.assertRaisesRegex(ValueError, "AdamW"):
+            ft.Adam([a], decoupled_weight_decay=True)
+        with self.assertRaisesRegex(ValueError, "Adam's"):
+            ft.AdamW([a], decoupled_weight_decay=False)
         with self.assertRaisesRegex(TypeError, "loss_scale"):
             ft.Adam([a], loss_scale={"bogus": 1})
         self.assertIsNone(a.grad)
@@ -740,6 +789,17 @@ class Cuda(unittest.TestCase):
         assert_close(self, list(m1.parameters()), list(m2.parameters()), "graph", tol=1e-4)
         # the step count (bias corrections) advances on the device in replays
         self.assertEqual(o1.step_count, len(data))
+        # eager steps after the replays: the library now computes every
+        # step's scalars on the device (its prepare kernel, then the update
+        # with Programmatic Dependent Launch on torch's current stream),
+        # counting on from the replays
+        more = batches(2, device="cuda")
+        train(m1, o1, more)
+        train(m2, o2, more)
+        torch.cuda.synchronize()
+        assert_close(self, list(m1.parameters()), list(m2.parameters()), "eager after graph",
+                     tol=1e-4)
+        self.assertEqual(o1.step_count, len(data) + 2)
 
     def test_graph_capture_loss_scale(self):
         """The loss scaler inside a capture: scale_loss multiplies by the
