@@ -682,6 +682,53 @@ class MixedPrecision(unittest.TestCase):
             self.assertTrue(torch.equal(a, b))
 
 
+class StepObservers(unittest.TestCase):
+    """step() goes through torch's wrapper of an optimizer's step (the
+    profiler's range, step hooks) only when something observes it, and
+    then does everything that wrapper does."""
+
+    def test_step_is_not_wrapped_per_class(self):
+        m = make_model()
+        opt = ft.AdamW(m.parameters(), lr=1e-2)
+        self.assertIs(type(opt).step, ft.FusedOptimizer.step)
+        ft.SGD(make_model().parameters(), lr=0.1)
+        self.assertIs(ft.SGD.step, ft.FusedOptimizer.step)
+
+    def test_the_profiler_sees_the_step(self):
+        m = make_model()
+        opt = ft.AdamW(m.parameters(), lr=1e-2)
+        train(m, opt, batches(1))
+        with torch.autograd.profiler.profile() as prof:
+            opt.step()
+        self.assertIn("Optimizer.step#AdamW.step", [e.name for e in prof.function_events])
+        self.assertEqual(opt.step_count, 2)
+
+    def test_step_hooks(self):
+        if not hasattr(torch.optim.Optimizer, "register_step_pre_hook"):
+            self.skipTest("torch %s has no optimizer step hooks" % torch.__version__)
+        m = make_model()
+        opt = ft.AdamW(m.parameters(), lr=1e-2)
+        train(m, opt, batches(1))
+        calls = []
+        pre = opt.register_step_pre_hook(lambda o, args, kwargs: calls.append(("pre", o)))
+        post = opt.register_step_post_hook(lambda o, args, kwargs: calls.append(("post", o)))
+        opt.step()
+        self.assertEqual(calls, [("pre", opt), ("post", opt)])
+        pre.remove()
+        post.remove()
+        del calls[:]
+        opt.step()
+        self.assertEqual(calls, [])
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+        handle = register_optimizer_step_post_hook(lambda o, args, kwargs: calls.append(o))
+        try:
+            opt.step()
+        finally:
+            handle.remove()
+        self.assertEqual(calls, [opt])
+        self.assertEqual(opt.step_count, 4)
+
+
 class DLPackView(unittest.TestCase):
     """The DLPack import that gives the CUDA path its views of the library's
     state and loss scale (ft._dlpack_view), checked here on host memory: the
