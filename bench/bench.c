@@ -7,7 +7,8 @@
  *
  *   bench [--list a,b,c,d|all]
  *         [--alg adamw,adam,sgd,lion,adagrad,rmsprop,nadam,lamb,lars|all]
- *         [--config fp32,bf16-master,bf16|all] [--reps N] [--warmup N]
+ *         [--config fp32,bf16-master,bf16,fp32-clip,bf16-master-clip|all]
+ *         [--reps N] [--warmup N]
  *         [--csv FILE] [--cpu [--threads N]] ...        (--help for all)
  *
  * Without --cpu it runs on CUDA device 0; without a usable device it says
@@ -61,7 +62,9 @@ static void usage(FILE *f) {
           "                with --cpu)\n"
           "  --alg A       adamw, adam, sgd (momentum 0.9), lion, adagrad, rmsprop\n"
           "                (momentum 0.9), nadam, lamb, lars, or all (default all)\n"
-          "  --config C    fp32, bf16-master, bf16, or all (default all)\n"
+          "  --config C    fp32, bf16-master, bf16, fp32-clip, bf16-master-clip (clipping\n"
+          "                and loss scaling on: one more read of the gradients), or all\n"
+          "                (default all)\n"
           "  --reps N      timed steps per measurement, median reported (default 50,\n"
           "                10 with --cpu)\n"
           "  --warmup N    untimed steps first (default 5, 2 with --cpu)\n"
@@ -135,12 +138,13 @@ static void parse(int argc, char **argv, args *a) {
   if (a->o.reps < 0) a->o.reps = a->cpu ? 10 : 50;
   if (a->o.warmup < 0) a->o.warmup = a->cpu ? 2 : 5;
   static const char *const lists[] = {"a", "b", "c", "d", "m"};
-  static const char *const configs[] = {"fp32", "bf16-master", "bf16"};
+  static const char *const configs[] = {"fp32", "bf16-master", "bf16", "fp32-clip",
+                                        "bf16-master-clip"};
   const char *algs[FO_ALG_COUNT]; /* the library's own names */
   for (int i = 0; i < FO_ALG_COUNT; i++) algs[i] = fo_algorithm_string((fo_algorithm)i);
   validate("--list", a->lists, lists, 5);
   validate("--alg", a->algs, algs, FO_ALG_COUNT);
-  validate("--config", a->configs, configs, 3);
+  validate("--config", a->configs, configs, 5);
 }
 
 /* ------------------------------------------------------------ the run */

@@ -61,10 +61,13 @@ int64_t bench_llama_layer_params(void);
 /* ----------------------------------------------- configurations and bytes */
 
 typedef struct bench_config {
-  const char *name; /* "fp32", "bf16-master", "bf16" */
+  const char *name; /* "fp32", "bf16-master", "bf16", "fp32-clip", "bf16-master-clip" */
   fo_dtype param;
   fo_dtype grad;
   int master; /* fp32 master weights */
+  /* Global-norm clipping and dynamic loss scaling on: the step's pre-pass
+   * reads every gradient once more (model.c) */
+  int clip;
 } bench_config;
 
 extern const bench_config bench_configs[];

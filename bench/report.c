@@ -40,7 +40,7 @@ void bench_table_header(const bench_backend *b, const bench_opts *o) {
          o->reps, o->warmup, o->check_steps, o->check_steps);
   printf("#\n");
   printf(
-      "# %-4s %-7s %-11s %7s %11s %10s %4s | %8s | %10s %8s %7s | %10s %8s %7s | %10s %8s | %s\n",
+      "# %-4s %-7s %-16s %7s %11s %10s %4s | %8s | %10s %8s %7s | %10s %8s %7s | %10s %8s | %s\n",
       "list", "alg", "config", "tensors", "params", "bytes(MB)", "sets", "copyGB/s", "fused(us)",
       "GB/s", "ofcopy", "graph(us)", "GB/s", "ofcopy", "naive(us)", "speedup", "check");
 }
@@ -54,7 +54,7 @@ static void print_time(double us, int64_t bytes, double ratio) {
 }
 
 void bench_table_row(const bench_result *r) {
-  printf("  %-4s %-7s %-11s %7lld %11lld %10.1f %4d | %8.1f", r->list->name, bench_alg_name(r->alg),
+  printf("  %-4s %-7s %-16s %7lld %11lld %10.1f %4d | %8.1f", r->list->name, bench_alg_name(r->alg),
          r->config->name, (long long)r->list->count, (long long)r->list->params, r->bytes / 1e6,
          r->sets, copy_gbps(r));
   print_time(r->fused_us, r->bytes, of_copy(r, r->fused_us));

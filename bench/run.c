@@ -19,6 +19,7 @@
  *      initial values, a few fused steps and a few naive steps, compared on
  *      windows of every tensor.
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,15 @@ static fo_options row_options(const row *r) {
   o.grad_dtype = r->c->grad;
   o.master_weights = r->c->master;
   o.num_threads = r->b->threads;
+  if (r->c->clip) {
+    /* the pre-pass and the coefficient as in training, the coefficient
+     * exactly 1 (model.c): a threshold no gradient norm here reaches, a
+     * loss scale of 1 that never grows within a run */
+    o.max_grad_norm = FLT_MAX;
+    o.loss_scaler.enabled = 1;
+    o.loss_scaler.init_scale = 1.0f;
+    o.loss_scaler.growth_interval = 1 << 30;
+  }
   return o;
 }
 

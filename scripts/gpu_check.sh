@@ -28,6 +28,8 @@
 #                           4-tensor MLP's latency): AdamW, SGD momentum,
 #                           Lion in fp32 and bf16-master; `new`: LAMB,
 #                           LARS, AdaGrad, RMSprop, NAdam on list a (eager);
+#                           aclip: AdamW on list a with clipping and loss
+#                           scaling on (fp32-clip, bf16-master-clip);
 #                           m0 and d0: lists m and d with every step through
 #                           the prepare kernel (FUSEDOPT_HOST_SCALARS=0)
 #                  variants bench/step_variants: the step kernel's shapes
@@ -48,7 +50,7 @@
 #                           family; racecheck, initcheck the same
 #                PART:FILTER narrows a part, for a re-run of what failed:
 #                tests:GLOB (a Criterion --filter), bench:LISTS (a, c, d,
-#                b, m, new, m0, d0), variants:LISTS (a, d) and
+#                b, m, new, aclip, m0, d0), variants:LISTS (a, d) and
 #                torch:LISTS (lists joined by '+': bench:a+d), and
 #                memcheck:GLOB (racecheck, initcheck alike; alternatives
 #                joined by '|': 'memcheck:gpu/arena|*graph*').
@@ -262,8 +264,13 @@ run_demo() {
 }
 
 run_bench() {
-  local list lists=${filter_of[bench]:-a+new+c+d+b+m+m0+d0}
+  local list lists=${filter_of[bench]:-a+aclip+new+c+d+b+m+m0+d0}
   for list in ${lists//+/ }; do
+    if [ "$list" = aclip ]; then # issue #15: clipping and loss scaling on, list a
+      part "bench-aclip" "$build/bench/bench" --list a --alg adamw \
+        --config fp32-clip,bf16-master-clip --reps 20 --warmup 3 --csv "$work/logs/bench_gpu_aclip.csv"
+      continue
+    fi
     if [ "$list" = new ]; then # the algorithms of issue #17, list a, eager
       part "bench-new" "$build/bench/bench" --list a --alg lamb,lars,adagrad,rmsprop,nadam \
         --config fp32,bf16-master --reps 10 --warmup 2 --csv "$work/logs/bench_gpu_new.csv"
@@ -281,7 +288,7 @@ run_bench() {
   # one CSV, the header once; the m0/d0 rows labelled as such
   local first=1
   : >"$out/bench_gpu.csv"
-  for list in a new c d b m m0 d0; do
+  for list in a aclip new c d b m m0 d0; do
     local f=$work/logs/bench_gpu_$list.csv
     [ -s "$f" ] || continue
     if [ $first = 1 ]; then head -1 "$f"; first=0; fi
