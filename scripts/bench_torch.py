@@ -164,7 +164,8 @@ def check(lib, status, what):
 class FusedOpt:
     """One fusedopt optimizer over torch tensors (external storage)."""
 
-    def __init__(self, lib, alg, params, grads, groups, hp, master, cuda, threads):
+    def __init__(self, lib, alg, params, grads, groups, hp, master, cuda, threads,
+                 max_grad_norm=0.0):
         self.lib = lib
         opts = FoOptions()
         check(lib, lib.fo_options_default(ctypes.byref(opts)), "fo_options_default")
@@ -176,6 +177,7 @@ class FusedOpt:
         opts.grad_dtype = FO_DTYPE[grads[0].dtype]
         opts.master_weights = int(master)
         opts.num_threads = 0 if cuda else threads
+        opts.max_grad_norm = max_grad_norm
         hps = (FoHparams * 2)()
         for g in range(2):
             check(lib, lib.fo_hparams_default(FO_ALG[alg], ctypes.byref(hps[g])), "hparams")
@@ -283,16 +285,36 @@ HPARAMS = {"adamw": {"lr": 1e-3, "weight_decay": 1e-2},
            "sgd": {"lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9}}
 
 
-def bytes_per_param(impl, alg, config):
-    """Counted bytes per parameter (bench/model.c); torch's bf16 state is bf16."""
+def bytes_per_param(impl, alg, config, clip=False):
+    """Counted bytes per parameter (bench/model.c); torch's bf16 state is bf16.
+    With clipping, one more read of the gradient (the norm's) for every
+    implementation: the least any can move (torch's clip_grad_norm_ also
+    writes the scaled gradients back, which is not counted)."""
     state = 2 if alg in ("adam", "adamw") else 1
+    extra = (4 if config == "fp32" else 2) if clip else 0
     if config == "fp32":
-        return 12 + 8 * state
+        return 12 + 8 * state + extra
     if impl.startswith("torch"):
-        return 6 + 4 * state  # p r+w, g r, state r+w, all 2 bytes
+        return 6 + 4 * state + extra  # p r+w, g r, state r+w, all 2 bytes
     if config == "bf16-master":
-        return 12 + 8 * state
-    return 6 + 8 * state
+        return 12 + 8 * state + extra
+    return 6 + 8 * state + extra
+
+
+def clipped(step, params, max_norm, foreach):
+    """step after torch.nn.utils.clip_grad_norm_ (max_norm 0: step alone),
+    the way a PyTorch training loop clips: foreach where this torch has it
+    and the implementation is a multi-tensor one."""
+    if not max_norm:
+        return step
+    kw = {}
+    if "foreach" in inspect.signature(torch.nn.utils.clip_grad_norm_).parameters:
+        kw["foreach"] = foreach
+
+    def run():
+        torch.nn.utils.clip_grad_norm_(params, max_norm, **kw)
+        return step()
+    return run
 
 
 # ------------------------------------------------------------- the tensors
@@ -471,7 +493,7 @@ def build_impls(args, lib, alg, config, shapes, params, grads, hp, cuda):
     groups = [g for _, g in shapes]
     impls, owned = [], []
     for name, master in fo_configs(config):
-        fo = FusedOpt(lib, alg, params, grads, groups, hp, master, cuda, args.threads)
+        fo = FusedOpt(lib, alg, params, grads, groups, hp, master, cuda, args.threads, args.clip)
         owned.append(fo)
         impls.append(("fusedopt_" + name, fo.step))
         if cuda and not args.no_graph:
@@ -479,7 +501,8 @@ def build_impls(args, lib, alg, config, shapes, params, grads, hp, cuda):
             # is captured, an optimizer computes every later step's scalars
             # on the device (docs/api.md), and the eager row must time the
             # eager step a training loop gets
-            gfo = FusedOpt(lib, alg, params, grads, groups, hp, master, cuda, args.threads)
+            gfo = FusedOpt(lib, alg, params, grads, groups, hp, master, cuda, args.threads,
+                           args.clip)
             owned.append(gfo)
             replay = graphed(gfo.step, "fusedopt_" + name)
             if replay:
@@ -488,17 +511,20 @@ def build_impls(args, lib, alg, config, shapes, params, grads, hp, cuda):
     if not cuda:
         variants.append(("torch_single", {"foreach": False}))
     for name, kw in variants:
+        multi = name != "torch_single"
         opt = torch_optimizer(alg, leaf, shapes, hp, **kw)
         if opt is not None:
-            impls.append((name, opt.step))
+            impls.append((name, clipped(opt.step, leaf, args.clip, multi)))
         if cuda and not args.no_graph and alg != "sgd":
             cap = torch_optimizer(alg, leaf, shapes, hp, capturable=True, **kw)
-            replay = graphed(cap.step, name) if cap is not None else None
+            replay = graphed(clipped(cap.step, leaf, args.clip, multi), name) \
+                if cap is not None else None
             if replay:
                 impls.append((name + "_graph", replay))
                 owned.append(cap)  # its state is what the graph writes
         elif cuda and not args.no_graph and opt is not None:
-            replay = graphed(opt.step, name)  # SGD has no step counter to capture
+            # SGD has no step counter to capture
+            replay = graphed(clipped(opt.step, leaf, args.clip, multi), name)
             if replay:
                 impls.append((name + "_graph", replay))
     return impls, owned
@@ -508,14 +534,18 @@ def check_case(args, lib, alg, config, shapes, hp, device, cuda):
     """{fusedopt config: relative error} after args.check_steps steps."""
     dtype = torch.float32 if config == "fp32" else torch.bfloat16
     p0, g = make_inputs(shapes, dtype, device, seed=2)
-    ref = as_leaf_params([p.float().clone() for p in p0], [x.float() for x in g])
+    # the reference's own gradients: clip_grad_norm_ scales them in place,
+    # and fusedopt must clip the originals itself
+    ref = as_leaf_params([p.float().clone() for p in p0], [x.float().clone() for x in g])
     opt = torch_optimizer(alg, ref, shapes, hp, foreach=False)
+    step = clipped(opt.step, ref, args.clip, False)
     for _ in range(args.check_steps):
-        opt.step()
+        step()
     out = {}
     for name, master in fo_configs(config):
         ps = [p.clone() for p in p0]
-        fo = FusedOpt(lib, alg, ps, g, [x for _, x in shapes], hp, master, cuda, args.threads)
+        fo = FusedOpt(lib, alg, ps, g, [x for _, x in shapes], hp, master, cuda, args.threads,
+                      args.clip)
         for _ in range(args.check_steps):
             fo.step()
         if cuda:
@@ -560,20 +590,23 @@ def run_case(args, lib, list_name, alg, config, device, cuda):
     if cuda:
         torch.cuda.empty_cache()
     errs = check_case(args, lib, alg, config, shapes, HPARAMS[alg], device, cuda)
-    return rows_of(list_name, alg, config, shapes, med, per, errs)
+    return rows_of(list_name, alg, config, shapes, med, per, errs, args.clip)
 
 
-def rows_of(list_name, alg, config, shapes, med, per, errs):
+def rows_of(list_name, alg, config, shapes, med, per, errs, clip=0.0):
     """One row per implementation; speedup = this time / fusedopt's eager time
-    (fusedopt's bf16-master for torch's bf16 rows)."""
+    (fusedopt's bf16-master for torch's bf16 rows).  With clipping, each
+    configuration is named with "-clip"."""
     numel = sum(n for n, _ in shapes)
     base = med["fusedopt_fp32" if config == "fp32" else "fusedopt_bf16-master"]
     rows = []
     for impl, us in med.items():
         fo_cfg = impl[len("fusedopt_"):].replace("_graph", "") if impl.startswith("fusedopt") else None
-        nbytes = bytes_per_param(impl, alg, fo_cfg or config) * numel
+        nbytes = bytes_per_param(impl, alg, fo_cfg or config, bool(clip)) * numel
         err = errs.get(fo_cfg) if fo_cfg else None
-        rows.append(dict(list=list_name, alg=alg, config=fo_cfg or config, impl=impl,
+        rows.append(dict(list=list_name, alg=alg, config=(fo_cfg or config) + ("-clip" if clip
+                                                                                else ""),
+                         impl=impl,
                          tensors=len(shapes), params=numel, bytes=nbytes, time_us=us,
                          gbps=nbytes / us * 1e-3, fusedopt_speedup=us / base,
                          check_err=err, check=("" if err is None else
@@ -590,7 +623,7 @@ COLUMNS = ["list", "alg", "config", "impl", "tensors", "params", "bytes", "time_
 
 def print_row(r):
     err = "" if r["check_err"] is None else "%s %.1e" % (r["check"], r["check_err"])
-    print("  %-4s %-6s %-11s %-26s %5d %11d %11.1f %9.1f %12.3f  %s" % (
+    print("  %-4s %-6s %-16s %-26s %5d %11d %11.1f %9.1f %12.3f  %s" % (
         r["list"], r["alg"], r["config"], r["impl"], r["tensors"], r["params"], r["time_us"],
         r["gbps"], r["fusedopt_speedup"], err), flush=True)
 
@@ -637,6 +670,10 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="CPU threads of torch and of the CPU executor (default: every core)")
     ap.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph rows")
+    ap.add_argument("--clip", type=float, default=0.0,
+                    help="clip the global gradient norm to this before every step: "
+                         "torch.nn.utils.clip_grad_norm_ for torch's optimizers, "
+                         "max_grad_norm for fusedopt's (default 0: off)")
     ap.add_argument("--csv", help="write the rows as CSV")
     args = ap.parse_args()
     cuda = not args.cpu
@@ -655,7 +692,7 @@ def main():
     cases = CASES if args.cases == "all" else [tuple(c.split(":")) for c in args.cases.split(",")]
     print("# fusedopt vs torch %s on %s; median of %d steps after %d warm-up; speedup = "
           "time / fusedopt's eager time" % (torch.__version__, name, args.reps, args.warmup))
-    print("# %-4s %-6s %-11s %-26s %5s %11s %11s %9s %12s  %s" % (
+    print("# %-4s %-6s %-16s %-26s %5s %11s %11s %9s %12s  %s" % (
         "list", "alg", "config", "impl", "tens", "params", "time(us)", "GB/s", "vs fusedopt",
         "check"))
     rows = []

@@ -35,7 +35,9 @@
 #                  variants bench/step_variants: the step kernel's shapes
 #                           (chunk, ILP, blocks per SM) side by side on
 #                           lists a and d, with a bit-identity check
-#                  torch    scripts/bench_torch.py on lists a, mlp, d
+#                  torch    scripts/bench_torch.py on lists a, mlp, d (and,
+#                           named as LISTclip, a list with clipping:
+#                           torch:aclip)
 #                  torchdebug  (only when named) the illegal address seen
 #                           2026-12-04: torch alone, a graph replayed after
 #                           its optimizer is freed (should fault) or kept;
@@ -51,7 +53,8 @@
 #                PART:FILTER narrows a part, for a re-run of what failed:
 #                tests:GLOB (a Criterion --filter), bench:LISTS (a, c, d,
 #                b, m, new, aclip, m0, d0), variants:LISTS (a, d) and
-#                torch:LISTS (lists joined by '+': bench:a+d), and
+#                torch:LISTS (a, mlp, d, b, c, aclip, ...; lists joined by
+#                '+': bench:a+d), and
 #                memcheck:GLOB (racecheck, initcheck alike; alternatives
 #                joined by '|': 'memcheck:gpu/arena|*graph*').
 #   --build DIR  build directory (default build-gpu)
@@ -427,9 +430,27 @@ for p in "${selected[@]}"; do
       part variants "$build/bench/step_variants" --lists "$(l=${filter_of[variants]:-a+d}; echo "${l//+/,}")" \
         --reps 20 --warmup 3 --csv "$work/logs/step_variants.csv" ;;
     torch)
-      PYTHONUNBUFFERED=1 part torch python3 scripts/bench_torch.py --lib "$build/host/libfusedopt.so" \
-        --lists "$(l=${filter_of[torch]:-a+mlp+d}; echo "${l//+/,}")" --reps 20 --warmup 3 --csv "$work/logs/torch_gpu.csv"
-      [ -s "$work/logs/torch_gpu.csv" ] && cp "$work/logs/torch_gpu.csv" "$out/torch_gpu.csv" ;;
+      # LISTclip (aclip, mlpclip, ...): that list again, AdamW with
+      # clip_grad_norm_ / max_grad_norm 1.0, in a run of its own
+      plain="" clip=""
+      for l in $(l=${filter_of[torch]:-a+mlp+d}; echo "${l//+/ }"); do
+        case "$l" in
+          *clip) clip+="${clip:+,}${l%clip}" ;;
+          *) plain+="${plain:+,}$l" ;;
+        esac
+      done
+      [ -n "$plain" ] && PYTHONUNBUFFERED=1 part torch python3 scripts/bench_torch.py \
+        --lib "$build/host/libfusedopt.so" --lists "$plain" --reps 20 --warmup 3 \
+        --csv "$work/logs/torch_gpu.csv"
+      [ -n "$clip" ] && PYTHONUNBUFFERED=1 part torch-clip python3 scripts/bench_torch.py \
+        --lib "$build/host/libfusedopt.so" --lists "$clip" --clip 1.0 --cases adamw:fp32,adamw:bf16 \
+        --reps 20 --warmup 3 --csv "$work/logs/torch_gpu_clip.csv"
+      # one CSV, the header once
+      rm -f "$out/torch_gpu.csv"
+      for f in "$work/logs/torch_gpu.csv" "$work/logs/torch_gpu_clip.csv"; do
+        [ -s "$f" ] || continue
+        if [ -s "$out/torch_gpu.csv" ]; then tail -n +2 "$f"; else cat "$f"; fi >>"$out/torch_gpu.csv"
+      done ;;
     torchtrain)
       PYTHONUNBUFFERED=1 part torchtrain run_torchtrain
       [ -s "$work/logs/torch_train_gpu.csv" ] && cp "$work/logs/torch_train_gpu.csv" "$out/torch_train_gpu.csv" ;;
@@ -460,7 +481,7 @@ if [ "$dry" = 0 ]; then
     if [ -s "$out/torch_gpu.csv" ]; then
       echo "== torch (time over fusedopt's eager step; above 1: fusedopt faster)"
       awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
-               { printf "  %-4s %-6s %-11s %-26s %10s us  x%s %s\n", $c["list"], $c["alg"],
+               { printf "  %-4s %-6s %-16s %-26s %10s us  x%s %s\n", $c["list"], $c["alg"],
                  $c["config"], $c["impl"], $c["time_us"], $c["fusedopt_speedup"], $c["check"] }' \
         "$out/torch_gpu.csv"
     fi
