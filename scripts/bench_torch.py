@@ -55,7 +55,11 @@ import statistics
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError:
+    print("bench_torch: python3 cannot import torch: skipped")
+    sys.exit(77)
 
 # ---------------------------------------------------------------- fusedopt
 
