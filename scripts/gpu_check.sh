@@ -268,6 +268,7 @@ run_demo() {
 
 run_bench() {
   local list lists=${filter_of[bench]:-a+aclip+new+c+d+b+m+m0+d0}
+  rm -f "$work"/logs/bench_gpu_*.csv # an earlier call's, on a machine kept warm
   for list in ${lists//+/ }; do
     if [ "$list" = aclip ]; then # issue #15: clipping and loss scaling on, list a
       part "bench-aclip" "$build/bench/bench" --list a --alg adamw \
@@ -381,6 +382,9 @@ run_torchtests() {
   local lib=$build/host/libfusedopt.so which list rc=0
   [ "${lib#/}" = "$lib" ] && lib=$root/$lib
   export FUSEDOPT_LIBRARY=$lib PYTHONPATH=$root/python
+  # each run's whole output in logs/ (bundled), its tail in the part's log
+  local logs=$work/logs
+  [ "${logs#/}" = "$logs" ] && logs=$root/$logs
   for which in eager graph; do
     list=$(python3 -c 'import sys, test_torch as t
 graph = sys.argv[1] == "graph"
@@ -388,8 +392,8 @@ print(" ".join("test_torch.Cuda." + n for n in sorted(dir(t.Cuda))
                if n.startswith("test") and ("graph" in n) == graph))' "$which") || return 1
     echo "== $which: $list"
     # shellcheck disable=SC2086
-    python3 -m unittest -v $list 2>&1 | tail -30
-    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+    python3 -m unittest -v $list >"$logs/torchtests_$which.log" 2>&1 || rc=1
+    tail -30 "$logs/torchtests_$which.log"
   done
   # the CPU tests too, under this machine's torch (2.x: CI has Debian's
   # 1.13, where NAdam's and the step hooks' tests skip)
@@ -399,8 +403,9 @@ print(" ".join("test_torch." + n for n in sorted(dir(t)) if n != "Cuda"
     return 1
   echo "== cpu: test_library test_optimizer $list"
   # shellcheck disable=SC2086
-  python3 -m unittest test_library test_optimizer $list 2>&1 | tail -30
-  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+  python3 -m unittest -v test_library test_optimizer $list >"$logs/torchtests_cpu.log" 2>&1 || rc=1
+  grep -E '(FAIL|ERROR):' "$logs/torchtests_cpu.log" | head -40
+  tail -30 "$logs/torchtests_cpu.log"
   return "$rc"
 }
 
@@ -433,6 +438,7 @@ for p in "${selected[@]}"; do
       # LISTclip (aclip, mlpclip, ...): that list again, AdamW with
       # clip_grad_norm_ / max_grad_norm 1.0, in a run of its own
       plain="" clip=""
+      rm -f "$work/logs/torch_gpu.csv" "$work/logs/torch_gpu_clip.csv" # an earlier call's
       for l in $(l=${filter_of[torch]:-a+mlp+d}; echo "${l//+/ }"); do
         case "$l" in
           *clip) clip+="${clip:+,}${l%clip}" ;;
@@ -443,7 +449,7 @@ for p in "${selected[@]}"; do
         --lib "$build/host/libfusedopt.so" --lists "$plain" --reps 20 --warmup 3 \
         --csv "$work/logs/torch_gpu.csv"
       [ -n "$clip" ] && PYTHONUNBUFFERED=1 part torch-clip python3 scripts/bench_torch.py \
-        --lib "$build/host/libfusedopt.so" --lists "$clip" --clip 1.0 --cases adamw:fp32,adamw:bf16 \
+        --lib "$build/host/libfusedopt.so" --lists "$clip" --clip 1.0 --cases adamw:fp32,adamw:bf16,sgd:fp32 \
         --reps 20 --warmup 3 --csv "$work/logs/torch_gpu_clip.csv"
       # one CSV, the header once
       rm -f "$out/torch_gpu.csv"

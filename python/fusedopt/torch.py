@@ -237,7 +237,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._lib = _library.load()
         self._alg = _algorithm_index(self.algorithm)
         # what the library's copy of a group is made from (_push_hparams)
-        self._watched_keys = tuple(self._hparam_keys) + ("differentiable",)
+        self._watched_keys = tuple(self._hparam_keys) + ("differentiable",) + (
+            ("decoupled_weight_decay",) if getattr(self, "_decoupled", None) is not None else ())
         self._master_weights = _as_flag(master_weights, "master_weights")
         self._scaler = self._scaler_options(loss_scale)
         self._max_grad_norm = _as_float(max_grad_norm, "max_grad_norm")
@@ -439,7 +440,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._lib.fo_optimizer_destroy(old)
         for p, v in zip(params, views):
             if p.grad is not None and p.grad is not v:
-                v.copy_(p.grad)
+                with torch.no_grad():
+                    v.copy_(p.grad)
             p.grad = v
         self._device, self._dtype = device, dtype
         self._flat, self._views = flat, views
@@ -460,6 +462,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         # sets it without reading it, so this changes no update)
         with torch.no_grad():
             self._init_state(params)
+        if device.type == "cuda":
+            # the first step may run on another stream: the fill is done
+            torch.cuda.current_stream(device).synchronize()
 
     def _rebuild(self):
         self._build()
@@ -619,7 +624,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 _profiler_enabled() or _GLOBAL_STEP_PRE_HOOKS or _GLOBAL_STEP_POST_HOOKS
                 or getattr(self, "_optimizer_step_pre_hooks", None)
                 or getattr(self, "_optimizer_step_post_hooks", None)):
-            return _observed_step(self, closure)
+            # the arguments as given, as torch's wrapper passes them to hooks
+            return _observed_step(self) if closure is None else _observed_step(self, closure)
         return self._step(closure)
 
     def _step(self, closure=None):
@@ -948,6 +954,11 @@ class SGD(FusedOptimizer):
         return False
 
 
+def _unwrapped_step(self, closure=None):
+    """The step itself, looked up on the instance (a subclass's _step)."""
+    return self._step(closure)
+
+
 def _profiled_step(self, closure=None):
     """torch 1.x's wrapper: the profiler's range only (no step hooks)."""
     with torch.autograd.profiler.record_function("Optimizer.step#%s.step"
@@ -957,7 +968,7 @@ def _profiled_step(self, closure=None):
 
 # torch 2.x's own wrapper (profiler range, pre and post hooks, the
 # profiler's _optimizer_step_code) around the unwrapped step
-_observed_step = (torch.optim.Optimizer.profile_hook_step(FusedOptimizer._step)
+_observed_step = (torch.optim.Optimizer.profile_hook_step(_unwrapped_step)
                   if hasattr(torch.optim.Optimizer, "profile_hook_step") else _profiled_step)
 # torch's Optimizer.__init__ wraps a class's step unless it is marked so
 FusedOptimizer.step.hooked = True

@@ -591,6 +591,14 @@ class BadInput(unittest.TestCase):
             ft.Adam([a], decoupled_weight_decay=True)
         with self.assertRaisesRegex(ValueError, "Adam's"):
             ft.AdamW([a], decoupled_weight_decay=False)
+        # ... and in a live group, at the next step
+        m = make_model()
+        opt = ft.Adam(m.parameters(), lr=1e-2)
+        train(m, opt, batches(1))
+        opt.param_groups[0]["decoupled_weight_decay"] = True
+        with self.assertRaisesRegex(ValueError, "decoupled_weight_decay"):
+            opt.step()
+        self.assertEqual(opt.step_count, 1)
         with self.assertRaisesRegex(TypeError, "loss_scale"):
             ft.Adam([a], loss_scale={"bogus": 1})
         self.assertIsNone(a.grad)
