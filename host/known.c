@@ -49,14 +49,10 @@ int fo_known_next(const fo_optimizer *opt, const fo_prepare_args *pa, fo_known_s
   if (pa->head.check_grads || pa->head.scaler.enabled) return 0;
   if (pa->head.num_groups > FO_KNOWN_GROUPS) return 0;
   *next = opt->known.state;
-  /* fo_prepare_step, with the sum of squares the prepare kernel folds
-   * when no pre-pass ran */
-  double factor = 1.0;
-  if (!fo_prepare_decide(&pa->head, 0.0, next, &factor))
-    return 0; /* skipped (the count is exhausted): the device path says so */
-  for (int g = 0; g < pa->head.num_groups; g++)
-    fo_prepare_group(pa->head.algorithm, pa->groups, next, g, factor);
-  next->step += 1;
+  /* the prepare step itself, with the sum of squares the prepare kernel
+   * folds when no pre-pass ran */
+  fo_prepare_step(pa, 0.0, next);
+  if (next->skip) return 0; /* the count is exhausted: the device path says so */
   fo_known_from_state(next, pa->head.num_groups, out);
   return 1;
 }

@@ -14,6 +14,13 @@
 
 static const int64_t FO_MAX_GRID = 2147483647;
 
+/* Clear e from the runtime's last-error slot if it is what sits there (an
+ * error of the library's own call), leaving an error the caller's earlier
+ * work left pending as it was. */
+static inline void fo_forget_own_error(cudaError_t e) {
+  if (cudaPeekAtLastError() == e) (void)cudaGetLastError();
+}
+
 /* Launch kernel with its arguments and return this launch's own status.
  * cudaLaunchKernelEx reports the launch's error itself, where reading
  * cudaGetLastError() after <<<>>> would also pick up (and clear) an
@@ -39,7 +46,7 @@ static int fo_launch_pdl(bool pdl, void (*kernel)(Params...), unsigned grid, uns
      * the prior kernel then returns at once -- and the refusal is not left
      * pending for the caller.  An error that is not the attribute's comes
      * back from the second launch as well. */
-    if (cudaPeekAtLastError() == e) (void)cudaGetLastError();
+    fo_forget_own_error(e);
     cfg.attrs = nullptr;
     cfg.numAttrs = 0;
     e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Actual &&>(args)...);

@@ -41,7 +41,7 @@ extern "C" int fo_kernels_ptx_version(void) {
   cudaFuncAttributes a;
   const cudaError_t e = cudaFuncGetAttributes(&a, fo_zero_grad_kernel<FO_RULE_F32>);
   if (e != cudaSuccess) {
-    if (cudaPeekAtLastError() == e) (void)cudaGetLastError();
+    fo_forget_own_error(e);
     return 0;
   }
   return a.ptxVersion;

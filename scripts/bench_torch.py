@@ -295,14 +295,16 @@ def bytes_per_param(impl, alg, config, clip=False):
     implementation: the least any can move (torch's clip_grad_norm_ also
     writes the scaled gradients back, which is not counted)."""
     state = 2 if alg in ("adam", "adamw") else 1
-    extra = (4 if config == "fp32" else 2) if clip else 0
+    norm_read = (4 if config == "fp32" else 2) if clip else 0
     if config == "fp32":
-        return 12 + 8 * state + extra
-    if impl.startswith("torch"):
-        return 6 + 4 * state + extra  # p r+w, g r, state r+w, all 2 bytes
-    if config == "bf16-master":
-        return 12 + 8 * state + extra
-    return 6 + 8 * state + extra
+        step = 12 + 8 * state
+    elif impl.startswith("torch"):
+        step = 6 + 4 * state  # p r+w, g r, state r+w, all 2 bytes
+    elif config == "bf16-master":
+        step = 12 + 8 * state
+    else:
+        step = 6 + 8 * state
+    return step + norm_read
 
 
 def clipped(step, params, max_norm, foreach):

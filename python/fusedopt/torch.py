@@ -230,6 +230,9 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     algorithm = None
     _hparam_keys = ()
+    # Adam and AdamW: the decoupled_weight_decay the class stands for
+    # (None: the class takes no such key)
+    _decoupled = None
 
     def __init__(self, params, defaults, *, master_weights=True, loss_scale=False,
                  max_grad_norm=0.0, num_threads=0, missing_grad="error"):
@@ -238,7 +241,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._alg = _algorithm_index(self.algorithm)
         # what the library's copy of a group is made from (_push_hparams)
         self._watched_keys = tuple(self._hparam_keys) + ("differentiable",) + (
-            ("decoupled_weight_decay",) if getattr(self, "_decoupled", None) is not None else ())
+            ("decoupled_weight_decay",) if self._decoupled is not None else ())
         self._master_weights = _as_flag(master_weights, "master_weights")
         self._scaler = self._scaler_options(loss_scale)
         self._max_grad_norm = _as_float(max_grad_norm, "max_grad_norm")
@@ -303,15 +306,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         if group.get("differentiable"):
             raise ValueError("%s: differentiable=True is not supported by fusedopt (the step "
                              "runs outside autograd)" % where)
-        decoupled = getattr(self, "_decoupled", None)
-        if decoupled is not None and group.get("decoupled_weight_decay") is not None \
-                and bool(group["decoupled_weight_decay"]) != decoupled:
+        wanted = group.get("decoupled_weight_decay")
+        if self._decoupled is not None and wanted is not None \
+                and bool(wanted) != self._decoupled:
+            other = "Adam" if self._decoupled else "AdamW"
             raise ValueError("%s: decoupled_weight_decay=%s is %s's weight decay: use "
                              "fusedopt.torch.%s (a state dict of torch's %s?)"
-                             % (where, group["decoupled_weight_decay"],
-                                "AdamW" if not decoupled else "Adam",
-                                "AdamW" if not decoupled else "Adam",
-                                "AdamW" if not decoupled else "Adam"))
+                             % (where, wanted, other, other, other))
         return hp
 
     def add_param_group(self, param_group):
