@@ -10,7 +10,8 @@
  *
  *   unscaled_grads_written_back_and_loss_scale_ptr
  *       write_unscaled_grads writes exactly g / scale (power-of-two scales,
- *       no clipping), g * coef rounded to the gradient dtype with clipping,
+ *       no clipping; AdamW, and LAMB and LARS, whose write-back follows
+ *       their second pass), g * coef rounded to the gradient dtype with clipping,
  *       nothing after a skipped step and nothing between tensors;
  *       fo_optimizer_loss_scale_ptr is device memory holding get_info's
  *       loss_scale.
@@ -60,17 +61,22 @@ static void expect_divided(const world *w, const unsigned char *got, const unsig
 Test(gpu_mp, unscaled_grads_written_back_and_loss_scale_ptr) {
   dev d = dev_open(require_device(0));
   const fo_dtype dts[3] = {FO_DTYPE_F32, FO_DTYPE_F16, FO_DTYPE_BF16};
-  for (int k = 0; k < 3; k++) {
+  /* the one-pass step, and LAMB's and LARS's two passes (the write-back
+   * follows the apply pass there) */
+  const fo_algorithm algs[3] = {FO_ALG_ADAMW, FO_ALG_LAMB, FO_ALG_LARS};
+  for (int k = 0; k < 9; k++) {
+    const fo_dtype dt = dts[k % 3];
+    const fo_algorithm alg = algs[k / 3];
     char ctx[160];
-    ctx_name(ctx, sizeof ctx, FO_ALG_ADAMW, dts[k], dts[k], "write_unscaled_grads");
+    ctx_name(ctx, sizeof ctx, alg, dt, dt, "write_unscaled_grads");
     world w;
-    mp_world_make(&w, dts[k], dts[k], 0, 6000 + (uint64_t)k);
+    mp_world_make(&w, dt, dt, 0, 6000 + (uint64_t)k);
     unsigned char *pimg = param_image(&w, 61 + (uint64_t)k);
     fo_options o;
-    base_options(&o, FO_ALG_ADAMW, dts[k], dts[k]);
+    base_options(&o, alg, dt, dt);
     o.write_unscaled_grads = 1;
     fo_hparams h[2];
-    hparams_for(FO_ALG_ADAMW, h);
+    hparams_for(alg, h);
     run r;
     run_open(&r, &d, &w, &o, h, pimg);
     tu_rng rng;

@@ -1,0 +1,393 @@
+/*
+ * emu_kernels.cpp -- the kernel launchers of kernels/launch.h for the
+ * emulated device (emu.h): each checks its arguments as the real launcher
+ * does, then enqueues a closure that runs the kernel's own block work
+ * (block_work.cuh, pack_work.cuh, step_state.h, rules.h) for every block
+ * and thread slot, and reduces in the shapes the kernels reduce in (a warp's
+ * shuffle tree, then the block's warp sums), so sums come out as the
+ * device's would.
+ *
+ * What the kernels add around the block work is written again here, small
+ * as it is (the step kernel's publish and passes, the prepare kernel's fold,
+ * norms.cu's searches): keep the two in step when a kernel changes.
+ */
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "block_work.cuh"
+#include "emu.h"
+#include "launch.h"
+#include "pack_work.cuh"
+#include "step_state.h"
+
+namespace {
+
+const int NT = FO_CUDA_THREADS;
+const int PREPARE_THREADS = 1024; /* prestep.cu */
+
+/* fo_warp_sum: lane 0's value after the shuffle-down tree over v[0..32). */
+double warp_sum(double *v) {
+  for (int o = 16; o > 0; o >>= 1)
+    for (int l = 0; l < o; l++) v[l] += v[l + o];
+  return v[0];
+}
+
+/* fo_block_sum<threads>: each warp's sum, then the first warp's over them. */
+double block_sum(std::vector<double> v) {
+  const size_t warps = v.size() / 32;
+  double sums[32] = {0.0};
+  for (size_t w = 0; w < warps; w++) sums[w] = warp_sum(&v[32 * w]);
+  return warp_sum(sums);
+}
+
+/* ------------------------------------------------------------ the step */
+
+template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS>
+void run_step(const fo_step_launch &a, int64_t nb) {
+  for (int64_t b = 0; b < nb; b++) {
+    for (int t = 0; t < NT; t++) fo_publish_known_block(a, b, t);
+    if (b >= a.num_blocks) continue;
+    if constexpr (PASS == FO_PASS_NORMS) {
+      std::vector<double> w(NT), x(NT);
+      for (int t = 0; t < NT; t++) {
+        double s[2] = {0.0, 0.0};
+        fo_norms_block<ALG, PT, GT, MASTER, SR>(a, b, t, NT, s);
+        w[(size_t)t] = s[0];
+        x[(size_t)t] = s[1];
+      }
+      a.norm_partials[2 * b] = block_sum(w);
+      a.norm_partials[2 * b + 1] = block_sum(x);
+    } else {
+      for (int t = 0; t < NT; t++) fo_step_block<ALG, PT, GT, MASTER, SR, PASS>(a, b, t, NT);
+    }
+  }
+}
+
+template <int ALG, int PT, int GT, bool MASTER, bool SR, int PASS>
+int enqueue_step(const fo_step_launch &a, void *stream) {
+  /* step_kernel.cuh: an empty plan's carried step is one block that only
+   * publishes */
+  const int64_t nb = a.num_blocks > 0 || !(a.known && a.state) ? a.num_blocks : 1;
+  return fo_emu_enqueue(stream, [a, nb]() { run_step<ALG, PT, GT, MASTER, SR, PASS>(a, nb); });
+}
+
+template <int ALG, int PT, int GT, int PASS>
+int step_mode(const fo_step_launch &a, void *stream) {
+  if constexpr (PT == FO_RULE_F32) {
+    return enqueue_step<ALG, PT, GT, false, false, PASS>(a, stream);
+  } else {
+    if (a.master) return enqueue_step<ALG, PT, GT, true, false, PASS>(a, stream);
+    if (a.stochastic) {
+      if constexpr (PT != FO_RULE_BF16)
+        return (int)cudaErrorInvalidValue;
+      else
+        return enqueue_step<ALG, PT, GT, false, true, PASS>(a, stream);
+    }
+    return enqueue_step<ALG, PT, GT, false, false, PASS>(a, stream);
+  }
+}
+
+template <int ALG, int PT, int PASS>
+int step_grad(const fo_step_launch &a, void *stream) {
+  switch (a.grad_dtype) {
+    case FO_RULE_F32: return step_mode<ALG, PT, FO_RULE_F32, PASS>(a, stream);
+    case FO_RULE_F16: return step_mode<ALG, PT, FO_RULE_F16, PASS>(a, stream);
+    case FO_RULE_BF16: return step_mode<ALG, PT, FO_RULE_BF16, PASS>(a, stream);
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+template <int ALG, int PASS>
+int step_param(const fo_step_launch &a, void *stream) {
+  switch (a.param_dtype) {
+    case FO_RULE_F32: return step_grad<ALG, FO_RULE_F32, PASS>(a, stream);
+    case FO_RULE_F16: return step_grad<ALG, FO_RULE_F16, PASS>(a, stream);
+    case FO_RULE_BF16: return step_grad<ALG, FO_RULE_BF16, PASS>(a, stream);
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+template <int ALG>
+int step_alg(const fo_step_launch &a, void *stream) {
+  if constexpr (ALG == FO_RULE_LAMB || ALG == FO_RULE_LARS) {
+    if (a.pass == FO_PASS_NORMS) return step_param<ALG, FO_PASS_NORMS>(a, stream);
+    if (a.pass == FO_PASS_APPLY) return step_param<ALG, FO_PASS_APPLY>(a, stream);
+    return (int)cudaErrorInvalidValue;
+  } else {
+    if (a.pass != FO_PASS_UPDATE) return (int)cudaErrorInvalidValue;
+    return step_param<ALG, FO_PASS_UPDATE>(a, stream);
+  }
+}
+
+/* -------------------------------------------- per-plan-block kernels */
+
+fo_plan_args plan_args(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                       int64_t num_blocks, int64_t chunk) {
+  const fo_plan_args a = {blocks, tensors, num_blocks, chunk};
+  return a;
+}
+
+/* Run f(a, b, t, NT) for every block and thread of a plan, on stream. */
+template <class F>
+int enqueue_blocks(const fo_plan_args &a, void *stream, F f) {
+  return fo_emu_enqueue(stream, [a, f]() {
+    for (int64_t b = 0; b < a.num_blocks; b++)
+      for (int t = 0; t < NT; t++) f(a, b, t);
+  });
+}
+
+template <int GT>
+int sumsq(const fo_plan_args &a, double *partials, void *stream) {
+  return fo_emu_enqueue(stream, [a, partials]() {
+    std::vector<double> v(NT);
+    for (int64_t b = 0; b < a.num_blocks; b++) {
+      for (int t = 0; t < NT; t++) v[(size_t)t] = fo_grad_sumsq_block<GT>(a, b, t, NT);
+      partials[b] = block_sum(v);
+    }
+  });
+}
+
+/* prestep.cu's fold of n partials over PREPARE_THREADS threads. */
+double fold(const double *values, int64_t n) {
+  std::vector<double> v(PREPARE_THREADS, 0.0);
+  for (int t = 0; t < PREPARE_THREADS; t++)
+    for (int64_t i = t; i < n; i += PREPARE_THREADS) v[(size_t)t] += values[i];
+  return block_sum(v);
+}
+
+float load_as_f32(int32_t dtype, const void *p, int64_t i) {
+  if (dtype == FO_RULE_F32) return ((const float *)p)[i];
+  const uint16_t h = ((const uint16_t *)p)[i];
+  return dtype == FO_RULE_F16 ? fo_f16_to_f32(h) : fo_bf16_to_f32(h);
+}
+
+void store_from_f32(int32_t dtype, void *p, int64_t i, float v) {
+  if (dtype == FO_RULE_F32)
+    ((float *)p)[i] = v;
+  else
+    ((uint16_t *)p)[i] = dtype == FO_RULE_F16 ? fo_f32_to_f16(v) : fo_f32_to_bf16(v);
+}
+
+template <int GT, int WT>
+int pack_launch(const fo_pack_launch &a, bool unpack, void *stream) {
+  return fo_emu_enqueue(stream, [a, unpack]() {
+    for (int64_t b = 0; b < a.num_blocks; b++)
+      for (int t = 0; t < FO_PACK_THREADS; t++) {
+        if (unpack)
+          fo_pack_block_work<GT, WT, true>(a, b, t, FO_PACK_THREADS);
+        else
+          fo_pack_block_work<GT, WT, false>(a, b, t, FO_PACK_THREADS);
+      }
+  });
+}
+
+/* norms.cu's lower_bound. */
+template <class Key>
+int64_t lower_bound_of(int64_t n, int64_t key, Key key_of) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (key_of(mid) < key)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+}  // namespace
+
+extern "C" {
+
+int fo_kernels_ptx_version(void) {
+  return 90; /* the emulated device runs the sm_90 build */
+}
+
+int fo_launch_step(const fo_step_launch *args, void *stream) {
+  if (!args) return (int)cudaErrorInvalidValue;
+  if (args->num_blocks <= 0 && !(args->known && args->state)) return (int)cudaSuccess;
+  if (args->num_blocks > 0 && (args->chunk <= 0 || !args->blocks || !args->tensors))
+    return (int)cudaErrorInvalidValue;
+  switch (args->algorithm) {
+    case FO_RULE_SGD: return step_alg<FO_RULE_SGD>(*args, stream);
+    case FO_RULE_ADAM: return step_alg<FO_RULE_ADAM>(*args, stream);
+    case FO_RULE_ADAMW: return step_alg<FO_RULE_ADAMW>(*args, stream);
+    case FO_RULE_LION: return step_alg<FO_RULE_LION>(*args, stream);
+    case FO_RULE_ADAGRAD: return step_alg<FO_RULE_ADAGRAD>(*args, stream);
+    case FO_RULE_RMSPROP: return step_alg<FO_RULE_RMSPROP>(*args, stream);
+    case FO_RULE_NADAM: return step_alg<FO_RULE_NADAM>(*args, stream);
+    case FO_RULE_LAMB: return step_alg<FO_RULE_LAMB>(*args, stream);
+    case FO_RULE_LARS: return step_alg<FO_RULE_LARS>(*args, stream);
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+int fo_launch_sync_master(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                          int64_t num_blocks, int64_t chunk, int32_t param_dtype, void *stream) {
+  if (num_blocks <= 0) return (int)cudaSuccess;
+  if (chunk <= 0 || !blocks || !tensors) return (int)cudaErrorInvalidValue;
+  const fo_plan_args a = plan_args(blocks, tensors, num_blocks, chunk);
+  switch (param_dtype) {
+    case FO_RULE_F32:
+      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
+        fo_sync_master_block<FO_RULE_F32>(p, b, t, NT);
+      });
+    case FO_RULE_F16:
+      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
+        fo_sync_master_block<FO_RULE_F16>(p, b, t, NT);
+      });
+    case FO_RULE_BF16:
+      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
+        fo_sync_master_block<FO_RULE_BF16>(p, b, t, NT);
+      });
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+int fo_launch_zero_grad(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                        int64_t num_blocks, int64_t chunk, int32_t grad_dtype, void *stream) {
+  if (num_blocks <= 0) return (int)cudaSuccess;
+  if (chunk <= 0 || !blocks || !tensors) return (int)cudaErrorInvalidValue;
+  const fo_plan_args a = plan_args(blocks, tensors, num_blocks, chunk);
+  switch (grad_dtype) {
+    case FO_RULE_F32:
+      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
+        fo_zero_grad_block<FO_RULE_F32>(p, b, t, NT);
+      });
+    case FO_RULE_F16:
+      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
+        fo_zero_grad_block<FO_RULE_F16>(p, b, t, NT);
+      });
+    case FO_RULE_BF16:
+      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
+        fo_zero_grad_block<FO_RULE_BF16>(p, b, t, NT);
+      });
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                         int64_t num_blocks, int64_t chunk, int32_t grad_dtype, double *partials,
+                         void *stream) {
+  if (num_blocks <= 0) return (int)cudaSuccess;
+  const fo_plan_args a = plan_args(blocks, tensors, num_blocks, chunk);
+  switch (grad_dtype) {
+    case FO_RULE_F32: return sumsq<FO_RULE_F32>(a, partials, stream);
+    case FO_RULE_F16: return sumsq<FO_RULE_F16>(a, partials, stream);
+    case FO_RULE_BF16: return sumsq<FO_RULE_BF16>(a, partials, stream);
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+int fo_launch_prepare(const fo_prepare_args *args, const double *partials, int64_t num_partials,
+                      fo_step_state *state, void *stream) {
+  const int n = args->head.num_groups;
+  if (n < 0 || n > FO_PLAN_MAX_GROUPS) return (int)cudaErrorInvalidValue;
+  /* the launch's parameter is a copy: the caller's struct may change */
+  const fo_prepare_args a = *args;
+  return fo_emu_enqueue(stream, [a, partials, num_partials, state]() {
+    fo_prepare_step(&a, partials ? fold(partials, num_partials) : 0.0, state);
+  });
+}
+
+int fo_launch_sum_doubles(const double *values, int64_t n, double *out, void *stream) {
+  return fo_emu_enqueue(stream, [values, n, out]() { *out = fold(values, n); });
+}
+
+int fo_launch_unscale_grads(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                            int64_t num_blocks, int64_t chunk, int32_t grad_dtype,
+                            const fo_step_state *state, void *stream) {
+  if (num_blocks <= 0) return (int)cudaSuccess;
+  const fo_plan_args a = plan_args(blocks, tensors, num_blocks, chunk);
+  switch (grad_dtype) {
+    case FO_RULE_F32:
+      return enqueue_blocks(a, stream, [state](const fo_plan_args &p, int64_t b, int t) {
+        fo_unscale_block<FO_RULE_F32>(p, state, b, t, NT);
+      });
+    case FO_RULE_F16:
+      return enqueue_blocks(a, stream, [state](const fo_plan_args &p, int64_t b, int t) {
+        fo_unscale_block<FO_RULE_F16>(p, state, b, t, NT);
+      });
+    case FO_RULE_BF16:
+      return enqueue_blocks(a, stream, [state](const fo_plan_args &p, int64_t b, int t) {
+        fo_unscale_block<FO_RULE_BF16>(p, state, b, t, NT);
+      });
+    default: return (int)cudaErrorInvalidValue;
+  }
+}
+
+int fo_launch_convert(const void *src, int32_t from, void *dst, int32_t to, int64_t n,
+                      void *stream) {
+  if (n <= 0) return (int)cudaSuccess;
+  const bool widen = to == FO_RULE_F32 && (from == FO_RULE_F16 || from == FO_RULE_BF16);
+  const bool narrow = from == FO_RULE_F32 && (to == FO_RULE_F16 || to == FO_RULE_BF16);
+  if (!widen && !narrow) return (int)cudaErrorInvalidValue;
+  return fo_emu_enqueue(stream, [src, from, dst, to, n]() {
+    for (int64_t i = 0; i < n; i++) store_from_f32(to, dst, i, load_as_f32(from, src, i));
+  });
+}
+
+int fo_launch_pack(const fo_pack_block *blocks, int64_t num_blocks, void *wire, int32_t grad_dtype,
+                   int32_t wire_dtype, int32_t unpack, void *stream) {
+  if (num_blocks <= 0) return (int)cudaSuccess;
+  const fo_pack_launch a = {blocks, num_blocks, wire};
+  const bool u = unpack != 0;
+  if (wire_dtype == grad_dtype) {
+    if (grad_dtype == FO_RULE_F32) return pack_launch<FO_RULE_F32, FO_RULE_F32>(a, u, stream);
+    if (grad_dtype == FO_RULE_F16) return pack_launch<FO_RULE_F16, FO_RULE_F16>(a, u, stream);
+    if (grad_dtype == FO_RULE_BF16) return pack_launch<FO_RULE_BF16, FO_RULE_BF16>(a, u, stream);
+  } else if (wire_dtype == FO_RULE_F32) {
+    if (grad_dtype == FO_RULE_F16) return pack_launch<FO_RULE_F16, FO_RULE_F32>(a, u, stream);
+    if (grad_dtype == FO_RULE_BF16) return pack_launch<FO_RULE_BF16, FO_RULE_F32>(a, u, stream);
+  }
+  return (int)cudaErrorInvalidValue;
+}
+
+int fo_launch_piece_sums(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                         int64_t num_blocks, int64_t num_tensors, int64_t all_tensors,
+                         const double *norm_partials, double *slot, void *stream) {
+  if (all_tensors <= 0) return (int)cudaSuccess;
+  return fo_emu_enqueue(stream, [=]() {
+    for (int64_t k = 0; k < all_tensors; k++) {
+      const int64_t i = lower_bound_of(num_tensors, k, [&](int64_t j) { return tensors[j].index; });
+      double w[32] = {0.0}, x[32] = {0.0};
+      if (i < num_tensors && tensors[i].index == k) {
+        const int64_t lo =
+            lower_bound_of(num_blocks, i, [&](int64_t b) { return (int64_t)blocks[b].tensor; });
+        const int64_t hi =
+            lower_bound_of(num_blocks, i + 1, [&](int64_t b) { return (int64_t)blocks[b].tensor; });
+        for (int lane = 0; lane < 32; lane++)
+          for (int64_t b = lo + lane; b < hi; b += 32) {
+            w[lane] += norm_partials[2 * b];
+            x[lane] += norm_partials[2 * b + 1];
+          }
+      }
+      slot[2 * k] = warp_sum(w);
+      slot[2 * k + 1] = warp_sum(x);
+    }
+  });
+}
+
+int fo_launch_tensor_factors(const fo_plan_tensor *tensors, int64_t num_tensors,
+                             int64_t all_tensors, int32_t slots, int32_t algorithm,
+                             const double *sums, const fo_step_state *state, float *tensor_factors,
+                             void *stream) {
+  if (num_tensors <= 0) return (int)cudaSuccess;
+  return fo_emu_enqueue(stream, [=]() {
+    if (state->skip) return;
+    for (int64_t i = 0; i < num_tensors; i++) {
+      const double *s = sums + 2 * tensors[i].index;
+      double w = 0.0, x = 0.0;
+      for (int r = 0; r < slots; r++, s += 2 * all_tensors) {
+        w += s[0];
+        x += s[1];
+      }
+      tensor_factors[i] = fo_trust_factor(algorithm, w, x, &state->groups[tensors[i].group]);
+    }
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,768 @@
+/*
+ * emu_runtime.cpp -- the emulated device's CUDA runtime: the part of the
+ * CUDA runtime API that libfusedopt and its GPU tests call, implemented on
+ * the host, so that the CUDA executor's host code (host/exec_cuda.c,
+ * host/cuda_device.c) and the GPU tier's tests run on a machine without a
+ * GPU (docs/design.md, "The emulated device").
+ *
+ * What it keeps of a real device, because the host code depends on it:
+ *   - memory: cudaMalloc returns memory the runtime knows (filled with 0xff,
+ *     NaN in every float dtype, as freshly allocated device memory is
+ *     anything), cudaPointerGetAttributes tells it from host memory, and
+ *     every copy and memset must lie inside one allocation;
+ *   - asynchrony: work enqueued on a stream runs only when something waits
+ *     for it (a synchronize, a blocking copy, a free) -- host code that
+ *     reads device memory without waiting reads stale data, as it would on
+ *     a device; a pageable copy to the device takes its source at once, one
+ *     to the host waits for its stream, as CUDA's do;
+ *   - graph capture: work enqueued on a capturing stream goes into the graph
+ *     instead, streams join a capture through events, a replay enqueues the
+ *     graph's work again; the calls a capture forbids (an allocation, a
+ *     free, a blocking copy, a synchronize, cudaStreamGetDevice or a query
+ *     of the capturing stream, work on the legacy stream beside a blocking
+ *     capturing stream) fail and invalidate the capture, under the mode
+ *     rules of cudaStreamCaptureModeGlobal / ThreadLocal / Relaxed;
+ *   - errors: each failed call sets the thread's last error, which
+ *     cudaGetLastError clears and cudaPeekAtLastError does not.
+ * One device (0), of compute capability 9.0, with 4 GiB of memory.  Work
+ * runs in the order it was enqueued over all streams (a legal order on a
+ * device), on the thread that waits for it.
+ *
+ * Test code only: the runtime's state is one object behind one lock.
+ */
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <list>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "emu.h"
+
+namespace {
+
+typedef std::function<void()> Work;
+
+const size_t EMU_MEMORY = (size_t)4 << 30;
+
+struct Capture;
+
+struct Stream {
+  unsigned flags = 0;
+  bool legacy = false;
+  Capture *cap = nullptr; /* the capture this stream's work goes into */
+  long pending = 0;       /* its operations in the queue */
+};
+
+struct Capture {
+  Stream *origin = nullptr;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::thread::id owner;
+  std::vector<Work> ops;
+  std::vector<Stream *> members;
+  bool invalid = false;
+};
+
+struct Event {
+  Capture *cap = nullptr; /* recorded into this capture */
+  Stream *s = nullptr;    /* else recorded on s ... */
+  uint64_t seq = 0;       /* ... after its operations up to seq */
+};
+
+/* A captured graph and an instantiated one: both a list of work. */
+struct Graph {
+  std::vector<Work> ops;
+};
+
+/* An operation in the queue.  A wait for an event is one too: it holds
+ * its stream until the event's stream has run up to the event. */
+struct Queued {
+  uint64_t seq;
+  Stream *s;
+  Work fn;
+  bool host;               /* cudaLaunchHostFunc: may wait for the program */
+  Stream *after = nullptr; /* a wait: the event's stream ... */
+  uint64_t after_seq = 0;  /* ... up to this operation */
+};
+
+struct Device {
+  std::recursive_mutex mu;
+  std::map<uintptr_t, size_t> allocs; /* base -> bytes */
+  size_t used = 0;
+  std::list<Queued> queue; /* in enqueue order */
+  uint64_t seq = 0;
+  Stream legacy;
+  std::set<Stream *> streams;
+  std::set<Capture *> captures;
+  std::set<Event *> events;
+  std::set<Graph *> graphs;
+  Device() { legacy.legacy = true; }
+};
+
+Device &dev() {
+  static Device d;
+  return d;
+}
+
+thread_local cudaError_t last_error = cudaSuccess;
+thread_local int current_device = 0;
+
+cudaError_t fail(cudaError_t e) {
+  if (e != cudaSuccess) last_error = e;
+  return e;
+}
+
+Stream *stream_of(cudaStream_t s) {
+  Device &d = dev();
+  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return &d.legacy;
+  Stream *p = (Stream *)s;
+  return d.streams.count(p) ? p : nullptr;
+}
+
+/* ------------------------------------------------------------ the queue */
+
+bool blocking(const Stream *s) {
+  return !s->legacy && !(s->flags & cudaStreamNonBlocking);
+}
+
+/* The first queued operation of stream s (all of them when s is NULL:
+ * any stream that pick() accepts) with seq below limit, or end(). */
+template <class Pick>
+std::list<Queued>::iterator first_of(uint64_t limit, Pick pick) {
+  std::list<Queued> &q = dev().queue;
+  auto it = q.begin();
+  while (it != q.end() && it->seq <= limit && !pick(it->s)) ++it;
+  return it != q.end() && it->seq <= limit ? it : q.end();
+}
+
+/* Run stream s's operations up to seq limit, in order, each after what it
+ * depends on: an event it waits for, and the legacy stream's implicit
+ * order (legacy work waits for every blocking stream's earlier work, and a
+ * blocking stream's work for the legacy stream's).  The device may run any
+ * stream's work once its dependencies have run, so the work of a stream
+ * nobody waits for stays behind -- and a program that reads its results
+ * without waiting reads stale memory, as it could on a device. */
+void run_stream(Stream *s, uint64_t limit) {
+  std::list<Queued> &q = dev().queue;
+  for (;;) {
+    auto it = first_of(limit, [s](const Stream *x) { return x == s; });
+    if (it == q.end()) return;
+    const uint64_t seq = it->seq;
+    if (s->legacy) {
+      for (;;) {
+        auto b = first_of(seq - 1, blocking);
+        if (b == q.end()) break;
+        run_stream(b->s, seq - 1);
+      }
+    } else if (blocking(s)) {
+      run_stream(&dev().legacy, seq - 1);
+    }
+    if (it->after) run_stream(it->after, it->after_seq);
+    /* what ran above was earlier work of other streams: it is still here */
+    Queued op = std::move(*it);
+    q.erase(it);
+    s->pending--;
+    if (op.fn) op.fn();
+  }
+}
+
+void flush(Stream *s) {
+  run_stream(s, UINT64_MAX);
+}
+
+/* What a blocking call on the legacy stream waits for: the legacy stream
+ * and every blocking stream (not those created cudaStreamNonBlocking). */
+void flush_legacy() {
+  flush(&dev().legacy);
+  for (;;) {
+    auto it = first_of(UINT64_MAX, blocking);
+    if (it == dev().queue.end()) return;
+    run_stream(it->s, it->seq);
+  }
+}
+
+void flush_all() {
+  std::list<Queued> &q = dev().queue;
+  while (!q.empty()) run_stream(q.front().s, q.front().seq);
+}
+
+/* ------------------------------------------------------------- captures */
+
+void forget_capture(Capture *c) {
+  Device &d = dev();
+  for (Stream *m : c->members) m->cap = nullptr;
+  for (Event *e : d.events)
+    if (e->cap == c) e->cap = nullptr;
+  d.captures.erase(c);
+}
+
+/* A call a capture forbids: cudaErrorStreamCaptureUnsupported, and the
+ * captures it concerns are invalidated.  A thread in the default mode
+ * (global) may not make it while it captures in global or thread-local
+ * mode itself, or while another thread captures in global mode. */
+cudaError_t check_unsafe() {
+  const std::thread::id me = std::this_thread::get_id();
+  cudaError_t e = cudaSuccess;
+  for (Capture *c : dev().captures) {
+    const bool mine = c->owner == me && c->mode != cudaStreamCaptureModeRelaxed;
+    const bool global = c->owner != me && c->mode == cudaStreamCaptureModeGlobal;
+    if (mine || global) {
+      c->invalid = true;
+      e = cudaErrorStreamCaptureUnsupported;
+    }
+  }
+  return e;
+}
+
+/* Work on the legacy stream waits for every blocking stream: beside a
+ * blocking stream that is capturing, that is an implicit dependency the
+ * capture cannot hold. */
+cudaError_t check_legacy(bool invalidate) {
+  cudaError_t e = cudaSuccess;
+  for (Capture *c : dev().captures)
+    for (Stream *m : c->members)
+      if (!(m->flags & cudaStreamNonBlocking)) {
+        if (invalidate) c->invalid = true;
+        e = cudaErrorStreamCaptureImplicit;
+      }
+  return e;
+}
+
+/* A call on a capturing stream that a capture cannot hold. */
+cudaError_t refuse_in_capture(Stream *s) {
+  s->cap->invalid = true;
+  return cudaErrorStreamCaptureUnsupported;
+}
+
+cudaError_t enqueue(Stream *s, Work fn, bool host = false) {
+  if (s->cap) {
+    if (s->cap->invalid) return cudaErrorStreamCaptureInvalidated;
+    s->cap->ops.push_back(std::move(fn));
+    return cudaSuccess;
+  }
+  if (s->legacy) {
+    const cudaError_t e = check_legacy(true);
+    if (e != cudaSuccess) return e;
+  }
+  Device &d = dev();
+  Queued op;
+  op.seq = ++d.seq;
+  op.s = s;
+  op.fn = std::move(fn);
+  op.host = host;
+  d.queue.push_back(std::move(op));
+  s->pending++;
+  return cudaSuccess;
+}
+
+/* Stream s waits (in stream order) for e's stream to reach e. */
+cudaError_t enqueue_wait(Stream *s, const Event *e) {
+  if (!e->s) return cudaSuccess; /* never recorded: nothing to wait for */
+  Device &d = dev();
+  Queued op;
+  op.seq = ++d.seq;
+  op.s = s;
+  op.host = false;
+  op.after = e->s;
+  op.after_seq = e->seq;
+  d.queue.push_back(std::move(op));
+  s->pending++;
+  return cudaSuccess;
+}
+
+/* --------------------------------------------------------------- memory */
+
+/* The allocation holding [p, p + n), or allocs.end(). */
+std::map<uintptr_t, size_t>::iterator find_alloc(const void *p, size_t n) {
+  Device &d = dev();
+  const uintptr_t a = (uintptr_t)p;
+  auto it = d.allocs.upper_bound(a);
+  if (it == d.allocs.begin()) return d.allocs.end();
+  --it;
+  const size_t size = it->second ? it->second : 1;
+  if (a < it->first || a - it->first >= size || n > size - (a - it->first)) return d.allocs.end();
+  return it;
+}
+
+bool on_device(const void *p) {
+  return find_alloc(p, 1) != dev().allocs.end();
+}
+
+/* Both ends of a copy where its kind says: device memory wholly inside one
+ * allocation, host memory not device memory. */
+cudaError_t check_copy(void *dst, const void *src, size_t n, cudaMemcpyKind *kind) {
+  const Device &d = dev();
+  if (!dst || !src) return cudaErrorInvalidValue;
+  if (*kind == cudaMemcpyDefault) {
+    const bool ds = on_device(src), dd = on_device(dst);
+    *kind = ds ? (dd ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
+               : (dd ? cudaMemcpyHostToDevice : cudaMemcpyHostToHost);
+  }
+  const bool src_dev = *kind == cudaMemcpyDeviceToHost || *kind == cudaMemcpyDeviceToDevice;
+  const bool dst_dev = *kind == cudaMemcpyHostToDevice || *kind == cudaMemcpyDeviceToDevice;
+  if (src_dev ? find_alloc(src, n) == d.allocs.end() : on_device(src)) return cudaErrorInvalidValue;
+  if (dst_dev ? find_alloc(dst, n) == d.allocs.end() : on_device(dst)) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+#define LOCK std::lock_guard<std::recursive_mutex> lock_(dev().mu)
+
+}  // namespace
+
+extern "C" int fo_emu_enqueue(void *stream, std::function<void()> fn) {
+  LOCK;
+  Stream *s = stream_of((cudaStream_t)stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  return fail(enqueue(s, std::move(fn)));
+}
+
+extern "C" {
+
+/* ------------------------------------------------------------- errors */
+
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = last_error;
+  last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) {
+  return last_error;
+}
+
+#define FO_EMU_ERRORS(X)                                                                          \
+  X(cudaSuccess, "no error")                                                                      \
+  X(cudaErrorInvalidValue, "invalid argument")                                                    \
+  X(cudaErrorMemoryAllocation, "out of memory")                                                   \
+  X(cudaErrorInvalidDevice, "invalid device ordinal")                                             \
+  X(cudaErrorInvalidResourceHandle, "invalid resource handle")                                    \
+  X(cudaErrorNotReady, "device not ready")                                                        \
+  X(cudaErrorNoDevice, "no CUDA-capable device is detected")                                      \
+  X(cudaErrorInsufficientDriver, "CUDA driver version is insufficient")                           \
+  X(cudaErrorNotSupported, "operation not supported")                                             \
+  X(cudaErrorIllegalState, "the operation is not permitted in the current state")                 \
+  X(cudaErrorLaunchFailure, "unspecified launch failure")                                         \
+  X(cudaErrorIllegalAddress, "an illegal memory access was encountered")                          \
+  X(cudaErrorStreamCaptureUnsupported, "operation not permitted when stream is capturing")        \
+  X(cudaErrorStreamCaptureInvalidated, "operation failed due to a previous error during capture") \
+  X(cudaErrorStreamCaptureUnmatched, "capture was not ended in the same stream")                  \
+  X(cudaErrorStreamCaptureIsolation, "dependency created on uncaptured work in another stream")   \
+  X(cudaErrorStreamCaptureImplicit,                                                               \
+    "operation would make the legacy stream depend on a capturing blocking stream")
+
+const char *cudaGetErrorName(cudaError_t e) {
+#define FO_EMU_NAME(code, text) \
+  if (e == code) return #code;
+  FO_EMU_ERRORS(FO_EMU_NAME)
+#undef FO_EMU_NAME
+  return "cudaErrorUnknown";
+}
+
+const char *cudaGetErrorString(cudaError_t e) {
+#define FO_EMU_TEXT(code, text) \
+  if (e == code) return text " (emulated device)";
+  FO_EMU_ERRORS(FO_EMU_TEXT)
+#undef FO_EMU_TEXT
+  return "unknown error (emulated device)";
+}
+
+/* ------------------------------------------------------------- devices */
+
+cudaError_t cudaGetDeviceCount(int *count) {
+  if (!count) return fail(cudaErrorInvalidValue);
+  *count = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device) {
+  if (!device) return fail(cudaErrorInvalidValue);
+  *device = current_device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  current_device = device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
+  if (!value) return fail(cudaErrorInvalidValue);
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  switch (attr) {
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = 132; return cudaSuccess;
+    default: return fail(cudaErrorInvalidValue);
+  }
+}
+
+cudaError_t cudaDeviceSynchronize(void) {
+  LOCK;
+  const cudaError_t e = check_unsafe();
+  if (e != cudaSuccess) return fail(e);
+  flush_all();
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
+  LOCK;
+  if (!free_bytes || !total) return fail(cudaErrorInvalidValue);
+  *total = EMU_MEMORY;
+  *free_bytes = EMU_MEMORY - dev().used;
+  return cudaSuccess;
+}
+
+/* -------------------------------------------------------------- memory */
+
+cudaError_t cudaMalloc(void **ptr, size_t bytes) {
+  LOCK;
+  if (!ptr) return fail(cudaErrorInvalidValue);
+  cudaError_t e = check_unsafe();
+  if (e != cudaSuccess) return fail(e);
+  Device &d = dev();
+  void *p = nullptr;
+  if (bytes > EMU_MEMORY - d.used || posix_memalign(&p, 256, bytes ? bytes : 1) != 0)
+    return fail(cudaErrorMemoryAllocation);
+  memset(p, 0xff, bytes);
+  d.allocs[(uintptr_t)p] = bytes;
+  d.used += bytes;
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *ptr) {
+  LOCK;
+  if (!ptr) return cudaSuccess;
+  cudaError_t e = check_unsafe();
+  if (e != cudaSuccess) return fail(e);
+  Device &d = dev();
+  auto it = d.allocs.find((uintptr_t)ptr);
+  if (it == d.allocs.end()) return fail(cudaErrorInvalidValue);
+  flush_all(); /* cudaFree waits for the device */
+  d.used -= it->second;
+  d.allocs.erase(it);
+  free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void *ptr) {
+  LOCK;
+  if (!a) return fail(cudaErrorInvalidValue);
+  memset(a, 0, sizeof *a);
+  if (ptr && on_device(ptr)) {
+    a->type = cudaMemoryTypeDevice;
+    a->device = 0;
+    a->devicePointer = (void *)ptr;
+  } else {
+    a->type = cudaMemoryTypeUnregistered;
+    a->device = -2;
+    a->hostPointer = (void *)ptr;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
+  LOCK;
+  if (count == 0) return cudaSuccess;
+  cudaError_t e = check_copy(dst, src, count, &kind);
+  if (e == cudaSuccess) e = check_unsafe();
+  if (e == cudaSuccess) e = check_legacy(true);
+  if (e != cudaSuccess) return fail(e);
+  flush_legacy();
+  memmove(dst, src, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (count == 0) return cudaSuccess;
+  cudaError_t e = check_copy(dst, src, count, &kind);
+  if (e != cudaSuccess) return fail(e);
+  if (kind == cudaMemcpyHostToDevice && !s->cap) {
+    /* pageable memory: the source is taken now, the caller may reuse it */
+    std::vector<unsigned char> copy((const unsigned char *)src, (const unsigned char *)src + count);
+    return fail(enqueue(s, [dst, copy]() { memcpy(dst, copy.data(), copy.size()); }));
+  }
+  if (kind == cudaMemcpyDeviceToHost && !s->cap) {
+    /* to pageable memory: returns once the data is there */
+    if (s->legacy && (e = check_legacy(true)) != cudaSuccess) return fail(e);
+    if (s->legacy)
+      flush_legacy();
+    else
+      flush(s);
+    memcpy(dst, src, count);
+    return cudaSuccess;
+  }
+  return fail(enqueue(s, [dst, src, count]() { memmove(dst, src, count); }));
+}
+
+cudaError_t cudaMemset(void *ptr, int value, size_t count) {
+  LOCK;
+  if (count == 0) return cudaSuccess;
+  if (find_alloc(ptr, count) == dev().allocs.end()) return fail(cudaErrorInvalidValue);
+  cudaError_t e = check_unsafe();
+  if (e == cudaSuccess) e = check_legacy(true);
+  if (e != cudaSuccess) return fail(e);
+  flush_legacy();
+  memset(ptr, value, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *ptr, int value, size_t count, cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (count == 0) return cudaSuccess;
+  if (find_alloc(ptr, count) == dev().allocs.end()) return fail(cudaErrorInvalidValue);
+  return fail(enqueue(s, [ptr, value, count]() { memset(ptr, value, count); }));
+}
+
+/* ------------------------------------------------------------- streams */
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
+  LOCK;
+  if (!stream) return fail(cudaErrorInvalidValue);
+  Stream *s = new Stream();
+  s->flags = flags;
+  dev().streams.insert(s);
+  *stream = (cudaStream_t)s;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *stream) {
+  return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s || s->legacy) return fail(cudaErrorInvalidResourceHandle);
+  if (s->cap) return fail(refuse_in_capture(s));
+  flush(s); /* its work still runs */
+  dev().streams.erase(s);
+  delete s;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (s->cap) return fail(refuse_in_capture(s));
+  if (s->legacy) {
+    const cudaError_t e = check_legacy(true);
+    if (e != cudaSuccess) return fail(e);
+    flush_legacy(); /* the legacy stream waits for every blocking stream */
+  }
+  flush(s);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (s->cap) return fail(refuse_in_capture(s));
+  /* the device makes progress up to the first host function, which may be
+   * waiting for the program that asks */
+  Device &d = dev();
+  while (!d.queue.empty() && !d.queue.front().host)
+    run_stream(d.queue.front().s, d.queue.front().seq);
+  return s->pending > 0 ? cudaErrorNotReady : cudaSuccess;
+}
+
+cudaError_t cudaStreamGetDevice(cudaStream_t stream, int *device) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!device) return fail(cudaErrorInvalidValue);
+  /* as CUDA 13.0 on an H200: refused during a capture, which it invalidates */
+  if (s->cap) return fail(refuse_in_capture(s));
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *status) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!status) return fail(cudaErrorInvalidValue);
+  if (s->legacy) {
+    const cudaError_t e = check_legacy(false);
+    if (e != cudaSuccess) return fail(e);
+  }
+  *status = !s->cap           ? cudaStreamCaptureStatusNone
+            : s->cap->invalid ? cudaStreamCaptureStatusInvalidated
+                              : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (s->legacy) return fail(cudaErrorStreamCaptureUnsupported);
+  if (s->cap) return fail(cudaErrorIllegalState);
+  Capture *c = new Capture();
+  c->origin = s;
+  c->mode = mode;
+  c->owner = std::this_thread::get_id();
+  c->members.push_back(s);
+  s->cap = c;
+  dev().captures.insert(c);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!graph) return fail(cudaErrorInvalidValue);
+  Capture *c = s->cap;
+  if (!c) return fail(cudaErrorIllegalState);
+  if (c->origin != s) {
+    c->invalid = true;
+    return fail(cudaErrorStreamCaptureUnmatched);
+  }
+  forget_capture(c);
+  *graph = nullptr;
+  cudaError_t e = cudaErrorStreamCaptureInvalidated;
+  if (!c->invalid) {
+    Graph *g = new Graph();
+    g->ops = std::move(c->ops);
+    dev().graphs.insert(g);
+    *graph = (cudaGraph_t)g;
+    e = cudaSuccess;
+  }
+  delete c;
+  return fail(e);
+}
+
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void *data) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!fn) return fail(cudaErrorInvalidValue);
+  return fail(enqueue(
+      s, [fn, data]() { fn(data); }, true));
+}
+
+/* -------------------------------------------------------------- events */
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
+  LOCK;
+  (void)flags;
+  if (!event) return fail(cudaErrorInvalidValue);
+  Event *e = new Event();
+  dev().events.insert(e);
+  *event = (cudaEvent_t)e;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  LOCK;
+  Event *e = (Event *)event;
+  if (!dev().events.erase(e)) return fail(cudaErrorInvalidResourceHandle);
+  delete e;
+  return cudaSuccess;
+}
+
+/* Work runs in enqueue order over all streams, so an event orders nothing
+ * more than that; what it does matter for is capture: a stream that waits
+ * for an event recorded into a capture joins the capture. */
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  Event *e = (Event *)event;
+  if (!s || !dev().events.count(e)) return fail(cudaErrorInvalidResourceHandle);
+  if (s->cap && s->cap->invalid) return fail(cudaErrorStreamCaptureInvalidated);
+  if (s->legacy) {
+    const cudaError_t err = check_legacy(true);
+    if (err != cudaSuccess) return fail(err);
+  }
+  e->cap = s->cap;
+  e->s = s->cap ? nullptr : s;
+  e->seq = dev().seq;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+  LOCK;
+  (void)flags;
+  Stream *s = stream_of(stream);
+  Event *e = (Event *)event;
+  if (!s || !dev().events.count(e)) return fail(cudaErrorInvalidResourceHandle);
+  if (e->cap && e->cap != s->cap) {
+    if (s->cap || s->legacy) return fail(cudaErrorStreamCaptureIsolation);
+    s->cap = e->cap;
+    e->cap->members.push_back(s);
+    return cudaSuccess;
+  }
+  /* eager: in stream order; a capturing stream waiting for eager work
+   * has it done before any replay (the work was enqueued earlier) */
+  if (!s->cap) return fail(enqueue_wait(s, e));
+  return cudaSuccess;
+}
+
+/* -------------------------------------------------------------- graphs */
+
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *count) {
+  LOCK;
+  Graph *g = (Graph *)graph;
+  if (!dev().graphs.count(g) || !count) return fail(cudaErrorInvalidValue);
+  if (nodes) return fail(cudaErrorNotSupported); /* only the count is emulated */
+  *count = g->ops.size();
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph,
+                                 unsigned long long flags) {
+  LOCK;
+  (void)flags;
+  Graph *g = (Graph *)graph;
+  if (!exec || !dev().graphs.count(g)) return fail(cudaErrorInvalidValue);
+  Graph *x = new Graph(*g);
+  dev().graphs.insert(x);
+  *exec = (cudaGraphExec_t)x;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  Graph *x = (Graph *)exec;
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!dev().graphs.count(x)) return fail(cudaErrorInvalidValue);
+  for (const Work &w : x->ops) {
+    const cudaError_t e = enqueue(s, w);
+    if (e != cudaSuccess) return fail(e);
+  }
+  return cudaSuccess;
+}
+
+static cudaError_t destroy_graph(void *graph) {
+  LOCK;
+  Graph *g = (Graph *)graph;
+  if (!dev().graphs.erase(g)) return fail(cudaErrorInvalidValue);
+  delete g;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  return destroy_graph(graph);
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  return destroy_graph(exec);
+}
+
+}  // extern "C"
