@@ -422,6 +422,36 @@ FO_BW_FN void fo_norms_block(const fo_step_launch &a, int64_t b, int tid, int nt
   fo_run_block(fo_step_op<ALG, PT, GT, MASTER, SR, FO_PASS_NORMS>(a, b, sums), tid, nthreads);
 }
 
+/* ------------------------------------------- LAMB's and LARS's pieces */
+
+/* The first of n sorted keys (key_of(0 .. n-1)) that is >= key. */
+template <class Key>
+FO_BW_FN int64_t fo_lower_bound(int64_t n, int64_t key, Key key_of) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (key_of(mid) < key)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* The plan blocks [*lo, *hi) of the plan's piece of the optimizer's tensor
+ * k (fo_plan_tensor.index; pieces are in index order and a piece's blocks
+ * consecutive), found by binary searches; empty when the plan has no piece
+ * of k.  norms.cu's per-tensor sums, one warp per tensor. */
+FO_BW_FN void fo_piece_blocks(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
+                              int64_t num_blocks, int64_t num_tensors, int64_t k, int64_t *lo,
+                              int64_t *hi) {
+  *lo = *hi = 0;
+  const int64_t i = fo_lower_bound(num_tensors, k, [&](int64_t j) { return tensors[j].index; });
+  if (i >= num_tensors || tensors[i].index != k) return;
+  *lo = fo_lower_bound(num_blocks, i, [&](int64_t b) { return (int64_t)blocks[b].tensor; });
+  *hi = fo_lower_bound(num_blocks, i + 1, [&](int64_t b) { return (int64_t)blocks[b].tensor; });
+}
+
 /* --------------------------------------------------- sync-master, zero */
 
 /* Plan arguments shared by the sync-master and zero-grad launches. */

@@ -12,30 +12,16 @@
 #include <stdint.h>
 
 #include "block_sum.cuh"
+#include "block_work.cuh"
 #include "grid.cuh"
 #include "launch.h"
 
 #define FACTOR_THREADS 256
 #define WARPS_PER_BLOCK (FACTOR_THREADS / 32)
 
-/* The first element of a sorted array of n keys that is >= key, keys
- * read through key_of(i). */
-template <class Key>
-static __device__ int64_t lower_bound(int64_t n, int64_t key, Key key_of) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (key_of(mid) < key)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
-}
-
-/* One warp per tensor k of the optimizer: the plan's piece of k (found
- * by its index; pieces are in index order), its blocks (found by their
- * tensor), their partials added lane-strided and reduced in a fixed tree. */
+/* One warp per tensor k of the optimizer: the blocks of the plan's piece
+ * of k (block_work.cuh, fo_piece_blocks), their partials added
+ * lane-strided and reduced in a fixed tree (0 without a piece). */
 __global__ void __launch_bounds__(FACTOR_THREADS)
     fo_piece_sums_kernel(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
                          int64_t num_blocks, int64_t num_tensors, int64_t all_tensors,
@@ -43,18 +29,15 @@ __global__ void __launch_bounds__(FACTOR_THREADS)
   const int64_t k = (int64_t)blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (k >= all_tensors) return; /* whole warps leave together */
-  const int64_t i = lower_bound(num_tensors, k, [&](int64_t j) { return tensors[j].index; });
+  int64_t lo, hi;
+  fo_piece_blocks(blocks, tensors, num_blocks, num_tensors, k, &lo, &hi);
   double w = 0.0, x = 0.0;
-  if (i < num_tensors && tensors[i].index == k) {
-    const int64_t lo = lower_bound(num_blocks, i, [&](int64_t b) { return blocks[b].tensor; });
-    const int64_t hi = lower_bound(num_blocks, i + 1, [&](int64_t b) { return blocks[b].tensor; });
-    for (int64_t b = lo + lane; b < hi; b += 32) {
-      w += partials[2 * b];
-      x += partials[2 * b + 1];
-    }
-    w = fo_warp_sum(w);
-    x = fo_warp_sum(x);
+  for (int64_t b = lo + lane; b < hi; b += 32) {
+    w += partials[2 * b];
+    x += partials[2 * b + 1];
   }
+  w = fo_warp_sum(w);
+  x = fo_warp_sum(x);
   if (lane == 0) {
     slot[2 * k] = w;
     slot[2 * k + 1] = x;

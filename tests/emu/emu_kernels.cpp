@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "block_work.cuh"
@@ -41,6 +42,17 @@ double block_sum(std::vector<double> v) {
   double sums[32] = {0.0};
   for (size_t w = 0; w < warps; w++) sums[w] = warp_sum(&v[32 * w]);
   return warp_sum(sums);
+}
+
+/* f(std::integral_constant<int, DT>()) for the dtype dt (FO_RULE_*). */
+template <class F>
+int by_dtype(int32_t dt, F f) {
+  switch (dt) {
+    case FO_RULE_F32: return f(std::integral_constant<int, FO_RULE_F32>());
+    case FO_RULE_F16: return f(std::integral_constant<int, FO_RULE_F16>());
+    case FO_RULE_BF16: return f(std::integral_constant<int, FO_RULE_BF16>());
+    default: return (int)cudaErrorInvalidValue;
+  }
 }
 
 /* ------------------------------------------------------------ the step */
@@ -90,24 +102,13 @@ int step_mode(const fo_step_launch &a, void *stream) {
   }
 }
 
-template <int ALG, int PT, int PASS>
-int step_grad(const fo_step_launch &a, void *stream) {
-  switch (a.grad_dtype) {
-    case FO_RULE_F32: return step_mode<ALG, PT, FO_RULE_F32, PASS>(a, stream);
-    case FO_RULE_F16: return step_mode<ALG, PT, FO_RULE_F16, PASS>(a, stream);
-    case FO_RULE_BF16: return step_mode<ALG, PT, FO_RULE_BF16, PASS>(a, stream);
-    default: return (int)cudaErrorInvalidValue;
-  }
-}
-
 template <int ALG, int PASS>
 int step_param(const fo_step_launch &a, void *stream) {
-  switch (a.param_dtype) {
-    case FO_RULE_F32: return step_grad<ALG, FO_RULE_F32, PASS>(a, stream);
-    case FO_RULE_F16: return step_grad<ALG, FO_RULE_F16, PASS>(a, stream);
-    case FO_RULE_BF16: return step_grad<ALG, FO_RULE_BF16, PASS>(a, stream);
-    default: return (int)cudaErrorInvalidValue;
-  }
+  return by_dtype(a.param_dtype, [&](auto pt) {
+    return by_dtype(a.grad_dtype, [&](auto gt) {
+      return step_mode<ALG, decltype(pt)::value, decltype(gt)::value, PASS>(a, stream);
+    });
+  });
 }
 
 template <int ALG>
@@ -184,20 +185,6 @@ int pack_launch(const fo_pack_launch &a, bool unpack, void *stream) {
   });
 }
 
-/* norms.cu's lower_bound. */
-template <class Key>
-int64_t lower_bound_of(int64_t n, int64_t key, Key key_of) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (key_of(mid) < key)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return lo;
-}
-
 }  // namespace
 
 extern "C" {
@@ -230,21 +217,11 @@ int fo_launch_sync_master(const fo_plan_block *blocks, const fo_plan_tensor *ten
   if (num_blocks <= 0) return (int)cudaSuccess;
   if (chunk <= 0 || !blocks || !tensors) return (int)cudaErrorInvalidValue;
   const fo_plan_args a = plan_args(blocks, tensors, num_blocks, chunk);
-  switch (param_dtype) {
-    case FO_RULE_F32:
-      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
-        fo_sync_master_block<FO_RULE_F32>(p, b, t, NT);
-      });
-    case FO_RULE_F16:
-      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
-        fo_sync_master_block<FO_RULE_F16>(p, b, t, NT);
-      });
-    case FO_RULE_BF16:
-      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
-        fo_sync_master_block<FO_RULE_BF16>(p, b, t, NT);
-      });
-    default: return (int)cudaErrorInvalidValue;
-  }
+  return by_dtype(param_dtype, [&](auto pt) {
+    return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
+      fo_sync_master_block<decltype(pt)::value>(p, b, t, NT);
+    });
+  });
 }
 
 int fo_launch_zero_grad(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
@@ -252,21 +229,11 @@ int fo_launch_zero_grad(const fo_plan_block *blocks, const fo_plan_tensor *tenso
   if (num_blocks <= 0) return (int)cudaSuccess;
   if (chunk <= 0 || !blocks || !tensors) return (int)cudaErrorInvalidValue;
   const fo_plan_args a = plan_args(blocks, tensors, num_blocks, chunk);
-  switch (grad_dtype) {
-    case FO_RULE_F32:
-      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
-        fo_zero_grad_block<FO_RULE_F32>(p, b, t, NT);
-      });
-    case FO_RULE_F16:
-      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
-        fo_zero_grad_block<FO_RULE_F16>(p, b, t, NT);
-      });
-    case FO_RULE_BF16:
-      return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
-        fo_zero_grad_block<FO_RULE_BF16>(p, b, t, NT);
-      });
-    default: return (int)cudaErrorInvalidValue;
-  }
+  return by_dtype(grad_dtype, [&](auto gt) {
+    return enqueue_blocks(a, stream, [](const fo_plan_args &p, int64_t b, int t) {
+      fo_zero_grad_block<decltype(gt)::value>(p, b, t, NT);
+    });
+  });
 }
 
 int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
@@ -274,12 +241,8 @@ int fo_launch_grad_sumsq(const fo_plan_block *blocks, const fo_plan_tensor *tens
                          void *stream) {
   if (num_blocks <= 0) return (int)cudaSuccess;
   const fo_plan_args a = plan_args(blocks, tensors, num_blocks, chunk);
-  switch (grad_dtype) {
-    case FO_RULE_F32: return sumsq<FO_RULE_F32>(a, partials, stream);
-    case FO_RULE_F16: return sumsq<FO_RULE_F16>(a, partials, stream);
-    case FO_RULE_BF16: return sumsq<FO_RULE_BF16>(a, partials, stream);
-    default: return (int)cudaErrorInvalidValue;
-  }
+  return by_dtype(grad_dtype,
+                  [&](auto gt) { return sumsq<decltype(gt)::value>(a, partials, stream); });
 }
 
 int fo_launch_prepare(const fo_prepare_args *args, const double *partials, int64_t num_partials,
@@ -302,21 +265,11 @@ int fo_launch_unscale_grads(const fo_plan_block *blocks, const fo_plan_tensor *t
                             const fo_step_state *state, void *stream) {
   if (num_blocks <= 0) return (int)cudaSuccess;
   const fo_plan_args a = plan_args(blocks, tensors, num_blocks, chunk);
-  switch (grad_dtype) {
-    case FO_RULE_F32:
-      return enqueue_blocks(a, stream, [state](const fo_plan_args &p, int64_t b, int t) {
-        fo_unscale_block<FO_RULE_F32>(p, state, b, t, NT);
-      });
-    case FO_RULE_F16:
-      return enqueue_blocks(a, stream, [state](const fo_plan_args &p, int64_t b, int t) {
-        fo_unscale_block<FO_RULE_F16>(p, state, b, t, NT);
-      });
-    case FO_RULE_BF16:
-      return enqueue_blocks(a, stream, [state](const fo_plan_args &p, int64_t b, int t) {
-        fo_unscale_block<FO_RULE_BF16>(p, state, b, t, NT);
-      });
-    default: return (int)cudaErrorInvalidValue;
-  }
+  return by_dtype(grad_dtype, [&](auto gt) {
+    return enqueue_blocks(a, stream, [state](const fo_plan_args &p, int64_t b, int t) {
+      fo_unscale_block<decltype(gt)::value>(p, state, b, t, NT);
+    });
+  });
 }
 
 int fo_launch_convert(const void *src, int32_t from, void *dst, int32_t to, int64_t n,
@@ -352,19 +305,14 @@ int fo_launch_piece_sums(const fo_plan_block *blocks, const fo_plan_tensor *tens
   if (all_tensors <= 0) return (int)cudaSuccess;
   return fo_emu_enqueue(stream, [=]() {
     for (int64_t k = 0; k < all_tensors; k++) {
-      const int64_t i = lower_bound_of(num_tensors, k, [&](int64_t j) { return tensors[j].index; });
+      int64_t lo, hi;
+      fo_piece_blocks(blocks, tensors, num_blocks, num_tensors, k, &lo, &hi);
       double w[32] = {0.0}, x[32] = {0.0};
-      if (i < num_tensors && tensors[i].index == k) {
-        const int64_t lo =
-            lower_bound_of(num_blocks, i, [&](int64_t b) { return (int64_t)blocks[b].tensor; });
-        const int64_t hi =
-            lower_bound_of(num_blocks, i + 1, [&](int64_t b) { return (int64_t)blocks[b].tensor; });
-        for (int lane = 0; lane < 32; lane++)
-          for (int64_t b = lo + lane; b < hi; b += 32) {
-            w[lane] += norm_partials[2 * b];
-            x[lane] += norm_partials[2 * b + 1];
-          }
-      }
+      for (int lane = 0; lane < 32; lane++)
+        for (int64_t b = lo + lane; b < hi; b += 32) {
+          w[lane] += norm_partials[2 * b];
+          x[lane] += norm_partials[2 * b + 1];
+        }
       slot[2 * k] = warp_sum(w);
       slot[2 * k + 1] = warp_sum(x);
     }

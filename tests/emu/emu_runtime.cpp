@@ -28,81 +28,18 @@
  * runs in the order it was enqueued over all streams (a legal order on a
  * device), on the thread that waits for it.
  *
- * Test code only: the runtime's state is one object behind one lock.
+ * Test code only: the runtime's state is one object behind one lock
+ * (emu_device.h).  This file: the queue, the capture rules, errors,
+ * devices and memory; emu_streams.cpp: streams, events and graphs.
  */
 #include <cuda_runtime_api.h>
 
-#include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <list>
-#include <map>
-#include <mutex>
-#include <set>
-#include <thread>
-#include <vector>
 
-#include "emu.h"
+#include "emu_device.h"
 
-namespace {
-
-typedef std::function<void()> Work;
-
-const size_t EMU_MEMORY = (size_t)4 << 30;
-
-struct Capture;
-
-struct Stream {
-  unsigned flags = 0;
-  bool legacy = false;
-  Capture *cap = nullptr; /* the capture this stream's work goes into */
-  long pending = 0;       /* its operations in the queue */
-};
-
-struct Capture {
-  Stream *origin = nullptr;
-  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
-  std::thread::id owner;
-  std::vector<Work> ops;
-  std::vector<Stream *> members;
-  bool invalid = false;
-};
-
-struct Event {
-  Capture *cap = nullptr; /* recorded into this capture */
-  Stream *s = nullptr;    /* else recorded on s ... */
-  uint64_t seq = 0;       /* ... after its operations up to seq */
-};
-
-/* A captured graph and an instantiated one: both a list of work. */
-struct Graph {
-  std::vector<Work> ops;
-};
-
-/* An operation in the queue.  A wait for an event is one too: it holds
- * its stream until the event's stream has run up to the event. */
-struct Queued {
-  uint64_t seq;
-  Stream *s;
-  Work fn;
-  bool host;               /* cudaLaunchHostFunc: may wait for the program */
-  Stream *after = nullptr; /* a wait: the event's stream ... */
-  uint64_t after_seq = 0;  /* ... up to this operation */
-};
-
-struct Device {
-  std::recursive_mutex mu;
-  std::map<uintptr_t, size_t> allocs; /* base -> bytes */
-  size_t used = 0;
-  std::list<Queued> queue; /* in enqueue order */
-  uint64_t seq = 0;
-  Stream legacy;
-  std::set<Stream *> streams;
-  std::set<Capture *> captures;
-  std::set<Event *> events;
-  std::set<Graph *> graphs;
-  Device() { legacy.legacy = true; }
-};
+namespace fo_emu {
 
 /* Never destroyed: LeakSanitizer, at exit, still sees what it holds. */
 Device &dev() {
@@ -240,7 +177,7 @@ cudaError_t refuse_in_capture(Stream *s) {
   return cudaErrorStreamCaptureUnsupported;
 }
 
-cudaError_t enqueue(Stream *s, Work fn, bool host = false) {
+cudaError_t enqueue(Stream *s, Work fn, bool host) {
   if (s->cap) {
     if (s->cap->invalid) return cudaErrorStreamCaptureInvalidated;
     s->cap->ops.push_back(std::move(fn));
@@ -311,9 +248,15 @@ cudaError_t check_copy(void *dst, const void *src, size_t n, cudaMemcpyKind *kin
   return cudaSuccess;
 }
 
-#define LOCK std::lock_guard<std::recursive_mutex> lock_(dev().mu)
+void make_progress() {
+  Device &d = dev();
+  while (!d.queue.empty() && !d.queue.front().host)
+    run_stream(d.queue.front().s, d.queue.front().seq);
+}
 
-}  // namespace
+}  // namespace fo_emu
+
+using namespace fo_emu;
 
 extern "C" int fo_emu_enqueue(void *stream, std::function<void()> fn) {
   LOCK;
@@ -525,245 +468,6 @@ cudaError_t cudaMemsetAsync(void *ptr, int value, size_t count, cudaStream_t str
   if (count == 0) return cudaSuccess;
   if (find_alloc(ptr, count) == dev().allocs.end()) return fail(cudaErrorInvalidValue);
   return fail(enqueue(s, [ptr, value, count]() { memset(ptr, value, count); }));
-}
-
-/* ------------------------------------------------------------- streams */
-
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
-  LOCK;
-  if (!stream) return fail(cudaErrorInvalidValue);
-  Stream *s = new Stream();
-  s->flags = flags;
-  dev().streams.insert(s);
-  *stream = (cudaStream_t)s;
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamCreate(cudaStream_t *stream) {
-  return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
-}
-
-cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s || s->legacy) return fail(cudaErrorInvalidResourceHandle);
-  if (s->cap) return fail(refuse_in_capture(s));
-  flush(s); /* its work still runs */
-  dev().streams.erase(s);
-  delete s;
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (s->cap) return fail(refuse_in_capture(s));
-  if (s->legacy) {
-    const cudaError_t e = check_legacy(true);
-    if (e != cudaSuccess) return fail(e);
-    flush_legacy(); /* the legacy stream waits for every blocking stream */
-  }
-  flush(s);
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamQuery(cudaStream_t stream) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (s->cap) return fail(refuse_in_capture(s));
-  /* the device makes progress up to the first host function, which may be
-   * waiting for the program that asks */
-  Device &d = dev();
-  while (!d.queue.empty() && !d.queue.front().host)
-    run_stream(d.queue.front().s, d.queue.front().seq);
-  return s->pending > 0 ? cudaErrorNotReady : cudaSuccess;
-}
-
-cudaError_t cudaStreamGetDevice(cudaStream_t stream, int *device) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (!device) return fail(cudaErrorInvalidValue);
-  /* as CUDA 13.0 on an H200: refused during a capture, which it invalidates */
-  if (s->cap) return fail(refuse_in_capture(s));
-  *device = 0;
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *status) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (!status) return fail(cudaErrorInvalidValue);
-  if (s->legacy) {
-    const cudaError_t e = check_legacy(false);
-    if (e != cudaSuccess) return fail(e);
-  }
-  *status = !s->cap           ? cudaStreamCaptureStatusNone
-            : s->cap->invalid ? cudaStreamCaptureStatusInvalidated
-                              : cudaStreamCaptureStatusActive;
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (s->legacy) return fail(cudaErrorStreamCaptureUnsupported);
-  if (s->cap) return fail(cudaErrorIllegalState);
-  Capture *c = new Capture();
-  c->origin = s;
-  c->mode = mode;
-  c->owner = std::this_thread::get_id();
-  c->members.push_back(s);
-  s->cap = c;
-  dev().captures.insert(c);
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (!graph) return fail(cudaErrorInvalidValue);
-  Capture *c = s->cap;
-  if (!c) return fail(cudaErrorIllegalState);
-  if (c->origin != s) {
-    c->invalid = true;
-    return fail(cudaErrorStreamCaptureUnmatched);
-  }
-  forget_capture(c);
-  *graph = nullptr;
-  cudaError_t e = cudaErrorStreamCaptureInvalidated;
-  if (!c->invalid) {
-    Graph *g = new Graph();
-    g->ops = std::move(c->ops);
-    dev().graphs.insert(g);
-    *graph = (cudaGraph_t)g;
-    e = cudaSuccess;
-  }
-  delete c;
-  return fail(e);
-}
-
-cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void *data) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (!fn) return fail(cudaErrorInvalidValue);
-  return fail(enqueue(
-      s, [fn, data]() { fn(data); }, true));
-}
-
-/* -------------------------------------------------------------- events */
-
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
-  LOCK;
-  (void)flags;
-  if (!event) return fail(cudaErrorInvalidValue);
-  Event *e = new Event();
-  dev().events.insert(e);
-  *event = (cudaEvent_t)e;
-  return cudaSuccess;
-}
-
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  LOCK;
-  Event *e = (Event *)event;
-  if (!dev().events.erase(e)) return fail(cudaErrorInvalidResourceHandle);
-  delete e;
-  return cudaSuccess;
-}
-
-/* Work runs in enqueue order over all streams, so an event orders nothing
- * more than that; what it does matter for is capture: a stream that waits
- * for an event recorded into a capture joins the capture. */
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  Event *e = (Event *)event;
-  if (!s || !dev().events.count(e)) return fail(cudaErrorInvalidResourceHandle);
-  if (s->cap && s->cap->invalid) return fail(cudaErrorStreamCaptureInvalidated);
-  if (s->legacy) {
-    const cudaError_t err = check_legacy(true);
-    if (err != cudaSuccess) return fail(err);
-  }
-  e->cap = s->cap;
-  e->s = s->cap ? nullptr : s;
-  e->seq = dev().seq;
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
-  LOCK;
-  (void)flags;
-  Stream *s = stream_of(stream);
-  Event *e = (Event *)event;
-  if (!s || !dev().events.count(e)) return fail(cudaErrorInvalidResourceHandle);
-  if (e->cap && e->cap != s->cap) {
-    if (s->cap || s->legacy) return fail(cudaErrorStreamCaptureIsolation);
-    s->cap = e->cap;
-    e->cap->members.push_back(s);
-    return cudaSuccess;
-  }
-  /* eager: in stream order; a capturing stream waiting for eager work
-   * has it done before any replay (the work was enqueued earlier) */
-  if (!s->cap) return fail(enqueue_wait(s, e));
-  return cudaSuccess;
-}
-
-/* -------------------------------------------------------------- graphs */
-
-cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *count) {
-  LOCK;
-  Graph *g = (Graph *)graph;
-  if (!dev().graphs.count(g) || !count) return fail(cudaErrorInvalidValue);
-  if (nodes) return fail(cudaErrorNotSupported); /* only the count is emulated */
-  *count = g->ops.size();
-  return cudaSuccess;
-}
-
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph,
-                                 unsigned long long flags) {
-  LOCK;
-  (void)flags;
-  Graph *g = (Graph *)graph;
-  if (!exec || !dev().graphs.count(g)) return fail(cudaErrorInvalidValue);
-  Graph *x = new Graph(*g);
-  dev().graphs.insert(x);
-  *exec = (cudaGraphExec_t)x;
-  return cudaSuccess;
-}
-
-cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  Graph *x = (Graph *)exec;
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (!dev().graphs.count(x)) return fail(cudaErrorInvalidValue);
-  for (const Work &w : x->ops) {
-    const cudaError_t e = enqueue(s, w);
-    if (e != cudaSuccess) return fail(e);
-  }
-  return cudaSuccess;
-}
-
-static cudaError_t destroy_graph(void *graph) {
-  LOCK;
-  Graph *g = (Graph *)graph;
-  if (!dev().graphs.erase(g)) return fail(cudaErrorInvalidValue);
-  delete g;
-  return cudaSuccess;
-}
-
-cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
-  return destroy_graph(graph);
-}
-
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
-  return destroy_graph(exec);
 }
 
 }  // extern "C"

@@ -1,0 +1,124 @@
+/*
+ * emu_device.h -- the emulated device's state and the internal functions
+ * its runtime's files share (emu_runtime.cpp: the queue, capture rules,
+ * errors, devices and memory; emu_streams.cpp: streams, events and graphs).
+ * docs/design.md, "The emulated device".
+ */
+#ifndef FO_TEST_EMU_DEVICE_H
+#define FO_TEST_EMU_DEVICE_H
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <list>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "emu.h"
+
+namespace fo_emu {
+
+typedef std::function<void()> Work;
+
+const size_t EMU_MEMORY = (size_t)4 << 30;
+
+struct Capture;
+
+struct Stream {
+  unsigned flags = 0;
+  bool legacy = false;
+  Capture *cap = nullptr; /* the capture this stream's work goes into */
+  long pending = 0;       /* its operations in the queue */
+};
+
+struct Capture {
+  Stream *origin = nullptr;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::thread::id owner;
+  std::vector<Work> ops;
+  std::vector<Stream *> members;
+  bool invalid = false;
+};
+
+struct Event {
+  Capture *cap = nullptr; /* recorded into this capture */
+  Stream *s = nullptr;    /* else recorded on s ... */
+  uint64_t seq = 0;       /* ... after its operations up to seq */
+};
+
+/* A captured graph and an instantiated one: both a list of work. */
+struct Graph {
+  std::vector<Work> ops;
+};
+
+/* An operation in the queue.  A wait for an event is one too: it holds
+ * its stream until the event's stream has run up to the event. */
+struct Queued {
+  uint64_t seq;
+  Stream *s;
+  Work fn;
+  bool host;               /* cudaLaunchHostFunc: may wait for the program */
+  Stream *after = nullptr; /* a wait: the event's stream ... */
+  uint64_t after_seq = 0;  /* ... up to this operation */
+};
+
+struct Device {
+  std::recursive_mutex mu;
+  std::map<uintptr_t, size_t> allocs; /* base -> bytes */
+  size_t used = 0;
+  std::list<Queued> queue; /* in enqueue order */
+  uint64_t seq = 0;
+  Stream legacy;
+  std::set<Stream *> streams;
+  std::set<Capture *> captures;
+  std::set<Event *> events;
+  std::set<Graph *> graphs;
+  Device() { legacy.legacy = true; }
+};
+/* The one device; every runtime call holds its lock (LOCK). */
+Device &dev();
+#define LOCK std::lock_guard<std::recursive_mutex> lock_(fo_emu::dev().mu)
+
+extern thread_local cudaError_t last_error;
+extern thread_local int current_device;
+
+/* Record e (unless cudaSuccess) as the thread's last error; return it. */
+cudaError_t fail(cudaError_t e);
+/* The stream s names (NULL and the special handles: the legacy stream),
+ * or NULL when it is no stream of ours. */
+Stream *stream_of(cudaStream_t s);
+
+/* Run stream s's queued work (and what it depends on); the work a blocking
+ * call on the legacy stream waits for; everything. */
+void flush(Stream *s);
+void flush_legacy();
+void flush_all();
+/* Run queued work in order up to the first host function. */
+void make_progress();
+
+/* The capture rules: a call a capture forbids (check_unsafe); work on or a
+ * wait for the legacy stream beside a blocking capturing stream
+ * (check_legacy); a call on a capturing stream it cannot hold. */
+cudaError_t check_unsafe();
+cudaError_t check_legacy(bool invalidate);
+cudaError_t refuse_in_capture(Stream *s);
+/* End capture c: its streams leave it, its events forget it. */
+void forget_capture(Capture *c);
+
+/* Enqueue fn on s, or add it to s's capture; a wait of s for event e. */
+cudaError_t enqueue(Stream *s, Work fn, bool host = false);
+cudaError_t enqueue_wait(Stream *s, const Event *e);
+
+/* The allocation holding [p, p + n), or dev().allocs.end(); whether p is
+ * device memory; a copy's two ends checked against its kind (resolving
+ * cudaMemcpyDefault). */
+std::map<uintptr_t, size_t>::iterator find_alloc(const void *p, size_t n);
+bool on_device(const void *p);
+cudaError_t check_copy(void *dst, const void *src, size_t n, cudaMemcpyKind *kind);
+
+}  // namespace fo_emu
+
+#endif /* FO_TEST_EMU_DEVICE_H */

@@ -1,0 +1,251 @@
+/*
+ * emu_streams.cpp -- the emulated device's streams, events and graphs
+ * (emu_runtime.cpp has the queue they feed and the capture rules;
+ * docs/design.md, "The emulated device").
+ */
+#include <cstring>
+
+#include "emu_device.h"
+
+using namespace fo_emu;
+
+extern "C" {
+
+/* ------------------------------------------------------------- streams */
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
+  LOCK;
+  if (!stream) return fail(cudaErrorInvalidValue);
+  Stream *s = new Stream();
+  s->flags = flags;
+  dev().streams.insert(s);
+  *stream = (cudaStream_t)s;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *stream) {
+  return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s || s->legacy) return fail(cudaErrorInvalidResourceHandle);
+  if (s->cap) return fail(refuse_in_capture(s));
+  flush(s); /* its work still runs */
+  dev().streams.erase(s);
+  delete s;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (s->cap) return fail(refuse_in_capture(s));
+  if (s->legacy) {
+    const cudaError_t e = check_legacy(true);
+    if (e != cudaSuccess) return fail(e);
+    flush_legacy(); /* the legacy stream waits for every blocking stream */
+  }
+  flush(s);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (s->cap) return fail(refuse_in_capture(s));
+  /* the device makes progress up to the first host function, which may be
+   * waiting for the program that asks */
+  make_progress();
+  return s->pending > 0 ? cudaErrorNotReady : cudaSuccess;
+}
+
+cudaError_t cudaStreamGetDevice(cudaStream_t stream, int *device) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!device) return fail(cudaErrorInvalidValue);
+  /* as CUDA 13.0 on an H200: refused during a capture, which it invalidates */
+  if (s->cap) return fail(refuse_in_capture(s));
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus *status) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!status) return fail(cudaErrorInvalidValue);
+  if (s->legacy) {
+    const cudaError_t e = check_legacy(false);
+    if (e != cudaSuccess) return fail(e);
+  }
+  *status = !s->cap           ? cudaStreamCaptureStatusNone
+            : s->cap->invalid ? cudaStreamCaptureStatusInvalidated
+                              : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (s->legacy) return fail(cudaErrorStreamCaptureUnsupported);
+  if (s->cap) return fail(cudaErrorIllegalState);
+  Capture *c = new Capture();
+  c->origin = s;
+  c->mode = mode;
+  c->owner = std::this_thread::get_id();
+  c->members.push_back(s);
+  s->cap = c;
+  dev().captures.insert(c);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!graph) return fail(cudaErrorInvalidValue);
+  Capture *c = s->cap;
+  if (!c) return fail(cudaErrorIllegalState);
+  if (c->origin != s) {
+    c->invalid = true;
+    return fail(cudaErrorStreamCaptureUnmatched);
+  }
+  forget_capture(c);
+  *graph = nullptr;
+  cudaError_t e = cudaErrorStreamCaptureInvalidated;
+  if (!c->invalid) {
+    Graph *g = new Graph();
+    g->ops = std::move(c->ops);
+    dev().graphs.insert(g);
+    *graph = (cudaGraph_t)g;
+    e = cudaSuccess;
+  }
+  delete c;
+  return fail(e);
+}
+
+cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void *data) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!fn) return fail(cudaErrorInvalidValue);
+  return fail(enqueue(
+      s, [fn, data]() { fn(data); }, true));
+}
+
+/* -------------------------------------------------------------- events */
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
+  LOCK;
+  (void)flags;
+  if (!event) return fail(cudaErrorInvalidValue);
+  Event *e = new Event();
+  dev().events.insert(e);
+  *event = (cudaEvent_t)e;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  LOCK;
+  Event *e = (Event *)event;
+  if (!dev().events.erase(e)) return fail(cudaErrorInvalidResourceHandle);
+  delete e;
+  return cudaSuccess;
+}
+
+/* Work runs in enqueue order over all streams, so an event orders nothing
+ * more than that; what it does matter for is capture: a stream that waits
+ * for an event recorded into a capture joins the capture. */
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  Event *e = (Event *)event;
+  if (!s || !dev().events.count(e)) return fail(cudaErrorInvalidResourceHandle);
+  if (s->cap && s->cap->invalid) return fail(cudaErrorStreamCaptureInvalidated);
+  if (s->legacy) {
+    const cudaError_t err = check_legacy(true);
+    if (err != cudaSuccess) return fail(err);
+  }
+  e->cap = s->cap;
+  e->s = s->cap ? nullptr : s;
+  e->seq = dev().seq;
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+  LOCK;
+  (void)flags;
+  Stream *s = stream_of(stream);
+  Event *e = (Event *)event;
+  if (!s || !dev().events.count(e)) return fail(cudaErrorInvalidResourceHandle);
+  if (e->cap && e->cap != s->cap) {
+    if (s->cap || s->legacy) return fail(cudaErrorStreamCaptureIsolation);
+    s->cap = e->cap;
+    e->cap->members.push_back(s);
+    return cudaSuccess;
+  }
+  /* eager: in stream order; a capturing stream waiting for eager work
+   * has it done before any replay (the work was enqueued earlier) */
+  if (!s->cap) return fail(enqueue_wait(s, e));
+  return cudaSuccess;
+}
+
+/* -------------------------------------------------------------- graphs */
+
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *count) {
+  LOCK;
+  Graph *g = (Graph *)graph;
+  if (!dev().graphs.count(g) || !count) return fail(cudaErrorInvalidValue);
+  if (nodes) return fail(cudaErrorNotSupported); /* only the count is emulated */
+  *count = g->ops.size();
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph,
+                                 unsigned long long flags) {
+  LOCK;
+  (void)flags;
+  Graph *g = (Graph *)graph;
+  if (!exec || !dev().graphs.count(g)) return fail(cudaErrorInvalidValue);
+  Graph *x = new Graph(*g);
+  dev().graphs.insert(x);
+  *exec = (cudaGraphExec_t)x;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  LOCK;
+  Stream *s = stream_of(stream);
+  Graph *x = (Graph *)exec;
+  if (!s) return fail(cudaErrorInvalidResourceHandle);
+  if (!dev().graphs.count(x)) return fail(cudaErrorInvalidValue);
+  for (const Work &w : x->ops) {
+    const cudaError_t e = enqueue(s, w);
+    if (e != cudaSuccess) return fail(e);
+  }
+  return cudaSuccess;
+}
+
+static cudaError_t destroy_graph(void *graph) {
+  LOCK;
+  Graph *g = (Graph *)graph;
+  if (!dev().graphs.erase(g)) return fail(cudaErrorInvalidValue);
+  delete g;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  return destroy_graph(graph);
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  return destroy_graph(exec);
+}
+
+}  // extern "C"
