@@ -14,7 +14,11 @@
  *   - a step captured into a CUDA graph turns the scheme off; replays and
  *     eager steps after it (through the prepare kernel) count on from the
  *     device's state: the step count and the parameters after eager,
- *     replayed and eager steps again match the CPU executor's.
+ *     replayed and eager steps again match the CPU executor's;
+ *   - with more groups than a launch carries, the prepare kernel decides
+ *     and every group's tensor moves as on the CPU executor;
+ *   - a step count set by the host reaches the next step on a
+ *     non-blocking stream, with and without the prepare kernel.
  *
  * Skipped with the reason without a usable device.
  */
@@ -43,7 +47,9 @@ typedef struct pair {
   float hp[NT][N], hg[NT][N];
 } pair;
 
-static void pair_make(pair *p, fo_algorithm alg, uint64_t seed) {
+/* max_grad_norm > 0: clipping, so every step takes the pre-pass and the
+ * prepare kernel. */
+static void pair_make(pair *p, fo_algorithm alg, uint64_t seed, float max_grad_norm) {
   memset(p, 0, sizeof *p);
   tu_rng r;
   tu_rng_seed(&r, seed, 1);
@@ -57,6 +63,7 @@ static void pair_make(pair *p, fo_algorithm alg, uint64_t seed) {
   fo_options o;
   OK(fo_options_default(&o));
   o.algorithm = alg;
+  o.max_grad_norm = max_grad_norm;
   o.schedule.kind = FO_SCHED_COSINE;
   o.schedule.warmup_steps = 2;
   o.schedule.total_steps = 20;
@@ -120,7 +127,7 @@ Test(gpu_host_scalars, eager_steps_publish_their_state_and_a_capture_turns_them_
     char ctx[64];
     snprintf(ctx, sizeof ctx, "algorithm %d", (int)algs[a]);
     pair p;
-    pair_make(&p, algs[a], 40 + a);
+    pair_make(&p, algs[a], 40 + a, 0.0f);
     /* eager steps: decided on the host, the device's state published */
     for (int k = 1; k <= 3; k++) {
       OK(fo_optimizer_step(p.gpu, s));
@@ -170,6 +177,96 @@ Test(gpu_host_scalars, eager_steps_publish_their_state_and_a_capture_turns_them_
     params_close(&p, ctx);
     CK(cudaGraphExecDestroy(exec));
     CK(cudaGraphDestroy(graph));
+    pair_free(&p);
+  }
+  CK(cudaStreamDestroy(s));
+}
+
+/* More groups than a launch carries (FO_KNOWN_GROUPS): the host does not
+ * decide those steps, the prepare kernel does, and every group's tensor
+ * moves as on the CPU executor -- the groups past the carried ones
+ * included. */
+Test(gpu_host_scalars, more_groups_than_a_launch_carries_take_the_prepare_kernel, .timeout = 60) {
+  require_device(1);
+  cr_assert_eq(unsetenv("FUSEDOPT_HOST_SCALARS"), 0);
+  enum { G = FO_KNOWN_GROUPS + 2, M = 1000 };
+  static float hp[G][M], hg[G][M], got[M];
+  float *dp[G], *dg[G];
+  fo_hparams h[G];
+  fo_tensor_desc tg[G], tc[G];
+  tu_rng r;
+  tu_rng_seed(&r, 77, 1);
+  for (int g = 0; g < G; g++) {
+    OK(fo_hparams_default(FO_ALG_ADAMW, &h[g]));
+    h[g].lr = 1e-3f * (float)(g + 1); /* each group its own step */
+    h[g].weight_decay = 0.01f * (float)g;
+    for (int i = 0; i < M; i++) {
+      hp[g][i] = (float)tu_rng_nonzero(&r, 1e-2, 1.0);
+      hg[g][i] = (float)tu_rng_nonzero(&r, -1.0, 1.0);
+    }
+    CK(cudaMalloc((void **)&dp[g], sizeof hp[g]));
+    CK(cudaMalloc((void **)&dg[g], sizeof hg[g]));
+    CK(cudaMemcpy(dp[g], hp[g], sizeof hp[g], cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dg[g], hg[g], sizeof hg[g], cudaMemcpyHostToDevice));
+    tg[g] = (fo_tensor_desc){M, g, dp[g], dg[g], NULL};
+    tc[g] = (fo_tensor_desc){M, g, hp[g], hg[g], NULL};
+  }
+  fo_options o;
+  OK(fo_options_default(&o));
+  o.algorithm = FO_ALG_ADAMW;
+  fo_optimizer *gpu = NULL, *cpu = NULL;
+  o.executor = FO_EXEC_CUDA;
+  OK(fo_optimizer_create(&gpu, &o, h, G, tg, G));
+  o.executor = FO_EXEC_CPU;
+  OK(fo_optimizer_create(&cpu, &o, h, G, tc, G));
+  for (int k = 1; k <= 3; k++) {
+    OK(fo_optimizer_step(gpu, NULL));
+    OK(fo_optimizer_step(cpu, NULL));
+    cr_assert(!gpu->known.valid, "step %d with %d groups decided on the host", k, G);
+    cr_assert_eq(info_of(gpu).step, k);
+  }
+  for (int g = 0; g < G; g++) {
+    CK(cudaMemcpy(got, dp[g], sizeof got, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < M; i++) {
+      const double want = hp[g][i], d = fabs((double)got[i] - want);
+      cr_assert(d <= 1e-5 * fmax(1.0, fabs(want)), "group %d [%d] = %.9g, CPU %.9g", g, i,
+                (double)got[i], want);
+    }
+  }
+  OK(fo_optimizer_destroy(gpu));
+  OK(fo_optimizer_destroy(cpu));
+  for (int g = 0; g < G; g++) {
+    CK(cudaFree(dp[g]));
+    CK(cudaFree(dg[g]));
+  }
+}
+
+/* A step count the host writes (fo_optimizer_set_step) is in the device's
+ * state before a step on a non-blocking stream reads it -- such a stream
+ * does not wait for the legacy stream's copies by itself -- both through
+ * the prepare kernel (clipping on) and on the host-decided path: the step
+ * after it is number 101 on both, with the CPU executor's bias
+ * corrections. */
+Test(gpu_host_scalars, a_step_count_set_by_the_host_reaches_the_next_step, .timeout = 60) {
+  require_device(1);
+  cr_assert_eq(unsetenv("FUSEDOPT_HOST_SCALARS"), 0);
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (int clip = 0; clip < 2; clip++) {
+    pair p;
+    /* clipped: the prepare kernel reads the state the host wrote */
+    pair_make(&p, FO_ALG_ADAMW, 90 + (uint64_t)clip, clip ? 1.0f : 0.0f);
+    OK(fo_optimizer_step(p.gpu, s));
+    OK(fo_optimizer_step(p.cpu, NULL));
+    CK(cudaStreamSynchronize(s));
+    OK(fo_optimizer_set_step(p.gpu, 100));
+    OK(fo_optimizer_set_step(p.cpu, 100));
+    OK(fo_optimizer_step(p.gpu, s));
+    OK(fo_optimizer_step(p.cpu, NULL));
+    CK(cudaStreamSynchronize(s));
+    cr_assert_eq(info_of(p.gpu).step, 101, "clip %d: step %lld after set_step(100)", clip,
+                 (long long)info_of(p.gpu).step);
+    params_close(&p, clip ? "set_step, clipped" : "set_step");
     pair_free(&p);
   }
   CK(cudaStreamDestroy(s));

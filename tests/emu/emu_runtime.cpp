@@ -418,7 +418,18 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpy
   if (e == cudaSuccess) e = check_unsafe();
   if (e == cudaSuccess) e = check_legacy(true);
   if (e != cudaSuccess) return fail(e);
-  flush_legacy();
+  Stream *legacy = &dev().legacy;
+  if (kind == cudaMemcpyHostToDevice) {
+    /* from pageable memory CUDA returns once the source is staged, before
+     * the data lands: the copy is the legacy stream's, and work on a
+     * non-blocking stream may run before it */
+    std::vector<unsigned char> copy((const unsigned char *)src,
+                                    (const unsigned char *)src + count);
+    return fail(enqueue(legacy, [dst, copy]() { memcpy(dst, copy.data(), copy.size()); }));
+  }
+  if (kind == cudaMemcpyDeviceToDevice) /* may return before it is done */
+    return fail(enqueue(legacy, [dst, src, count]() { memmove(dst, src, count); }));
+  flush_legacy(); /* to the host: returns once the data is there */
   memmove(dst, src, count);
   return cudaSuccess;
 }
@@ -456,9 +467,9 @@ cudaError_t cudaMemset(void *ptr, int value, size_t count) {
   cudaError_t e = check_unsafe();
   if (e == cudaSuccess) e = check_legacy(true);
   if (e != cudaSuccess) return fail(e);
-  flush_legacy();
-  memset(ptr, value, count);
-  return cudaSuccess;
+  /* on device memory CUDA's memset may return before it is done: the
+   * legacy stream's work */
+  return fail(enqueue(&dev().legacy, [ptr, value, count]() { memset(ptr, value, count); }));
 }
 
 cudaError_t cudaMemsetAsync(void *ptr, int value, size_t count, cudaStream_t stream) {
