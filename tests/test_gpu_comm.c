@@ -195,15 +195,20 @@ static void one_rank_case(const config *c, int side_stream) {
   o.bucket_bytes = c->bucket_bytes;
   o.reduce_in_f32 = c->reduce_in_f32;
   o.shard_state = c->shard_state;
-  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
   cudaStream_t step_stream, comm_stream;
   CK(cudaStreamCreateWithFlags(&step_stream, cudaStreamNonBlocking));
   CK(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
   int64_t nb = 0;
-  OK(fo_optimizer_num_buckets(dp.opt, &nb));
   for (int k = 0; k < 6; k++) {
     rig_grads(&dp, k, 0);
     rig_grads(&ref, k, 0);
+    if (k == 0) {
+      /* attached with the first gradients in place, and the first step on
+       * a non-blocking stream right after it: the attach must have waited
+       * for what it copied on the legacy stream */
+      OK(fo_optimizer_set_comm(dp.opt, comm, &o));
+      OK(fo_optimizer_num_buckets(dp.opt, &nb));
+    }
     if (side_stream)
       for (int64_t b = nb - 1; b >= 0; b--)
         OK(fo_optimizer_reduce_bucket(dp.opt, b, (fo_stream_t)comm_stream));

@@ -8,6 +8,8 @@
  *   - a tensor past 2^31 elements (64-bit indexing on the device);
  *   - an error the caller left pending is neither blamed nor cleared;
  *   - Programmatic Dependent Launch exactly on sm_90 and newer;
+ *   - a step on a non-blocking stream right after create sees everything
+ *     create did on the legacy stream (zero-filled state, master weights);
  *   - pointers in the wrong memory: FO_ERR_BAD_POINTER.
  *
  * Every test first asks fo_cuda_device_count(); without a usable device it
@@ -316,6 +318,67 @@ Test(gpu, step_uses_pdl_exactly_on_sm90_and_newer) {
   cr_assert_eq(opt->run.pdl, major >= 9 && ptx >= 90, "compute capability %d.x, PTX %d, pdl %d",
                major, ptx, opt->run.pdl);
   OK(fo_optimizer_destroy(opt));
+  CK(cudaFree(dp));
+  CK(cudaFree(dg));
+}
+
+/* create's zero-fills, uploads and master-weight copy run on the legacy
+ * stream, which a non-blocking stream does not wait for: create waits for
+ * them, so a step at once on such a stream reads finite moments and master
+ * weights and moves the bf16 parameters as the CPU executor does (within a
+ * bf16 ulp: the same fp32 arithmetic, contracted differently). */
+Test(gpu, create_then_step_at_once_on_a_non_blocking_stream) {
+  require_device(1);
+  enum { M = 5000 };
+  static float hf[M], gf[M], got[M], want[M];
+  static uint16_t hp[M], hg[M], cp[M], back[M];
+  tu_rng r;
+  tu_rng_seed(&r, 5, 5);
+  for (int i = 0; i < M; i++) {
+    hf[i] = (float)tu_rng_nonzero(&r, 1e-2, 1.0);
+    gf[i] = (float)tu_rng_nonzero(&r, -1.0, 1.0);
+  }
+  OK(fo_convert_from_f32(FO_DTYPE_BF16, hf, hp, M));
+  OK(fo_convert_from_f32(FO_DTYPE_BF16, gf, hg, M));
+  memcpy(cp, hp, sizeof cp);
+  uint16_t *dp = NULL, *dg = NULL;
+  CK(cudaMalloc((void **)&dp, sizeof hp));
+  CK(cudaMalloc((void **)&dg, sizeof hg));
+  CK(cudaMemcpy(dp, hp, sizeof hp, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dg, hg, sizeof hg, cudaMemcpyHostToDevice));
+  CK(cudaDeviceSynchronize()); /* the test's own copies have landed */
+  fo_hparams h;
+  OK(fo_hparams_default(FO_ALG_ADAMW, &h));
+  h.lr = 0.05f; /* a step that moves bf16 values */
+  fo_options o;
+  OK(fo_options_default(&o));
+  o.algorithm = FO_ALG_ADAMW;
+  o.param_dtype = o.grad_dtype = FO_DTYPE_BF16;
+  o.master_weights = 1;
+  fo_tensor_desc tg = {M, 0, dp, dg, "w"}, tc = {M, 0, cp, hg, "w"};
+  fo_optimizer *gpu = NULL, *cpu = NULL;
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  o.executor = FO_EXEC_CUDA;
+  OK(fo_optimizer_create(&gpu, &o, &h, 1, &tg, 1));
+  OK(fo_optimizer_step(gpu, s)); /* nothing waited for in between */
+  o.executor = FO_EXEC_CPU;
+  OK(fo_optimizer_create(&cpu, &o, &h, 1, &tc, 1));
+  OK(fo_optimizer_step(cpu, NULL));
+  CK(cudaStreamSynchronize(s));
+  CK(cudaMemcpy(back, dp, sizeof back, cudaMemcpyDeviceToHost));
+  OK(fo_convert_to_f32(FO_DTYPE_BF16, back, got, M));
+  OK(fo_convert_to_f32(FO_DTYPE_BF16, cp, want, M));
+  int moved = 0;
+  for (int i = 0; i < M; i++) {
+    cr_assert(isfinite(got[i]) && fabsf(got[i] - want[i]) <= 0x1p-7f * fabsf(want[i]),
+              "parameter %d = %.9g, CPU %.9g", i, (double)got[i], (double)want[i]);
+    moved += back[i] != hp[i];
+  }
+  cr_assert_gt(moved, M / 2, "only %d of %d parameters moved", moved, M);
+  OK(fo_optimizer_destroy(gpu));
+  OK(fo_optimizer_destroy(cpu));
+  CK(cudaStreamDestroy(s));
   CK(cudaFree(dp));
   CK(cudaFree(dg));
 }
