@@ -158,6 +158,23 @@ int fo_cuda_stream_capturing(fo_stream_t stream) {
   return capture != cudaStreamCaptureStatusNone;
 }
 
+uint64_t fo_cuda_capture_of(fo_stream_t stream) {
+  if (!stream) return 0;
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  unsigned long long id = 0;
+#if CUDART_VERSION >= 13000
+  cudaError_t e =
+      cudaStreamGetCaptureInfo((cudaStream_t)stream, &capture, &id, NULL, NULL, NULL, NULL);
+#else
+  cudaError_t e = cudaStreamGetCaptureInfo((cudaStream_t)stream, &capture, &id, NULL, NULL, NULL);
+#endif
+  if (e != cudaSuccess) {
+    fo_cuda_forget(e);
+    return UINT64_MAX;
+  }
+  return capture == cudaStreamCaptureStatusNone ? 0 : (uint64_t)id + 1;
+}
+
 /* ---------------------------------------------------------------- memory */
 
 fo_status fo_cuda_alloc_zeroed(const char *fn, int device, size_t bytes, void **out) {

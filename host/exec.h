@@ -86,6 +86,10 @@ struct fo_exec_ops {
   void (*events_destroy)(int device, void **events, int64_t n);
   fo_status (*record)(const char *fn, int device, void *event, fo_stream_t stream);
   fo_status (*wait)(const char *fn, int device, fo_stream_t stream, void *event);
+  /* The CUDA graph capture that work on stream goes into: 0 for none (the
+   * CPU's always), else an id of that capture (a wait may not cross a
+   * capture's boundary: host/dp/buckets.c). */
+  uint64_t (*capture_of)(fo_stream_t stream);
 };
 
 /* The executors' tables; fo_exec_cuda_ops() is NULL in a build without

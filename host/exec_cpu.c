@@ -472,6 +472,11 @@ static fo_status no_wait(const char *fn, int device, fo_stream_t stream, void *e
   return FO_SUCCESS;
 }
 
+static uint64_t never_captured(fo_stream_t stream) {
+  (void)stream;
+  return 0;
+}
+
 static const fo_exec_ops cpu_ops = {
     .chunk = FO_CPU_CHUNK,
     .host_memory = 1,
@@ -498,6 +503,7 @@ static const fo_exec_ops cpu_ops = {
     .events_destroy = no_events_destroy,
     .record = no_record,
     .wait = no_wait,
+    .capture_of = never_captured,
 };
 
 const fo_exec_ops *fo_exec_cpu_ops(void) {

@@ -229,6 +229,7 @@ static const fo_exec_ops cuda_ops = {
     .events_destroy = fo_cuda_events_destroy,
     .record = fo_cuda_record,
     .wait = fo_cuda_wait,
+    .capture_of = fo_cuda_capture_of,
 };
 
 const fo_exec_ops *fo_exec_cuda_ops(void) {

@@ -590,7 +590,11 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *                            (fo_optimizer_sync_master()); the step count
  *                            or the skipped count has reached FO_MAX_STEP;
  *                            another thread is inside a call on opt; this
- *                            process is a fork of the one that created opt.
+ *                            process is a fork of the one that created opt;
+ *                            data parallelism: a bucket of this step was
+ *                            reduced on the other side of a CUDA graph
+ *                            capture's boundary from the step (see
+ *                            fo_optimizer_reduce_bucket).
  *                            Each changes nothing.
  *    FO_ERR_COMM             data parallelism: the gradients are poisoned
  *                            by an earlier failed reduction, or this
@@ -1058,6 +1062,14 @@ FO_API fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bu
  *  on the same streams (neither reduce_in_f32 nor external gradients at
  *  non-adjacent addresses work inside such a group: their buckets are
  *  packed and unpacked around the collective, which the group defers).
+ *  CUDA graphs: a captured step's buckets are reduced inside its capture
+ *  (on the capturing stream, or on a stream forked from it by an event and
+ *  joined back), an eager step's outside any capture; the step refuses a
+ *  mix (FO_ERR_INVALID_STATE).  The library orders its own work between
+ *  streams with events, but CUDA allows no wait across a capture's
+ *  boundary: the caller orders a graph's replay after the eager step
+ *  before it, and an eager step after the replay before it, as the
+ *  parameters they both update require anyway.
  *
  *  A reduction that fails leaves the gradients partly summed: the
  *  optimizer then refuses to step or reduce (FO_ERR_COMM) until

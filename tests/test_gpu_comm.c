@@ -10,7 +10,9 @@
  * into one collective per bucket, 16-bit gradients widened to fp32 and
  * back, buckets reduced on
  * a side stream with the step waiting on their events, a step captured in
- * a CUDA graph with its all-reduce).  With two or more GPUs, one rank per
+ * a CUDA graph with its all-reduce, eager steps with a side stream before
+ * and after such a capture; a step refused whose bucket was reduced
+ * outside its capture).  With two or more GPUs, one rank per
  * GPU from this one thread (ncclCommInitAll, the reductions in one NCCL
  * group): the ranks end bit-identical.  The sums themselves, the agreement
  * on overflow and the comparison with one process on the whole batch are
@@ -429,6 +431,125 @@ Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
   graph_capture_case(&c);
   config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
   graph_capture_case(&x);
+}
+
+/* Half the buckets reduced on a side stream forked from the step's (and
+ * joined back), the rest by the step.  Across a capture's boundary CUDA
+ * allows no wait for an event (nor does the emulated device), so the
+ * scratch buffer's wait for its last user on another stream must not cross
+ * one, either way. */
+static void fork_reduce_step(rig *r, int64_t nb, cudaStream_t step, cudaStream_t side,
+                             cudaEvent_t fork, cudaEvent_t join) {
+  CK(cudaEventRecord(fork, step));
+  CK(cudaStreamWaitEvent(side, fork, 0));
+  for (int64_t b = nb - 1; b >= nb / 2; b--)
+    OK(fo_optimizer_reduce_bucket(r->opt, b, (fo_stream_t)side));
+  CK(cudaEventRecord(join, side));
+  CK(cudaStreamWaitEvent(step, join, 0));
+  OK(fo_optimizer_step(r->opt, (fo_stream_t)step));
+}
+
+/* Two eager steps, the third captured and replayed (k == 3: rig_grads'
+ * overflow, covered above), then eager steps again: all like a plain
+ * optimizer stepping eagerly. */
+static void side_stream_capture_case(const config *c) {
+  rig dp, ref;
+  rig_make(&dp, c, 0);
+  rig_make(&ref, c, 0);
+  fo_comm *comm = one_rank_comm(0);
+  fo_dp_options o;
+  OK(fo_dp_options_default(&o));
+  o.bucket_bytes = c->bucket_bytes;
+  o.reduce_in_f32 = c->reduce_in_f32;
+  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
+  int64_t nb = 0;
+  OK(fo_optimizer_num_buckets(dp.opt, &nb));
+  cr_assert_gt(nb, 1);
+  cudaStream_t step, side;
+  CK(cudaStreamCreateWithFlags(&step, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  cudaEvent_t fork, join;
+  CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  CK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  cudaGraph_t graph = NULL;
+  cudaGraphExec_t exec = NULL;
+  for (int k = 0; k < 8; k++) {
+    if (k == 3) continue;
+    rig_grads(&dp, k, 0);
+    rig_grads(&ref, k, 0);
+    if (k == 2) {
+      CK(cudaStreamBeginCapture(step, cudaStreamCaptureModeThreadLocal));
+      fork_reduce_step(&dp, nb, step, side, fork, join);
+      CK(cudaStreamEndCapture(step, &graph));
+      CK(cudaGraphInstantiate(&exec, graph, 0));
+    }
+    if (k == 2 || k == 4 || k == 5)
+      CK(cudaGraphLaunch(exec, step));
+    else
+      fork_reduce_step(&dp, nb, step, side, fork, join);
+    OK(fo_optimizer_step(ref.opt, (fo_stream_t)step));
+    CK(cudaStreamSynchronize(step));
+    expect_same_params(&dp, &ref,
+                       k < 2   ? "eager before the capture"
+                       : k < 6 ? "graph replay"
+                               : "eager after the replays");
+  }
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  CK(cudaEventDestroy(fork));
+  CK(cudaEventDestroy(join));
+  CK(cudaStreamDestroy(step));
+  CK(cudaStreamDestroy(side));
+  rig_free(&dp);
+  OK(fo_comm_destroy(comm));
+  rig_free(&ref);
+}
+
+Test(gpu_comm, one_rank_side_stream_buckets_eager_then_captured, .timeout = 120) {
+  require_devices(1);
+  config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
+  side_stream_capture_case(&x);
+  config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0};
+  side_stream_capture_case(&a);
+}
+
+/* A bucket reduced eagerly, then the step captured: the graph would replay
+ * the step without that reduction.  Refused before anything is enqueued,
+ * the capture left intact; an eager step then reduces the rest. */
+Test(gpu_comm, a_bucket_reduced_outside_the_steps_capture_is_refused, .timeout = 120) {
+  require_devices(1);
+  config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
+  rig dp, ref;
+  rig_make(&dp, &c, 0);
+  rig_make(&ref, &c, 0);
+  fo_comm *comm = one_rank_comm(0);
+  fo_dp_options o;
+  OK(fo_dp_options_default(&o));
+  o.bucket_bytes = c.bucket_bytes;
+  o.reduce_in_f32 = 1;
+  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  rig_grads(&dp, 0, 0);
+  rig_grads(&ref, 0, 0);
+  OK(fo_optimizer_reduce_bucket(dp.opt, 0, (fo_stream_t)s));
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  cr_assert_eq(fo_optimizer_step(dp.opt, (fo_stream_t)s), FO_ERR_INVALID_STATE);
+  cr_assert(strstr(fo_last_error(), "outside the CUDA graph capture"), "%s", fo_last_error());
+  cudaGraph_t graph;
+  CK(cudaStreamEndCapture(s, &graph)); /* not invalidated */
+  size_t nodes = 1;
+  CK(cudaGraphGetNodes(graph, NULL, &nodes));
+  cr_assert_eq(nodes, 0, "the refused step captured %zu operations", nodes);
+  CK(cudaGraphDestroy(graph));
+  expect_same_params(&dp, &ref, "after the refusal");
+  OK(fo_optimizer_step(dp.opt, (fo_stream_t)s));
+  OK(fo_optimizer_step(ref.opt, (fo_stream_t)s));
+  expect_same_params(&dp, &ref, "the eager step after the refusal");
+  CK(cudaStreamDestroy(s));
+  rig_free(&dp);
+  OK(fo_comm_destroy(comm));
+  rig_free(&ref);
 }
 
 Test(gpu_comm, wrap_and_kinds, .timeout = 60) {

@@ -198,6 +198,7 @@ static void dp_destroy(fo_optimizer *opt, fo_dp *dp) {
   fo_exec_free(opt, dp->d_blocks);
   free(dp->events);
   free(dp->streams);
+  free(dp->captures);
   free(dp->counts);
   free(dp->reduced);
   free(dp->segs);
@@ -225,8 +226,10 @@ static fo_status dp_create(const char *fn, fo_optimizer *opt, fo_comm *comm, con
   dp->reduced = calloc(n1, 1);
   dp->events = calloc(n1, sizeof *dp->events);
   dp->streams = calloc(n1, sizeof *dp->streams);
+  dp->captures = calloc(n1, sizeof *dp->captures);
   dp->counts = calloc((size_t)comm->size, sizeof *dp->counts);
-  if (!dp->buckets || !dp->segs || !dp->reduced || !dp->events || !dp->streams || !dp->counts) {
+  if (!dp->buckets || !dp->segs || !dp->reduced || !dp->events || !dp->streams || !dp->captures ||
+      !dp->counts) {
     st = fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for %lld buckets",
                  (long long)opt->num_tensors);
     goto done;
@@ -348,10 +351,19 @@ fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, i
 
 /* The scratch is shared by the buckets: on CUDA, wait for the last bucket
  * that used it when that one ran on another stream. */
+/* The scratch buffer is the optimizer's one: a bucket packed on another
+ * stream than the last one waits for it.  Not across the boundary of a
+ * CUDA graph capture, where CUDA allows no wait (and a replay runs long
+ * after the capture): a replay and the eager steps around it update the
+ * same parameters, so the caller orders them already (docs/data-parallel.md,
+ * "CUDA graphs"), and with them their use of the scratch. */
 static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
   const fo_dp *dp = opt->dp;
-  if (dp->last_packed < 0 || dp->streams[dp->last_packed] == stream) return FO_SUCCESS;
-  return opt->exec->wait(fn, opt->options.device, stream, dp->events[dp->last_packed]);
+  const int64_t last = dp->last_packed;
+  if (last < 0 || dp->streams[last] == stream ||
+      dp->captures[last] != opt->exec->capture_of(stream))
+    return FO_SUCCESS;
+  return opt->exec->wait(fn, opt->options.device, stream, dp->events[last]);
 }
 
 /* Pack (unpack = 0) or unpack the bucket's segments: one launch. */
@@ -425,6 +437,7 @@ static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi, fo
     return st;
   }
   dp->streams[bi] = stream;
+  dp->captures[bi] = opt->exec->capture_of(stream);
   dp->reduced[bi] = 1;
   return FO_SUCCESS;
 }
@@ -491,11 +504,33 @@ fo_status fo_optimizer_reduce_grads(fo_optimizer *opt, fo_stream_t stream) {
 
 /* ----------------------------------------------------------- step hooks */
 
+/* A bucket reduced this step on the other side of a capture's boundary
+ * from the step: a captured step would replay without that reduction, or
+ * an eager step wait for one that only a replay runs. */
+static fo_status check_same_capture(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
+  const fo_dp *dp = opt->dp;
+  const uint64_t here = opt->exec->capture_of(stream);
+  for (int64_t b = 0; b < dp->num_buckets; b++) {
+    if (!dp->reduced[b] || dp->captures[b] == here) continue;
+    const char *where = "in another CUDA graph capture than this step's";
+    if (!dp->captures[b]) where = "outside the CUDA graph capture this step is in";
+    if (!here) where = "inside a CUDA graph capture and this step is not captured";
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "bucket %lld was reduced %s: a captured step's buckets are reduced in its "
+                   "capture (on its stream or one forked from it), an eager step's outside any "
+                   "(fo_optimizer_zero_grad forgets the reductions)",
+                   (long long)b, where);
+  }
+  return FO_SUCCESS;
+}
+
 fo_status fo_dp_reduce_for_step(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
   if (opt->grads_poisoned) return refuse_poisoned(fn);
   fo_dp *dp = opt->dp;
   if (!dp) return FO_SUCCESS;
-  fo_status st = reduce_remaining(fn, opt, stream);
+  fo_status st = check_same_capture(fn, opt, stream);
+  if (st != FO_SUCCESS) return st;
+  st = reduce_remaining(fn, opt, stream);
   for (int64_t b = 0; b < dp->num_buckets && st == FO_SUCCESS; b++)
     if (dp->streams[b] != stream)
       st = opt->exec->wait(fn, opt->options.device, stream, dp->events[b]);

@@ -62,10 +62,12 @@ struct fo_dp {
    * every bucket is reduced in place. */
   void *scratch;
   size_t scratch_bytes;
-  /* Per bucket, an event recorded after its reduction and the stream it
-   * was enqueued on (the step's stream waits for it; no-ops on the CPU). */
+  /* Per bucket, an event recorded after its reduction, the stream it was
+   * enqueued on (the step's stream waits for it; no-ops on the CPU) and
+   * the CUDA graph capture that stream was in (fo_exec_ops.capture_of). */
   void **events;
   fo_stream_t *streams;
+  uint64_t *captures;
   int64_t last_packed; /* the bucket that last used the scratch, or -1 */
   /* The packed buckets' pack table (plan.h), built at attach and kept in
    * the executor's memory, where the pack op reads it: a step copies

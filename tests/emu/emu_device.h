@@ -34,17 +34,27 @@ struct Stream {
   long pending = 0;       /* its operations in the queue */
 };
 
+/* What a stream in a capture knows: per member stream, how many of its
+ * captured operations come before this stream's next one (a vector
+ * clock: a stream knows its own operations, and those of the streams whose
+ * events it has waited for, transitively). */
+typedef std::map<const Stream *, uint64_t> Clock;
+
 struct Capture {
+  uint64_t id = 0; /* unique over the process, as cudaStreamGetCaptureInfo's */
   Stream *origin = nullptr;
   cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   std::thread::id owner;
   std::vector<Work> ops;
   std::vector<Stream *> members;
+  std::map<const Stream *, Clock> knows; /* per member */
   bool invalid = false;
 };
 
 struct Event {
-  Capture *cap = nullptr; /* recorded into this capture */
+  Capture *cap = nullptr; /* recorded into this capture, under way ... */
+  Clock clock;            /* ... knowing what its stream knew then */
+  bool stale = false;     /* recorded into a capture that has ended */
   Stream *s = nullptr;    /* else recorded on s ... */
   uint64_t seq = 0;       /* ... after its operations up to seq */
 };
@@ -76,6 +86,8 @@ struct Device {
   std::set<Capture *> captures;
   std::set<Event *> events;
   std::set<Graph *> graphs;
+  uint64_t captures_begun = 0;
+  int open = 0; /* Access objects alive */
   Device() { legacy.legacy = true; }
 };
 /* The one device; every runtime call holds its lock (LOCK). */
@@ -91,6 +103,22 @@ cudaError_t fail(cudaError_t e);
  * or NULL when it is no stream of ours. */
 Stream *stream_of(cudaStream_t s);
 
+/* Device memory is mapped without access for the host: code that reads or
+ * writes it directly, which on a device would fault or read another
+ * address space, faults here too.  It is open while an Access lives: while
+ * the device runs work (the flushes below) and the runtime copies. */
+struct Access {
+  Access();                        /* all of it */
+  Access(const void *p, size_t n); /* the pages of [p, p + n) of one allocation */
+  ~Access();
+  bool single = false;
+  uintptr_t lo = 0, hi = 0;
+  Access(const Access &) = delete;
+  Access &operator=(const Access &) = delete;
+};
+/* The bytes an allocation of bytes maps: whole pages. */
+size_t mapped_bytes(size_t bytes);
+
 /* Run stream s's queued work (and what it depends on); the work a blocking
  * call on the legacy stream waits for; everything. */
 void flush(Stream *s);
@@ -105,8 +133,11 @@ void make_progress();
 cudaError_t check_unsafe();
 cudaError_t check_legacy(bool invalidate);
 cudaError_t refuse_in_capture(Stream *s);
-/* End capture c: its streams leave it, its events forget it. */
+/* End capture c: its streams leave it, its events become stale. */
 void forget_capture(Capture *c);
+/* Whether a stream of capture c other than its origin has captured work
+ * the origin has not waited for (cudaErrorStreamCaptureUnjoined). */
+bool unjoined(const Capture *c);
 
 /* Enqueue fn on s, or add it to s's capture; a wait of s for event e. */
 cudaError_t enqueue(Stream *s, Work fn, bool host = false);

@@ -9,9 +9,11 @@
  *   - memory: cudaMalloc returns memory the runtime knows (filled with 0xff,
  *     NaN in every float dtype, as freshly allocated device memory is
  *     anything), cudaPointerGetAttributes tells it from host memory, and
- *     every copy and memset must lie inside one allocation;
+ *     every copy and memset must lie inside one allocation; the host cannot
+ *     touch it (mapped without access, opened only while the device runs
+ *     work or the runtime copies: Access in emu_device.h);
  *   - asynchrony: work enqueued on a stream runs only when something waits
- *     for it (a synchronize, a blocking copy, a free) -- host code that
+ *     for it (a synchronize, a blocking copy, a free, a query) -- host code that
  *     reads device memory without waiting reads stale data, as it would on
  *     a device; a pageable copy to the device takes its source at once, one
  *     to the host waits for its stream, as CUDA's do;
@@ -20,19 +22,31 @@
  *     graph's work again; the calls a capture forbids (an allocation, a
  *     free, a blocking copy, a synchronize, cudaStreamGetDevice or a query
  *     of the capturing stream, work on the legacy stream beside a blocking
- *     capturing stream) fail and invalidate the capture, under the mode
- *     rules of cudaStreamCaptureModeGlobal / ThreadLocal / Relaxed;
+ *     capturing stream, a wait for an event across the capture's boundary)
+ *     fail and invalidate the capture, under the mode rules of
+ *     cudaStreamCaptureModeGlobal / ThreadLocal / Relaxed; a capture that
+ *     ends with a forked stream not joined back fails;
  *   - errors: each failed call sets the thread's last error, which
  *     cudaGetLastError clears and cudaPeekAtLastError does not.
  * One device (0), of compute capability 9.0, with 4 GiB of memory.  Work
- * runs in the order it was enqueued over all streams (a legal order on a
- * device), on the thread that waits for it.
+ * runs on the thread that waits for it, each operation after what it
+ * depends on, and otherwise newest first (flush_all), a legal order on a
+ * device that exposes a missing wait between streams.
  *
  * Test code only: the runtime's state is one object behind one lock
  * (emu_device.h).  This file: the queue, the capture rules, errors,
  * devices and memory; emu_streams.cpp: streams, events and graphs.
  */
 #include <cuda_runtime_api.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#else
+#define ASAN_POISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
+#define ASAN_UNPOISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
+#endif
 
 #include <cstdlib>
 #include <cstring>
@@ -60,6 +74,72 @@ Stream *stream_of(cudaStream_t s) {
   if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return &d.legacy;
   Stream *p = (Stream *)s;
   return d.streams.count(p) ? p : nullptr;
+}
+
+/* -------------------------------------------------------- host access */
+
+static size_t page_size() {
+  static const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  return page;
+}
+
+size_t mapped_bytes(size_t bytes) {
+  return ((bytes ? bytes : 1) + page_size() - 1) / page_size() * page_size();
+}
+
+static void protect(uintptr_t lo, uintptr_t hi, int prot) {
+  if (mprotect((void *)lo, hi - lo, prot) != 0) abort();
+}
+
+/* An allocation's pages: from the page holding its first byte, whole. */
+static void protect_alloc(uintptr_t start, size_t bytes, int prot) {
+  const uintptr_t lo = start / page_size() * page_size();
+  protect(lo, lo + mapped_bytes(bytes), prot);
+}
+
+static void set_access(int prot) {
+  for (const auto &a : dev().allocs) protect_alloc(a.first, a.second, prot);
+}
+
+/* Between two guard pages that are never opened, and ending as near the
+ * second as CUDA's 256-byte alignment allows, so that a kernel (the block
+ * work run on the host) reading or writing past either end faults; under
+ * AddressSanitizer the slack beside it is poisoned too, so it reports any
+ * byte out of bounds. */
+static void *map_device(size_t bytes) {
+  const size_t data = mapped_bytes(bytes), used = ((bytes ? bytes : 1) + 255) / 256 * 256;
+  char *base = (char *)mmap(nullptr, data + 2 * page_size(), PROT_NONE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == (char *)MAP_FAILED) return nullptr;
+  char *lo = base + page_size(), *start = lo + (data - used);
+  protect((uintptr_t)lo, (uintptr_t)(lo + data), PROT_READ | PROT_WRITE);
+  memset(start, 0xff, bytes);
+  if (!dev().open) protect((uintptr_t)lo, (uintptr_t)(lo + data), PROT_NONE);
+  ASAN_POISON_MEMORY_REGION(lo, (size_t)(start - lo));
+  ASAN_POISON_MEMORY_REGION(start + bytes, (size_t)(lo + data - start - bytes));
+  return start;
+}
+
+static void unmap_device(void *start, size_t bytes) {
+  char *lo = (char *)((uintptr_t)start / page_size() * page_size());
+  ASAN_UNPOISON_MEMORY_REGION(lo, mapped_bytes(bytes));
+  munmap(lo - page_size(), mapped_bytes(bytes) + 2 * page_size());
+}
+
+Access::Access() {
+  if (dev().open++ == 0) set_access(PROT_READ | PROT_WRITE);
+}
+
+Access::Access(const void *p, size_t n) : single(true) {
+  if (dev().open > 0 || !on_device(p)) return;
+  lo = (uintptr_t)p / page_size() * page_size();
+  hi = ((uintptr_t)p + n + page_size() - 1) / page_size() * page_size();
+  protect(lo, hi, PROT_READ | PROT_WRITE);
+}
+
+Access::~Access() {
+  if (single && lo < hi) protect(lo, hi, PROT_NONE);
+  if (!single && --dev().open == 0) set_access(PROT_NONE);
 }
 
 /* ------------------------------------------------------------ the queue */
@@ -110,12 +190,16 @@ void run_stream(Stream *s, uint64_t limit) {
 }
 
 void flush(Stream *s) {
+  if (!s->pending) return;
+  Access open;
   run_stream(s, UINT64_MAX);
 }
 
 /* What a blocking call on the legacy stream waits for: the legacy stream
  * and every blocking stream (not those created cudaStreamNonBlocking). */
 void flush_legacy() {
+  if (dev().queue.empty()) return;
+  Access open;
   flush(&dev().legacy);
   for (;;) {
     auto it = first_of(UINT64_MAX, blocking);
@@ -124,9 +208,15 @@ void flush_legacy() {
   }
 }
 
+/* Newest first: the last operation enqueued runs as soon as what it
+ * depends on has, ahead of older work of other streams that it does not
+ * wait for -- a legal order that a missing wait for another stream's work
+ * cannot survive, where running in enqueue order would hide it. */
 void flush_all() {
+  if (dev().queue.empty()) return;
+  Access open;
   std::list<Queued> &q = dev().queue;
-  while (!q.empty()) run_stream(q.front().s, q.front().seq);
+  while (!q.empty()) run_stream(q.back().s, q.back().seq);
 }
 
 /* ------------------------------------------------------------- captures */
@@ -135,8 +225,24 @@ void forget_capture(Capture *c) {
   Device &d = dev();
   for (Stream *m : c->members) m->cap = nullptr;
   for (Event *e : d.events)
-    if (e->cap == c) e->cap = nullptr;
+    if (e->cap == c) {
+      e->cap = nullptr;
+      e->clock.clear();
+      e->stale = true;
+    }
   d.captures.erase(c);
+}
+
+bool unjoined(const Capture *c) {
+  auto mine = c->knows.find(c->origin);
+  for (const Stream *m : c->members) {
+    if (m == c->origin) continue;
+    auto own = c->knows.find(m);
+    const uint64_t done = own == c->knows.end() || !own->second.count(m) ? 0 : own->second.at(m);
+    const uint64_t seen = mine == c->knows.end() || !mine->second.count(m) ? 0 : mine->second.at(m);
+    if (done > seen) return true;
+  }
+  return false;
 }
 
 /* A call a capture forbids: cudaErrorStreamCaptureUnsupported, and the
@@ -181,6 +287,7 @@ cudaError_t enqueue(Stream *s, Work fn, bool host) {
   if (s->cap) {
     if (s->cap->invalid) return cudaErrorStreamCaptureInvalidated;
     s->cap->ops.push_back(std::move(fn));
+    s->cap->knows[s][s]++;
     return cudaSuccess;
   }
   if (s->legacy) {
@@ -249,6 +356,8 @@ cudaError_t check_copy(void *dst, const void *src, size_t n, cudaMemcpyKind *kin
 }
 
 void make_progress() {
+  if (dev().queue.empty()) return;
+  Access open;
   Device &d = dev();
   while (!d.queue.empty() && !d.queue.front().host)
     run_stream(d.queue.front().s, d.queue.front().seq);
@@ -296,6 +405,10 @@ cudaError_t cudaPeekAtLastError(void) {
   X(cudaErrorStreamCaptureInvalidated, "operation failed due to a previous error during capture") \
   X(cudaErrorStreamCaptureUnmatched, "capture was not ended in the same stream")                  \
   X(cudaErrorStreamCaptureIsolation, "dependency created on uncaptured work in another stream")   \
+  X(cudaErrorStreamCaptureUnjoined, "capture unjoined")                                           \
+  X(cudaErrorCapturedEvent,                                                                       \
+    "operation not permitted on an event last recorded in a capturing "                           \
+    "stream")                                                                                     \
   X(cudaErrorStreamCaptureImplicit,                                                               \
     "operation would make the legacy stream depend on a capturing blocking stream")
 
@@ -370,10 +483,9 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes) {
   cudaError_t e = check_unsafe();
   if (e != cudaSuccess) return fail(e);
   Device &d = dev();
-  void *p = nullptr;
-  if (bytes > EMU_MEMORY - d.used || posix_memalign(&p, 256, bytes ? bytes : 1) != 0)
-    return fail(cudaErrorMemoryAllocation);
-  memset(p, 0xff, bytes);
+  if (bytes > EMU_MEMORY - d.used) return fail(cudaErrorMemoryAllocation);
+  void *p = map_device(bytes);
+  if (!p) return fail(cudaErrorMemoryAllocation);
   d.allocs[(uintptr_t)p] = bytes;
   d.used += bytes;
   *ptr = p;
@@ -390,8 +502,8 @@ cudaError_t cudaFree(void *ptr) {
   if (it == d.allocs.end()) return fail(cudaErrorInvalidValue);
   flush_all(); /* cudaFree waits for the device */
   d.used -= it->second;
+  unmap_device(ptr, it->second);
   d.allocs.erase(it);
-  free(ptr);
   return cudaSuccess;
 }
 
@@ -420,16 +532,17 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpy
   if (e != cudaSuccess) return fail(e);
   Stream *legacy = &dev().legacy;
   if (kind == cudaMemcpyHostToDevice) {
-    /* from pageable memory CUDA returns once the source is staged, before
-     * the data lands: the copy is the legacy stream's, and work on a
-     * non-blocking stream may run before it */
-    std::vector<unsigned char> copy((const unsigned char *)src,
-                                    (const unsigned char *)src + count);
+    /* from pageable memory CUDA synchronizes the legacy stream, stages the
+     * source and returns before the data lands: the copy is the legacy
+     * stream's, and work on a non-blocking stream may run before it */
+    flush_legacy();
+    std::vector<unsigned char> copy((const unsigned char *)src, (const unsigned char *)src + count);
     return fail(enqueue(legacy, [dst, copy]() { memcpy(dst, copy.data(), copy.size()); }));
   }
   if (kind == cudaMemcpyDeviceToDevice) /* may return before it is done */
     return fail(enqueue(legacy, [dst, src, count]() { memmove(dst, src, count); }));
   flush_legacy(); /* to the host: returns once the data is there */
+  Access open(src, count);
   memmove(dst, src, count);
   return cudaSuccess;
 }
@@ -454,6 +567,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaM
       flush_legacy();
     else
       flush(s);
+    Access open(src, count);
     memcpy(dst, src, count);
     return cudaSuccess;
   }

@@ -57,6 +57,10 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
   Stream *s = stream_of(stream);
   if (!s) return fail(cudaErrorInvalidResourceHandle);
   if (s->cap) return fail(refuse_in_capture(s));
+  if (s->legacy) {
+    const cudaError_t e = check_legacy(true);
+    if (e != cudaSuccess) return fail(e);
+  }
   /* the device makes progress up to the first host function, which may be
    * waiting for the program that asks */
   make_progress();
@@ -89,6 +93,20 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureSta
   return cudaSuccess;
 }
 
+/* The status and the capture's id; the graph and its dependencies are not
+ * emulated. */
+cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream, enum cudaStreamCaptureStatus *status,
+                                     unsigned long long *id, cudaGraph_t *graph,
+                                     const cudaGraphNode_t **deps, const cudaGraphEdgeData **edges,
+                                     size_t *num_deps) {
+  LOCK;
+  if (graph || deps || edges || num_deps) return fail(cudaErrorNotSupported);
+  const cudaError_t e = cudaStreamIsCapturing(stream, status);
+  if (e != cudaSuccess) return e;
+  if (id && *status != cudaStreamCaptureStatusNone) *id = stream_of(stream)->cap->id;
+  return cudaSuccess;
+}
+
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode) {
   LOCK;
   Stream *s = stream_of(stream);
@@ -96,6 +114,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMo
   if (s->legacy) return fail(cudaErrorStreamCaptureUnsupported);
   if (s->cap) return fail(cudaErrorIllegalState);
   Capture *c = new Capture();
+  c->id = ++dev().captures_begun;
   c->origin = s;
   c->mode = mode;
   c->owner = std::this_thread::get_id();
@@ -116,10 +135,12 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
     c->invalid = true;
     return fail(cudaErrorStreamCaptureUnmatched);
   }
+  /* every stream forked into the capture must have been joined back */
+  const bool loose = !c->invalid && unjoined(c);
   forget_capture(c);
   *graph = nullptr;
-  cudaError_t e = cudaErrorStreamCaptureInvalidated;
-  if (!c->invalid) {
+  cudaError_t e = loose ? cudaErrorStreamCaptureUnjoined : cudaErrorStreamCaptureInvalidated;
+  if (!c->invalid && !loose) {
     Graph *g = new Graph();
     g->ops = std::move(c->ops);
     dev().graphs.insert(g);
@@ -159,9 +180,11 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 
-/* Work runs in enqueue order over all streams, so an event orders nothing
- * more than that; what it does matter for is capture: a stream that waits
- * for an event recorded into a capture joins the capture. */
+/* An event recorded on a stream marks its work so far, which a wait on
+ * another stream then runs first (enqueue_wait); one recorded into a
+ * capture marks the captured work its stream knows of, which a stream that
+ * waits for it then knows of too -- joining the capture if it was not in
+ * it (a fork), or joining its work back (a join). */
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   LOCK;
   Stream *s = stream_of(stream);
@@ -173,27 +196,52 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     if (err != cudaSuccess) return fail(err);
   }
   e->cap = s->cap;
+  e->clock = s->cap ? s->cap->knows[s] : Clock();
+  e->stale = false;
   e->s = s->cap ? nullptr : s;
   e->seq = dev().seq;
   return cudaSuccess;
 }
 
+static void merge(Clock &into, const Clock &from) {
+  for (const auto &kv : from)
+    if (into[kv.first] < kv.second) into[kv.first] = kv.second;
+}
+
+/* A wait never crosses a capture's boundary: a capturing stream may wait
+ * only for an event recorded into its own capture ("It is invalid to wait
+ * on a non-captured event from a stream which is being captured" without
+ * cudaEventWaitExternal, which is not emulated), another stream for one
+ * recorded into a capture under way only by joining it, and nobody for one
+ * recorded into a capture that has ended (its work is a graph's now). */
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
   LOCK;
-  (void)flags;
   Stream *s = stream_of(stream);
   Event *e = (Event *)event;
   if (!s || !dev().events.count(e)) return fail(cudaErrorInvalidResourceHandle);
-  if (e->cap && e->cap != s->cap) {
-    if (s->cap || s->legacy) return fail(cudaErrorStreamCaptureIsolation);
-    s->cap = e->cap;
-    e->cap->members.push_back(s);
+  if (flags)
+    return fail(flags == cudaEventWaitExternal ? cudaErrorNotSupported : cudaErrorInvalidValue);
+  if (s->cap && s->cap->invalid) return fail(cudaErrorStreamCaptureInvalidated);
+  if (s->legacy) {
+    const cudaError_t err = check_legacy(true);
+    if (err != cudaSuccess) return fail(err);
+  }
+  if (e->cap == s->cap && s->cap) { /* a join inside the capture */
+    merge(s->cap->knows[s], e->clock);
     return cudaSuccess;
   }
-  /* eager: in stream order; a capturing stream waiting for eager work
-   * has it done before any replay (the work was enqueued earlier) */
-  if (!s->cap) return fail(enqueue_wait(s, e));
-  return cudaSuccess;
+  if (e->cap && !s->cap && !s->legacy) { /* a fork: s joins the capture */
+    s->cap = e->cap;
+    e->cap->members.push_back(s);
+    merge(e->cap->knows[s], e->clock);
+    return cudaSuccess;
+  }
+  if (s->cap || e->cap) { /* across the boundary of a capture */
+    if (s->cap) s->cap->invalid = true;
+    return fail(cudaErrorStreamCaptureIsolation);
+  }
+  if (e->stale) return fail(cudaErrorCapturedEvent);
+  return fail(enqueue_wait(s, e)); /* eager: in stream order */
 }
 
 /* -------------------------------------------------------------- graphs */
