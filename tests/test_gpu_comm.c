@@ -396,6 +396,7 @@ static void graph_capture_case(const config *c) {
   OK(fo_dp_options_default(&o));
   o.bucket_bytes = c->bucket_bytes;
   o.reduce_in_f32 = c->reduce_in_f32;
+  o.shard_state = c->shard_state;
   OK(fo_optimizer_set_comm(dp.opt, comm, &o));
   cudaStream_t s;
   CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
@@ -424,13 +425,17 @@ static void graph_capture_case(const config *c) {
 
 /* The arena's in-place all-reduce, and scattered bf16 gradients packed,
  * widened to fp32, summed and unpacked: the pack table is in device memory
- * since attach, so the captured kernels replay alike. */
+ * since attach, so the captured kernels replay alike.  A sharded state's
+ * step (reduce-scatter, the norm's agreement, the parameters' all-gather)
+ * is captured whole too. */
 Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
   require_devices(1);
   config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
   graph_capture_case(&c);
   config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
   graph_capture_case(&x);
+  config z = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1};
+  graph_capture_case(&z);
 }
 
 /* Half the buckets reduced on a side stream forked from the step's (and
