@@ -170,7 +170,7 @@ uint64_t fo_cuda_capture_of(fo_stream_t stream) {
 #endif
   if (e != cudaSuccess) {
     fo_cuda_forget(e);
-    return UINT64_MAX;
+    return FO_CAPTURE_UNKNOWN;
   }
   return capture == cudaStreamCaptureStatusNone ? 0 : (uint64_t)id + 1;
 }

@@ -46,8 +46,8 @@ fo_status fo_cuda_check_stream(const char *func, fo_stream_t stream, int device)
  * captured. */
 int fo_cuda_stream_capturing(fo_stream_t stream);
 /* The capture sequence that work enqueued on stream now goes into: 0 when
- * none (the legacy default stream never), UINT64_MAX when the runtime
- * cannot say, else the capture's process-unique id plus one. */
+ * none (the legacy default stream never), FO_CAPTURE_UNKNOWN when the
+ * runtime cannot say, else the capture's process-unique id plus one. */
 uint64_t fo_cuda_capture_of(fo_stream_t stream);
 
 /* Zero-filled device memory (bytes may be 0), and its release. */

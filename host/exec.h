@@ -87,10 +87,13 @@ struct fo_exec_ops {
   fo_status (*record)(const char *fn, int device, void *event, fo_stream_t stream);
   fo_status (*wait)(const char *fn, int device, fo_stream_t stream, void *event);
   /* The CUDA graph capture that work on stream goes into: 0 for none (the
-   * CPU's always), else an id of that capture (a wait may not cross a
-   * capture's boundary: host/dp/buckets.c). */
+   * CPU's always), FO_CAPTURE_UNKNOWN when the runtime cannot say, else an
+   * id of that capture (a wait may not cross a capture's boundary:
+   * host/dp/buckets.c). */
   uint64_t (*capture_of)(fo_stream_t stream);
 };
+
+#define FO_CAPTURE_UNKNOWN UINT64_MAX
 
 /* The executors' tables; fo_exec_cuda_ops() is NULL in a build without
  * CUDA. */

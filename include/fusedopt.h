@@ -1064,12 +1064,13 @@ FO_API fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bu
  *  packed and unpacked around the collective, which the group defers).
  *  CUDA graphs: a captured step's buckets are reduced inside its capture
  *  (on the capturing stream, or on a stream forked from it by an event and
- *  joined back), an eager step's outside any capture; the step refuses a
- *  mix (FO_ERR_INVALID_STATE).  The library orders its own work between
- *  streams with events, but CUDA allows no wait across a capture's
- *  boundary: the caller orders a graph's replay after the eager step
- *  before it, and an eager step after the replay before it, as the
- *  parameters they both update require anyway.
+ *  joined back), an eager step's outside any capture; a reduction or step
+ *  that would mix them is refused (FO_ERR_INVALID_STATE, nothing
+ *  enqueued).  The library orders its own work between streams with
+ *  events, but CUDA allows no wait across a capture's boundary: the caller
+ *  orders a graph's replay after the eager step before it, and the next
+ *  eager step's work (its reductions included) after the replay, as the
+ *  gradients and parameters they share require anyway.
  *
  *  A reduction that fails leaves the gradients partly summed: the
  *  optimizer then refuses to step or reduce (FO_ERR_COMM) until
@@ -1077,8 +1078,10 @@ FO_API fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bu
  *  Statuses: FO_ERR_NULL_POINTER (opt is NULL); FO_ERR_INVALID_ARGUMENT
  *  (bucket outside [0, num_buckets); a bad stream, as for
  *  fo_optimizer_step); FO_ERR_INVALID_STATE (no communicator; the bucket
- *  was already reduced for this step; another thread is inside a call on
- *  opt; FO_EXEC_CUDA in a forked process); FO_ERR_COMM (the collective
+ *  was already reduced for this step; a bucket of this step was reduced
+ *  on the other side of a CUDA graph capture's boundary from stream;
+ *  another thread is inside a call on opt; FO_EXEC_CUDA in a forked
+ *  process); FO_ERR_COMM (the collective
  *  failed, or an earlier one did and the gradients are poisoned);
  *  FO_ERR_CUDA (the conversion or event work around the collective). */
 FO_API fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket, fo_stream_t stream);

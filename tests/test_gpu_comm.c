@@ -434,7 +434,7 @@ Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
   graph_capture_case(&c);
   config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
   graph_capture_case(&x);
-  config z = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1};
+  config z = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 1, 1};
   graph_capture_case(&z);
 }
 
@@ -466,6 +466,7 @@ static void side_stream_capture_case(const config *c) {
   OK(fo_dp_options_default(&o));
   o.bucket_bytes = c->bucket_bytes;
   o.reduce_in_f32 = c->reduce_in_f32;
+  o.shard_state = c->shard_state;
   OK(fo_optimizer_set_comm(dp.opt, comm, &o));
   int64_t nb = 0;
   OK(fo_optimizer_num_buckets(dp.opt, &nb));
@@ -516,11 +517,14 @@ Test(gpu_comm, one_rank_side_stream_buckets_eager_then_captured, .timeout = 120)
   side_stream_capture_case(&x);
   config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0};
   side_stream_capture_case(&a);
+  config z = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 1, 1}; /* sharded */
+  side_stream_capture_case(&z);
 }
 
-/* A bucket reduced eagerly, then the step captured: the graph would replay
- * the step without that reduction.  Refused before anything is enqueued,
- * the capture left intact; an eager step then reduces the rest. */
+/* A bucket reduced eagerly, then the rest and the step captured: the graph
+ * would replay the step without that reduction.  Each call refused before
+ * it enqueues anything, the capture left intact; an eager step then
+ * reduces the rest. */
 Test(gpu_comm, a_bucket_reduced_outside_the_steps_capture_is_refused, .timeout = 120) {
   require_devices(1);
   config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
@@ -539,8 +543,11 @@ Test(gpu_comm, a_bucket_reduced_outside_the_steps_capture_is_refused, .timeout =
   rig_grads(&ref, 0, 0);
   OK(fo_optimizer_reduce_bucket(dp.opt, 0, (fo_stream_t)s));
   CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  cr_assert_eq(fo_optimizer_reduce_bucket(dp.opt, 1, (fo_stream_t)s), FO_ERR_INVALID_STATE);
+  cr_assert_eq(fo_optimizer_reduce_grads(dp.opt, (fo_stream_t)s), FO_ERR_INVALID_STATE);
   cr_assert_eq(fo_optimizer_step(dp.opt, (fo_stream_t)s), FO_ERR_INVALID_STATE);
-  cr_assert(strstr(fo_last_error(), "outside the CUDA graph capture"), "%s", fo_last_error());
+  cr_assert(strstr(fo_last_error(), "the bucket reduced eagerly, the stream capturing"), "%s",
+            fo_last_error());
   cudaGraph_t graph;
   CK(cudaStreamEndCapture(s, &graph)); /* not invalidated */
   size_t nodes = 1;

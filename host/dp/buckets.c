@@ -349,21 +349,45 @@ fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, i
 
 /* ------------------------------------------------------------- reduce */
 
-/* The scratch is shared by the buckets: on CUDA, wait for the last bucket
- * that used it when that one ran on another stream. */
 /* The scratch buffer is the optimizer's one: a bucket packed on another
  * stream than the last one waits for it.  Not across the boundary of a
  * CUDA graph capture, where CUDA allows no wait (and a replay runs long
- * after the capture): a replay and the eager steps around it update the
- * same parameters, so the caller orders them already (docs/data-parallel.md,
- * "CUDA graphs"), and with them their use of the scratch. */
+ * after the capture): a replay and the eager work around it use the same
+ * gradients and parameters, so the caller orders them already
+ * (docs/data-parallel.md, "CUDA graphs"), and with them their use of the
+ * scratch.  When the runtime cannot tell, wait: an error beats a race. */
 static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
   const fo_dp *dp = opt->dp;
   const int64_t last = dp->last_packed;
-  if (last < 0 || dp->streams[last] == stream ||
-      dp->captures[last] != opt->exec->capture_of(stream))
-    return FO_SUCCESS;
+  if (last < 0 || dp->streams[last] == stream) return FO_SUCCESS;
+  const uint64_t here = opt->exec->capture_of(stream), then = dp->captures[last];
+  if (here != then && here != FO_CAPTURE_UNKNOWN && then != FO_CAPTURE_UNKNOWN) return FO_SUCCESS;
   return opt->exec->wait(fn, opt->options.device, stream, dp->events[last]);
+}
+
+/* A step's reductions and the step itself are all in one CUDA graph
+ * capture or all eager: a captured step would replay without a sum
+ * reduced outside it, an eager step wait for one that only a replay runs.
+ * Checked by every call that reduces or steps, before it enqueues. */
+static fo_status check_same_capture(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
+  const fo_dp *dp = opt->dp;
+  const uint64_t here = opt->exec->capture_of(stream);
+  if (here == FO_CAPTURE_UNKNOWN)
+    return fo_fail(FO_ERR_CUDA, fn, "cannot tell whether stream %p is being captured",
+                   (void *)stream);
+  for (int64_t b = 0; b < dp->num_buckets; b++) {
+    if (!dp->reduced[b] || dp->captures[b] == here) continue;
+    const char *how = "in two different captures";
+    if (!dp->captures[b]) how = "the bucket reduced eagerly, the stream capturing";
+    if (!here) how = "the bucket reduced in a capture, the stream not capturing";
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "bucket %lld of this step and stream %p are on two sides of a CUDA graph "
+                   "capture's boundary (%s): a step's reductions and the step are all "
+                   "captured in one capture (on its stream or streams forked from it) or all "
+                   "eager (fo_optimizer_zero_grad forgets the reductions)",
+                   (long long)b, (void *)stream, how);
+  }
+  return FO_SUCCESS;
 }
 
 /* Pack (unpack = 0) or unpack the bucket's segments: one launch. */
@@ -466,7 +490,8 @@ static fo_status check_reduce(const char *fn, const fo_optimizer *opt, fo_stream
                    "the optimizer has no communicator (fo_optimizer_set_comm)");
   st = fo_exec_check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
-  return opt->grads_poisoned ? refuse_poisoned(fn) : FO_SUCCESS;
+  if (opt->grads_poisoned) return refuse_poisoned(fn);
+  return check_same_capture(fn, opt, stream);
 }
 
 static fo_status reduce_bucket_claimed(const char *fn, fo_optimizer *opt, int64_t bucket,
@@ -503,26 +528,6 @@ fo_status fo_optimizer_reduce_grads(fo_optimizer *opt, fo_stream_t stream) {
 }
 
 /* ----------------------------------------------------------- step hooks */
-
-/* A bucket reduced this step on the other side of a capture's boundary
- * from the step: a captured step would replay without that reduction, or
- * an eager step wait for one that only a replay runs. */
-static fo_status check_same_capture(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
-  const fo_dp *dp = opt->dp;
-  const uint64_t here = opt->exec->capture_of(stream);
-  for (int64_t b = 0; b < dp->num_buckets; b++) {
-    if (!dp->reduced[b] || dp->captures[b] == here) continue;
-    const char *where = "in another CUDA graph capture than this step's";
-    if (!dp->captures[b]) where = "outside the CUDA graph capture this step is in";
-    if (!here) where = "inside a CUDA graph capture and this step is not captured";
-    return fo_fail(FO_ERR_INVALID_STATE, fn,
-                   "bucket %lld was reduced %s: a captured step's buckets are reduced in its "
-                   "capture (on its stream or one forked from it), an eager step's outside any "
-                   "(fo_optimizer_zero_grad forgets the reductions)",
-                   (long long)b, where);
-  }
-  return FO_SUCCESS;
-}
 
 fo_status fo_dp_reduce_for_step(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
   if (opt->grads_poisoned) return refuse_poisoned(fn);

@@ -116,6 +116,14 @@ struct Access {
   Access(const Access &) = delete;
   Access &operator=(const Access &) = delete;
 };
+/* Device memory closed again while one lives (a host function runs). */
+struct Hidden {
+  Hidden();
+  ~Hidden();
+  Hidden(const Hidden &) = delete;
+  Hidden &operator=(const Hidden &) = delete;
+  int was_open;
+};
 /* The bytes an allocation of bytes maps: whole pages. */
 size_t mapped_bytes(size_t bytes);
 

@@ -137,6 +137,16 @@ Access::Access(const void *p, size_t n) : single(true) {
   protect(lo, hi, PROT_READ | PROT_WRITE);
 }
 
+Hidden::Hidden() : was_open(dev().open) {
+  dev().open = 0;
+  if (was_open) set_access(PROT_NONE);
+}
+
+Hidden::~Hidden() {
+  if (was_open) set_access(PROT_READ | PROT_WRITE);
+  dev().open = was_open;
+}
+
 Access::~Access() {
   if (single && lo < hi) protect(lo, hi, PROT_NONE);
   if (!single && --dev().open == 0) set_access(PROT_NONE);
@@ -185,7 +195,12 @@ void run_stream(Stream *s, uint64_t limit) {
     Queued op = std::move(*it);
     q.erase(it);
     s->pending--;
-    if (op.fn) op.fn();
+    if (op.fn && op.host) {
+      Hidden closed; /* a host function is host code */
+      op.fn();
+    } else if (op.fn) {
+      op.fn();
+    }
   }
 }
 

@@ -94,11 +94,19 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureSta
 }
 
 /* The status and the capture's id; the graph and its dependencies are not
- * emulated. */
+ * emulated.  CUDA 12's form (cudaStreamGetCaptureInfo_v2 under the
+ * header's macro) has no edge data. */
+#if CUDART_VERSION >= 13000
 cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream, enum cudaStreamCaptureStatus *status,
                                      unsigned long long *id, cudaGraph_t *graph,
                                      const cudaGraphNode_t **deps, const cudaGraphEdgeData **edges,
                                      size_t *num_deps) {
+#else
+cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream, enum cudaStreamCaptureStatus *status,
+                                     unsigned long long *id, cudaGraph_t *graph,
+                                     const cudaGraphNode_t **deps, size_t *num_deps) {
+  const void *edges = nullptr;
+#endif
   LOCK;
   if (graph || deps || edges || num_deps) return fail(cudaErrorNotSupported);
   const cudaError_t e = cudaStreamIsCapturing(stream, status);
