@@ -185,6 +185,33 @@ static fo_comm *one_rank_comm(int device) {
   return c;
 }
 
+/* The communicator options of config c. */
+static fo_dp_options dp_options(const config *c) {
+  fo_dp_options o;
+  OK(fo_dp_options_default(&o));
+  o.bucket_bytes = c->bucket_bytes;
+  o.reduce_in_f32 = c->reduce_in_f32;
+  o.shard_state = c->shard_state;
+  return o;
+}
+
+/* Two rigs of config c, a one-rank communicator attached to dp; ref steps
+ * without one. */
+static fo_comm *pair_make(rig *dp, rig *ref, const config *c) {
+  rig_make(dp, c, 0);
+  rig_make(ref, c, 0);
+  fo_comm *comm = one_rank_comm(0);
+  const fo_dp_options o = dp_options(c);
+  OK(fo_optimizer_set_comm(dp->opt, comm, &o));
+  return comm;
+}
+
+static void pair_free(rig *dp, rig *ref, fo_comm *comm) {
+  rig_free(dp);
+  OK(fo_comm_destroy(comm));
+  rig_free(ref);
+}
+
 /* K steps with and without a one-rank communicator: bit-identical.
  * side_stream: buckets reduced on another stream, last first. */
 static void one_rank_case(const config *c, int side_stream) {
@@ -192,11 +219,7 @@ static void one_rank_case(const config *c, int side_stream) {
   rig_make(&dp, c, 0);
   rig_make(&ref, c, 0);
   fo_comm *comm = one_rank_comm(0);
-  fo_dp_options o;
-  OK(fo_dp_options_default(&o));
-  o.bucket_bytes = c->bucket_bytes;
-  o.reduce_in_f32 = c->reduce_in_f32;
-  o.shard_state = c->shard_state;
+  const fo_dp_options o = dp_options(c);
   cudaStream_t step_stream, comm_stream;
   CK(cudaStreamCreateWithFlags(&step_stream, cudaStreamNonBlocking));
   CK(cudaStreamCreateWithFlags(&comm_stream, cudaStreamNonBlocking));
@@ -226,9 +249,7 @@ static void one_rank_case(const config *c, int side_stream) {
   }
   CK(cudaStreamDestroy(step_stream));
   CK(cudaStreamDestroy(comm_stream));
-  rig_free(&dp);
-  OK(fo_comm_destroy(comm));
-  rig_free(&ref);
+  pair_free(&dp, &ref, comm);
 }
 
 Test(gpu_comm, one_rank_arena_in_place, .timeout = 120) {
@@ -389,15 +410,7 @@ Test(gpu_comm, one_rank_sharded_state, .timeout = 120) {
 /* A step captured with its all-reduce replays like eager steps. */
 static void graph_capture_case(const config *c) {
   rig dp, ref;
-  rig_make(&dp, c, 0);
-  rig_make(&ref, c, 0);
-  fo_comm *comm = one_rank_comm(0);
-  fo_dp_options o;
-  OK(fo_dp_options_default(&o));
-  o.bucket_bytes = c->bucket_bytes;
-  o.reduce_in_f32 = c->reduce_in_f32;
-  o.shard_state = c->shard_state;
-  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
+  fo_comm *comm = pair_make(&dp, &ref, c);
   cudaStream_t s;
   CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   cudaGraph_t graph;
@@ -418,9 +431,7 @@ static void graph_capture_case(const config *c) {
   CK(cudaGraphExecDestroy(exec));
   CK(cudaGraphDestroy(graph));
   CK(cudaStreamDestroy(s));
-  rig_free(&dp);
-  OK(fo_comm_destroy(comm));
-  rig_free(&ref);
+  pair_free(&dp, &ref, comm);
 }
 
 /* The arena's in-place all-reduce, and scattered bf16 gradients packed,
@@ -459,15 +470,7 @@ static void fork_reduce_step(rig *r, int64_t nb, cudaStream_t step, cudaStream_t
  * optimizer stepping eagerly. */
 static void side_stream_capture_case(const config *c) {
   rig dp, ref;
-  rig_make(&dp, c, 0);
-  rig_make(&ref, c, 0);
-  fo_comm *comm = one_rank_comm(0);
-  fo_dp_options o;
-  OK(fo_dp_options_default(&o));
-  o.bucket_bytes = c->bucket_bytes;
-  o.reduce_in_f32 = c->reduce_in_f32;
-  o.shard_state = c->shard_state;
-  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
+  fo_comm *comm = pair_make(&dp, &ref, c);
   int64_t nb = 0;
   OK(fo_optimizer_num_buckets(dp.opt, &nb));
   cr_assert_gt(nb, 1);
@@ -506,9 +509,7 @@ static void side_stream_capture_case(const config *c) {
   CK(cudaEventDestroy(join));
   CK(cudaStreamDestroy(step));
   CK(cudaStreamDestroy(side));
-  rig_free(&dp);
-  OK(fo_comm_destroy(comm));
-  rig_free(&ref);
+  pair_free(&dp, &ref, comm);
 }
 
 Test(gpu_comm, one_rank_side_stream_buckets_eager_then_captured, .timeout = 120) {
@@ -529,14 +530,7 @@ Test(gpu_comm, a_bucket_reduced_outside_the_steps_capture_is_refused, .timeout =
   require_devices(1);
   config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
   rig dp, ref;
-  rig_make(&dp, &c, 0);
-  rig_make(&ref, &c, 0);
-  fo_comm *comm = one_rank_comm(0);
-  fo_dp_options o;
-  OK(fo_dp_options_default(&o));
-  o.bucket_bytes = c.bucket_bytes;
-  o.reduce_in_f32 = 1;
-  OK(fo_optimizer_set_comm(dp.opt, comm, &o));
+  fo_comm *comm = pair_make(&dp, &ref, &c);
   cudaStream_t s;
   CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   rig_grads(&dp, 0, 0);
@@ -559,9 +553,7 @@ Test(gpu_comm, a_bucket_reduced_outside_the_steps_capture_is_refused, .timeout =
   OK(fo_optimizer_step(ref.opt, (fo_stream_t)s));
   expect_same_params(&dp, &ref, "the eager step after the refusal");
   CK(cudaStreamDestroy(s));
-  rig_free(&dp);
-  OK(fo_comm_destroy(comm));
-  rig_free(&ref);
+  pair_free(&dp, &ref, comm);
 }
 
 Test(gpu_comm, wrap_and_kinds, .timeout = 60) {
