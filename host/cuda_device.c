@@ -148,18 +148,11 @@ fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
 }
 
 int fo_cuda_stream_capturing(fo_stream_t stream) {
-  if (!stream) return 0; /* the legacy default stream cannot be captured */
-  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &capture);
-  if (e != cudaSuccess) {
-    fo_cuda_forget(e);
-    return 1; /* cannot tell: assume the worst */
-  }
-  return capture != cudaStreamCaptureStatusNone;
+  return fo_cuda_capture_of(stream) != 0; /* cannot tell: assume the worst */
 }
 
 uint64_t fo_cuda_capture_of(fo_stream_t stream) {
-  if (!stream) return 0;
+  if (!stream) return 0; /* the legacy default stream cannot be captured */
   enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   unsigned long long id = 0;
 #if CUDART_VERSION >= 13000

@@ -260,15 +260,17 @@ void forget_capture(Capture *c) {
   d.captures.erase(c);
 }
 
+/* How many of stream of's captured operations stream who knows of. */
+static uint64_t known(const Capture *c, const Stream *who, const Stream *of) {
+  auto clock = c->knows.find(who);
+  if (clock == c->knows.end()) return 0;
+  auto n = clock->second.find(of);
+  return n == clock->second.end() ? 0 : n->second;
+}
+
 bool unjoined(const Capture *c) {
-  auto mine = c->knows.find(c->origin);
-  for (const Stream *m : c->members) {
-    if (m == c->origin) continue;
-    auto own = c->knows.find(m);
-    const uint64_t done = own == c->knows.end() || !own->second.count(m) ? 0 : own->second.at(m);
-    const uint64_t seen = mine == c->knows.end() || !mine->second.count(m) ? 0 : mine->second.at(m);
-    if (done > seen) return true;
-  }
+  for (const Stream *m : c->members)
+    if (m != c->origin && known(c, m, m) > known(c, c->origin, m)) return true;
   return false;
 }
 
