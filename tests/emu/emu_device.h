@@ -40,12 +40,22 @@ struct Stream {
  * events it has waited for, transitively). */
 typedef std::map<const Stream *, uint64_t> Clock;
 
+/* A captured operation: a graph's node.  Its dependencies are what its
+ * stream knew when it was captured (after: every operation of each member
+ * stream below that count), its own stream's earlier operations among them. */
+struct Node {
+  Work fn;
+  bool host = false; /* cudaLaunchHostFunc's */
+  const Stream *s = nullptr;
+  Clock after;
+};
+
 struct Capture {
   uint64_t id = 0; /* unique over the process, as cudaStreamGetCaptureInfo's */
   Stream *origin = nullptr;
   cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
   std::thread::id owner;
-  std::vector<Work> ops;
+  std::vector<Node> ops; /* in capture order */
   std::vector<Stream *> members;
   std::map<const Stream *, Clock> knows; /* per member */
   bool invalid = false;
@@ -59,9 +69,10 @@ struct Event {
   uint64_t seq = 0;       /* ... after its operations up to seq */
 };
 
-/* A captured graph and an instantiated one: both a list of work. */
+/* A captured graph and an instantiated one: both their nodes in the order
+ * a launch runs them (replay_order). */
 struct Graph {
-  std::vector<Work> ops;
+  std::vector<Node> ops;
 };
 
 /* An operation in the queue.  A wait for an event is one too: it holds
@@ -146,6 +157,11 @@ void forget_capture(Capture *c);
 /* Whether a stream of capture c other than its origin has captured work
  * the origin has not waited for (cudaErrorStreamCaptureUnjoined). */
 bool unjoined(const Capture *c);
+/* Capture c's nodes in the order a launch of its graph runs them: each after
+ * its dependencies, and otherwise the one captured last first -- a legal
+ * order that a missing wait between two captured streams cannot survive,
+ * where capture order would hide it (as flush_all for eager work). */
+std::vector<Node> replay_order(std::vector<Node> ops);
 
 /* Enqueue fn on s, or add it to s's capture; a wait of s for event e. */
 cudaError_t enqueue(Stream *s, Work fn, bool host = false);

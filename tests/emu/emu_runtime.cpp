@@ -19,7 +19,8 @@
  *     to the host waits for its stream, as CUDA's do;
  *   - graph capture: work enqueued on a capturing stream goes into the graph
  *     instead, streams join a capture through events, a replay enqueues the
- *     graph's work again; the calls a capture forbids (an allocation, a
+ *     graph's nodes again in an order their dependencies allow, the last
+ *     captured first (replay_order); the calls a capture forbids (an allocation, a
  *     free, a blocking copy, a synchronize, cudaStreamGetDevice or a query
  *     of the capturing stream, work on the legacy stream beside a blocking
  *     capturing stream, a wait for an event across the capture's boundary)
@@ -274,6 +275,32 @@ bool unjoined(const Capture *c) {
   return false;
 }
 
+/* Each stream's nodes run in its order, so the candidates are each stream's
+ * next node; a candidate is ready when every stream has run as many nodes
+ * as it must have run before it.  The first node in capture order not yet
+ * run is always ready (its dependencies were all captured before it). */
+std::vector<Node> replay_order(std::vector<Node> ops) {
+  std::map<const Stream *, std::vector<size_t>> of; /* per stream, in its order */
+  for (size_t i = 0; i < ops.size(); i++) of[ops[i].s].push_back(i);
+  std::map<const Stream *, uint64_t> ran;
+  std::vector<Node> order;
+  while (order.size() < ops.size()) {
+    size_t pick = ops.size();
+    for (const auto &stream : of) {
+      const uint64_t next = ran[stream.first];
+      if (next == stream.second.size()) continue;
+      const size_t i = stream.second[next];
+      bool ready = true;
+      for (const auto &need : ops[i].after)
+        if (ran[need.first] < need.second) ready = false;
+      if (ready && (pick == ops.size() || i > pick)) pick = i;
+    }
+    ran[ops[pick].s]++;
+    order.push_back(std::move(ops[pick]));
+  }
+  return order;
+}
+
 /* A call a capture forbids: cudaErrorStreamCaptureUnsupported, and the
  * captures it concerns are invalidated.  A thread in the default mode
  * (global) may not make it while it captures in global or thread-local
@@ -315,7 +342,12 @@ cudaError_t refuse_in_capture(Stream *s) {
 cudaError_t enqueue(Stream *s, Work fn, bool host) {
   if (s->cap) {
     if (s->cap->invalid) return cudaErrorStreamCaptureInvalidated;
-    s->cap->ops.push_back(std::move(fn));
+    Node n;
+    n.fn = std::move(fn);
+    n.host = host;
+    n.s = s;
+    n.after = s->cap->knows[s]; /* its own earlier operations included */
+    s->cap->ops.push_back(std::move(n));
     s->cap->knows[s][s]++;
     return cudaSuccess;
   }

@@ -150,7 +150,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
   cudaError_t e = loose ? cudaErrorStreamCaptureUnjoined : cudaErrorStreamCaptureInvalidated;
   if (!c->invalid && !loose) {
     Graph *g = new Graph();
-    g->ops = std::move(c->ops);
+    g->ops = replay_order(std::move(c->ops));
     dev().graphs.insert(g);
     *graph = (cudaGraph_t)g;
     e = cudaSuccess;
@@ -281,8 +281,8 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   Graph *x = (Graph *)exec;
   if (!s) return fail(cudaErrorInvalidResourceHandle);
   if (!dev().graphs.count(x)) return fail(cudaErrorInvalidValue);
-  for (const Work &w : x->ops) {
-    const cudaError_t e = enqueue(s, w);
+  for (const Node &n : x->ops) {
+    const cudaError_t e = enqueue(s, n.fn, n.host);
     if (e != cudaSuccess) return fail(e);
   }
   return cudaSuccess;

@@ -1,0 +1,176 @@
+/*
+ * test_emu_runtime.c -- the emulated device's own rules (docs/design.md,
+ * "The emulated device"): the GPU tier on it is only as strict as these.
+ * Each case builds the mistake the rule is there to expose -- a missing
+ * wait between streams, eager or inside a graph, a capture left unjoined,
+ * a wait across a capture's boundary, a host read of device memory -- and
+ * checks that it shows, beside the correct program, which must not.
+ */
+#include <criterion/criterion.h>
+#include <cuda_runtime_api.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BYTES 256
+#define OLD 0x11
+#define NEW 0x22
+
+#define CHECK(call) cr_assert_eq((call), cudaSuccess, "%s", #call)
+
+/* Two device buffers (b holds OLD, c zero) and two non-blocking streams. */
+typedef struct {
+  unsigned char *b, *c;
+  cudaStream_t main, side;
+} rig;
+
+static rig rig_make(void) {
+  rig r;
+  CHECK(cudaMalloc((void **)&r.b, BYTES));
+  CHECK(cudaMalloc((void **)&r.c, BYTES));
+  CHECK(cudaStreamCreateWithFlags(&r.main, cudaStreamNonBlocking));
+  CHECK(cudaStreamCreateWithFlags(&r.side, cudaStreamNonBlocking));
+  CHECK(cudaMemset(r.b, OLD, BYTES));
+  CHECK(cudaMemset(r.c, 0, BYTES));
+  CHECK(cudaDeviceSynchronize());
+  return r;
+}
+
+static void rig_free(rig *r) {
+  CHECK(cudaStreamDestroy(r->main));
+  CHECK(cudaStreamDestroy(r->side));
+  CHECK(cudaFree(r->b));
+  CHECK(cudaFree(r->c));
+}
+
+/* Every byte of c, read back after the device has finished. */
+static void expect_c(const rig *r, int value) {
+  unsigned char host[BYTES];
+  memset(host, 0xa5, sizeof host);
+  CHECK(cudaMemcpy(host, r->c, BYTES, cudaMemcpyDeviceToHost));
+  for (int i = 0; i < BYTES; i++)
+    cr_assert_eq(host[i], value, "c[%d] = %#x, not %#x", i, host[i], value);
+}
+
+/* main writes NEW into b; side copies b into c, after waiting for main's
+ * write when wait is set.  The events order side after main's earlier work
+ * in both cases. */
+static void write_then_copy(rig *r, int wait, cudaEvent_t before, cudaEvent_t written) {
+  CHECK(cudaEventRecord(before, r->main));
+  CHECK(cudaStreamWaitEvent(r->side, before, 0));
+  CHECK(cudaMemsetAsync(r->b, NEW, BYTES, r->main));
+  if (wait) {
+    CHECK(cudaEventRecord(written, r->main));
+    CHECK(cudaStreamWaitEvent(r->side, written, 0));
+  }
+  CHECK(cudaMemcpyAsync(r->c, r->b, BYTES, cudaMemcpyDeviceToDevice, r->side));
+}
+
+static void eager_case(int wait) {
+  rig r = rig_make();
+  cudaEvent_t before, written;
+  CHECK(cudaEventCreateWithFlags(&before, cudaEventDisableTiming));
+  CHECK(cudaEventCreateWithFlags(&written, cudaEventDisableTiming));
+  write_then_copy(&r, wait, before, written);
+  CHECK(cudaDeviceSynchronize());
+  expect_c(&r, wait ? NEW : OLD);
+  CHECK(cudaEventDestroy(before));
+  CHECK(cudaEventDestroy(written));
+  rig_free(&r);
+}
+
+Test(emu_streams, a_missing_wait_between_eager_streams_shows) {
+  eager_case(0);
+}
+
+Test(emu_streams, the_wait_orders_eager_streams) {
+  eager_case(1);
+}
+
+/* The same program captured (side forked from main and joined back), then
+ * replayed once. */
+static void graph_case(int wait) {
+  rig r = rig_make();
+  cudaEvent_t before, written, joined;
+  CHECK(cudaEventCreateWithFlags(&before, cudaEventDisableTiming));
+  CHECK(cudaEventCreateWithFlags(&written, cudaEventDisableTiming));
+  CHECK(cudaEventCreateWithFlags(&joined, cudaEventDisableTiming));
+  CHECK(cudaStreamBeginCapture(r.main, cudaStreamCaptureModeGlobal));
+  write_then_copy(&r, wait, before, written);
+  CHECK(cudaEventRecord(joined, r.side));
+  CHECK(cudaStreamWaitEvent(r.main, joined, 0));
+  cudaGraph_t graph;
+  CHECK(cudaStreamEndCapture(r.main, &graph));
+  size_t nodes = 0;
+  CHECK(cudaGraphGetNodes(graph, NULL, &nodes));
+  cr_assert_eq(nodes, 2, "the write and the copy: %zu nodes", nodes);
+  expect_c(&r, 0); /* captured, not run */
+
+  cudaGraphExec_t exec;
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  CHECK(cudaGraphLaunch(exec, r.main));
+  CHECK(cudaStreamSynchronize(r.main));
+  expect_c(&r, wait ? NEW : OLD);
+
+  CHECK(cudaGraphExecDestroy(exec));
+  CHECK(cudaGraphDestroy(graph));
+  CHECK(cudaEventDestroy(before));
+  CHECK(cudaEventDestroy(written));
+  CHECK(cudaEventDestroy(joined));
+  rig_free(&r);
+}
+
+/* Capture order would run main's write first and hide the missing wait. */
+Test(emu_graphs, a_missing_wait_inside_a_capture_shows_on_replay) {
+  graph_case(0);
+}
+
+Test(emu_graphs, the_wait_orders_a_replay) {
+  graph_case(1);
+}
+
+Test(emu_graphs, a_fork_not_joined_back_is_refused) {
+  rig r = rig_make();
+  cudaEvent_t fork;
+  CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  CHECK(cudaStreamBeginCapture(r.main, cudaStreamCaptureModeGlobal));
+  CHECK(cudaEventRecord(fork, r.main));
+  CHECK(cudaStreamWaitEvent(r.side, fork, 0));
+  CHECK(cudaMemsetAsync(r.c, NEW, BYTES, r.side));
+  cudaGraph_t graph = (cudaGraph_t)&r; /* poison: must come back NULL */
+  cr_assert_eq(cudaStreamEndCapture(r.main, &graph), cudaErrorStreamCaptureUnjoined);
+  cr_assert_null(graph);
+  cr_assert_eq(cudaGetLastError(), cudaErrorStreamCaptureUnjoined);
+  CHECK(cudaDeviceSynchronize());
+  expect_c(&r, 0); /* the side stream's captured work never ran */
+  CHECK(cudaEventDestroy(fork));
+  rig_free(&r);
+}
+
+Test(emu_graphs, a_wait_across_a_captures_boundary_is_refused) {
+  rig r = rig_make();
+  cudaEvent_t outside;
+  CHECK(cudaEventCreateWithFlags(&outside, cudaEventDisableTiming));
+  CHECK(cudaEventRecord(outside, r.side));
+  CHECK(cudaStreamBeginCapture(r.main, cudaStreamCaptureModeGlobal));
+  cr_assert_eq(cudaStreamWaitEvent(r.main, outside, 0), cudaErrorStreamCaptureIsolation);
+  /* the capture is invalidated: later work is refused, and so is its end */
+  cr_assert_eq(cudaMemsetAsync(r.c, NEW, BYTES, r.main), cudaErrorStreamCaptureInvalidated);
+  cudaGraph_t graph;
+  cr_assert_eq(cudaStreamEndCapture(r.main, &graph), cudaErrorStreamCaptureInvalidated);
+  cr_assert_null(graph);
+  (void)cudaGetLastError();
+  CHECK(cudaEventDestroy(outside));
+  rig_free(&r);
+}
+
+/* On a device the host cannot dereference device memory; here it faults
+ * too (the test's environment turns ASan's SEGV handler off). */
+Test(emu_memory, a_host_read_of_device_memory_faults, .signal = SIGSEGV) {
+  unsigned char *p;
+  CHECK(cudaMalloc((void **)&p, BYTES));
+  CHECK(cudaMemset(p, NEW, BYTES));
+  CHECK(cudaDeviceSynchronize());
+  volatile unsigned char v = *(volatile unsigned char *)p;
+  cr_log_error("read %#x from device memory on the host", v);
+}
