@@ -356,11 +356,12 @@ fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, i
  * gradients and parameters, so the caller orders them already
  * (docs/data-parallel.md, "CUDA graphs"), and with them their use of the
  * scratch.  When the runtime cannot tell, wait: an error beats a race. */
-static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
+static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_stream_t stream,
+                               uint64_t here) {
   const fo_dp *dp = opt->dp;
   const int64_t last = dp->last_packed;
   if (last < 0 || dp->streams[last] == stream) return FO_SUCCESS;
-  const uint64_t here = opt->exec->capture_of(stream), then = dp->captures[last];
+  const uint64_t then = dp->captures[last];
   if (here != then && here != FO_CAPTURE_UNKNOWN && then != FO_CAPTURE_UNKNOWN) return FO_SUCCESS;
   return opt->exec->wait(fn, opt->options.device, stream, dp->events[last]);
 }
@@ -368,10 +369,14 @@ static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_strea
 /* A step's reductions and the step itself are all in one CUDA graph
  * capture or all eager: a captured step would replay without a sum
  * reduced outside it, an eager step wait for one that only a replay runs.
- * Checked by every call that reduces or steps, before it enqueues. */
-static fo_status check_same_capture(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
+ * Checked by every call that reduces or steps, before it enqueues; the
+ * capture it finds the stream in (0: none) is the one the call's work goes
+ * into, so the call asks the runtime once. */
+static fo_status check_same_capture(const char *fn, const fo_optimizer *opt, fo_stream_t stream,
+                                    uint64_t *capture) {
   const fo_dp *dp = opt->dp;
   const uint64_t here = opt->exec->capture_of(stream);
+  *capture = here;
   if (here == FO_CAPTURE_UNKNOWN)
     return fo_fail(FO_ERR_CUDA, fn, "cannot tell whether stream %p is being captured",
                    (void *)stream);
@@ -401,11 +406,12 @@ static fo_status pack(const char *fn, const fo_optimizer *opt, const fo_dp_bucke
 /* Pack the bucket into the scratch buffer, sum it with one collective,
  * unpack: copies of 2 x count x (grad size + wire size) bytes that a sum in
  * place would not make, for one collective instead of one per segment. */
-static fo_status reduce_packed(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream) {
+static fo_status reduce_packed(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream,
+                               uint64_t capture) {
   fo_dp *dp = opt->dp;
   const fo_dp_bucket *b = &dp->buckets[bi];
   fo_status st = FO_SUCCESS;
-  FO_TRY(claim_scratch(fn, opt, stream));
+  FO_TRY(claim_scratch(fn, opt, stream, capture));
   FO_TRY(pack(fn, opt, b, 0, stream));
   FO_TRY(fo_comm_sum(fn, dp->comm, dp->scratch, b->packed, dp->wire, stream));
   FO_TRY(pack(fn, opt, b, 1, stream));
@@ -424,7 +430,8 @@ static fo_status reduce_in_place(const char *fn, fo_optimizer *opt, const fo_dp_
 /* A sharded state: reduce-scatter the bucket along the shard boundaries
  * (arena storage: one segment), in place or through the fp32 scratch, of
  * which only this rank's part is unpacked. */
-static fo_status reduce_sharded(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream) {
+static fo_status reduce_sharded(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream,
+                                uint64_t capture) {
   fo_dp *dp = opt->dp;
   const fo_dp_segment *seg = &dp->segs[dp->buckets[bi].first_seg];
   size_t gs = grad_size(opt);
@@ -432,7 +439,7 @@ static fo_status reduce_sharded(const char *fn, fo_optimizer *opt, int64_t bi, f
   if (!packed(opt, dp, &dp->buckets[bi]))
     return fo_shard_reduce(fn, opt, seg->grad, at, seg->count, dp->wire, dp->counts, stream);
   fo_status st = FO_SUCCESS;
-  FO_TRY(claim_scratch(fn, opt, stream));
+  FO_TRY(claim_scratch(fn, opt, stream, capture));
   FO_TRY(pack(fn, opt, &dp->buckets[bi], 0, stream));
   FO_TRY(fo_shard_reduce(fn, opt, dp->scratch, at, seg->count, dp->wire, dp->counts, stream));
   int64_t lo, hi;
@@ -447,13 +454,15 @@ done:
   return st;
 }
 
-static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream) {
+/* capture: check_same_capture's answer for stream. */
+static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi, fo_stream_t stream,
+                               uint64_t capture) {
   fo_dp *dp = opt->dp;
   const fo_dp_bucket *b = &dp->buckets[bi];
   fo_status st = fo_comm_check_async(fn, dp->comm);
   if (st == FO_SUCCESS && b->count > 0)
-    st = opt->shard.on        ? reduce_sharded(fn, opt, bi, stream)
-         : packed(opt, dp, b) ? reduce_packed(fn, opt, bi, stream)
+    st = opt->shard.on        ? reduce_sharded(fn, opt, bi, stream, capture)
+         : packed(opt, dp, b) ? reduce_packed(fn, opt, bi, stream, capture)
                               : reduce_in_place(fn, opt, b, stream);
   if (st == FO_SUCCESS) st = opt->exec->record(fn, opt->options.device, dp->events[bi], stream);
   if (st != FO_SUCCESS) {
@@ -461,15 +470,16 @@ static fo_status reduce_bucket(const char *fn, fo_optimizer *opt, int64_t bi, fo
     return st;
   }
   dp->streams[bi] = stream;
-  dp->captures[bi] = opt->exec->capture_of(stream);
+  dp->captures[bi] = capture;
   dp->reduced[bi] = 1;
   return FO_SUCCESS;
 }
 
-static fo_status reduce_remaining(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
+static fo_status reduce_remaining(const char *fn, fo_optimizer *opt, fo_stream_t stream,
+                                  uint64_t capture) {
   for (int64_t b = 0; b < opt->dp->num_buckets; b++) {
     if (opt->dp->reduced[b]) continue;
-    fo_status st = reduce_bucket(fn, opt, b, stream);
+    fo_status st = reduce_bucket(fn, opt, b, stream, capture);
     if (st != FO_SUCCESS) return st;
   }
   return FO_SUCCESS;
@@ -481,8 +491,10 @@ static fo_status refuse_poisoned(const char *fn) {
                  "summed; zero them (fo_optimizer_zero_grad), recompute them and try again");
 }
 
-/* The arguments every reduce call shares (opt not NULL, claimed). */
-static fo_status check_reduce(const char *fn, const fo_optimizer *opt, fo_stream_t stream) {
+/* The arguments every reduce call shares (opt not NULL, claimed); the
+ * capture stream's work goes into (check_same_capture). */
+static fo_status check_reduce(const char *fn, const fo_optimizer *opt, fo_stream_t stream,
+                              uint64_t *capture) {
   fo_status st = fo_check_process(fn, opt, 0);
   if (st != FO_SUCCESS) return st;
   if (!opt->dp)
@@ -491,12 +503,13 @@ static fo_status check_reduce(const char *fn, const fo_optimizer *opt, fo_stream
   st = fo_exec_check_stream(fn, opt, stream);
   if (st != FO_SUCCESS) return st;
   if (opt->grads_poisoned) return refuse_poisoned(fn);
-  return check_same_capture(fn, opt, stream);
+  return check_same_capture(fn, opt, stream, capture);
 }
 
 static fo_status reduce_bucket_claimed(const char *fn, fo_optimizer *opt, int64_t bucket,
                                        fo_stream_t stream) {
-  fo_status st = check_reduce(fn, opt, stream);
+  uint64_t capture;
+  fo_status st = check_reduce(fn, opt, stream, &capture);
   if (st == FO_SUCCESS) st = check_bucket(fn, opt, bucket);
   if (st != FO_SUCCESS) return st;
   if (opt->dp->reduced[bucket])
@@ -504,7 +517,7 @@ static fo_status reduce_bucket_claimed(const char *fn, fo_optimizer *opt, int64_
                    "bucket %lld was already reduced for this step (a second sum would "
                    "count every rank twice)",
                    (long long)bucket);
-  return reduce_bucket(fn, opt, bucket, stream);
+  return reduce_bucket(fn, opt, bucket, stream, capture);
 }
 
 fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket, fo_stream_t stream) {
@@ -515,9 +528,10 @@ fo_status fo_optimizer_reduce_bucket(fo_optimizer *opt, int64_t bucket, fo_strea
 }
 
 static fo_status reduce_grads_claimed(const char *fn, fo_optimizer *opt, fo_stream_t stream) {
-  fo_status st = check_reduce(fn, opt, stream);
+  uint64_t capture;
+  fo_status st = check_reduce(fn, opt, stream, &capture);
   if (st != FO_SUCCESS) return st;
-  return reduce_remaining(fn, opt, stream);
+  return reduce_remaining(fn, opt, stream, capture);
 }
 
 fo_status fo_optimizer_reduce_grads(fo_optimizer *opt, fo_stream_t stream) {
@@ -533,9 +547,10 @@ fo_status fo_dp_reduce_for_step(const char *fn, fo_optimizer *opt, fo_stream_t s
   if (opt->grads_poisoned) return refuse_poisoned(fn);
   fo_dp *dp = opt->dp;
   if (!dp) return FO_SUCCESS;
-  fo_status st = check_same_capture(fn, opt, stream);
+  uint64_t capture;
+  fo_status st = check_same_capture(fn, opt, stream, &capture);
   if (st != FO_SUCCESS) return st;
-  st = reduce_remaining(fn, opt, stream);
+  st = reduce_remaining(fn, opt, stream, capture);
   for (int64_t b = 0; b < dp->num_buckets && st == FO_SUCCESS; b++)
     if (dp->streams[b] != stream)
       st = opt->exec->wait(fn, opt->options.device, stream, dp->events[b]);
