@@ -12,12 +12,21 @@
 #ifndef FO_TEST_EMU_H
 #define FO_TEST_EMU_H
 
+#include <cstdint>
 #include <functional>
 
-/* Enqueue fn on stream (a cudaStream_t, NULL for the legacy stream), or add
- * it to the graph being captured there; the launch's cudaError_t.  C
- * linkage: the emulated NCCL (emu_nccl.cpp, a shared library) finds it in
- * the test program, which exports it. */
-extern "C" int fo_emu_enqueue(void *stream, std::function<void()> fn);
+/* Launch a kernel: enqueue fn on stream (a cudaStream_t, NULL for the
+ * current device's legacy stream), which must be the current device's, or
+ * add it to the graph being captured there; the launch's cudaError_t.  fn
+ * may touch the memory of the stream's device only. */
+extern "C" int fo_emu_launch(void *stream, std::function<void()> fn);
+
+/* For the emulated NCCL (emu_nccl.cpp, a shared library, which finds these
+ * in the test program that exports them): enqueue fn, which may touch any
+ * device's memory, on stream, on any device; *seq (when not NULL) its place
+ * in the queue, 0 when it went into a graph.  Run stream's work before seq
+ * (from a collective's fn: another rank's work before its part). */
+extern "C" int fo_emu_enqueue(void *stream, std::function<void()> fn, uint64_t *seq);
+extern "C" void fo_emu_run_before(void *stream, uint64_t seq);
 
 #endif /* FO_TEST_EMU_H */

@@ -23,12 +23,21 @@ namespace fo_emu {
 
 typedef std::function<void()> Work;
 
-const size_t EMU_MEMORY = (size_t)4 << 30;
+const size_t EMU_MEMORY = (size_t)4 << 30; /* per device */
+/* Two devices, so that the host code's device switching and NCCL over one
+ * rank per device run too; a program that uses only device 0 sees a
+ * machine with one device in use, as on a lent GPU. */
+const int EMU_DEVICES = 2;
+/* The memory an operation may touch (Queued::reach): every device's (the
+ * runtime's copies and NCCL's collectives), or a bitmask of devices (a
+ * kernel: its stream's device, peer access not being emulated). */
+const unsigned EVERY_DEVICE = (1u << EMU_DEVICES) - 1;
 
 struct Capture;
 
 struct Stream {
   unsigned flags = 0;
+  int device = 0;
   bool legacy = false;
   Capture *cap = nullptr; /* the capture this stream's work goes into */
   long pending = 0;       /* its operations in the queue */
@@ -46,6 +55,7 @@ typedef std::map<const Stream *, uint64_t> Clock;
 struct Node {
   Work fn;
   bool host = false; /* cudaLaunchHostFunc's */
+  unsigned reach = EVERY_DEVICE;
   const Stream *s = nullptr;
   Clock after;
 };
@@ -62,6 +72,7 @@ struct Capture {
 };
 
 struct Event {
+  int device = 0;
   Capture *cap = nullptr; /* recorded into this capture, under way ... */
   Clock clock;            /* ... knowing what its stream knew then */
   bool stale = false;     /* recorded into a capture that has ended */
@@ -82,6 +93,7 @@ struct Queued {
   Stream *s;
   Work fn;
   bool host;               /* cudaLaunchHostFunc: may wait for the program */
+  unsigned reach;          /* the devices whose memory it may touch */
   Stream *after = nullptr; /* a wait: the event's stream ... */
   uint64_t after_seq = 0;  /* ... up to this operation */
 };
@@ -89,19 +101,26 @@ struct Queued {
 struct Device {
   std::recursive_mutex mu;
   std::map<uintptr_t, size_t> allocs; /* base -> bytes */
-  size_t used = 0;
+  std::map<uintptr_t, int> homes;     /* base -> device */
+  size_t used[EMU_DEVICES] = {};
   std::list<Queued> queue; /* in enqueue order */
   uint64_t seq = 0;
-  Stream legacy;
+  Stream legacy[EMU_DEVICES]; /* each device's */
   std::set<Stream *> streams;
   std::set<Capture *> captures;
   std::set<Event *> events;
   std::set<Graph *> graphs;
   uint64_t captures_begun = 0;
-  int open = 0; /* Access objects alive */
-  Device() { legacy.legacy = true; }
+  int open = 0;        /* Access objects alive */
+  unsigned opened = 0; /* while one is: the devices whose memory is open */
+  Device() {
+    for (int i = 0; i < EMU_DEVICES; i++) {
+      legacy[i].legacy = true;
+      legacy[i].device = i;
+    }
+  }
 };
-/* The one device; every runtime call holds its lock (LOCK). */
+/* The emulated machine; every runtime call holds its lock (LOCK). */
 Device &dev();
 #define LOCK std::lock_guard<std::recursive_mutex> lock_(fo_emu::dev().mu)
 
@@ -110,16 +129,17 @@ extern thread_local int current_device;
 
 /* Record e (unless cudaSuccess) as the thread's last error; return it. */
 cudaError_t fail(cudaError_t e);
-/* The stream s names (NULL and the special handles: the legacy stream),
- * or NULL when it is no stream of ours. */
+/* The stream s names (NULL and the special handles: the current device's
+ * legacy stream), or NULL when it is no stream of ours. */
 Stream *stream_of(cudaStream_t s);
 
 /* Device memory is mapped without access for the host: code that reads or
  * writes it directly, which on a device would fault or read another
- * address space, faults here too.  It is open while an Access lives: while
- * the device runs work (the flushes below) and the runtime copies. */
+ * address space, faults here too.  It opens while an Access lives: while
+ * the device runs work (the flushes below), each operation's reach of it
+ * (reach), and while the runtime copies. */
 struct Access {
-  Access();                        /* all of it */
+  Access();                        /* work runs: each operation opens its reach */
   Access(const void *p, size_t n); /* the pages of [p, p + n) of one allocation */
   ~Access();
   bool single = false;
@@ -134,15 +154,22 @@ struct Hidden {
   Hidden(const Hidden &) = delete;
   Hidden &operator=(const Hidden &) = delete;
   int was_open;
+  unsigned was_opened;
 };
+/* Open the memory of the devices in mask, and only theirs (an Access
+ * lives). */
+void reach(unsigned mask);
 /* The bytes an allocation of bytes maps: whole pages. */
 size_t mapped_bytes(size_t bytes);
 
 /* Run stream s's queued work (and what it depends on); the work a blocking
- * call on the legacy stream waits for; everything. */
+ * call on device's legacy stream waits for; a device's work; everything. */
 void flush(Stream *s);
-void flush_legacy();
+void flush_legacy(int device);
+void flush_device(int device);
 void flush_all();
+/* Run stream s's work before its operation seq (for the emulated NCCL). */
+void run_before(Stream *s, uint64_t seq);
 /* Run queued work in order up to the first host function. */
 void make_progress();
 
@@ -150,7 +177,7 @@ void make_progress();
  * wait for the legacy stream beside a blocking capturing stream
  * (check_legacy); a call on a capturing stream it cannot hold. */
 cudaError_t check_unsafe();
-cudaError_t check_legacy(bool invalidate);
+cudaError_t check_legacy(int device, bool invalidate);
 cudaError_t refuse_in_capture(Stream *s);
 /* End capture c: its streams leave it, its events become stale. */
 void forget_capture(Capture *c);
@@ -163,8 +190,9 @@ bool unjoined(const Capture *c);
  * where capture order would hide it (as flush_all for eager work). */
 std::vector<Node> replay_order(std::vector<Node> ops);
 
-/* Enqueue fn on s, or add it to s's capture; a wait of s for event e. */
-cudaError_t enqueue(Stream *s, Work fn, bool host = false);
+/* Enqueue fn on s, or add it to s's capture (reach: the devices whose
+ * memory it touches); a wait of s for event e. */
+cudaError_t enqueue(Stream *s, Work fn, bool host = false, unsigned reach = EVERY_DEVICE);
 cudaError_t enqueue_wait(Stream *s, const Event *e);
 
 /* The allocation holding [p, p + n), or dev().allocs.end(); whether p is

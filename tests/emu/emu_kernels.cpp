@@ -83,7 +83,7 @@ int enqueue_step(const fo_step_launch &a, void *stream) {
   /* step_kernel.cuh: an empty plan's carried step is one block that only
    * publishes */
   const int64_t nb = a.num_blocks > 0 || !(a.known && a.state) ? a.num_blocks : 1;
-  return fo_emu_enqueue(stream, [a, nb]() { run_step<ALG, PT, GT, MASTER, SR, PASS>(a, nb); });
+  return fo_emu_launch(stream, [a, nb]() { run_step<ALG, PT, GT, MASTER, SR, PASS>(a, nb); });
 }
 
 template <int ALG, int PT, int GT, int PASS>
@@ -134,7 +134,7 @@ fo_plan_args plan_args(const fo_plan_block *blocks, const fo_plan_tensor *tensor
 /* Run f(a, b, t, NT) for every block and thread of a plan, on stream. */
 template <class F>
 int enqueue_blocks(const fo_plan_args &a, void *stream, F f) {
-  return fo_emu_enqueue(stream, [a, f]() {
+  return fo_emu_launch(stream, [a, f]() {
     for (int64_t b = 0; b < a.num_blocks; b++)
       for (int t = 0; t < NT; t++) f(a, b, t);
   });
@@ -142,7 +142,7 @@ int enqueue_blocks(const fo_plan_args &a, void *stream, F f) {
 
 template <int GT>
 int sumsq(const fo_plan_args &a, double *partials, void *stream) {
-  return fo_emu_enqueue(stream, [a, partials]() {
+  return fo_emu_launch(stream, [a, partials]() {
     std::vector<double> v(NT);
     for (int64_t b = 0; b < a.num_blocks; b++) {
       for (int t = 0; t < NT; t++) v[(size_t)t] = fo_grad_sumsq_block<GT>(a, b, t, NT);
@@ -174,7 +174,7 @@ void store_from_f32(int32_t dtype, void *p, int64_t i, float v) {
 
 template <int GT, int WT>
 int pack_launch(const fo_pack_launch &a, bool unpack, void *stream) {
-  return fo_emu_enqueue(stream, [a, unpack]() {
+  return fo_emu_launch(stream, [a, unpack]() {
     for (int64_t b = 0; b < a.num_blocks; b++)
       for (int t = 0; t < FO_PACK_THREADS; t++) {
         if (unpack)
@@ -251,13 +251,13 @@ int fo_launch_prepare(const fo_prepare_args *args, const double *partials, int64
   if (n < 0 || n > FO_PLAN_MAX_GROUPS) return (int)cudaErrorInvalidValue;
   /* the launch's parameter is a copy: the caller's struct may change */
   const fo_prepare_args a = *args;
-  return fo_emu_enqueue(stream, [a, partials, num_partials, state]() {
+  return fo_emu_launch(stream, [a, partials, num_partials, state]() {
     fo_prepare_step(&a, partials ? fold(partials, num_partials) : 0.0, state);
   });
 }
 
 int fo_launch_sum_doubles(const double *values, int64_t n, double *out, void *stream) {
-  return fo_emu_enqueue(stream, [values, n, out]() { *out = fold(values, n); });
+  return fo_emu_launch(stream, [values, n, out]() { *out = fold(values, n); });
 }
 
 int fo_launch_unscale_grads(const fo_plan_block *blocks, const fo_plan_tensor *tensors,
@@ -278,7 +278,7 @@ int fo_launch_convert(const void *src, int32_t from, void *dst, int32_t to, int6
   const bool widen = to == FO_RULE_F32 && (from == FO_RULE_F16 || from == FO_RULE_BF16);
   const bool narrow = from == FO_RULE_F32 && (to == FO_RULE_F16 || to == FO_RULE_BF16);
   if (!widen && !narrow) return (int)cudaErrorInvalidValue;
-  return fo_emu_enqueue(stream, [src, from, dst, to, n]() {
+  return fo_emu_launch(stream, [src, from, dst, to, n]() {
     for (int64_t i = 0; i < n; i++) store_from_f32(to, dst, i, load_as_f32(from, src, i));
   });
 }
@@ -303,7 +303,7 @@ int fo_launch_piece_sums(const fo_plan_block *blocks, const fo_plan_tensor *tens
                          int64_t num_blocks, int64_t num_tensors, int64_t all_tensors,
                          const double *norm_partials, double *slot, void *stream) {
   if (all_tensors <= 0) return (int)cudaSuccess;
-  return fo_emu_enqueue(stream, [=]() {
+  return fo_emu_launch(stream, [=]() {
     for (int64_t k = 0; k < all_tensors; k++) {
       int64_t lo, hi;
       fo_piece_blocks(blocks, tensors, num_blocks, num_tensors, k, &lo, &hi);
@@ -324,7 +324,7 @@ int fo_launch_tensor_factors(const fo_plan_tensor *tensors, int64_t num_tensors,
                              const double *sums, const fo_step_state *state, float *tensor_factors,
                              void *stream) {
   if (num_tensors <= 0) return (int)cudaSuccess;
-  return fo_emu_enqueue(stream, [=]() {
+  return fo_emu_launch(stream, [=]() {
     if (state->skip) return;
     for (int64_t i = 0; i < num_tensors; i++) {
       const double *s = sums + 2 * tensors[i].index;

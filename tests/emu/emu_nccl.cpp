@@ -1,26 +1,73 @@
 /*
- * emu_nccl.cpp -- NCCL on the emulated device (emu.h): libnccl.so.2 of the
+ * emu_nccl.cpp -- NCCL on the emulated devices (emu.h): libnccl.so.2 of the
  * emulated GPU tier, so that host/dp/nccl.c, which loads NCCL with dlopen,
  * and tests/test_gpu_comm.c, which calls it, run on a machine without a GPU.
  *
- * The emulated machine has one device, and NCCL allows one rank per device:
- * every communicator has one rank.  A collective over one rank copies its
- * input to its output (a sum or average of one value is that value), in
- * stream order, or into the graph being captured.  That is what the GPU
- * tier needs from it: the host code's buckets, packing, events, side
- * streams and captures around the collectives; the sums over several ranks
+ * A communicator made by ncclCommInitRank has one rank (a one-rank
+ * collective copies its input to its output, in stream order, or into the
+ * graph being captured).  ncclCommInitAll makes one rank per device of the
+ * emulated machine, all driven by one thread, as NCCL allows: rank r's k-th
+ * collective is enqueued on its stream at once, and the first rank's part
+ * to run waits for every other rank's work before its own part (a rank
+ * whose part runs before every rank has called it would wait for ever on a
+ * device: the emulator says so and aborts), then computes the result for
+ * all of them -- sums in fp32 in rank order, rounded once to the dtype --
+ * and the other parts find it done.  Collectives over several ranks are not
+ * captured (refused: ncclInvalidUsage).  The sums over several processes
  * are the MPI tier's (tests/mpi).
  */
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <vector>
 
 #include "emu.h"
 
+namespace {
+
+enum Kind { ALL_REDUCE, REDUCE, BROADCAST };
+
+/* One rank's call of a collective. */
+struct Part {
+  bool called = false;
+  const void *send = nullptr;
+  void *recv = nullptr;
+  cudaStream_t stream = nullptr;
+  uint64_t seq = 0;
+};
+
+struct Collective {
+  Kind kind;
+  size_t count;
+  ncclDataType_t type;
+  ncclRedOp_t op;
+  int root;
+  std::vector<Part> parts;
+  int arrived = 0;
+  bool done = false;
+};
+
+/* The ranks of one ncclCommInitAll. */
+struct Clique {
+  int size;
+  int alive;
+  std::vector<uint64_t> calls;                             /* per rank */
+  std::map<uint64_t, std::shared_ptr<Collective>> pending; /* by number */
+};
+
+}  // namespace
+
 struct ncclComm {
   int device;
+  int rank;
+  Clique *clique; /* NULL: a one-rank communicator */
 };
 
 namespace {
@@ -50,15 +97,143 @@ ncclResult_t copy(const void *send, void *recv, size_t count, ncclDataType_t t, 
   if (!comm || !size || (count && (!send || !recv))) return ncclInvalidArgument;
   const size_t bytes = count * size;
   if (!bytes || send == recv) return ncclSuccess;
-  const int e = fo_emu_enqueue(stream, [send, recv, bytes]() { memmove(recv, send, bytes); });
+  const int e = fo_emu_enqueue(
+      stream, [send, recv, bytes]() { memmove(recv, send, bytes); }, nullptr);
   return e == 0 ? ncclSuccess : ncclUnhandledCudaError;
 }
 
 ncclResult_t one_rank(ncclComm_t *comm, int nranks, int rank) {
   if (!comm) return ncclInvalidArgument;
-  if (nranks != 1 || rank != 0) return ncclInvalidUsage; /* one device, one rank */
-  *comm = new ncclComm{0};
+  if (nranks != 1 || rank != 0) return ncclInvalidUsage; /* one rank per process */
+  *comm = new ncclComm{0, 0, nullptr};
   return ncclSuccess;
+}
+
+/* ------------------------------------------------- several ranks' sums */
+
+float load(const void *p, size_t i, ncclDataType_t t) {
+  uint32_t bits = 0;
+  float f;
+  switch (t) {
+    case ncclFloat32: memcpy(&f, (const char *)p + 4 * i, 4); return f;
+    case ncclBfloat16:
+      memcpy(&bits, (const char *)p + 2 * i, 2);
+      bits <<= 16;
+      memcpy(&f, &bits, 4);
+      return f;
+    default: { /* ncclFloat16 */
+      uint16_t h;
+      memcpy(&h, (const char *)p + 2 * i, 2);
+      const int e = (h >> 10) & 31, m = h & 1023;
+      f = e == 0    ? std::ldexp((float)m, -24)
+          : e == 31 ? (m ? NAN : INFINITY)
+                    : std::ldexp((float)(m | 1024), e - 25);
+      return (h & 0x8000) ? -f : f;
+    }
+  }
+}
+
+/* Round to nearest even, as a device's conversions do. */
+void store(void *p, size_t i, ncclDataType_t t, float f) {
+  uint32_t bits;
+  memcpy(&bits, &f, 4);
+  if (t == ncclFloat32) {
+    memcpy((char *)p + 4 * i, &f, 4);
+  } else if (t == ncclBfloat16) {
+    const uint16_t h = std::isnan(f) ? (uint16_t)((bits >> 16) | 64)
+                                     : (uint16_t)((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
+    memcpy((char *)p + 2 * i, &h, 2);
+  } else { /* ncclFloat16 */
+    const uint16_t sign = (uint16_t)((bits >> 16) & 0x8000);
+    const float a = std::fabs(f);
+    uint16_t h;
+    if (std::isnan(f)) {
+      h = 0x7e00;
+    } else if (a >= 65520.0f) {
+      h = 0x7c00;
+    } else if (a < std::ldexp(1.0f, -14)) { /* subnormal: units of 2^-24 */
+      h = (uint16_t)std::nearbyint(std::ldexp(a, 24));
+    } else {
+      int e;
+      const float m = std::frexp(a, &e);                     /* a = m * 2^e, m in [0.5, 1) */
+      const float units = std::nearbyint(std::ldexp(m, 11)); /* 1024..2048 */
+      const int mant = (int)units;
+      h = mant == 2048 ? (uint16_t)((e + 15) << 10) : (uint16_t)(((e + 14) << 10) | (mant - 1024));
+    }
+    h |= sign;
+    memcpy((char *)p + 2 * i, &h, 2);
+  }
+}
+
+void compute(Collective &c) {
+  const int n = (int)c.parts.size();
+  const size_t size = dtype_size(c.type);
+  if (c.kind == BROADCAST) {
+    const Part &root = c.parts[(size_t)c.root];
+    for (int r = 0; r < n; r++)
+      if (c.parts[(size_t)r].recv != root.send)
+        memmove(c.parts[(size_t)r].recv, root.send, c.count * size);
+    return;
+  }
+  std::vector<float> sum(c.count, 0.0f);
+  for (int r = 0; r < n; r++)
+    for (size_t i = 0; i < c.count; i++) sum[i] += load(c.parts[(size_t)r].send, i, c.type);
+  if (c.op == ncclAvg)
+    for (float &v : sum) v /= (float)n;
+  for (int r = 0; r < n; r++) {
+    if (c.kind == REDUCE && r != c.root) continue; /* recv is the root's only */
+    for (size_t i = 0; i < c.count; i++) store(c.parts[(size_t)r].recv, i, c.type, sum[i]);
+  }
+}
+
+/* Rank's part, when its stream reaches it. */
+void run_part(const std::shared_ptr<Collective> &c, int rank) {
+  if (c->done) return;
+  if (c->arrived < (int)c->parts.size()) {
+    fprintf(stderr,
+            "emulated NCCL: rank %d's collective ran before every rank had called it "
+            "(on a device it would wait for ever)\n",
+            rank);
+    abort();
+  }
+  for (size_t r = 0; r < c->parts.size(); r++)
+    if ((int)r != rank) fo_emu_run_before(c->parts[r].stream, c->parts[r].seq);
+  compute(*c);
+  c->done = true;
+}
+
+ncclResult_t collective(Kind kind, const void *send, void *recv, size_t count, ncclDataType_t t,
+                        ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
+  if (!comm || !dtype_size(t) || (count && (!send || !recv))) return ncclInvalidArgument;
+  if (root < 0 || root >= (comm->clique ? comm->clique->size : 1)) return ncclInvalidArgument;
+  if (!comm->clique) return copy(send, recv, count, t, comm, stream);
+  const bool summed = kind != BROADCAST;
+  if (summed && ((op != ncclSum && op != ncclAvg) ||
+                 (t != ncclFloat32 && t != ncclFloat16 && t != ncclBfloat16)))
+    return ncclInvalidUsage; /* not emulated */
+  cudaStreamCaptureStatus capturing;
+  if (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess) return ncclUnhandledCudaError;
+  if (capturing != cudaStreamCaptureStatusNone) return ncclInvalidUsage; /* not emulated */
+  Clique *q = comm->clique;
+  const uint64_t k = q->calls[(size_t)comm->rank]++;
+  std::shared_ptr<Collective> &c = q->pending[k];
+  if (!c) {
+    c = std::make_shared<Collective>();
+    *c = Collective{kind, count, t, op, root, std::vector<Part>((size_t)q->size)};
+  } else if (c->kind != kind || c->count != count || c->type != t || c->root != root ||
+             (summed && c->op != op)) {
+    fprintf(stderr, "emulated NCCL: rank %d's collective %llu differs from another rank's\n",
+            comm->rank, (unsigned long long)k);
+    return ncclInvalidUsage;
+  }
+  std::shared_ptr<Collective> keep = c;
+  Part &p = keep->parts[(size_t)comm->rank];
+  p = Part{true, send, recv, stream, 0};
+  if (++keep->arrived == q->size) q->pending.erase(k);
+  const int rank = comm->rank;
+  const int e = fo_emu_enqueue(
+      stream, [keep, rank]() { run_part(keep, rank); }, &p.seq);
+  return e == 0 ? ncclSuccess : ncclUnhandledCudaError;
 }
 
 }  // namespace
@@ -77,19 +252,31 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int
   return one_rank(comm, nranks, rank);
 }
 
+/* One rank per device, devices distinct (devlist NULL: 0 .. ndev - 1). */
 ncclResult_t ncclCommInitAll(ncclComm_t *comms, int ndev, const int *devlist) {
-  if (devlist && ndev == 1 && devlist[0] != 0) return ncclInvalidArgument;
-  return one_rank(comms, ndev, 0);
+  int count = 0;
+  if (!comms || ndev < 1 || cudaGetDeviceCount(&count) != cudaSuccess || ndev > count)
+    return ncclInvalidArgument;
+  std::vector<bool> taken((size_t)count, false);
+  for (int r = 0; r < ndev; r++) {
+    const int d = devlist ? devlist[r] : r;
+    if (d < 0 || d >= count || taken[(size_t)d]) return ncclInvalidArgument;
+    taken[(size_t)d] = true;
+  }
+  Clique *q =
+      ndev > 1 ? new Clique{ndev, ndev, std::vector<uint64_t>((size_t)ndev, 0), {}} : nullptr;
+  for (int r = 0; r < ndev; r++) comms[r] = new ncclComm{devlist ? devlist[r] : r, r, q};
+  return ncclSuccess;
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+  if (comm && comm->clique && --comm->clique->alive == 0) delete comm->clique;
   delete comm;
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
-  delete comm;
-  return ncclSuccess;
+  return ncclCommDestroy(comm);
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *error) {
@@ -102,7 +289,7 @@ const char *ncclGetErrorString(ncclResult_t r) {
   switch (r) {
     case ncclSuccess: return "no error (emulated NCCL)";
     case ncclInvalidArgument: return "invalid argument (emulated NCCL)";
-    case ncclInvalidUsage: return "invalid usage: one rank per device (emulated NCCL)";
+    case ncclInvalidUsage: return "invalid usage, or not emulated (emulated NCCL)";
     case ncclUnhandledCudaError: return "unhandled cuda error (emulated NCCL)";
     default: return "error (emulated NCCL)";
   }
@@ -115,13 +302,13 @@ const char *ncclGetLastError(ncclComm_t comm) {
 
 ncclResult_t ncclCommCount(const ncclComm_t comm, int *count) {
   if (!comm || !count) return ncclInvalidArgument;
-  *count = 1;
+  *count = comm->clique ? comm->clique->size : 1;
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommUserRank(const ncclComm_t comm, int *rank) {
   if (!comm || !rank) return ncclInvalidArgument;
-  *rank = 0;
+  *rank = comm->rank;
   return ncclSuccess;
 }
 
@@ -133,21 +320,17 @@ ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int *device) {
 
 ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t,
                            ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
-  (void)op;
-  return copy(send, recv, count, t, comm, stream);
+  return collective(ALL_REDUCE, send, recv, count, t, op, 0, comm, stream);
 }
 
 ncclResult_t ncclReduce(const void *send, void *recv, size_t count, ncclDataType_t t,
                         ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
-  (void)op;
-  if (root != 0) return ncclInvalidArgument;
-  return copy(send, recv, count, t, comm, stream);
+  return collective(REDUCE, send, recv, count, t, op, root, comm, stream);
 }
 
 ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t t, int root,
                            ncclComm_t comm, cudaStream_t stream) {
-  if (root != 0) return ncclInvalidArgument;
-  return copy(send, recv, count, t, comm, stream);
+  return collective(BROADCAST, send, recv, count, t, ncclSum, root, comm, stream);
 }
 
 ncclResult_t ncclGroupStart(void) {

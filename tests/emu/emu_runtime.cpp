@@ -29,28 +29,24 @@
  *     ends with a forked stream not joined back fails;
  *   - errors: each failed call sets the thread's last error, which
  *     cudaGetLastError clears and cudaPeekAtLastError does not.
- * One device (0), of compute capability 9.0, with 4 GiB of memory.  Work
- * runs on the thread that waits for it, each operation after what it
- * depends on, and otherwise newest first (flush_all), a legal order on a
- * device that exposes a missing wait between streams.
+ * Two devices (EMU_DEVICES), of compute capability 9.0, with 4 GiB of
+ * memory each: each with its own legacy stream and memory; a stream, an
+ * event and an allocation belong to the device current when they were
+ * made; a kernel is launched on a stream of the current device and touches
+ * that device's memory only (no peer access), so host code that forgets to
+ * switch devices fails as on a machine with several GPUs.  Work runs on
+ * the thread that waits for it, each operation after what it depends on,
+ * and otherwise newest first (flush_all), a legal order on a device that
+ * exposes a missing wait between streams.
  *
  * Test code only: the runtime's state is one object behind one lock
- * (emu_device.h).  This file: the queue, the capture rules, errors,
- * devices and memory; emu_streams.cpp: streams, events and graphs.
+ * (emu_device.h).  This file: the queue, the capture rules, errors and
+ * devices; emu_memory.cpp: memory and copies; emu_streams.cpp: streams,
+ * events and graphs.
  */
 #include <cuda_runtime_api.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#else
-#define ASAN_POISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
-#define ASAN_UNPOISON_MEMORY_REGION(p, n) ((void)(p), (void)(n))
-#endif
 
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 
 #include "emu_device.h"
@@ -70,8 +66,10 @@ Device &dev() {
 __attribute__((destructor)) static void report_leaks() {
   const Device &d = dev();
   if (d.allocs.empty()) return;
+  size_t bytes = 0;
+  for (const auto &a : d.allocs) bytes += a.second;
   fprintf(stderr, "emulated device: %zu allocations (%zu bytes) never freed\n", d.allocs.size(),
-          d.used);
+          bytes);
 }
 
 thread_local cudaError_t last_error = cudaSuccess;
@@ -84,91 +82,21 @@ cudaError_t fail(cudaError_t e) {
 
 Stream *stream_of(cudaStream_t s) {
   Device &d = dev();
-  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return &d.legacy;
+  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread)
+    return &d.legacy[current_device];
   Stream *p = (Stream *)s;
   return d.streams.count(p) ? p : nullptr;
-}
-
-/* -------------------------------------------------------- host access */
-
-static size_t page_size() {
-  static const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-  return page;
-}
-
-size_t mapped_bytes(size_t bytes) {
-  return ((bytes ? bytes : 1) + page_size() - 1) / page_size() * page_size();
-}
-
-static void protect(uintptr_t lo, uintptr_t hi, int prot) {
-  if (mprotect((void *)lo, hi - lo, prot) != 0) abort();
-}
-
-/* An allocation's pages: from the page holding its first byte, whole. */
-static void protect_alloc(uintptr_t start, size_t bytes, int prot) {
-  const uintptr_t lo = start / page_size() * page_size();
-  protect(lo, lo + mapped_bytes(bytes), prot);
-}
-
-static void set_access(int prot) {
-  for (const auto &a : dev().allocs) protect_alloc(a.first, a.second, prot);
-}
-
-/* Between two guard pages that are never opened, and ending as near the
- * second as CUDA's 256-byte alignment allows, so that a kernel (the block
- * work run on the host) reading or writing past either end faults; under
- * AddressSanitizer the slack beside it is poisoned too, so it reports any
- * byte out of bounds. */
-static void *map_device(size_t bytes) {
-  const size_t data = mapped_bytes(bytes), used = ((bytes ? bytes : 1) + 255) / 256 * 256;
-  char *base = (char *)mmap(nullptr, data + 2 * page_size(), PROT_NONE,
-                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (base == (char *)MAP_FAILED) return nullptr;
-  char *lo = base + page_size(), *start = lo + (data - used);
-  protect((uintptr_t)lo, (uintptr_t)(lo + data), PROT_READ | PROT_WRITE);
-  memset(start, 0xff, bytes);
-  if (!dev().open) protect((uintptr_t)lo, (uintptr_t)(lo + data), PROT_NONE);
-  ASAN_POISON_MEMORY_REGION(lo, (size_t)(start - lo));
-  ASAN_POISON_MEMORY_REGION(start + bytes, (size_t)(lo + data - start - bytes));
-  return start;
-}
-
-static void unmap_device(void *start, size_t bytes) {
-  char *lo = (char *)((uintptr_t)start / page_size() * page_size());
-  ASAN_UNPOISON_MEMORY_REGION(lo, mapped_bytes(bytes));
-  munmap(lo - page_size(), mapped_bytes(bytes) + 2 * page_size());
-}
-
-Access::Access() {
-  if (dev().open++ == 0) set_access(PROT_READ | PROT_WRITE);
-}
-
-Access::Access(const void *p, size_t n) : single(true) {
-  if (dev().open > 0 || !on_device(p)) return;
-  lo = (uintptr_t)p / page_size() * page_size();
-  hi = ((uintptr_t)p + n + page_size() - 1) / page_size() * page_size();
-  protect(lo, hi, PROT_READ | PROT_WRITE);
-}
-
-Hidden::Hidden() : was_open(dev().open) {
-  dev().open = 0;
-  if (was_open) set_access(PROT_NONE);
-}
-
-Hidden::~Hidden() {
-  if (was_open) set_access(PROT_READ | PROT_WRITE);
-  dev().open = was_open;
-}
-
-Access::~Access() {
-  if (single && lo < hi) protect(lo, hi, PROT_NONE);
-  if (!single && --dev().open == 0) set_access(PROT_NONE);
 }
 
 /* ------------------------------------------------------------ the queue */
 
 bool blocking(const Stream *s) {
   return !s->legacy && !(s->flags & cudaStreamNonBlocking);
+}
+
+/* A blocking stream of device's: what its legacy stream orders itself with. */
+static auto blocking_on(int device) {
+  return [device](const Stream *s) { return blocking(s) && s->device == device; };
 }
 
 /* The first queued operation of stream s (all of them when s is NULL:
@@ -183,8 +111,9 @@ std::list<Queued>::iterator first_of(uint64_t limit, Pick pick) {
 
 /* Run stream s's operations up to seq limit, in order, each after what it
  * depends on: an event it waits for, and the legacy stream's implicit
- * order (legacy work waits for every blocking stream's earlier work, and a
- * blocking stream's work for the legacy stream's).  The device may run any
+ * order (legacy work waits for every blocking stream's earlier work on its
+ * device, and a blocking stream's work for its device's legacy stream's);
+ * each with its reach of device memory open (a kernel: its device's).  The device may run any
  * stream's work once its dependencies have run, so the work of a stream
  * nobody waits for stays behind -- and a program that reads its results
  * without waiting reads stale memory, as it could on a device. */
@@ -196,12 +125,12 @@ void run_stream(Stream *s, uint64_t limit) {
     const uint64_t seq = it->seq;
     if (s->legacy) {
       for (;;) {
-        auto b = first_of(seq - 1, blocking);
+        auto b = first_of(seq - 1, blocking_on(s->device));
         if (b == q.end()) break;
         run_stream(b->s, seq - 1);
       }
     } else if (blocking(s)) {
-      run_stream(&dev().legacy, seq - 1);
+      run_stream(&dev().legacy[s->device], seq - 1);
     }
     if (it->after) run_stream(it->after, it->after_seq);
     /* what ran above was earlier work of other streams: it is still here */
@@ -212,9 +141,16 @@ void run_stream(Stream *s, uint64_t limit) {
       Hidden closed; /* a host function is host code */
       op.fn();
     } else if (op.fn) {
+      reach(op.reach);
       op.fn();
     }
   }
+}
+
+void run_before(Stream *s, uint64_t seq) {
+  const unsigned opened = dev().opened;
+  run_stream(s, seq - 1);
+  reach(opened);
 }
 
 void flush(Stream *s) {
@@ -223,14 +159,15 @@ void flush(Stream *s) {
   run_stream(s, UINT64_MAX);
 }
 
-/* What a blocking call on the legacy stream waits for: the legacy stream
- * and every blocking stream (not those created cudaStreamNonBlocking). */
-void flush_legacy() {
+/* What a blocking call on device's legacy stream waits for: that stream
+ * and every blocking stream of the device (not those created
+ * cudaStreamNonBlocking). */
+void flush_legacy(int device) {
   if (dev().queue.empty()) return;
   Access open;
-  flush(&dev().legacy);
+  flush(&dev().legacy[device]);
   for (;;) {
-    auto it = first_of(UINT64_MAX, blocking);
+    auto it = first_of(UINT64_MAX, blocking_on(device));
     if (it == dev().queue.end()) return;
     run_stream(it->s, it->seq);
   }
@@ -245,6 +182,18 @@ void flush_all() {
   Access open;
   std::list<Queued> &q = dev().queue;
   while (!q.empty()) run_stream(q.back().s, q.back().seq);
+}
+
+/* The same for one device's streams (and what they depend on). */
+void flush_device(int device) {
+  Access open;
+  std::list<Queued> &q = dev().queue;
+  for (;;) {
+    auto it = q.rbegin();
+    while (it != q.rend() && it->s->device != device) ++it;
+    if (it == q.rend()) return;
+    run_stream(it->s, it->seq);
+  }
 }
 
 /* ------------------------------------------------------------- captures */
@@ -319,14 +268,14 @@ cudaError_t check_unsafe() {
   return e;
 }
 
-/* Work on the legacy stream waits for every blocking stream: beside a
- * blocking stream that is capturing, that is an implicit dependency the
+/* Work on a device's legacy stream waits for every blocking stream of the
+ * device: beside one that is capturing, that is an implicit dependency the
  * capture cannot hold. */
-cudaError_t check_legacy(bool invalidate) {
+cudaError_t check_legacy(int device, bool invalidate) {
   cudaError_t e = cudaSuccess;
   for (Capture *c : dev().captures)
     for (Stream *m : c->members)
-      if (!(m->flags & cudaStreamNonBlocking)) {
+      if (!(m->flags & cudaStreamNonBlocking) && m->device == device) {
         if (invalidate) c->invalid = true;
         e = cudaErrorStreamCaptureImplicit;
       }
@@ -339,12 +288,13 @@ cudaError_t refuse_in_capture(Stream *s) {
   return cudaErrorStreamCaptureUnsupported;
 }
 
-cudaError_t enqueue(Stream *s, Work fn, bool host) {
+cudaError_t enqueue(Stream *s, Work fn, bool host, unsigned reach) {
   if (s->cap) {
     if (s->cap->invalid) return cudaErrorStreamCaptureInvalidated;
     Node n;
     n.fn = std::move(fn);
     n.host = host;
+    n.reach = reach;
     n.s = s;
     n.after = s->cap->knows[s]; /* its own earlier operations included */
     s->cap->ops.push_back(std::move(n));
@@ -352,7 +302,7 @@ cudaError_t enqueue(Stream *s, Work fn, bool host) {
     return cudaSuccess;
   }
   if (s->legacy) {
-    const cudaError_t e = check_legacy(true);
+    const cudaError_t e = check_legacy(s->device, true);
     if (e != cudaSuccess) return e;
   }
   Device &d = dev();
@@ -361,6 +311,7 @@ cudaError_t enqueue(Stream *s, Work fn, bool host) {
   op.s = s;
   op.fn = std::move(fn);
   op.host = host;
+  op.reach = reach;
   d.queue.push_back(std::move(op));
   s->pending++;
   return cudaSuccess;
@@ -381,41 +332,6 @@ cudaError_t enqueue_wait(Stream *s, const Event *e) {
   return cudaSuccess;
 }
 
-/* --------------------------------------------------------------- memory */
-
-/* The allocation holding [p, p + n), or allocs.end(). */
-std::map<uintptr_t, size_t>::iterator find_alloc(const void *p, size_t n) {
-  Device &d = dev();
-  const uintptr_t a = (uintptr_t)p;
-  auto it = d.allocs.upper_bound(a);
-  if (it == d.allocs.begin()) return d.allocs.end();
-  --it;
-  const size_t size = it->second ? it->second : 1;
-  if (a < it->first || a - it->first >= size || n > size - (a - it->first)) return d.allocs.end();
-  return it;
-}
-
-bool on_device(const void *p) {
-  return find_alloc(p, 1) != dev().allocs.end();
-}
-
-/* Both ends of a copy where its kind says: device memory wholly inside one
- * allocation, host memory not device memory. */
-cudaError_t check_copy(void *dst, const void *src, size_t n, cudaMemcpyKind *kind) {
-  const Device &d = dev();
-  if (!dst || !src) return cudaErrorInvalidValue;
-  if (*kind == cudaMemcpyDefault) {
-    const bool ds = on_device(src), dd = on_device(dst);
-    *kind = ds ? (dd ? cudaMemcpyDeviceToDevice : cudaMemcpyDeviceToHost)
-               : (dd ? cudaMemcpyHostToDevice : cudaMemcpyHostToHost);
-  }
-  const bool src_dev = *kind == cudaMemcpyDeviceToHost || *kind == cudaMemcpyDeviceToDevice;
-  const bool dst_dev = *kind == cudaMemcpyHostToDevice || *kind == cudaMemcpyDeviceToDevice;
-  if (src_dev ? find_alloc(src, n) == d.allocs.end() : on_device(src)) return cudaErrorInvalidValue;
-  if (dst_dev ? find_alloc(dst, n) == d.allocs.end() : on_device(dst)) return cudaErrorInvalidValue;
-  return cudaSuccess;
-}
-
 void make_progress() {
   if (dev().queue.empty()) return;
   Access open;
@@ -428,11 +344,29 @@ void make_progress() {
 
 using namespace fo_emu;
 
-extern "C" int fo_emu_enqueue(void *stream, std::function<void()> fn) {
+/* A kernel: launched on a stream of the current device ("a kernel launch
+ * will fail if it is issued to a stream that is not associated to the
+ * current device"), it touches that device's memory only. */
+extern "C" int fo_emu_launch(void *stream, std::function<void()> fn) {
+  LOCK;
+  Stream *s = stream_of((cudaStream_t)stream);
+  if (!s || s->device != current_device) return fail(cudaErrorInvalidResourceHandle);
+  return fail(enqueue(s, std::move(fn), false, 1u << s->device));
+}
+
+extern "C" int fo_emu_enqueue(void *stream, std::function<void()> fn, uint64_t *seq) {
   LOCK;
   Stream *s = stream_of((cudaStream_t)stream);
   if (!s) return fail(cudaErrorInvalidResourceHandle);
-  return fail(enqueue(s, std::move(fn)));
+  const cudaError_t e = fail(enqueue(s, std::move(fn)));
+  if (seq) *seq = e == cudaSuccess && !s->cap ? dev().seq : 0;
+  return e;
+}
+
+extern "C" void fo_emu_run_before(void *stream, uint64_t seq) {
+  LOCK;
+  Stream *s = stream_of((cudaStream_t)stream);
+  if (s) run_before(s, seq);
 }
 
 extern "C" {
@@ -493,7 +427,7 @@ const char *cudaGetErrorString(cudaError_t e) {
 
 cudaError_t cudaGetDeviceCount(int *count) {
   if (!count) return fail(cudaErrorInvalidValue);
-  *count = 1;
+  *count = EMU_DEVICES;
   return cudaSuccess;
 }
 
@@ -504,14 +438,14 @@ cudaError_t cudaGetDevice(int *device) {
 }
 
 cudaError_t cudaSetDevice(int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (device < 0 || device >= EMU_DEVICES) return fail(cudaErrorInvalidDevice);
   current_device = device;
   return cudaSuccess;
 }
 
 cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
   if (!value) return fail(cudaErrorInvalidValue);
-  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (device < 0 || device >= EMU_DEVICES) return fail(cudaErrorInvalidDevice);
   switch (attr) {
     case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
@@ -524,136 +458,8 @@ cudaError_t cudaDeviceSynchronize(void) {
   LOCK;
   const cudaError_t e = check_unsafe();
   if (e != cudaSuccess) return fail(e);
-  flush_all();
+  flush_device(current_device); /* the current device's work only */
   return cudaSuccess;
-}
-
-cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
-  LOCK;
-  if (!free_bytes || !total) return fail(cudaErrorInvalidValue);
-  *total = EMU_MEMORY;
-  *free_bytes = EMU_MEMORY - dev().used;
-  return cudaSuccess;
-}
-
-/* -------------------------------------------------------------- memory */
-
-cudaError_t cudaMalloc(void **ptr, size_t bytes) {
-  LOCK;
-  if (!ptr) return fail(cudaErrorInvalidValue);
-  cudaError_t e = check_unsafe();
-  if (e != cudaSuccess) return fail(e);
-  Device &d = dev();
-  if (bytes > EMU_MEMORY - d.used) return fail(cudaErrorMemoryAllocation);
-  void *p = map_device(bytes);
-  if (!p) return fail(cudaErrorMemoryAllocation);
-  d.allocs[(uintptr_t)p] = bytes;
-  d.used += bytes;
-  *ptr = p;
-  return cudaSuccess;
-}
-
-cudaError_t cudaFree(void *ptr) {
-  LOCK;
-  if (!ptr) return cudaSuccess;
-  cudaError_t e = check_unsafe();
-  if (e != cudaSuccess) return fail(e);
-  Device &d = dev();
-  auto it = d.allocs.find((uintptr_t)ptr);
-  if (it == d.allocs.end()) return fail(cudaErrorInvalidValue);
-  flush_all(); /* cudaFree waits for the device */
-  d.used -= it->second;
-  unmap_device(ptr, it->second);
-  d.allocs.erase(it);
-  return cudaSuccess;
-}
-
-cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void *ptr) {
-  LOCK;
-  if (!a) return fail(cudaErrorInvalidValue);
-  memset(a, 0, sizeof *a);
-  if (ptr && on_device(ptr)) {
-    a->type = cudaMemoryTypeDevice;
-    a->device = 0;
-    a->devicePointer = (void *)ptr;
-  } else {
-    a->type = cudaMemoryTypeUnregistered;
-    a->device = -2;
-    a->hostPointer = (void *)ptr;
-  }
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
-  LOCK;
-  if (count == 0) return cudaSuccess;
-  cudaError_t e = check_copy(dst, src, count, &kind);
-  if (e == cudaSuccess) e = check_unsafe();
-  if (e == cudaSuccess) e = check_legacy(true);
-  if (e != cudaSuccess) return fail(e);
-  Stream *legacy = &dev().legacy;
-  if (kind == cudaMemcpyHostToDevice) {
-    /* from pageable memory CUDA synchronizes the legacy stream, stages the
-     * source and returns before the data lands: the copy is the legacy
-     * stream's, and work on a non-blocking stream may run before it */
-    flush_legacy();
-    std::vector<unsigned char> copy((const unsigned char *)src, (const unsigned char *)src + count);
-    return fail(enqueue(legacy, [dst, copy]() { memcpy(dst, copy.data(), copy.size()); }));
-  }
-  if (kind == cudaMemcpyDeviceToDevice) /* may return before it is done */
-    return fail(enqueue(legacy, [dst, src, count]() { memmove(dst, src, count); }));
-  flush_legacy(); /* to the host: returns once the data is there */
-  Access open(src, count);
-  memmove(dst, src, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,
-                            cudaStream_t stream) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (count == 0) return cudaSuccess;
-  cudaError_t e = check_copy(dst, src, count, &kind);
-  if (e != cudaSuccess) return fail(e);
-  if (kind == cudaMemcpyHostToDevice && !s->cap) {
-    /* pageable memory: the source is taken now, the caller may reuse it */
-    std::vector<unsigned char> copy((const unsigned char *)src, (const unsigned char *)src + count);
-    return fail(enqueue(s, [dst, copy]() { memcpy(dst, copy.data(), copy.size()); }));
-  }
-  if (kind == cudaMemcpyDeviceToHost && !s->cap) {
-    /* to pageable memory: returns once the data is there */
-    if (s->legacy && (e = check_legacy(true)) != cudaSuccess) return fail(e);
-    if (s->legacy)
-      flush_legacy();
-    else
-      flush(s);
-    Access open(src, count);
-    memcpy(dst, src, count);
-    return cudaSuccess;
-  }
-  return fail(enqueue(s, [dst, src, count]() { memmove(dst, src, count); }));
-}
-
-cudaError_t cudaMemset(void *ptr, int value, size_t count) {
-  LOCK;
-  if (count == 0) return cudaSuccess;
-  if (find_alloc(ptr, count) == dev().allocs.end()) return fail(cudaErrorInvalidValue);
-  cudaError_t e = check_unsafe();
-  if (e == cudaSuccess) e = check_legacy(true);
-  if (e != cudaSuccess) return fail(e);
-  /* on device memory CUDA's memset may return before it is done: the
-   * legacy stream's work */
-  return fail(enqueue(&dev().legacy, [ptr, value, count]() { memset(ptr, value, count); }));
-}
-
-cudaError_t cudaMemsetAsync(void *ptr, int value, size_t count, cudaStream_t stream) {
-  LOCK;
-  Stream *s = stream_of(stream);
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  if (count == 0) return cudaSuccess;
-  if (find_alloc(ptr, count) == dev().allocs.end()) return fail(cudaErrorInvalidValue);
-  return fail(enqueue(s, [ptr, value, count]() { memset(ptr, value, count); }));
 }
 
 }  // extern "C"

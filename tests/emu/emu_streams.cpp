@@ -18,6 +18,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) 
   if (!stream) return fail(cudaErrorInvalidValue);
   Stream *s = new Stream();
   s->flags = flags;
+  s->device = current_device;
   dev().streams.insert(s);
   *stream = (cudaStream_t)s;
   return cudaSuccess;
@@ -44,9 +45,9 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (!s) return fail(cudaErrorInvalidResourceHandle);
   if (s->cap) return fail(refuse_in_capture(s));
   if (s->legacy) {
-    const cudaError_t e = check_legacy(true);
+    const cudaError_t e = check_legacy(s->device, true);
     if (e != cudaSuccess) return fail(e);
-    flush_legacy(); /* the legacy stream waits for every blocking stream */
+    flush_legacy(s->device); /* the legacy stream waits for every blocking stream */
   }
   flush(s);
   return cudaSuccess;
@@ -58,7 +59,7 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
   if (!s) return fail(cudaErrorInvalidResourceHandle);
   if (s->cap) return fail(refuse_in_capture(s));
   if (s->legacy) {
-    const cudaError_t e = check_legacy(true);
+    const cudaError_t e = check_legacy(s->device, true);
     if (e != cudaSuccess) return fail(e);
   }
   /* the device makes progress up to the first host function, which may be
@@ -74,7 +75,7 @@ cudaError_t cudaStreamGetDevice(cudaStream_t stream, int *device) {
   if (!device) return fail(cudaErrorInvalidValue);
   /* as CUDA 13.0 on an H200: refused during a capture, which it invalidates */
   if (s->cap) return fail(refuse_in_capture(s));
-  *device = 0;
+  *device = s->device;
   return cudaSuccess;
 }
 
@@ -84,7 +85,7 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureSta
   if (!s) return fail(cudaErrorInvalidResourceHandle);
   if (!status) return fail(cudaErrorInvalidValue);
   if (s->legacy) {
-    const cudaError_t e = check_legacy(false);
+    const cudaError_t e = check_legacy(s->device, false);
     if (e != cudaSuccess) return fail(e);
   }
   *status = !s->cap           ? cudaStreamCaptureStatusNone
@@ -175,6 +176,7 @@ cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
   (void)flags;
   if (!event) return fail(cudaErrorInvalidValue);
   Event *e = new Event();
+  e->device = current_device;
   dev().events.insert(e);
   *event = (cudaEvent_t)e;
   return cudaSuccess;
@@ -198,9 +200,12 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   Stream *s = stream_of(stream);
   Event *e = (Event *)event;
   if (!s || !dev().events.count(e)) return fail(cudaErrorInvalidResourceHandle);
+  /* "will fail if the input event and input stream are associated to
+   * different devices" */
+  if (e->device != s->device) return fail(cudaErrorInvalidResourceHandle);
   if (s->cap && s->cap->invalid) return fail(cudaErrorStreamCaptureInvalidated);
   if (s->legacy) {
-    const cudaError_t err = check_legacy(true);
+    const cudaError_t err = check_legacy(s->device, true);
     if (err != cudaSuccess) return fail(err);
   }
   e->cap = s->cap;
@@ -231,7 +236,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
     return fail(flags == cudaEventWaitExternal ? cudaErrorNotSupported : cudaErrorInvalidValue);
   if (s->cap && s->cap->invalid) return fail(cudaErrorStreamCaptureInvalidated);
   if (s->legacy) {
-    const cudaError_t err = check_legacy(true);
+    const cudaError_t err = check_legacy(s->device, true);
     if (err != cudaSuccess) return fail(err);
   }
   if (e->cap == s->cap && s->cap) { /* a join inside the capture */
@@ -282,7 +287,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   if (!s) return fail(cudaErrorInvalidResourceHandle);
   if (!dev().graphs.count(x)) return fail(cudaErrorInvalidValue);
   for (const Node &n : x->ops) {
-    const cudaError_t e = enqueue(s, n.fn, n.host);
+    const cudaError_t e = enqueue(s, n.fn, n.host, n.reach);
     if (e != cudaSuccess) return fail(e);
   }
   return cudaSuccess;

@@ -174,3 +174,66 @@ Test(emu_memory, a_host_read_of_device_memory_faults, .signal = SIGSEGV) {
   volatile unsigned char v = *(volatile unsigned char *)p;
   cr_log_error("read %#x from device memory on the host", v);
 }
+
+/* ------------------------------------------------------- two devices */
+
+Test(emu_devices, each_device_has_its_memory_streams_and_events) {
+  int count = 0, device = -1;
+  CHECK(cudaGetDeviceCount(&count));
+  cr_assert_eq(count, 2);
+  size_t free0, free1, total;
+  CHECK(cudaMemGetInfo(&free0, &total));
+  CHECK(cudaSetDevice(1));
+  unsigned char *p;
+  cudaStream_t s;
+  cudaEvent_t e;
+  CHECK(cudaMalloc((void **)&p, 1 << 20));
+  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  CHECK(cudaMemGetInfo(&free1, &total));
+  cr_assert_eq(free0 - free1, 1 << 20, "device 1's allocation counted on device 1");
+  CHECK(cudaSetDevice(0));
+  CHECK(cudaMemGetInfo(&free1, &total));
+  cr_assert_eq(free1, free0, "device 0's memory unchanged");
+
+  struct cudaPointerAttributes a;
+  CHECK(cudaPointerGetAttributes(&a, p));
+  cr_assert_eq(a.device, 1);
+  CHECK(cudaStreamGetDevice(s, &device));
+  cr_assert_eq(device, 1);
+  /* an event and the stream it is recorded on share a device; a wait may
+   * cross devices */
+  cudaEvent_t here;
+  CHECK(cudaEventCreateWithFlags(&here, cudaEventDisableTiming));
+  cr_assert_eq(cudaEventRecord(here, s), cudaErrorInvalidResourceHandle);
+  (void)cudaGetLastError();
+  CHECK(cudaEventRecord(e, s));
+  CHECK(cudaStreamWaitEvent(NULL, e, 0));
+  CHECK(cudaDeviceSynchronize());
+
+  CHECK(cudaEventDestroy(here));
+  CHECK(cudaEventDestroy(e));
+  CHECK(cudaStreamDestroy(s));
+  CHECK(cudaFree(p));
+}
+
+static void CUDART_CB set_flag(void *flag) {
+  *(volatile int *)flag = 1;
+}
+
+/* cudaDeviceSynchronize waits for the current device's work only: a
+ * program that synchronizes the wrong device sees the other's not done. */
+Test(emu_devices, a_device_synchronize_waits_for_its_own_device_only) {
+  int flag = 0;
+  cudaStream_t s;
+  CHECK(cudaSetDevice(1));
+  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CHECK(cudaLaunchHostFunc(s, set_flag, &flag));
+  CHECK(cudaSetDevice(0));
+  CHECK(cudaDeviceSynchronize());
+  cr_assert_eq(flag, 0, "device 0's synchronize ran device 1's work");
+  CHECK(cudaSetDevice(1));
+  CHECK(cudaDeviceSynchronize());
+  cr_assert_eq(flag, 1, "device 1's synchronize did not run its work");
+  CHECK(cudaStreamDestroy(s));
+}
