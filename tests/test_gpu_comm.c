@@ -593,32 +593,35 @@ Test(gpu_comm, wrap_and_kinds, .timeout = 60) {
 
 #define MAX_GPUS 8
 
-Test(gpu_comm, one_rank_per_gpu, .timeout = 300) {
-  int n = require_devices(2);
-  if (n > MAX_GPUS) n = MAX_GPUS;
+/* Ranks on devices 0 .. n-1 driven by one thread: every rank's
+ * collectives of a reduction or a step are one NCCL group, as NCCL
+ * requires of a thread that drives several devices.  Five steps (the
+ * fourth overflows on every rank); after each, every rank holds the same
+ * parameters. */
+static void one_rank_per_gpu_case(const config *c, int n) {
   int devs[MAX_GPUS];
   for (int i = 0; i < n; i++) devs[i] = i;
   ncclComm_t nccl[MAX_GPUS];
   NC(ncclCommInitAll(nccl, n, devs));
-  config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 16384, 0, 0};
   rig r[MAX_GPUS];
   fo_comm *comm[MAX_GPUS];
   cudaStream_t s[MAX_GPUS];
+  const fo_dp_options o = dp_options(c);
   for (int i = 0; i < n; i++) {
-    rig_make(&r[i], &c, i);
+    rig_make(&r[i], c, i);
     OK(fo_comm_wrap_nccl(&comm[i], nccl[i]));
-    OK(fo_optimizer_set_comm(r[i].opt, comm[i], NULL));
+    OK(fo_optimizer_set_comm(r[i].opt, comm[i], &o));
     CK(cudaSetDevice(i));
     CK(cudaStreamCreateWithFlags(&s[i], cudaStreamNonBlocking));
   }
-  for (int k = 0; k < 3; k++) {
+  for (int k = 0; k < 5; k++) {
     for (int i = 0; i < n; i++) rig_grads(&r[i], k, i);
-    /* one thread drives every rank: the ranks' collectives must be one
-     * NCCL group, and every rank's reduction enqueued before any step */
     NC(ncclGroupStart());
     for (int i = 0; i < n; i++) OK(fo_optimizer_reduce_grads(r[i].opt, (fo_stream_t)s[i]));
     NC(ncclGroupEnd());
+    NC(ncclGroupStart()); /* a sharded step gathers the parameters */
     for (int i = 0; i < n; i++) OK(fo_optimizer_step(r[i].opt, (fo_stream_t)s[i]));
+    NC(ncclGroupEnd());
     size_t b0, bi;
     unsigned char *p0 = rig_params(&r[0], &b0);
     for (int i = 1; i < n; i++) {
@@ -635,4 +638,15 @@ Test(gpu_comm, one_rank_per_gpu, .timeout = 300) {
     OK(fo_comm_destroy(comm[i]));
     NC(ncclCommDestroy(nccl[i]));
   }
+}
+
+Test(gpu_comm, one_rank_per_gpu, .timeout = 300) {
+  int n = require_devices(2);
+  if (n > MAX_GPUS) n = MAX_GPUS;
+  const config c[] = {
+      {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 16384, 0, 0},
+      {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0}, /* packed, f32 wire */
+      {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1},    /* sharded state */
+  };
+  for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) one_rank_per_gpu_case(&c[i], n);
 }
