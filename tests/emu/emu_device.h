@@ -98,10 +98,14 @@ struct Queued {
   uint64_t after_seq = 0;  /* ... up to this operation */
 };
 
+struct Alloc {
+  size_t bytes;
+  int home; /* its device */
+};
+
 struct Device {
   std::recursive_mutex mu;
-  std::map<uintptr_t, size_t> allocs; /* base -> bytes */
-  std::map<uintptr_t, int> homes;     /* base -> device */
+  std::map<uintptr_t, Alloc> allocs; /* by base */
   size_t used[EMU_DEVICES] = {};
   std::list<Queued> queue; /* in enqueue order */
   uint64_t seq = 0;
@@ -198,7 +202,7 @@ cudaError_t enqueue_wait(Stream *s, const Event *e);
 /* The allocation holding [p, p + n), or dev().allocs.end(); whether p is
  * device memory; a copy's two ends checked against its kind (resolving
  * cudaMemcpyDefault). */
-std::map<uintptr_t, size_t>::iterator find_alloc(const void *p, size_t n);
+std::map<uintptr_t, Alloc>::iterator find_alloc(const void *p, size_t n);
 bool on_device(const void *p);
 cudaError_t check_copy(void *dst, const void *src, size_t n, cudaMemcpyKind *kind);
 

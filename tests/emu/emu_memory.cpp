@@ -44,10 +44,6 @@ static void protect_alloc(uintptr_t start, size_t bytes, int prot) {
   protect(lo, lo + mapped_bytes(bytes), prot);
 }
 
-static int home_of(uintptr_t base) {
-  return dev().homes.at(base);
-}
-
 /* The allocations of the devices in mask, opened or closed (a device
  * without memory in use costs nothing: most programs use one). */
 static void set_access(unsigned mask, int prot) {
@@ -55,11 +51,12 @@ static void set_access(unsigned mask, int prot) {
     if (!dev().used[i]) mask &= ~(1u << i);
   if (!mask) return;
   for (const auto &a : dev().allocs)
-    if (mask & (1u << home_of(a.first))) protect_alloc(a.first, a.second, prot);
+    if (mask & (1u << a.second.home)) protect_alloc(a.first, a.second.bytes, prot);
 }
 
 void reach(unsigned mask) {
   Device &d = dev();
+  if (d.opened == mask) return;
   set_access(d.opened & ~mask, PROT_NONE);
   set_access(mask & ~d.opened, PROT_READ | PROT_WRITE);
   d.opened = mask;
@@ -98,7 +95,7 @@ Access::Access() {
  * open already. */
 Access::Access(const void *p, size_t n) : single(true) {
   auto it = find_alloc(p, n);
-  if (it == dev().allocs.end() || (dev().opened & (1u << home_of(it->first)))) return;
+  if (it == dev().allocs.end() || (dev().opened & (1u << it->second.home))) return;
   lo = (uintptr_t)p / page_size() * page_size();
   hi = ((uintptr_t)p + n + page_size() - 1) / page_size() * page_size();
   protect(lo, hi, PROT_READ | PROT_WRITE);
@@ -122,13 +119,13 @@ Hidden::~Hidden() {
 /* ------------------------------------------------------------- lookups */
 
 /* The allocation holding [p, p + n), or allocs.end(). */
-std::map<uintptr_t, size_t>::iterator find_alloc(const void *p, size_t n) {
+std::map<uintptr_t, Alloc>::iterator find_alloc(const void *p, size_t n) {
   Device &d = dev();
   const uintptr_t a = (uintptr_t)p;
   auto it = d.allocs.upper_bound(a);
   if (it == d.allocs.begin()) return d.allocs.end();
   --it;
-  const size_t size = it->second ? it->second : 1;
+  const size_t size = it->second.bytes ? it->second.bytes : 1;
   if (a < it->first || a - it->first >= size || n > size - (a - it->first)) return d.allocs.end();
   return it;
 }
@@ -182,8 +179,7 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes) {
   if (bytes > EMU_MEMORY - d.used[home]) return fail(cudaErrorMemoryAllocation);
   void *p = map_device(bytes, home);
   if (!p) return fail(cudaErrorMemoryAllocation);
-  d.allocs[(uintptr_t)p] = bytes;
-  d.homes[(uintptr_t)p] = home;
+  d.allocs[(uintptr_t)p] = Alloc{bytes, home};
   d.used[home] += bytes;
   *ptr = p;
   return cudaSuccess;
@@ -198,9 +194,8 @@ cudaError_t cudaFree(void *ptr) {
   auto it = d.allocs.find((uintptr_t)ptr);
   if (it == d.allocs.end()) return fail(cudaErrorInvalidValue);
   flush_all(); /* cudaFree waits for the device */
-  d.used[home_of(it->first)] -= it->second;
-  unmap_device(ptr, it->second);
-  d.homes.erase(it->first);
+  d.used[it->second.home] -= it->second.bytes;
+  unmap_device(ptr, it->second.bytes);
   d.allocs.erase(it);
   return cudaSuccess;
 }
@@ -212,7 +207,7 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void
   auto it = ptr ? find_alloc(ptr, 1) : dev().allocs.end();
   if (it != dev().allocs.end()) {
     a->type = cudaMemoryTypeDevice;
-    a->device = home_of(it->first);
+    a->device = it->second.home;
     a->devicePointer = (void *)ptr;
   } else {
     a->type = cudaMemoryTypeUnregistered;

@@ -67,7 +67,7 @@ __attribute__((destructor)) static void report_leaks() {
   const Device &d = dev();
   if (d.allocs.empty()) return;
   size_t bytes = 0;
-  for (const auto &a : d.allocs) bytes += a.second;
+  for (const auto &a : d.allocs) bytes += a.second.bytes;
   fprintf(stderr, "emulated device: %zu allocations (%zu bytes) never freed\n", d.allocs.size(),
           bytes);
 }
