@@ -172,6 +172,19 @@ Test(gpu_devices, an_optimizer_on_another_device_than_the_current_one, .timeout 
     cr_assert_eq(info[0].loss_scale, info[1].loss_scale, "step %d", k);
   }
 
+  /* checkpoints saved at once, the last step still queued: through host
+   * staging on each one's device, after its stream; the two files are the
+   * same bytes */
+  char dir[] = "/tmp/fo_devices_XXXXXX", path[2][64];
+  cr_assert_not_null(mkdtemp(dir));
+  for (int d = 0; d < 2; d++) {
+    snprintf(path[d], sizeof path[d], "%s/device%d.fo", dir, d);
+    ON0(fo_optimizer_save(opt[d], path[d], (fo_stream_t)s[d]));
+  }
+  size_t f0, f1;
+  unsigned char *file0 = read_file(path[0], &f0), *file1 = read_file(path[1], &f1);
+  expect_same(file0, f0, file1, f1, "the checkpoint files");
+
   fo_step_info info[2];
   int64_t step[2];
   for (int d = 0; d < 2; d++) {
@@ -185,18 +198,7 @@ Test(gpu_devices, an_optimizer_on_another_device_than_the_current_one, .timeout 
   unsigned char *p0 = snapshot(opt[0], 0, &n0), *p1 = snapshot(opt[1], 1, &n1);
   expect_same(p0, n0, p1, n1, "parameters and master weights");
 
-  /* checkpoints: saved through host staging on each one's device, the two
-   * files are the same bytes; device 1's loads into a fresh optimizer on
-   * device 1 */
-  char dir[] = "/tmp/fo_devices_XXXXXX", path[2][64];
-  cr_assert_not_null(mkdtemp(dir));
-  for (int d = 0; d < 2; d++) {
-    snprintf(path[d], sizeof path[d], "%s/device%d.fo", dir, d);
-    ON0(fo_optimizer_save(opt[d], path[d], (fo_stream_t)s[d]));
-  }
-  size_t f0, f1;
-  unsigned char *file0 = read_file(path[0], &f0), *file1 = read_file(path[1], &f1);
-  expect_same(file0, f0, file1, f1, "the checkpoint files");
+  /* device 1's checkpoint loads into a fresh optimizer on device 1 */
   fo_optimizer *back = make(1);
   fill(back, 1, FO_ROLE_PARAM, 12, 1.0f); /* other values, overwritten by the load */
   ON0(fo_optimizer_load(back, path[1], (fo_stream_t)s[1]));

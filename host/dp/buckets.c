@@ -355,14 +355,13 @@ fo_status fo_optimizer_bucket_tensors(const fo_optimizer *opt, int64_t bucket, i
  * after the capture): a replay and the eager work around it use the same
  * gradients and parameters, so the caller orders them already
  * (docs/data-parallel.md, "CUDA graphs"), and with them their use of the
- * scratch.  When the runtime cannot tell, wait: an error beats a race. */
+ * scratch.  here: the capture stream is in (check_same_capture's answer,
+ * never unknown: it refuses a stream the runtime cannot place). */
 static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_stream_t stream,
                                uint64_t here) {
   const fo_dp *dp = opt->dp;
   const int64_t last = dp->last_packed;
-  if (last < 0 || dp->streams[last] == stream) return FO_SUCCESS;
-  const uint64_t then = dp->captures[last];
-  if (here != then && here != FO_CAPTURE_UNKNOWN && then != FO_CAPTURE_UNKNOWN) return FO_SUCCESS;
+  if (last < 0 || dp->streams[last] == stream || dp->captures[last] != here) return FO_SUCCESS;
   return opt->exec->wait(fn, opt->options.device, stream, dp->events[last]);
 }
 

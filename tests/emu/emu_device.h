@@ -1,7 +1,8 @@
 /*
  * emu_device.h -- the emulated device's state and the internal functions
  * its runtime's files share (emu_runtime.cpp: the queue, capture rules,
- * errors, devices and memory; emu_streams.cpp: streams, events and graphs).
+ * errors and devices; emu_memory.cpp: memory and copies; emu_streams.cpp:
+ * streams, events and graphs).
  * docs/design.md, "The emulated device".
  */
 #ifndef FO_TEST_EMU_DEVICE_H
@@ -92,10 +93,11 @@ struct Queued {
   uint64_t seq;
   Stream *s;
   Work fn;
-  bool host;               /* cudaLaunchHostFunc: may wait for the program */
-  unsigned reach;          /* the devices whose memory it may touch */
-  Stream *after = nullptr; /* a wait: the event's stream ... */
-  uint64_t after_seq = 0;  /* ... up to this operation */
+  bool host = false;             /* cudaLaunchHostFunc: may wait for the program */
+  unsigned reach = EVERY_DEVICE; /* the devices whose memory it may touch */
+  bool busy = false;             /* running what it depends on */
+  Stream *after = nullptr;       /* a wait: the event's stream ... */
+  uint64_t after_seq = 0;        /* ... up to this operation */
 };
 
 struct Alloc {
@@ -134,7 +136,8 @@ extern thread_local int current_device;
 /* Record e (unless cudaSuccess) as the thread's last error; return it. */
 cudaError_t fail(cudaError_t e);
 /* The stream s names (NULL and the special handles: the current device's
- * legacy stream), or NULL when it is no stream of ours. */
+ * legacy stream; a Stream * of ours, a device's legacy stream among them,
+ * names itself), or NULL when it is no stream of ours. */
 Stream *stream_of(cudaStream_t s);
 
 /* Device memory is mapped without access for the host: code that reads or

@@ -193,7 +193,7 @@ cudaError_t cudaFree(void *ptr) {
   Device &d = dev();
   auto it = d.allocs.find((uintptr_t)ptr);
   if (it == d.allocs.end()) return fail(cudaErrorInvalidValue);
-  flush_all(); /* cudaFree waits for the device */
+  flush_device(it->second.home); /* cudaFree waits for the device */
   d.used[it->second.home] -= it->second.bytes;
   unmap_device(ptr, it->second.bytes);
   d.allocs.erase(it);

@@ -102,10 +102,13 @@ ncclResult_t copy(const void *send, void *recv, size_t count, ncclDataType_t t, 
   return e == 0 ? ncclSuccess : ncclUnhandledCudaError;
 }
 
+/* On the current device, as ncclCommInitRank. */
 ncclResult_t one_rank(ncclComm_t *comm, int nranks, int rank) {
   if (!comm) return ncclInvalidArgument;
   if (nranks != 1 || rank != 0) return ncclInvalidUsage; /* one rank per process */
-  *comm = new ncclComm{0, 0, nullptr};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return ncclUnhandledCudaError;
+  *comm = new ncclComm{device, 0, nullptr};
   return ncclSuccess;
 }
 
@@ -202,38 +205,74 @@ void run_part(const std::shared_ptr<Collective> &c, int rank) {
   c->done = true;
 }
 
+/* Rank comm's part of its next collective: enqueued on stream (resolved),
+ * counted once it is. */
+ncclResult_t issue(const Collective &call, const void *send, void *recv, ncclComm_t comm,
+                   void *stream) {
+  Clique *q = comm->clique;
+  const int rank = comm->rank;
+  const uint64_t k = q->calls[(size_t)rank];
+  std::shared_ptr<Collective> c = q->pending[k];
+  if (!c) {
+    c = q->pending[k] = std::make_shared<Collective>(call);
+    c->parts.assign((size_t)q->size, Part());
+  } else if (c->kind != call.kind || c->count != call.count || c->type != call.type ||
+             c->root != call.root || (call.kind != BROADCAST && c->op != call.op)) {
+    fprintf(stderr, "emulated NCCL: rank %d's collective %llu differs from another rank's\n", rank,
+            (unsigned long long)k);
+    return ncclInvalidUsage;
+  }
+  uint64_t seq = 0;
+  if (fo_emu_enqueue(
+          stream, [c, rank]() { run_part(c, rank); }, &seq) != 0 ||
+      !seq) {
+    if (!c->arrived) q->pending.erase(k);
+    return ncclUnhandledCudaError;
+  }
+  c->parts[(size_t)rank] = Part{true, send, recv, (cudaStream_t)stream, seq};
+  q->calls[(size_t)rank]++;
+  if (++c->arrived == q->size) q->pending.erase(k);
+  return ncclSuccess;
+}
+
+/* As NCCL: inside ncclGroupStart/End a collective is only recorded, and
+ * its work goes on its stream at the outermost ncclGroupEnd -- after any
+ * work the program enqueued on that stream in between. */
+thread_local int group_depth = 0;
+thread_local std::vector<std::function<ncclResult_t()>> grouped;
+
 ncclResult_t collective(Kind kind, const void *send, void *recv, size_t count, ncclDataType_t t,
                         ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
   if (!comm || !dtype_size(t) || (count && (!send || !recv))) return ncclInvalidArgument;
   if (root < 0 || root >= (comm->clique ? comm->clique->size : 1)) return ncclInvalidArgument;
-  if (!comm->clique) return copy(send, recv, count, t, comm, stream);
-  const bool summed = kind != BROADCAST;
-  if (summed && ((op != ncclSum && op != ncclAvg) ||
-                 (t != ncclFloat32 && t != ncclFloat16 && t != ncclBfloat16)))
-    return ncclInvalidUsage; /* not emulated */
-  cudaStreamCaptureStatus capturing;
-  if (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess) return ncclUnhandledCudaError;
-  if (capturing != cudaStreamCaptureStatusNone) return ncclInvalidUsage; /* not emulated */
-  Clique *q = comm->clique;
-  const uint64_t k = q->calls[(size_t)comm->rank]++;
-  std::shared_ptr<Collective> &c = q->pending[k];
-  if (!c) {
-    c = std::make_shared<Collective>();
-    *c = Collective{kind, count, t, op, root, std::vector<Part>((size_t)q->size)};
-  } else if (c->kind != kind || c->count != count || c->type != t || c->root != root ||
-             (summed && c->op != op)) {
-    fprintf(stderr, "emulated NCCL: rank %d's collective %llu differs from another rank's\n",
-            comm->rank, (unsigned long long)k);
-    return ncclInvalidUsage;
+  int device = -1;
+  void *s = fo_emu_stream(stream, &device);
+  /* NCCL launches on stream with the communicator's device current */
+  if (!s || device != comm->device) return ncclUnhandledCudaError;
+  std::function<ncclResult_t()> work;
+  if (!comm->clique) {
+    work = [=]() { return copy(send, recv, count, t, comm, (cudaStream_t)s); };
+  } else {
+    if (kind != BROADCAST && ((op != ncclSum && op != ncclAvg) ||
+                              (t != ncclFloat32 && t != ncclFloat16 && t != ncclBfloat16)))
+      return ncclInvalidUsage; /* not emulated */
+    cudaStreamCaptureStatus capturing;
+    if (cudaStreamIsCapturing((cudaStream_t)s, &capturing) != cudaSuccess)
+      return ncclUnhandledCudaError;
+    if (capturing != cudaStreamCaptureStatusNone) return ncclInvalidUsage; /* not emulated */
+    if (!group_depth) {
+      fprintf(stderr,
+              "emulated NCCL: a collective over %d ranks outside ncclGroupStart/End (one "
+              "thread drives them all: on a device it would wait for calls it has not made)\n",
+              comm->clique->size);
+      return ncclInvalidUsage;
+    }
+    const Collective call{kind, count, t, op, root, {}};
+    work = [=]() { return issue(call, send, recv, comm, s); };
   }
-  std::shared_ptr<Collective> keep = c;
-  Part &p = keep->parts[(size_t)comm->rank];
-  p = Part{true, send, recv, stream, 0};
-  if (++keep->arrived == q->size) q->pending.erase(k);
-  const int rank = comm->rank;
-  const int e = fo_emu_enqueue(
-      stream, [keep, rank]() { run_part(keep, rank); }, &p.seq);
-  return e == 0 ? ncclSuccess : ncclUnhandledCudaError;
+  if (!group_depth) return work();
+  grouped.push_back(std::move(work));
+  return ncclSuccess;
 }
 
 }  // namespace
@@ -334,11 +373,21 @@ ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataT
 }
 
 ncclResult_t ncclGroupStart(void) {
+  group_depth++;
   return ncclSuccess;
 }
 
 ncclResult_t ncclGroupEnd(void) {
-  return ncclSuccess;
+  if (!group_depth) return ncclInvalidUsage;
+  if (--group_depth) return ncclSuccess;
+  ncclResult_t r = ncclSuccess;
+  std::vector<std::function<ncclResult_t()>> work;
+  work.swap(grouped);
+  for (const auto &w : work) {
+    const ncclResult_t e = w();
+    if (r == ncclSuccess) r = e;
+  }
+  return r;
 }
 
 }  // extern "C"

@@ -47,6 +47,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "emu_device.h"
@@ -85,6 +86,8 @@ Stream *stream_of(cudaStream_t s) {
   if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread)
     return &d.legacy[current_device];
   Stream *p = (Stream *)s;
+  for (Stream &legacy : d.legacy)
+    if (p == &legacy) return p;
   return d.streams.count(p) ? p : nullptr;
 }
 
@@ -99,8 +102,8 @@ static auto blocking_on(int device) {
   return [device](const Stream *s) { return blocking(s) && s->device == device; };
 }
 
-/* The first queued operation of stream s (all of them when s is NULL:
- * any stream that pick() accepts) with seq below limit, or end(). */
+/* The first queued operation of a stream that pick() accepts, with seq up
+ * to limit, or end(). */
 template <class Pick>
 std::list<Queued>::iterator first_of(uint64_t limit, Pick pick) {
   std::list<Queued> &q = dev().queue;
@@ -109,29 +112,44 @@ std::list<Queued>::iterator first_of(uint64_t limit, Pick pick) {
   return it != q.end() && it->seq <= limit ? it : q.end();
 }
 
+void run_stream(Stream *s, uint64_t limit);
+
+/* The legacy stream's implicit order for an operation of s at seq: legacy
+ * work waits for every blocking stream's earlier work on its device, and a
+ * blocking stream's work for its device's legacy stream's. */
+static void run_implicit(Stream *s, uint64_t seq) {
+  std::list<Queued> &q = dev().queue;
+  if (s->legacy) {
+    for (;;) {
+      auto b = first_of(seq - 1, blocking_on(s->device));
+      if (b == q.end()) break;
+      run_stream(b->s, seq - 1);
+    }
+  } else if (blocking(s)) {
+    run_stream(&dev().legacy[s->device], seq - 1);
+  }
+}
+
 /* Run stream s's operations up to seq limit, in order, each after what it
- * depends on: an event it waits for, and the legacy stream's implicit
- * order (legacy work waits for every blocking stream's earlier work on its
- * device, and a blocking stream's work for its device's legacy stream's);
- * each with its reach of device memory open (a kernel: its device's).  The device may run any
- * stream's work once its dependencies have run, so the work of a stream
- * nobody waits for stays behind -- and a program that reads its results
- * without waiting reads stale memory, as it could on a device. */
+ * depends on (an event it waits for, the legacy stream's implicit order),
+ * each with its reach of device memory open (a kernel: its device's).  The
+ * device may run any stream's work once its dependencies have run, so the
+ * work of a stream nobody waits for stays behind -- and a program that
+ * reads its results without waiting reads stale memory, as it could on a
+ * device.  An operation whose dependencies lead back to it (a collective
+ * whose other ranks wait for work after it) would hang a device: abort. */
 void run_stream(Stream *s, uint64_t limit) {
   std::list<Queued> &q = dev().queue;
   for (;;) {
     auto it = first_of(limit, [s](const Stream *x) { return x == s; });
     if (it == q.end()) return;
-    const uint64_t seq = it->seq;
-    if (s->legacy) {
-      for (;;) {
-        auto b = first_of(seq - 1, blocking_on(s->device));
-        if (b == q.end()) break;
-        run_stream(b->s, seq - 1);
-      }
-    } else if (blocking(s)) {
-      run_stream(&dev().legacy[s->device], seq - 1);
+    if (it->busy) {
+      fprintf(stderr, "emulated device: operations wait for each other (a device would hang)\n");
+      abort();
     }
+    it->busy = true; /* so nothing it depends on runs it, or erases it */
+    const uint64_t seq = it->seq;
+    run_implicit(s, seq);
     if (it->after) run_stream(it->after, it->after_seq);
     /* what ran above was earlier work of other streams: it is still here */
     Queued op = std::move(*it);
@@ -150,6 +168,7 @@ void run_stream(Stream *s, uint64_t limit) {
 void run_before(Stream *s, uint64_t seq) {
   const unsigned opened = dev().opened;
   run_stream(s, seq - 1);
+  run_implicit(s, seq);
   reach(opened);
 }
 
@@ -356,17 +375,25 @@ extern "C" int fo_emu_launch(void *stream, std::function<void()> fn) {
 
 extern "C" int fo_emu_enqueue(void *stream, std::function<void()> fn, uint64_t *seq) {
   LOCK;
+  if (seq) *seq = 0;
   Stream *s = stream_of((cudaStream_t)stream);
   if (!s) return fail(cudaErrorInvalidResourceHandle);
   const cudaError_t e = fail(enqueue(s, std::move(fn)));
-  if (seq) *seq = e == cudaSuccess && !s->cap ? dev().seq : 0;
+  if (seq && e == cudaSuccess && !s->cap) *seq = dev().seq;
   return e;
+}
+
+extern "C" void *fo_emu_stream(void *stream, int *device) {
+  LOCK;
+  Stream *s = stream_of((cudaStream_t)stream);
+  if (s && device) *device = s->device;
+  return s;
 }
 
 extern "C" void fo_emu_run_before(void *stream, uint64_t seq) {
   LOCK;
   Stream *s = stream_of((cudaStream_t)stream);
-  if (s) run_before(s, seq);
+  if (s && seq) run_before(s, seq);
 }
 
 extern "C" {

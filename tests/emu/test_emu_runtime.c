@@ -18,6 +18,9 @@
 
 #define CHECK(call) cr_assert_eq((call), cudaSuccess, "%s", #call)
 
+/* emu_test_kernel.cpp: a kernel that writes value to *p on stream. */
+int emu_test_write(void *stream, unsigned char *p, unsigned char value);
+
 /* Two device buffers (b holds OLD, c zero) and two non-blocking streams. */
 typedef struct {
   unsigned char *b, *c;
@@ -236,4 +239,54 @@ Test(emu_devices, a_device_synchronize_waits_for_its_own_device_only) {
   CHECK(cudaDeviceSynchronize());
   cr_assert_eq(flag, 1, "device 1's synchronize did not run its work");
   CHECK(cudaStreamDestroy(s));
+}
+
+/* A kernel goes on a stream of the current device, and touches its own
+ * device's memory. */
+Test(emu_devices, a_kernel_runs_on_the_current_devices_streams) {
+  unsigned char *p, host = 0;
+  cudaStream_t s;
+  CHECK(cudaSetDevice(1));
+  CHECK(cudaMalloc((void **)&p, BYTES));
+  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CHECK(cudaSetDevice(0));
+  cr_assert_eq(emu_test_write(s, p, NEW), cudaErrorInvalidResourceHandle);
+  cr_assert_eq(cudaGetLastError(), cudaErrorInvalidResourceHandle);
+  CHECK(cudaSetDevice(1));
+  CHECK(emu_test_write(s, p, NEW));
+  CHECK(cudaStreamSynchronize(s));
+  CHECK(cudaMemcpy(&host, p, 1, cudaMemcpyDeviceToHost));
+  cr_assert_eq(host, NEW);
+  CHECK(cudaStreamDestroy(s));
+  CHECK(cudaFree(p));
+  CHECK(cudaSetDevice(0));
+}
+
+/* Without peer access a kernel that reads or writes another device's
+ * memory faults (on a device: an illegal address). */
+Test(emu_devices, a_kernel_touching_another_devices_memory_faults, .signal = SIGSEGV) {
+  unsigned char *p;
+  CHECK(cudaSetDevice(1));
+  CHECK(cudaMalloc((void **)&p, BYTES));
+  CHECK(cudaSetDevice(0));
+  unsigned char *q;
+  CHECK(cudaMalloc((void **)&q, BYTES)); /* device 0 has memory in use too */
+  CHECK(emu_test_write(NULL, q, NEW));
+  CHECK(emu_test_write(NULL, p, NEW));
+  CHECK(cudaDeviceSynchronize());
+  cr_log_error("a kernel on device 0 wrote device 1's memory");
+}
+
+static void CUDART_CB read_device_memory(void *p) {
+  cr_log_error("a host function read %#x from device memory", *(volatile unsigned char *)p);
+}
+
+/* A host function is host code: device memory is closed to it even while
+ * the device runs the work around it. */
+Test(emu_memory, a_host_function_reading_device_memory_faults, .signal = SIGSEGV) {
+  unsigned char *p;
+  CHECK(cudaMalloc((void **)&p, BYTES));
+  CHECK(emu_test_write(NULL, p, NEW));
+  CHECK(cudaLaunchHostFunc(NULL, read_device_memory, p));
+  CHECK(cudaDeviceSynchronize());
 }
