@@ -170,11 +170,10 @@ void reach(unsigned mask);
 size_t mapped_bytes(size_t bytes);
 
 /* Run stream s's queued work (and what it depends on); the work a blocking
- * call on device's legacy stream waits for; a device's work; everything. */
+ * call on device's legacy stream waits for; a device's work. */
 void flush(Stream *s);
 void flush_legacy(int device);
 void flush_device(int device);
-void flush_all();
 /* Run stream s's work before its operation seq (for the emulated NCCL). */
 void run_before(Stream *s, uint64_t seq);
 /* Run queued work in order up to the first host function. */
@@ -194,7 +193,7 @@ bool unjoined(const Capture *c);
 /* Capture c's nodes in the order a launch of its graph runs them: each after
  * its dependencies, and otherwise the one captured last first -- a legal
  * order that a missing wait between two captured streams cannot survive,
- * where capture order would hide it (as flush_all for eager work). */
+ * where capture order would hide it (as flush_device for eager work). */
 std::vector<Node> replay_order(std::vector<Node> ops);
 
 /* Enqueue fn on s, or add it to s's capture (reach: the devices whose

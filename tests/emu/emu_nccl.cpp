@@ -36,7 +36,6 @@ enum Kind { ALL_REDUCE, REDUCE, BROADCAST };
 
 /* One rank's call of a collective. */
 struct Part {
-  bool called = false;
   const void *send = nullptr;
   void *recv = nullptr;
   cudaStream_t stream = nullptr;
@@ -90,12 +89,11 @@ size_t dtype_size(ncclDataType_t t) {
   }
 }
 
-/* recv = send (count elements of t) on stream, for a one-rank collective. */
-ncclResult_t copy(const void *send, void *recv, size_t count, ncclDataType_t t, ncclComm_t comm,
+/* recv = send (count elements of t) on stream, for a one-rank collective
+ * (its arguments checked by collective()). */
+ncclResult_t copy(const void *send, void *recv, size_t count, ncclDataType_t t,
                   cudaStream_t stream) {
-  const size_t size = dtype_size(t);
-  if (!comm || !size || (count && (!send || !recv))) return ncclInvalidArgument;
-  const size_t bytes = count * size;
+  const size_t bytes = count * dtype_size(t);
   if (!bytes || send == recv) return ncclSuccess;
   const int e = fo_emu_enqueue(
       stream, [send, recv, bytes]() { memmove(recv, send, bytes); }, nullptr);
@@ -229,7 +227,7 @@ ncclResult_t issue(const Collective &call, const void *send, void *recv, ncclCom
     if (!c->arrived) q->pending.erase(k);
     return ncclUnhandledCudaError;
   }
-  c->parts[(size_t)rank] = Part{true, send, recv, (cudaStream_t)stream, seq};
+  c->parts[(size_t)rank] = Part{send, recv, (cudaStream_t)stream, seq};
   q->calls[(size_t)rank]++;
   if (++c->arrived == q->size) q->pending.erase(k);
   return ncclSuccess;
@@ -251,7 +249,7 @@ ncclResult_t collective(Kind kind, const void *send, void *recv, size_t count, n
   if (!s || device != comm->device) return ncclUnhandledCudaError;
   std::function<ncclResult_t()> work;
   if (!comm->clique) {
-    work = [=]() { return copy(send, recv, count, t, comm, (cudaStream_t)s); };
+    work = [=]() { return copy(send, recv, count, t, (cudaStream_t)s); };
   } else {
     if (kind != BROADCAST && ((op != ncclSum && op != ncclAvg) ||
                               (t != ncclFloat32 && t != ncclFloat16 && t != ncclBfloat16)))

@@ -36,7 +36,7 @@
  * that device's memory only (no peer access), so host code that forgets to
  * switch devices fails as on a machine with several GPUs.  Work runs on
  * the thread that waits for it, each operation after what it depends on,
- * and otherwise newest first (flush_all), a legal order on a device that
+ * and otherwise newest first (flush_device), a legal order on a device that
  * exposes a missing wait between streams.
  *
  * Test code only: the runtime's state is one object behind one lock
@@ -192,19 +192,12 @@ void flush_legacy(int device) {
   }
 }
 
-/* Newest first: the last operation enqueued runs as soon as what it
- * depends on has, ahead of older work of other streams that it does not
- * wait for -- a legal order that a missing wait for another stream's work
- * cannot survive, where running in enqueue order would hide it. */
-void flush_all() {
-  if (dev().queue.empty()) return;
-  Access open;
-  std::list<Queued> &q = dev().queue;
-  while (!q.empty()) run_stream(q.back().s, q.back().seq);
-}
-
-/* The same for one device's streams (and what they depend on). */
+/* Newest first: the device's last operation enqueued runs as soon as what
+ * it depends on has, ahead of older work of other streams that it does
+ * not wait for -- a legal order that a missing wait for another stream's
+ * work cannot survive, where running in enqueue order would hide it. */
 void flush_device(int device) {
+  if (dev().queue.empty()) return;
   Access open;
   std::list<Queued> &q = dev().queue;
   for (;;) {
