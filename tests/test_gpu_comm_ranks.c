@@ -84,7 +84,7 @@ static void one_rank_per_gpu_case(const gc_config *c, int n) {
     for (int i = 0; i < n; i++) OK(fo_optimizer_reduce_grads(r[i].opt, (fo_stream_t)s[i]));
     NC(ncclGroupEnd());
     for (int i = 0; i < n; i++) OK(fo_optimizer_step(r[i].opt, (fo_stream_t)s[i]));
-    gc_grads_of(&ref, k, 0, n);
+    gc_grads_mean(&ref, k, n);
     OK(fo_optimizer_step(ref.opt, NULL));
     size_t b0, bi;
     unsigned char *p0 = gc_params(&r[0], &b0);

@@ -89,52 +89,76 @@ static void round_to(fo_dtype dtype, float *v, int64_t n) {
   free(h);
 }
 
-/* Tensor i's scaled gradients of step k for rank, as rank holds them (in
- * the gradient dtype), into v. */
-static void grad_values(const gc_rig *r, int k, int rank, int i, float scale, float *v) {
-  tu_rng rng;
-  tu_rng_seed(&rng, 1000 + (uint64_t)k, 2 + (uint64_t)rank);
-  for (int j = 0; j < i; j++) /* the earlier tensors' draws */
-    for (int64_t e = 0; e < GC_SIZES[j]; e++) (void)tu_rng_range(&rng, -0.02, 0.02);
-  for (int64_t e = 0; e < GC_SIZES[i]; e++) v[e] = scale * (float)tu_rng_range(&rng, -0.02, 0.02);
-  if (k == 3 && i == 3) v[5] = INFINITY; /* an overflow step */
-  round_to(r->gd, v, GC_SIZES[i]);
+/* Every tensor's elements, back to back. */
+static int64_t total_elements(void) {
+  int64_t n = 0;
+  for (int i = 0; i < GC_NT; i++) n += GC_SIZES[i];
+  return n;
 }
 
-/* The scaled gradients of step k, written with a blocking copy: rank's, or
- * (ranks > 1) the mean of ranks 0 .. ranks-1's as their sum in the gradient
- * dtype (the all-reduce's, in rank order) times 1 / ranks (the step's). */
-void gc_grads_of(gc_rig *r, int k, int rank, int ranks) {
+/* The loss scale r's next step expects (synchronizes r's device). */
+static float loss_scale(gc_rig *r) {
   CK(cudaSetDevice(r->device));
   fo_step_info info;
-  OK(fo_optimizer_get_info(r->opt, &info)); /* synchronizes */
-  float *v = malloc(GC_NMAX * sizeof(float)), *sum = malloc(GC_NMAX * sizeof(float));
+  OK(fo_optimizer_get_info(r->opt, &info));
+  return info.loss_scale;
+}
+
+/* Every tensor's gradients of step k for rank, times scale, back to back
+ * into v, as rank holds them (in the gradient dtype). */
+static void rank_grads(const gc_rig *r, int k, int rank, float scale, float *v) {
+  tu_rng rng;
+  tu_rng_seed(&rng, 1000 + (uint64_t)k, 2 + (uint64_t)rank);
+  float *at = v;
+  for (int i = 0; i < GC_NT; i++) {
+    for (int64_t e = 0; e < GC_SIZES[i]; e++)
+      at[e] = scale * (float)tu_rng_range(&rng, -0.02, 0.02);
+    if (k == 3 && i == 3) at[5] = INFINITY; /* an overflow step */
+    at += GC_SIZES[i];
+  }
+  round_to(r->gd, v, total_elements());
+}
+
+/* v (every tensor back to back) as r's gradients, with a blocking copy. */
+static void put_grads(gc_rig *r, const float *v) {
   uint16_t *h16 = malloc(GC_NMAX * sizeof(float));
-  cr_assert(v && sum && h16);
+  cr_assert_not_null(h16);
+  const float *at = v;
   for (int i = 0; i < GC_NT; i++) {
     void *g;
     OK(fo_optimizer_grad_ptr(r->opt, i, &g));
-    grad_values(r, k, rank, i, info.loss_scale, sum);
-    for (int q = 1; q < ranks; q++) {
-      grad_values(r, k, q, i, info.loss_scale, v);
-      for (int64_t e = 0; e < GC_SIZES[i]; e++) sum[e] += v[e];
-    }
-    if (ranks > 1) {
-      round_to(r->gd, sum, GC_SIZES[i]);
-      for (int64_t e = 0; e < GC_SIZES[i]; e++) sum[e] /= (float)ranks;
-    }
-    OK(fo_convert_from_f32(r->gd, sum, h16, GC_SIZES[i]));
+    OK(fo_convert_from_f32(r->gd, at, h16, GC_SIZES[i]));
     if (GC_SIZES[i])
       CK(cudaMemcpy(g, h16, (size_t)GC_SIZES[i] * fo_dtype_size(r->gd), cudaMemcpyHostToDevice));
+    at += GC_SIZES[i];
   }
   CK(cudaDeviceSynchronize()); /* a pageable copy may still be in flight */
-  free(v);
-  free(sum);
   free(h16);
 }
 
 void gc_grads(gc_rig *r, int k, int rank) {
-  gc_grads_of(r, k, rank, 1);
+  float *v = malloc((size_t)total_elements() * sizeof(float));
+  cr_assert_not_null(v);
+  rank_grads(r, k, rank, loss_scale(r), v);
+  put_grads(r, v);
+  free(v);
+}
+
+void gc_grads_mean(gc_rig *r, int k, int ranks) {
+  const int64_t n = total_elements();
+  const float scale = loss_scale(r);
+  float *sum = malloc((size_t)n * sizeof(float)), *v = malloc((size_t)n * sizeof(float));
+  cr_assert(sum && v);
+  rank_grads(r, k, 0, scale, sum);
+  for (int q = 1; q < ranks; q++) {
+    rank_grads(r, k, q, scale, v);
+    for (int64_t e = 0; e < n; e++) sum[e] += v[e];
+  }
+  round_to(r->gd, sum, n);                                /* the all-reduce's sum, in rank order */
+  for (int64_t e = 0; e < n; e++) sum[e] /= (float)ranks; /* the step's */
+  put_grads(r, sum);
+  free(sum);
+  free(v);
 }
 
 /* The parameters of every tensor, on the host, in the parameter dtype. */

@@ -37,11 +37,11 @@ typedef struct gc_config {
 /* An optimizer of config c on device (gc_make), its parameters drawn. */
 void gc_make(gc_rig *r, const gc_config *c, int device);
 void gc_free(gc_rig *r);
-/* The scaled gradients of step k for rank (gc_grads), or (ranks > 1) the
- * mean of ranks 0 .. ranks-1's as the all-reduce and the step make it: their
- * sum in the gradient dtype, in rank order, times 1 / ranks. */
+/* The scaled gradients of step k for rank (gc_grads), or the mean of ranks
+ * 0 .. ranks-1's as the all-reduce and the step make it (gc_grads_mean):
+ * their sum in the gradient dtype, in rank order, times 1 / ranks. */
 void gc_grads(gc_rig *r, int k, int rank);
-void gc_grads_of(gc_rig *r, int k, int rank, int ranks);
+void gc_grads_mean(gc_rig *r, int k, int ranks);
 /* Every parameter on the host, in the parameter dtype (malloc'ed). */
 unsigned char *gc_params(const gc_rig *r, size_t *bytes);
 void gc_expect_same(const gc_rig *a, const gc_rig *b, const char *what);
