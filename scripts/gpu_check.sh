@@ -219,7 +219,7 @@ if [ ! -f /usr/local/cuda/include/nccl.h ] && [ ! -f /usr/include/nccl.h ]; then
 fi
 
 build_cmd() {
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFO_BUILD_EMU=OFF \
     -DCMAKE_CUDA_ARCHITECTURES="${FO_CUDA_ARCH:-90}" ${nccl_arg:+"$nccl_arg"} &&
     cmake --build "$build" -j "$(nproc)"
 }
