@@ -49,7 +49,7 @@ fi
 # (docs/gpu-verification.md).
 if [ "${FO_TEST_SANITIZE:-1}" != 0 ]; then
   san="${FO_SAN_BUILD_DIR:-build-asan}"
-  echo "test.sh: the CPU tier under AddressSanitizer + UndefinedBehaviorSanitizer ($san)"
+  echo "test.sh: the CPU tier and the emulated GPU tier under AddressSanitizer + UndefinedBehaviorSanitizer ($san)"
   FO_BUILD_DIR="$san" FO_CMAKE_ARGS="-DFO_SANITIZE=ON -DCMAKE_CUDA_ARCHITECTURES=80-virtual \
 -DFO_BUILD_EXAMPLES=OFF -DFO_BUILD_BENCH=OFF" bash scripts/build.sh
   stage_done "the sanitized build"

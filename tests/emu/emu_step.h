@@ -24,7 +24,7 @@
 
 namespace emu {
 
-const int NT = FO_CUDA_THREADS;
+inline constexpr int NT = FO_CUDA_THREADS;
 
 /* fo_warp_sum: lane 0's value after the shuffle-down tree over v[0..32). */
 inline double warp_sum(double *v) {
