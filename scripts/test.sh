@@ -44,8 +44,8 @@ fi
 # The kernels only need to compile in this build, so PTX for one CUDA
 # architecture (80-virtual: nvcc's front end without ptxas, a third of
 # the main build's nvcc time; the main build makes and checks the machine
-# code) and no examples or benchmarks.  The GPU tier itself
-# is left out: it runs under compute-sanitizer on a GPU machine
+# code) and no examples or benchmarks.  The GPU tier itself is left out:
+# it runs under compute-sanitizer on a GPU machine
 # (docs/gpu-verification.md).
 if [ "${FO_TEST_SANITIZE:-1}" != 0 ]; then
   san="${FO_SAN_BUILD_DIR:-build-asan}"

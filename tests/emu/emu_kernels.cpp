@@ -106,15 +106,15 @@ int fo_launch_step(const fo_step_launch *args, void *stream) {
   if (args->num_blocks > 0 && (args->chunk <= 0 || !args->blocks || !args->tensors))
     return (int)cudaErrorInvalidValue;
   switch (args->algorithm) {
-    case FO_RULE_SGD: return emu::step_sgd(*args, stream);
-    case FO_RULE_ADAM: return emu::step_adam(*args, stream);
-    case FO_RULE_ADAMW: return emu::step_adamw(*args, stream);
-    case FO_RULE_LION: return emu::step_lion(*args, stream);
-    case FO_RULE_ADAGRAD: return emu::step_adagrad(*args, stream);
-    case FO_RULE_RMSPROP: return emu::step_rmsprop(*args, stream);
-    case FO_RULE_NADAM: return emu::step_nadam(*args, stream);
-    case FO_RULE_LAMB: return emu::step_lamb(*args, stream);
-    case FO_RULE_LARS: return emu::step_lars(*args, stream);
+    case FO_RULE_SGD: return emu::step_alg<FO_RULE_SGD>(*args, stream);
+    case FO_RULE_ADAM: return emu::step_alg<FO_RULE_ADAM>(*args, stream);
+    case FO_RULE_ADAMW: return emu::step_alg<FO_RULE_ADAMW>(*args, stream);
+    case FO_RULE_LION: return emu::step_alg<FO_RULE_LION>(*args, stream);
+    case FO_RULE_ADAGRAD: return emu::step_alg<FO_RULE_ADAGRAD>(*args, stream);
+    case FO_RULE_RMSPROP: return emu::step_alg<FO_RULE_RMSPROP>(*args, stream);
+    case FO_RULE_NADAM: return emu::step_alg<FO_RULE_NADAM>(*args, stream);
+    case FO_RULE_LAMB: return emu::step_alg<FO_RULE_LAMB>(*args, stream);
+    case FO_RULE_LARS: return emu::step_alg<FO_RULE_LARS>(*args, stream);
     default: return (int)cudaErrorInvalidValue;
   }
 }

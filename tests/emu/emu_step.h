@@ -120,17 +120,17 @@ int step_alg(const fo_step_launch &a, void *stream) {
   }
 }
 
-/* The step kernel's launch for one algorithm, after fo_launch_step
- * (emu_kernels.cpp) checked its arguments (emu_step_*.cpp). */
-int step_sgd(const fo_step_launch &a, void *stream);
-int step_adam(const fo_step_launch &a, void *stream);
-int step_adamw(const fo_step_launch &a, void *stream);
-int step_lion(const fo_step_launch &a, void *stream);
-int step_adagrad(const fo_step_launch &a, void *stream);
-int step_rmsprop(const fo_step_launch &a, void *stream);
-int step_nadam(const fo_step_launch &a, void *stream);
-int step_lamb(const fo_step_launch &a, void *stream);
-int step_lars(const fo_step_launch &a, void *stream);
+/* step_alg for each algorithm is instantiated once, in emu_step_*.cpp;
+ * fo_launch_step (emu_kernels.cpp) calls it after checking the arguments. */
+extern template int step_alg<FO_RULE_SGD>(const fo_step_launch &, void *);
+extern template int step_alg<FO_RULE_ADAM>(const fo_step_launch &, void *);
+extern template int step_alg<FO_RULE_ADAMW>(const fo_step_launch &, void *);
+extern template int step_alg<FO_RULE_LION>(const fo_step_launch &, void *);
+extern template int step_alg<FO_RULE_ADAGRAD>(const fo_step_launch &, void *);
+extern template int step_alg<FO_RULE_RMSPROP>(const fo_step_launch &, void *);
+extern template int step_alg<FO_RULE_NADAM>(const fo_step_launch &, void *);
+extern template int step_alg<FO_RULE_LAMB>(const fo_step_launch &, void *);
+extern template int step_alg<FO_RULE_LARS>(const fo_step_launch &, void *);
 
 }  // namespace emu
 

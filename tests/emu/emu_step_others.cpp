@@ -1,24 +1,14 @@
 /*
- * emu_step_others.cpp -- the emulated step kernel for SGD, Lion, AdaGrad and RMSprop (emu_step.h).
+ * emu_step_others.cpp -- the emulated step kernel for SGD, Lion, AdaGrad and RMSprop: its
+ * instantiations (emu_step.h).
  */
 #include "emu_step.h"
 
 namespace emu {
 
-int step_sgd(const fo_step_launch &a, void *stream) {
-  return step_alg<FO_RULE_SGD>(a, stream);
-}
-
-int step_lion(const fo_step_launch &a, void *stream) {
-  return step_alg<FO_RULE_LION>(a, stream);
-}
-
-int step_adagrad(const fo_step_launch &a, void *stream) {
-  return step_alg<FO_RULE_ADAGRAD>(a, stream);
-}
-
-int step_rmsprop(const fo_step_launch &a, void *stream) {
-  return step_alg<FO_RULE_RMSPROP>(a, stream);
-}
+template int step_alg<FO_RULE_SGD>(const fo_step_launch &, void *);
+template int step_alg<FO_RULE_LION>(const fo_step_launch &, void *);
+template int step_alg<FO_RULE_ADAGRAD>(const fo_step_launch &, void *);
+template int step_alg<FO_RULE_RMSPROP>(const fo_step_launch &, void *);
 
 }  // namespace emu
