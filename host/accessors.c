@@ -1,7 +1,8 @@
 /*
  * accessors.c -- reading and changing an optimizer between steps: the step
- * count, the step's report, learning rates and hyper-parameters, and the
- * buffers a caller may read and write.
+ * count, the step's report, the loss scaler's state and NAdam's products,
+ * learning rates and hyper-parameters, and the buffers a caller may read
+ * and write.
  */
 #include <math.h>
 #include <string.h>
@@ -86,6 +87,109 @@ static fo_status check_group(const char *fn, const fo_optimizer *opt, int group)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "group = %d is outside [0, %d)", group,
                    opt->num_groups);
   return FO_SUCCESS;
+}
+
+/* The parts of the step state set_step leaves alone: the loss scaler's
+ * and NAdam's.  The setters write the whole state back, like set_step, so
+ * that the host's copy (known.c) and steps_left follow them. */
+
+fo_status fo_optimizer_get_scaler_state(const fo_optimizer *opt, fo_scaler_state *out) {
+  static const char fn[] = "fo_optimizer_get_scaler_state";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_step_state s;
+  fo_status st = fo_claim(fn, opt);
+  if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
+  if (st != FO_SUCCESS) return st;
+  memset(out, 0, sizeof *out); /* the padding too */
+  out->skipped_steps = s.skipped;
+  out->scale = s.scale;
+  out->growth_tracker = s.growth_tracker;
+  out->hysteresis_left = s.hysteresis_left;
+  return FO_SUCCESS;
+}
+
+/* What a step can leave in the scaler's fields (a load's rule), and with
+ * loss scaling off what the step keeps there: it never writes them. */
+static fo_status check_scaler_state(const char *fn, const fo_optimizer *opt,
+                                    const fo_scaler_state *in) {
+  if (in->skipped_steps < 0 || in->skipped_steps > FO_MAX_STEP)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "state->skipped_steps = %lld is outside [0, FO_MAX_STEP = 2^62]",
+                   (long long)in->skipped_steps);
+  const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
+  fo_status st = fo_check_scaler_fields(fn, FO_ERR_INVALID_ARGUMENT, "state's", ls, in->scale,
+                                        in->growth_tracker, in->hysteresis_left);
+  if (st != FO_SUCCESS || ls->enabled) return st;
+  if (in->scale != 1.0f || in->growth_tracker != 0 || in->hysteresis_left != ls->hysteresis)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "loss scaling is off, so the scaler's fields stay as created: scale 1, "
+                   "growth_tracker 0, hysteresis_left %d (loss_scaler.hysteresis); state has "
+                   "%g, %d, %d",
+                   ls->hysteresis, (double)in->scale, in->growth_tracker, in->hysteresis_left);
+  return FO_SUCCESS;
+}
+
+static fo_status set_scaler_claimed(const char *fn, fo_optimizer *opt, const fo_scaler_state *in) {
+  fo_step_state s;
+  fo_status st = read_state(fn, opt, &s);
+  if (st != FO_SUCCESS) return st;
+  s.skipped = in->skipped_steps;
+  s.scale = in->scale;
+  s.growth_tracker = in->growth_tracker;
+  s.hysteresis_left = in->hysteresis_left;
+  st = fo_exec_write_state(fn, opt, &s);
+  /* the skipped count bounds the steps left, as the step count does */
+  if (st == FO_SUCCESS) fo_steps_left_reset(opt, &s);
+  return st;
+}
+
+fo_status fo_optimizer_set_scaler_state(fo_optimizer *opt, const fo_scaler_state *state) {
+  static const char fn[] = "fo_optimizer_set_scaler_state";
+  if (!opt || !state) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "state" : "opt");
+  fo_status st = check_scaler_state(fn, opt, state);
+  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, set_scaler_claimed(fn, opt, state));
+}
+
+/* A group whose NAdam product exists: only NAdam keeps one, as only the
+ * roles an optimizer keeps have a state pointer (check_role). */
+static fo_status check_nadam_group(const char *fn, const fo_optimizer *opt, int group) {
+  fo_status st = check_group(fn, opt, group);
+  if (st == FO_SUCCESS && opt->options.algorithm != FO_ALG_NADAM)
+    st = fo_fail(FO_ERR_INVALID_STATE, fn, "the optimizer runs %s: only NAdam keeps a mu_product",
+                 fo_algorithm_names[opt->options.algorithm]);
+  return st;
+}
+
+fo_status fo_optimizer_get_mu_product(const fo_optimizer *opt, int group, float *out) {
+  static const char fn[] = "fo_optimizer_get_mu_product";
+  if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
+  fo_step_state s;
+  fo_status st = check_nadam_group(fn, opt, group);
+  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
+  if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
+  if (st == FO_SUCCESS) *out = s.mu_product[group];
+  return st;
+}
+
+static fo_status set_mu_claimed(const char *fn, fo_optimizer *opt, int group, float value) {
+  fo_step_state s;
+  fo_status st = read_state(fn, opt, &s);
+  if (st != FO_SUCCESS) return st;
+  s.mu_product[group] = value;
+  return fo_exec_write_state(fn, opt, &s);
+}
+
+fo_status fo_optimizer_set_mu_product(fo_optimizer *opt, int group, float value) {
+  static const char fn[] = "fo_optimizer_set_mu_product";
+  if (!opt) return fo_fail(FO_ERR_NULL_POINTER, fn, "opt is NULL");
+  fo_status st = check_nadam_group(fn, opt, group);
+  if (st != FO_SUCCESS) return st;
+  /* what the steps can produce (a load's rule): products of mu_t in [0, 1) */
+  if (!fo_mu_product_valid(value))
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "mu_product = %g is not in [0, 1]", (double)value);
+  st = fo_claim(fn, opt);
+  return st != FO_SUCCESS ? st : fo_release(opt, set_mu_claimed(fn, opt, group, value));
 }
 
 fo_status fo_optimizer_set_lr(fo_optimizer *opt, int group, float lr) {

@@ -125,6 +125,12 @@ fo_status fo_cuda_check_pointer(const char *fn, const char *what, const void *pt
 
 fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
   if (!stream) return FO_SUCCESS; /* the default stream of the optimizer's device */
+  /* cudaStreamLegacy and cudaStreamPerThread name an implicit stream of
+   * whichever device is current when work is enqueued, which is the
+   * optimizer's (every call switches to it); cudaStreamGetDevice would
+   * answer with the caller's current device instead. */
+  if ((cudaStream_t)stream == cudaStreamLegacy || (cudaStream_t)stream == cudaStreamPerThread)
+    return FO_SUCCESS;
   /* cudaStreamGetDevice is one of the calls a stream capture forbids: it
    * fails with cudaErrorStreamCaptureUnsupported and invalidates the
    * capture (seen on an H200, CUDA 13.0).  cudaStreamIsCapturing is

@@ -53,8 +53,12 @@ static fo_status sum_partials(fo_optimizer *opt, double *out, fo_stream_t stream
                  fo_launch_sum_doubles(opt->run.partials, opt->run.num_blocks, out, stream));
 }
 
-/* The step launch's arguments that every pass shares. */
-static void step_launch_fill(const fo_optimizer *opt, fo_step_launch *out) {
+/* The step launch's arguments that every pass shares.  No Programmatic
+ * Dependent Launch into a stream capture: a launch refused there for the
+ * attribute (reported on GPUs that run the sm_90 PTX by JIT) invalidates
+ * the capture, so grid.cuh's retry without it could not save the graph;
+ * and a replayed graph has no launch latency left for PDL to hide. */
+static void step_launch_fill(const fo_optimizer *opt, fo_step_launch *out, fo_stream_t stream) {
   const fo_run_plan *r = &opt->run;
   fo_step_launch a;
   memset(&a, 0, sizeof a);
@@ -68,7 +72,7 @@ static void step_launch_fill(const fo_optimizer *opt, fo_step_launch *out) {
   a.master = opt->keeps.master;
   a.stochastic = opt->options.stochastic_rounding;
   a.num_groups = opt->num_groups;
-  a.pdl = r->pdl;
+  a.pdl = r->pdl && !fo_cuda_stream_capturing(stream);
   a.seed = opt->options.seed;
   a.state = opt->state;
   *out = a;
@@ -98,7 +102,7 @@ static int enqueue_update(fo_optimizer *opt, const double *sums, int64_t n, fo_s
   fo_prepare_args pa;
   fo_prepare_args_fill(opt, &pa);
   fo_step_launch a;
-  step_launch_fill(opt, &a);
+  step_launch_fill(opt, &a, stream);
   fo_step_state next;
   a.known = decide_on_host(opt, sums, &pa, &a.k, &next, stream);
   int e = 0;
@@ -147,7 +151,7 @@ static int enqueue_apply(fo_optimizer *opt, fo_stream_t stream) {
                                    r->tensor_factors, stream);
   if (e) return e;
   fo_step_launch a;
-  step_launch_fill(opt, &a);
+  step_launch_fill(opt, &a, stream);
   a.pass = FO_PASS_APPLY;
   a.tensor_factors = r->tensor_factors;
   e = fo_launch_step(&a, stream);

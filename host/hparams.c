@@ -230,6 +230,34 @@ float fo_nadam_mu_product(const fo_group_hparams *h, int64_t steps) {
   return p;
 }
 
+fo_status fo_check_scaler_fields(const char *fn, fo_status code, const char *whose,
+                                 const fo_loss_scaler_options *ls, float scale, int growth_tracker,
+                                 int hysteresis_left) {
+  /* what the scaler can produce (fo_scaler_backoff keeps it in range): a
+   * subnormal or zero scale would make the next clean step's 1/scale inf */
+  if (!(isfinite(scale) && scale >= FO_LOSS_SCALE_MIN))
+    return fo_fail(code, fn, "%s loss scale %g is not finite and at least FO_LOSS_SCALE_MIN (%g)",
+                   whose, (double)scale, (double)FO_LOSS_SCALE_MIN);
+  if (!ls->enabled) return FO_SUCCESS;
+  if (growth_tracker < 0)
+    return fo_fail(code, fn, "%s growth tracker %d is negative", whose, growth_tracker);
+  if (growth_tracker >= ls->growth_interval)
+    return fo_fail(code, fn,
+                   "%s growth tracker %d is not below this optimizer's "
+                   "loss_scaler.growth_interval %d",
+                   whose, growth_tracker, ls->growth_interval);
+  if (hysteresis_left < 1 || hysteresis_left > ls->hysteresis)
+    return fo_fail(code, fn,
+                   "%s hysteresis count %d is outside [1, %d], this optimizer's "
+                   "loss_scaler.hysteresis",
+                   whose, hysteresis_left, ls->hysteresis);
+  return FO_SUCCESS;
+}
+
+int fo_mu_product_valid(float p) {
+  return p >= 0.0f && p <= 1.0f; /* NaN fails both */
+}
+
 void fo_steps_left_reset(fo_optimizer *opt, const fo_step_state *s) {
   int64_t used = s->step > s->skipped ? s->step : s->skipped;
   opt->steps_left = used < FO_MAX_STEP ? FO_MAX_STEP - used : 0;

@@ -224,6 +224,21 @@ void fo_step_state_init(const fo_options *o, fo_step_state *out);
  * steps would have left it (fo_optimizer_set_step). */
 float fo_nadam_mu_product(const fo_group_hparams *h, int64_t steps);
 
+/* The loss scaler's part of a step state against the optimizer's
+ * loss_scaler options, held to what the steps can leave there: a scale
+ * finite and at least FO_LOSS_SCALE_MIN and, with loss scaling on, a
+ * growth tracker in [0, growth_interval) and a hysteresis count in
+ * [1, hysteresis].  One rule for a load and fo_optimizer_set_scaler_state:
+ * a failure is status code under fn, its message naming the values
+ * "<whose> loss scale" and so on ("the checkpoint's" for a load). */
+fo_status fo_check_scaler_fields(const char *fn, fo_status code, const char *whose,
+                                 const fo_loss_scaler_options *ls, float scale, int growth_tracker,
+                                 int hysteresis_left);
+
+/* Whether p can be NAdam's product of momentum coefficients: in [0, 1]
+ * (1 before the first step, 0 once it underflowed; not NaN). */
+int fo_mu_product_valid(float p);
+
 /* Set opt->steps_left from counters now in the state. */
 void fo_steps_left_reset(fo_optimizer *opt, const fo_step_state *s);
 

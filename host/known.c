@@ -14,10 +14,11 @@
  *
  * The copy is exact only while every change to the device's state goes
  * through the host: writes of the whole state (create, fo_optimizer_set_step,
- * a load) set it, a step the device decides makes it unknown until the next
- * such write, and a step captured into a CUDA graph turns the scheme off
- * for the optimizer's life (the graph's replays advance the device's count
- * where the host cannot see them).
+ * _set_scaler_state, _set_mu_product, a load) set it, a step the device
+ * decides makes it unknown until the next such write, and a step captured
+ * into a CUDA graph turns the scheme off for the optimizer's life (the
+ * graph's replays advance the device's count where the host cannot see
+ * them).
  */
 #include <stdlib.h>
 #include <string.h>

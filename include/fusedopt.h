@@ -41,8 +41,11 @@
  *     zero_grad, a load's copies, a gradient reduction -- and each says
  *     what it leaves (see "Faults" next to fo_optimizer_step()).
  *   - Every function that launches device work takes an fo_stream_t (a
- *     cudaStream_t; NULL is the legacy default stream).  On the CPU executor
- *     the stream must be NULL and the work is done before the call returns.
+ *     cudaStream_t; NULL is the legacy default stream, and the handles
+ *     cudaStreamLegacy and cudaStreamPerThread name the implicit streams of
+ *     the optimizer's device, whichever device the calling thread has
+ *     current).  On the CPU executor the stream must be NULL and the work
+ *     is done before the call returns.
  *   - A step never waits for the host: no call that launches work
  *     synchronizes, unless its documentation says so.
  *   - Sizes and offsets are 64-bit.
@@ -731,11 +734,98 @@ FO_API fo_status fo_optimizer_loss_scale_ptr(fo_optimizer *opt, float **out);
 /** Set the step count (for resuming); bias corrections, the schedule and
  *  SGD's first-step rule use it.  On FO_EXEC_CUDA it is written to the
  *  device in stream order of the legacy default stream (it synchronizes).
+ *  NAdam: every group's mu_product is recomputed as if steps 1 .. step had
+ *  run with the group's current hyper-parameters; a caller that changed
+ *  beta1 or momentum_decay along the way restores the real products with
+ *  fo_optimizer_set_mu_product() after this call.  The loss scaler's state
+ *  is left as it is (fo_optimizer_set_scaler_state()).
  *  Statuses: FO_ERR_NULL_POINTER (opt is NULL); FO_ERR_INVALID_ARGUMENT
  *  (step outside [0, FO_MAX_STEP]); FO_ERR_INVALID_STATE (another thread
  *  is inside a call on opt; FO_EXEC_CUDA in a forked process);
  *  FO_ERR_CUDA. */
 FO_API fo_status fo_optimizer_set_step(fo_optimizer *opt, int64_t step);
+
+/** The dynamic loss scaler's state, and the count of skipped steps: the
+ *  parts of the step state that fo_optimizer_set_step() does not set
+ *  (fo_optimizer_get_scaler_state(), fo_optimizer_set_scaler_state()),
+ *  for a caller that saves and restores the state itself instead of
+ *  through a checkpoint.  No padding inside; the 4 bytes at the end are
+ *  padding (the getter zeroes them). */
+typedef struct fo_scaler_state {
+  int64_t skipped_steps; /**< steps skipped for a non-finite gradient (or
+                          *   a non-finite gradient coefficient), in
+                          *   [0, FO_MAX_STEP]; counted with loss scaling
+                          *   off too, whenever clipping runs a pre-pass */
+  float scale;           /**< the loss scale for the next backward pass: 1
+                          *   with loss scaling off */
+  int growth_tracker;    /**< clean steps since the scale last changed: 0
+                          *   with loss scaling off */
+  int hysteresis_left;   /**< overflows still tolerated before the next
+                          *   back-off: loss_scaler.hysteresis after a clean
+                          *   step, and always with loss scaling off */
+} fo_scaler_state;
+
+/** Read the loss scaler's state (fields as in fo_scaler_state; the scale
+ *  and the growth tracker are also in fo_step_info).  On FO_EXEC_CUDA it
+ *  lives on the device and this call synchronizes, like
+ *  fo_optimizer_get_info().
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_STATE (another thread is inside a call on opt;
+ *  FO_EXEC_CUDA in a forked process); FO_ERR_CUDA (reading the device).
+ *  On failure *out is not written. */
+FO_API fo_status fo_optimizer_get_scaler_state(const fo_optimizer *opt, fo_scaler_state *out);
+
+/** Set the loss scaler's state and the skipped count, as if the steps had
+ *  left them there: the next step scales, backs off, grows and counts on
+ *  from these values exactly as it would from a state reached by stepping
+ *  (the step count, the last step's report and everything else stay as
+ *  they are).  Accepted are the states the steps can produce, the rule
+ *  fo_optimizer_load() applies to a checkpoint: skipped_steps in
+ *  [0, FO_MAX_STEP]; scale finite and at least FO_LOSS_SCALE_MIN; with
+ *  loss scaling on, growth_tracker in [0, loss_scaler.growth_interval) and
+ *  hysteresis_left in [1, loss_scaler.hysteresis] (of opt's options).  With
+ *  loss scaling off the step never changes the scaler's fields, so only the
+ *  values it keeps are accepted: scale 1, growth_tracker 0 and
+ *  hysteresis_left equal to loss_scaler.hysteresis (what
+ *  fo_optimizer_get_scaler_state() reads there); skipped_steps is free, as
+ *  steps are skipped without a scaler too.  The scale is the one
+ *  fo_optimizer_loss_scale_ptr() points to.  On FO_EXEC_CUDA the state is
+ *  written to the device as fo_optimizer_set_step() writes it (it
+ *  synchronizes).
+ *  Statuses: FO_ERR_NULL_POINTER (opt or state is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (a value outside the ranges above, NaN or inf
+ *  included); FO_ERR_INVALID_STATE (another thread is inside a call on
+ *  opt; FO_EXEC_CUDA in a forked process); FO_ERR_CUDA.  Each but
+ *  FO_ERR_CUDA changes nothing. */
+FO_API fo_status fo_optimizer_set_scaler_state(fo_optimizer *opt, const fo_scaler_state *state);
+
+/** NAdam: group's running product of momentum coefficients,
+ *  mu_1 * ... * mu_t over the steps applied so far (PyTorch's per-parameter
+ *  state "mu_product"; 1 before the first step), in fp32.  On FO_EXEC_CUDA
+ *  it lives on the device and this call synchronizes, like
+ *  fo_optimizer_get_info().
+ *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
+ *  FO_ERR_INVALID_ARGUMENT (group outside [0, num_groups));
+ *  FO_ERR_INVALID_STATE (opt is not NAdam, which alone keeps the product;
+ *  another thread is inside a call on opt; FO_EXEC_CUDA in a forked
+ *  process); FO_ERR_CUDA (reading the device).  On failure *out is not
+ *  written. */
+FO_API fo_status fo_optimizer_get_mu_product(const fo_optimizer *opt, int group, float *out);
+
+/** NAdam: set group's product of momentum coefficients; the next step
+ *  multiplies it by its mu_t, as if the steps so far had left it there.
+ *  fo_optimizer_set_step() recomputes every group's product from the step
+ *  count (with the current beta1 and momentum_decay), so when both are
+ *  restored this call comes after it.  value must be in [0, 1] (what the
+ *  steps can produce: 1 before the first step, 0 once it underflows).  On
+ *  FO_EXEC_CUDA it is written to the device as fo_optimizer_set_step()
+ *  writes it (it synchronizes).
+ *  Statuses: FO_ERR_NULL_POINTER (opt is NULL); FO_ERR_INVALID_ARGUMENT
+ *  (group outside [0, num_groups); value NaN or outside [0, 1]);
+ *  FO_ERR_INVALID_STATE (opt is not NAdam; another thread is inside a call
+ *  on opt; FO_EXEC_CUDA in a forked process); FO_ERR_CUDA.  Each but
+ *  FO_ERR_CUDA changes nothing. */
+FO_API fo_status fo_optimizer_set_mu_product(fo_optimizer *opt, int group, float value);
 
 /** Set the base learning rate of one group, or of every group when group is
  *  -1; the next step uses it (times the schedule's factor).  A step

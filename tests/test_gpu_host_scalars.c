@@ -18,7 +18,11 @@
  *   - with more groups than a launch carries, the prepare kernel decides
  *     and every group's tensor moves as on the CPU executor;
  *   - a step count set by the host reaches the next step on a
- *     non-blocking stream, with and without the prepare kernel.
+ *     non-blocking stream, with and without the prepare kernel;
+ *   - so do a skipped count and NAdam's products set by the host
+ *     (fo_optimizer_set_scaler_state, _set_mu_product): the host's copy
+ *     follows them, and the host-decided steps after them carry and
+ *     publish them.
  *
  * Skipped with the reason without a usable device.
  */
@@ -269,5 +273,64 @@ Test(gpu_host_scalars, a_step_count_set_by_the_host_reaches_the_next_step, .time
     params_close(&p, clip ? "set_step, clipped" : "set_step");
     pair_free(&p);
   }
+  CK(cudaStreamDestroy(s));
+}
+
+/* The skipped count and NAdam's products the host writes
+ * (fo_optimizer_set_scaler_state, _set_mu_product) are whole-state writes
+ * like a step count: the host's copy follows them, so the host-decided
+ * steps after them carry the new products and publish the new count (a
+ * stale copy would put the old ones back into the device's state), and
+ * the device's state equals the copy after each; the products and the
+ * parameters match the CPU executor given the same values. */
+Test(gpu_host_scalars, a_skipped_count_and_products_set_by_the_host_reach_the_next_steps,
+     .timeout = 60) {
+  require_device(1);
+  cr_assert_eq(unsetenv("FUSEDOPT_HOST_SCALARS"), 0);
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  pair p;
+  pair_make(&p, FO_ALG_NADAM, 120, 0.0f);
+  OK(fo_optimizer_step(p.gpu, s));
+  OK(fo_optimizer_step(p.cpu, NULL));
+  CK(cudaStreamSynchronize(s));
+  fo_optimizer *both[2] = {p.gpu, p.cpu};
+  for (int x = 0; x < 2; x++) {
+    OK(fo_optimizer_set_step(both[x], 10));
+    OK(fo_optimizer_set_mu_product(both[x], 0, 0.25f)); /* after set_step, which recomputes */
+    OK(fo_optimizer_set_mu_product(both[x], 1, 0.5f));
+    fo_scaler_state ss;
+    OK(fo_optimizer_get_scaler_state(both[x], &ss));
+    ss.skipped_steps = 7;
+    OK(fo_optimizer_set_scaler_state(both[x], &ss));
+  }
+  cr_assert(p.gpu->known.valid && p.gpu->known.state.skipped == 7 &&
+                p.gpu->known.state.mu_product[0] == 0.25f,
+            "the host's copy did not follow the writes");
+  for (int k = 1; k <= 2; k++) {
+    OK(fo_optimizer_step(p.gpu, s));
+    OK(fo_optimizer_step(p.cpu, NULL));
+    CK(cudaStreamSynchronize(s));
+    cr_assert(p.gpu->known.valid && !p.gpu->known.off, "step %d not decided on the host", k);
+    fo_step_state on_dev;
+    OK(fo_exec_read_state("test", p.gpu, &on_dev));
+    cr_assert(memcmp(&on_dev, &p.gpu->known.state, sizeof on_dev) == 0,
+              "step %d: the device's state (skipped %lld, mu %.9g) is not the host's copy "
+              "(skipped %lld, mu %.9g)",
+              k, (long long)on_dev.skipped, (double)on_dev.mu_product[0],
+              (long long)p.gpu->known.state.skipped, (double)p.gpu->known.state.mu_product[0]);
+    const fo_step_info gi = info_of(p.gpu);
+    cr_assert(gi.step == 10 + k && gi.skipped_steps == 7, "step %d: step %lld, skipped %lld", k,
+              (long long)gi.step, (long long)gi.skipped_steps);
+    for (int g = 0; g < 2; g++) {
+      float mg = 0.0f, mc = 0.0f;
+      OK(fo_optimizer_get_mu_product(p.gpu, g, &mg));
+      OK(fo_optimizer_get_mu_product(p.cpu, g, &mc));
+      cr_assert_eq(fo_f32_bits(mg), fo_f32_bits(mc), "step %d, group %d: mu_product %.9g, CPU %.9g",
+                   k, g, (double)mg, (double)mc);
+    }
+  }
+  params_close(&p, "set_scaler_state, set_mu_product");
+  pair_free(&p);
   CK(cudaStreamDestroy(s));
 }

@@ -17,7 +17,9 @@
  *       loss_scale.
  *   scaler_grows_and_backs_off_on_the_device
  *       growth_interval 3 (the CPU tier's sequence), hysteresis, max_scale
- *       and the inf guard, on the device.
+ *       and the inf guard, on the device; a scaler state read back and set
+ *       (fo_optimizer_get_scaler_state, _set_scaler_state) is where the
+ *       device's next steps continue from.
  *   scale_floor_and_non_finite_coefficient_on_the_device
  *       issue #20: 200 consecutive overflows from 2^16 end at
  *       FO_LOSS_SCALE_MIN with the parameters and state untouched and a
@@ -237,6 +239,32 @@ Test(gpu_mp, scaler_grows_and_backs_off_on_the_device) {
     i = run_info(&r);
     cr_assert_eq(i.skipped_steps, 4, "%s", ctx);
     cr_assert_eq(i.step, 1, "%s", ctx);
+    /* the state read back from the device (one overflow since the
+     * back-off), then set: the prepare kernel continues from what was set
+     * -- one overflow left before a back-off, then a tracker one short of
+     * the interval */
+    fo_scaler_state ss;
+    OK(fo_optimizer_get_scaler_state(r.opt, &ss));
+    cr_assert(ss.skipped_steps == 4 && ss.scale == 32768.0f && ss.growth_tracker == 0 &&
+                  ss.hysteresis_left == 1,
+              "%s: scaler state %lld %g %d %d", ctx, (long long)ss.skipped_steps, (double)ss.scale,
+              ss.growth_tracker, ss.hysteresis_left);
+    const fo_scaler_state set = {9, 4096.0f, 0, 1};
+    OK(fo_optimizer_set_scaler_state(r.opt, &set));
+    cr_assert_eq(run_scale_at_ptr(&r), 4096.0f, "%s", ctx);
+    scaler_step(&r, &rng, 1.0, 1);
+    i = run_info(&r);
+    cr_assert(i.loss_scale == 2048.0f && i.skipped_steps == 10,
+              "%s: after set: scale %g skipped %lld", ctx, (double)i.loss_scale,
+              (long long)i.skipped_steps);
+    const fo_scaler_state grow = {10, 4096.0f, o.loss_scaler.growth_interval - 1, 2};
+    OK(fo_optimizer_set_scaler_state(r.opt, &grow));
+    scaler_step(&r, &rng, 1.0, 0);
+    OK(fo_optimizer_get_scaler_state(r.opt, &ss));
+    cr_assert(ss.scale == 8192.0f && ss.growth_tracker == 0 && ss.skipped_steps == 10,
+              "%s: after a tracker one short: scale %g tracker %d", ctx, (double)ss.scale,
+              ss.growth_tracker);
+    cr_assert_eq(run_info(&r).step, 2, "%s", ctx);
     run_close(&r);
 
     /* max_scale: 1024 -> 2048 -> 3000 (clamped) -> 3000 */

@@ -106,6 +106,10 @@ Test(threads, a_call_during_another_threads_step_is_refused_at_once) {
   CK_OK(fo_comm_create_host(&comm, &ops, &g, 0, 1));
   CK_OK(fo_optimizer_set_comm(m.opt, comm, NULL));
 
+  /* a scaler state the refused set would change (the skipped count) */
+  fo_scaler_state scaler;
+  CK_OK(fo_optimizer_get_scaler_state(m.opt, &scaler));
+  scaler.skipped_steps += 5;
   stepper s = {m.opt, FO_ERR_INTERNAL, ""};
   pthread_t th;
   cr_assert_eq(pthread_create(&th, NULL, step_thread, &s), 0);
@@ -131,6 +135,8 @@ Test(threads, a_call_during_another_threads_step_is_refused_at_once) {
   expect_busy(fo_optimizer_get_info(m.opt, &info), "get_info");
   expect_busy(fo_optimizer_get_step(m.opt, &n), "get_step");
   expect_busy(fo_optimizer_set_step(m.opt, 100), "set_step");
+  expect_busy(fo_optimizer_get_scaler_state(m.opt, &scaler), "get_scaler_state");
+  expect_busy(fo_optimizer_set_scaler_state(m.opt, &scaler), "set_scaler_state");
   expect_busy(fo_optimizer_set_lr(m.opt, -1, 0.5f), "set_lr");
   expect_busy(fo_optimizer_get_lr(m.opt, 0, &lr), "get_lr");
   expect_busy(fo_optimizer_get_hparams(m.opt, 0, &h), "get_hparams");

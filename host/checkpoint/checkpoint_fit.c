@@ -9,7 +9,6 @@
  */
 #include "checkpoint_fit.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,32 +123,16 @@ static fo_status check_state(const fo_meta_reader *r, const fo_optimizer *opt, f
     st = fo_ckpt_schema_read(r, FO_CKPT_GROUP_STATE, alg, g, s);
     /* NAdam's product of momentum coefficients in (0, 1] ... 0 after
      * underflow: what the step can produce */
-    if (st == FO_SUCCESS && alg == FO_ALG_NADAM &&
-        !(s->mu_product[g] >= 0.0f && s->mu_product[g] <= 1.0f))
+    if (st == FO_SUCCESS && alg == FO_ALG_NADAM && !fo_mu_product_valid(s->mu_product[g]))
       return fo_fail(FO_ERR_CHECKPOINT, r->fn,
                      "the checkpoint's group.%d.mu_product = %g is not in [0, 1]", g,
                      (double)s->mu_product[g]);
   }
   if (st != FO_SUCCESS) return st;
-  const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
-  /* what the scaler can produce (fo_scaler_backoff keeps it in range): a
-   * subnormal or zero scale would make the next clean step's 1/scale inf */
-  if (!(isfinite(s->scale) && s->scale >= FO_LOSS_SCALE_MIN))
-    return fo_fail(FO_ERR_CHECKPOINT, r->fn,
-                   "the checkpoint's loss scale %g is not finite and at least FO_LOSS_SCALE_MIN "
-                   "(%g)",
-                   (double)s->scale, (double)FO_LOSS_SCALE_MIN);
-  if (ls->enabled && s->growth_tracker >= ls->growth_interval)
-    return fo_fail(FO_ERR_CHECKPOINT, r->fn,
-                   "the checkpoint's growth tracker %d is not below this optimizer's "
-                   "loss_scaler.growth_interval %d",
-                   s->growth_tracker, ls->growth_interval);
-  if (ls->enabled && (s->hysteresis_left < 1 || s->hysteresis_left > ls->hysteresis))
-    return fo_fail(FO_ERR_CHECKPOINT, r->fn,
-                   "the checkpoint's hysteresis count %d is outside [1, %d], this optimizer's "
-                   "loss_scaler.hysteresis",
-                   s->hysteresis_left, ls->hysteresis);
-  return FO_SUCCESS;
+  /* the rule fo_optimizer_set_scaler_state applies too */
+  return fo_check_scaler_fields(r->fn, FO_ERR_CHECKPOINT, "the checkpoint's",
+                                &opt->options.loss_scaler, s->scale, s->growth_tracker,
+                                s->hysteresis_left);
 }
 
 /* --------------------------------------------------------------- shards */

@@ -132,6 +132,15 @@ class FoStepInfo(ctypes.Structure):
     ]
 
 
+class FoScalerState(ctypes.Structure):
+    _fields_ = [
+        ("skipped_steps", c_int64),
+        ("scale", c_float),
+        ("growth_tracker", c_int),
+        ("hysteresis_left", c_int),
+    ]
+
+
 class FoDpOptions(ctypes.Structure):
     _fields_ = [
         ("struct_size", c_size_t),
@@ -176,10 +185,17 @@ PROTOTYPES = {
     "fo_optimizer_set_step": (fo_status, [_opt, c_int64]),
     "fo_optimizer_sync_master": (fo_status, [_opt, fo_stream_t]),
     "fo_optimizer_loss_scale_ptr": (fo_status, [_opt, POINTER(POINTER(c_float))]),
+    # Read through void * like fo_optimizer_get_info (the layout check's
+    # buffer); set through the mirror.
+    "fo_optimizer_get_scaler_state": (fo_status, [_opt, c_void_p]),
+    "fo_optimizer_set_scaler_state": (fo_status, [_opt, POINTER(FoScalerState)]),
+    "fo_optimizer_get_mu_product": (fo_status, [_opt, c_int, POINTER(c_float)]),
+    "fo_optimizer_set_mu_product": (fo_status, [_opt, c_int, c_float]),
 }
 
 __all__ = ["FoHparams", "FoLossScalerOptions", "FoSchedule", "FoOptions", "FoTensorDesc",
-           "FoStepInfo", "FoDpOptions", "PROTOTYPES", "HPARAM_FIELDS", "HPARAM_FLAGS", "declare"]
+           "FoStepInfo", "FoScalerState", "FoDpOptions", "PROTOTYPES", "HPARAM_FIELDS",
+           "HPARAM_FLAGS", "declare"]
 
 
 def declare(lib):

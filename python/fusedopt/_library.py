@@ -211,9 +211,11 @@ def check_layouts(lib):
             problems.append("fo_hparams: AdamW's defaults read through the mirror are not "
                             "the header's (a field is misplaced)")
 
-    # fo_tensor_desc and fo_step_info have no struct_size: a one-tensor
-    # optimizer must report our buffers back at the right index, and
-    # fo_optimizer_get_info must write exactly sizeof(FoStepInfo) bytes.
+    # fo_tensor_desc, fo_step_info and fo_scaler_state have no struct_size:
+    # a one-tensor optimizer must report our buffers back at the right
+    # index, fo_optimizer_get_info must write exactly sizeof(FoStepInfo)
+    # bytes and fo_optimizer_get_scaler_state sizeof(FoScalerState), the
+    # fresh optimizer's values at the mirror's offsets.
     if opts is not None and hp is not None:
         opts.num_threads = 1
         param = (ctypes.c_float * 2)()
@@ -242,6 +244,21 @@ def check_layouts(lib):
             if size != ctypes.sizeof(C.FoStepInfo):
                 problems.append("fo_step_info: the library writes %d bytes, the mirror "
                                 "FoStepInfo is %d" % (size, ctypes.sizeof(C.FoStepInfo)))
+            size = _written_size(lambda p: _checked(
+                lib, lib.fo_optimizer_get_scaler_state(handle, p),
+                "fo_optimizer_get_scaler_state"))
+            if size != ctypes.sizeof(C.FoScalerState):
+                problems.append("fo_scaler_state: the library writes %d bytes, the mirror "
+                                "FoScalerState is %d" % (size, ctypes.sizeof(C.FoScalerState)))
+            else:
+                ss = C.FoScalerState()
+                _checked(lib, lib.fo_optimizer_get_scaler_state(handle, ctypes.byref(ss)),
+                         "fo_optimizer_get_scaler_state")
+                # loss scaling off (the defaults): scale 1, hysteresis 1
+                if not (ss.skipped_steps == 0 and ss.scale == 1.0 and ss.growth_tracker == 0
+                        and ss.hysteresis_left == opts.loss_scaler.hysteresis):
+                    problems.append("fo_scaler_state: a fresh optimizer's state read through "
+                                    "the mirror is not the header's (a field is misplaced)")
         finally:
             lib.fo_optimizer_destroy(handle)
     if problems:

@@ -16,10 +16,15 @@ Differences from torch.optim (docs/python.md):
     (one device, one dtype), each p.grad a view of it.  zero_grad() zeroes
     it in place whatever set_to_none says.  A p.grad replaced by user code
     is copied into the buffer at the next step (and p.grad set back to the
-    view); a p.grad that is None is an error (missing_grad="error", the
-    default) or a zero gradient (missing_grad="zero").
-  - Every parameter is stepped every step (there is no per-parameter
-    "skip when grad is None"); the state lives in the library, so
+    view).
+  - One fused step covers every parameter.  A parameter without a
+    gradient (frozen, or p.grad None) is an error (missing_grad="error",
+    the default), kept as it is by copying it and its state back after the
+    step (missing_grad="skip"), or stepped with a zero gradient
+    (missing_grad="zero").  A parameter that requires a gradient but got
+    none from backward (unused in the forward) has a zero gradient after
+    opt.zero_grad() and is stepped with it, as torch.optim steps it after
+    zero_grad(set_to_none=False).  The state lives in the library, so
     opt.state is empty: use state_dict().
   - Parameters must not move: p.data replaced, or the model moved to
     another device after the optimizer was created, is refused at the next
@@ -51,6 +56,9 @@ __all__ = ["FusedOptimizer", "SGD", "Adam", "AdamW", "Lion", "Adagrad", "RMSprop
 
 _DTYPES = {torch.float32: C.FO_DTYPE_F32, torch.float16: C.FO_DTYPE_F16,
            torch.bfloat16: C.FO_DTYPE_BF16}
+_FO_MAX_STEP = 1 << 62  # fusedopt.h's FO_MAX_STEP
+_FLT_MIN = 2.0 ** -126  # FO_LOSS_SCALE_MIN
+_FLT_MAX = float.fromhex("0x1.fffffep127")
 _ALIGN_BYTES = 256  # each gradient view starts on a 256-byte boundary
 
 # What torch's own wrapper of an optimizer's step serves (torch 2.x's
@@ -96,6 +104,23 @@ _ABSENT = _Absent()
 # at each step.
 _FROZEN_TYPES = frozenset((float, int, bool, _Absent))
 _grad_of = operator.attrgetter("grad")
+_requires_grad_of = operator.attrgetter("requires_grad")
+
+
+def _missing_message(frozen, missing):
+    what = []
+    if frozen:
+        what.append("parameter(s) %s are frozen (requires_grad=False)" % frozen[:10])
+    if missing:
+        what.append("parameter(s) %s have no gradient (p.grad is None)" % missing[:10])
+    return ("fusedopt: %s.  fusedopt's fused step covers every parameter it holds, so it "
+            "cannot skip them as torch.optim does by default.  Leave frozen parameters out "
+            "of the optimizer ([p for p in model.parameters() if p.requires_grad]); call "
+            "opt.zero_grad() rather than setting p.grad = None (model.zero_grad() does); "
+            "or pass missing_grad='skip' (such parameters and their state stay as they "
+            "are, at the cost of copying them each step) or missing_grad='zero' (they "
+            "are stepped with a zero gradient: weight decay and momentum still move "
+            "them)" % " and ".join(what))
 
 
 def _values_key(group, keys):
@@ -224,8 +249,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                       hysteresis): dynamic loss scaling inside the step.
       max_grad_norm   clip the global gradient norm inside the step (0: off).
       num_threads     CPU executor threads (0: every core).
-      missing_grad    "error" (default): a step with a p.grad that is None
-                      raises; "zero": it counts as a zero gradient.
+      missing_grad    what a step does with a parameter that has no
+                      gradient (frozen: requires_grad=False, or p.grad
+                      None): "error" (default) raises, changing nothing;
+                      "skip" leaves it and its state as they are (torch's
+                      behaviour; costs a copy of them per step); "zero"
+                      steps it with a zero gradient.
     """
 
     algorithm = None
@@ -248,8 +277,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
             raise ValueError("num_threads must be an int >= 0; got %r" % (num_threads,))
         self._num_threads = num_threads
-        if missing_grad not in ("error", "zero"):
-            raise ValueError("missing_grad must be 'error' or 'zero'; got %r" % (missing_grad,))
+        if missing_grad not in ("error", "zero", "skip"):
+            raise ValueError("missing_grad must be 'error', 'zero' or 'skip'; got %r"
+                             % (missing_grad,))
         self._missing_grad = missing_grad
         self._warned_copy = False
         self._loaded_state = False
@@ -331,6 +361,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             where = "param group %d" % len(self.param_groups)
             existing = [p for g in self.param_groups for p in g["params"]]
             first = existing[0] if existing else None
+            seen = set()
             for j, p in enumerate(params):
                 # torch 2.6 and newer also take (name, tensor) pairs
                 # (named_parameters()): check the tensor all the same
@@ -339,6 +370,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if not isinstance(p, torch.Tensor):
                     continue  # torch's own message
                 what = "%s, parameter %d" % (where, j)
+                if id(p) in seen:
+                    raise ValueError("%s appears twice in the group: fusedopt steps each "
+                                     "tensor once (torch would step it twice)" % what)
+                seen.add(id(p))
                 if p.dtype not in _DTYPES:
                     raise TypeError("%s has dtype %s: fusedopt steps float32, float16 and "
                                     "bfloat16 parameters (not complex, integer or float64)"
@@ -348,6 +383,12 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if not p.is_contiguous():
                     raise ValueError("%s is not contiguous: fusedopt steps contiguous tensors "
                                      "(the library reads and writes flat memory)" % what)
+                # torch refuses a non-leaf unless it retains its gradient;
+                # fusedopt steps leaves only (an intermediate's .grad is
+                # rewritten by every backward, never accumulated in place)
+                if not p.is_leaf:
+                    raise ValueError("%s is a non-leaf tensor: fusedopt steps leaf tensors "
+                                     "(model parameters)" % what)
                 if first is None:
                     first = p
                 if p.device != first.device:
@@ -361,12 +402,15 @@ class FusedOptimizer(torch.optim.Optimizer):
                     raise TypeError("%s is %s, another parameter %s: one fusedopt optimizer "
                                     "steps one dtype (make one optimizer per dtype)"
                                     % (what, p.dtype, first.dtype))
-            param_group = dict(param_group, params=params)
-        if self._handle is not None:
-            if self._step_count_lib() != 0 or self._loaded_state:
-                raise RuntimeError("fusedopt: add_param_group after the first step (or a "
-                                   "loaded state) is not supported: the library registers "
-                                   "its tensors once; create the optimizer with every group")
+            # torch keeps the caller's dict itself: a group dict the caller
+            # holds on to and changes later (g["lr"] = ...) is the
+            # optimizer's group
+            param_group["params"] = params
+        if self._handle is not None and not self._pristine():
+            raise RuntimeError("fusedopt: add_param_group after the first step (or a skipped "
+                               "step, or a loaded state) is not supported: the library "
+                               "registers its tensors once; create the optimizer with every "
+                               "group")
         if len(self.param_groups) >= C.FO_MAX_GROUPS:
             raise ValueError("fusedopt: at most %d parameter groups" % C.FO_MAX_GROUPS)
         n_before = len(self.param_groups)
@@ -384,7 +428,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _params(self):
         return [p for g in self.param_groups for p in g["params"]]
 
-    def _build(self):
+    def _build(self, groups=None):
+        """Create the library's optimizer over the parameters, with the
+        hyper-parameters of groups (default: param_groups), and replace the
+        current one; on failure nothing changes."""
         params = self._params()
         if not params:
             raise ValueError("optimizer got an empty parameter list")
@@ -399,7 +446,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         views = [flat[o:o + p.numel()].view_as(p) for o, p in zip(offsets, params)]
         group_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
         hps = [self._hparams_of(g, "param group %d" % gi)
-               for gi, g in enumerate(self.param_groups)]
+               for gi, g in enumerate(groups if groups is not None else self.param_groups)]
 
         descs = (C.FoTensorDesc * len(params))()
         for i, (p, v) in enumerate(zip(params, views)):
@@ -445,7 +492,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                     v.copy_(p.grad)
             p.grad = v
         self._device, self._dtype = device, dtype
-        self._flat, self._views = flat, views
+        self._flat, self._views, self._offsets = flat, views, offsets
+        self._group_of = group_of
+        # where each view points: p.grad.data = t (or p.grad.set_(t)) keeps
+        # the view object but moves it off the buffer
+        self._gptrs = [v.data_ptr() for v in views]
         # Hold the parameters' storage: a p.data replaced by user code
         # cannot free memory the library still points to.
         self._pdata = [p.detach() for p in params]
@@ -470,6 +521,16 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _rebuild(self):
         self._build()
 
+    def _pristine(self):
+        """Nothing has happened to the library's state yet: no step applied
+        or skipped, no state loaded.  Such an optimizer can be created
+        again (new groups, hyper-parameters that need other state buffers)
+        without losing anything."""
+        if self._loaded_state:
+            return False
+        info = self.info()
+        return info.step == 0 and info.skipped_steps == 0
+
     def _live(self):
         if self._handle is None:
             raise ValueError("the optimizer is closed")
@@ -491,35 +552,54 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ the step
     def _grads_are_views(self, params):
-        """Every p.grad is still its view (one C-level pass, no Python loop
-        per parameter)."""
-        return all(map(operator.is_, map(_grad_of, params), self._views))
+        """Every p.grad is at its place in the buffer (one C-level pass, no
+        Python loop per parameter).  The address, not the view object: user
+        code can keep the object and move it off the buffer (p.grad.data =
+        t), and torch holds any tensor assigned to p.grad to the
+        parameter's dtype and shape, so one at the address is the view's
+        memory."""
+        try:
+            return list(map(torch.Tensor.data_ptr, map(_grad_of, params))) == self._gptrs
+        except (TypeError, RuntimeError):  # a p.grad None, or sparse
+            return False
 
     def _grads_in_place(self, params):
         """The common case, checked without a Python loop per parameter
         (the loop cost GPT-2's 148 tensors 60 us a step on a CPU): every
-        p.grad is its view and no parameter's memory moved or changed size
-        (p.data = p.data[:1] keeps the address, and autograd broadcasts its
-        (1, n) gradient into the (k, n) view without complaint).  A reshape
-        of the same size is left to the loop: the library steps the same
-        memory, and autograd refuses a gradient of the new shape."""
+        p.grad is its view, every parameter requires a gradient, and no
+        parameter's memory moved or changed size (p.data = p.data[:1] keeps
+        the address, and autograd broadcasts its (1, n) gradient into the
+        (k, n) view without complaint).  A reshape of the same size is left
+        to the loop: the library steps the same memory, and autograd
+        refuses a gradient of the new shape."""
         return (len(params) == len(self._views)
                 and self._grads_are_views(params)
+                and all(map(_requires_grad_of, params))
                 and list(map(torch.Tensor.data_ptr, params)) == self._pptrs
                 and list(map(torch.Tensor.numel, params)) == self._pnumels)
+
+    def _view(self, i, p):
+        """Parameter i's view of the buffer, made again if user code moved
+        the old one off it (p.grad.data = t)."""
+        v = self._views[i]
+        if v.data_ptr() != self._gptrs[i]:
+            o = self._offsets[i]
+            v = self._views[i] = self._flat[o:o + p.numel()].view_as(p)
+        return v
 
     def _check_grads(self):
         """Check every p.grad before the step; copy replaced ones into the
         owned buffer.  Raises (changing nothing) on a moved parameter, a
-        sparse or mismatched gradient, or a missing one under
-        missing_grad="error"."""
+        sparse or mismatched gradient, or a parameter without a gradient
+        (frozen, or p.grad None) under missing_grad="error".  Returns the
+        parameters the step must leave as they are (missing_grad="skip")."""
         params = self._params()
         if self._grads_in_place(params):
-            return
+            return ()
         if len(params) != len(self._views):
             raise RuntimeError("fusedopt: the param groups' parameters changed (%d registered, "
                                "%d now): create a new optimizer" % (len(self._views), len(params)))
-        copies, missing = [], []
+        copies, frozen, missing = [], [], []
         for i, (p, v) in enumerate(zip(params, self._views)):
             if p.data_ptr() != self._pptrs[i] or p.shape != v.shape:
                 raise RuntimeError(
@@ -528,13 +608,13 @@ class FusedOptimizer(torch.optim.Optimizer):
                     "steps the memory it registered; create the optimizer after moving the "
                     "model" % i)
             g = p.grad
-            if g is v:
+            if not p.requires_grad:
+                frozen.append(i)  # no backward writes its gradient: torch skips it
+                continue
+            if g is not None and g.layout == torch.strided and g.data_ptr() == self._gptrs[i]:
                 continue
             if g is None:
-                if self._missing_grad == "error":
-                    missing.append(i)
-                else:
-                    copies.append((i, None))
+                missing.append(i)
                 continue
             if g.is_sparse or g.layout != torch.strided:
                 raise RuntimeError("fusedopt: parameter %d has a sparse gradient: fusedopt "
@@ -545,29 +625,54 @@ class FusedOptimizer(torch.optim.Optimizer):
                                                               g.device, p.dtype,
                                                               tuple(p.shape), p.device))
             copies.append((i, g))
-        if missing:
-            raise RuntimeError(
-                "fusedopt: parameter(s) %s have no gradient (p.grad is None): fusedopt steps "
-                "every parameter it holds each step.  If user code set p.grad = None "
-                "(model.zero_grad() does, set_to_none=True), call opt.zero_grad() instead; "
-                "for parameters that get no gradient, pass missing_grad='zero' or leave them "
-                "out of the optimizer" % missing[:10])
-        for i, g in copies:
-            p, v = params[i], self._views[i]
-            if g is None:
-                v.zero_()
-            else:
+        if (frozen or missing) and self._missing_grad == "error":
+            raise RuntimeError(_missing_message(frozen, missing))
+        with torch.no_grad():
+            # A source inside the buffer (p.grad set to another parameter's
+            # view, two swapped) is read before any view is written.
+            lo = self._flat.data_ptr()
+            hi = lo + self._flat.numel() * self._flat.element_size()
+            copies = [(i, g.clone() if lo <= g.data_ptr() < hi else g) for i, g in copies]
+            for i, g in copies:
                 if not self._warned_copy:
                     self._warned_copy = True
                     warnings.warn(
                         "fusedopt: p.grad was replaced by a tensor the optimizer does not own "
-                        "(model.zero_grad(set_to_none=True), or an assignment to p.grad): it "
-                        "is copied into the optimizer's gradient buffer at each step, an extra "
-                        "pass over the gradients.  Use opt.zero_grad() to keep them in place.",
-                        RuntimeWarning, stacklevel=4)
-                with torch.no_grad():
-                    v.copy_(g)
-            p.grad = v
+                        "(model.zero_grad(set_to_none=True), or an assignment to p.grad or "
+                        "p.grad.data): it is copied into the optimizer's gradient buffer at "
+                        "each step, an extra pass over the gradients.  Use opt.zero_grad() to "
+                        "keep them in place.", RuntimeWarning, stacklevel=4)
+                v = self._view(i, params[i])
+                v.copy_(g)
+                params[i].grad = v
+            for i in frozen + missing:
+                v = self._view(i, params[i])
+                v.zero_()
+                params[i].grad = v
+        return tuple(sorted(frozen + missing)) if self._missing_grad == "skip" else ()
+
+    def _snapshot(self, indices):
+        """Copies of what a step writes for parameters indices (the
+        parameter, its state tensors, its master weights): _restore puts
+        them back after the step, so that it leaves those parameters as
+        they were (missing_grad="skip").  Stream-ordered on CUDA."""
+        params, kept = self._params(), []
+        master = self._dtype != torch.float32 and self._master_weights
+        with torch.no_grad():
+            for i in indices:
+                group = self.param_groups[self._group_of[i]]
+                roles = [r for _, r in self._state_layout(group) if r is not None]
+                if master:
+                    roles.append(C.FO_ROLE_MASTER)
+                for dst in [params[i]] + [self._state_view(i, r) for r in roles]:
+                    kept.append((dst, dst.detach().clone()))
+        return kept
+
+    @staticmethod
+    def _restore(kept):
+        with torch.no_grad():
+            for dst, src in kept:
+                dst.copy_(src)
 
     def _pushed_all(self, hps):
         """The library now holds hps, one per group: nothing seen yet."""
@@ -602,13 +707,27 @@ class FusedOptimizer(torch.optim.Optimizer):
             for gi, hp, raw, _ in todo:
                 self._call("fo_optimizer_set_hparams", gi, ctypes.byref(hp))
                 done.append(gi)
+        except InvalidState as e:
+            # A value that needs a state buffer the library was created
+            # without (momentum on an SGD made with momentum=0, as
+            # OneCycleLR's cycle_momentum sets it; amsgrad; centered):
+            # before anything happened to the state, create it again with
+            # the groups' values, as torch creates state lazily.
+            self._undo_pushes(done)
+            if "state buffer" not in str(e) or not self._pristine():
+                raise
+            self._build()
+            return
         except BaseException:
-            for gi in done:  # back to what the library had
-                old = C.FoHparams.from_buffer_copy(self._pushed[gi])
-                self._lib.fo_optimizer_set_hparams(self._handle, gi, ctypes.byref(old))
+            self._undo_pushes(done)
             raise
         for gi, hp, raw, key in todo:
             self._pushed_one(gi, raw, key)
+
+    def _undo_pushes(self, groups):
+        for gi in groups:  # back to what the library had
+            old = C.FoHparams.from_buffer_copy(self._pushed[gi])
+            self._lib.fo_optimizer_set_hparams(self._handle, gi, ctypes.byref(old))
 
     def step(self, closure=None):
         """One fused step of every parameter; closure (optional) is called
@@ -635,9 +754,12 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._check_grads()
+        skip = self._check_grads()
         self._push_hparams()
+        kept = self._snapshot(skip) if skip else None
         self._call("fo_optimizer_step", _stream_of(self._device))
+        if kept:
+            self._restore(kept)
         return loss
 
     def zero_grad(self, set_to_none=True):
@@ -649,9 +771,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         params = self._params()
         if self._grads_are_views(params):
             return
-        for p, v in zip(params, self._views):
-            if p.grad is not v:
-                p.grad = v
+        for i, p in enumerate(params):
+            g = p.grad
+            if g is None or g.layout != torch.strided or g.data_ptr() != self._gptrs[i]:
+                p.grad = self._view(i, p)
 
     # ------------------------------------------------------------ reading
     @property
@@ -706,6 +829,31 @@ class FusedOptimizer(torch.optim.Optimizer):
         return self._step_count_lib() > 0 or self._loaded_state
 
     def state_dict(self):
+        """The state dict (below), through torch 2.x's state-dict hooks
+        (register_state_dict_pre_hook / _post_hook; none in torch 1.x)."""
+        for hook in _hooks(self, "_optimizer_state_dict_pre_hooks"):
+            hook(self)
+        state_dict = self._state_dict()
+        for hook in _hooks(self, "_optimizer_state_dict_post_hooks"):
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
+
+    def load_state_dict(self, state_dict):
+        """Load a state dict (below), through torch 2.x's load-state-dict
+        hooks: a pre-hook gets a shallow copy and may return another."""
+        if isinstance(state_dict, dict):
+            state_dict = state_dict.copy()
+        for hook in _hooks(self, "_optimizer_load_state_dict_pre_hooks"):
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._load_state_dict(state_dict)
+        for hook in _hooks(self, "_optimizer_load_state_dict_post_hooks"):
+            hook(self)
+
+    def _state_dict(self):
         """PyTorch's layout: {"state": {index: {name: tensor}}, "param_groups":
         [{hyper-parameters..., "params": [indices]}]}, state names as
         torch.optim's (step, exp_avg, exp_avg_sq, max_exp_avg_sq,
@@ -735,9 +883,71 @@ class FusedOptimizer(torch.optim.Optimizer):
                 ids.append(index)
                 index += 1
             groups.append(dict({k: v for k, v in g.items() if k != "params"}, params=ids))
-        return {"state": state, "param_groups": groups}
+        out = {"state": state, "param_groups": groups}
+        if self._scaler is not None:
+            # torch's layout has no place for it (torch.amp.GradScaler has
+            # its own state_dict); torch's load_state_dict ignores the key
+            ss = self._scaler_state()
+            out["fusedopt"] = {"loss_scale": float(ss.scale),
+                               "growth_tracker": int(ss.growth_tracker),
+                               "hysteresis_left": int(ss.hysteresis_left),
+                               "skipped_steps": int(ss.skipped_steps)}
+        return out
 
-    def load_state_dict(self, state_dict):
+    def _scaler_state(self):
+        out = C.FoScalerState()
+        self._call("fo_optimizer_get_scaler_state", ctypes.byref(out))
+        return out
+
+    def _scaler_entry(self, state_dict):
+        """The loss scaler's state a state dict carries ("fusedopt"), as a
+        FoScalerState; None when it has none or this optimizer scales no
+        loss.  Checked here as the library checks it
+        (fo_optimizer_set_scaler_state), so that a load that must create
+        the optimizer again fails before it does."""
+        entry = state_dict.get("fusedopt")
+        if entry is None or self._scaler is None:
+            return None
+        keys = ("loss_scale", "growth_tracker", "hysteresis_left", "skipped_steps")
+        if not isinstance(entry, dict) or set(entry) != set(keys):
+            raise ValueError("loaded state dict's 'fusedopt' entry must be a dict of %s"
+                             % ", ".join(keys))
+        scale = _as_float(entry["loss_scale"], "fusedopt.loss_scale")
+        vals = {}
+        for k in keys[1:]:
+            v = entry[k]
+            if isinstance(v, torch.Tensor) and v.numel() == 1:
+                v = v.item()
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError("loaded state dict's fusedopt.%s must be an int; got %r"
+                                % (k, v))
+            vals[k] = v
+        opts = C.FoOptions()
+        _library.check(self._lib.fo_options_default(ctypes.byref(opts)), "fo_options_default")
+        interval = self._scaler.get("growth_interval", opts.loss_scaler.growth_interval)
+        hysteresis = self._scaler.get("hysteresis", opts.loss_scaler.hysteresis)
+        bad = []
+        if not _FLT_MIN <= scale <= _FLT_MAX:  # NaN fails too
+            bad.append("loss_scale = %r (a finite float32, at least 2^-126)" % scale)
+        if not 0 <= vals["growth_tracker"] < interval:
+            bad.append("growth_tracker = %d (in [0, growth_interval = %d))"
+                       % (vals["growth_tracker"], interval))
+        if not 1 <= vals["hysteresis_left"] <= hysteresis:
+            bad.append("hysteresis_left = %d (in [1, hysteresis = %d])"
+                       % (vals["hysteresis_left"], hysteresis))
+        if not 0 <= vals["skipped_steps"] <= _FO_MAX_STEP:
+            bad.append("skipped_steps = %d (in [0, 2^62])" % vals["skipped_steps"])
+        if bad:
+            raise ValueError("loaded state dict's fusedopt entry is out of range for this "
+                             "optimizer's loss scaler: " + "; ".join(bad))
+        ss = C.FoScalerState()
+        ss.scale = scale
+        ss.growth_tracker = vals["growth_tracker"]
+        ss.hysteresis_left = vals["hysteresis_left"]
+        ss.skipped_steps = vals["skipped_steps"]
+        return ss
+
+    def _load_state_dict(self, state_dict):
         """Load a state dict of PyTorch's layout (from this class or from the
         matching torch.optim optimizer) on the same parameters.  Everything
         is checked before anything changes: the groups and their sizes,
@@ -760,6 +970,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                                  "match the size of optimizer's group (group %d: %d "
                                  "parameters saved, %d here)" % (gi, len(sg["params"]),
                                                                  len(g["params"])))
+            foreign = (set(sg) & _all_hparam_keys()) - set(self._watched_keys)
+            if foreign:
+                raise ValueError("loaded param group %d has %s, which %s does not take: a "
+                                 "state dict of another algorithm?"
+                                 % (gi, ", ".join(sorted(foreign)), type(self).__name__))
             ids.extend(sg["params"])
             ng = dict({k: v for k, v in sg.items() if k != "params"}, params=g["params"])
             for k, v in g.items():  # keys the saved group lacks (another torch version)
@@ -769,8 +984,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         hps = [self._hparams_of(ng, "loaded param group %d" % gi)
                for gi, ng in enumerate(new_groups)]
 
-        # The state: names, shapes, one step.
+        # The state: names, shapes, one step, one mu_product per group.
         writes, steps, present = [], set(), 0
+        mus = [set() for _ in new_groups]
         index = 0
         for gi, ng in enumerate(new_groups):
             layout = self._state_layout(ng)
@@ -793,6 +1009,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                         if role is None:
                             if name == "step" and name in st:
                                 steps.add(int(round(_as_float(st[name], "step"))))
+                            elif name == "mu_product" and st.get(name) is not None:
+                                mus[gi].add(_as_float(st[name], "mu_product"))
                             continue
                         t = st.get(name)
                         if t is None:
@@ -824,18 +1042,55 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError("loaded state holds parameter ids %s that no group lists"
                              % sorted(map(str, unused))[:10])
 
-        # Commit: hyper-parameters (rolled back on failure), then the rest.
+        if step > _FO_MAX_STEP:
+            raise ValueError("loaded step count %d is larger than FO_MAX_STEP" % step)
+        for gi, m in enumerate(mus):
+            if len(m) > 1:
+                raise ValueError("loaded param group %d has different mu_product values %s: "
+                                 "fusedopt keeps one per group" % (gi, sorted(m)))
+        mus = [m.pop() if m else None for m in mus]
+        for gi, mu in enumerate(mus):
+            if mu is not None and not 0.0 <= mu <= 1.0:
+                raise ValueError("loaded param group %d's mu_product %r is not in [0, 1]"
+                                 % (gi, mu))
+        scaler = self._scaler_entry(state_dict)
+
+        # Commit: hyper-parameters, step, scaler, mu_products (rolled back
+        # on failure), then the state tensors.
         old = []
+        kept = self._step_state()
         try:
             for gi, hp in enumerate(hps):
                 cur = C.FoHparams()
                 self._call("fo_optimizer_get_hparams", gi, ctypes.byref(cur))
                 old.append(cur)
                 self._call("fo_optimizer_set_hparams", gi, ctypes.byref(hp))
-            self._call("fo_optimizer_set_step", step)
+        except InvalidState as e:
+            # Settings that need state buffers this optimizer was created
+            # without (a state saved with amsgrad, momentum or centered):
+            # the load replaces the whole state, so create the optimizer
+            # again with them (the loss scaler's state carried over unless
+            # the state dict has one), as torch creates state lazily.
+            self._undo_hparams(old)
+            if "state buffer" not in str(e):
+                raise
+            self._build(new_groups)
+            if scaler is None:
+                scaler = kept[1]
+            kept = self._step_state()
         except BaseException:
-            for gi, cur in enumerate(old):
-                self._lib.fo_optimizer_set_hparams(self._handle, gi, ctypes.byref(cur))
+            self._undo_hparams(old)
+            raise
+        try:
+            self._call("fo_optimizer_set_step", step)
+            if scaler is not None:
+                self._call("fo_optimizer_set_scaler_state", ctypes.byref(scaler))
+            for gi, mu in enumerate(mus):
+                if mu is not None:
+                    self._call("fo_optimizer_set_mu_product", gi, mu)
+        except BaseException:
+            self._undo_hparams(old)
+            self._set_step_state(kept)
             raise
         with torch.no_grad():
             if self._device.type == "cuda":
@@ -860,6 +1115,28 @@ class FusedOptimizer(torch.optim.Optimizer):
             g.update(ng)
         self._pushed_all(hps)
         self._loaded_state = present > 0
+
+    def _undo_hparams(self, old):
+        for gi, cur in enumerate(old):
+            self._lib.fo_optimizer_set_hparams(self._handle, gi, ctypes.byref(cur))
+
+    def _step_state(self):
+        """(step, scaler state, mu_products): what a load sets besides the
+        hyper-parameters and the state tensors."""
+        mus = []
+        if self.algorithm == "nadam":
+            for gi in range(len(self.param_groups)):
+                out = ctypes.c_float()
+                self._call("fo_optimizer_get_mu_product", gi, ctypes.byref(out))
+                mus.append(out.value)
+        return self._step_count_lib(), self._scaler_state(), mus
+
+    def _set_step_state(self, kept):
+        step, scaler, mus = kept
+        self._lib.fo_optimizer_set_step(self._handle, step)
+        self._lib.fo_optimizer_set_scaler_state(self._handle, ctypes.byref(scaler))
+        for gi, mu in enumerate(mus):
+            self._lib.fo_optimizer_set_mu_product(self._handle, gi, mu)
 
     def _check_state_tensor(self, t, p, sid, name):
         if not isinstance(t, torch.Tensor):
@@ -1090,7 +1367,7 @@ class RMSprop(FusedOptimizer):
 
 class NAdam(FusedOptimizer):
     """torch.optim.NAdam over libfusedopt (state: step, mu_product,
-    exp_avg, exp_avg_sq; mu_product is computed from the step count)."""
+    exp_avg, exp_avg_sq; mu_product is one per group, the library's)."""
     algorithm = "nadam"
     _hparam_keys = ("lr", "betas", "eps", "weight_decay", "momentum_decay",
                     "decoupled_weight_decay", "maximize")
@@ -1111,28 +1388,32 @@ class NAdam(FusedOptimizer):
 
     def _scalar_state(self, name, step, group):
         if name == "mu_product":
-            cache = self.__dict__.setdefault("_mu_products", {})
-            return _nadam_mu_product(cache, float(group["betas"][0]),
-                                     float(group["momentum_decay"]), step)
+            # the library's running product (a beta1 changed between steps
+            # is in it), one per group
+            gi = next(i for i, g in enumerate(self.param_groups) if g is group)
+            out = ctypes.c_float()
+            self._call("fo_optimizer_get_mu_product", gi, ctypes.byref(out))
+            return torch.tensor(out.value, dtype=torch.float32)
         return super()._scalar_state(name, step, group)
 
 
-def _nadam_mu_product(cache, beta1, psi, step):
-    """mu_1 * ... * mu_step as torch.optim.NAdam keeps it (an fp32 tensor
-    multiplied step by step).  cache maps (beta1, momentum_decay) to the
-    last (t, product): a state_dict() of many tensors, or one taken every
-    few thousand steps, extends it instead of redoing t multiplications
-    per tensor."""
-    t, prod = cache.get((beta1, psi), (0, None))
-    if prod is None or t > step:
-        t, prod = 0, torch.tensor(1.0, dtype=torch.float32)
-    else:
-        prod = prod.clone()
-    while t < step:
-        t += 1
-        prod *= beta1 * (1.0 - 0.5 * 0.96 ** (t * psi))
-    cache[(beta1, psi)] = (t, prod)
-    return prod.clone()
+def _hooks(optimizer, name):
+    """The hooks torch 2.x keeps in optimizer.<name> (an OrderedDict), in
+    order; none in torch 1.x."""
+    hooks = getattr(optimizer, name, None)
+    return list(hooks.values()) if hooks else []
+
+
+def _all_hparam_keys():
+    """Every hyper-parameter key of every fusedopt class: a loaded group
+    with one that this class does not take is another algorithm's."""
+    keys = set()
+    stack = [FusedOptimizer]
+    while stack:
+        cls = stack.pop()
+        keys.update(cls._hparam_keys)
+        stack.extend(cls.__subclasses__())
+    return keys
 
 
 class LAMB(FusedOptimizer):

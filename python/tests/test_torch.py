@@ -584,7 +584,7 @@ class BadInput(unittest.TestCase):
         with self.assertRaisesRegex(TypeError, "betas"):
             ft.Adam([a], betas=0.9)
         with self.assertRaisesRegex(ValueError, "missing_grad"):
-            ft.Adam([a], missing_grad="skip")
+            ft.Adam([a], missing_grad="ignore")
         with self.assertRaisesRegex(ValueError, "differentiable"):
             ft.Adam([a], differentiable=True)
         with self.assertRaisesRegex(ValueError, "AdamW"):

@@ -102,6 +102,14 @@ int fo_kernels_ptx_version(void) {
 
 int fo_launch_step(const fo_step_launch *args, void *stream) {
   if (!args) return (int)cudaErrorInvalidValue;
+  /* Some devices refuse a Programmatic Dependent Launch into a stream
+   * capture, which invalidates the capture; the library never makes one
+   * (host/exec_cuda.c, step_launch_fill).  The emulated device refuses it,
+   * so that every test that captures a step shows the rule kept. */
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (args->pdl && stream && cudaStreamIsCapturing((cudaStream_t)stream, &capture) == cudaSuccess &&
+      capture != cudaStreamCaptureStatusNone)
+    return (int)cudaErrorStreamCaptureUnsupported;
   if (args->num_blocks <= 0 && !(args->known && args->state)) return (int)cudaSuccess;
   if (args->num_blocks > 0 && (args->chunk <= 0 || !args->blocks || !args->tensors))
     return (int)cudaErrorInvalidValue;
