@@ -158,7 +158,8 @@ int fo_cuda_stream_capturing(fo_stream_t stream) {
 }
 
 uint64_t fo_cuda_capture_of(fo_stream_t stream) {
-  if (!stream) return 0; /* the legacy default stream cannot be captured */
+  /* the legacy default stream (NULL, or named) cannot be captured */
+  if (!stream || (cudaStream_t)stream == cudaStreamLegacy) return 0;
   enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   unsigned long long id = 0;
 #if CUDART_VERSION >= 13000

@@ -18,7 +18,8 @@
 #                  demo     examples/train on the GPU: fp32, bf16 + master
 #                           weights + loss scaling, --graph; the CPU for scale
 #                  torchtests  fusedopt.torch's CUDA tests
-#                           (python/tests/test_torch.py, class Cuda): the
+#                           (python/tests/test_torch.py, class Cuda, and
+#                           test_torch_contract.py's Cuda* classes): the
 #                           eager ones, then the graph captures in a
 #                           process of their own (a fault there is sticky);
 #                           then the Python CPU tests under the machine's
@@ -386,10 +387,15 @@ run_torchtests() {
   local logs=$work/logs
   [ "${logs#/}" = "$logs" ] && logs=$root/$logs
   for which in eager graph; do
-    list=$(python3 -c 'import sys, test_torch as t
+    # test_torch.Cuda's tests, and test_torch_contract's Cuda* classes
+    # (the contract's CPU tests again on the GPU) with the eager ones
+    list=$(python3 -c 'import sys, test_torch as t, test_torch_contract as c
 graph = sys.argv[1] == "graph"
-print(" ".join("test_torch.Cuda." + n for n in sorted(dir(t.Cuda))
-               if n.startswith("test") and ("graph" in n) == graph))' "$which") || return 1
+names = ["test_torch.Cuda." + n for n in sorted(dir(t.Cuda))
+         if n.startswith("test") and ("graph" in n) == graph]
+if not graph:
+    names += ["test_torch_contract." + n for n in sorted(dir(c)) if n.startswith("Cuda")]
+print(" ".join(names))' "$which") || return 1
     echo "== $which: $list"
     # shellcheck disable=SC2086
     python3 -m unittest -v $list >"$logs/torchtests_$which.log" 2>&1 || rc=1
@@ -397,9 +403,13 @@ print(" ".join("test_torch.Cuda." + n for n in sorted(dir(t.Cuda))
   done
   # the CPU tests too, under this machine's torch (2.x: CI has Debian's
   # 1.13, where NAdam's and the step hooks' tests skip)
-  list=$(python3 -c 'import unittest, test_torch as t
-print(" ".join("test_torch." + n for n in sorted(dir(t)) if n != "Cuda"
-               and isinstance(getattr(t, n), type) and issubclass(getattr(t, n), unittest.TestCase)))') ||
+  list=$(python3 -c 'import unittest, test_torch, test_torch_contract
+for m in (test_torch, test_torch_contract):
+    print(" ".join(m.__name__ + "." + n for n in sorted(dir(m))
+                   if not n.startswith("Cuda") and n != "OnDevice"
+                   and isinstance(getattr(m, n), type)
+                   and issubclass(getattr(m, n), unittest.TestCase)
+                   and getattr(m, n).__module__ == m.__name__), end=" ")') ||
     return 1
   echo "== cpu: test_library test_optimizer $list"
   # shellcheck disable=SC2086

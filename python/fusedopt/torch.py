@@ -120,7 +120,9 @@ def _missing_message(frozen, missing):
             "or pass missing_grad='skip' (such parameters and their state stay as they "
             "are, at the cost of copying them each step) or missing_grad='zero' (they "
             "are stepped with a zero gradient: weight decay and momentum still move "
-            "them)" % " and ".join(what))
+            "them).  A frozen parameter's gradient assigned with p.grad = g counts; one "
+            "written into p.grad in place cannot be told from zero_grad()'s zeros" %
+            " and ".join(what))
 
 
 def _values_key(group, keys):
@@ -501,6 +503,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # cannot free memory the library still points to.
         self._pdata = [p.detach() for p in params]
         self._pptrs = [p.data_ptr() for p in params]
+        self._pshapes = [p.shape for p in params]
+        self._vstrides = [v.stride() for v in views]
         self._pnumels = [p.numel() for p in params]
         self._pushed_all(hps)
         # The loss scale's view, made once: scale_loss() then runs no
@@ -513,7 +517,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         # the first step (AdaGrad's accumulator; the library's first step
         # sets it without reading it, so this changes no update)
         with torch.no_grad():
-            self._init_state(params)
+            self._init_state(params, groups)
         if device.type == "cuda":
             # the first step may run on another stream: the fill is done
             torch.cuda.current_stream(device).synchronize()
@@ -552,16 +556,12 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ the step
     def _grads_are_views(self, params):
-        """Every p.grad is at its place in the buffer (one C-level pass, no
-        Python loop per parameter).  The address, not the view object: user
-        code can keep the object and move it off the buffer (p.grad.data =
-        t), and torch holds any tensor assigned to p.grad to the
-        parameter's dtype and shape, so one at the address is the view's
-        memory."""
-        try:
-            return list(map(torch.Tensor.data_ptr, map(_grad_of, params))) == self._gptrs
-        except (TypeError, RuntimeError):  # a p.grad None, or sparse
-            return False
+        """Every p.grad is still its view, and every view still points into
+        the buffer (one C-level pass each, no Python loop per parameter):
+        user code can keep the view object and move it off the buffer
+        (p.grad.data = t, p.grad.set_(t))."""
+        return (all(map(operator.is_, map(_grad_of, params), self._views))
+                and list(map(torch.Tensor.data_ptr, self._views)) == self._gptrs)
 
     def _grads_in_place(self, params):
         """The common case, checked without a Python loop per parameter
@@ -582,7 +582,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Parameter i's view of the buffer, made again if user code moved
         the old one off it (p.grad.data = t)."""
         v = self._views[i]
-        if v.data_ptr() != self._gptrs[i]:
+        if (v.data_ptr() != self._gptrs[i] or v.shape != self._pshapes[i]
+                or v.stride() != self._vstrides[i]):
             o = self._offsets[i]
             v = self._views[i] = self._flat[o:o + p.numel()].view_as(p)
         return v
@@ -601,20 +602,27 @@ class FusedOptimizer(torch.optim.Optimizer):
                                "%d now): create a new optimizer" % (len(self._views), len(params)))
         copies, frozen, missing = [], [], []
         for i, (p, v) in enumerate(zip(params, self._views)):
-            if p.data_ptr() != self._pptrs[i] or p.shape != v.shape:
+            if p.data_ptr() != self._pptrs[i] or p.shape != self._pshapes[i]:
                 raise RuntimeError(
                     "fusedopt: parameter %d moved (p.data was replaced, or the model was moved "
                     "to another device or dtype, after the optimizer was created): the library "
                     "steps the memory it registered; create the optimizer after moving the "
                     "model" % i)
             g = p.grad
-            if not p.requires_grad:
-                frozen.append(i)  # no backward writes its gradient: torch skips it
-                continue
-            if g is not None and g.layout == torch.strided and g.data_ptr() == self._gptrs[i]:
-                continue
             if g is None:
                 missing.append(i)
+                continue
+            in_place = (g.layout == torch.strided and g.data_ptr() == self._gptrs[i]
+                        and g.shape == p.shape and g.stride() == self._vstrides[i])
+            if in_place and not p.requires_grad:
+                # frozen: no backward writes its view, which holds zero_grad's
+                # zeros (torch skips it: its p.grad stays None).  A gradient
+                # user code assigned to it is a gradient, as for torch.
+                frozen.append(i)
+                continue
+            if in_place:
+                if g is not v:
+                    self._views[i] = g  # another tensor over the same memory
                 continue
             if g.is_sparse or g.layout != torch.strided:
                 raise RuntimeError("fusedopt: parameter %d has a sparse gradient: fusedopt "
@@ -645,7 +653,9 @@ class FusedOptimizer(torch.optim.Optimizer):
                 v = self._view(i, params[i])
                 v.copy_(g)
                 params[i].grad = v
-            for i in frozen + missing:
+            # a missing gradient is zero; a frozen parameter's view keeps
+            # what is in it ("zero": stepped with it, "skip": ignored)
+            for i in missing:
                 v = self._view(i, params[i])
                 v.zero_()
                 params[i].grad = v
@@ -772,9 +782,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self._grads_are_views(params):
             return
         for i, p in enumerate(params):
-            g = p.grad
-            if g is None or g.layout != torch.strided or g.data_ptr() != self._gptrs[i]:
-                p.grad = self._view(i, p)
+            v = self._view(i, p)
+            if p.grad is not v:
+                p.grad = v
 
     # ------------------------------------------------------------ reading
     @property
@@ -820,7 +830,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _has_step(self):
         return True
 
-    def _scalar_state(self, name, step, group):
+    def _scalar_state(self, name, step, gi):
         if name == "step":
             return torch.tensor(float(step), dtype=torch.float32)
         raise KeyError(name)
@@ -866,14 +876,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         step = self._step_count_lib()
         state, groups, index = {}, [], 0
         export = self._export_state()
-        for g in self.param_groups:
+        for gi, g in enumerate(self.param_groups):
             ids = []
+            # the per-step scalars once per group (each may read the device)
+            scalars = {name: self._scalar_state(name, step, gi) for name, role
+                       in self._state_layout(g) if role is None} if export else {}
             for p in g["params"]:
                 if export:
                     st = {}
                     for name, role in self._state_layout(g):
                         if role is None:
-                            st[name] = self._scalar_state(name, step, g)
+                            st[name] = scalars[name].clone()
                         else:
                             st[name] = self._state_view(index, role).clone().view(p.shape)
                     if self._dtype != torch.float32 and self._master_weights:
@@ -975,6 +988,13 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError("loaded param group %d has %s, which %s does not take: a "
                                  "state dict of another algorithm?"
                                  % (gi, ", ".join(sorted(foreign)), type(self).__name__))
+            # every torch version's groups of this algorithm have these (but
+            # maximize and decoupled_weight_decay, which came later)
+            lacking = set(self._hparam_keys) - {"maximize", "decoupled_weight_decay"} - set(sg)
+            if lacking:
+                raise ValueError("loaded param group %d lacks %s, which %s's groups have: a "
+                                 "state dict of another algorithm?"
+                                 % (gi, ", ".join(sorted(lacking)), type(self).__name__))
             ids.extend(sg["params"])
             ng = dict({k: v for k, v in sg.items() if k != "params"}, params=g["params"])
             for k, v in g.items():  # keys the saved group lacks (another torch version)
@@ -1018,11 +1038,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                                 "loaded state of parameter %d has no %r (it holds %s): a "
                                 "state dict of another algorithm or settings?"
                                 % (sid, name, ", ".join(sorted(st)) or "nothing"))
-                        self._check_state_tensor(t, p, sid, name)
-                        writes.append((index, role, t))
+                        writes.append((index, role, self._state_tensor(t, p, sid, name)))
                     if "master" in st and self._dtype != torch.float32 and self._master_weights:
-                        self._check_state_tensor(st["master"], p, sid, "master")
-                        writes.append((index, C.FO_ROLE_MASTER, st["master"]))
+                        writes.append((index, C.FO_ROLE_MASTER,
+                                       self._state_tensor(st["master"], p, sid, "master")))
                 index += 1
         if present not in (0, len(params)):
             raise ValueError("loaded state covers %d of %d parameters: fusedopt keeps one step "
@@ -1055,9 +1074,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                                  % (gi, mu))
         scaler = self._scaler_entry(state_dict)
 
-        # Commit: hyper-parameters, step, scaler, mu_products (rolled back
-        # on failure), then the state tensors.
-        old = []
+        # Commit: hyper-parameters (rolled back on failure), or a new
+        # optimizer (the old one kept on failure); then step, scaler,
+        # mu_products and the state tensors, all checked and converted
+        # above, so only the device can fail there.
+        old, rebuilt = [], False
         kept = self._step_state()
         try:
             for gi, hp in enumerate(hps):
@@ -1072,12 +1093,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             # again with them (the loss scaler's state carried over unless
             # the state dict has one), as torch creates state lazily.
             self._undo_hparams(old)
+            old = []
             if "state buffer" not in str(e):
                 raise
             self._build(new_groups)
+            rebuilt = True
             if scaler is None:
                 scaler = kept[1]
-            kept = self._step_state()
         except BaseException:
             self._undo_hparams(old)
             raise
@@ -1088,28 +1110,29 @@ class FusedOptimizer(torch.optim.Optimizer):
             for gi, mu in enumerate(mus):
                 if mu is not None:
                     self._call("fo_optimizer_set_mu_product", gi, mu)
+            with torch.no_grad():
+                if self._device.type == "cuda":
+                    torch.cuda.current_stream(self._device).synchronize()
+                for index in range(len(params)):
+                    for name, role in self._all_roles():
+                        try:
+                            view = self._state_view(index, role)
+                        except InvalidState:
+                            continue  # a role this optimizer does not keep
+                        view.zero_()
+                self._init_state(params, new_groups)
+                has_master = any(r == C.FO_ROLE_MASTER for _, r, _ in writes)
+                if self._dtype != torch.float32 and self._master_weights and not has_master:
+                    self.sync_master()
+                for index, role, t in writes:
+                    self._state_view(index, role).copy_(t)
+                if self._device.type == "cuda":
+                    torch.cuda.current_stream(self._device).synchronize()
         except BaseException:
             self._undo_hparams(old)
-            self._set_step_state(kept)
+            if not rebuilt:
+                self._set_step_state(kept)
             raise
-        with torch.no_grad():
-            if self._device.type == "cuda":
-                torch.cuda.current_stream(self._device).synchronize()
-            for index in range(len(params)):
-                for name, role in self._all_roles():
-                    try:
-                        view = self._state_view(index, role)
-                    except InvalidState:
-                        continue  # a role this optimizer does not keep
-                    view.zero_()
-            self._init_state(params)
-            has_master = any(r == C.FO_ROLE_MASTER for _, r, _ in writes)
-            if self._dtype != torch.float32 and self._master_weights and not has_master:
-                self.sync_master()
-            for index, role, t in writes:
-                self._state_view(index, role).copy_(t.detach().reshape(-1))
-            if self._device.type == "cuda":
-                torch.cuda.current_stream(self._device).synchronize()
         for g, ng in zip(self.param_groups, new_groups):
             g.clear()
             g.update(ng)
@@ -1138,6 +1161,21 @@ class FusedOptimizer(torch.optim.Optimizer):
         for gi, mu in enumerate(mus):
             self._lib.fo_optimizer_set_mu_product(self._handle, gi, mu)
 
+    def _state_tensor(self, t, p, sid, name):
+        """A loaded state tensor checked and made what the copy into the
+        library reads (flat fp32 on the optimizer's device), before
+        anything changes: one that cannot be read (a meta or sparse
+        tensor) is refused here, not half-way through the load."""
+        self._check_state_tensor(t, p, sid, name)
+        if t.layout != torch.strided:
+            raise ValueError("loaded state %r of parameter %d is %s: a dense tensor is needed"
+                             % (name, sid, t.layout))
+        try:
+            return t.detach().to(device=self._device, dtype=torch.float32).reshape(-1)
+        except (RuntimeError, NotImplementedError) as e:
+            raise ValueError("loaded state %r of parameter %d cannot be read onto %s: %s"
+                             % (name, sid, self._device, e)) from None
+
     def _check_state_tensor(self, t, p, sid, name):
         if not isinstance(t, torch.Tensor):
             raise TypeError("loaded state %r of parameter %d is %s, not a tensor"
@@ -1153,8 +1191,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         return [("exp_avg", C.FO_ROLE_EXP_AVG), ("exp_avg_sq", C.FO_ROLE_EXP_AVG_SQ),
                 ("max_exp_avg_sq", C.FO_ROLE_MAX_EXP_AVG_SQ)]
 
-    def _init_state(self, params):
-        """Fresh-state values other than zero (AdaGrad's accumulator)."""
+    def _init_state(self, params, groups=None):
+        """Fresh-state values other than zero (AdaGrad's accumulator), from
+        groups' values (default: param_groups)."""
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path):
@@ -1333,9 +1372,9 @@ class Adagrad(FusedOptimizer):
     def _all_roles(self):
         return [("sum", C.FO_ROLE_EXP_AVG_SQ)]
 
-    def _init_state(self, params):
+    def _init_state(self, params, groups=None):
         index = 0
-        for g in self.param_groups:
+        for g in groups if groups is not None else self.param_groups:
             for _ in g["params"]:
                 self._state_view(index, C.FO_ROLE_EXP_AVG_SQ).fill_(
                     float(g["initial_accumulator_value"]))
@@ -1386,15 +1425,14 @@ class NAdam(FusedOptimizer):
         return [("step", None), ("mu_product", None), ("exp_avg", C.FO_ROLE_EXP_AVG),
                 ("exp_avg_sq", C.FO_ROLE_EXP_AVG_SQ)]
 
-    def _scalar_state(self, name, step, group):
+    def _scalar_state(self, name, step, gi):
         if name == "mu_product":
             # the library's running product (a beta1 changed between steps
             # is in it), one per group
-            gi = next(i for i, g in enumerate(self.param_groups) if g is group)
             out = ctypes.c_float()
             self._call("fo_optimizer_get_mu_product", gi, ctypes.byref(out))
             return torch.tensor(out.value, dtype=torch.float32)
-        return super()._scalar_state(name, step, group)
+        return super()._scalar_state(name, step, gi)
 
 
 def _hooks(optimizer, name):

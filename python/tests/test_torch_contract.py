@@ -56,16 +56,38 @@ def step_on(model, opt, x, y, overflow=False):
     opt.step()
 
 
-class MovedGradients(unittest.TestCase):
+class OnDevice(unittest.TestCase):
+    """Tests whose tensors live on self.device: the Cuda* subclasses below
+    run them again on a GPU (skipped, saying why, without one)."""
+    device = "cpu"
+
+    def setUp(self):
+        if self.device == "cuda":
+            if not torch.cuda.is_available():
+                self.skipTest("no CUDA device (torch.cuda.is_available() is False): the "
+                              "CUDA tests need one")
+            try:
+                ft.SGD([torch.zeros(1, device="cuda", requires_grad=True)]).close()
+            except fusedopt.NoDevice as e:
+                self.skipTest("libfusedopt has no usable CUDA executor: %s" % e)
+
+    def model(self, seed=0):
+        return make_model(seed, device=self.device)
+
+    def batches(self, n):
+        return batches(n, device=self.device)
+
+
+class MovedGradients(OnDevice):
     def test_grad_data_assigned(self):
         """p.grad.data = t keeps the view object but moves it off the
         buffer: the step reads t and zero_grad zeroes p.grad, as in torch."""
         for cls in ("SGD", "AdamW"):
-            mt, mf = make_model(), make_model()
+            mt, mf = self.model(), self.model()
             ot = getattr(torch.optim, cls)(mt.parameters(), lr=0.1)
             of = getattr(ft, cls)(mf.parameters(), lr=0.1)
             g = torch.Generator().manual_seed(3)
-            news = [torch.randn(p.shape, generator=g) for p in mt.parameters()]
+            news = [torch.randn(p.shape, generator=g).to(self.device) for p in mt.parameters()]
             for m in (mt, mf):
                 for p, t in zip(m.parameters(), news):
                     p.grad = torch.zeros_like(p) if p.grad is None else p.grad
@@ -80,19 +102,37 @@ class MovedGradients(unittest.TestCase):
                 o.zero_grad()
                 for p in m.parameters():
                     self.assertEqual(p.grad.abs().sum().item(), 0.0)
-            x, y = batches(1)[0]
+            x, y = self.batches(1)[0]
             step_on(mt, ot, x, y)
             step_on(mf, of, x, y)
             assert_close(self, list(mf.parameters()), list(mt.parameters()), cls + " after")
 
+    def test_same_memory_other_layout(self):
+        """p.grad = p.grad.t(): the same memory read in another order, as
+        torch reads it."""
+        d = self.device
+        for m_cls in (torch.optim.SGD, ft.SGD):
+            w = torch.zeros(2, 2, device=d, requires_grad=True)
+            opt = m_cls([w], lr=1.0)
+            w.grad = torch.zeros(2, 2, device=d) if w.grad is None else w.grad
+            with torch.no_grad():
+                w.grad.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+            w.grad = w.grad.t()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                opt.step()
+            self.assertTrue(torch.equal(w.detach().cpu(), -torch.tensor([[1.0, 3.0],
+                                                                         [2.0, 4.0]])), m_cls)
+
     def test_swapped_grads(self):
         """Two parameters' views swapped: each gets the other's gradient."""
         for m_cls in (torch.optim.SGD, ft.SGD):
-            a = torch.ones(5, requires_grad=True)
-            b = torch.ones(5, requires_grad=True)
+            d = self.device
+            a = torch.ones(5, device=d, requires_grad=True)
+            b = torch.ones(5, device=d, requires_grad=True)
             opt = m_cls([a, b], lr=1.0)
             if m_cls is torch.optim.SGD:
-                a.grad, b.grad = torch.zeros(5), torch.zeros(5)
+                a.grad, b.grad = torch.zeros(5, device=d), torch.zeros(5, device=d)
             with torch.no_grad():
                 a.grad.copy_(torch.arange(5.0))
                 b.grad.copy_(torch.arange(5.0) * -3)
@@ -100,18 +140,19 @@ class MovedGradients(unittest.TestCase):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 opt.step()
-            self.assertTrue(torch.equal(a.detach(), 1 + 3 * torch.arange(5.0)), m_cls)
-            self.assertTrue(torch.equal(b.detach(), 1 - torch.arange(5.0)), m_cls)
+            self.assertTrue(torch.equal(a.detach().cpu(), 1 + 3 * torch.arange(5.0)), m_cls)
+            self.assertTrue(torch.equal(b.detach().cpu(), 1 - torch.arange(5.0)), m_cls)
 
 
-class FrozenParameters(unittest.TestCase):
+class FrozenParameters(OnDevice):
     def setUp(self):
-        self.data = batches(4)
+        super().setUp()
+        self.data = self.batches(4)
 
     def models(self, freeze=(0,)):
         out = []
         for _ in range(2):
-            m = make_model()
+            m = self.model()
             for i, p in enumerate(m.parameters()):
                 if i in freeze:
                     p.requires_grad_(False)
@@ -154,7 +195,7 @@ class FrozenParameters(unittest.TestCase):
             self.assertFalse(torch.equal(ps[0], frozen[0]))
 
     def test_skip_keeps_a_none_grad_parameter(self):
-        m = make_model()
+        m = self.model()
         opt = ft.Adam(m.parameters(), lr=1e-2, missing_grad="skip")
         x, y = self.data[0]
         step_on(m, opt, x, y)
@@ -168,6 +209,32 @@ class FrozenParameters(unittest.TestCase):
         self.assertTrue(torch.equal(ps[1], kept[1]))
         self.assertTrue(torch.equal(opt.state_dict()["state"][1]["exp_avg"], exp_avg))
         self.assertFalse(torch.equal(ps[0], kept[0]))  # the others were stepped
+
+    def test_assigned_gradient_of_a_frozen_tensor_counts(self):
+        """torch steps a tensor that does not require grad when p.grad is
+        set: so does every mode; "zero" also steps a gradient written into
+        the view in place, which "skip" cannot tell from zero_grad's."""
+        g = torch.full((4,), 2.0, device=self.device)
+        for mode in ("error", "skip", "zero"):
+            wt = torch.ones(4, device=self.device)
+            wf = torch.ones(4, device=self.device)
+            ot = torch.optim.SGD([wt], lr=0.1)
+            of = ft.SGD([wf], lr=0.1, missing_grad=mode)
+            wt.grad, wf.grad = g.clone(), g.clone()
+            ot.step()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                of.step()
+            self.assertTrue(torch.equal(wf, wt), mode)
+            with torch.no_grad():
+                wf.grad.copy_(g)  # in place, into the view
+            if mode == "error":
+                with self.assertRaisesRegex(RuntimeError, "frozen"):
+                    of.step()
+                continue
+            of.step()
+            want = wt - 0.1 * g if mode == "zero" else wt
+            self.assertTrue(torch.equal(wf, want), mode)
 
     def test_zero_steps_them(self):
         _, m = self.models()
@@ -297,19 +364,59 @@ class OtherAlgorithms(unittest.TestCase):
         for other in (ft.SGD(make_model().parameters(), lr=0.5),
                       torch.optim.SGD(make_model().parameters(), lr=0.5, momentum=0.9),
                       torch.optim.RMSprop(make_model().parameters()),
-                      ft.LAMB(make_model().parameters())):
+                      ft.LAMB(make_model().parameters()),
+                      ft.Lion(make_model().parameters())):
             with self.assertRaisesRegex(ValueError, "another algorithm"):
                 opt.load_state_dict(other.state_dict())
             assert_same(self, before, snapshot(opt, m))
+        # keys that are all another class's too: SGD's are LARS's
+        m = make_model()
+        lars = ft.LARS(m.parameters())
+        src = torch.optim.SGD(make_model().parameters(), lr=0.5, momentum=0.9)
+        before = snapshot(lars, m)
+        with self.assertRaisesRegex(ValueError, "lacks"):
+            lars.load_state_dict(src.state_dict())
+        assert_same(self, before, snapshot(lars, m))
+
+    def test_unreadable_state_refused_unchanged(self):
+        """A state tensor that cannot be read (meta, sparse) is refused
+        before anything changes, also by a load that would create the
+        optimizer again (amsgrad)."""
+        data = batches(3)
+        for amsgrad in (False, True):
+            ms = make_model()
+            src = torch.optim.Adam(ms.parameters(), lr=1e-2, amsgrad=amsgrad)
+            for x, y in data:
+                step_on(ms, src, x, y)
+            m, twin = make_model(), make_model()
+            opt, opt_twin = ft.Adam(m.parameters(), lr=0.5), ft.Adam(twin.parameters(), lr=0.5)
+            for x, y in data[:2]:
+                step_on(m, opt, x, y)
+                step_on(twin, opt_twin, x, y)
+            before = snapshot(opt, m)
+            for bad in (lambda t: torch.empty_like(t, device="meta"), lambda t: t.to_sparse()):
+                sd = src.state_dict()
+                sd["state"][0] = dict(sd["state"][0], exp_avg_sq=bad(sd["state"][0]["exp_avg_sq"]))
+                with self.assertRaises(ValueError):
+                    opt.load_state_dict(sd)
+                assert_same(self, before, snapshot(opt, m))
+                self.assertEqual(opt.param_groups[0]["lr"], 0.5)
+            # the library still holds lr 0.5 and the state: the next step is
+            # the twin's, which saw no load
+            x, y = data[2]
+            step_on(m, opt, x, y)
+            step_on(twin, opt_twin, x, y)
+            for p, q in zip(m.parameters(), twin.parameters()):
+                self.assertTrue(torch.equal(p, q))
 
 
-class StepState(unittest.TestCase):
+class StepState(OnDevice):
     """What torch's layout keeps outside the per-tensor tensors, through a
     state_dict() / load_state_dict() resume: the resumed run equals the
     uninterrupted one bit for bit."""
 
     def resume_equals_uninterrupted(self, make_opt, data, on_step=None, k=3, overflows=()):
-        m1, m2 = make_model(), make_model()
+        m1, m2 = self.model(), self.model()
         o1, o2 = make_opt(m1), make_opt(m2)
         for i, (x, y) in enumerate(data[:k]):
             for m, o in ((m1, o1), (m2, o2)):
@@ -317,7 +424,7 @@ class StepState(unittest.TestCase):
                     on_step(i, o)
                 step_on(m, o, x, y, i in overflows)
         sd = o2.state_dict()
-        m3 = make_model(seed=7)
+        m3 = self.model(seed=7)
         with torch.no_grad():
             for p, q in zip(m3.parameters(), m2.parameters()):
                 p.copy_(q)
@@ -340,7 +447,7 @@ class StepState(unittest.TestCase):
         def on_step(i, o):
             o.param_groups[0]["betas"] = (betas[i], 0.999)
         o1, o3, sd = self.resume_equals_uninterrupted(
-            lambda m: ft.NAdam(m.parameters(), lr=1e-2, momentum_decay=psi), batches(6),
+            lambda m: ft.NAdam(m.parameters(), lr=1e-2, momentum_decay=psi), self.batches(6),
             on_step)
         want = 1.0
         for t in range(1, 4):
@@ -353,7 +460,7 @@ class StepState(unittest.TestCase):
                          o3.state_dict()["state"][0]["mu_product"].item())
 
     def test_loss_scaler_state(self):
-        data = batches(8)
+        data = self.batches(8)
 
         def make(m):
             return ft.AdamW(m.to(torch.bfloat16).parameters(), lr=1e-2,
@@ -370,7 +477,7 @@ class StepState(unittest.TestCase):
         self.assertEqual((i1.loss_scale, i1.skipped_steps, i1.growth_tracker),
                          (i3.loss_scale, i3.skipped_steps, i3.growth_tracker))
         # torch's optimizer ignores the entry; a bad one is refused unchanged
-        m = make_model()
+        m = self.model()
         o = make(m)
         before = snapshot(o, m)
         bad = dict(sd, fusedopt=dict(entry, loss_scale=float("nan")))
@@ -383,11 +490,11 @@ class StepState(unittest.TestCase):
         assert_same(self, before, snapshot(o, m))
         # the same through a load that must create the optimizer again
         # (amsgrad): refused before it does
-        m = make_model().to(torch.bfloat16)
+        m = self.model().to(torch.bfloat16)
         o = ft.AdamW(m.parameters(), lr=1e-2, loss_scale=dict(hysteresis=2))
         for x, y in data[:2]:
             step_on(m, o, x, y)
-        ms = make_model().to(torch.bfloat16)
+        ms = self.model().to(torch.bfloat16)
         src = ft.AdamW(ms.parameters(), lr=1e-2, amsgrad=True, loss_scale=dict(hysteresis=2))
         for x, y in data[:2]:
             step_on(ms, src, x, y)
@@ -444,6 +551,18 @@ class StateDictHooks(unittest.TestCase):
         self.assertEqual(calls, ["pre", "post", "load_pre", "load_post"])
         self.assertEqual(opt.param_groups[0]["lr"], 0.25)
         self.assertEqual(sd["param_groups"][0]["lr"], 1e-2)  # the caller's dict untouched
+
+
+class CudaMovedGradients(MovedGradients):
+    device = "cuda"
+
+
+class CudaFrozenParameters(FrozenParameters):
+    device = "cuda"
+
+
+class CudaStepState(StepState):
+    device = "cuda"
 
 
 if __name__ == "__main__":
