@@ -73,6 +73,9 @@ def candidates(environ=None, package_dir=None, dirs=None):
     environ = os.environ if environ is None else environ
     explicit = environ.get(ENV_VAR)
     if explicit:
+        # a name without a slash would go to the loader's search, not to
+        # the file the existence check found in the working directory
+        explicit = os.path.abspath(explicit)
         if os.path.isdir(explicit):
             return [("file", p) for p in _in_dir(explicit)]
         return [("file", explicit)]

@@ -7,6 +7,7 @@ import ctypes
 import dataclasses
 import numbers
 import os
+import threading
 from collections.abc import Mapping
 
 from . import _ctypes as C
@@ -147,6 +148,10 @@ class Optimizer:
     def __init__(self, params, algorithm="adamw", groups=None, *, grads=None, num_threads=0,
                  max_grad_norm=0.0, **hparams):
         self._handle = None
+        # calls in flight on other threads (ctypes releases the GIL): close()
+        # must not destroy the optimizer under them
+        self._guard = threading.Lock()
+        self._inflight = 0
         self._lib = _library.load()
         self._exports = []
         alg = _algorithm_index(algorithm)
@@ -167,8 +172,8 @@ class Optimizer:
         n = len(params)
         if isinstance(num_threads, bool) or not isinstance(num_threads, int):
             raise TypeError("num_threads must be an int")
-        if num_threads < 0:
-            raise ValueError("num_threads must be >= 0; got %d" % num_threads)
+        if not 0 <= num_threads <= _INT_MAX:
+            raise ValueError("num_threads must be in [0, %d]; got %d" % (_INT_MAX, num_threads))
         if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, numbers.Real):
             raise TypeError("max_grad_norm must be a real number")
 
@@ -231,6 +236,8 @@ class Optimizer:
                 self._params.append(p)
                 self._grads.append(g)
                 name = names[i].encode("utf-8") if names is not None else None
+                if name is not None and b"\0" in name:
+                    raise ValueError("parameter name %r has an embedded null byte" % names[i])
                 self._names.append(name)
                 descs[i].numel = numel
                 descs[i].group = group_of[i]
@@ -278,9 +285,18 @@ class Optimizer:
                 pass  # still exported elsewhere: released when that goes
 
     def _call(self, function, *args, handle_first=True):
-        if handle_first:
+        if not handle_first:
+            _library.check(getattr(self._lib, function)(*args), function)
+            return
+        with self._guard:
             args = (self._live(),) + args
-        _library.check(getattr(self._lib, function)(*args), function)
+            self._inflight += 1
+        try:
+            status = getattr(self._lib, function)(*args)
+        finally:
+            with self._guard:
+                self._inflight -= 1
+        _library.check(status, function)
 
     def _live(self):
         if self._handle is None:
@@ -354,7 +370,7 @@ class Optimizer:
     def state(self, index, name):
         """A copy (array.array('f')) of a state buffer of tensor index: "exp_avg",
         "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer" or "master"."""
-        _check_int(index, "index")
+        _check_int(index, "index", 64)
         if name not in _ROLES:
             raise ValueError("unknown state %r: one of %s" % (name, ", ".join(_ROLES)))
         ptr = ctypes.POINTER(ctypes.c_float)()
@@ -368,18 +384,24 @@ class Optimizer:
     # -- checkpoints
     def save(self, path):
         """Write the whole state to a safetensors checkpoint (atomically)."""
-        self._call("fo_optimizer_save", os.fsencode(_check_path(path)), None)
+        self._call("fo_optimizer_save", _c_path(path), None)
 
     def load(self, path):
         """Restore a checkpoint of an optimizer of the same algorithm and
         tensors: parameters (written into the buffers), state,
         hyper-parameters and step count."""
-        self._call("fo_optimizer_load", os.fsencode(_check_path(path)), None)
+        self._call("fo_optimizer_load", _c_path(path), None)
 
     # -- lifetime
     def close(self):
-        """Destroy the library's optimizer and let go of the buffers."""
-        handle, self._handle = self._handle, None
+        """Destroy the library's optimizer and let go of the buffers.
+        Raises InvalidState, changing nothing, while another thread is
+        inside a call on it (destroying it then would pull its memory from
+        under that call)."""
+        with self._guard:
+            if self._inflight:
+                raise _busy("close")
+            handle, self._handle = self._handle, None
         if handle is not None:
             status = self._lib.fo_optimizer_destroy(handle)
             self._release_exports()
@@ -413,9 +435,32 @@ class Optimizer:
                                                            state)
 
 
-def _check_int(value, what):
+_INT_MAX = 2**31 - 1
+
+
+def _check_int(value, what, bits=32):
+    """value is an int that the C parameter (int, or int64_t with bits=64)
+    holds: ctypes would wrap a larger one silently (group 2**32 - 1 would
+    become -1, every group)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("%s must be an int; got %r" % (what, value))
+    limit = 2**(bits - 1)
+    if not -limit <= value < limit:
+        raise ValueError("%s = %d does not fit a %d-bit C integer" % (what, value, bits))
+
+
+def _busy(function):
+    from .errors import InvalidState
+    return InvalidState(5, "invalid state", function,
+                        "another thread is inside a call on this optimizer")
+
+
+def _c_path(path):
+    """path (checked) as the bytes the library opens."""
+    raw = os.fsencode(_check_path(path))
+    if b"\0" in raw:
+        raise ValueError("path has an embedded null byte")
+    return raw
 
 
 def _check_path(path):

@@ -29,6 +29,12 @@ class FusedoptError(Exception):
         self.message = message
         super().__init__("%s failed: %s (%d): %s" % (function, status_name, status, message))
 
+    def __reduce__(self):
+        # args holds only the formatted message: rebuild from the fields,
+        # so that an error pickles (a worker process's reaches its parent)
+        # and copies
+        return (type(self), (self.status, self.status_name, self.function, self.message))
+
 
 class NullPointer(FusedoptError):
     """FO_ERR_NULL_POINTER."""

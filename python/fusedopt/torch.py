@@ -40,7 +40,7 @@ import ctypes
 import importlib
 import numbers
 import operator
-import os
+import threading
 import warnings
 
 import torch
@@ -48,7 +48,7 @@ import torch.utils.dlpack
 
 from . import _ctypes as C
 from . import _library
-from .core import _algorithm_index, _check_path
+from .core import _algorithm_index, _busy, _c_path
 from .errors import InvalidState
 
 __all__ = ["FusedOptimizer", "SGD", "Adam", "AdamW", "Lion", "Adagrad", "RMSprop", "NAdam",
@@ -268,6 +268,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults, *, master_weights=True, loss_scale=False,
                  max_grad_norm=0.0, num_threads=0, missing_grad="error"):
         self._handle = None
+        # calls in flight on other threads (ctypes releases the GIL): close()
+        # must not destroy the optimizer under them
+        self._guard = threading.Lock()
+        self._inflight = 0
         self._lib = _library.load()
         self._alg = _algorithm_index(self.algorithm)
         # what the library's copy of a group is made from (_push_hparams)
@@ -541,7 +545,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         return self._handle
 
     def _call(self, function, *args):
-        _library.check(getattr(self._lib, function)(self._live(), *args), function)
+        with self._guard:
+            handle = self._live()
+            self._inflight += 1
+        try:
+            status = getattr(self._lib, function)(handle, *args)
+        finally:
+            with self._guard:
+                self._inflight -= 1
+        _library.check(status, function)
 
     def _step_count_lib(self):
         out = ctypes.c_int64()
@@ -1202,7 +1214,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self._device.type == "cuda":
             torch.cuda.current_stream(self._device).synchronize()
         self._push_hparams()  # the groups' current values are what is saved
-        self._call("fo_optimizer_save", os.fsencode(_check_path(path)),
+        self._call("fo_optimizer_save", _c_path(path),
                    _stream_of(self._device))
 
     def load(self, path):
@@ -1211,7 +1223,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         step count."""
         if self._device.type == "cuda":
             torch.cuda.current_stream(self._device).synchronize()
-        self._call("fo_optimizer_load", os.fsencode(_check_path(path)),
+        self._call("fo_optimizer_load", _c_path(path),
                    _stream_of(self._device))
         for gi, g in enumerate(self.param_groups):
             hp = C.FoHparams()
@@ -1228,8 +1240,16 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ lifetime
     def close(self):
-        """Destroy the library's optimizer (also done on garbage collection)."""
-        handle, self._handle = getattr(self, "_handle", None), None
+        """Destroy the library's optimizer (also done on garbage collection).
+        Raises InvalidState, changing nothing, while another thread is
+        inside a call on it."""
+        guard = getattr(self, "_guard", None)
+        if guard is None:  # __init__ failed before there was anything
+            return
+        with guard:
+            if self._inflight:
+                raise _busy("close")
+            handle, self._handle = self._handle, None
         if handle is not None:
             _library.check(self._lib.fo_optimizer_destroy(handle), "fo_optimizer_destroy")
 

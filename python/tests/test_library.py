@@ -22,6 +22,30 @@ class LibraryFound(unittest.TestCase):
         self.assertEqual(os.path.realpath(fusedopt.library_path()), os.path.realpath(env))
         self.assertEqual(fusedopt.library_version(), "0.4.0")
 
+    def test_env_bare_name_is_the_working_directory_file(self):
+        """FUSEDOPT_LIBRARY=libfusedopt.so names the file in the working
+        directory, as the existence check sees it, not the loader's search
+        (which could load another library)."""
+        env = os.environ.get("FUSEDOPT_LIBRARY")
+        if not env:
+            self.skipTest("FUSEDOPT_LIBRARY is not set")
+        cwd = os.getcwd()
+        try:
+            os.chdir(os.path.dirname(os.path.abspath(env)))
+            lib = _library.find_and_load({"FUSEDOPT_LIBRARY": os.path.basename(env)})
+            self.assertEqual(lib.fo_version_string(), b"0.4.0")
+            with tempfile.TemporaryDirectory() as d:
+                os.chdir(d)
+                with open("libfusedopt.so", "wb") as f:
+                    f.write(b"not a library")
+                with self.assertRaises(_library.LibraryNotFoundError) as cm:
+                    _library.find_and_load({"FUSEDOPT_LIBRARY": "libfusedopt.so"})
+                self.assertIn(os.path.join(os.path.realpath(d), "libfusedopt.so"),
+                              str(cm.exception).replace(d, os.path.realpath(d)))
+                os.chdir(cwd)
+        finally:
+            os.chdir(cwd)
+
     def test_env_directory(self):
         env = os.environ.get("FUSEDOPT_LIBRARY")
         if not env:

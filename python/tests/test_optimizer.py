@@ -341,12 +341,68 @@ class Errors(unittest.TestCase):
             (TypeError, lambda: self.opt.get_lr(0.5)),
             (ValueError, lambda: self.opt.state(0, "velocity")),
             (ValueError, lambda: self.opt.save("")),
+            # what ctypes would wrap silently (2**32 - 1 as group -1: every
+            # group) and what C would cut at the NUL
+            (ValueError, lambda: self.opt.get_lr(2**32)),
+            (ValueError, lambda: self.opt.set_lr(5.0, group=2**32 - 1)),
+            (ValueError, lambda: fusedopt.Optimizer([f], num_threads=2**32 + 1)),
+            (ValueError, lambda: self.opt.state(2**64, "exp_avg")),
+            (ValueError, lambda: self.opt.save("ckpt.safetensors\0.bak")),
+            (ValueError, lambda: fusedopt.Optimizer({"w\0secret": f})),
         ]
         for exc, call in bad:
             with self.subTest(exc=exc):
                 with self.assertRaises(exc) as cm:
                     call()
                 self.assertNotIsInstance(cm.exception, fusedopt.FusedoptError)
+
+    def test_errors_pickle_and_copy(self):
+        """A worker process's error reaches its parent whole."""
+        import copy
+        import pickle
+        with self.assertRaises(fusedopt.InvalidArgument) as cm:
+            self.opt.set_lr(-1.0)
+        for e in (pickle.loads(pickle.dumps(cm.exception)), copy.copy(cm.exception)):
+            self.assertIs(type(e), fusedopt.InvalidArgument)
+            self.assertEqual((e.status, e.status_name, e.function, e.message),
+                             (cm.exception.status, cm.exception.status_name,
+                              cm.exception.function, cm.exception.message))
+            self.assertEqual(str(e), str(cm.exception))
+
+    def test_close_while_another_thread_is_inside_a_call(self):
+        """close() during another thread's step is refused, changing
+        nothing (destroying the optimizer then would pull its memory from
+        under the step); after the step it closes."""
+        import threading
+        p = array.array("f", [1.0, 2.0])
+        opt = fusedopt.Optimizer([p], "sgd", lr=0.5)
+        real, inside, release = opt._lib, threading.Event(), threading.Event()
+
+        class Gate:  # the library, with a step that waits inside the call
+            def __getattr__(self, name):
+                fn = getattr(real, name)
+                if name != "fo_optimizer_step":
+                    return fn
+
+                def step(*args):
+                    inside.set()
+                    release.wait(10)
+                    return fn(*args)
+                return step
+        opt._lib = Gate()
+        opt._grads[0][0] = 1.0
+        t = threading.Thread(target=opt.step)
+        t.start()
+        self.assertTrue(inside.wait(10))
+        with self.assertRaisesRegex(fusedopt.InvalidState, "another thread"):
+            opt.close()
+        self.assertFalse(opt.closed)
+        release.set()
+        t.join(10)
+        self.assertEqual(p[0], 0.5)  # the step ran, on a live optimizer
+        opt._lib = real
+        opt.close()
+        self.assertTrue(opt.closed)
 
     def test_closed_optimizer(self):
         p = array.array("f", [1.0])
