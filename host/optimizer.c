@@ -40,8 +40,12 @@ static fo_status validate_options(const char *fn, const fo_options *o) {
                    o->stochastic_rounding);
   if (o->device < 0)
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "device = %d is negative", o->device);
-  if (o->num_threads < 0)
-    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "num_threads = %d is negative", o->num_threads);
+  /* OpenMP creates what it is asked for: a million threads crash the
+   * runtime at the first step, INT_MAX makes it exit the process */
+  if (o->num_threads < 0 || o->num_threads > FO_MAX_THREADS)
+    return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                   "num_threads = %d is outside [0, FO_MAX_THREADS = %d]", o->num_threads,
+                   FO_MAX_THREADS);
   for (size_t i = 0; i < sizeof o->reserved / sizeof o->reserved[0]; i++)
     if (o->reserved[i] != 0)
       return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "options->reserved[%zu] is not zero", i);

@@ -437,7 +437,8 @@ typedef struct fo_options {
    *  the random bits are a hash of (seed, step, tensor, element). */
   int stochastic_rounding;
   uint64_t seed; /**< seed of stochastic rounding; default 0 */
-  /** CPU executor: number of threads; 0 (default) uses every core. */
+  /** CPU executor: number of threads, at most FO_MAX_THREADS; 0 (default)
+   *  uses every core. */
   int num_threads;
   /** Clip the global L2 norm of the (unscaled) gradients to this value:
    *  gradients are multiplied by min(1, max_grad_norm / (norm + 1e-6)) inside
@@ -492,6 +493,11 @@ typedef struct CUstream_st *fo_stream_t;
 
 /** The largest number of parameter groups one optimizer takes. */
 #define FO_MAX_GROUPS 64
+
+/** The largest fo_options.num_threads: OpenMP creates as many threads as
+ *  it is asked for, and a runtime asked for millions crashes or exits the
+ *  process at the first step. */
+#define FO_MAX_THREADS 1024
 
 /** Create an optimizer over num_tensors tensors in num_groups groups
  *  (hparams[0 .. num_groups-1], one per group).
@@ -1258,7 +1264,11 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func, const cha
  *                            opt; FO_EXEC_CUDA in a forked process.
  *    FO_ERR_IO               the message names path, then the temporary
  *                            file the failure happened on, and the OS's
- *                            reason.
+ *                            reason; or path exists and is not a regular
+ *                            file (a directory, FIFO, socket, device node
+ *                            or symbolic link, which the rename would
+ *                            replace: save to a link's target), refused
+ *                            before anything is written.
  *    FO_ERR_CUDA             copying the state from the device.
  *    FO_ERR_OUT_OF_MEMORY    the staging buffer or the header.
  *  (Names a checkpoint cannot hold were refused at create.) */

@@ -127,7 +127,10 @@ FO_HD double fo_schedule_factor(const fo_schedule_params *s, int64_t k) {
       while (pos >= len) { /* at most ~62 rounds when period_mult >= 2 */
         pos -= len;
         if (s->period_mult > 1) {
-          if (len > INT64_MAX / s->period_mult) break;
+          if (len > INT64_MAX / s->period_mult) {
+            len = INT64_MAX; /* a period longer than any step count: the last */
+            break;
+          }
           len *= s->period_mult;
         } else {
           pos %= len; /* equal periods: jump straight to the last one */

@@ -540,19 +540,28 @@ def check_case(args, lib, alg, config, shapes, hp, device, cuda):
     """{fusedopt config: relative error} after args.check_steps steps."""
     dtype = torch.float32 if config == "fp32" else torch.bfloat16
     p0, g = make_inputs(shapes, dtype, device, seed=2)
+    # new gradients at every step (a constant gradient makes Adam's update
+    # lr * sign(g) whatever betas and moments do): the same for both
+    steps_g = [g] + [make_inputs(shapes, dtype, device, seed=3 + k)[1]
+                     for k in range(args.check_steps - 1)]
     # the reference's own gradients: clip_grad_norm_ scales them in place,
     # and fusedopt must clip the originals itself
     ref = as_leaf_params([p.float().clone() for p in p0], [x.float().clone() for x in g])
     opt = torch_optimizer(alg, ref, shapes, hp, foreach=False)
     step = clipped(opt.step, ref, args.clip, False)
-    for _ in range(args.check_steps):
+    for k in range(args.check_steps):
+        for r, x in zip(ref, steps_g[k]):
+            r.grad.copy_(x)
         step()
     out = {}
     for name, master in fo_configs(config):
         ps = [p.clone() for p in p0]
-        fo = FusedOpt(lib, alg, ps, g, [x for _, x in shapes], hp, master, cuda, args.threads,
+        gs = [x.clone() for x in g]
+        fo = FusedOpt(lib, alg, ps, gs, [x for _, x in shapes], hp, master, cuda, args.threads,
                       args.clip)
-        for _ in range(args.check_steps):
+        for k in range(args.check_steps):
+            for d, x in zip(gs, steps_g[k]):
+                d.copy_(x)
             fo.step()
         if cuda:
             torch.cuda.synchronize()
@@ -566,8 +575,9 @@ def check_case(args, lib, alg, config, shapes, hp, device, cuda):
 
 def tolerance(fo_config):
     """fp32 weights: rounding order only; bf16 weights without master are
-    rounded every step (half an ulp of 2.4e-4 against updates of ~4e-3)."""
-    return 5e-2 if fo_config == "bf16" else 1e-4
+    rounded every step (half an ulp of 2.4e-4 against updates of ~4e-3;
+    with new gradients at every check step, 3.6e-2 measured on the MLP)."""
+    return 8e-2 if fo_config == "bf16" else 1e-4
 
 
 def time_case(args, lib, alg, config, shapes, device, cuda):
@@ -609,7 +619,10 @@ def rows_of(list_name, alg, config, shapes, med, per, errs, clip=0.0):
     for impl, us in med.items():
         fo_cfg = impl[len("fusedopt_"):].replace("_graph", "") if impl.startswith("fusedopt") else None
         nbytes = bytes_per_param(impl, alg, fo_cfg or config, bool(clip)) * numel
-        err = errs.get(fo_cfg) if fo_cfg else None
+        # the check ran eager steps: a graph row's replays are not what it
+        # compared (python/tests/test_torch.py's Cuda graph tests compare
+        # captured steps with torch), so its column stays empty
+        err = errs.get(fo_cfg) if fo_cfg and not impl.endswith("_graph") else None
         rows.append(dict(list=list_name, alg=alg, config=(fo_cfg or config) + ("-clip" if clip
                                                                                 else ""),
                          impl=impl,

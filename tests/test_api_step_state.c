@@ -16,12 +16,16 @@
  *
  * Written against include/fusedopt.h only; no library internals.
  */
+#define _POSIX_C_SOURCE 200809L /* mkdtemp */
+
 #include <criterion/criterion.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "api_harness.h"
 #include "fusedopt.h"
@@ -573,4 +577,46 @@ Test(api_step_state, mu_product_refusals) {
     cr_expect(f == SENT_F32, "algorithm %d: get_mu_product failed but wrote *out", (int)others[a]);
     cr_assert_eq(fo_optimizer_destroy(r.opt), FO_SUCCESS);
   }
+}
+
+/* A load into an optimizer without loss scaling: the file's scaler fields
+ * (another optimizer's hysteresis count, a scale written through the
+ * pointer) do not come with it, so what the optimizer reads back is what
+ * set_scaler_state accepts there; the skipped count does. */
+Test(api_step_state, a_load_without_loss_scaling_keeps_the_created_fields) {
+  char dir[] = "/tmp/fo_step_state_XXXXXX";
+  cr_assert_not_null(mkdtemp(dir));
+  char path[64];
+  snprintf(path, sizeof path, "%s/ck.safetensors", dir);
+  fo_options o1, o3;
+  cr_assert_eq(fo_options_default(&o1), FO_SUCCESS);
+  o1.algorithm = FO_ALG_ADAMW;
+  o1.loss_scaler.hysteresis = 1;
+  o3 = o1;
+  o3.loss_scaler.hysteresis = 3;
+  fo_hparams h[2];
+  two_groups(FO_ALG_ADAMW, h);
+  rig a, b;
+  rig_make(&a, &o1, h, 2, 93);
+  rig_grads(&a, 93, 1, 0);
+  rig_step(&a);
+  fo_scaler_state s = scaler_of(a.opt);
+  s.skipped_steps = 5;
+  cr_assert_eq(fo_optimizer_set_scaler_state(a.opt, &s), FO_SUCCESS, "%s", fo_last_error());
+  float *scale = NULL;
+  cr_assert_eq(fo_optimizer_loss_scale_ptr(a.opt, &scale), FO_SUCCESS);
+  *scale = 4.0f; /* written through the pointer: saved with the state */
+  cr_assert_eq(fo_optimizer_save(a.opt, path, NULL), FO_SUCCESS, "%s", fo_last_error());
+  rig_make(&b, &o3, h, 2, 94);
+  cr_assert_eq(fo_optimizer_load(b.opt, path, NULL), FO_SUCCESS, "%s", fo_last_error());
+  fo_scaler_state got = scaler_of(b.opt);
+  cr_expect(f2u(got.scale) == f2u(1.0f) && got.growth_tracker == 0 && got.hysteresis_left == 3,
+            "loaded without scaling: %g %d %d", (double)got.scale, got.growth_tracker,
+            got.hysteresis_left);
+  cr_expect_eq(got.skipped_steps, 5);
+  cr_expect_eq(fo_optimizer_set_scaler_state(b.opt, &got), FO_SUCCESS, "%s", fo_last_error());
+  cr_assert_eq(fo_optimizer_destroy(a.opt), FO_SUCCESS);
+  cr_assert_eq(fo_optimizer_destroy(b.opt), FO_SUCCESS);
+  unlink(path);
+  rmdir(dir);
 }

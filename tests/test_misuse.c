@@ -17,6 +17,7 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -333,4 +334,36 @@ Test(misuse, failed_save_names_the_path_asked_for) {
   cr_expect(access(path, F_OK) != 0, "a failed save left %s", path);
   model_destroy(&a);
   rmdir(dir);
+}
+
+/* Cosine with restarts whose next period would not fit int64 (period x
+ * period_mult past 2^63): that period never ends, so the rate stays near
+ * its start instead of wrapping through the cosine again. */
+Test(misuse, restarts_whose_next_period_overflows_never_end) {
+  fo_options o;
+  OK(fo_options_default(&o));
+  o.schedule.kind = FO_SCHED_COSINE_RESTARTS;
+  o.schedule.period = 1000;
+  o.schedule.period_mult = (int64_t)1 << 54; /* 1000 x 2^54 > 2^63 */
+  fo_hparams h;
+  OK(fo_hparams_default(FO_ALG_SGD, &h));
+  h.lr = 0.25f;
+  float p[4] = {1, 2, 3, 4}, g[4] = {0.5f, -0.5f, 0.25f, 1};
+  fo_tensor_desc t = {4, 0, p, g, NULL};
+  fo_optimizer *opt = NULL;
+  OK(fo_optimizer_create(&opt, &o, &h, 1, &t, 1));
+  float next = -1.0f;
+  OK(fo_optimizer_set_step(opt, 500)); /* mid first period: half the rate */
+  OK(fo_optimizer_get_next_lr(opt, 0, &next));
+  cr_expect(fabsf(next - 0.125f) < 0.002f, "step 501: %g", (double)next);
+  static const int64_t steps[] = {1000, 1500, 1999, 2500, 3000, (int64_t)1 << 50};
+  for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    OK(fo_optimizer_set_step(opt, steps[i]));
+    OK(fo_optimizer_get_next_lr(opt, 0, &next));
+    cr_expect(next > 0.2499f && next <= 0.25f,
+              "after %lld steps: %g (the second period "
+              "is endless)",
+              (long long)steps[i], (double)next);
+  }
+  fo_optimizer_destroy(opt);
 }

@@ -87,6 +87,48 @@ Test(not_regular, load_and_verify_of_a_fifo_return_at_once) {
   ck_dir_remove(&dir);
 }
 
+/* A save writes a temporary file and renames it over path: a FIFO, a
+ * device node, a directory or a symbolic link there would be replaced
+ * (the link with the file instead of written through), so each is refused
+ * before anything is written. */
+Test(not_regular, save_refuses_what_its_rename_would_replace) {
+  ck_dir dir;
+  ck_dir_make(&dir);
+  char fifo[128], link[128], target[128], sub[128];
+  ck_dir_file(&dir, "pipe.safetensors", fifo, sizeof fifo);
+  ck_dir_file(&dir, "link.safetensors", link, sizeof link);
+  ck_dir_file(&dir, "target.safetensors", target, sizeof target);
+  ck_dir_file(&dir, "sub.safetensors", sub, sizeof sub);
+  cr_assert_eq(mkfifo(fifo, 0600), 0, "mkfifo: %s", strerror(errno));
+  cr_assert_eq(mkdir(sub, 0700), 0, "mkdir: %s", strerror(errno));
+  FILE *f = fopen(target, "wb");
+  cr_assert_not_null(f);
+  fputs("not a checkpoint", f);
+  fclose(f);
+  cr_assert_eq(symlink("target.safetensors", link), 0, "symlink: %s", strerror(errno));
+  ck_model m;
+  ck_model_create(&m, &sgd_cfg, 1);
+  ck_step(&m, 0);
+  const char *paths[3] = {fifo, link, sub};
+  const char *says[3] = {"FIFO", "symbolic link", "directory"};
+  for (int i = 0; i < 3; i++) {
+    cr_expect_eq(fo_optimizer_save(m.opt, paths[i], NULL), FO_ERR_IO, "%s", paths[i]);
+    cr_expect_neq(strstr(fo_last_error(), says[i]), NULL, "%s", fo_last_error());
+  }
+  struct stat sb;
+  cr_expect(lstat(fifo, &sb) == 0 && S_ISFIFO(sb.st_mode), "the FIFO was replaced");
+  cr_expect(lstat(link, &sb) == 0 && S_ISLNK(sb.st_mode), "the link was replaced");
+  cr_expect(lstat(sub, &sb) == 0 && S_ISDIR(sb.st_mode), "the directory was replaced");
+  cr_expect(lstat(target, &sb) == 0 && sb.st_size == 16, "the link's target was written");
+  cr_expect_eq(ck_dir_count(&dir), 4, "a temporary file was left");
+  /* a regular file there is replaced, as before */
+  CK_OK(fo_optimizer_save(m.opt, target, NULL));
+  CK_OK(fo_checkpoint_verify(target));
+  ck_model_destroy(&m);
+  rmdir(sub);
+  ck_dir_remove(&dir);
+}
+
 /* ------------------------------------------------------- header limit */
 
 /* An optimizer of one fp32 SGD tensor (no state: only the parameters are

@@ -164,7 +164,27 @@ static char *temp_stem(const char *path, size_t *stem_at) {
   return out;
 }
 
+/* What a save's rename may replace: nothing, or a regular file.  The
+ * rename would replace a FIFO, socket or device node (/dev/null, as root)
+ * with a regular file, and a symbolic link with the file instead of
+ * writing where it points; a load refuses those paths too. */
+static fo_status check_replaceable(const char *fn, const char *path) {
+  struct stat sb;
+  if (lstat(path, &sb) != 0) return FO_SUCCESS; /* absent; other errors: the open says */
+  if (S_ISREG(sb.st_mode)) return FO_SUCCESS;
+  return fo_fail(FO_ERR_IO, fn,
+                 "cannot save to \"%.200s\": it is %s, which the save's rename would replace "
+                 "with a regular file (save to a regular file's path%s)",
+                 path,
+                 S_ISLNK(sb.st_mode)   ? "a symbolic link"
+                 : S_ISDIR(sb.st_mode) ? "a directory"
+                                       : "not a regular file (a FIFO, socket or device)",
+                 S_ISLNK(sb.st_mode) ? ", the link's target" : "");
+}
+
 fo_status fo_ckpt_open_temp(const char *fn, const char *path, char **tmp, int *fd) {
+  fo_status replaceable = check_replaceable(fn, path);
+  if (replaceable != FO_SUCCESS) return replaceable;
   size_t stem_at;
   char *stem = temp_stem(path, &stem_at);
   size_t n = stem ? strlen(stem) + TEMP_SUFFIX_MAX + 1 : 0;
