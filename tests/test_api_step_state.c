@@ -146,6 +146,16 @@ static void two_groups(fo_algorithm alg, fo_hparams h[2]) {
   }
 }
 
+/* A NAdam rig of two groups (weight decay in the first). */
+static void nadam_rig(rig *r, uint64_t seed) {
+  fo_options o;
+  cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
+  o.algorithm = FO_ALG_NADAM;
+  fo_hparams h[2];
+  two_groups(FO_ALG_NADAM, h);
+  rig_make(r, &o, h, 2, seed);
+}
+
 /* ----------------------------------------------------------- round trips */
 
 Test(api_step_state, scaler_state_round_trip_reaches_the_report_and_the_scale_pointer) {
@@ -248,13 +258,8 @@ Test(api_step_state, scaler_state_without_loss_scaling) {
 }
 
 Test(api_step_state, mu_product_round_trip_and_set_step_overwrites_it) {
-  fo_options o;
-  cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
-  o.algorithm = FO_ALG_NADAM;
-  fo_hparams h[2];
-  two_groups(FO_ALG_NADAM, h);
   rig r;
-  rig_make(&r, &o, h, 2, 41);
+  nadam_rig(&r, 41);
   cr_expect(mu_of(r.opt, 0) == 1.0f && mu_of(r.opt, 1) == 1.0f, "fresh products are not 1");
   tu_rng rng;
   tu_rng_seed(&rng, 42, 1);
@@ -410,13 +415,8 @@ Test(api_step_state, a_copied_mu_product_continues_nadam_as_the_original) {
 /* -------------------------------------------------------------- refusals */
 
 Test(api_step_state, null_pointers) {
-  fo_options o;
-  cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
-  o.algorithm = FO_ALG_NADAM;
-  fo_hparams h[2];
-  two_groups(FO_ALG_NADAM, h);
   rig r;
-  rig_make(&r, &o, h, 2, 71);
+  nadam_rig(&r, 71);
   fo_scaler_state s = scaler_of(r.opt);
   float f = SENT_F32;
   CHECK(FO_ERR_NULL_POINTER, "opt", fo_optimizer_get_scaler_state, NULL, &s);
