@@ -30,8 +30,10 @@ static fo_status run_step(const char *fn, fo_optimizer *opt, fo_stream_t stream,
     /* 3. agree across ranks: a sharded state saw only its shard */
     if (opt->shard.on) {
       st = fo_dp_agree_sumsq(fn, opt, &sums, &n, stream);
-      /* a failed collective changed nothing and poisoned the gradients */
+      /* a failed collective changed nothing and poisoned the gradients:
+       * the step it was for did not happen, nor count against the limit */
       if (st != FO_SUCCESS) *faulted = !opt->grads_poisoned;
+      if (st != FO_SUCCESS && opt->grads_poisoned) opt->steps_left++;
       if (st != FO_SUCCESS) return st;
     }
   }

@@ -613,7 +613,10 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *                            fo_optimizer_reduce_bucket).  A sharded step
  *                            whose all-gather of the updated parameters
  *                            fails is different: the parameters are then
- *                            partly gathered, and the optimizer faulted.
+ *                            partly gathered, and the optimizer faulted;
+ *                            so is a sharded LAMB or LARS step whose
+ *                            all-gather of the per-tensor norms fails (the
+ *                            moments and the count have moved by then).
  *    FO_ERR_CUDA             FO_EXEC_CUDA: the step's work failed once it
  *                            had started: the optimizer is now faulted.
  *
@@ -1019,10 +1022,11 @@ typedef struct fo_comm_ops {
    *  codes and err as allreduce_sum. */
   int (*reduce_scatter_sum)(void *ctx, void *buf, const int64_t *counts, fo_dtype dtype, char *err,
                             size_t err_cap);
-  /** Optional; needed by a sharded optimizer state.  An all-gather with
-   *  uneven parts, in place, in bytes: buf holds bytes[0] + ... +
-   *  bytes[size - 1] bytes, rank r's part after the ranks before it.  On
-   *  entry this rank's part holds its data; on return every part holds
+  /** Optional; needed by a sharded optimizer state and by
+   *  fo_optimizer_save_gathered() (FO_ERR_UNSUPPORTED without it).  An
+   *  all-gather with uneven parts, in place, in bytes: buf holds bytes[0] +
+   *  ... + bytes[size - 1] bytes, rank r's part after the ranks before it.
+   *  On entry this rank's part holds its data; on return every part holds
    *  its owner's data, on every rank. */
   int (*all_gather)(void *ctx, void *buf, const int64_t *bytes, char *err, size_t err_cap);
   /** Optional (may be NULL): called once by fo_comm_destroy() with ctx. */
@@ -1295,11 +1299,14 @@ FO_API fo_status fo_optimizer_save(const fo_optimizer *opt, const char *path, fo
  *  fo_optimizer_save().  A failing collective (FO_ERR_COMM) ends the call
  *  on the ranks where it fails; what the other ranks see is the
  *  communicator's matter.  Argument errors found before any
- *  communication -- opt NULL, a bad stream, root out of range -- return at
- *  once on the rank that makes them.
+ *  communication -- opt NULL, a bad stream, root out of range, a host
+ *  communicator without all_gather -- return at once on the rank that
+ *  makes them.  The ranks agree on the outcome through all_gather, so a
+ *  host communicator needs it (fo_comm_ops) even without sharding.
  *
  *  Statuses: those of fo_optimizer_save() (path is checked on root only),
  *  and FO_ERR_INVALID_ARGUMENT (root is not a rank of the communicator),
+ *  FO_ERR_UNSUPPORTED (a host communicator whose ops have no all_gather),
  *  FO_ERR_COMM (a collective failed). */
 FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char *path, int root,
                                             fo_stream_t stream);

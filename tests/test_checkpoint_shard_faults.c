@@ -10,8 +10,8 @@
  *
  * What is shown:
  *   - failures of a gathered save (root's directory missing, root's disk
- *     full, a faulted rank) and of a load's copies on one rank reach every
- *     rank alike;
+ *     full, a faulted rank, a communicator without all_gather) and of a
+ *     load's copies on one rank reach every rank alike;
  *   - argument checks of the new functions.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -81,6 +81,59 @@ Test(shard_faults, gathered_save_failures_reach_every_rank) {
   free(now.p);
   free(old.p);
   cr_expect_eq(ck_dir_count(&d), 1, "a temporary file was left behind");
+  fleet_free(&f);
+  ck_dir_remove(&d);
+}
+
+/* n ranks of plain data parallelism over host communicators with
+ * allreduce_sum only (all_gather NULL): enough to step. */
+static void fleet_make_allreduce_only(fleet *f, const ck_cfg *c, int n, uint64_t seed) {
+  memset(f, 0, sizeof *f);
+  tr_world_init(&f->w, n);
+  f->n = n;
+  for (int k = 0; k < n; k++) {
+    f->r[k].cfg = *c;
+    f->r[k].opt = rk_make_opt(c, seed);
+    f->r[k].comm = tr_world_comm_allreduce_only(&f->w, k);
+    CK_OK(fo_optimizer_set_comm(f->r[k].opt, f->r[k].comm, NULL));
+  }
+}
+
+/* The ranks agree on a gathered save's outcome through all_gather, which a
+ * host communicator of plain data parallelism need not have: every rank
+ * refuses alike before any collective (it used to call the NULL op), at
+ * every root, writes nothing, changes nothing; the ranks step on, and
+ * fo_optimizer_save on one rank is the way out. */
+Test(shard_faults, gathered_save_without_all_gather_is_refused_on_every_rank) {
+  ck_cfg c = cfg_of(0);
+  ck_dir d;
+  ck_dir_make(&d);
+  char path[160], own[160];
+  ck_dir_file(&d, "g.safetensors", path, sizeof path);
+  ck_dir_file(&d, "own.safetensors", own, sizeof own);
+  fleet f;
+  fleet_make_allreduce_only(&f, &c, 3, 29);
+  fleet_steps(&f, 0, 3);
+  fleet_shot before, after;
+  fleet_take(&f, &before);
+  int calls[MAXR];
+  memcpy(calls, f.w.allreduce_calls, sizeof calls);
+  for (int root = 0; root < 3; root++) {
+    file_arg a = {NULL, path, root, 0};
+    fleet_run(&f, phase_save_gathered, &a);
+    fleet_expect_calls_failed(&f, FO_ERR_UNSUPPORTED, "all_gather", "no all_gather");
+    cr_expect(strstr(f.r[0].msg, "fo_optimizer_save_gathered: "), "%s", f.r[0].msg);
+    cr_expect(memcmp(calls, f.w.allreduce_calls, sizeof calls) == 0,
+              "root %d: a collective ran before the refusal", root);
+    cr_expect_eq(ck_dir_count(&d), 0, "root %d: a file or a temporary file was left", root);
+  }
+  fleet_take(&f, &after);
+  fleet_shot_expect(&before, &after, "after the refused saves");
+  fleet_shot_free(&after);
+  fleet_shot_free(&before);
+  CK_OK(fo_optimizer_save(f.r[1].opt, own, NULL));
+  cr_expect_eq(ck_dir_count(&d), 1, "fo_optimizer_save wrote %d files", ck_dir_count(&d));
+  fleet_steps(&f, 3, 5); /* nothing poisoned, nothing faulted */
   fleet_free(&f);
   ck_dir_remove(&d);
 }

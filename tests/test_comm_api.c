@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm_internal.h" /* fo_comm_all_gather, fo_comm_reduce_scatter */
 #include "comm_rig.h"
 #include "cr_status.h"
 #include "fake_comm.h"
@@ -74,6 +75,32 @@ Test(comm_api, allreduce_sum) {
   FAILS(fo_comm_allreduce_sum(c, x, 3, FO_DTYPE_F32, NULL), FO_ERR_COMM);
   cr_expect(strstr(fo_last_error(), "injected failure on call 2"), "message: %s", fo_last_error());
   cr_expect(strstr(fo_last_error(), "code 42"), "message: %s", fo_last_error());
+  OK(fo_comm_destroy(c));
+}
+
+/* The library's reduce-scatter and all-gather over a host communicator
+ * whose ops lack them (optional: only a sharded state needs them) refuse
+ * with FO_ERR_UNSUPPORTED naming the op, instead of calling NULL, and
+ * leave the buffer alone; with nothing to move there is no collective. */
+Test(comm_api, missing_shard_ops_are_refused_not_called) {
+  fake f;
+  fo_comm *c = fake_comm(&f, 4); /* allreduce_sum only */
+  tu_rng g;
+  tu_rng_seed(&g, 31, 3);
+  float buf[4 * 9], copy[4 * 9];
+  for (int i = 0; i < 4 * 9; i++) buf[i] = (float)tu_rng_nonzero(&g, 0.01, 2.0);
+  memcpy(copy, buf, sizeof buf);
+  const int64_t counts[4] = {9, 9, 9, 9}, bytes[4] = {36, 36, 36, 36}, none[4] = {0};
+  FAILS(fo_comm_all_gather("my_caller", c, buf, bytes, NULL), FO_ERR_UNSUPPORTED);
+  cr_expect(strstr(fo_last_error(), "my_caller: "), "%s", fo_last_error());
+  cr_expect(strstr(fo_last_error(), "all_gather"), "%s", fo_last_error());
+  FAILS(fo_comm_reduce_scatter("my_caller", c, buf, counts, FO_DTYPE_F32, NULL),
+        FO_ERR_UNSUPPORTED);
+  cr_expect(strstr(fo_last_error(), "reduce_scatter_sum"), "%s", fo_last_error());
+  cr_expect(memcmp(buf, copy, sizeof buf) == 0, "the buffer changed");
+  OK(fo_comm_all_gather("my_caller", c, buf, none, NULL));
+  OK(fo_comm_reduce_scatter("my_caller", c, buf, none, FO_DTYPE_F32, NULL));
+  cr_expect_eq(f.calls, 0, "%d all-reduces", f.calls);
   OK(fo_comm_destroy(c));
 }
 

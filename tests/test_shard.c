@@ -334,3 +334,44 @@ Test(shard_errors, norm_agreement_failure_changes_nothing) {
 Test(shard_errors, parameter_gather_failure_marks_the_state_faulted) {
   failing(2);
 }
+
+/* A failed norm agreement returns the step it was for to the FO_MAX_STEP
+ * budget (it used to keep it): at step count FO_MAX_STEP - 1, a few failed
+ * steps, each redone after zero_grad, leave the one step that is left,
+ * and exactly one. */
+Test(shard_errors, norm_agreement_failure_keeps_the_step_budget) {
+  rig r;
+  rig_make(&r, options(FO_ALG_ADAMW, FO_DTYPE_F32, FO_DTYPE_F32, 1));
+  rig_params(&r);
+  fake f;
+  fo_comm *c = fake_shard_comm(&f, 1, 2, 1);
+  fo_dp_options d;
+  OK(fo_dp_options_default(&d));
+  d.shard_state = 1;
+  d.bucket_bytes = 0;
+  OK(fo_optimizer_set_comm(r.opt, c, &d));
+  OK(fo_optimizer_set_step(r.opt, FO_MAX_STEP - 1));
+  for (int k = 0; k < 3; k++) {
+    rig_grads(&r, 20 + k);
+    snapshot s;
+    snap(&r, &s);
+    int rs = f.rs_calls;
+    f.fail_ag = f.ag_calls + 1; /* the step's first all-gather: the norm's */
+    FAILS(fo_optimizer_step(r.opt, NULL), FO_ERR_COMM);
+    cr_assert(strstr(fo_last_error(), "injected all-gather failure"), "%s", fo_last_error());
+    cr_assert_eq(f.rs_calls, rs + 1, "the gradients were reduced before the agreement failed");
+    expect_unchanged(&r, &s);
+    OK(fo_optimizer_zero_grad(r.opt, NULL));
+  }
+  rig_grads(&r, 23);
+  OK(fo_optimizer_step(r.opt, NULL));
+  fo_step_info info;
+  OK(fo_optimizer_get_info(r.opt, &info));
+  cr_assert(info.step == FO_MAX_STEP && !info.last_step_skipped, "step %lld, skipped %d",
+            (long long)info.step, info.last_step_skipped);
+  rig_grads(&r, 24);
+  FAILS(fo_optimizer_step(r.opt, NULL), FO_ERR_INVALID_STATE);
+  cr_assert(strstr(fo_last_error(), "has reached FO_MAX_STEP"), "%s", fo_last_error());
+  OK(fo_optimizer_destroy(r.opt));
+  OK(fo_comm_destroy(c));
+}

@@ -19,6 +19,7 @@
 #include "checkpoint_io.h"
 #include "checkpoint_save.h"
 #include "checkpoint_shard.h"
+#include "comm_internal.h"
 #include "exec.h"
 
 /* A state entry of a sharded optimizer, gathered window by window; the
@@ -141,6 +142,12 @@ fo_status fo_ckpt_save_gathered(const char *fn, const fo_optimizer *opt, const c
     if (st == FO_SUCCESS) st = fo_master_check(fn, opt);
     return st == FO_SUCCESS ? fo_ckpt_save_file(fn, opt, path) : st;
   }
+  /* the ranks agree on the outcome through all_gather: refused before any
+   * communication (the ranks of one program pass the same ops) */
+  if (opt->dp->comm->kind == FO_COMM_HOST && !opt->dp->comm->ops.all_gather)
+    return fo_fail(FO_ERR_UNSUPPORTED, fn,
+                   "the host communicator has no all_gather op, through which the ranks agree "
+                   "on the save's outcome; save on one rank with fo_optimizer_save()");
   gathered x;
   memset(&x, 0, sizeof x);
   x.root = root;

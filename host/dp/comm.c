@@ -86,10 +86,10 @@ fo_status fo_set_last_error(fo_status status, const char *func, const char *mess
 /* -------------------------------------------------------------- dispatch */
 
 /* A host op's failure as FO_ERR_COMM with the back-end's message. */
-static fo_status host_failed(const char *fn, const char *what, int64_t n, int rc, char *err,
-                             size_t cap) {
+static fo_status host_failed(const char *fn, const char *what, int64_t n, const char *unit, int rc,
+                             char *err, size_t cap) {
   err[cap - 1] = '\0';
-  return fo_fail(FO_ERR_COMM, fn, "%s of %lld elements failed (code %d): %s", what, (long long)n,
+  return fo_fail(FO_ERR_COMM, fn, "%s of %lld %s failed (code %d): %s", what, (long long)n, unit,
                  rc, err[0] ? err : "no message");
 }
 
@@ -97,7 +97,8 @@ static fo_status host_sum(const char *fn, fo_comm *c, void *buf, int64_t count, 
   char err[FO_COMM_ERR_CAP];
   err[0] = '\0';
   int rc = c->ops.allreduce_sum(c->ctx, buf, count, dtype, err, sizeof err);
-  return rc == 0 ? FO_SUCCESS : host_failed(fn, "all-reduce", count, rc, err, sizeof err);
+  return rc == 0 ? FO_SUCCESS
+                 : host_failed(fn, "all-reduce", count, "elements", rc, err, sizeof err);
 }
 
 fo_status fo_comm_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_dtype dtype,
@@ -123,10 +124,15 @@ fo_status fo_comm_reduce_scatter(const char *fn, fo_comm *c, void *buf, const in
   int64_t n = parts_total(c, counts);
   if (n == 0) return FO_SUCCESS;
   if (c->kind == FO_COMM_NCCL) return fo_nccl_reduce_scatter(fn, c, buf, counts, dtype, stream);
+  if (!c->ops.reduce_scatter_sum)
+    return fo_fail(FO_ERR_UNSUPPORTED, fn,
+                   "the host communicator has no reduce_scatter_sum op (it is NULL in its "
+                   "fo_comm_ops)");
   char err[FO_COMM_ERR_CAP];
   err[0] = '\0';
   int rc = c->ops.reduce_scatter_sum(c->ctx, buf, counts, dtype, err, sizeof err);
-  return rc == 0 ? FO_SUCCESS : host_failed(fn, "reduce-scatter", n, rc, err, sizeof err);
+  return rc == 0 ? FO_SUCCESS
+                 : host_failed(fn, "reduce-scatter", n, "elements", rc, err, sizeof err);
 }
 
 fo_status fo_comm_all_gather(const char *fn, fo_comm *c, void *buf, const int64_t *bytes,
@@ -134,10 +140,13 @@ fo_status fo_comm_all_gather(const char *fn, fo_comm *c, void *buf, const int64_
   int64_t n = parts_total(c, bytes);
   if (n == 0) return FO_SUCCESS;
   if (c->kind == FO_COMM_NCCL) return fo_nccl_all_gather(fn, c, buf, bytes, stream);
+  if (!c->ops.all_gather)
+    return fo_fail(FO_ERR_UNSUPPORTED, fn,
+                   "the host communicator has no all_gather op (it is NULL in its fo_comm_ops)");
   char err[FO_COMM_ERR_CAP];
   err[0] = '\0';
   int rc = c->ops.all_gather(c->ctx, buf, bytes, err, sizeof err);
-  return rc == 0 ? FO_SUCCESS : host_failed(fn, "all-gather (bytes)", n, rc, err, sizeof err);
+  return rc == 0 ? FO_SUCCESS : host_failed(fn, "all-gather", n, "bytes", rc, err, sizeof err);
 }
 
 fo_status fo_comm_check_async(const char *fn, fo_comm *c) {

@@ -117,16 +117,26 @@ void tr_world_init(tr_world *w, int size) {
   for (int r = 0; r < size; r++) w->peers[r] = (tr_peer){w, r};
 }
 
-fo_comm *tr_world_comm(tr_world *w, int rank) {
+static fo_comm *world_comm(tr_world *w, int rank, int with_shard_ops) {
   fo_comm_ops ops;
   memset(&ops, 0, sizeof ops);
   ops.struct_size = sizeof ops;
   ops.allreduce_sum = tw_allreduce;
-  ops.reduce_scatter_sum = tw_reduce_scatter;
-  ops.all_gather = tw_all_gather;
+  if (with_shard_ops) {
+    ops.reduce_scatter_sum = tw_reduce_scatter;
+    ops.all_gather = tw_all_gather;
+  }
   fo_comm *c = NULL;
   CK_OK(fo_comm_create_host(&c, &ops, &w->peers[rank], rank, w->size));
   return c;
+}
+
+fo_comm *tr_world_comm(tr_world *w, int rank) {
+  return world_comm(w, rank, 1);
+}
+
+fo_comm *tr_world_comm_allreduce_only(tr_world *w, int rank) {
+  return world_comm(w, rank, 0);
 }
 
 void tr_world_destroy(tr_world *w) {

@@ -50,6 +50,10 @@ void tr_world_init(tr_world *w, int size);
 /* Rank rank's host communicator over the world (allreduce_sum,
  * reduce_scatter_sum, all_gather). */
 fo_comm *tr_world_comm(tr_world *w, int rank);
+/* The same with allreduce_sum only (reduce_scatter_sum and all_gather
+ * NULL, as a back-end without them may pass): enough for plain data
+ * parallelism, not for a sharded state. */
+fo_comm *tr_world_comm_allreduce_only(tr_world *w, int rank);
 void tr_world_destroy(tr_world *w);
 
 /* --------------------------------------------------------------- ranks */
