@@ -159,9 +159,11 @@ typedef struct bench_result {
   double fused_us;
   double graph_us;
   double naive_us;
-  double check_err; /* ||fused - naive|| / ||naive - initial|| */
+  /* The largest ||fused - naive|| / ||naive - initial|| over tensors and
+   * compared buffers (run.c's check_row) */
+  double check_err;
   double check_tol;
-  int check_ok;
+  int check_ok; /* also 0 when bf16 parameters or a -clip row's norm differ */
 } bench_result;
 
 /* The reference copy (copy.c): a copy of half a row's counted bytes (so it

@@ -20,9 +20,11 @@
  * that bandwidth over a device-to-device copy of the same bytes measured in
  * the same run.  Check: from the same initial values, one step of the
  * variant leaves every output array bit-identical to one step of the base
- * kernel (a checksum of each array's words, element index included); the
- * arithmetic per element is the same whatever the shape, so any difference
- * is a coverage bug.
+ * kernel (a checksum of each array's words, element index included), and
+ * the base kernel's step changes every array (a base that wrote nothing
+ * would pass any variant that also wrote nothing); the arithmetic per
+ * element is the same whatever the shape, so any difference is a coverage
+ * bug.
  *
  * The step's scalars are carried by value (fo_step_launch.k, step 1; no
  * prepare kernel), as the library's eager steps without a pre-pass carry
@@ -420,7 +422,12 @@ int run_config(const bench_list &l, const config &c, const opts &o, FILE *csv) {
   SV_CHECK(cudaFree(cp));
 
   int failed = 0;
+  /* the checksums before any step: the base kernel (the first variant) must
+   * change every array it writes, else its outputs prove nothing */
+  reset(ar, c);
+  const std::vector<unsigned long long> before = checksums(ar, c);
   std::vector<unsigned long long> want;
+  bool base_ok = true;
   for (const variant &v : c.variants) {
     const plan p = make_plan(l, c, ar, v.chunk, v.pack);
     fo_step_launch a;
@@ -442,8 +449,15 @@ int run_config(const bench_list &l, const config &c, const opts &o, FILE *csv) {
     launch(v, p, a, s);
     SV_CHECK(cudaStreamSynchronize(s));
     const std::vector<unsigned long long> got = checksums(ar, c);
-    if (want.empty()) want = got;
-    const bool ok = got == want;
+    if (want.empty()) {
+      want = got;
+      for (size_t i = 0; i < got.size(); i++)
+        if (got[i] == before[i]) {
+          printf("# %s %s: the base kernel left output array %zu as it was\n", l.name, c.name, i);
+          base_ok = false;
+        }
+    }
+    const bool ok = base_ok && got == want;
     failed += !ok;
     /* then the timing, from wherever the check left the values */
     const double us = median_us([&] { launch(v, p, a, s); }, o.reps, o.warmup, s);
