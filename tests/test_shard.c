@@ -283,19 +283,27 @@ static void expect_unchanged(const rig *r, const snapshot *s) {
   free(s->exp_avg);
 }
 
+/* Rank 1 of 2 of a sharded AdamW with clipping and loss scaling (a
+ * pre-pass, so a norm agreement) over the fake communicator f, one
+ * reduce-scatter per step; its communicator. */
+static fo_comm *sharded_adamw(rig *r, fake *f) {
+  rig_make(r, options(FO_ALG_ADAMW, FO_DTYPE_F32, FO_DTYPE_F32, 1));
+  rig_params(r);
+  fo_comm *c = fake_shard_comm(f, 1, 2, 1);
+  fo_dp_options d;
+  OK(fo_dp_options_default(&d));
+  d.shard_state = 1;
+  d.bucket_bytes = 0;
+  OK(fo_optimizer_set_comm(r->opt, c, &d));
+  return c;
+}
+
 /* A collective fails during step 2: which = 0 the gradients' reduce-scatter,
  * 1 the norm's all-gather, 2 the parameters' all-gather. */
 static void failing(int which) {
   rig r;
-  rig_make(&r, options(FO_ALG_ADAMW, FO_DTYPE_F32, FO_DTYPE_F32, 1));
-  rig_params(&r);
   fake f;
-  fo_comm *c = fake_shard_comm(&f, 1, 2, 1);
-  fo_dp_options d;
-  OK(fo_dp_options_default(&d));
-  d.shard_state = 1;
-  d.bucket_bytes = 0; /* one reduce-scatter per step */
-  OK(fo_optimizer_set_comm(r.opt, c, &d));
+  fo_comm *c = sharded_adamw(&r, &f);
   rig_grads(&r, 0);
   OK(fo_optimizer_step(r.opt, NULL));
   /* step 2: reduce-scatter call 2; all-gathers 3 (norm) and 4 (params) */
@@ -341,15 +349,8 @@ Test(shard_errors, parameter_gather_failure_marks_the_state_faulted) {
  * and exactly one. */
 Test(shard_errors, norm_agreement_failure_keeps_the_step_budget) {
   rig r;
-  rig_make(&r, options(FO_ALG_ADAMW, FO_DTYPE_F32, FO_DTYPE_F32, 1));
-  rig_params(&r);
   fake f;
-  fo_comm *c = fake_shard_comm(&f, 1, 2, 1);
-  fo_dp_options d;
-  OK(fo_dp_options_default(&d));
-  d.shard_state = 1;
-  d.bucket_bytes = 0;
-  OK(fo_optimizer_set_comm(r.opt, c, &d));
+  fo_comm *c = sharded_adamw(&r, &f);
   OK(fo_optimizer_set_step(r.opt, FO_MAX_STEP - 1));
   for (int k = 0; k < 3; k++) {
     rig_grads(&r, 20 + k);
