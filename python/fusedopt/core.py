@@ -288,15 +288,7 @@ class Optimizer:
         if not handle_first:
             _library.check(getattr(self._lib, function)(*args), function)
             return
-        with self._guard:
-            args = (self._live(),) + args
-            self._inflight += 1
-        try:
-            status = getattr(self._lib, function)(*args)
-        finally:
-            with self._guard:
-                self._inflight -= 1
-        _library.check(status, function)
+        _call_live(self, function, args)
 
     def _live(self):
         if self._handle is None:
@@ -398,10 +390,7 @@ class Optimizer:
         Raises InvalidState, changing nothing, while another thread is
         inside a call on it (destroying it then would pull its memory from
         under that call)."""
-        with self._guard:
-            if self._inflight:
-                raise _busy("close")
-            handle, self._handle = self._handle, None
+        handle = _take_handle(self)
         if handle is not None:
             status = self._lib.fo_optimizer_destroy(handle)
             self._release_exports()
@@ -449,10 +438,33 @@ def _check_int(value, what, bits=32):
         raise ValueError("%s = %d does not fit a %d-bit C integer" % (what, value, bits))
 
 
-def _busy(function):
-    from .errors import InvalidState
-    return InvalidState(5, "invalid state", function,
-                        "another thread is inside a call on this optimizer")
+def _call_live(owner, function, args):
+    """owner's library call function(handle, *args), its status checked.
+    Shared by Optimizer and fusedopt.torch's classes (owner has _lib,
+    _live(), _guard, _inflight): ctypes releases the GIL inside the call,
+    so it is counted in flight, and close() on another thread refuses
+    rather than destroy the optimizer under it (_take_handle)."""
+    with owner._guard:
+        handle = owner._live()
+        owner._inflight += 1
+    try:
+        status = getattr(owner._lib, function)(handle, *args)
+    finally:
+        with owner._guard:
+            owner._inflight -= 1
+    _library.check(status, function)
+
+
+def _take_handle(owner):
+    """owner's handle, given up for destroying (None when closed already);
+    InvalidState, changing nothing, while another thread is inside a call."""
+    with owner._guard:
+        if owner._inflight:
+            from .errors import InvalidState
+            raise InvalidState(5, "invalid state", "close",
+                               "another thread is inside a call on this optimizer")
+        handle, owner._handle = owner._handle, None
+    return handle
 
 
 def _c_path(path):

@@ -48,7 +48,7 @@ import torch.utils.dlpack
 
 from . import _ctypes as C
 from . import _library
-from .core import _algorithm_index, _busy, _c_path
+from .core import _algorithm_index, _c_path, _call_live, _take_handle
 from .errors import InvalidState
 
 __all__ = ["FusedOptimizer", "SGD", "Adam", "AdamW", "Lion", "Adagrad", "RMSprop", "NAdam",
@@ -545,15 +545,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         return self._handle
 
     def _call(self, function, *args):
-        with self._guard:
-            handle = self._live()
-            self._inflight += 1
-        try:
-            status = getattr(self._lib, function)(handle, *args)
-        finally:
-            with self._guard:
-                self._inflight -= 1
-        _library.check(status, function)
+        _call_live(self, function, args)
 
     def _step_count_lib(self):
         out = ctypes.c_int64()
@@ -1243,13 +1235,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         """Destroy the library's optimizer (also done on garbage collection).
         Raises InvalidState, changing nothing, while another thread is
         inside a call on it."""
-        guard = getattr(self, "_guard", None)
-        if guard is None:  # __init__ failed before there was anything
+        if getattr(self, "_guard", None) is None:  # __init__ failed before anything
             return
-        with guard:
-            if self._inflight:
-                raise _busy("close")
-            handle, self._handle = self._handle, None
+        handle = _take_handle(self)
         if handle is not None:
             _library.check(self._lib.fo_optimizer_destroy(handle), "fo_optimizer_destroy")
 
