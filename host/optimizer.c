@@ -58,6 +58,20 @@ static fo_status validate_options(const char *fn, const fo_options *o) {
   return FO_SUCCESS;
 }
 
+/* A buffer must start on a multiple of its element size.  The CUDA kernels
+ * read and write elements with aligned instructions (16-byte vectors only
+ * where a whole run is 16-byte aligned, single elements elsewhere), and a
+ * misaligned one faults the device: a sticky error that leaves the
+ * caller's whole CUDA context unusable.  C forbids it on the host too. */
+static fo_status check_element_aligned(const char *fn, int64_t i, const char *what, const void *ptr,
+                                       fo_dtype dtype) {
+  size_t size = fo_dtype_size(dtype);
+  if ((uintptr_t)ptr % size == 0) return FO_SUCCESS;
+  return fo_fail(FO_ERR_BAD_POINTER, fn,
+                 "tensors[%lld].%s = %p is not aligned to its %zu-byte elements", (long long)i,
+                 what, ptr, size);
+}
+
 static fo_status validate_tensors(const char *fn, const fo_options *o, int num_groups,
                                   const fo_tensor_desc *t, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
@@ -75,6 +89,11 @@ static fo_status validate_tensors(const char *fn, const fo_options *o, int num_g
     if (o->storage == FO_STORAGE_EXTERNAL && t[i].numel > 0 && (!t[i].param || !t[i].grad))
       return fo_fail(FO_ERR_NULL_POINTER, fn, "tensors[%lld].%s is NULL", (long long)i,
                      t[i].param ? "grad" : "param");
+    if (o->storage == FO_STORAGE_EXTERNAL && t[i].numel > 0) {
+      fo_status st = check_element_aligned(fn, i, "param", t[i].param, o->param_dtype);
+      if (st == FO_SUCCESS) st = check_element_aligned(fn, i, "grad", t[i].grad, o->grad_dtype);
+      if (st != FO_SUCCESS) return st;
+    }
   }
   return FO_SUCCESS;
 }

@@ -129,7 +129,8 @@ typedef enum fo_status {
    *  which. */
   FO_ERR_NO_DEVICE = 7,
   /** A pointer is in the wrong memory: host memory where device memory is
-   *  needed or the reverse, or memory of another device. */
+   *  needed or the reverse, or memory of another device; or it is not
+   *  aligned to the size of its elements. */
   FO_ERR_BAD_POINTER = 8,
   /** A CUDA call failed; the message holds CUDA's error name and text. */
   FO_ERR_CUDA = 9,
@@ -471,8 +472,11 @@ typedef struct fo_tensor_desc {
   /** Index of its parameter group in the hparams array. */
   int group;
   /** FO_STORAGE_EXTERNAL: the caller's parameter buffer (numel elements of
-   *  param_dtype), device memory for FO_EXEC_CUDA, host memory for
-   *  FO_EXEC_CPU.  Read once at create to initialise master weights.
+   *  param_dtype, starting on a multiple of the element size), device
+   *  memory for FO_EXEC_CUDA, host memory for FO_EXEC_CPU.  Buffers that
+   *  start on 16 bytes are stepped with 16-byte vector accesses, others
+   *  one element at a time.  Read once at create to initialise master
+   *  weights.
    *  FO_STORAGE_ARENA: must be NULL. */
   void *param;
   /** The gradient buffer, same rules as param.  Must not overlap any
@@ -539,7 +543,8 @@ typedef struct CUstream_st *fo_stream_t;
  *    FO_ERR_BAD_POINTER      a buffer in the wrong memory for the executor
  *                            (host memory for FO_EXEC_CUDA, another
  *                            device's memory, device memory for
- *                            FO_EXEC_CPU).
+ *                            FO_EXEC_CPU), or one not aligned to the
+ *                            size of its elements.
  *    FO_ERR_NO_DEVICE        FO_EXEC_CUDA without a usable driver or
  *                            device, or in a build without CUDA
  *                            (FO_ENABLE_CUDA=OFF); the message says which.
@@ -681,8 +686,11 @@ FO_API fo_status fo_optimizer_get_fault(const fo_optimizer *opt, fo_status *stat
  * that only return what create fixed (fo_optimizer_get_options,
  * _num_tensors, _param_ptr, _grad_ptr, _state_ptr, _arena, _get_shard,
  * _loss_scale_ptr) are not checked, and neither is
- * fo_optimizer_get_next_lr.  Communicators follow the same rule (see
- * fo_comm).
+ * fo_optimizer_get_next_lr.  Communicators follow the same rule, and it
+ * binds the optimizers attached to one communicator together: a step, a
+ * reduction or a gathered save of one of them drives the communicator, so
+ * they and it are used from one thread at a time (see fo_comm; the flag
+ * above does not detect a race between two of them).
  *
  * fork().  A child process must not step an optimizer its parent created.
  * OpenMP's worker threads (and a CUDA context) do not survive fork(), and
@@ -1410,7 +1418,8 @@ FO_API size_t fo_dtype_size(fo_dtype dtype);
  *  overlap unless they are equal and dtype is FO_DTYPE_F32.
  *  Statuses: FO_ERR_NULL_POINTER (src or dst is NULL);
  *  FO_ERR_INVALID_ARGUMENT (an unknown dtype; n negative or too large);
- *  FO_ERR_OVERLAP (src and dst overlap). */
+ *  FO_ERR_BAD_POINTER (src or dst not aligned to the size of its
+ *  elements); FO_ERR_OVERLAP (src and dst overlap). */
 FO_API fo_status fo_convert_from_f32(fo_dtype dtype, const float *src, void *dst, int64_t n);
 FO_API fo_status fo_convert_to_f32(fo_dtype dtype, const void *src, float *dst, int64_t n);
 

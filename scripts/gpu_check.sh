@@ -42,7 +42,9 @@
 #                  torchtrain  scripts/bench_torch_train.py: GPT-2 small's
 #                           whole training step (forward, backward, AdamW)
 #                           with fusedopt.torch and torch's fused AdamW, in
-#                           fp32, bf16 autocast and bf16-master; 10 steps
+#                           fp32, bf16 autocast and bf16-master; 10 steps;
+#                           then examples/train_torch.py on the GPU in bf16
+#                           with --compare-torch (5 epochs)
 #                  torchdebug  (only when named) the illegal address seen
 #                           2026-12-04: torch alone, a graph replayed after
 #                           its optimizer is freed (should fault) or kept;
@@ -429,7 +431,13 @@ run_torchtrain() {
     --precision fp32,bf16,bf16-master --impls fusedopt,torch_fused,torch_foreach \
     --steps 10 --warmup 3 --csv "$work/logs/torch_train_gpu.csv"
   local rc=$?
-  [ "$rc" = 77 ] && echo "torchtrain skipped: python3 cannot import torch" && rc=0
+  [ "$rc" = 77 ] && echo "torchtrain skipped: python3 cannot import torch" && return 0
+  # the Python example, fusedopt.torch beside torch.optim.AdamW
+  local lib=$build/host/libfusedopt.so
+  [ "${lib#/}" = "$lib" ] && lib=$root/$lib
+  FUSEDOPT_LIBRARY=$lib PYTHONPATH=$root/python python3 examples/train_torch.py \
+    --device cuda --precision bf16 --compare-torch --epochs 5 --no-plot \
+    --out "$work/logs/train_torch" || rc=1
   return "$rc"
 }
 

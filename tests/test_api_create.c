@@ -148,6 +148,15 @@ MUT(m_ov_grad_end_into_next, e->t[0].grad = at(e, SLOT_BYTES + 4)) /* into t1.pa
 MUT(m_f16_touching, m_f16(e); e->t[0].grad = at(e, 32))            /* 16 x 2 bytes */
 MUT(m_f16_one_over, m_f16(e); e->t[0].grad = at(e, 30))
 MUT(m_bf16_touching, m_bf16(e); e->t[0].param = at(e, SLOT_BYTES - 32)) /* [32,64), grad at 64 */
+/* alignment: buffers start on a multiple of their element size (slots 6
+ * and 7 are free) */
+MUT(m_mis_param_f32, e->t[1].param = at(e, 6 * SLOT_BYTES + 2))
+MUT(m_mis_grad_odd, e->t[0].grad = at(e, 6 * SLOT_BYTES + 1))
+MUT(m_f32_on_4, e->t[1].param = at(e, 6 * SLOT_BYTES + 4))
+MUT(m_mis_param_bf16, m_bf16(e); e->t[1].param = at(e, 6 * SLOT_BYTES + 1))
+MUT(m_mis_grad_f16, m_f16(e); e->t[1].grad = at(e, 6 * SLOT_BYTES + 3))
+MUT(m_bf16_on_2, m_bf16(e); e->t[1].param = at(e, 6 * SLOT_BYTES + 2);
+    e->t[1].grad = at(e, 7 * SLOT_BYTES + 6))
 
 static const create_case k_create_cases[] = {
     {"baseline", m_none, FO_SUCCESS, NULL},
@@ -266,6 +275,13 @@ static const create_case k_create_cases[] = {
     {"f16 param/grad touching", m_f16_touching, FO_SUCCESS, NULL},
     {"f16 param/grad one element over", m_f16_one_over, FO_ERR_OVERLAP, NULL},
     {"bf16 param ends where its grad starts", m_bf16_touching, FO_SUCCESS, NULL},
+    /* alignment */
+    {"f32 param on 2 bytes", m_mis_param_f32, FO_ERR_BAD_POINTER, "aligned"},
+    {"f32 grad on an odd address", m_mis_grad_odd, FO_ERR_BAD_POINTER, "tensors[0].grad"},
+    {"f32 buffers on 4 bytes, not 16", m_f32_on_4, FO_SUCCESS, NULL},
+    {"bf16 param on an odd address", m_mis_param_bf16, FO_ERR_BAD_POINTER, "tensors[1].param"},
+    {"f16 grad on an odd address", m_mis_grad_f16, FO_ERR_BAD_POINTER, "aligned"},
+    {"bf16 buffers on 2 bytes, not 4", m_bf16_on_2, FO_SUCCESS, NULL},
 };
 
 /* Each case with AdamW (moments to allocate) and plain SGD (no state). */

@@ -282,3 +282,27 @@ Test(api_convert, bad_arguments) {
   /* n == 0 does nothing, whatever the pointers */
   CHECK(FO_SUCCESS, NULL, fo_convert_from_f32, FO_DTYPE_F16, src, dst, 0);
 }
+
+/* An array must start on a multiple of its element size: floats on 4
+ * bytes, 16-bit values on 2.  A refused call writes nothing. */
+Test(api_convert, misaligned_arrays) {
+  float src[4] = {1.5f, -2.25f, 3.0f, 0.125f};
+  _Alignas(16) unsigned char raw[64], raw0[64];
+  for (size_t i = 0; i < sizeof raw; ++i) raw[i] = (unsigned char)(0x5A + 7 * i);
+  memcpy(raw0, raw, sizeof raw);
+  float fdst[4] = {9, 9, 9, 9};
+  const void *odd = raw + 1, *two = raw + 2, *four = raw + 4;
+  CHECK(FO_ERR_BAD_POINTER, "src", fo_convert_from_f32, FO_DTYPE_F16, (const float *)two, raw + 32,
+        4);
+  CHECK(FO_ERR_BAD_POINTER, "dst", fo_convert_from_f32, FO_DTYPE_BF16, src, raw + 33, 4);
+  CHECK(FO_ERR_BAD_POINTER, "dst", fo_convert_from_f32, FO_DTYPE_F32, src, raw + 34, 4);
+  CHECK(FO_ERR_BAD_POINTER, "src", fo_convert_to_f32, FO_DTYPE_F16, odd, fdst, 4);
+  CHECK(FO_ERR_BAD_POINTER, "src", fo_convert_to_f32, FO_DTYPE_F32, two, fdst, 4);
+  CHECK(FO_ERR_BAD_POINTER, "dst", fo_convert_to_f32, FO_DTYPE_BF16, four, (float *)(raw + 42), 4);
+  cr_expect(memcmp(raw, raw0, sizeof raw) == 0, "a refused conversion wrote its destination");
+  cr_expect(fdst[0] == 9 && fdst[3] == 9, "a refused conversion wrote its destination");
+  /* 16-bit arrays on 2 bytes (not 4 or 16) are fine, and round-trip */
+  CHECK(FO_SUCCESS, NULL, fo_convert_from_f32, FO_DTYPE_BF16, src, raw + 34, 4);
+  CHECK(FO_SUCCESS, NULL, fo_convert_to_f32, FO_DTYPE_BF16, raw + 34, fdst, 4);
+  cr_expect(memcmp(fdst, src, sizeof src) == 0, "bf16 round trip through raw + 34 changed values");
+}

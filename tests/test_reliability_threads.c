@@ -78,6 +78,16 @@ static void expect_busy(fo_status st, const char *call) {
                 "%s: %s", call, fo_last_error());
 }
 
+/* NAdam, so that the per-group mu_product accessors are among the calls
+ * refused; with loss scaling, so that the scaler's are. */
+static const ck_cfg nadam_cfg = {.label = "nadam",
+                                 .alg = FO_ALG_NADAM,
+                                 .pd = FO_DTYPE_F32,
+                                 .gd = FO_DTYPE_F32,
+                                 .scaler = 1,
+                                 .storage = FO_STORAGE_ARENA,
+                                 .exec = FO_EXEC_CPU};
+
 /* Every call that reads or writes the state, made while another thread is
  * inside fo_optimizer_step, fails at once and changes nothing; the step
  * itself applies exactly once. */
@@ -88,8 +98,8 @@ Test(threads, a_call_during_another_threads_step_is_refused_at_once) {
   ck_dir_file(&dir, "good.safetensors", path, sizeof path);
   ck_dir_file(&dir, "never.safetensors", never, sizeof never);
   ck_model m, ref;
-  ck_model_create(&m, &sgd_cfg, 1);
-  ck_model_create(&ref, &sgd_cfg, 1);
+  ck_model_create(&m, &nadam_cfg, 1);
+  ck_model_create(&ref, &nadam_cfg, 1);
   ck_step(&m, 0);
   ck_step(&ref, 0);
   CK_OK(fo_optimizer_save(m.opt, path, NULL));
@@ -141,9 +151,12 @@ Test(threads, a_call_during_another_threads_step_is_refused_at_once) {
   expect_busy(fo_optimizer_get_lr(m.opt, 0, &lr), "get_lr");
   expect_busy(fo_optimizer_get_hparams(m.opt, 0, &h), "get_hparams");
   fo_hparams other[2];
-  ck_hparams(&sgd_cfg, other);
+  ck_hparams(&nadam_cfg, other);
   other[0].lr = 0.5f;
   expect_busy(fo_optimizer_set_hparams(m.opt, 0, &other[0]), "set_hparams");
+  float mu = 0.0f;
+  expect_busy(fo_optimizer_get_mu_product(m.opt, 0, &mu), "get_mu_product");
+  expect_busy(fo_optimizer_set_mu_product(m.opt, 0, 0.5f), "set_mu_product");
   expect_busy(fo_optimizer_get_fault(m.opt, &fault, NULL, 0), "get_fault");
   expect_busy(fo_optimizer_set_comm(m.opt, NULL, NULL), "set_comm");
   expect_busy(fo_optimizer_reduce_grads(m.opt, NULL), "reduce_grads");
@@ -161,6 +174,11 @@ Test(threads, a_call_during_another_threads_step_is_refused_at_once) {
   ck_snapshot(&m, &a);
   ck_snapshot(&ref, &b);
   ck_snap_expect_equal(&b, &a, "one step beside refused calls");
+  float mu_m = 0.0f, mu_ref = 1.0f;
+  CK_OK(fo_optimizer_get_mu_product(m.opt, 0, &mu_m));
+  CK_OK(fo_optimizer_get_mu_product(ref.opt, 0, &mu_ref));
+  cr_expect(mu_m == mu_ref && mu_m < 1.0f, "mu_product %.9g after the step, %.9g alone", mu_m,
+            mu_ref);
   cr_expect_eq(access(never, F_OK), -1, "a refused save wrote a file");
   CK_OK(fo_optimizer_set_comm(m.opt, NULL, NULL));
   CK_OK(fo_comm_destroy(comm));

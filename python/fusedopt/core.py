@@ -6,6 +6,7 @@ import array
 import ctypes
 import dataclasses
 import numbers
+import operator
 import os
 import threading
 from collections.abc import Mapping
@@ -170,8 +171,7 @@ class Optimizer:
             params = list(params)
             names = None
         n = len(params)
-        if isinstance(num_threads, bool) or not isinstance(num_threads, int):
-            raise TypeError("num_threads must be an int")
+        num_threads = _check_int(num_threads, "num_threads")
         if not 0 <= num_threads <= _INT_MAX:
             raise ValueError("num_threads must be in [0, %d]; got %d" % (_INT_MAX, num_threads))
         if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, numbers.Real):
@@ -204,9 +204,10 @@ class Optimizer:
                                "groups[%d]" % g)
                 group_hps.append(hp)
                 for i in spec["params"]:
-                    if isinstance(i, bool) or not isinstance(i, int):
+                    if isinstance(i, bool) or not hasattr(type(i), "__index__"):
                         raise TypeError("groups[%d]['params'] holds %r: give indices into "
                                         "params" % (g, i))
+                    i = operator.index(i)
                     if not 0 <= i < n:
                         raise ValueError("groups[%d]['params'] holds %d, outside [0, %d)"
                                          % (g, i, n))
@@ -332,28 +333,28 @@ class Optimizer:
 
     def get_lr(self, group=0):
         """The base learning rate of a group."""
-        _check_int(group, "group")
+        group = _check_int(group, "group")
         out = ctypes.c_float()
         self._call("fo_optimizer_get_lr", group, ctypes.byref(out))
         return out.value
 
     def set_lr(self, lr, group=-1):
         """Set the learning rate of one group, or of every group (-1)."""
-        _check_int(group, "group")
+        group = _check_int(group, "group")
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real):
             raise TypeError("lr must be a real number; got %r" % (lr,))
         self._call("fo_optimizer_set_lr", group, float(lr))
 
     def get_hparams(self, group=0):
         """A group's hyper-parameters as a dict."""
-        _check_int(group, "group")
+        group = _check_int(group, "group")
         hp = C.FoHparams()
         self._call("fo_optimizer_get_hparams", group, ctypes.byref(hp))
         return _hparams_dict(hp)
 
     def set_hparams(self, group=0, **hparams):
         """Change some hyper-parameters of a group (the others kept)."""
-        _check_int(group, "group")
+        group = _check_int(group, "group")
         hp = C.FoHparams()
         self._call("fo_optimizer_get_hparams", group, ctypes.byref(hp))
         _apply_hparams(hp, hparams, "set_hparams")
@@ -362,7 +363,7 @@ class Optimizer:
     def state(self, index, name):
         """A copy (array.array('f')) of a state buffer of tensor index: "exp_avg",
         "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer" or "master"."""
-        _check_int(index, "index", 64)
+        index = _check_int(index, "index", 64)
         if name not in _ROLES:
             raise ValueError("unknown state %r: one of %s" % (name, ", ".join(_ROLES)))
         ptr = ctypes.POINTER(ctypes.c_float)()
@@ -428,14 +429,20 @@ _INT_MAX = 2**31 - 1
 
 
 def _check_int(value, what, bits=32):
-    """value is an int that the C parameter (int, or int64_t with bits=64)
-    holds: ctypes would wrap a larger one silently (group 2**32 - 1 would
-    become -1, every group)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """value as a Python int, checked to fit the C parameter (int, or
+    int64_t with bits=64): ctypes would wrap a larger one silently (group
+    2**32 - 1 would become -1, every group).  Any integer type counts
+    (numpy's included, through __index__); bool and float do not."""
+    if isinstance(value, bool):
         raise TypeError("%s must be an int; got %r" % (what, value))
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError("%s must be an int; got %r" % (what, value)) from None
     limit = 2**(bits - 1)
     if not -limit <= value < limit:
         raise ValueError("%s = %d does not fit a %d-bit C integer" % (what, value, bits))
+    return value
 
 
 def _call_live(owner, function, args):

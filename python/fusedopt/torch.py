@@ -48,7 +48,7 @@ import torch.utils.dlpack
 
 from . import _ctypes as C
 from . import _library
-from .core import _algorithm_index, _c_path, _call_live, _take_handle
+from .core import _algorithm_index, _c_path, _call_live, _check_int, _take_handle
 from .errors import InvalidState
 
 __all__ = ["FusedOptimizer", "SGD", "Adam", "AdamW", "Lion", "Adagrad", "RMSprop", "NAdam",
@@ -280,8 +280,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._master_weights = _as_flag(master_weights, "master_weights")
         self._scaler = self._scaler_options(loss_scale)
         self._max_grad_norm = _as_float(max_grad_norm, "max_grad_norm")
-        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
-            raise ValueError("num_threads must be an int >= 0; got %r" % (num_threads,))
+        num_threads = _check_int(num_threads, "num_threads")
+        if num_threads < 0:
+            raise ValueError("num_threads must be >= 0; got %r" % (num_threads,))
         self._num_threads = num_threads
         if missing_grad not in ("error", "zero", "skip"):
             raise ValueError("missing_grad must be 'error', 'zero' or 'skip'; got %r"
@@ -309,9 +310,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             out = {}
             for k, v in loss_scale.items():
                 if k in ("growth_interval", "hysteresis"):
-                    if isinstance(v, bool) or not isinstance(v, int):
-                        raise TypeError("loss_scale: %s must be an int; got %r" % (k, v))
-                    out[k] = v
+                    out[k] = _check_int(v, "loss_scale: " + k)
                 else:
                     out[k] = _as_float(v, "loss_scale: " + k)
             return out
@@ -935,10 +934,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             v = entry[k]
             if isinstance(v, torch.Tensor) and v.numel() == 1:
                 v = v.item()
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError("loaded state dict's fusedopt.%s must be an int; got %r"
-                                % (k, v))
-            vals[k] = v
+            vals[k] = _check_int(v, "loaded state dict's fusedopt." + k, 64)
         opts = C.FoOptions()
         _library.check(self._lib.fo_options_default(ctypes.byref(opts)), "fo_options_default")
         interval = self._scaler.get("growth_interval", opts.loss_scaler.growth_interval)

@@ -4,6 +4,7 @@ errors carrying the library's message, checkpoints, zero_grad, and the
 arguments refused in Python before the library is called."""
 
 import array
+import ctypes
 import math
 import os
 import random
@@ -313,6 +314,49 @@ class Errors(unittest.TestCase):
     def test_overlapping_buffers(self):
         with self.assertRaises(fusedopt.Overlap):
             fusedopt.Optimizer([self.p], grads=[self.p])
+
+    def test_misaligned_buffer_is_bad_pointer(self):
+        # floats at an address 2 mod 4: the library refuses them (a CUDA
+        # kernel would fault on them) and names the buffer
+        raw = bytearray(range(7, 7 + 4 * 5 + 2))
+        before = bytes(raw)
+        base = ctypes.addressof((ctypes.c_char * len(raw)).from_buffer(raw))
+        skew = (2 - base) % 4
+        odd = memoryview(raw)[skew:skew + 16].cast("f")
+        with self.assertRaises(fusedopt.BadPointer) as cm:
+            fusedopt.Optimizer([odd], grads=[array.array("f", [0.5] * 4)])
+        self.assertIn("aligned", cm.exception.message)
+        self.assertEqual(bytes(raw), before)  # nothing written
+
+    def test_integer_types_with_index_are_ints(self):
+        class Index:  # numpy's integer scalars behave so
+            def __init__(self, v):
+                self.v = v
+
+            def __index__(self):
+                return self.v
+
+        f = array.array("f", [1.0, 2.0])
+        g = array.array("f", [3.0, 4.0])
+        with fusedopt.Optimizer([f, g], "adamw", [{"params": [Index(0)]},
+                                                  {"params": [Index(1)], "lr": 0.5}],
+                                num_threads=Index(1)) as opt:
+            opt.set_lr(0.25, group=Index(1))
+            self.assertEqual(opt.get_lr(Index(1)), 0.25)
+            self.assertAlmostEqual(opt.get_lr(Index(0)), 1e-3, places=9)
+            self.assertEqual(list(opt.state(Index(1), "exp_avg")), [0.0, 0.0])
+            for bad in (True, 1.0, "1"):
+                with self.assertRaises(TypeError):
+                    opt.get_lr(bad)
+            with self.assertRaises(ValueError):
+                opt.get_lr(Index(2**40))
+        try:
+            import numpy
+        except ImportError:
+            return
+        with fusedopt.Optimizer([f], num_threads=numpy.int64(2)) as opt:
+            opt.set_lr(0.5, group=numpy.int32(0))
+            self.assertEqual(opt.get_lr(numpy.int64(0)), 0.5)
 
     def test_python_arguments_refused_before_the_library(self):
         f = array.array("f", [1.0, 2.0])
