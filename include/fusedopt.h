@@ -743,8 +743,11 @@ FO_API fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *ou
  *  device memory on FO_EXEC_CUDA), for a backward pass that scales the loss
  *  gradient without a host synchronization.  The step updates it.  With
  *  loss scaling off it points to a scale that stays 1, so one training
- *  loop serves both.  Writing through it changes the scale the next step
- *  uses (hence a non-const opt).
+ *  loop serves both (a value written there is ignored: by the steps, by a
+ *  save, which writes 1, and by a load).  Writing through it changes the
+ *  scale the next step uses (hence a non-const opt); with loss scaling on,
+ *  a scale a load would refuse (not finite, or below FO_LOSS_SCALE_MIN)
+ *  makes fo_optimizer_save() refuse until a valid one is written.
  *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL). */
 FO_API fo_status fo_optimizer_loss_scale_ptr(fo_optimizer *opt, float **out);
 
@@ -1272,8 +1275,12 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func, const cha
  *                            tensors with 48-byte names, or names of tens
  *                            of megabytes: every limit of the reader is
  *                            the writer's), found before the file is
- *                            created; another thread is inside a call on
- *                            opt; FO_EXEC_CUDA in a forked process.
+ *                            created; with loss scaling on, a scale
+ *                            written through fo_optimizer_loss_scale_ptr()
+ *                            that a load would refuse (not finite, or
+ *                            below FO_LOSS_SCALE_MIN); another thread is
+ *                            inside a call on opt; FO_EXEC_CUDA in a
+ *                            forked process.
  *    FO_ERR_IO               the message names path, then the temporary
  *                            file the failure happened on, and the OS's
  *                            reason; or path exists and is not a regular
@@ -1399,8 +1406,13 @@ FO_API fo_status fo_optimizer_load_shards(fo_optimizer *opt, const char *const *
                                           fo_stream_t stream);
 
 /** Check a checkpoint file on its own, without an optimizer: the container,
- *  the format version and every checksum (a whole checkpoint or a per-rank
- *  file).  FO_SUCCESS if it is intact.
+ *  the format version, every checksum (the metadata's and each tensor's
+ *  bytes), and that each tensor is a 1-D array of F32, F16 or BF16 (a whole
+ *  checkpoint or a per-rank file).  FO_SUCCESS if all of that holds.
+ *  Whether the file fits a given optimizer (names, sizes, which dtype each
+ *  tensor must have) only a load can tell: the header's tensor entries are
+ *  under no checksum, so an F16 entry edited to BF16 passes here and is
+ *  refused by fo_optimizer_load().
  *  Statuses: FO_ERR_NULL_POINTER (path is NULL); FO_ERR_IO and
  *  FO_ERR_CHECKPOINT as for fo_optimizer_load() (a FIFO or other file
  *  that is not a regular one: FO_ERR_IO at once); FO_ERR_OUT_OF_MEMORY

@@ -26,10 +26,12 @@
 
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "ckpt_harness.h"
 
@@ -319,6 +321,68 @@ Test(files, saving_into_the_current_directory) {
   ck_model_destroy(&m);
   cr_assert_eq(chdir(cwd), 0);
   cr_expect_eq(ck_dir_count(&d), 1);
+  ck_dir_remove(&d);
+}
+
+/* A loss scale written through fo_optimizer_loss_scale_ptr.  With loss
+ * scaling on, one a load would refuse (zero, subnormal, NaN, inf) fails the
+ * save with nothing written, and a valid one is saved and loaded; with it
+ * off the steps ignore the scale, and so do the save (it writes the
+ * created 1) and the load: whatever a save writes, a load accepts. */
+Test(files, a_scale_written_through_the_pointer) {
+  ck_dir d;
+  char path[128];
+  scratch_file(&d, path, sizeof path, "s.safetensors");
+  const float bad[] = {0.0f, 0x1p-127f, NAN, INFINITY};
+  for (int on = 0; on < 2; on++) {
+    ck_cfg c = adamw_bf16;
+    c.scaler = on;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+      ck_model m, twin;
+      ck_model_create(&m, &c, 1);
+      for (int s = 0; s < 2; s++) ck_step(&m, s);
+      float *scale = NULL;
+      CK_OK(fo_optimizer_loss_scale_ptr(m.opt, &scale));
+      const float kept = *scale;
+      *scale = bad[i];
+      fo_status st = fo_optimizer_save(m.opt, path, NULL);
+      ck_model_create(&twin, &c, 2);
+      if (on) {
+        cr_expect_eq(st, FO_ERR_INVALID_STATE, "scale %g: %s", (double)bad[i], fo_last_error());
+        cr_expect_not_null(strstr(fo_last_error(), "fo_optimizer_loss_scale_ptr"), "%s",
+                           fo_last_error());
+        cr_expect_eq(ck_dir_count(&d), 0, "scale %g: a refused save left a file", (double)bad[i]);
+        *scale = 512.0f; /* a valid one is saved and loaded */
+        CK_OK(fo_optimizer_save(m.opt, path, NULL));
+        CK_OK(fo_optimizer_load(twin.opt, path, NULL));
+        fo_scaler_state ss;
+        CK_OK(fo_optimizer_get_scaler_state(twin.opt, &ss));
+        cr_expect_eq(ss.scale, 512.0f);
+      } else {
+        cr_expect_eq(st, FO_SUCCESS, "scale %g, scaling off: %s", (double)bad[i], fo_last_error());
+        CK_OK(fo_checkpoint_verify(path));
+        CK_OK(fo_optimizer_load(twin.opt, path, NULL));
+        fo_scaler_state ss;
+        CK_OK(fo_optimizer_get_scaler_state(twin.opt, &ss));
+        cr_expect(ss.scale == 1.0f && ss.growth_tracker == 0, "loaded scale %g, tracker %d",
+                  (double)ss.scale, ss.growth_tracker);
+        *scale = kept; /* the same runs from here on */
+      }
+      for (int s = 2; s < 4; s++) {
+        ck_step(&m, s);
+        ck_step(&twin, s);
+      }
+      ck_snap x, y;
+      ck_snapshot(&m, &x);
+      ck_snapshot(&twin, &y);
+      ck_snap_expect_equal(&x, &y, "the saving run vs the run resumed from its file");
+      ck_snap_free(&x);
+      ck_snap_free(&y);
+      ck_model_destroy(&m);
+      ck_model_destroy(&twin);
+      unlink(path);
+    }
+  }
   ck_dir_remove(&d);
 }
 

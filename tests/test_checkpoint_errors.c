@@ -180,6 +180,20 @@ static const char *expect_refused(fixture *fx, ck_bytes b, const char *want, con
   return expect_refused_path(fx, fx->bad, FO_ERR_CHECKPOINT, want, label);
 }
 
+/* fo_checkpoint_verify on file b: want, and on failure a message holding
+ * msg. */
+static void expect_verify(fixture *fx, ck_bytes b, fo_status want, const char *msg,
+                          const char *label) {
+  ck_write(fx->bad, b.p, b.n);
+  free(b.p);
+  fo_status st = fo_checkpoint_verify(fx->bad);
+  cr_expect_eq(st, want, "verify, %s: %s, expected %s (%s)", label, fo_status_string(st),
+               fo_status_string(want), fo_last_error());
+  if (want != FO_SUCCESS)
+    cr_expect_not_null(strstr(fo_last_error(), msg), "verify, %s: \"%s\" lacks \"%s\"", label,
+                       fo_last_error(), msg);
+}
+
 static ck_bytes copy_of(const ck_bytes *b) {
   ck_bytes c = {malloc(b->n + 1), b->n};
   memcpy(c.p, b->p, b->n);
@@ -401,6 +415,27 @@ Test(errors, fusedopt_layer) {
                              "\"fc1.weight.exp_avg\":{\"dtype\":\"F32\",\"shape\":[10,100]"),
                  "has shape [10, 100] in the checkpoint; the registered tensor 2 has shape [1000]",
                  "shape edited");
+  expect_refused(&fx,
+                 edit_header(g, "\"fc1.weight.exp_avg\":{\"dtype\":\"F32\"",
+                             "\"fc1.weight.exp_avg\":{\"dtype\":\"I32\""),
+                 "has dtype I32 in the checkpoint", "state dtype edited to I32");
+  /* verify, without an optimizer, sees what fusedopt never writes: another
+   * dtype family or more than one dimension; BF16 for F16 only a load can
+   * tell (the header says so) */
+  expect_verify(&fx, copy_of(g), FO_SUCCESS, NULL, "the file as saved");
+  expect_verify(&fx,
+                edit_header(g, "\"fc1.weight.exp_avg\":{\"dtype\":\"F32\"",
+                            "\"fc1.weight.exp_avg\":{\"dtype\":\"I32\""),
+                FO_ERR_CHECKPOINT, "\"fc1.weight.exp_avg\" has dtype I32; fusedopt writes only",
+                "I32");
+  expect_verify(&fx,
+                edit_header(g, "\"fc1.weight.exp_avg\":{\"dtype\":\"F32\",\"shape\":[1000]",
+                            "\"fc1.weight.exp_avg\":{\"dtype\":\"F32\",\"shape\":[10,100]"),
+                FO_ERR_CHECKPOINT, "has shape [10, 100]; fusedopt writes only 1-D arrays", "2-D");
+  expect_verify(
+      &fx,
+      edit_header(g, "\"fc1.weight\":{\"dtype\":\"BF16\"", "\"fc1.weight\":{\"dtype\":\"F16\""),
+      FO_SUCCESS, NULL, "BF16 edited to F16");
   fixture_close(&fx);
 }
 

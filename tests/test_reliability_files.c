@@ -259,13 +259,13 @@ static pid_t dead_pid(void) {
 }
 
 static void touch(const char *dir, const char *name) {
-  char f[1200];
+  char f[1280];
   snprintf(f, sizeof f, "%s/%s", dir, name);
   ck_write(f, "stale", 5);
 }
 
 static int exists(const char *dir, const char *name) {
-  char f[1200];
+  char f[1280];
   struct stat sb;
   snprintf(f, sizeof f, "%s/%s", dir, name);
   return lstat(f, &sb) == 0;
@@ -285,7 +285,7 @@ Test(temp_files, a_save_removes_stale_temporaries_of_its_path_only) {
   ck_step(&m, 0);
   CK_OK(fo_optimizer_save(m.opt, path, NULL));
   const long dead = (long)dead_pid(), self = (long)getpid();
-  char gone[2][96], kept[10][96];
+  char gone[2][96], kept[12][96];
   snprintf(gone[0], 96, "ck.safetensors.tmp-%ld-deadbeef", dead);
   snprintf(gone[1], 96, "ck.safetensors.tmp-%ld-0123abcd", dead);
   snprintf(kept[0], 96, "ck.safetensors.tmp-%ld-deadbeef", self); /* this process */
@@ -298,8 +298,14 @@ Test(temp_files, a_save_removes_stale_temporaries_of_its_path_only) {
   snprintf(kept[7], 96, "ck.safetensors.tmp-notes");
   snprintf(kept[8], 96, "ck.safetensors.tmp-%ld-12345678", dead); /* a directory */
   snprintf(kept[9], 96, "ck.safetensors.tmp-%ld-87654321", dead); /* a symlink */
+  /* not as the library prints a pid: a leading zero; a value past pid_t
+   * that kill() would see wrapped to the dead pid */
+  snprintf(kept[10], 96, "ck.safetensors.tmp-0%ld-deadbeef", dead);
+  snprintf(kept[11], 96, "ck.safetensors.tmp-%lld-deadbeef", (long long)dead + (1ll << 32));
   for (int i = 0; i < 2; i++) touch(dir.path, gone[i]);
   for (int i = 0; i < 8; i++) touch(dir.path, kept[i]);
+  touch(dir.path, kept[10]);
+  touch(dir.path, kept[11]);
   char f[1200];
   snprintf(f, sizeof f, "%s/%s", dir.path, kept[8]);
   cr_assert_eq(mkdir(f, 0700), 0);
@@ -309,7 +315,7 @@ Test(temp_files, a_save_removes_stale_temporaries_of_its_path_only) {
   ck_step(&m, 1);
   CK_OK(fo_optimizer_save(m.opt, path, NULL));
   for (int i = 0; i < 2; i++) cr_expect(!exists(dir.path, gone[i]), "%s was left", gone[i]);
-  for (int i = 0; i < 10; i++) cr_expect(exists(dir.path, kept[i]), "%s was removed", kept[i]);
+  for (int i = 0; i < 12; i++) cr_expect(exists(dir.path, kept[i]), "%s was removed", kept[i]);
   cr_expect_eq(access(outside, F_OK), 0, "the symlink's target was removed");
   CK_OK(fo_checkpoint_verify(path));
   snprintf(f, sizeof f, "%s/%s", dir.path, kept[8]);

@@ -129,19 +129,19 @@ static fo_status check_state(const fo_meta_reader *r, const fo_optimizer *opt, f
                      (double)s->mu_product[g]);
   }
   if (st != FO_SUCCESS) return st;
-  /* the rule fo_optimizer_set_scaler_state applies too */
   const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
-  st = fo_check_scaler_fields(r->fn, FO_ERR_CHECKPOINT, "the checkpoint's", ls, s->scale,
-                              s->growth_tracker, s->hysteresis_left);
-  if (st == FO_SUCCESS && !ls->enabled) {
-    /* Without loss scaling no step writes the scaler's fields, and the
-     * step would divide by a loaded scale: they stay as created (a file of
-     * an optimizer that scaled its loss loads without its scale). */
+  if (!ls->enabled) {
+    /* Without loss scaling no step reads or writes the scaler's fields:
+     * they stay as created, whatever the file holds (a file of an
+     * optimizer that scaled its loss loads without its scale). */
     s->scale = 1.0f;
     s->growth_tracker = 0;
     s->hysteresis_left = ls->hysteresis;
+    return FO_SUCCESS;
   }
-  return st;
+  /* the rule fo_optimizer_set_scaler_state applies too */
+  return fo_check_scaler_fields(r->fn, FO_ERR_CHECKPOINT, "the checkpoint's", ls, s->scale,
+                                s->growth_tracker, s->hysteresis_left);
 }
 
 /* --------------------------------------------------------------- shards */

@@ -64,7 +64,7 @@ static fo_status gathered_prepare(gathered *x, const char *path, fo_stream_t str
   fo_status st = here ? fo_ckpt_check_path(s->fn, "path", path) : FO_SUCCESS;
   if (st == FO_SUCCESS) st = fo_fault_check(s->fn, opt);
   if (st == FO_SUCCESS) st = fo_master_check(s->fn, opt);
-  if (st == FO_SUCCESS) st = fo_exec_read_state(s->fn, opt, &x->state);
+  if (st == FO_SUCCESS) st = fo_ckpt_saved_state(s->fn, opt, &x->state);
   if (st == FO_SUCCESS) st = fo_ckpt_plan_build_for(s->fn, opt, NULL, &x->plan);
   if (st != FO_SUCCESS) return st;
   s->total = x->plan.data_len;

@@ -124,6 +124,27 @@ fo_status fo_ckpt_check_header_bound(const char *fn, const fo_optimizer *opt,
                  (unsigned long long)bound);
 }
 
+/* What fusedopt writes for every tensor: a 1-D array of F32, F16 or BF16.
+ * The header's tensor entries are under no checksum (format versions 1
+ * and 2 checksum the metadata and each tensor's bytes), so this is what
+ * verify can say of them without an optimizer. */
+static fo_status check_tensor_entry(const fo_meta_reader *r, const fo_st_tensor *t) {
+  const int d = t->dtype;
+  if (d != fo_st_dtype_of(FO_DTYPE_F32) && d != fo_st_dtype_of(FO_DTYPE_F16) &&
+      d != fo_st_dtype_of(FO_DTYPE_BF16))
+    return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                   "tensor \"%.80s\" has dtype %s; fusedopt writes only F32, F16 and BF16", t->name,
+                   fo_st_dtype_name(d));
+  if (r->f->doc.values[t->shape_value].count != 1) {
+    char shape[96];
+    fo_st_shape_string(r->f, t, shape, sizeof shape);
+    return fo_fail(FO_ERR_CHECKPOINT, r->fn,
+                   "tensor \"%.80s\" has shape %s; fusedopt writes only 1-D arrays", t->name,
+                   shape);
+  }
+  return FO_SUCCESS;
+}
+
 fo_status fo_ckpt_verify(const char *fn, const unsigned char *buf, size_t len) {
   fo_crc32 *c = malloc(sizeof *c);
   if (!c) return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the CRC tables");
@@ -133,8 +154,10 @@ fo_status fo_ckpt_verify(const char *fn, const unsigned char *buf, size_t len) {
   fo_status st = fo_ckpt_open(fn, buf, len, &f, c, &version);
   if (st == FO_SUCCESS) {
     fo_meta_reader r = {fn, &f};
-    for (int64_t i = 0; i < f.num_tensors && st == FO_SUCCESS; i++)
-      st = fo_ckpt_check_tensor_crc(&r, c, &f.tensors[i], NULL);
+    for (int64_t i = 0; i < f.num_tensors && st == FO_SUCCESS; i++) {
+      st = check_tensor_entry(&r, &f.tensors[i]);
+      if (st == FO_SUCCESS) st = fo_ckpt_check_tensor_crc(&r, c, &f.tensors[i], NULL);
+    }
     fo_st_free(&f);
   }
   free(c);

@@ -213,16 +213,19 @@ fo_status fo_ckpt_open_temp(const char *fn, const char *path, char **tmp, int *f
   return st;
 }
 
-/* Whether entry is "<stem>.tmp-<pid>-<8 lowercase hex>" exactly (what
- * open_temp makes), and its pid. */
+/* Whether entry is "<stem>.tmp-<pid>-<8 lowercase hex>" exactly as
+ * open_temp makes it (the pid as "%ld" prints a pid_t: no leading zero, no
+ * sign, a value a pid_t holds), and its pid.  Any other name is not ours to
+ * remove, nor one whose pid kill() would see wrapped to another process. */
 static int is_temp_of(const char *entry, const char *stem, long *pid) {
   size_t sl = strlen(stem);
   if (strncmp(entry, stem, sl) != 0 || strncmp(entry + sl, ".tmp-", 5) != 0) return 0;
   const char *p = entry + sl + 5;
   long v = 0;
   int digits = 0;
+  if (*p == '0') return 0;
   for (; *p >= '0' && *p <= '9' && digits < 10; p++, digits++) v = v * 10 + (*p - '0');
-  if (digits == 0 || *p != '-') return 0;
+  if (digits == 0 || *p != '-' || (long)(pid_t)v != v) return 0;
   for (int i = 1; i <= 8; i++)
     if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f'))) return 0;
   if (p[9] != '\0') return 0;

@@ -9,6 +9,7 @@
 #include "checkpoint_save.h"
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -99,10 +100,33 @@ static fo_status save_contents(fo_ckpt_saver *s, const fo_step_state *state, fo_
   return st;
 }
 
+fo_status fo_ckpt_saved_state(const char *fn, const fo_optimizer *opt, fo_step_state *state) {
+  fo_status st = fo_exec_read_state(fn, opt, state);
+  if (st != FO_SUCCESS) return st;
+  const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
+  if (!ls->enabled) {
+    state->scale = 1.0f;
+    state->growth_tracker = 0;
+    state->hysteresis_left = ls->hysteresis;
+    return FO_SUCCESS;
+  }
+  /* Only a write through fo_optimizer_loss_scale_ptr gets the scale out of
+   * range (the scaler's own back-off keeps it in; the tracker and the
+   * hysteresis count have no pointer): whatever a save writes, a load
+   * accepts. */
+  if (!(isfinite(state->scale) && state->scale >= FO_LOSS_SCALE_MIN))
+    return fo_fail(FO_ERR_INVALID_STATE, fn,
+                   "the loss scale %g is not finite and at least FO_LOSS_SCALE_MIN (%g), so "
+                   "a load would refuse the file: write a valid scale through "
+                   "fo_optimizer_loss_scale_ptr first",
+                   (double)state->scale, (double)FO_LOSS_SCALE_MIN);
+  return FO_SUCCESS;
+}
+
 static fo_status save_to_temp(fo_ckpt_saver *s, const char *path, char **tmp) {
   fo_step_state state;
   fo_ckpt_plan plan;
-  fo_status st = fo_exec_read_state(s->fn, s->opt, &state);
+  fo_status st = fo_ckpt_saved_state(s->fn, s->opt, &state);
   if (st != FO_SUCCESS) return st;
   if ((st = fo_ckpt_plan_build(s->fn, s->opt, &plan)) != FO_SUCCESS) return st;
   s->total = plan.data_len;

@@ -27,6 +27,13 @@ typedef struct fo_ckpt_saver {
   size_t hlen; /* the header's length */
 } fo_ckpt_saver;
 
+/* The step state a save writes (read from the executor): with loss scaling
+ * off the scaler's fields as created, whatever was written through
+ * fo_optimizer_loss_scale_ptr (the steps ignore it, and so does a load);
+ * with it on, a scale a load would refuse fails the save with
+ * FO_ERR_INVALID_STATE before any file is made. */
+fo_status fo_ckpt_saved_state(const char *fn, const fo_optimizer *opt, fo_step_state *state);
+
 /* The header with zero checksums (s->hdr), built before the file is
  * created: a header the reader would refuse (fo_ckpt_header checks its
  * limit) fails the save with nothing written. */
