@@ -197,7 +197,6 @@ void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *a) {
     d->beta2 = h->beta2;
     d->eps = h->eps;
     d->lr_decay = h->lr_decay;
-    d->init_acc = h->initial_accumulator_value;
     d->alpha = h->alpha;
     d->momentum_decay = h->momentum_decay;
     d->trust_coef = h->trust_coef;
@@ -218,16 +217,26 @@ void fo_step_state_init(const fo_options *o, fo_step_state *out) {
 }
 
 float fo_nadam_mu_product(const fo_group_hparams *h, int64_t steps) {
+  /* Multiplied and rounded to float step by step, as the steps do, so the
+   * product is theirs bit for bit.  Once mu_t stops changing in double
+   * (0.96^(t*psi) below its resolution, or psi 0) the product still does,
+   * until it underflows to 0 or rounds back to itself; only past 2^24 such
+   * steps (beta1 within about 2^-20 of 1) is the rest one power, rounded
+   * once (within a few ulps of the stepped product). */
+  const int64_t cap = (int64_t)1 << 24;
   float p = 1.0f;
-  for (int64_t t = 1; t <= steps; t++) {
+  int64_t t = 1, constant = 0;
+  for (; t <= steps; t++) {
     double mu = fo_nadam_mu(h, t);
-    /* mu_t has reached beta1 (0.96^(t*psi) is below double's resolution,
-     * or psi is 0 and every mu_t is the same): the rest is one power */
-    if (mu == fo_nadam_mu(h, t + 1)) return (float)((double)p * pow(mu, (double)(steps - t + 1)));
-    p = (float)((double)p * mu);
-    if (p == 0.0f) return 0.0f; /* underflowed: it stays 0 */
+    float next = (float)((double)p * mu);
+    if (next == 0.0f) return 0.0f; /* underflowed: it stays 0 */
+    int settled = mu == fo_nadam_mu(h, t + 1);
+    if (settled && next == p) return p; /* a fixed point: it stays there */
+    p = next;
+    if (settled && ++constant == cap) break;
   }
-  return p;
+  if (t >= steps) return p;
+  return (float)((double)p * pow(fo_nadam_mu(h, t), (double)(steps - t)));
 }
 
 fo_status fo_check_scaler_fields(const char *fn, fo_status code, const char *whose,

@@ -286,6 +286,9 @@ int fo_role_kept(const fo_optimizer *opt, fo_role role);
 /* Lay the tensors out in the role buffers (allocated here) and fill
  * opt->tensors with every role's pointer for each tensor. */
 fo_status fo_layout_tensors(const char *func, fo_optimizer *opt, const fo_tensor_desc *t);
+/* AdaGrad: each tensor's sum filled with its group's
+ * initial_accumulator_value (after fo_layout_tensors). */
+fo_status fo_layout_fill_initial_sums(const char *func, fo_optimizer *opt);
 /* Make the optimizer's state sharded: the state buffers become state[]
  * (shard-sized, one per state role, NULL for roles not kept) and the plan
  * becomes run; the whole ones are released.  Cannot fail. */

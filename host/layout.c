@@ -75,6 +75,38 @@ fo_status fo_layout_tensors(const char *fn, fo_optimizer *opt, const fo_tensor_d
   return FO_SUCCESS;
 }
 
+/* AdaGrad's sums start at their group's initial_accumulator_value, as
+ * torch.optim.Adagrad fills them at construction: a fresh optimizer reads
+ * them, a checkpoint before the first step holds them, and the update is
+ * sum += d^2 at every step, whatever fo_optimizer_set_step does to the
+ * count.  The arena is zero-filled, so only non-zero values are written,
+ * through a host chunk (on CUDA, synchronous copies: create waits anyway). */
+fo_status fo_layout_fill_initial_sums(const char *fn, fo_optimizer *opt) {
+  enum { CHUNK = 1 << 18 }; /* floats: 1 MiB */
+  if (opt->options.algorithm != FO_ALG_ADAGRAD) return FO_SUCCESS;
+  float *chunk = NULL;
+  float filled_with = 0.0f;
+  fo_status st = FO_SUCCESS;
+  for (int64_t i = 0; i < opt->num_tensors && st == FO_SUCCESS; i++) {
+    const fo_plan_tensor *t = &opt->tensors[i];
+    const float v = opt->hparams[t->group].initial_accumulator_value;
+    if (v == 0.0f || t->numel == 0) continue;
+    if (!chunk && !(chunk = malloc(CHUNK * sizeof *chunk)))
+      return fo_fail(FO_ERR_OUT_OF_MEMORY, fn, "no memory to fill AdaGrad's sums");
+    if (filled_with != v) {
+      for (int k = 0; k < CHUNK; k++) chunk[k] = v;
+      filled_with = v;
+    }
+    for (int64_t at = 0; at < t->numel && st == FO_SUCCESS; at += CHUNK) {
+      int64_t n = t->numel - at < CHUNK ? t->numel - at : CHUNK;
+      st = fo_exec_copy(fn, opt, t->exp_avg_sq + at, chunk, (size_t)n * sizeof *chunk,
+                        FO_COPY_FROM_HOST);
+    }
+  }
+  free(chunk);
+  return st;
+}
+
 void fo_layout_adopt_shard(fo_optimizer *opt, const fo_shard_layout *shard,
                            void *const state[FO_ROLE_COUNT], fo_run_plan *run) {
   for (int r = FO_ROLE_MASTER; r < FO_ROLE_COUNT; r++) {

@@ -279,6 +279,7 @@ fo_status fo_optimizer_create(fo_optimizer **out, const fo_options *options,
   }
   FO_TRY(check_names(fn, opt));
   FO_TRY(fo_layout_tensors(fn, opt, tensors));
+  FO_TRY(fo_layout_fill_initial_sums(fn, opt));
   FO_TRY(fo_run_plan_build(fn, opt, opt->tensors, opt->num_tensors, &opt->run));
   fo_known_init(opt);
   FO_TRY(alloc_step_state(fn, opt));

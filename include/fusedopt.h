@@ -313,7 +313,10 @@ typedef struct fo_hparams {
   /* Since 0.4.0, in words that were reserved (the struct's size and the
    * offsets above are unchanged). */
   float lr_decay;                  /**< AdaGrad: lr / (1 + (t-1)*lr_decay) */
-  float initial_accumulator_value; /**< AdaGrad: the sum's starting value */
+  float initial_accumulator_value; /**< AdaGrad: the sum's starting value,
+                                    *   filled at create (as PyTorch does at
+                                    *   construction; a later change fills
+                                    *   nothing) */
   float alpha;                     /**< RMSprop: smoothing constant */
   int centered;                    /**< RMSprop: divide by the gradient's
                                     *   estimated standard deviation */
@@ -751,11 +754,16 @@ FO_API fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *ou
  *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL). */
 FO_API fo_status fo_optimizer_loss_scale_ptr(fo_optimizer *opt, float **out);
 
-/** Set the step count (for resuming); bias corrections, the schedule and
- *  SGD's first-step rule use it.  On FO_EXEC_CUDA it is written to the
+/** Set the step count (for resuming); bias corrections, the schedule,
+ *  AdaGrad's lr_decay and SGD's first-step rule use it (AdaGrad's sums
+ *  are state, not count: they started at initial_accumulator_value at
+ *  create and stay as they are).  On FO_EXEC_CUDA it is written to the
  *  device in stream order of the legacy default stream (it synchronizes).
  *  NAdam: every group's mu_product is recomputed as if steps 1 .. step had
- *  run with the group's current hyper-parameters; a caller that changed
+ *  run with the group's current hyper-parameters (bit for bit, rounded
+ *  at each step as the steps round it, unless beta1 is so close to 1
+ *  that the product neither underflows nor settles within 2^24 steps of
+ *  a constant mu_t: then within a few ulps); a caller that changed
  *  beta1 or momentum_decay along the way restores the real products with
  *  fo_optimizer_set_mu_product() after this call.  The loss scaler's state
  *  is left as it is (fo_optimizer_set_scaler_state()).

@@ -44,9 +44,7 @@
 #define FO_RULE_NESTEROV 2u
 #define FO_RULE_MAXIMIZE 4u
 #define FO_RULE_MOMENTUM 8u /* SGD keeps a momentum buffer */
-#define FO_RULE_FIRST_STEP                                             \
-  16u                        /* SGD, LARS: buffer = gradient; AdaGrad: \
-                              * the sum starts from init_acc */
+#define FO_RULE_FIRST_STEP 16u /* SGD, LARS: buffer = gradient */
 #define FO_RULE_CENTERED 32u /* RMSprop keeps the gradient's average */
 #define FO_RULE_TRUST 64u    /* LAMB, LARS: the group uses trust ratios */
 
@@ -66,7 +64,6 @@ typedef struct fo_rule_scalars {
   float bc2_sqrt;    /* Adam, NAdam, LAMB: sqrt(1 - beta2^t) */
   float decay;       /* AdamW, Lion, decoupled NAdam: 1 - lr*wd; else 1 */
   float grad_coef;   /* multiplies every gradient (unscale, clip, 1/N) */
-  float init_acc;    /* AdaGrad: the sum's initial value */
   float trust_coef;  /* LARS: eta */
   uint32_t flags;
 } fo_rule_scalars;
@@ -240,12 +237,12 @@ FO_HD float fo_rule_grad(float g, const fo_rule_scalars *s) {
 }
 
 /* AdaGrad, as torch.optim.Adagrad: L2 decay into the gradient;
- * sum += d^2, the first step starting from init_acc (so a fresh buffer
- * needs no fill); p -= clr * d / (sqrt(sum) + eps) with the decayed rate
+ * sum += d^2 (the sum starts at initial_accumulator_value, filled at
+ * create); p -= clr * d / (sqrt(sum) + eps) with the decayed rate
  * clr = lr / (1 + (t-1)*lr_decay) in s->lr. */
 FO_HD void fo_update_adagrad(float *p, float *sum, float g, const fo_rule_scalars *s) {
   float d = fo_rule_grad(g, s) + s->weight_decay * *p;
-  float acc = ((s->flags & FO_RULE_FIRST_STEP) ? s->init_acc : *sum) + d * d;
+  float acc = *sum + d * d;
   *sum = acc;
   *p = *p - s->lr * (d / (sqrtf(acc) + s->eps));
 }

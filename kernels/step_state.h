@@ -51,7 +51,7 @@
 /* A group's hyper-parameters as the prepare step reads them. */
 typedef struct fo_group_hparams {
   float lr, weight_decay, momentum, dampening, beta1, beta2, eps;
-  float lr_decay, init_acc, alpha, momentum_decay, trust_coef;
+  float lr_decay, alpha, momentum_decay, trust_coef;
   uint32_t flags; /* FO_RULE_AMSGRAD | NESTEROV | MAXIMIZE | CENTERED | TRUST | DECOUPLED */
 } fo_group_hparams;
 
@@ -203,7 +203,6 @@ FO_HD void fo_group_scalars(int alg, const fo_group_hparams *h, int64_t t, doubl
   /* the decoupled decays: p *= 1 - lr*wd */
   s.decay = l2 ? 1.0f : (float)(1.0 - lr * (double)h->weight_decay);
   s.beta2 = s.one_minus_b2 = s.step_size = s.step_size_g = s.bc2_sqrt = 0.0f;
-  s.init_acc = h->init_acc;
   s.trust_coef = h->trust_coef;
   /* Products and powers in double, rounded once, as PyTorch computes its
    * Python-side scalars. */
@@ -216,10 +215,9 @@ FO_HD void fo_group_scalars(int alg, const fo_group_hparams *h, int64_t t, doubl
       s.flags |= h->flags & FO_RULE_NESTEROV;
       if (t == 1) s.flags |= FO_RULE_FIRST_STEP;
       break;
-    case FO_RULE_ADAGRAD:
+    case FO_RULE_ADAGRAD: /* the sums start filled (fo_layout_fill_initial_sums) */
       s.beta1 = s.one_minus_b1 = 0.0f;
       s.lr = (float)(lr / (1.0 + (double)(t - 1) * (double)h->lr_decay));
-      if (t == 1) s.flags |= FO_RULE_FIRST_STEP;
       break;
     case FO_RULE_RMSPROP:
       s.beta1 = h->momentum;

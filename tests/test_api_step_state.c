@@ -281,6 +281,77 @@ Test(api_step_state, mu_product_round_trip_and_set_step_overwrites_it) {
   cr_assert_eq(fo_optimizer_destroy(r.opt), FO_SUCCESS);
 }
 
+/* set_step(k) leaves the products k steps would have left, bit for bit:
+ * with psi 0 (mu_t constant from the start), a large psi (constant
+ * early), a tiny one, the default, and a beta1 whose product settles at a
+ * fixed point instead of underflowing; over counts past the point where
+ * mu_t stops changing and past the underflow. */
+Test(api_step_state, set_step_gives_the_products_of_the_steps) {
+  static const float psis[] = {0.0f, 100.0f, 1e-20f, 4e-3f, 0.0f};
+  static const float beta1s[] = {0.9f, 0.9f, 0.5f, 0.9f, 0.99999994f};
+  for (size_t c = 0; c < sizeof psis / sizeof psis[0]; c++) {
+    fo_options o;
+    cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
+    o.algorithm = FO_ALG_NADAM;
+    fo_hparams h[2];
+    two_groups(FO_ALG_NADAM, h);
+    h[0].momentum_decay = h[1].momentum_decay = psis[c];
+    h[0].beta1 = h[1].beta1 = beta1s[c];
+    rig stepped, set;
+    rig_make(&stepped, &o, h, 2, 61);
+    rig_make(&set, &o, h, 2, 62);
+    int done = 0;
+    for (int k = 1; k <= 1200; k += k < 40 ? 13 : 389) {
+      for (; done < k; done++) cr_assert_eq(fo_optimizer_step(stepped.opt, NULL), FO_SUCCESS);
+      CHECK(FO_SUCCESS, NULL, fo_optimizer_set_step, set.opt, k);
+      cr_expect(f2u(mu_of(set.opt, 0)) == f2u(mu_of(stepped.opt, 0)),
+                "psi %g, beta1 %.9g, %d steps: set_step %.9g, stepped %.9g", (double)psis[c],
+                (double)beta1s[c], k, (double)mu_of(set.opt, 0), (double)mu_of(stepped.opt, 0));
+    }
+    cr_assert_eq(fo_optimizer_destroy(stepped.opt), FO_SUCCESS);
+    cr_assert_eq(fo_optimizer_destroy(set.opt), FO_SUCCESS);
+  }
+}
+
+/* AdaGrad's sums start at initial_accumulator_value at create, as
+ * torch.optim.Adagrad's do, and set_step moves only the count: a fresh
+ * optimizer set to step 5 adds d^2 to the initial value (not to 0), and
+ * setting the count back to 0 after some steps keeps the sums. */
+Test(api_step_state, adagrad_sums_start_at_create_and_set_step_keeps_them) {
+  fo_options o;
+  cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
+  o.algorithm = FO_ALG_ADAGRAD;
+  fo_hparams h[2];
+  two_groups(FO_ALG_ADAGRAD, h);
+  h[0].initial_accumulator_value = 0.75f;
+  h[1].initial_accumulator_value = 0.0f;
+  h[0].lr_decay = h[1].lr_decay = 0.0f;
+  h[0].weight_decay = h[1].weight_decay = 0.0f; /* d = g exactly */
+  rig r;
+  rig_make(&r, &o, h, 2, 71);
+  for (int t = 0; t < NT; t++) {
+    float *sum = NULL;
+    cr_assert_eq(fo_optimizer_state_ptr(r.opt, t, FO_ROLE_EXP_AVG_SQ, &sum), FO_SUCCESS);
+    for (int64_t i = 0; i < k_numel[t]; i++)
+      cr_assert_eq(sum[i], t % 2 ? 0.0f : 0.75f, "tensor %d [%lld]: a fresh sum of %.9g", t,
+                   (long long)i, (double)sum[i]);
+  }
+  /* set_step(5), then a step: sum = init + d^2 */
+  CHECK(FO_SUCCESS, NULL, fo_optimizer_set_step, r.opt, 5);
+  for (int t = 0; t < NT; t++)
+    for (int64_t i = 0; i < k_numel[t]; i++) r.g[t][i] = 0.5f;
+  cr_assert_eq(fo_optimizer_step(r.opt, NULL), FO_SUCCESS);
+  float *sum0 = NULL;
+  cr_assert_eq(fo_optimizer_state_ptr(r.opt, 0, FO_ROLE_EXP_AVG_SQ, &sum0), FO_SUCCESS);
+  cr_expect_eq(sum0[0], 0.75f + 0.25f, "after set_step(5) and a step: %.9g", (double)sum0[0]);
+  /* set_step(0) keeps the accumulated sums */
+  CHECK(FO_SUCCESS, NULL, fo_optimizer_set_step, r.opt, 0);
+  cr_assert_eq(fo_optimizer_step(r.opt, NULL), FO_SUCCESS);
+  cr_expect_eq(sum0[0], 0.75f + 0.25f + 0.25f, "after set_step(0) and a step: %.9g",
+               (double)sum0[0]);
+  cr_assert_eq(fo_optimizer_destroy(r.opt), FO_SUCCESS);
+}
+
 /* -------------------------------------------------- continuing a state */
 
 /* Which of steps 1..16 overflow: clean runs long enough to grow (interval

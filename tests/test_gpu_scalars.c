@@ -67,7 +67,6 @@ static void random_args(tu_rng *r, int alg, int sched, int groups, fo_prepare_ar
     h->beta2 = (float)tu_rng_range(r, 0.95, 0.9999);
     h->eps = 1e-8f;
     h->lr_decay = (float)tu_rng_range(r, 0.0, 0.05);
-    h->init_acc = (float)tu_rng_range(r, 0.0, 0.2);
     h->alpha = (float)tu_rng_range(r, 0.9, 0.999);
     h->momentum_decay = (float)tu_rng_range(r, 1e-3, 1e-2);
     h->trust_coef = (float)tu_rng_range(r, 1e-3, 2e-2);
@@ -94,14 +93,14 @@ static void compare(const fo_step_state *c, const fo_step_state *d, int num_grou
   for (int g = 0; g < num_groups; g++) {
     const fo_rule_scalars *a = &c->groups[g], *b = &d->groups[g];
     cr_assert_eq(a->flags, b->flags, "%s: group %d flags %u vs %u", what, g, a->flags, b->flags);
-    const float fa[] = {a->lr,          a->weight_decay, a->beta1,      a->beta2,
-                        a->one_minus_b1, a->one_minus_b2, a->eps,       a->step_size,
-                        a->step_size_g,  a->bc2_sqrt,     a->decay,     a->grad_coef,
-                        a->init_acc,     a->trust_coef,   c->mu_product[g]};
-    const float fb[] = {b->lr,          b->weight_decay, b->beta1,      b->beta2,
-                        b->one_minus_b1, b->one_minus_b2, b->eps,       b->step_size,
-                        b->step_size_g,  b->bc2_sqrt,     b->decay,     b->grad_coef,
-                        b->init_acc,     b->trust_coef,   d->mu_product[g]};
+    const float fa[] = {a->lr,           a->weight_decay, a->beta1, a->beta2,
+                        a->one_minus_b1, a->one_minus_b2, a->eps,   a->step_size,
+                        a->step_size_g,  a->bc2_sqrt,     a->decay, a->grad_coef,
+                        a->trust_coef,   c->mu_product[g]};
+    const float fb[] = {b->lr,           b->weight_decay, b->beta1, b->beta2,
+                        b->one_minus_b1, b->one_minus_b2, b->eps,   b->step_size,
+                        b->step_size_g,  b->bc2_sqrt,     b->decay, b->grad_coef,
+                        b->trust_coef,   d->mu_product[g]};
     for (int k = 0; k < (int)(sizeof fa / sizeof fa[0]); k++) {
       int64_t u = ulps_apart(fa[k], fb[k]);
       cr_assert_leq(u, 1, "%s: group %d scalar %d: CPU %.9g, GPU %.9g (%lld ulps)", what, g, k,

@@ -216,6 +216,9 @@ ref_optimizer *ref_create(fo_algorithm alg, fo_dtype param_dtype, int master_wei
       ref_destroy(r);
       return NULL;
     }
+    /* torch.optim.Adagrad fills its sums at construction */
+    if (alg == FO_ALG_ADAGRAD && T->group >= 0 && T->group < num_groups)
+      for (int64_t i = 0; i < T->numel; ++i) T->v[i] = groups[T->group].initial_accumulator_value;
   }
   return r;
 }
@@ -402,10 +405,10 @@ void ref_step(ref_optimizer *r, const double *const *grads) {
           break;
         }
         case FO_ALG_ADAGRAD: {
-          /* torch.optim.Adagrad: the sum starts at initial_accumulator_value */
+          /* torch.optim.Adagrad (the sum filled at create) */
           if (wd != 0.0) d = d + wd * w;
           double clr = lr / (1.0 + (t - 1.0) * (double)h->lr_decay);
-          T->v[i] = (first ? (double)h->initial_accumulator_value : T->v[i]) + d * d;
+          T->v[i] = T->v[i] + d * d;
           T->feed[i] = fabs(g) + wd * fabs(w);
           w = w - clr * d / (sqrt(T->v[i]) + eps);
           break;
