@@ -10,7 +10,8 @@ The 8x8 handwritten digits (data/digits.csv.gz, shipped), a seeded
 (torch.optim.lr_scheduler.LambdaLR changing group["lr"], which fusedopt
 pushes to the library before each step), batch 64, 30 epochs.  One line
 per epoch, as examples/train prints them; the curves go to
-out/train_torch_<optimizer>.csv and, when gnuplot is installed, a PNG.
+out/train_torch_fusedopt.csv (and out/train_torch_torch.csv with
+--compare-torch) and, when gnuplot is installed, out/train_torch.png.
 
 --compare-torch trains torch.optim.AdamW beside it from the same initial
 weights on the same batches and prints both, and the largest parameter
@@ -112,6 +113,8 @@ def main():
     xv, yv = x[perm[:n_val]].to(device), y[perm[:n_val]].to(device)
     xt, yt = x[perm[n_val:]].to(device), y[perm[n_val:]].to(device)
     steps_per_epoch = len(yt) // args.batch
+    if steps_per_epoch == 0:
+        ap.error("--batch %d is larger than the %d training rows" % (args.batch, len(yt)))
     total = steps_per_epoch * args.epochs
     warmup = steps_per_epoch
 
