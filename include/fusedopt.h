@@ -1247,7 +1247,9 @@ FO_API fo_status fo_set_last_error(fo_status status, const char *func, const cha
  *  path holds either the previous file or the complete new one, and a
  *  failure (or a crash) leaves the previous one intact.  (Only when the
  *  final fsync of the directory fails is the new file already in place:
- *  the FO_ERR_IO message says so.)  The temporary file is
+ *  the FO_ERR_IO message says so.)  A file that replaces another keeps
+ *  its permission bits (0600 stays 0600, whatever the umask); a new one
+ *  gets 0666 less the umask.  The temporary file is
  *  "<path>.tmp-<pid>-<8 hex digits>"; for a file name of 232 bytes or more
  *  (up to NAME_MAX), whose suffix would not fit, "<the name's first bytes>~
  *  <16 hex digits of a hash of the name>.tmp-<pid>-<8 hex digits>".  A

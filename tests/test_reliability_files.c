@@ -129,6 +129,40 @@ Test(not_regular, save_refuses_what_its_rename_would_replace) {
   ck_dir_remove(&dir);
 }
 
+/* A save that replaces a file keeps its permission bits, whatever the
+ * umask: a checkpoint made private stays private, one made group-readable
+ * under a strict umask stays so.  A new file gets 0666 less the umask. */
+Test(not_regular, a_replacing_save_keeps_the_permissions) {
+  ck_dir dir;
+  ck_dir_make(&dir);
+  char path[128];
+  ck_dir_file(&dir, "ck.safetensors", path, sizeof path);
+  ck_model m;
+  ck_model_create(&m, &sgd_cfg, 1);
+  ck_step(&m, 0);
+  const mode_t old_mask = umask(022);
+  CK_OK(fo_optimizer_save(m.opt, path, NULL));
+  struct stat sb;
+  cr_assert_eq(stat(path, &sb), 0);
+  cr_expect_eq(sb.st_mode & 0777, 0644, "a new file: %o", (unsigned)(sb.st_mode & 0777));
+  const struct {
+    mode_t mode, mask;
+  } cases[] = {{0600, 022}, {0640, 022}, {0644, 077}, {0400, 022}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    cr_assert_eq(chmod(path, cases[i].mode), 0);
+    umask(cases[i].mask);
+    ck_step(&m, (int)i + 1);
+    CK_OK(fo_optimizer_save(m.opt, path, NULL));
+    cr_assert_eq(stat(path, &sb), 0);
+    cr_expect_eq(sb.st_mode & 0777, cases[i].mode, "mode %o under umask %o became %o",
+                 (unsigned)cases[i].mode, (unsigned)cases[i].mask, (unsigned)(sb.st_mode & 0777));
+    CK_OK(fo_checkpoint_verify(path));
+  }
+  umask(old_mask);
+  ck_model_destroy(&m);
+  ck_dir_remove(&dir);
+}
+
 /* ------------------------------------------------------- header limit */
 
 /* An optimizer of one fp32 SGD tensor (no state: only the parameters are

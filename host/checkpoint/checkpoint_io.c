@@ -167,11 +167,16 @@ static char *temp_stem(const char *path, size_t *stem_at) {
 /* What a save's rename may replace: nothing, or a regular file.  The
  * rename would replace a FIFO, socket or device node (/dev/null, as root)
  * with a regular file, and a symbolic link with the file instead of
- * writing where it points; a load refuses those paths too. */
-static fo_status check_replaceable(const char *fn, const char *path) {
+ * writing where it points; a load refuses those paths too.  *mode: the
+ * permission bits of the file replaced, -1 when there is none. */
+static fo_status check_replaceable(const char *fn, const char *path, int *mode) {
   struct stat sb;
+  *mode = -1;
   if (lstat(path, &sb) != 0) return FO_SUCCESS; /* absent; other errors: the open says */
-  if (S_ISREG(sb.st_mode)) return FO_SUCCESS;
+  if (S_ISREG(sb.st_mode)) {
+    *mode = (int)(sb.st_mode & 0777);
+    return FO_SUCCESS;
+  }
   return fo_fail(FO_ERR_IO, fn,
                  "cannot save to \"%.200s\": it is %s, which the save's rename would replace "
                  "with a regular file (save to a regular file's path%s)",
@@ -183,7 +188,8 @@ static fo_status check_replaceable(const char *fn, const char *path) {
 }
 
 fo_status fo_ckpt_open_temp(const char *fn, const char *path, char **tmp, int *fd) {
-  fo_status replaceable = check_replaceable(fn, path);
+  int mode;
+  fo_status replaceable = check_replaceable(fn, path, &mode);
   if (replaceable != FO_SUCCESS) return replaceable;
   size_t stem_at;
   char *stem = temp_stem(path, &stem_at);
@@ -199,8 +205,13 @@ fo_status fo_ckpt_open_temp(const char *fn, const char *path, char **tmp, int *f
     uint64_t h = ((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32)) * 0x9E3779B97F4A7C15ull;
     h ^= (uint64_t)attempt * 0xBF58476D1CE4E5B9ull + (uint64_t)(uintptr_t)&ts;
     snprintf(name, n, "%s.tmp-%ld-%08x", stem, (long)getpid(), (unsigned)(h >> 32));
-    *fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    /* A file that replaces another keeps its permissions: a checkpoint
+     * made private (0600) stays private.  Created with at most those bits
+     * (the umask may take more), then set to exactly them; a file system
+     * without permissions refuses the fchmod, leaving the narrower mode. */
+    *fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode < 0 ? 0666 : (mode_t)mode);
     if (*fd >= 0) {
+      if (mode >= 0) (void)fchmod(*fd, (mode_t)mode);
       free(stem);
       *tmp = name;
       return FO_SUCCESS;
