@@ -289,11 +289,14 @@ static fo_status sync_dir(const char *fn, const char *path) {
   }
   fo_status st = FO_SUCCESS;
   int fd = open(dir, O_RDONLY | O_CLOEXEC);
-  if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL && errno != ENOTSUP))
+  if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL && errno != ENOTSUP)) {
+    char msg[160];
+    if (strerror_r(errno, msg, sizeof msg) != 0) snprintf(msg, sizeof msg, "errno %d", errno);
     st = fo_fail(FO_ERR_IO, fn,
-                 "the checkpoint was renamed into place, but syncing its directory \"%.200s\" "
-                 "failed (%d): it may not survive a power loss",
-                 dir, errno);
+                 "the checkpoint \"%.200s\" was renamed into place, but syncing its directory "
+                 "\"%.200s\" failed: %s; it may not survive a power loss",
+                 path, dir, msg);
+  }
   if (fd >= 0) close(fd);
   free(dir);
   return st;
@@ -303,7 +306,7 @@ static fo_status sync_dir(const char *fn, const char *path) {
  * fails), then make the rename durable. */
 fo_status fo_ckpt_commit(const char *fn, const char *tmp, const char *path) {
   if (rename(tmp, path) != 0) {
-    fo_status st = fo_ckpt_io_fail(fn, "cannot rename the checkpoint onto", path, errno);
+    fo_status st = fo_ckpt_tmp_fail(fn, "cannot rename the checkpoint onto", path, tmp, errno);
     unlink(tmp);
     return st;
   }
