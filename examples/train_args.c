@@ -38,7 +38,8 @@ typedef struct flag_spec {
   double lo, hi;
   int open;                   /* OPEN_LO, OPEN_HI: the range excludes that end */
   const char *const *choices; /* FLAG_CHOICE: NULL-terminated */
-  const char *metavar, *help;
+  const char *metavar;        /* NULL for FLAG_CHOICE: metavar_of() lists the choices */
+  const char *help;
 } flag_spec;
 
 static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
@@ -51,7 +52,7 @@ static const char *const precision_names[] = {"fp32", "bf16", "fp16", NULL};
 #define OFF(field) offsetof(train_config, field)
 
 static const flag_spec flags[] = {
-    {"--device", FLAG_CHOICE, MODE_TRAIN, OFF(device), 0, 0, 0, 0, device_names, "auto|cpu|cuda",
+    {"--device", FLAG_CHOICE, MODE_TRAIN, OFF(device), 0, 0, 0, 0, device_names, NULL,
      "where forward, backward and the step run; auto: CUDA when a GPU is usable"},
     {"--data", FLAG_TEXT, MODE_TRAIN, OFF(data_path), 0, 0, 0, 0, NULL, "PATH",
      "the digits CSV, gzip or plain (default: the repository's data/digits.csv.gz)"},
@@ -67,8 +68,8 @@ static const flag_spec flags[] = {
      "held-out validation fraction, in (0, 0.9] (default 0.2)"},
     {"--seed", FLAG_U64, MODE_TRAIN, OFF(seed), 0, 0, 0, 0, NULL, "S",
      "seeds the split, the initial weights and the batch order (default 42)"},
-    {"--opt", FLAG_CHOICE, MODE_BOTH, OFF(opt), 0, 0, 0, 0, opt_names,
-     "sgd|nesterov|adam|adamw|lion", "the optimizer (default adamw)"},
+    {"--opt", FLAG_CHOICE, MODE_BOTH, OFF(opt), 0, 0, 0, 0, opt_names, NULL,
+     "the optimizer (default adamw)"},
     {"--lr", FLAG_REAL, MODE_BOTH, OFF(lr), 0, 0, 1e6, OPEN_LO, NULL, "X",
      "base learning rate, > 0 (default per optimizer, see docs/train.md)"},
     {"--wd", FLAG_REAL, MODE_BOTH, OFF(wd), 0, 0, 1e6, 0, NULL, "X",
@@ -81,13 +82,11 @@ static const flag_spec flags[] = {
      "Adam/AdamW/Lion/NAdam/LAMB beta2, in [0, 1) (default 0.999; Lion 0.99)"},
     {"--clip", FLAG_REAL, MODE_BOTH, OFF(clip), 0, 0, 1e30, 0, NULL, "X",
      "clip the global gradient norm to X; 0: off (default 0)"},
-    {"--schedule", FLAG_CHOICE, MODE_BOTH, OFF(schedule), 0, 0, 0, 0, schedule_names,
-     "constant|cosine|step|exponential|restarts|cyclic",
+    {"--schedule", FLAG_CHOICE, MODE_BOTH, OFF(schedule), 0, 0, 0, 0, schedule_names, NULL,
      "learning-rate schedule after the warmup (default cosine; bowl: constant)"},
     {"--warmup", FLAG_INT, MODE_BOTH, OFF(warmup), 0, 0, 1e9, 0, NULL, "N",
      "linear warmup steps (default one epoch; bowl: 0)"},
-    {"--precision", FLAG_CHOICE, MODE_TRAIN, OFF(precision), 0, 0, 0, 0, precision_names,
-     "fp32|bf16|fp16",
+    {"--precision", FLAG_CHOICE, MODE_TRAIN, OFF(precision), 0, 0, 0, 0, precision_names, NULL,
      "parameter and gradient dtype; 16-bit adds fp32 master weights and dynamic loss scaling"},
     {"--graph", FLAG_SWITCH, MODE_TRAIN, OFF(graph), 0, 1, 0, 0, NULL, NULL,
      "GPU: capture the whole training step as a CUDA graph and replay it"},
@@ -102,13 +101,13 @@ static const flag_spec flags[] = {
     {"--bowl", FLAG_SWITCH, MODE_BOTH, OFF(bowl), 0, 1, 0, 0, NULL, NULL,
      "minimise f(x) = 1/2 sum a_i x_i^2 instead of training"},
     {"--coeffs", FLAG_LIST, MODE_BOWL, OFF(coeffs), OFF(n_coeffs), -1e6, 1e6, 0, NULL, "A1,A2,..",
-     "bowl curvatures a_i (default 1,10)"},
+     "curvatures a_i (default 1,10)"},
     {"--start", FLAG_LIST, MODE_BOWL, OFF(start), OFF(n_start), -1e6, 1e6, 0, NULL, "X1,X2,..",
-     "bowl starting point (default 1,1)"},
+     "starting point (default all ones, one per a_i)"},
     {"--steps", FLAG_INT, MODE_BOWL, OFF(steps), 0, 0, 10000000, 0, NULL, "N",
-     "bowl steps (default 100)"},
+     "steps (default 100)"},
     {"--trajectory", FLAG_TEXT, MODE_BOWL, OFF(trajectory_path), 0, 0, 0, 0, NULL, "FILE",
-     "write the bowl trajectory (step, loss, x) as CSV"},
+     "write the trajectory (step, loss, x) as CSV"},
 };
 
 #define N_FLAGS ((int)(sizeof flags / sizeof flags[0]))
@@ -133,7 +132,7 @@ static void set_defaults(train_config *cfg) {
   memset(cfg, 0, sizeof *cfg);
   cfg->plot = 1;
   cfg->device = DEVICE_AUTO;
-  cfg->opt = OPT_ADAMW;
+  cfg->opt = -1;      /* adamw; -1 until then tells --compare whether --opt was given */
   cfg->schedule = -1; /* cosine when training, constant for the bowl */
   cfg->precision = PREC_FP32;
   cfg->data_path = FO_TRAIN_DEFAULT_DATA;
@@ -150,16 +149,35 @@ static void set_defaults(train_config *cfg) {
   cfg->clip = 0.0;
 }
 
+/* The value a flag takes, in words: its metavar, or a choice's choices
+ * joined by '|' from the table the parser reads, so that the help and the
+ * messages cannot fall behind the choices.  NULL for a switch. */
+static const char *metavar_of(const flag_spec *f, char *buf, size_t size) {
+  if (f->kind != FLAG_CHOICE) return f->metavar;
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int i = 0; f->choices[i] && used < size; i++)
+    used += (size_t)snprintf(buf + used, size - used, "%s%s", i ? "|" : "", f->choices[i]);
+  return buf;
+}
+
+enum { HELP_COLUMN = 22 };
+
 static void print_help(void) {
   printf(
       "usage: train [flags]                 train an MLP on the 8x8 digits\n"
       "       train --compare [flags]       ... with every optimizer in turn\n"
       "       train --bowl [bowl flags]     minimise a quadratic bowl\n\nflags:\n");
   for (int i = 0; i < N_FLAGS; i++) {
-    char lhs[64];
-    snprintf(lhs, sizeof lhs, "%s%s%s", flags[i].name, flags[i].metavar ? " " : "",
-             flags[i].metavar ? flags[i].metavar : "");
-    printf("  %-22s %s%s\n", lhs, flags[i].modes == MODE_BOWL ? "bowl: " : "", flags[i].help);
+    char lhs[160], choices[128];
+    const char *metavar = metavar_of(&flags[i], choices, sizeof choices);
+    int n = snprintf(lhs, sizeof lhs, "%s%s%s", flags[i].name, metavar ? " " : "",
+                     metavar ? metavar : "");
+    if (n > HELP_COLUMN) /* a long list of choices: the text goes below it */
+      printf("  %s\n  %-*s", lhs, HELP_COLUMN, "");
+    else
+      printf("  %-*s", HELP_COLUMN, lhs);
+    printf(" %s%s\n", flags[i].modes == MODE_BOWL ? "bowl: " : "", flags[i].help);
   }
   printf("  %-22s %s\n\nSee docs/train.md.\n", "--help", "this text");
 }
@@ -232,7 +250,9 @@ static int parse_choice_value(const flag_spec *f, const char *value, train_confi
       *(int *)((char *)cfg + f->offset) = i;
       return 0;
     }
-  fprintf(stderr, "train: %s wants one of %s, got '%s'\n", f->name, f->metavar, value);
+  char choices[128];
+  fprintf(stderr, "train: %s wants one of %s, got '%s'\n", f->name,
+          metavar_of(f, choices, sizeof choices), value);
   return EXIT_TRAIN_USAGE;
 }
 
@@ -297,13 +317,24 @@ static int usage_error(const char *msg) {
   return EXIT_TRAIN_USAGE;
 }
 
-static int check_optimizer_flags(const train_config *cfg) {
-  int momentum = opt_has_momentum(cfg->opt), betas = opt_has_betas(cfg->opt);
-  if (cfg->compare && !(isnan(cfg->lr) && isnan(cfg->wd) && isnan(cfg->momentum) &&
-                        isnan(cfg->beta1) && isnan(cfg->beta2)))
+/* --compare picks the optimizers and their hyper-parameters itself. */
+static int check_compare_flags(const train_config *cfg) {
+  if (!cfg->compare) return 0;
+  if (cfg->opt >= 0)
+    return usage_error("--compare trains with every optimizer in turn; drop --opt");
+  if (!(isnan(cfg->lr) && isnan(cfg->wd) && isnan(cfg->momentum) && isnan(cfg->beta1) &&
+        isnan(cfg->beta2)))
     return usage_error(
         "--compare uses each optimizer's own defaults; "
         "drop --lr, --wd, --momentum, --beta1 and --beta2");
+  return 0;
+}
+
+static int check_optimizer_flags(train_config *cfg) {
+  int rc = check_compare_flags(cfg);
+  if (rc) return rc;
+  if (cfg->opt < 0) cfg->opt = OPT_ADAMW;
+  int momentum = opt_has_momentum(cfg->opt), betas = opt_has_betas(cfg->opt);
   if (!momentum && !isnan(cfg->momentum))
     return usage_error("--momentum applies to --opt sgd, nesterov and lars only");
   if (!betas && !(isnan(cfg->beta1) && isnan(cfg->beta2)))
@@ -313,11 +344,22 @@ static int check_optimizer_flags(const train_config *cfg) {
   return 0;
 }
 
+/* The bowl's defaults: a = (1, 10), and x0 all ones, as long as a. */
 static int check_bowl_flags(train_config *cfg) {
-  if (!cfg->n_coeffs && !cfg->n_start) {
-    cfg->n_coeffs = cfg->n_start = 2;
+  if (!cfg->n_coeffs && cfg->n_start && cfg->n_start != 2) {
+    fprintf(stderr,
+            "train: --start has %d values but the default --coeffs 1,10 has 2; "
+            "give --coeffs too, one value per dimension\n",
+            cfg->n_start);
+    return EXIT_TRAIN_USAGE;
+  }
+  if (!cfg->n_coeffs) {
+    cfg->n_coeffs = 2;
     cfg->coeffs[0] = 1.0, cfg->coeffs[1] = 10.0;
-    cfg->start[0] = 1.0, cfg->start[1] = 1.0;
+  }
+  if (!cfg->n_start) {
+    cfg->n_start = cfg->n_coeffs;
+    for (int i = 0; i < cfg->n_start; i++) cfg->start[i] = 1.0;
   }
   if (cfg->n_coeffs != cfg->n_start) {
     fprintf(stderr, "train: --coeffs has %d values but --start has %d; give one per dimension\n",
@@ -336,6 +378,23 @@ static int check_combinations(train_config *cfg) {
   return 0;
 }
 
+/* The value of flag f, after '=' (eq) or as the next argument (which *i
+ * then steps over); none for a switch. */
+static int take_value(const flag_spec *f, const char *eq, int argc, char **argv, int *i,
+                      const char **value) {
+  if (f->kind == FLAG_SWITCH) {
+    if (!eq) return 0;
+    fprintf(stderr, "train: %s takes no value\n", f->name);
+    return EXIT_TRAIN_USAGE;
+  }
+  *value = eq ? eq + 1 : (*i + 1 < argc ? argv[++*i] : NULL);
+  if (*value) return 0;
+  char choices[128];
+  fprintf(stderr, "train: %s needs a value (%s)\n", f->name,
+          metavar_of(f, choices, sizeof choices));
+  return EXIT_TRAIN_USAGE;
+}
+
 int parse_args(int argc, char **argv, train_config *cfg) {
   int seen[N_FLAGS] = {0};
   set_defaults(cfg);
@@ -352,17 +411,8 @@ int parse_args(int argc, char **argv, train_config *cfg) {
     }
     seen[f - flags] = 1;
     const char *value = NULL;
-    if (f->kind != FLAG_SWITCH) {
-      value = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
-      if (!value) {
-        fprintf(stderr, "train: %s needs a value (%s)\n", f->name, f->metavar);
-        return EXIT_TRAIN_USAGE;
-      }
-    } else if (eq) {
-      fprintf(stderr, "train: %s takes no value\n", f->name);
-      return EXIT_TRAIN_USAGE;
-    }
-    int rc = parse_value(f, value, cfg);
+    int rc = take_value(f, eq, argc, argv, &i, &value);
+    if (!rc) rc = parse_value(f, value, cfg);
     if (rc) return rc;
   }
   int rc = check_modes(cfg, seen);

@@ -20,7 +20,10 @@ static const opt_defaults train_defaults[OPT_COUNT] = {
     [OPT_LAMB] = {5e-3f, 0.01f, 0.0f},   [OPT_LARS] = {2.0f, 5e-4f, 0.9f},
 };
 
-/* The quadratic bowl: no weight decay, one learning rate for all. */
+/* The quadratic bowl: no weight decay, lr 0.05 but for the two that it
+ * hardly moves in 100 steps: AdaGrad (its step shrinks as the squared
+ * gradients add up) and LARS (its trust ratio scales the step to about
+ * 1e-3 lr ||x||).  docs/train.md lists them. */
 static const opt_defaults bowl_defaults[OPT_COUNT] = {
     [OPT_SGD] = {0.05f, 0.0f, 0.0f},     [OPT_NESTEROV] = {0.05f, 0.0f, 0.9f},
     [OPT_ADAM] = {0.05f, 0.0f, 0.0f},    [OPT_ADAMW] = {0.05f, 0.0f, 0.0f},

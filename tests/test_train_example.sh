@@ -48,6 +48,18 @@ run_train() { # LOG ARGS...: runs train, keeping its output in LOG
   [ "$rc" -eq 0 ] || { cat "$log" >&2; fail "train $* exited $rc"; }
 }
 
+# expect_diverged LOG ARGS...: a run that diverges exits 0 and says so in
+# one line on stderr (stdout in LOG, stderr in LOG.err).
+expect_diverged() {
+  local log=$1 rc=0
+  shift
+  "$train" "$@" >"$log" 2>"$log.err" || rc=$?
+  [ "$rc" -eq 0 ] || { cat "$log.err" >&2; fail "train $* exited $rc, want 0"; }
+  [ "$(wc -l <"$log.err")" -eq 1 ] && grep -q '^train: the run diverged: ' "$log.err" ||
+    { cat "$log.err" >&2; fail "train $* should warn 'train: the run diverged: ...' on stderr"; }
+  echo "  $* -> $(cat "$log.err")"
+}
+
 # ------------------------------------------------------------------ cpu
 
 case_cpu() {
@@ -89,6 +101,11 @@ case_cpu() {
              f = k < W ? (k + 1) / W : 0.5 * (1 + cos(3.141592653589793 * (k - W) / (T - W)))
              if ($5 > lr * f * (1 + 1e-4) + 1e-9 || $5 < lr * f * (1 - 1e-4) - 1e-9) bad = 1 }
     END { exit bad }' "$out/train_adamw.csv" || fail "the lr column does not follow warmup + cosine"
+
+  # Far too large a learning rate: NaN losses, a warning, exit 0.
+  expect_diverged "$tmp/diverged.log" --device cpu --opt sgd --lr 1e6 --epochs 2 --layers 1 \
+    --hidden 16 --out "$out" --no-plot
+  grep -q '^RESULT .*final_loss=-\?nan' "$tmp/diverged.log" || fail "the diverged run's loss is not NaN"
   echo "ok: cpu"
 }
 
@@ -223,7 +240,15 @@ case_bowl() {
 
   run_train "$log" --bowl --opt adam --lr 0.01 --steps 50 --coeffs $A --start $X
   check_x "$log" "$(adam_reference $A $X 0.01 50)" "Adam"
-  echo "ok: bowl (SGD, heavy ball, Nesterov, Adam)"
+
+  # --coeffs alone starts from all ones, as many as the coefficients.
+  run_train "$log" --bowl --coeffs 1,10
+  run_train "$log" --bowl --opt sgd --lr 0.05 --steps 10 --coeffs 1,4,10
+  check_x "$log" "$(awk 'BEGIN { printf "%.12g %.12g %.12g", 0.95^10, 0.8^10, 0.5^10 }')" \
+    "SGD from the default start"
+
+  expect_diverged "$tmp/diverged.log" --bowl --opt sgd --lr 1e6
+  echo "ok: bowl (SGD, heavy ball, Nesterov, Adam, default start, divergence)"
 }
 
 # --------------------------------------------------------------- errors
@@ -257,6 +282,8 @@ case_errors() {
   expect_error 2 --epochs 0
   expect_error 2 --layers 9
   expect_error 2 --opt adabelief
+  grep -q 'sgd|nesterov|adam|adamw|lion|adagrad|rmsprop|nadam|lamb|lars,' "$tmp/err.txt" ||
+    fail "--opt's message should list every optimizer"
   expect_error 2 --precision fp8
   expect_error 2 --device tpu
   expect_error 2 --val-frac 1.5
@@ -265,9 +292,12 @@ case_errors() {
   expect_error 2 --opt adam --momentum 0.9
   expect_error 2 --opt nesterov --momentum 0
   expect_error 2 --compare --lr 0.1
+  expect_error 2 --compare --opt lion
+  grep -q -- '--opt' "$tmp/err.txt" || fail "--compare --opt should name --opt"
   expect_error 2 --coeffs 1,2
   expect_error 2 --bowl --epochs 3
   expect_error 2 --bowl --coeffs 1,2 --start 1
+  expect_error 2 --bowl --start 1,1,1
   expect_error 2 --bowl --coeffs 1,x --start 1,1
   expect_error 2 --no-plot=yes
   expect_error 1 --data "$tmp/no/such/digits.csv.gz" "${quick[@]}"
@@ -285,6 +315,7 @@ case_errors() {
   expect_error 1 --bowl --trajectory "$tmp/no/such/dir/t.csv"
   "$train" --help >"$tmp/help.txt" || fail "--help should exit 0"
   grep -q -- '--precision' "$tmp/help.txt" || fail "--help should list the flags"
+  grep -q -- '--opt .*|lamb|lars' "$tmp/help.txt" || fail "--help should list every optimizer"
   echo "ok: errors"
 }
 
