@@ -216,6 +216,14 @@ void fo_step_state_init(const fo_options *o, fo_step_state *out) {
   for (int g = 0; g < FO_PLAN_MAX_GROUPS; g++) out->mu_product[g] = 1.0f;
 }
 
+int fo_scaler_fields_unused(const fo_options *o, fo_step_state *s) {
+  if (o->loss_scaler.enabled) return 0;
+  s->scale = 1.0f;
+  s->growth_tracker = 0;
+  s->hysteresis_left = o->loss_scaler.hysteresis;
+  return 1;
+}
+
 float fo_nadam_mu_product(const fo_group_hparams *h, int64_t steps) {
   /* Multiplied and rounded to float step by step, as the steps do, so the
    * product is theirs bit for bit.  Once mu_t stops changing in double

@@ -219,6 +219,9 @@ void fo_prepare_args_fill(const fo_optimizer *opt, fo_prepare_args *out);
 
 /* The state of a fresh optimizer: step 0, the initial loss scale. */
 void fo_step_state_init(const fo_options *o, fo_step_state *out);
+/* With loss scaling off, the scaler's fields of s set as create left them
+ * (no step reads or writes them there); returns whether scaling is off. */
+int fo_scaler_fields_unused(const fo_options *o, fo_step_state *s);
 
 /* NAdam's product of the momentum coefficients of steps 1 .. steps, as the
  * steps would have left it (fo_optimizer_set_step). */

@@ -129,19 +129,13 @@ static fo_status check_state(const fo_meta_reader *r, const fo_optimizer *opt, f
                      (double)s->mu_product[g]);
   }
   if (st != FO_SUCCESS) return st;
-  const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
-  if (!ls->enabled) {
-    /* Without loss scaling no step reads or writes the scaler's fields:
-     * they stay as created, whatever the file holds (a file of an
-     * optimizer that scaled its loss loads without its scale). */
-    s->scale = 1.0f;
-    s->growth_tracker = 0;
-    s->hysteresis_left = ls->hysteresis;
-    return FO_SUCCESS;
-  }
-  /* the rule fo_optimizer_set_scaler_state applies too */
-  return fo_check_scaler_fields(r->fn, FO_ERR_CHECKPOINT, "the checkpoint's", ls, s->scale,
-                                s->growth_tracker, s->hysteresis_left);
+  /* Without loss scaling the scaler's fields stay as created, whatever the
+   * file holds (a file of an optimizer that scaled its loss loads without
+   * its scale); with it, the rule fo_optimizer_set_scaler_state applies */
+  if (fo_scaler_fields_unused(&opt->options, s)) return FO_SUCCESS;
+  return fo_check_scaler_fields(r->fn, FO_ERR_CHECKPOINT, "the checkpoint's",
+                                &opt->options.loss_scaler, s->scale, s->growth_tracker,
+                                s->hysteresis_left);
 }
 
 /* --------------------------------------------------------------- shards */

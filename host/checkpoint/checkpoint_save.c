@@ -103,13 +103,7 @@ static fo_status save_contents(fo_ckpt_saver *s, const fo_step_state *state, fo_
 fo_status fo_ckpt_saved_state(const char *fn, const fo_optimizer *opt, fo_step_state *state) {
   fo_status st = fo_exec_read_state(fn, opt, state);
   if (st != FO_SUCCESS) return st;
-  const fo_loss_scaler_options *ls = &opt->options.loss_scaler;
-  if (!ls->enabled) {
-    state->scale = 1.0f;
-    state->growth_tracker = 0;
-    state->hysteresis_left = ls->hysteresis;
-    return FO_SUCCESS;
-  }
+  if (fo_scaler_fields_unused(&opt->options, state)) return FO_SUCCESS;
   /* Only a write through fo_optimizer_loss_scale_ptr gets the scale out of
    * range (the scaler's own back-off keeps it in; the tracker and the
    * hysteresis count have no pointer): whatever a save writes, a load
