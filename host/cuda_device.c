@@ -123,14 +123,38 @@ fo_status fo_cuda_check_pointer(const char *fn, const char *what, const void *pt
   return st;
 }
 
+/* The legacy default stream (NULL) takes no work while a blocking stream
+ * of its device is being captured, by any thread: the work would depend
+ * implicitly on the capture, which CUDA refuses with
+ * cudaErrorStreamCaptureImplicit at the first launch -- after the step has
+ * begun, invalidating the caller's capture and faulting the optimizer.
+ * cudaStreamIsCapturing asks without invalidating anything, so a call is
+ * refused before any work instead. */
+static fo_status check_legacy_usable(const char *fn, int device) {
+  int prev;
+  fo_status st = fo_cuda_enter(fn, device, &prev);
+  if (st != FO_SUCCESS) return st;
+  enum cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  const cudaError_t e = cudaStreamIsCapturing(cudaStreamLegacy, &capture);
+  fo_cuda_leave(device, prev);
+  if (e == cudaSuccess) return FO_SUCCESS;
+  if (e != cudaErrorStreamCaptureImplicit) return fo_cuda_fail(fn, "cudaStreamIsCapturing", e);
+  fo_cuda_forget(e);
+  return fo_fail(FO_ERR_INVALID_ARGUMENT, fn,
+                 "the legacy default stream (NULL) of device %d cannot take work while a "
+                 "blocking stream of that device is being captured "
+                 "(cudaErrorStreamCaptureImplicit): pass the capturing stream, or another",
+                 device);
+}
+
 fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
-  if (!stream) return FO_SUCCESS; /* the default stream of the optimizer's device */
-  /* cudaStreamLegacy and cudaStreamPerThread name an implicit stream of
+  /* NULL: the legacy default stream of the optimizer's device */
+  if (!stream || (cudaStream_t)stream == cudaStreamLegacy) return check_legacy_usable(fn, device);
+  /* cudaStreamPerThread (as cudaStreamLegacy) names an implicit stream of
    * whichever device is current when work is enqueued, which is the
    * optimizer's (every call switches to it); cudaStreamGetDevice would
    * answer with the caller's current device instead. */
-  if ((cudaStream_t)stream == cudaStreamLegacy || (cudaStream_t)stream == cudaStreamPerThread)
-    return FO_SUCCESS;
+  if ((cudaStream_t)stream == cudaStreamPerThread) return FO_SUCCESS;
   /* cudaStreamGetDevice is one of the calls a stream capture forbids: it
    * fails with cudaErrorStreamCaptureUnsupported and invalidates the
    * capture (seen on an H200, CUDA 13.0).  cudaStreamIsCapturing is
@@ -141,6 +165,11 @@ fo_status fo_cuda_check_stream(const char *fn, fo_stream_t stream, int device) {
   int d = -1;
   if (e == cudaSuccess && capture != cudaStreamCaptureStatusNone) return FO_SUCCESS;
   if (e == cudaSuccess) e = cudaStreamGetDevice((cudaStream_t)stream, &d);
+  /* a bad handle is the caller's argument; anything else (a sticky error
+   * of earlier work on the device, say) is CUDA's to report */
+  if (e != cudaSuccess && e != cudaErrorInvalidResourceHandle && e != cudaErrorInvalidValue &&
+      e != cudaErrorContextIsDestroyed)
+    return fo_cuda_fail(fn, "cudaStreamIsCapturing / cudaStreamGetDevice", e);
   if (e != cudaSuccess) {
     fo_cuda_forget(e);
     return fo_fail(FO_ERR_INVALID_ARGUMENT, fn, "stream %p is not a valid CUDA stream (%s)",

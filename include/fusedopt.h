@@ -601,7 +601,11 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *    FO_ERR_NULL_POINTER     opt is NULL.
  *    FO_ERR_INVALID_ARGUMENT a non-NULL stream on FO_EXEC_CPU; on
  *                            FO_EXEC_CUDA, not a valid stream or a stream
- *                            of another device.
+ *                            of another device, or the legacy default
+ *                            stream (NULL, cudaStreamLegacy) while a
+ *                            blocking stream of the device is being
+ *                            captured (its work would depend on the
+ *                            capture, which CUDA refuses mid-step).
  *    FO_ERR_INVALID_STATE    the optimizer is faulted (below); arena master
  *                            weights were never set
  *                            (fo_optimizer_sync_master()); the step count
@@ -625,8 +629,11 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *                            so is a sharded LAMB or LARS step whose
  *                            all-gather of the per-tensor norms fails (the
  *                            moments and the count have moved by then).
- *    FO_ERR_CUDA             FO_EXEC_CUDA: the step's work failed once it
- *                            had started: the optimizer is now faulted.
+ *    FO_ERR_CUDA             FO_EXEC_CUDA: asking CUDA about the stream
+ *                            failed (a sticky error of earlier work, say:
+ *                            nothing changed); or the step's work failed
+ *                            once it had started: the optimizer is now
+ *                            faulted.
  *
  *  Faults.  When work already under way fails -- a step whose kernels hit
  *  a CUDA error (FO_ERR_CUDA), a zero_grad or sync_master that fails on the

@@ -322,6 +322,40 @@ Test(gpu_mp, step_never_waits_for_the_host, .timeout = 120) {
   CK(cudaStreamDestroy(cs));
   cr_assert_eq(run_info(&r).step, 2, "%s: the capture applied a step", ctx);
 
+  /* The legacy stream (NULL) while a blocking stream is being captured:
+   * its work would depend on the capture, which CUDA refuses at the first
+   * launch, invalidating the capture.  Each call is refused before any
+   * work, and the capture and the optimizers are unharmed. */
+  CK(cudaStreamBeginCapture(d.stream, cudaStreamCaptureModeGlobal));
+  fo_status lst[3];
+  char lmsg[3][256];
+  lst[0] = fo_optimizer_step(r.opt, NULL);
+  snprintf(lmsg[0], sizeof lmsg[0], "%s", fo_last_error());
+  lst[1] = fo_optimizer_zero_grad(r.opt, NULL);
+  snprintf(lmsg[1], sizeof lmsg[1], "%s", fo_last_error());
+  lst[2] = fo_optimizer_step(arena, cudaStreamLegacy);
+  snprintf(lmsg[2], sizeof lmsg[2], "%s", fo_last_error());
+  enum cudaStreamCaptureStatus lcap = cudaStreamCaptureStatusNone;
+  CK(cudaStreamIsCapturing(d.stream, &lcap));
+  graph = NULL;
+  const cudaError_t le = cudaStreamEndCapture(d.stream, &graph);
+  for (int i = 0; i < 3; i++) {
+    cr_assert_eq(lst[i], FO_ERR_INVALID_ARGUMENT, "%s: legacy-stream call %d during a capture: %s",
+                 ctx, i, fo_status_string(lst[i]));
+    cr_assert_not_null(strstr(lmsg[i], "being captured"), "%s: %s", ctx, lmsg[i]);
+  }
+  cr_assert_eq(lcap, cudaStreamCaptureStatusActive, "%s: the capture was invalidated", ctx);
+  cr_assert_eq(le, cudaSuccess, "%s: capture: %s", ctx, cudaGetErrorName(le));
+  if (graph) CK(cudaGraphDestroy(graph));
+  fo_status fault = FO_ERR_INTERNAL;
+  OK(fo_optimizer_get_fault(r.opt, &fault, NULL, 0));
+  cr_assert_eq(fault, FO_SUCCESS, "%s: a refused call faulted the optimizer", ctx);
+  OK(fo_optimizer_get_fault(arena, &fault, NULL, 0));
+  cr_assert_eq(fault, FO_SUCCESS, "%s: a refused call faulted the arena optimizer", ctx);
+  cr_assert_eq(run_info(&r).step, 2, "%s: a refused call applied a step", ctx);
+  OK(fo_optimizer_step(r.opt, NULL)); /* the legacy stream serves again after the capture */
+  cr_assert_eq(run_info(&r).step, 3, "%s", ctx);
+
   snap_free(&s0);
   snap_free(&s);
   OK(fo_optimizer_destroy(arena));
