@@ -517,8 +517,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._call("fo_optimizer_loss_scale_ptr", ctypes.byref(ptr))
         self._loss_scale = _float_view(ctypes.cast(ptr, ctypes.c_void_p).value, 1, device)
         # Fresh state that is not zero, as torch's optimizer shows it before
-        # the first step (AdaGrad's accumulator; the library's first step
-        # sets it without reading it, so this changes no update)
+        # the first step (AdaGrad's accumulator: the library fills it at
+        # create from the same values; load_state_dict refills it for the
+        # parameters a loaded state dict has no state for)
         with torch.no_grad():
             self._init_state(params, groups)
         if device.type == "cuda":
