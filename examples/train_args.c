@@ -395,6 +395,15 @@ static int take_value(const flag_spec *f, const char *eq, int argc, char **argv,
   return EXIT_TRAIN_USAGE;
 }
 
+/* A flag the others leave without effect is refused, as a flag of the
+ * other mode is: --hidden widens hidden layers, and --layers 0 has none. */
+static int check_dead_flags(const train_config *cfg, const int *seen) {
+  const flag_spec *hidden = find_flag("--hidden", strlen("--hidden"));
+  if (!cfg->bowl && cfg->layers == 0 && hidden && seen[hidden - flags])
+    return usage_error("--hidden sets the width of hidden layers, and --layers 0 has none");
+  return 0;
+}
+
 int parse_args(int argc, char **argv, train_config *cfg) {
   int seen[N_FLAGS] = {0};
   set_defaults(cfg);
@@ -416,5 +425,6 @@ int parse_args(int argc, char **argv, train_config *cfg) {
     if (rc) return rc;
   }
   int rc = check_modes(cfg, seen);
+  if (!rc) rc = check_dead_flags(cfg, seen);
   return rc ? rc : check_combinations(cfg);
 }

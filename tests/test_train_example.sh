@@ -281,6 +281,8 @@ case_errors() {
   expect_error 2 --lr -1
   expect_error 2 --epochs 0
   expect_error 2 --layers 9
+  expect_error 2 --layers 0 --hidden 32
+  grep -q -- '--hidden' "$tmp/err.txt" || fail "--layers 0 --hidden should name --hidden"
   expect_error 2 --opt adabelief
   grep -q 'sgd|nesterov|adam|adamw|lion|adagrad|rmsprop|nadam|lamb|lars,' "$tmp/err.txt" ||
     fail "--opt's message should list every optimizer"
