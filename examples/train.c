@@ -19,7 +19,6 @@
  */
 #include "train.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,17 +93,11 @@ static void print_result_line(const run_plan *p, const run_result *r) {
       r->seconds, (long long)last->skipped, last->loss_scale);
 }
 
-/* A diverged run is still a run the program did as asked (exit 0; its
- * CSV and RESULT line show the NaN), but it deserves a word: once, from
- * rank 0, which holds the same losses as the others. */
-static void warn_if_diverged(const run_plan *p, const run_result *r) {
-  double loss = r->history[r->epochs - 1].train_loss;
-  if (isfinite(loss) || p->world->rank != 0) return;
-  fflush(stdout); /* the warning after what stdout printed before it */
-  fprintf(stderr,
-          "train: the run diverged: %s's final training loss is %g (lr %g; try a smaller "
-          "--lr)\n",
-          opt_name(r->opt), loss, r->lr);
+/* A diverged run's word on stderr, once: from rank 0, which holds the
+ * same losses as the others. */
+static void warn_run_diverged(const run_plan *p, const run_result *r) {
+  if (p->world->rank == 0)
+    warn_if_diverged(r->opt, "training loss", r->history[r->epochs - 1].train_loss, r->lr);
 }
 
 /* Files are rank 0's to write (the other ranks hold the same results). */
@@ -131,7 +124,7 @@ static int train_single(const run_plan *p) {
     rc = save_curves(p, &r);
     if (!rc && p->world->rank == 0) plot_run(p->cfg->out_dir, &r, p->cfg->plot);
     if (!rc) print_result_line(p, &r);
-    if (!rc) warn_if_diverged(p, &r);
+    if (!rc) warn_run_diverged(p, &r);
   }
   run_result_free(&r);
   return rc;
@@ -164,7 +157,7 @@ static int train_every_optimizer(const run_plan *p) {
     done++;
     const epoch_record *last = &runs[opt].history[runs[opt].epochs - 1];
     printf("%.2f%% in %.2f s\n", 100.0 * last->val_acc, runs[opt].seconds);
-    warn_if_diverged(p, &runs[opt]);
+    warn_run_diverged(p, &runs[opt]);
     rc = save_curves(p, &runs[opt]);
   }
   if (!rc) {

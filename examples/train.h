@@ -322,6 +322,10 @@ int write_compare_csv(const char *path, const run_result *runs, int n);
  * is installed; prints where the plot or the CSV is. */
 void plot_run(const char *out_dir, const run_result *r, int want_plot);
 void plot_compare(const char *out_dir, const run_result *runs, int n, int want_plot);
+/* A run whose final loss (what: "training loss", "loss") is not finite
+ * still did as asked (exit 0; its CSV and RESULT line show it), but gets
+ * one line on stderr, after what stdout printed. */
+void warn_if_diverged(int opt, const char *what, double loss, double lr);
 
 #ifdef __cplusplus
 }

@@ -103,14 +103,10 @@ static void print_bowl_result(const train_config *cfg, const bowl *b) {
 }
 
 /* As for training (train.c): exit 0, with a word on stderr. */
-static void warn_if_diverged(const train_config *cfg, const bowl *b, const fo_optimizer *opt) {
-  double loss = bowl_loss(b);
-  if (isfinite(loss)) return;
+static void warn_bowl_diverged(const train_config *cfg, const bowl *b, const fo_optimizer *opt) {
   fo_hparams hp;
-  fo_optimizer_get_hparams(opt, 0, &hp);
-  fflush(stdout);
-  fprintf(stderr, "train: the run diverged: %s's final loss is %g (lr %g; try a smaller --lr)\n",
-          opt_name(cfg->opt), loss, (double)hp.lr);
+  if (fo_optimizer_get_hparams(opt, 0, &hp) == FO_SUCCESS)
+    warn_if_diverged(cfg->opt, "loss", bowl_loss(b), (double)hp.lr);
 }
 
 int run_bowl(const train_config *cfg) {
@@ -132,7 +128,7 @@ int run_bowl(const train_config *cfg) {
     rc = EXIT_TRAIN_FAILED;
   }
   if (!rc) print_bowl_result(cfg, &b);
-  if (!rc) warn_if_diverged(cfg, &b, opt);
+  if (!rc) warn_bowl_diverged(cfg, &b, opt);
   fo_optimizer_destroy(opt);
   return rc;
 }

@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,4 +210,11 @@ void plot_compare(const char *out_dir, const run_result *runs, int n, int want_p
   fprintf(f, "unset multiplot\n");
   if (close_written(f, script)) return;
   finish_plot(script, png, want_plot);
+}
+
+void warn_if_diverged(int opt, const char *what, double loss, double lr) {
+  if (isfinite(loss)) return;
+  fflush(stdout);
+  fprintf(stderr, "train: the run diverged: %s's final %s is %g (lr %g; try a smaller --lr)\n",
+          opt_name(opt), what, loss, lr);
 }

@@ -28,7 +28,7 @@ static fo_status check_convert_args(const char *func, fo_dtype dtype, const void
 }
 
 /* An array of size-byte elements must start on a multiple of size. */
-static fo_status check_aligned(const char *func, const char *what, const void *ptr, size_t size) {
+fo_status fo_check_aligned(const char *func, const char *what, const void *ptr, size_t size) {
   if ((uintptr_t)ptr % size == 0) return FO_SUCCESS;
   return fo_fail(FO_ERR_BAD_POINTER, func, "%s = %p is not aligned to its %zu-byte elements", what,
                  ptr, size);
@@ -43,8 +43,8 @@ static int bytes_overlap(const void *a, size_t an, const void *b, size_t bn) {
 fo_status fo_convert_from_f32(fo_dtype dtype, const float *src, void *dst, int64_t n) {
   static const char fn[] = "fo_convert_from_f32";
   fo_status st = check_convert_args(fn, dtype, src, dst, n);
-  if (st == FO_SUCCESS) st = check_aligned(fn, "src", src, 4);
-  if (st == FO_SUCCESS) st = check_aligned(fn, "dst", dst, fo_dtype_size(dtype));
+  if (st == FO_SUCCESS) st = fo_check_aligned(fn, "src", src, 4);
+  if (st == FO_SUCCESS) st = fo_check_aligned(fn, "dst", dst, fo_dtype_size(dtype));
   if (st != FO_SUCCESS) return st;
   size_t count = (size_t)n;
   if ((const void *)src != dst && bytes_overlap(src, count * 4, dst, count * fo_dtype_size(dtype)))
@@ -63,8 +63,8 @@ fo_status fo_convert_from_f32(fo_dtype dtype, const float *src, void *dst, int64
 fo_status fo_convert_to_f32(fo_dtype dtype, const void *src, float *dst, int64_t n) {
   static const char fn[] = "fo_convert_to_f32";
   fo_status st = check_convert_args(fn, dtype, src, dst, n);
-  if (st == FO_SUCCESS) st = check_aligned(fn, "src", src, fo_dtype_size(dtype));
-  if (st == FO_SUCCESS) st = check_aligned(fn, "dst", dst, 4);
+  if (st == FO_SUCCESS) st = fo_check_aligned(fn, "src", src, fo_dtype_size(dtype));
+  if (st == FO_SUCCESS) st = fo_check_aligned(fn, "dst", dst, 4);
   if (st != FO_SUCCESS) return st;
   size_t count = (size_t)n;
   if (src != (const void *)dst && bytes_overlap(src, count * fo_dtype_size(dtype), dst, count * 4))

@@ -205,6 +205,9 @@ fo_state_flags fo_state_needed(const fo_options *o, const fo_hparams *h, int num
 /* --------------------------------------------------------------- helpers */
 
 int fo_dtype_valid(int dtype);
+/* FO_ERR_BAD_POINTER naming what (as "what = %p") unless ptr starts on a
+ * multiple of size, the size of its elements. */
+fo_status fo_check_aligned(const char *func, const char *what, const void *ptr, size_t size);
 size_t fo_role_elem_size(const fo_optimizer *opt, fo_role role);
 
 /* Validate one group's hyper-parameters for alg; on failure the message

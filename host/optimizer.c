@@ -65,11 +65,9 @@ static fo_status validate_options(const char *fn, const fo_options *o) {
  * caller's whole CUDA context unusable.  C forbids it on the host too. */
 static fo_status check_element_aligned(const char *fn, int64_t i, const char *what, const void *ptr,
                                        fo_dtype dtype) {
-  size_t size = fo_dtype_size(dtype);
-  if ((uintptr_t)ptr % size == 0) return FO_SUCCESS;
-  return fo_fail(FO_ERR_BAD_POINTER, fn,
-                 "tensors[%lld].%s = %p is not aligned to its %zu-byte elements", (long long)i,
-                 what, ptr, size);
+  char name[64];
+  snprintf(name, sizeof name, "tensors[%lld].%s", (long long)i, what);
+  return fo_check_aligned(fn, name, ptr, fo_dtype_size(dtype));
 }
 
 static fo_status validate_tensors(const char *fn, const fo_options *o, int num_groups,
