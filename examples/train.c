@@ -210,6 +210,18 @@ static int bowl_alone(const train_config *cfg, const train_world *w) {
   return EXIT_TRAIN_USAGE;
 }
 
+/* One process has nothing to shard its state over: --zero would change
+ * nothing, which a user who asked for it should hear rather than guess. */
+static int train_alone_or_sharded(const train_config *cfg, train_world *w) {
+  if (cfg->zero && w->size == 1) {
+    fprintf(stderr,
+            "train: --zero shards the optimizer state over several processes; "
+            "this run is one (start it with mpirun -np N)\n");
+    return EXIT_TRAIN_USAGE;
+  }
+  return train_digits(cfg, w);
+}
+
 int main(int argc, char **argv) {
   train_world world;
   train_config cfg;
@@ -218,7 +230,7 @@ int main(int argc, char **argv) {
     world_quiet(&world, 1);
     rc = parse_args(argc, argv, &cfg);
     world_quiet(&world, 0);
-    if (!rc) rc = cfg.bowl ? bowl_alone(&cfg, &world) : train_digits(&cfg, &world);
+    if (!rc) rc = cfg.bowl ? bowl_alone(&cfg, &world) : train_alone_or_sharded(&cfg, &world);
   } else {
     world_abort(&world, rc);
   }

@@ -26,7 +26,7 @@ typedef enum flag_kind {
   FLAG_REAL,   /* finite double between lo and hi (see open) */
   FLAG_TEXT,   /* a non-empty string */
   FLAG_CHOICE, /* one of choices, stored as its index */
-  FLAG_LIST    /* comma-separated finite doubles in [lo, hi] */
+  FLAG_LIST    /* comma-separated finite doubles between lo and hi (see open) */
 } flag_kind;
 
 typedef struct flag_spec {
@@ -100,8 +100,8 @@ static const flag_spec flags[] = {
      "write the CSV and the gnuplot script, but do not run gnuplot"},
     {"--bowl", FLAG_SWITCH, MODE_BOTH, OFF(bowl), 0, 1, 0, 0, NULL, NULL,
      "minimise f(x) = 1/2 sum a_i x_i^2 instead of training"},
-    {"--coeffs", FLAG_LIST, MODE_BOWL, OFF(coeffs), OFF(n_coeffs), -1e6, 1e6, 0, NULL, "A1,A2,..",
-     "curvatures a_i (default 1,10)"},
+    {"--coeffs", FLAG_LIST, MODE_BOWL, OFF(coeffs), OFF(n_coeffs), 0, 1e6, OPEN_LO, NULL,
+     "A1,A2,..", "curvatures a_i > 0 (default 1,10)"},
     {"--start", FLAG_LIST, MODE_BOWL, OFF(start), OFF(n_start), -1e6, 1e6, 0, NULL, "X1,X2,..",
      "starting point (default all ones, one per a_i)"},
     {"--steps", FLAG_INT, MODE_BOWL, OFF(steps), 0, 0, 10000000, 0, NULL, "N",
@@ -188,12 +188,19 @@ static const flag_spec *find_flag(const char *name, size_t len) {
   return NULL;
 }
 
+/* "[lo, hi]", with a parenthesis at an open end. */
+static void describe_bounds(const flag_spec *f, char *buf, size_t size) {
+  snprintf(buf, size, "%c%g, %g%c", f->open & OPEN_LO ? '(' : '[', f->lo, f->hi,
+           f->open & OPEN_HI ? ')' : ']');
+}
+
 static void describe_range(const flag_spec *f, char *buf, size_t size) {
+  char bounds[64];
+  describe_bounds(f, bounds, sizeof bounds);
   if (f->kind == FLAG_INT)
     snprintf(buf, size, "an integer in [%.0f, %.0f]", f->lo, f->hi);
   else
-    snprintf(buf, size, "a number in %c%g, %g%c", f->open & OPEN_LO ? '(' : '[', f->lo, f->hi,
-             f->open & OPEN_HI ? ')' : ']');
+    snprintf(buf, size, "a number in %s", bounds);
 }
 
 static int in_range(const flag_spec *f, double v) {
@@ -268,8 +275,10 @@ static int parse_list_value(const flag_spec *f, const char *value, train_config 
       return EXIT_TRAIN_USAGE;
     }
     if (!parse_double(s, &v, &end) || !in_range(f, v) || (*end && *end != ',')) {
-      fprintf(stderr, "train: %s wants comma-separated numbers in [%g, %g], got '%s'\n", f->name,
-              f->lo, f->hi, value);
+      char bounds[64];
+      describe_bounds(f, bounds, sizeof bounds);
+      fprintf(stderr, "train: %s wants comma-separated numbers in %s, got '%s'\n", f->name, bounds,
+              value);
       return EXIT_TRAIN_USAGE;
     }
     out[n++] = v;

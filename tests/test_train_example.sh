@@ -301,6 +301,11 @@ case_errors() {
   expect_error 2 --bowl --coeffs 1,2 --start 1
   expect_error 2 --bowl --start 1,1,1
   expect_error 2 --bowl --coeffs 1,x --start 1,1
+  expect_error 2 --bowl --coeffs -1,10
+  grep -q '(0, ' "$tmp/err.txt" || fail "--coeffs -1,10: the message should give the open range"
+  expect_error 2 --bowl --coeffs 0,10
+  expect_error 2 --zero
+  grep -q 'mpirun' "$tmp/err.txt" || fail "--zero in one process should say how to start ranks"
   expect_error 2 --no-plot=yes
   expect_error 1 --data "$tmp/no/such/digits.csv.gz" "${quick[@]}"
   expect_error 1 --data "$d" "${quick[@]}"
