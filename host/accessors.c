@@ -61,6 +61,9 @@ fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
   fo_status st = fo_claim(fn, opt);
   if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
   if (st != FO_SUCCESS) return st;
+  /* with scaling off a value written through loss_scale_ptr is ignored,
+   * here as by the steps and a save */
+  fo_scaler_fields_unused(&opt->options, &s);
   memset(out, 0, sizeof *out);
   out->step = s.step;
   out->skipped_steps = s.skipped;
@@ -100,6 +103,8 @@ fo_status fo_optimizer_get_scaler_state(const fo_optimizer *opt, fo_scaler_state
   fo_status st = fo_claim(fn, opt);
   if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
   if (st != FO_SUCCESS) return st;
+  /* as get_info: so that set_scaler_state takes back what this gives */
+  fo_scaler_fields_unused(&opt->options, &s);
   memset(out, 0, sizeof *out); /* the padding too */
   out->skipped_steps = s.skipped;
   out->scale = s.scale;

@@ -738,9 +738,11 @@ typedef struct fo_step_info {
                           *   its learning rate was each group's lr times
                           *   this.  1 before the first step (no step has
                           *   applied one, even during a warmup) and
-                          *   unchanged by a skipped step;
-                          *   fo_optimizer_get_next_lr() gives the rate
-                          *   the next step will use */
+                          *   unchanged by a skipped step, and by
+                          *   fo_optimizer_set_step() (which changes the
+                          *   count only: the report stays the last
+                          *   step's); fo_optimizer_get_next_lr() gives
+                          *   the rate the next step will use */
   int growth_tracker;    /**< clean steps since the scale last changed */
 } fo_step_info;
 
@@ -754,7 +756,8 @@ FO_API fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *ou
  *  gradient without a host synchronization.  The step updates it.  With
  *  loss scaling off it points to a scale that stays 1, so one training
  *  loop serves both (a value written there is ignored: by the steps, by a
- *  save, which writes 1, and by a load).  Writing through it changes the
+ *  save, which writes 1, by a load, and by fo_optimizer_get_info() and
+ *  fo_optimizer_get_scaler_state(), which read 1).  Writing through it changes the
  *  scale the next step uses (hence a non-const opt); with loss scaling on,
  *  a scale a load would refuse (not finite, or below FO_LOSS_SCALE_MIN)
  *  makes fo_optimizer_save() refuse until a valid one is written.
@@ -883,7 +886,8 @@ FO_API fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *
  *  times the schedule's factor at the current step count, rounded to float
  *  as the step rounds it (the same bits).  Before the first step with a
  *  warmup of W steps, that is lr / W.  (A skipped step leaves it as it
- *  was.)  Reads the step count: on FO_EXEC_CUDA it synchronizes, like
+ *  was.  AdaGrad's lr_decay is not in it: the rule divides this rate by
+ *  1 + lr_decay * (step - 1) itself.)  Reads the step count: on FO_EXEC_CUDA it synchronizes, like
  *  fo_optimizer_get_info().
  *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
  *  FO_ERR_INVALID_ARGUMENT (group outside [0, num_groups));

@@ -134,6 +134,18 @@ Test(api_optimizer, loss_scale_ptr_and_info) {
             (long long)info.skipped_steps, info.last_step_skipped, info.loss_scale);
   for (int s = 0; s < 3; s++) CHECK(FO_SUCCESS, NULL, fo_optimizer_step, opt, NULL);
   cr_expect(*fp == 1.0f, "scale without scaling after 3 steps %g", *fp);
+  /* A value written there is ignored by the getters too, so that what
+   * get_scaler_state gives, set_scaler_state takes back. */
+  *fp = 3.0f;
+  CHECK(FO_SUCCESS, NULL, fo_optimizer_get_info, opt, &info);
+  cr_expect(info.loss_scale == 1.0f, "info.loss_scale %g after writing 3, scaling off",
+            info.loss_scale);
+  fo_scaler_state ss;
+  memset(&ss, 0x5A, sizeof ss);
+  CHECK(FO_SUCCESS, NULL, fo_optimizer_get_scaler_state, opt, &ss);
+  cr_expect(ss.scale == 1.0f && ss.growth_tracker == 0, "scaler state %g, %d after writing 3",
+            (double)ss.scale, ss.growth_tracker);
+  CHECK(FO_SUCCESS, NULL, fo_optimizer_set_scaler_state, opt, &ss);
   fo_optimizer_destroy(opt);
 
   env_init(&e, FO_ALG_ADAMW);
