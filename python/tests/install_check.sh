@@ -16,6 +16,7 @@
 # FUSEDOPT_LIBRARY:
 #   - `import fusedopt` resolves to the venv's site-packages, and loads the
 #     library installed next to it (package data), not the build's;
+#   - the distribution carries the LICENSE;
 #   - a two-step AdamW on the CPU moves the weights;
 #   - `pip uninstall` removes it.
 # Exit 0, 1 on a failure, 77 (CTest's SKIP) when no PYTHON has the tools,
@@ -46,7 +47,8 @@ echo "# $py"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/src" "$tmp/elsewhere"
-cp -r "$here/pyproject.toml" "$here/README.md" "$here/fusedopt" "$tmp/src/"
+# LICENSE is a link to the repository's: -L copies the file it names
+cp -rL "$here/pyproject.toml" "$here/README.md" "$here/LICENSE" "$here/fusedopt" "$tmp/src/"
 rm -rf "$tmp/src/fusedopt/__pycache__"
 # the real file, under the soname the package tries first
 real=$(readlink -f "$lib")
@@ -73,6 +75,13 @@ pkg = os.path.dirname(where)
 assert os.path.dirname(lib) == pkg, "library %s is not the one installed in %s" % (lib, pkg)
 assert fusedopt.library_version() == fusedopt.__version__, (fusedopt.library_version(),
                                                             fusedopt.__version__)
+# BSD-3-Clause: the installed distribution carries the notice
+from importlib import metadata
+
+dist = metadata.distribution("fusedopt")
+notices = [f for f in dist.files or () if f.name.startswith("LICENSE")]
+assert notices and "Redistribution and use" in notices[0].read_text(), (
+    "no LICENSE in the installed distribution: %s" % sorted(str(f) for f in dist.files or ()))
 
 w = array.array("f", [0.5, -0.25, 1.0, 2.0])
 before = list(w)

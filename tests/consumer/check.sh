@@ -34,6 +34,11 @@ readelf -d "$lib/libfusedopt.so.$version" | grep -q "SONAME.*\[$soname\]" || fai
 if grep -rIl -e "$build" -e "$src" "$prefix"; then fail "build paths in the installed files above"; fi
 if readelf -d "$lib/libfusedopt.so.$version" | grep -E "R(UN)?PATH"; then fail "the installed library has an RPATH"; fi
 [ -f "$lib/cmake/fusedopt/fusedoptConfigVersion.cmake" ] || fail "no fusedoptConfigVersion.cmake"
+# BSD-3-Clause: binary redistributions carry the notice
+cmp -s "$src/LICENSE" "$prefix/share/doc/fusedopt/LICENSE" || fail "LICENSE is not installed as share/doc/fusedopt/LICENSE"
+# the header's version is the one the build gave the library and the package
+hdr="$(sed -n 's/^#define FO_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\)$/\2/p' "$prefix/include/fusedopt.h" | paste -sd.)"
+[ "$hdr" = "$version" ] || fail "the installed header says $hdr, the build $version"
 needed="$(readelf -d "$lib/libfusedopt.so.$version" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
 echo "consumer: $soname needs: $needed"
 if [ "$cuda" = 0 ]; then
@@ -79,6 +84,13 @@ flags="$(pkg-config --cflags --libs fusedopt)"
 if grep -Eo -- "$private_re" <<<"$flags" | grep .; then fail "pkg-config --libs fusedopt leaks: $flags"; fi
 cc -std=c11 "$src/tests/consumer/main.c" $flags -o "$tmp/pc-shared"
 run "$tmp/pc-shared"
+# the same with the RUNPATH docs/install.md suggests: it starts without
+# LD_LIBRARY_PATH (the installed library has no RPATH of its own)
+cc -std=c11 "$src/tests/consumer/main.c" $flags -Wl,-rpath,"$(pkg-config --variable=libdir fusedopt)" \
+  -o "$tmp/pc-rpath"
+no_cuda=()
+[ "$cuda" = 0 ] && no_cuda=(--no-cuda)
+env -u LD_LIBRARY_PATH "$tmp/pc-rpath" "${no_cuda[@]}" || fail "the consumer linked with -rpath did not start"
 # --static: everything the archive needs (Libs.private); -Bstatic makes the
 # linker take libfusedopt.a although the .so sits beside it.
 static_flags="$(pkg-config --static --cflags --libs fusedopt)"
