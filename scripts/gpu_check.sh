@@ -10,7 +10,8 @@
 #
 #   --budget S   seconds for everything, the build included (default 420).
 #                A part starts only when its minimum still fits, and runs
-#                under min(its own limit, what is left).
+#                under min(its own limit, what is left).  Only the targets
+#                the chosen parts run are built.
 #   --parts L    comma-separated parts to run (default: all, in this order):
 #                  tests    every tests/test_gpu_* binary (--verbose --jobs=1),
 #                           the 2^31-element test left for `big`
@@ -39,18 +40,19 @@
 #                  torch    scripts/bench_torch.py on lists a, mlp, d (and,
 #                           named as LISTclip, a list with clipping:
 #                           torch:aclip)
+#                  torchdebug  (only when named) the illegal address seen
+#                           2026-12-04: torch alone, a graph replayed after
+#                           its optimizer is freed (should fault) or kept;
+#                           bench_torch.py's AdamW fp32 with graphs on lists
+#                           a and mlp (CUDA_LAUNCH_BLOCKING=1), and on mlp
+#                           under memcheck; every step's whole output in
+#                           logs/torchdebug_*.log
 #                  torchtrain  scripts/bench_torch_train.py: GPT-2 small's
 #                           whole training step (forward, backward, AdamW)
 #                           with fusedopt.torch and torch's fused AdamW, in
 #                           fp32, bf16 autocast and bf16-master; 10 steps;
 #                           then examples/train_torch.py on the GPU in bf16
 #                           with --compare-torch (5 epochs)
-#                  torchdebug  (only when named) the illegal address seen
-#                           2026-12-04: torch alone, a graph replayed after
-#                           its optimizer is freed (should fault) or kept;
-#                           bench_torch.py's AdamW fp32 with graphs on lists
-#                           a and mlp (CUDA_LAUNCH_BLOCKING=1), and on mlp
-#                           under memcheck
 #                  memcheck compute-sanitizer memcheck, one test per kernel
 #                           family; racecheck, initcheck the same
 #                PART:FILTER narrows a part, for a re-run of what failed:
@@ -75,7 +77,8 @@
 #
 # On a lent machine: carry .devpack (scripts/devpack.sh makes it: Criterion
 # and zlib, which the machine lacks) and start the command with
-# `source .devpack/env.sh`.
+# `source .devpack/env.sh`.  Without Criterion the tests are not built (a
+# warning in summary.txt) and the parts that need none still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -100,28 +103,32 @@ start=$(date +%s)
 deadline=$((start + budget))
 out=${OUT:-$build/check}
 work=$build/check-work # logs and CSVs, bundled into $out/logs.tar.gz
+rm -rf "$work/logs" # an earlier call's, on a machine kept warm
 mkdir -p "$out" "$work/logs"
 [ -x /usr/local/cuda/bin/nvcc ] && export PATH="/usr/local/cuda/bin:$PATH"
 [ -f .devpack/env.sh ] && [ -z "${DEVPACK:-}" ] && source .devpack/env.sh
 summary=$out/summary.txt
 : >"$summary"
 
-all_parts="tests train demo torchtests big bench variants torch torchtrain torchdebug memcheck racecheck initcheck"
+all_parts="tests train demo torchtests big bench variants torch torchdebug torchtrain memcheck racecheck initcheck"
 # Each part: the seconds it needs to be worth starting, and its own limit.
 need_of() {
   case "$1" in
-    tests) echo 40 ;; train) echo 30 ;; demo) echo 20 ;; torchtests) echo 30 ;; big) echo 60 ;;
-    bench) echo 40 ;; variants) echo 20 ;; torch) echo 40 ;; torchtrain) echo 60 ;; *) echo 25 ;;
+    tests) echo 40 ;; train*) echo 30 ;; demo) echo 20 ;; torchtests) echo 30 ;; big) echo 60 ;;
+    bench) echo 40 ;; variants) echo 20 ;; torch) echo 40 ;; torchtrain) echo 60 ;;
+    torchdebug) echo 80 ;; *) echo 25 ;;
   esac
 }
 limit_of() {
   case "$1" in
-    tests) echo 150 ;; train) echo 120 ;; demo) echo 90 ;; torchtests) echo 120 ;; big) echo 240 ;;
+    tests) echo 90 ;; train*) echo 120 ;; demo) echo 90 ;; torchtests) echo 120 ;; big) echo 240 ;;
     bench) echo 180 ;; variants) echo 90 ;; torch) echo 150 ;; torchtrain) echo 150 ;; *) echo 120 ;;
   esac
 }
 
-# The parts asked for, in priority order, each with an optional filter.
+# The parts asked for, in priority order, each with an optional filter
+# (no globbing of the filters while they are split).
+set -f
 declare -A filter_of=()
 selected=()
 for p in $all_parts; do
@@ -139,10 +146,45 @@ for spec in ${parts_arg//,/ }; do
     echo "gpu_check: unknown part '${spec%%:*}' (--help)" >&2; exit 2 ;;
   esac
 done
+set +f
 
 left() { echo $((deadline - $(date +%s))); }
 note() { echo "$*" | tee -a "$summary"; }
-bundle() { tar -czf "$out/logs.tar.gz" -C "$work" logs 2>/dev/null; }
+# written aside, then renamed: a kill while packing leaves the last bundle
+bundle() {
+  tar -czf "$out/logs.tar.gz.part" -C "$work" logs 2>/dev/null &&
+    mv -f "$out/logs.tar.gz.part" "$out/logs.tar.gz"
+}
+# watched LIMIT LOG CMD...: CMD under `timeout LIMIT`, its output in LOG and
+# current.log.  In the background, waited for: bash runs a trap only once
+# the foreground command has ended, and `timeout` puts CMD in a process
+# group of its own, out of reach of a signal to the script's group; a
+# `wait` is cut short by the signal, and the trap stops CMD through its
+# timeout (which passes the signal on to CMD's whole group).
+watched() {
+  local limit=$1 log=$2 bg
+  shift 2
+  { timeout -k 5 "$limit" bash -c '"$@"' _ "$@" 2>&1 &
+    echo $! >"$work/watched.pid"
+    wait $!; } | tee "$out/current.log" >"$log" &
+  bg=$!
+  wait "$bg" # the pipeline's status, pipefail: the command's
+}
+# The device tool stops a call that runs past its limit: keep what is done.
+on_signal() {
+  local pid n
+  pid=$(cat "$work/watched.pid" 2>/dev/null)
+  if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+    for n in 1 2 3 4 5 6 7 8 9 10; do # up to 2 s for the part to go
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.2
+    done
+  fi
+  note "== stopped by a signal after $(($(date +%s) - start))s"
+  bundle
+  exit 143
+}
+trap on_signal TERM INT
 
 # part NAME CMD...: run CMD under the part's limit (or what is left), its
 # output in logs/NAME.log and current.log; one line in the summary.
@@ -163,8 +205,8 @@ part() {
   fi
   t0=$(date +%s)
   # bash -c: CMD may be one of the exported functions below
-  timeout -k 5 "$limit" bash -c '"$@"' _ "$@" 2>&1 | tee "$out/current.log" >"$work/logs/$name.log"
-  rc=${PIPESTATUS[0]}
+  watched "$limit" "$work/logs/$name.log" "$@"
+  rc=$?
   [ "$rc" = 124 ] || [ "$rc" = 137 ] && echo "== killed at its limit of ${limit}s" >>"$work/logs/$name.log"
   note "$(printf '%-34s exit %3s  %4ss  %s' "$name" "$rc" "$(($(date +%s) - t0))" "$(verdict "$work/logs/$name.log")")"
   bundle
@@ -189,6 +231,8 @@ verdict() {
     echo
   elif [ -n "$syn" ]; then
     echo "$syn, Skipped: $skips"
+  elif grep -aq '^torchdebug: ' "$log"; then
+    grep -a '^torchdebug: ' "$log" | tail -1 | cut -c13-
   else
     grep -ahE 'correctness checks FAILED|^ok: |FAIL|skipped|no usable|Error|error' "$log" |
       head -2 | cut -c1-110 | tr '\n' ';'
@@ -221,23 +265,63 @@ if [ ! -f /usr/local/cuda/include/nccl.h ] && [ ! -f /usr/include/nccl.h ]; then
   fi
 fi
 
-build_cmd() {
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFO_BUILD_EMU=OFF \
-    -DCMAKE_CUDA_ARCHITECTURES="${FO_CUDA_ARCH:-90}" ${nccl_arg:+"$nccl_arg"} &&
-    cmake --build "$build" -j "$(nproc)"
+# What the chosen parts run: the library always (the Python parts load it),
+# the GPU test binaries, the example, the benchmarks.  Building only these
+# skips the CPU tiers' tests (minutes of compiling no part runs).
+targets_wanted() {
+  local p
+  echo fusedopt
+  for p in "${selected[@]}"; do
+    case "$p" in
+      tests | big | memcheck | racecheck | initcheck) (cd tests && ls test_gpu_*.c) | sed 's/\.c$//' ;;
+      train | demo) echo train ;;
+      bench) echo bench ;;
+      variants) echo step_variants ;;
+    esac
+  done | sort -u
 }
+configure() { # [ARGS]: the Release build for this GPU
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFO_BUILD_EMU=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES="${FO_CUDA_ARCH:-90}" ${nccl_arg:+"$nccl_arg"} "$@"
+}
+build_cmd() {
+  local have=() t
+  # without .devpack the tests (Criterion) and the example (zlib's
+  # headers) cannot be configured: the rest still can, and the parts that
+  # need neither still run
+  if ! configure -DFO_BUILD_TESTS=ON -DFO_BUILD_EXAMPLES=ON; then
+    echo "gpu_check: WARNING: configure with the tests failed (Criterion missing? carry .devpack);" \
+      "building without them"
+    if ! configure -DFO_BUILD_TESTS=OFF -DFO_BUILD_EXAMPLES=ON; then
+      echo "gpu_check: WARNING: configure with the example failed too (zlib's headers missing?" \
+        "carry .devpack); building without it"
+      configure -DFO_BUILD_TESTS=OFF -DFO_BUILD_EXAMPLES=OFF || return 1
+    fi
+  fi
+  # the wanted targets this configuration has
+  for t in $targets; do
+    ninja -C "$build" -t query "$t" >/dev/null 2>&1 && have+=("$t")
+  done
+  cmake --build "$build" -j "$(nproc)" --target "${have[@]}"
+}
+targets=$(targets_wanted | tr '\n' ' ')
+[ -f .devpack/env.sh ] || [ -n "${DEVPACK:-}" ] ||
+  note "gpu_check: WARNING: no .devpack/env.sh here: where Criterion or zlib's headers are missing" \
+    "(a lent machine), the tests or the example cannot be built"
 if [ "$dry" = 1 ]; then
-  printf '%-34s limit %4ss: %s\n' build "$(left)" "cmake (Release, sm_${FO_CUDA_ARCH:-90}) && cmake --build"
+  printf '%-34s limit %4ss: %s\n' build "$(left)" \
+    "cmake (Release, sm_${FO_CUDA_ARCH:-90}) && cmake --build --target $targets"
 else
   t0=$(date +%s)
-  export -f build_cmd
-  export build nccl_arg
-  if ! timeout -k 5 "$(left)" bash -c build_cmd >"$work/logs/build.log" 2>&1; then
+  export -f build_cmd configure
+  export build nccl_arg targets
+  if ! watched "$(left)" "$work/logs/build.log" build_cmd; then
     note "build FAILED after $(($(date +%s) - t0))s"
     tail -40 "$work/logs/build.log"
     bundle
     exit 1
   fi
+  grep -a 'gpu_check: WARNING' "$work/logs/build.log" | tee -a "$summary"
   note "$(printf '%-34s exit %3s  %4ss' build 0 "$(($(date +%s) - t0))")"
   bundle
 fi
@@ -251,6 +335,8 @@ with_filter() { # PART DEFAULT: the filter given for PART, else DEFAULT
 
 run_tests() {
   local f
+  compgen -G "$bin/test_gpu_*" >/dev/null ||
+    note "tests                              skipped: no test binary was built (the build's warnings)"
   for t in "$bin"/test_gpu_*; do
     [ -x "$t" ] || continue
     f=$(with_filter tests '*')
@@ -294,7 +380,7 @@ run_bench() {
   done
   # one CSV, the header once; the m0/d0 rows labelled as such
   local first=1
-  : >"$out/bench_gpu.csv"
+  [ "$dry" = 1 ] && return 0
   for list in a aclip new c d b m m0 d0; do
     local f=$work/logs/bench_gpu_$list.csv
     [ -s "$f" ] || continue
@@ -326,9 +412,14 @@ run_san() { # TOOL [GLOB]: the sanitizer tests whose name matches GLOB
     # shellcheck disable=SC2053
     [[ "$f" == @($glob) ]] || continue
     echo "== $tool $t $f"
+    # the whole output in a file of its own (bundled even if the part is
+    # killed), its end in the part's log
+    local log=$work/logs/${tool}_${t#test_gpu_}_${f//[^A-Za-z0-9_]/_}.log
     "$sanitizer" --tool "$tool" --report-api-errors no --error-exitcode 99 \
-      "$bin/$t" --filter="$f" --jobs=1 --verbose 2>&1 | grep -avE '^\[----\]' | tail -30
-    echo "== $tool $t: exit ${PIPESTATUS[0]}"
+      "$bin/$t" --filter="$f" --jobs=1 --verbose >"$log" 2>&1
+    local rc=$?
+    grep -avE '^\[----\]' "$log" | tail -30
+    echo "== $tool $t: exit $rc"
   done
 }
 
@@ -340,10 +431,14 @@ run_torchdebug() {
   # script let the capturable torch optimizers whose graphs it replayed be
   # freed.  Torch alone, each in its own process (the fault is sticky):
   # keep=0 should fault, keep=1 finish.
-  local keep
+  # Each step's whole output goes to a file of its own in logs/ as it runs
+  # (bundled even when the part is killed: the progress lines locate a
+  # fault), its end to the part's log; the last line sums up the exits.
+  local keep log=$work/logs/torchdebug rc_keep=() rc_bench rc_san
   for keep in 0 1; do
     echo "== torch alone: graph of a capturable AdamW replayed, optimizer kept=$keep"
-    python3 - "$keep" <<'PY' 2>&1 | tail -3
+    python3 - "$keep" >"${log}_keep$keep.log" 2>&1 <<'PY'
+
 import sys
 import torch
 keep = sys.argv[1] == "1"
@@ -368,17 +463,26 @@ for _ in range(5):
 torch.cuda.synchronize()
 print("replays finished")
 PY
-    echo "== exit ${PIPESTATUS[0]}"
+    rc_keep+=($?)
+    tail -3 "${log}_keep$keep.log"
+    echo "== exit ${rc_keep[-1]}"
   done
   echo "== bench_torch.py with graphs, lists a and mlp, CUDA_LAUNCH_BLOCKING=1"
-  CUDA_LAUNCH_BLOCKING=1 "${py[@]}" --lists a,mlp 2>&1 | tail -60
-  echo "== exit ${PIPESTATUS[0]}"
+  CUDA_LAUNCH_BLOCKING=1 "${py[@]}" --lists a,mlp >"${log}_graphs.log" 2>&1
+  rc_bench=$?
+  tail -60 "${log}_graphs.log"
+  echo "== exit $rc_bench"
   # its own limit: memcheck of a torch process is slow, and the part's
   # limit would otherwise take the time of the parts after it
   echo "== bench_torch.py with graphs, list mlp, memcheck (at most 45 s)"
-  timeout 45 "$sanitizer" --tool memcheck --report-api-errors no "${py[@]}" --lists mlp 2>&1 |
-    head -80
-  echo "== exit ${PIPESTATUS[0]}"
+  timeout 45 "$sanitizer" --tool memcheck --report-api-errors no "${py[@]}" --lists mlp \
+    >"${log}_memcheck.log" 2>&1
+  rc_san=$?
+  head -80 "${log}_memcheck.log"
+  echo "== exit $rc_san"
+  echo "torchdebug: torch alone keep=0 exit ${rc_keep[0]}, keep=1 exit ${rc_keep[1]};" \
+    "bench_torch graphs exit $rc_bench; under memcheck exit $rc_san" \
+    "($(grep -ah 'ERROR SUMMARY' "${log}_memcheck.log" | tail -1))"
 }
 
 # fusedopt.torch's CUDA tests against the library just built: the eager
