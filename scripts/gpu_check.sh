@@ -172,10 +172,10 @@ watched() {
 }
 # The device tool stops a call that runs past its limit: keep what is done.
 on_signal() {
-  local pid n
+  local pid
   pid=$(cat "$work/watched.pid" 2>/dev/null)
   if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
-    for n in 1 2 3 4 5 6 7 8 9 10; do # up to 2 s for the part to go
+    for _ in 1 2 3 4 5 6 7 8 9 10; do # up to 2 s for the part to go
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.2
     done
