@@ -347,7 +347,9 @@ typedef struct fo_hparams {
  *  LAMB lr 1e-3, betas (0.9, 0.999), eps 1e-6, wd 1e-2, layer_adaptation 1;
  *  LARS lr 1, momentum 0.9, dampening 0, wd 0, trust_coef 1e-3,
  *  layer_adaptation 1 (the trust ratio already scales each tensor's step to
- *  about trust_coef * ||w||, so lr is a multiplier of that).
+ *  about trust_coef * ||w||, so lr is a multiplier of that; a group with
+ *  layer_adaptation 0 is plain SGD with momentum at lr, so give it an SGD
+ *  rate of its own: lr 1 there steps by the whole gradient).
  *  Fields an algorithm does not read keep these values: betas (0.9, 0.999),
  *  eps 1e-8, alpha 0.99, momentum_decay 4e-3, trust_coef 1e-3,
  *  layer_adaptation 1, everything else 0.
