@@ -106,9 +106,10 @@ FO_HD uint16_t fo_f32_to_bf16(float f) {
 
 /* Stochastic rounding: add 16 random bits below the kept ones and
  * truncate, so the result rounds up with probability equal to the dropped
- * fraction.  Inf and NaN are kept as they are; a value that would carry
- * into the exponent past the largest finite rounds to it instead of to inf
- * only if it was finite and below the largest bf16 already. */
+ * fraction.  Inf and NaN are kept as they are; any finite value whose sum
+ * would carry into the all-ones exponent (inf) is clamped to the largest
+ * finite bf16 of its sign instead -- SR never overflows a finite value
+ * (docs/numerics.md). */
 FO_HD uint16_t fo_f32_to_bf16_sr(float f, uint32_t rnd) {
   uint32_t u = fo_f32_bits(f);
   if ((u & 0x7f800000u) == 0x7f800000u) return fo_f32_to_bf16(f);

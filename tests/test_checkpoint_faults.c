@@ -50,17 +50,25 @@ static void expect_faulted(fo_optimizer *opt, fo_status original, const char *or
   CK_OK(fo_optimizer_get_fault(opt, &f, msg, sizeof msg));
   cr_expect_eq(f, original, "fault %s", fo_status_string(f));
   cr_expect_not_null(strstr(msg, original_msg), "fault message: %s", msg);
+  /* a directory of its own: a save that wrongly succeeds leaves nothing
+   * behind to fail later runs */
+  ck_dir d;
+  char never[512];
+  ck_dir_make(&d);
+  ck_dir_file(&d, "never_written.safetensors", never, sizeof never);
   const struct {
     const char *name;
     fo_status st;
   } calls[] = {{"step", fo_optimizer_step(opt, NULL)},
                {"zero_grad", fo_optimizer_zero_grad(opt, NULL)},
                {"sync_master", fo_optimizer_sync_master(opt, NULL)},
-               {"save", fo_optimizer_save(opt, "/tmp/fo_ckpt_never_written", NULL)}};
+               {"save", fo_optimizer_save(opt, never, NULL)}};
   for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++)
     cr_expect_eq(calls[i].st, FO_ERR_INVALID_STATE, "%s on a faulted optimizer: %s", calls[i].name,
                  fo_status_string(calls[i].st));
-  cr_expect_eq(access("/tmp/fo_ckpt_never_written", F_OK), -1, "a faulted optimizer saved a file");
+  cr_expect_eq(access(never, F_OK), -1, "a faulted optimizer saved a file");
+  cr_expect_eq(ck_dir_count(&d), 0, "a faulted optimizer's save left a file");
+  ck_dir_remove(&d);
   /* the refusal names the original error and the way out */
   cr_expect_eq(fo_optimizer_step(opt, NULL), FO_ERR_INVALID_STATE);
   cr_expect_not_null(strstr(fo_last_error(), original_msg), "%s", fo_last_error());

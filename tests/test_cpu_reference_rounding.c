@@ -138,6 +138,62 @@ Test(cpu_reference, sr_only_bf16_without_master) {
   }
 }
 
+/* A result past the largest finite bf16 (0x7f7f, ~3.39e38) but finite in
+ * fp32: round-to-nearest gives inf from 0x7f7f8000 up, stochastic rounding
+ * would with probability equal to the dropped fraction (~0.8 here); the
+ * library clamps it to the largest finite bf16 instead (docs/numerics.md),
+ * on both signs, and a value just below stays one of its two neighbours. */
+Test(cpu_reference, sr_clamps_past_the_largest_bf16) {
+  enum { N = 4096 };
+  static uint16_t p[N];
+  static float g[N];
+  fo_options o;
+  cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
+  o.algorithm = FO_ALG_SGD;
+  o.param_dtype = FO_DTYPE_BF16;
+  o.grad_dtype = FO_DTYPE_F32;
+  o.master_weights = 0;
+  o.stochastic_rounding = 1;
+  o.seed = 77;
+  fo_hparams hp;
+  cr_assert_eq(fo_hparams_default(FO_ALG_SGD, &hp), FO_SUCCESS);
+  hp.lr = 1.0f;
+  /* i % 4: +max pushed up, -max pushed down (both past the largest by
+   * ~0.8 ulp), +max - 1 ulp pushed up by ~0.5 ulp, and an ordinary value */
+  const float push = 1.05e36f; /* ~0.79 of the bf16 ulp 2^120 there */
+  for (int i = 0; i < N; ++i) {
+    switch (i % 4) {
+      case 0: p[i] = 0x7f7f, g[i] = -push; break;
+      case 1: p[i] = 0xff7f, g[i] = push; break;
+      case 2: p[i] = 0x7f7e, g[i] = -0x1p119f; break;
+      default: p[i] = ref_bf16_bits(1.5), g[i] = 0x1p-10f; break;
+    }
+  }
+  fo_tensor_desc d = {.numel = N, .group = 0, .param = p, .grad = g};
+  fo_optimizer *opt = NULL;
+  cr_assert_eq(fo_optimizer_create(&opt, &o, &hp, 1, &d, 1), FO_SUCCESS, "%s", fo_last_error());
+  cr_assert_eq(fo_optimizer_step(opt, NULL), FO_SUCCESS, "%s", fo_last_error());
+  int up = 0; /* case 2 elements that rounded up: SR still picks both */
+  for (int i = 0; i < N; ++i) {
+    switch (i % 4) {
+      case 0: cr_assert_eq(p[i], 0x7f7f, "[%d] +max pushed up became 0x%04x", i, p[i]); break;
+      case 1: cr_assert_eq(p[i], 0xff7f, "[%d] -max pushed down became 0x%04x", i, p[i]); break;
+      case 2:
+        cr_assert(p[i] == 0x7f7e || p[i] == 0x7f7f, "[%d] max - 1 ulp became 0x%04x", i, p[i]);
+        up += p[i] == 0x7f7f;
+        break;
+      default: {
+        double v = ref_bf16_value(p[i]), want = 1.5 - 0x1p-10;
+        cr_assert(v >= 1.5 - 0x1p-7 && v <= 1.5 && fabs(v - want) < 0x1p-7, "[%d] 1.5 became %g", i,
+                  v);
+      }
+    }
+  }
+  cr_expect(up > N / 16 && up < 3 * N / 16, "max - 1 ulp + 0.5 ulp rounded up %d of %d times", up,
+            N / 4);
+  fo_optimizer_destroy(opt);
+}
+
 /* Many tiny SGD updates, each far below half a bf16 ulp: round-to-nearest
  * loses every one of them, stochastic rounding accumulates them in
  * expectation.  The mean over N elements of (final - initial + sum of

@@ -27,9 +27,15 @@
 /* --------------------------------------------------------------- ranges */
 
 Test(shard, ranges_tile_the_arena_aligned_and_balanced) {
-  static const int64_t totals[] = {0, 128, 256, 1280, 128 * 1000, 128 * 1001, 1LL << 40};
+  static const int64_t totals[] = {0,          128,        256,        1280,     128 * 257,
+                                   128 * 1000, 128 * 1001, 128 * 4097, 1LL << 40};
+  /* more ranks than 128-element blocks too (a shard size rounded down
+   * would leave the last blocks to no rank there) */
+  static const int sizes[] = {1,   2,   3,   4,   5,   6,    7,    8,    9,
+                              127, 128, 129, 200, 256, 1000, 4096, 65536};
   for (size_t t = 0; t < sizeof totals / sizeof totals[0]; t++)
-    for (int size = 1; size <= 9; size++) {
+    for (size_t z = 0; z < sizeof sizes / sizeof sizes[0]; z++) {
+      const int size = sizes[z];
       int64_t next = 0, per = ((totals[t] + size - 1) / size + 127) / 128 * 128;
       for (int r = 0; r < size; r++) {
         int64_t first = -1, count = -1;
