@@ -47,9 +47,12 @@ echo "# $py"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/src" "$tmp/elsewhere"
-# LICENSE is a link to the repository's: -L copies the file it names
-cp -rL "$here/pyproject.toml" "$here/README.md" "$here/LICENSE" "$here/fusedopt" "$tmp/src/"
-rm -rf "$tmp/src/fusedopt/__pycache__"
+# LICENSE is a link to the repository's: -L copies the file it names.  The
+# package's sources only: its __pycache__ may be written by a test running
+# beside this one (a .pyc renamed into place while cp reads the directory)
+mkdir "$tmp/src/fusedopt"
+cp -L "$here/pyproject.toml" "$here/README.md" "$here/LICENSE" "$tmp/src/"
+cp "$here"/fusedopt/*.py "$tmp/src/fusedopt/"
 # the real file, under the soname the package tries first
 real=$(readlink -f "$lib")
 soname=$(objdump -p "$real" | awk '$1 == "SONAME" { print $2 }')
