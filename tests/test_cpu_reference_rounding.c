@@ -138,6 +138,19 @@ Test(cpu_reference, sr_only_bf16_without_master) {
   }
 }
 
+/* SGD over bf16 parameters without master weights, fp32 gradients. */
+static fo_options sgd_bf16_options(int sr, uint64_t seed) {
+  fo_options o;
+  cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
+  o.algorithm = FO_ALG_SGD;
+  o.param_dtype = FO_DTYPE_BF16;
+  o.grad_dtype = FO_DTYPE_F32;
+  o.master_weights = 0;
+  o.stochastic_rounding = sr;
+  o.seed = seed;
+  return o;
+}
+
 /* A result past the largest finite bf16 (0x7f7f, ~3.39e38) but finite in
  * fp32: round-to-nearest gives inf from 0x7f7f8000 up, stochastic rounding
  * would with probability equal to the dropped fraction (~0.8 here); the
@@ -147,14 +160,7 @@ Test(cpu_reference, sr_clamps_past_the_largest_bf16) {
   enum { N = 4096 };
   static uint16_t p[N];
   static float g[N];
-  fo_options o;
-  cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
-  o.algorithm = FO_ALG_SGD;
-  o.param_dtype = FO_DTYPE_BF16;
-  o.grad_dtype = FO_DTYPE_F32;
-  o.master_weights = 0;
-  o.stochastic_rounding = 1;
-  o.seed = 77;
+  fo_options o = sgd_bf16_options(1, 77);
   fo_hparams hp;
   cr_assert_eq(fo_hparams_default(FO_ALG_SGD, &hp), FO_SUCCESS);
   hp.lr = 1.0f;
@@ -203,14 +209,7 @@ Test(cpu_reference, sr_clamps_past_the_largest_bf16) {
 #define SR_STEPS 200
 
 static double sr_drift(int sr, double *mean_err, double *expected_drift) {
-  fo_options o;
-  cr_assert_eq(fo_options_default(&o), FO_SUCCESS);
-  o.algorithm = FO_ALG_SGD;
-  o.param_dtype = FO_DTYPE_BF16;
-  o.grad_dtype = FO_DTYPE_F32;
-  o.master_weights = 0;
-  o.stochastic_rounding = sr;
-  o.seed = 2024;
+  fo_options o = sgd_bf16_options(sr, 2024);
   o.num_threads = 2;
   fo_hparams hp;
   cr_assert_eq(fo_hparams_default(FO_ALG_SGD, &hp), FO_SUCCESS);
