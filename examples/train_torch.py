@@ -94,7 +94,7 @@ def main():
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--compare-torch", action="store_true",
                     help="also train torch.optim.AdamW from the same start")
     ap.add_argument("--data", default=os.path.join(HERE, "..", "data", "digits.csv.gz"))
@@ -104,7 +104,14 @@ def main():
     if args.epochs < 1 or args.batch < 1 or args.hidden < 1:
         ap.error("--epochs, --batch and --hidden must be >= 1")
 
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        ap.error("--device %s: %s" % (args.device, e))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device %s: torch %s sees no usable CUDA device" % (args.device, torch.__version__))
+    if device.type not in ("cpu", "cuda"):
+        ap.error("--device %s: fusedopt runs on cpu or cuda" % args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     x, y = load_digits(args.data)
     g = torch.Generator().manual_seed(args.seed)

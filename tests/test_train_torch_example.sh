@@ -6,7 +6,8 @@
 # parameters agree within fp32's tolerance (docs/numerics.md: the two
 # differ by the order of operations only, about 5e-7 here), the two
 # accuracies are the same and above chance, and a batch larger than the
-# training set is a usage error (exit 2, saying so), not a crash.
+# training set or a device it cannot use is a usage error (exit 2, saying
+# so), not a crash.
 # Usage: test_train_torch_example.sh PYTHON EXAMPLE   (exit 77: no torch)
 set -u
 py=$1 example=$2
@@ -44,4 +45,12 @@ err=$("$py" "$example" --batch 100000 --epochs 1 --no-plot --out "$out" 2>&1)
 rc=$?
 [ "$rc" = 2 ] || fail "--batch 100000 exited $rc, want 2 ($err)"
 printf '%s\n' "$err" | grep -q 'larger than the .* training rows' || fail "--batch 100000 said: $err"
+# devices: one torch does not know, one fusedopt has no executor for, and
+# CUDA where torch sees none (skipped where it does)
+for dev in bogus meta $("$py" -c 'import torch; print("" if torch.cuda.is_available() else "cuda")'); do
+  err=$("$py" "$example" --device "$dev" --epochs 1 --no-plot --out "$out" 2>&1)
+  rc=$?
+  [ "$rc" = 2 ] || fail "--device $dev exited $rc, want 2 ($err)"
+  printf '%s\n' "$err" | grep -q -- "--device $dev: " || fail "--device $dev said: $err"
+done
 echo "PASS"
