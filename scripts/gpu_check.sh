@@ -214,7 +214,8 @@ part() {
 }
 
 # What a log says, in one line: Criterion's synthesis and skips, a shell
-# test's ok/FAIL, bench's failed checks, compute-sanitizer's error summary.
+# test's ok/FAIL, bench's failed checks, compute-sanitizer's error summary
+# (memcheck's and initcheck's errors, racecheck's hazards).
 verdict() {
   local log=$1 syn skips
   syn=$(grep -ah 'Synthesis:' "$log" | tail -1 | sed 's/.*Synthesis: //; s/ | /, /g')
@@ -223,8 +224,9 @@ verdict() {
   if grep -aq '^== [a-z]*check .*: exit' "$log"; then
     awk '/^== [a-z]*check .*: exit/ { runs++; if ($NF != 0) bad++ }
          /ERROR SUMMARY:/ { errs += $(NF - 1) }
+         /RACECHECK SUMMARY:/ { for (i = 1; i < NF; i++) if ($i == "SUMMARY:") errs += $(i + 1) }
          /^\[PASS\]/ { pass++ } /^\[FAIL\]/ { fail++ }
-         END { printf "sanitizer runs %d (tests passed %d, failed %d), exit != 0: %d, errors reported: %d\n",
+         END { printf "sanitizer runs %d (tests passed %d, failed %d), exit != 0: %d, errors or hazards reported: %d\n",
                runs, pass, fail, bad, errs }' "$log"
   elif grep -aqE '^Ran [0-9]+ tests? in' "$log"; then # unittest
     grep -aE '^Ran [0-9]+ tests? in|^OK|^FAILED' "$log" | sed 's/ in [0-9.]*s//' | tr '\n' ' '
