@@ -336,14 +336,18 @@ with_filter() { # PART DEFAULT: the filter given for PART, else DEFAULT
 }
 
 run_tests() {
-  local f
-  compgen -G "$bin/test_gpu_*" >/dev/null ||
+  local f n t
+  if [ "$dry" = 0 ] && ! compgen -G "$bin/test_gpu_*" >/dev/null; then
     note "tests                              skipped: no test binary was built (the build's warnings)"
-  for t in "$bin"/test_gpu_*; do
-    [ -x "$t" ] || continue
+    return
+  fi
+  # one per tests/test_gpu_*.c (a dry run lists them before any is built)
+  for n in $( (cd tests && ls test_gpu_*.c) | sed 's/\.c$//'); do
+    t=$bin/$n
+    [ "$dry" = 1 ] || [ -x "$t" ] || continue
     f=$(with_filter tests '*')
-    [ "$(basename "$t")" = test_gpu_kernels_device ] && [ "$f" = '*' ] && f="!($big_test)"
-    part "tests-$(basename "$t")" "$t" --verbose --jobs=1 --filter="$f"
+    [ "$n" = test_gpu_kernels_device ] && [ "$f" = '*' ] && f="!($big_test)"
+    part "tests-$n" "$t" --verbose --jobs=1 --filter="$f"
   done
 }
 
