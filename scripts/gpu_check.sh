@@ -169,6 +169,9 @@ watched() {
     wait $!; } | tee "$out/current.log" >"$log" &
   bg=$!
   wait "$bg" # the pipeline's status, pipefail: the command's
+  local rc=$?
+  rm -f "$work/watched.pid" # a signal between parts has nothing to stop
+  return "$rc"
 }
 # The device tool stops a call that runs past its limit: keep what is done.
 on_signal() {
@@ -270,12 +273,15 @@ fi
 # What the chosen parts run: the library always (the Python parts load it),
 # the GPU test binaries, the example, the benchmarks.  Building only these
 # skips the CPU tiers' tests (minutes of compiling no part runs).
+gpu_test_names() { # one per tests/test_gpu_*.c, built or not
+  (cd tests && ls test_gpu_*.c) | sed 's/\.c$//'
+}
 targets_wanted() {
   local p
   echo fusedopt
   for p in "${selected[@]}"; do
     case "$p" in
-      tests | big | memcheck | racecheck | initcheck) (cd tests && ls test_gpu_*.c) | sed 's/\.c$//' ;;
+      tests | big | memcheck | racecheck | initcheck) gpu_test_names ;;
       train | demo) echo train ;;
       bench) echo bench ;;
       variants) echo step_variants ;;
@@ -341,8 +347,8 @@ run_tests() {
     note "tests                              skipped: no test binary was built (the build's warnings)"
     return
   fi
-  # one per tests/test_gpu_*.c (a dry run lists them before any is built)
-  for n in $( (cd tests && ls test_gpu_*.c) | sed 's/\.c$//'); do
+  # a dry run lists them before any is built
+  for n in $(gpu_test_names); do
     t=$bin/$n
     [ "$dry" = 1 ] || [ -x "$t" ] || continue
     f=$(with_filter tests '*')
