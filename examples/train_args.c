@@ -195,12 +195,13 @@ static void describe_bounds(const flag_spec *f, char *buf, size_t size) {
 }
 
 static void describe_range(const flag_spec *f, char *buf, size_t size) {
+  if (f->kind == FLAG_INT) {
+    snprintf(buf, size, "an integer in [%.0f, %.0f]", f->lo, f->hi);
+    return;
+  }
   char bounds[64];
   describe_bounds(f, bounds, sizeof bounds);
-  if (f->kind == FLAG_INT)
-    snprintf(buf, size, "an integer in [%.0f, %.0f]", f->lo, f->hi);
-  else
-    snprintf(buf, size, "a number in %s", bounds);
+  snprintf(buf, size, "a number in %s", bounds);
 }
 
 static int in_range(const flag_spec *f, double v) {

@@ -16,6 +16,17 @@ static fo_status read_state(const char *fn, const fo_optimizer *opt, fo_step_sta
   return fo_exec_read_state(fn, opt, out);
 }
 
+/* The step state as get_info and get_scaler_state report it.  With loss
+ * scaling off a value written through loss_scale_ptr is ignored, here as
+ * by the steps and a save, so that set_scaler_state takes back what
+ * get_scaler_state gives. */
+static fo_status read_reported_state(const char *fn, const fo_optimizer *opt, fo_step_state *out) {
+  fo_status st = fo_claim(fn, opt);
+  if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, out));
+  if (st == FO_SUCCESS) fo_scaler_fields_unused(&opt->options, out);
+  return st;
+}
+
 fo_status fo_optimizer_get_step(const fo_optimizer *opt, int64_t *out) {
   static const char fn[] = "fo_optimizer_get_step";
   if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
@@ -58,12 +69,8 @@ fo_status fo_optimizer_get_info(const fo_optimizer *opt, fo_step_info *out) {
   static const char fn[] = "fo_optimizer_get_info";
   if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_step_state s;
-  fo_status st = fo_claim(fn, opt);
-  if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
+  fo_status st = read_reported_state(fn, opt, &s);
   if (st != FO_SUCCESS) return st;
-  /* with scaling off a value written through loss_scale_ptr is ignored,
-   * here as by the steps and a save */
-  fo_scaler_fields_unused(&opt->options, &s);
   memset(out, 0, sizeof *out);
   out->step = s.step;
   out->skipped_steps = s.skipped;
@@ -100,11 +107,8 @@ fo_status fo_optimizer_get_scaler_state(const fo_optimizer *opt, fo_scaler_state
   static const char fn[] = "fo_optimizer_get_scaler_state";
   if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_step_state s;
-  fo_status st = fo_claim(fn, opt);
-  if (st == FO_SUCCESS) st = fo_release(opt, read_state(fn, opt, &s));
+  fo_status st = read_reported_state(fn, opt, &s);
   if (st != FO_SUCCESS) return st;
-  /* as get_info: so that set_scaler_state takes back what this gives */
-  fo_scaler_fields_unused(&opt->options, &s);
   memset(out, 0, sizeof *out); /* the padding too */
   out->skipped_steps = s.skipped;
   out->scale = s.scale;

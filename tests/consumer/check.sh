@@ -3,7 +3,8 @@
 # files as a packager would, then builds and runs a consumer (main.c) of
 # every kind: the shared and the static library, through find_package
 # (as C and as C++) and through pkg-config (C), checking that the shared
-# library's consumers see none of its private dependencies.  A build
+# library's consumers see none of its private dependencies, and the MPI
+# glue's consumer (mpi_main.c) when MPI was found.  A build
 # without CUDA (FO_ENABLE_CUDA=OFF) is checked to depend on neither CUDA
 # nor NCCL.  docs/install.md.
 #   check.sh BUILD_DIR SOURCE_DIR
@@ -99,5 +100,34 @@ static_flags="${static_flags/-lfusedopt/-Wl,-Bstatic -lfusedopt -Wl,-Bdynamic}"
 cc -std=c11 "$src/tests/consumer/main.c" $static_flags -o "$tmp/pc-static"
 if readelf -d "$tmp/pc-static" | grep -q "libfusedopt"; then fail "the pkg-config --static consumer needs libfusedopt.so"; fi
 run "$tmp/pc-static"
+
+# ---- the MPI glue, when the build made it: find_package(fusedopt
+# COMPONENTS mpi) and pkg-config fusedopt_mpi with the MPI compiler
+# wrapper, each run as two ranks (Open MPI's flags as in tests/mpi)
+mpi="none"
+if compgen -G "$build/mpi/libfusedopt_mpi.so*" >/dev/null; then
+  [ -f "$lib/libfusedopt_mpi.so.$version" ] || fail "no $lib/libfusedopt_mpi.so.$version"
+  [ -f "$lib/pkgconfig/fusedopt_mpi.pc" ] || fail "no fusedopt_mpi.pc"
+  mpiexec="$(sed -n 's/^MPIEXEC_EXECUTABLE:FILEPATH=//p' "$build/CMakeCache.txt")"
+  mpicc="$(sed -n 's/^MPI_C_COMPILER:FILEPATH=//p' "$build/CMakeCache.txt")"
+  mpi_flags=(-np 2)
+  if "$mpiexec" --version 2>/dev/null | grep -qE "Open MPI|OpenRTE"; then mpi_flags+=(--oversubscribe); fi
+  run_ranks() { # BINARY: two ranks against the installed libraries
+    env LD_LIBRARY_PATH="$lib" OMP_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 \
+      OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none \
+      timeout 120 "$mpiexec" "${mpi_flags[@]}" "$1" || fail "$1 failed under $mpiexec"
+  }
+  dir="$tmp/cmake-mpi"
+  cmake -S "$src/tests/consumer" -B "$dir" -G Ninja -DCMAKE_PREFIX_PATH="$prefix" \
+    -DFO_TARGET=fusedopt::fusedopt_mpi -DFO_VERSION="$major.$minor" >"$dir.log" 2>&1 ||
+    { cat "$dir.log" >&2; fail "configuring the consumer of fusedopt::fusedopt_mpi"; }
+  cmake --build "$dir" >>"$dir.log" 2>&1 || { cat "$dir.log" >&2; fail "building the MPI consumer"; }
+  run_ranks "$dir/consumer"
+  mpi_pc="$(pkg-config --cflags --libs fusedopt_mpi)"
+  echo "consumer: pkg-config --libs fusedopt_mpi: $mpi_pc"
+  "$mpicc" -std=c11 "$src/tests/consumer/mpi_main.c" $mpi_pc -o "$tmp/pc-mpi"
+  run_ranks "$tmp/pc-mpi"
+  mpi="find_package and pkg-config"
+fi
 echo "consumer: shared and static, find_package (C, C++) and pkg-config (C) all work" \
-  "(CUDA $cuda, NCCL $nccl)"
+  "(CUDA $cuda, NCCL $nccl; MPI glue: $mpi)"
