@@ -51,8 +51,16 @@ mkdir "$tmp/src" "$tmp/elsewhere"
 # package's sources only: its __pycache__ may be written by a test running
 # beside this one (a .pyc renamed into place while cp reads the directory)
 mkdir "$tmp/src/fusedopt"
-cp -L "$here/pyproject.toml" "$here/README.md" "$here/LICENSE" "$tmp/src/"
+cp -L "$here/pyproject.toml" "$here/setup.py" "$here/README.md" "$here/LICENSE" "$tmp/src/"
 cp "$here"/fusedopt/*.py "$tmp/src/fusedopt/"
+# without a library inside, the wheel is pure Python (setup.py)
+"$py" -m pip wheel -q --no-deps --no-index --no-build-isolation -w "$tmp/pure" "$tmp/src"
+pure=$(cd "$tmp/pure" && echo fusedopt-*.whl)
+case "$pure" in
+  *-py3-none-any.whl) echo "ok: without a library the wheel is $pure" ;;
+  *) echo "FAIL: without a library the wheel is $pure, not py3-none-any"; exit 1 ;;
+esac
+rm -rf "$tmp/src/build"
 # the real file, under the soname the package tries first
 real=$(readlink -f "$lib")
 soname=$(objdump -p "$real" | awk '$1 == "SONAME" { print $2 }')
@@ -86,6 +94,14 @@ notices = [f for f in dist.files or () if f.name.startswith("LICENSE")]
 assert notices and "Redistribution and use" in notices[0].read_text(), (
     "no LICENSE in the installed distribution: %s" % sorted(str(f) for f in dist.files or ()))
 
+# with the library inside, the wheel holds machine code: tagged for this
+# platform, never py3-none-any (setup.py)
+wheel_meta = dist.read_text("WHEEL") or ""
+tags = [l.split(":", 1)[1].strip() for l in wheel_meta.splitlines() if l.startswith("Tag:")]
+assert "Root-Is-Purelib: false" in wheel_meta and tags and all(
+    t.startswith("py3-none-") and not t.endswith("-any") for t in tags), (
+    "the wheel that bundles the library is tagged %s:\n%s" % (tags, wheel_meta))
+
 w = array.array("f", [0.5, -0.25, 1.0, 2.0])
 before = list(w)
 with fusedopt.Optimizer([w], "adamw", lr=0.1, num_threads=1) as opt:
@@ -95,7 +111,8 @@ with fusedopt.Optimizer([w], "adamw", lr=0.1, num_threads=1) as opt:
         opt.step()
 moved = [abs(a - b) > 1e-4 for a, b in zip(w, before)]
 assert all(moved), "the installed package's step left weights unchanged: %s" % list(w)
-print("ok: fusedopt %s from %s, library %s" % (fusedopt.__version__, where, lib))
+print("ok: fusedopt %s from %s, library %s, wheel %s" % (fusedopt.__version__, where, lib,
+                                                       " ".join(tags)))
 EOF
 
 "$tmp/venv/bin/python" -m pip uninstall -q -y fusedopt
