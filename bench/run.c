@@ -15,12 +15,14 @@
  *      steps see the machine (a shared host whose bandwidth drifts) in the
  *      same moments; on CUDA each mode runs its steps back to back
  *      (time_row);
- *   3. the check (run first, before any graph capture): from the same
- *      initial values and the same new gradients before every step, a few
- *      fused steps and a few naive steps, compared per tensor on windows of
- *      the weights, of the bf16 parameters rounded from a master, and of
- *      every state buffer; in -clip rows, the pre-pass's gradient norm and
- *      coefficient as well (check_row).
+ *   3. the check: from the same initial values and the same new gradients
+ *      before every step, a few fused steps and a few naive steps, compared
+ *      per tensor on windows of the weights, of the bf16 parameters rounded
+ *      from a master, and of every state buffer; in -clip rows, the
+ *      pre-pass's gradient norm and coefficient as well (check_mode).  The
+ *      eager steps are checked before any graph capture; where graphs were
+ *      timed, replays of the captured step are checked the same way after
+ *      the timing.
  */
 #include <float.h>
 #include <math.h>
@@ -489,56 +491,87 @@ static int check_norm(const row *r, int k) {
   return 0;
 }
 
-static void check_row(row *r, const bench_opts *o, bench_result *out) {
+/* What the check keeps from before the timing to after it: the windows
+ * and three snapshots of every compared value, nq values each: before the
+ * steps, after the naive steps, after the steps being checked. */
+typedef struct check_run {
+  window *w;
+  int64_t nw, n, nq;
+  float *p;
+} check_run;
+
+typedef void (*step_fn)(row *r, bench_set *s);
+
+static void graph_step(row *r, bench_set *s) {
+  r->b->graph_launch(s->graph);
+}
+
+/* The windows, the initial values and the naive steps' results. */
+static void check_begin(row *r, const bench_opts *o, check_run *c) {
   const bench_list *l = r->l;
-  window *w = malloc((size_t)l->count * 3 * sizeof *w);
-  if (!w) bench_die("out of host memory");
-  const int64_t nw = windows_of(l, w);
-  int64_t n = 0;
-  for (int64_t k = 0; k < nw; k++) n += w[k].count;
-  const int64_t nq = Q_COUNT * n; /* the values of one snapshot */
-  float *p = malloc((size_t)nq * 3 * sizeof *p);
-  if (!p) bench_die("out of host memory");
+  c->w = malloc((size_t)l->count * 3 * sizeof *c->w);
+  if (!c->w) bench_die("out of host memory");
+  c->nw = windows_of(l, c->w);
+  c->n = 0;
+  for (int64_t k = 0; k < c->nw; k++) c->n += c->w[k].count;
+  c->nq = Q_COUNT * c->n;
+  c->p = malloc((size_t)c->nq * 3 * sizeof *c->p);
+  if (!c->p) bench_die("out of host memory");
   bench_set *s = &r->sets[0];
   set_reset(r, s, 0);
-  sample(r, s, w, nw, n, p);
-  for (int k = 0; k < o->check_steps; k++) {
-    fill_grads(r, s, k);
-    fused_step(r, s);
-  }
-  sample(r, s, w, nw, n, p + nq);
-  const int norm_ok = !r->c->clip || check_norm(r, o->check_steps - 1);
-  set_reset(r, s, 0);
+  sample(r, s, c->w, c->nw, c->n, c->p);
   for (int k = 0; k < o->check_steps; k++) {
     fill_grads(r, s, k);
     naive_step(r, s);
   }
-  sample(r, s, w, nw, n, p + 2 * nq);
+  sample(r, s, c->w, c->nw, c->n, c->p + c->nq);
+}
+
+static void check_end(check_run *c) {
+  free(c->p);
+  free(c->w);
+}
+
+/* The steps of one timed mode (`step`: the eager step, or a replay of set
+ * 0's captured graph) from the same initial values and gradients as the
+ * naive run, compared with it; the outcome is added to out's check (the
+ * largest error; ok only if every mode checked is). */
+static void check_mode(row *r, const bench_opts *o, check_run *c, step_fn step, const char *mode,
+                       bench_result *out) {
+  const bench_list *l = r->l;
+  const int64_t n = c->n, nq = c->nq;
+  bench_set *s = &r->sets[0];
+  set_reset(r, s, 0);
+  for (int k = 0; k < o->check_steps; k++) {
+    fill_grads(r, s, k);
+    step(r, s);
+  }
+  r->b->sync();
+  float *stepped = c->p + 2 * nq;
+  sample(r, s, c->w, c->nw, n, stepped);
+  int ok = !r->c->clip || check_norm(r, o->check_steps - 1);
   fill_grads(r, s, -1); /* the timed steps' gradients again */
 
   out->check_tol = check_tolerance(r->alg, r->c);
-  out->check_err = 0.0;
-  int ok = norm_ok;
   for (int q = 0; q < Q_COUNT; q++) {
-    const float *p0 = p + q * n, *pf = p0 + nq, *pn = pf + nq;
+    const float *p0 = c->p + q * n, *pn = p0 + nq, *pf = pn + nq;
     if (q == Q_PARAM) { /* rounded from masters that agree: bit for bit */
-      const int64_t d = r->c->master ? bits_differ(p + nq, p + 2 * nq, pf, pn, n) : 0;
+      const int64_t d = r->c->master ? bits_differ(stepped, c->p + nq, pf, pn, n) : 0;
       if (d)
-        printf("# check FAILED (%s %s %s): %lld of %lld sampled bf16 parameters differ\n", l->name,
-               bench_alg_name(r->alg), r->c->name, (long long)d, (long long)n);
+        printf("# check FAILED (%s %s %s, %s): %lld of %lld sampled bf16 parameters differ\n",
+               l->name, bench_alg_name(r->alg), r->c->name, mode, (long long)d, (long long)n);
       ok = ok && !d;
       continue;
     }
     int64_t worst = 0;
-    const double e = max_rel_error(r, w, nw, p0, pf, pn, q, &worst);
+    const double e = max_rel_error(r, c->w, c->nw, p0, pf, pn, q, &worst);
     if (!(e <= out->check_tol))
-      printf("# check FAILED (%s %s %s): %s of tensor %lld, relative error %.2e\n", l->name,
-             bench_alg_name(r->alg), r->c->name, q_name[q], (long long)worst, e);
+      printf("# check FAILED (%s %s %s, %s): %s of tensor %lld, relative error %.2e\n", l->name,
+             bench_alg_name(r->alg), r->c->name, mode, q_name[q], (long long)worst, e);
     if (!(e <= out->check_err)) out->check_err = e; /* NaN too */
   }
-  out->check_ok = ok && out->check_err <= out->check_tol; /* false for NaN */
-  free(p);
-  free(w);
+  /* false for NaN */
+  out->check_ok = out->check_ok && ok && out->check_err <= out->check_tol;
 }
 
 /* ------------------------------------------------------------ the row */
@@ -567,11 +600,17 @@ void bench_run_row(const bench_backend *b, const bench_list *l, fo_algorithm alg
   if (!r.sets) bench_die("out of host memory");
   for (int i = 0; i < r.nsets; i++) set_create(&r, &r.sets[i], i);
 
-  /* the check first: its eager steps are the ones the fused column times
-   * (after a capture, an optimizer's steps take the prepare kernel) */
-  check_row(&r, o, out);
+  /* the check of the eager steps first: they are the ones the fused
+   * column times (after a capture, an optimizer's steps take the prepare
+   * kernel); the graph's replays after the timing, which captured it */
+  check_run cr;
+  check_begin(&r, o, &cr);
+  out->check_ok = 1;
+  check_mode(&r, o, &cr, fused_step, "eager", out);
   double med[M_COUNT];
   time_row(&r, o, med);
+  if (r.sets[0].graph) check_mode(&r, o, &cr, graph_step, "graph", out);
+  check_end(&cr);
   out->copy_us = med[M_COPY];
   out->fused_us = med[M_FUSED];
   out->graph_us = med[M_GRAPH];
