@@ -102,7 +102,7 @@ static void warn_run_diverged(const run_plan *p, const run_result *r) {
 
 /* Files are rank 0's to write (the other ranks hold the same results). */
 static int save_curves(const run_plan *p, const run_result *r) {
-  char csv[4096];
+  char csv[TRAIN_PATH_BYTES];
   if (p->world->rank != 0) return 0;
   snprintf(csv, sizeof csv, "%s/train_%s.csv", p->cfg->out_dir, opt_name(r->opt));
   if (write_history_csv(csv, r)) return 1;
@@ -161,7 +161,7 @@ static int train_every_optimizer(const run_plan *p) {
     rc = save_curves(p, &runs[opt]);
   }
   if (!rc) {
-    char csv[4096];
+    char csv[TRAIN_PATH_BYTES];
     print_compare_table(runs, done);
     snprintf(csv, sizeof csv, "%s/compare.csv", p->cfg->out_dir);
     if (p->world->rank == 0) rc = write_compare_csv(csv, runs, done);
@@ -235,5 +235,11 @@ int main(int argc, char **argv) {
     world_abort(&world, rc);
   }
   world_finalize(&world);
+  /* The RESULT lines are what scripts read: a run whose output was lost
+   * (a full disk, a closed pipe) did not succeed. */
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    fprintf(stderr, "train: writing the standard output failed\n");
+    if (rc <= 0) rc = EXIT_TRAIN_FAILED;
+  }
   return rc < 0 ? EXIT_TRAIN_OK : rc;
 }

@@ -314,7 +314,13 @@ int run_bowl(const train_config *cfg);
 
 /* ------------------------------------------------------------ report */
 
-/* Creates dir and its parents. */
+/* The size of every path the program builds under --out, and the room a
+ * name needs in it: ensure_dir refuses an --out that leaves less, so no
+ * file name is ever cut short ("train_nesterov.csv", "compare.gp", ...). */
+#define TRAIN_PATH_BYTES 4096
+#define TRAIN_OUT_NAME_ROOM 64
+
+/* Creates dir and its parents; 1 after printing why it cannot. */
 int ensure_dir(const char *dir);
 int write_history_csv(const char *path, const run_result *r);
 int write_compare_csv(const char *path, const run_result *runs, int n);

@@ -3,6 +3,7 @@
  * a parser that checks every value against it, and the checks that need
  * several flags at once.  Every problem is one line on stderr.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stddef.h>
@@ -236,7 +237,8 @@ static int parse_u64_value(const flag_spec *f, const char *value, train_config *
   char *end;
   errno = 0;
   unsigned long long v = strtoull(value, &end, 10);
-  if (end == value || *end || errno || value[0] == '-') {
+  /* digits only: strtoull would skip a leading space and wrap " -1" */
+  if (!isdigit((unsigned char)value[0]) || *end || errno) {
     fprintf(stderr, "train: %s wants a non-negative integer, got '%s'\n", f->name, value);
     return EXIT_TRAIN_USAGE;
   }

@@ -82,8 +82,15 @@ void make_hparams(const train_config *cfg, int opt, fo_hparams *weights, fo_hpar
 }
 
 /* The kinds' own lengths, as fractions of the steps after the warmup. */
+/* The periods round up: the decay's steps are 0 .. decay_steps - 1, so a
+ * period of decay_steps / 3 rounded down would start a fourth (a restart,
+ * a third x0.1) in the last steps. */
+static int64_t ceil_div(int64_t a, int64_t b) {
+  return a > 0 ? (a + b - 1) / b : 1;
+}
+
 static void fill_schedule_shape(fo_schedule *s, int64_t decay_steps) {
-  int64_t third = decay_steps / 3 > 0 ? decay_steps / 3 : 1;
+  const int64_t third = ceil_div(decay_steps, 3);
   switch (s->kind) {
     case FO_SCHED_STEP: /* x0.1 twice */
       s->step_size = third;
@@ -97,7 +104,7 @@ static void fill_schedule_shape(fo_schedule *s, int64_t decay_steps) {
       s->period_mult = 1;
       break;
     case FO_SCHED_CYCLIC: /* two triangles between 10% and 100% */
-      s->step_size = decay_steps / 4 > 0 ? decay_steps / 4 : 1;
+      s->step_size = ceil_div(decay_steps, 4);
       s->min_ratio = 0.1f;
       break;
     default: break;

@@ -4,7 +4,6 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -21,11 +20,13 @@ extern char **environ;
 /* --------------------------------------------------------------- files */
 
 int ensure_dir(const char *dir) {
-  char path[PATH_MAX];
-  if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
-    fprintf(stderr, "train: --out '%s' is too long\n", dir);
+  char path[TRAIN_PATH_BYTES];
+  if (strlen(dir) + 1 + TRAIN_OUT_NAME_ROOM > sizeof path) {
+    fprintf(stderr, "train: --out is too long (%zu bytes; at most %d): '%.40s...'\n", strlen(dir),
+            (int)(sizeof path - 1 - TRAIN_OUT_NAME_ROOM), dir);
     return 1;
   }
+  snprintf(path, sizeof path, "%s", dir);
   for (char *p = path + 1;; p++) { /* mkdir -p */
     int end = *p == '\0';
     if (*p != '/' && !end) continue;
@@ -91,7 +92,7 @@ int write_compare_csv(const char *path, const run_result *runs, int n) {
 static int on_path(const char *name) {
   const char *path = getenv("PATH");
   if (!path) return 0;
-  char dir[PATH_MAX];
+  char dir[TRAIN_PATH_BYTES];
   for (const char *p = path; *p;) {
     size_t len = strcspn(p, ":");
     int n = snprintf(dir, sizeof dir, "%.*s/%s", (int)len, p, name);
@@ -159,7 +160,7 @@ static void out_path(char *buf, size_t size, const char *out_dir, const char *na
 }
 
 void plot_run(const char *out_dir, const run_result *r, int want_plot) {
-  char name[64], csv[PATH_MAX], png[PATH_MAX], script[PATH_MAX], title[128];
+  char name[64], csv[TRAIN_PATH_BYTES], png[TRAIN_PATH_BYTES], script[TRAIN_PATH_BYTES], title[128];
   snprintf(name, sizeof name, "train_%s", opt_name(r->opt));
   out_path(csv, sizeof csv, out_dir, name, "csv");
   out_path(png, sizeof png, out_dir, name, "png");
@@ -194,7 +195,7 @@ static void plot_all(FILE *f, const char *out_dir, const run_result *runs, int n
 }
 
 void plot_compare(const char *out_dir, const run_result *runs, int n, int want_plot) {
-  char png[PATH_MAX], script[PATH_MAX];
+  char png[TRAIN_PATH_BYTES], script[TRAIN_PATH_BYTES];
   out_path(png, sizeof png, out_dir, "compare", "png");
   out_path(script, sizeof script, out_dir, "compare", "gp");
   FILE *f = quotable(out_dir) ? fopen(script, "w") : NULL;

@@ -102,6 +102,27 @@ case_cpu() {
              if ($5 > lr * f * (1 + 1e-4) + 1e-9 || $5 < lr * f * (1 - 1e-4) - 1e-9) bad = 1 }
     END { exit bad }' "$out/train_adamw.csv" || fail "the lr column does not follow warmup + cosine"
 
+  # step, restarts and cyclic: exactly the segments docs/train.md names
+  # over the D = T - W steps (periods of ceil(D/3), ceil(D/4)); D = 86
+  # here, where periods rounded down start another one in the last steps.
+  local kind
+  for kind in step restarts cyclic; do
+    run_train "$log" --device cpu --epochs 4 --layers 1 --hidden 32 --lr 0.01 --warmup 2 \
+      --schedule $kind --out "$out" --no-plot
+    awk -F, -v lr=0.01 -v W=2 -v D=86 -v kind=$kind '
+      function ceil_div(a, b) { return int((a + b - 1) / b) }
+      NR > 1 { k = $2 - 1; j = k - W
+               if (k < W) f = (k + 1) / W
+               else if (kind == "step") f = 0.1 ^ int(j / ceil_div(D, 3))
+               else if (kind == "restarts") { n = ceil_div(D, 3)
+                                              f = 0.5 * (1 + cos(3.141592653589793 * (j % n) / n)) }
+               else { n = ceil_div(D, 4); x = (j % (2 * n)) / n
+                      f = 0.1 + 0.9 * (x <= 1 ? x : 2 - x) }
+               if ($5 > lr * f * (1 + 1e-4) + 1e-9 || $5 < lr * f * (1 - 1e-4) - 1e-9) {
+                 printf "epoch %d (step %d): lr %s, want %.6g\n", $1, $2, $5, lr * f; bad = 1 } }
+      END { exit bad }' "$out/train_adamw.csv" || fail "the lr column does not follow --schedule $kind"
+  done
+
   # Far too large a learning rate: NaN losses, a warning, exit 0.
   expect_diverged "$tmp/diverged.log" --device cpu --opt sgd --lr 1e6 --epochs 2 --layers 1 \
     --hidden 16 --out "$out" --no-plot
@@ -290,6 +311,7 @@ case_errors() {
   expect_error 2 --device tpu
   expect_error 2 --val-frac 1.5
   expect_error 2 --seed -3
+  expect_error 2 --seed " -1"
   expect_error 2 --graph --device cpu
   expect_error 2 --opt adam --momentum 0.9
   expect_error 2 --opt nesterov --momentum 0
@@ -320,6 +342,19 @@ case_errors() {
   : >"$tmp/a-file"
   expect_error 1 --out "$tmp/a-file" --device cpu --epochs 1
   expect_error 1 --bowl --trajectory "$tmp/no/such/dir/t.csv"
+  # an --out with no room left for the file names (they were cut short)
+  expect_error 1 --out "$tmp/$(printf 'd/%.0s' $(seq 2040))" --device cpu --epochs 1 --no-plot \
+    >/dev/null
+  grep -q -- '--out is too long' "$tmp/err.txt" || fail "a 4 KiB --out: $(cat "$tmp/err.txt")"
+  [ ! -e "$tmp/d" ] || fail "a refused --out was created"
+  # standard output that cannot be written (a full disk): the run failed
+  if [ -w /dev/full ]; then
+    local rc=0
+    "$train" --bowl --steps 3 >/dev/full 2>"$tmp/err.txt" || rc=$?
+    [ "$rc" -eq 1 ] && [ "$(wc -l <"$tmp/err.txt")" -eq 1 ] ||
+      { cat "$tmp/err.txt" >&2; fail "train >/dev/full exited $rc, want 1 and one line"; }
+    echo "  --bowl --steps 3 >/dev/full -> $(cat "$tmp/err.txt")"
+  fi
   "$train" --help >"$tmp/help.txt" || fail "--help should exit 0"
   grep -q -- '--precision' "$tmp/help.txt" || fail "--help should list the flags"
   grep -q -- '--opt .*|lamb|lars' "$tmp/help.txt" || fail "--help should list every optimizer"
