@@ -6,10 +6,12 @@
 
 The 8x8 handwritten digits (data/digits.csv.gz, shipped), a seeded
 80/20 split, an MLP 64-128-128-10 (ReLU), AdamW lr 2e-3, weight decay
-0.05 (none on biases), one epoch of linear warmup then a cosine schedule
+0.05 (none on biases), linear warmup (one epoch, at most a fifth of the
+run, as examples/train's default) then a cosine schedule
 (torch.optim.lr_scheduler.LambdaLR changing group["lr"], which fusedopt
 pushes to the library before each step), batch 64, 30 epochs.  One line
-per epoch, as examples/train prints them; the curves go to
+per epoch, as examples/train prints them (the lr column: the epoch's last
+step's; the step count without skipped steps); the curves go to
 out/train_torch_fusedopt.csv (and out/train_torch_torch.csv with
 --compare-torch) and, when gnuplot is installed, out/train_torch.png.
 
@@ -40,14 +42,27 @@ import fusedopt.torch  # noqa: E402
 
 
 def load_digits(path):
+    """The rows of a digits CSV, gzipped or plain (as examples/train reads
+    it); a file it cannot use ends the program with one line (exit 1)."""
     xs, ys = [], []
-    with gzip.open(path, "rt") as f:
-        for n, line in enumerate(f, 1):
-            fields = line.strip().split(",")
-            if len(fields) != 65:
-                raise SystemExit("%s:%d: %d fields, want 65" % (path, n, len(fields)))
-            xs.append([int(v) / 16.0 for v in fields[:64]])
-            ys.append(int(fields[64]))
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rt") if gzipped else open(path)) as f:
+            for n, line in enumerate(f, 1):
+                fields = line.strip().split(",")
+                if len(fields) != 65:
+                    raise SystemExit("train_torch: %s:%d: %d fields, want 65"
+                                     % (path, n, len(fields)))
+                try:
+                    xs.append([int(v) / 16.0 for v in fields[:64]])
+                    ys.append(int(fields[64]))
+                except ValueError:
+                    raise SystemExit("train_torch: %s:%d: a field is not an integer" % (path, n))
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise SystemExit("train_torch: cannot read the data file %s: %s" % (path, e))
+    if not ys:
+        raise SystemExit("train_torch: the data file %s holds no rows" % path)
     return torch.tensor(xs), torch.tensor(ys)
 
 
@@ -71,6 +86,7 @@ class Run:
         self.rows = []
 
     def train_step(self, x, y):
+        self.lr = self.opt.param_groups[0]["lr"]  # this step's, before the scheduler moves it
         self.opt.zero_grad()
         logits = self.model(x.to(next(self.model.parameters()).dtype))
         loss = torch.nn.functional.cross_entropy(logits.float(), y)
@@ -101,8 +117,13 @@ def main():
     ap.add_argument("--out", default="out")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args()
-    if args.epochs < 1 or args.batch < 1 or args.hidden < 1:
-        ap.error("--epochs, --batch and --hidden must be >= 1")
+    for name in ("epochs", "batch", "hidden"):
+        if getattr(args, name) < 1:
+            ap.error("--%s %d: must be >= 1" % (name, getattr(args, name)))
+    if not (0 < args.lr < math.inf):
+        ap.error("--lr %g: must be positive and finite" % args.lr)
+    if not (0 <= args.wd < math.inf):
+        ap.error("--wd %g: must be >= 0 and finite" % args.wd)
 
     try:
         device = torch.device(args.device)
@@ -112,6 +133,14 @@ def main():
         ap.error("--device %s: torch %s sees no usable CUDA device" % (args.device, torch.__version__))
     if device.type not in ("cpu", "cuda"):
         ap.error("--device %s: fusedopt runs on cpu or cuda" % args.device)
+    if device.type == "cpu" and device.index not in (None, 0):
+        ap.error("--device %s: there is one cpu device" % args.device)
+    if device.type == "cuda" and device.index is not None and \
+            device.index >= torch.cuda.device_count():
+        ap.error("--device %s: torch sees %d CUDA device(s)"
+                 % (args.device, torch.cuda.device_count()))
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        ap.error("--out %s: not a directory" % args.out)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     x, y = load_digits(args.data)
     g = torch.Generator().manual_seed(args.seed)
@@ -123,7 +152,7 @@ def main():
     if steps_per_epoch == 0:
         ap.error("--batch %d is larger than the %d training rows" % (args.batch, len(yt)))
     total = steps_per_epoch * args.epochs
-    warmup = steps_per_epoch
+    warmup = min(steps_per_epoch, total // 5)  # examples/train's default
 
     def factor(k):  # the lr factor of step k+1, as examples/train's schedule
         if k < warmup:
@@ -156,7 +185,10 @@ def main():
         runs.append(Run("torch", model, opt, torch.optim.lr_scheduler.LambdaLR(opt, factor),
                         False))
 
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        raise SystemExit("train_torch: cannot create --out %s: %s" % (args.out, e))
     for run in runs:
         print("%s: AdamW lr %g, weight decay %g (none on biases), betas 0.9, 0.999"
               % (run.name, args.lr, args.wd))
@@ -177,22 +209,22 @@ def main():
         for i, run in enumerate(runs):
             loss = sums[i].item() / steps_per_epoch
             acc = run.accuracy(xv, yv)
-            lr = run.opt.param_groups[0]["lr"]
             if run.name == "fusedopt":
                 info = run.opt.info()
-                scale, skipped = info.loss_scale, info.skipped_steps
+                scale, skipped, steps = info.loss_scale, info.skipped_steps, info.step
             else:
-                scale, skipped = 1.0, 0
+                scale, skipped, steps = 1.0, 0, step
             sps = steps_per_epoch * args.batch / max(times[i], 1e-9)
-            run.rows.append((epoch, step, loss, acc, lr, scale, skipped, sps))
+            run.rows.append((epoch, steps, loss, acc, run.lr, scale, skipped, sps))
             print("%-8s epoch %3d/%d  loss %.4f  val acc %6.2f%%  lr %.3e  scale %-8g  "
                   "skipped %d  %.0f samples/s" % (run.name, epoch, args.epochs, loss, 100 * acc,
-                                                  lr, scale, skipped, sps))
+                                                  run.lr, scale, skipped, sps))
 
     for run in runs:
         last = run.rows[-1]
         print("done: %s AdamW reached %.2f%% validation accuracy, training loss %.4f, in %d "
-              "epochs (%d steps)" % (run.name, 100 * last[3], last[2], args.epochs, step))
+              "epochs (%d steps, %d skipped)" % (run.name, 100 * last[3], last[2], args.epochs,
+                                                 last[1], last[6]))
         path = os.path.join(args.out, "train_torch_%s.csv" % run.name)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
@@ -203,7 +235,8 @@ def main():
     if args.compare_torch:
         diff = max((p.float() - q.float()).abs().max().item()
                    for p, q in zip(runs[0].model.parameters(), runs[1].model.parameters()))
-        print("largest parameter difference, fusedopt vs torch.optim.AdamW: %.3g" % diff)
+        print("largest parameter difference, fusedopt vs torch.optim.AdamW: %.3g%s"
+              % (diff, " (torch's run in fp32)" if dtype != torch.float32 else ""))
     plot(args, runs)
 
 
