@@ -60,9 +60,9 @@ static void print_header(const run_plan *p) {
   printf("fusedopt %s: 8x8 digits, %d train / %d validation images; ", fo_version_string(),
          p->data->train.n, p->data->val.n);
   print_net(&p->net);
-  printf("\n%s, %s%s, batch %ld, %d steps/epoch, %ld epochs, %s schedule; ", p->engine->name,
+  printf("\n%s, %s%s, batch %ld, %d steps/epoch, %ld epoch%s, %s schedule; ", p->engine->name,
          precision_name(cfg->precision), cfg->graph ? ", CUDA graph" : "", cfg->batch,
-         p->steps_per_epoch, cfg->epochs,
+         p->steps_per_epoch, cfg->epochs, cfg->epochs == 1 ? "" : "s",
          schedule_name(cfg->schedule < 0 ? SCHED_COSINE : cfg->schedule));
   print_world(p);
   printf("\n");
@@ -118,9 +118,9 @@ static int train_single(const run_plan *p) {
     const epoch_record *last = &r.history[r.epochs - 1];
     printf(
         "done: %s reached %.2f%% validation accuracy (%d/%d), training loss %.4f, in %d "
-        "epochs (%lld steps, %.2f s, %lld skipped)\n",
+        "epoch%s (%lld steps, %.2f s, %lld skipped)\n",
         opt_name(r.opt), 100.0 * last->val_acc, r.correct, r.n_val, last->train_loss, r.epochs,
-        (long long)last->step, r.seconds, (long long)last->skipped);
+        r.epochs == 1 ? "" : "s", (long long)last->step, r.seconds, (long long)last->skipped);
     rc = save_curves(p, &r);
     if (!rc && p->world->rank == 0) plot_run(p->cfg->out_dir, &r, p->cfg->plot);
     if (!rc) print_result_line(p, &r);
@@ -163,6 +163,9 @@ static int train_every_optimizer(const run_plan *p) {
   if (!rc) {
     char csv[TRAIN_PATH_BYTES];
     print_compare_table(runs, done);
+    if (p->world->size > 1) /* each run checked it (train_run), quietly here */
+      printf("ranks: every optimizer's parameters%s bit-identical on all %d processes\n",
+             p->cfg->zero ? " (state sharded)" : " and optimizer state", p->world->size);
     snprintf(csv, sizeof csv, "%s/compare.csv", p->cfg->out_dir);
     if (p->world->rank == 0) rc = write_compare_csv(csv, runs, done);
     if (!rc) printf("table: %s; curves: %s/train_<optimizer>.csv\n", csv, p->cfg->out_dir);

@@ -64,9 +64,9 @@ static int create_bowl_optimizer(const train_config *cfg, bowl *b, fo_optimizer 
   return fo_failed(fo_optimizer_create(out, &o, &hp, 1, &t, 1), "fo_optimizer_create");
 }
 
-static void print_bowl_header(const train_config *cfg, const bowl *b, const fo_optimizer *opt) {
+static int print_bowl_header(const train_config *cfg, const bowl *b, const fo_optimizer *opt) {
   fo_hparams hp;
-  fo_optimizer_get_hparams(opt, 0, &hp);
+  if (fo_failed(fo_optimizer_get_hparams(opt, 0, &hp), "fo_optimizer_get_hparams")) return 1;
   printf("bowl: f(x) = 1/2 sum a_i x_i^2, a = (");
   print_vector(stdout, ", ", b->a, b->n);
   printf("), x0 = (");
@@ -79,6 +79,7 @@ static void print_bowl_header(const train_config *cfg, const bowl *b, const fo_o
   if (hp.weight_decay > 0.0f) printf(", weight decay %g", (double)hp.weight_decay);
   int kind = cfg->schedule < 0 ? SCHED_CONSTANT : cfg->schedule;
   printf(", %s schedule, %ld steps\n", schedule_name(kind), cfg->steps);
+  return 0;
 }
 
 /* Steps the optimizer, writing each point to traj (may be NULL). */
@@ -120,8 +121,7 @@ int run_bowl(const train_config *cfg) {
   if (!rc && cfg->trajectory_path && !(traj = open_trajectory(cfg->trajectory_path, b.n)))
     rc = EXIT_TRAIN_FAILED;
   if (!rc) {
-    print_bowl_header(cfg, &b, opt);
-    rc = descend(cfg, &b, opt, traj);
+    rc = print_bowl_header(cfg, &b, opt) ? EXIT_TRAIN_FAILED : descend(cfg, &b, opt, traj);
   }
   if (traj && (ferror(traj) | fclose(traj)) && !rc) {
     fprintf(stderr, "train: writing the trajectory '%s' failed\n", cfg->trajectory_path);

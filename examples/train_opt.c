@@ -120,8 +120,13 @@ int make_schedule(const train_config *cfg, int64_t total_steps, int64_t default_
   out->kind = (fo_schedule_kind)kind; /* sched_choice follows fo_schedule_kind */
   out->warmup_steps = cfg->warmup >= 0 ? cfg->warmup : default_warmup;
   if (out->warmup_steps >= total_steps && kind != SCHED_CONSTANT) {
-    fprintf(stderr, "train: --warmup %lld leaves nothing of the %lld steps for the %s schedule\n",
-            (long long)out->warmup_steps, (long long)total_steps, schedule_name(kind));
+    if (cfg->warmup >= 0) /* name the flag the user gave */
+      fprintf(stderr, "train: --warmup %lld leaves nothing of the %lld steps for the %s schedule\n",
+              (long long)out->warmup_steps, (long long)total_steps, schedule_name(kind));
+    else
+      fprintf(stderr, "train: the %s schedule needs more than %lld steps, and %s gives %lld\n",
+              schedule_name(kind), (long long)out->warmup_steps, cfg->bowl ? "--steps" : "--epochs",
+              (long long)total_steps);
     return EXIT_TRAIN_USAGE;
   }
   out->total_steps = total_steps;

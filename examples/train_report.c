@@ -4,6 +4,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -103,13 +104,20 @@ static int on_path(const char *name) {
 }
 
 /* Runs "gnuplot script" and waits; 0 when it exits 0. */
+/* gnuplot's stderr goes to /dev/null: a run of one epoch plots single
+ * points, for which it warns of empty ranges on every success.  A failure
+ * is still reported (its exit status), with the script to rerun by hand. */
 static int run_gnuplot(const char *script) {
   char prog[] = "gnuplot";
   char *argv[] = {prog, (char *)script, NULL};
+  posix_spawn_file_actions_t quiet;
+  if (posix_spawn_file_actions_init(&quiet) != 0) return 1;
   pid_t pid;
-  int status;
-  if (posix_spawnp(&pid, "gnuplot", NULL, NULL, argv, environ) != 0) return 1;
-  if (waitpid(pid, &status, 0) != pid) return 1;
+  int status,
+      rc = posix_spawn_file_actions_addopen(&quiet, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+  if (rc == 0) rc = posix_spawnp(&pid, "gnuplot", &quiet, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&quiet);
+  if (rc != 0 || waitpid(pid, &status, 0) != pid) return 1;
   return !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
@@ -147,7 +155,7 @@ static void finish_plot(const char *script, const char *png, int want_plot) {
         "`gnuplot %s`)\n",
         script);
   } else if (run_gnuplot(script)) {
-    printf("plot: gnuplot failed on %s; the CSV is complete\n", script);
+    printf("plot: gnuplot failed on %s (run it by hand to see why); the CSV is complete\n", script);
   } else {
     printf("plot: %s\n", png);
   }
@@ -185,12 +193,19 @@ void plot_run(const char *out_dir, const run_result *r, int want_plot) {
   finish_plot(script, png, want_plot);
 }
 
+/* One colour per optimizer (gnuplot's own cycle has 8, and --compare
+ * draws 10 lines), dashed after the first 10. */
+static const char *const line_colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                          "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+#define N_LINE_COLORS ((int)(sizeof line_colors / sizeof line_colors[0]))
+
 static void plot_all(FILE *f, const char *out_dir, const run_result *runs, int n,
                      const char *ycol) {
   fprintf(f, "plot ");
   for (int i = 0; i < n; i++)
-    fprintf(f, "%s'%s/train_%s.csv' using 'epoch':%s with lines lw 2 title '%s'",
-            i ? ", \\\n     " : "", out_dir, opt_name(runs[i].opt), ycol, opt_name(runs[i].opt));
+    fprintf(f, "%s'%s/train_%s.csv' using 'epoch':%s with lines lw 2 lc rgb '%s' dt %d title '%s'",
+            i ? ", \\\n     " : "", out_dir, opt_name(runs[i].opt), ycol,
+            line_colors[i % N_LINE_COLORS], 1 + i / N_LINE_COLORS, opt_name(runs[i].opt));
   fprintf(f, "\n");
 }
 
@@ -204,9 +219,11 @@ void plot_compare(const char *out_dir, const run_result *runs, int n, int want_p
     return;
   }
   write_plot_header(f, png, "every optimizer on the 8x8 digits");
-  fprintf(f, "set ylabel 'training loss'\nset logscale y\n");
+  /* ten entries: beside the first panel (they serve both) rather than over
+   * the curves */
+  fprintf(f, "set key outside right top\nset ylabel 'training loss'\nset logscale y\n");
   plot_all(f, out_dir, runs, n, "'train_loss'");
-  fprintf(f, "unset logscale y\nset ylabel 'validation accuracy (%%)'\nset key bottom right\n");
+  fprintf(f, "unset logscale y\nset ylabel 'validation accuracy (%%)'\nunset key\n");
   plot_all(f, out_dir, runs, n, "(100*column('val_acc'))");
   fprintf(f, "unset multiplot\n");
   if (close_written(f, script)) return;

@@ -3,7 +3,15 @@
 # library's AdamW (on the GPU when one is usable, else on the CPU).
 # Arguments go to the training program: docs/train.md lists them
 # (--compare trains with every optimizer; --bowl runs the quadratic bowl).
+# It builds in the repository and trains in the caller's directory, so
+# relative --data, --out and --trajectory paths are the caller's (the
+# default output, out/, too).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(pwd)
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
 bash scripts/build.sh --demo
-exec "${FO_BUILD_DIR:-build}/examples/train" "$@"
+build=${FO_BUILD_DIR:-build}
+case $build in /*) ;; *) build=$root/$build ;; esac
+cd "$here"
+exec "$build/examples/train" "$@"

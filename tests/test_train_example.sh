@@ -339,6 +339,8 @@ case_errors() {
   expect_error 1 --data "$d/binary.csv" "${quick[@]}"
   expect_error 2 --batch 100000 "${quick[@]}"
   expect_error 2 --warmup 500 --epochs 2 --device cpu --no-plot --out "$tmp/out"
+  expect_error 2 --bowl --steps 0 --schedule cosine
+  grep -q -- '--steps gives 0' "$tmp/err.txt" || fail "--bowl --steps 0 should name --steps"
   : >"$tmp/a-file"
   expect_error 1 --out "$tmp/a-file" --device cpu --epochs 1
   expect_error 1 --bowl --trajectory "$tmp/no/such/dir/t.csv"

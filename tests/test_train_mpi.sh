@@ -177,6 +177,8 @@ case_ranks() {
   run_ranks "$np" "$many" "${cmp[@]}" --out "$out"
   [ "$(grep -c '^RESULT' "$many")" -eq 10 ] || fail "--compare should report 10 optimizers"
   [ "$(wc -l <"$out/compare.csv")" -eq 11 ] || fail "compare.csv should hold 10 rows"
+  grep -q "^ranks: every optimizer's parameters and optimizer state bit-identical on all $np processes$" \
+    "$many" || { cat "$many" >&2; fail "--compare did not report bit-identical ranks"; }
   for opt in sgd nesterov adam adamw lion adagrad rmsprop nadam lamb lars; do
     compare_runs "$one" "$many" "$np" 1e-5 "$opt "
   done
