@@ -136,6 +136,13 @@ MUT(m_cyc, e->o.schedule.kind = FO_SCHED_CYCLIC; e->o.schedule.step_size = 5;
     e->o.schedule.min_ratio = 0.1f)
 MUT(m_cyc_size_neg, m_cyc(e); e->o.schedule.step_size = -1)
 MUT(m_cyc_ratio_neg, m_cyc(e); e->o.schedule.min_ratio = -0.1f)
+MUT(m_ls_max_below_init, m_ls_on(e); e->o.loss_scaler.max_scale = 1024.0f) /* init 65536 */
+MUT(m_ls_max_eq_init, m_ls_on(e); e->o.loss_scaler.max_scale = e->o.loss_scaler.init_scale)
+MUT(m_sch_unused_gamma_nan, e->o.schedule.gamma = NAN)      /* CONSTANT */
+MUT(m_sch_unused_gamma_inf, e->o.schedule.gamma = INFINITY) /* CONSTANT */
+MUT(m_cos_ratio_1, m_cos(e); e->o.schedule.min_ratio = 1.0f)
+MUT(m_cyc_size_huge, m_cyc(e); e->o.schedule.step_size = INT64_MAX / 2 + 1)
+MUT(m_cyc_size_half_max, m_cyc(e); e->o.schedule.step_size = INT64_MAX / 2)
 /* overlap (fp32: 64 bytes per buffer) */
 MUT(m_ov_grad_is_param, e->t[0].grad = e->t[0].param)
 MUT(m_ov_grad_in_param, e->t[0].grad = at(e, 32))
@@ -249,6 +256,13 @@ static const create_case k_create_cases[] = {
     {"CYCLIC 5", m_cyc, OK, NULL},
     {"CYCLIC step_size -1", m_cyc_size_neg, IA, "step_size"},
     {"CYCLIC min_ratio -0.1", m_cyc_ratio_neg, IA, "min_ratio"},
+    {"max_scale below init_scale", m_ls_max_below_init, IA, "max_scale"},
+    {"max_scale == init_scale", m_ls_max_eq_init, OK, NULL},
+    {"CONSTANT, unused gamma NaN", m_sch_unused_gamma_nan, IA, "gamma"},
+    {"CONSTANT, unused gamma inf", m_sch_unused_gamma_inf, IA, "gamma"},
+    {"COSINE min_ratio 1", m_cos_ratio_1, OK, NULL},
+    {"CYCLIC step_size INT64_MAX/2+1 (2*step_size overflows)", m_cyc_size_huge, IA, "step_size"},
+    {"CYCLIC step_size INT64_MAX/2", m_cyc_size_half_max, OK, NULL},
     /* dtypes, master weights, stochastic rounding */
     {"bf16 + master", m_bf16, FO_SUCCESS, NULL},
     {"f16 + master", m_f16, FO_SUCCESS, NULL},

@@ -123,3 +123,28 @@ Test(api_smoke, adamw_step) {
       cr_expect(((const float *)e.t[k].grad)[i] == 0.0f, "zero_grad left grad %d [%d]", k, i);
   CHECK(FO_SUCCESS, NULL, fo_optimizer_destroy, opt);
 }
+
+/* LAMB and LARS with layer adaptation: a tensor whose update direction has
+ * norm 0 (zero gradients, no weight decay) gets trust ratio 1, not
+ * ||w|| / 0 = inf, which times the zero update would write NaN. */
+Test(api_smoke, trust_ratio_of_a_zero_update_is_one) {
+  const fo_algorithm algs[2] = {FO_ALG_LAMB, FO_ALG_LARS};
+  for (int a = 0; a < 2; a++) {
+    float p[4] = {1.0f, -2.0f, 3.0f, -4.0f}, g[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    fo_tensor_desc t = {4, 0, p, g, NULL};
+    fo_options o;
+    fo_options_default(&o);
+    o.algorithm = algs[a];
+    fo_hparams h;
+    fo_hparams_default(algs[a], &h);
+    h.weight_decay = 0.0f;
+    h.layer_adaptation = 1;
+    fo_optimizer *opt = NULL;
+    cr_assert_eq(fo_optimizer_create(&opt, &o, &h, 1, &t, 1), FO_SUCCESS, "%s", fo_last_error());
+    cr_assert_eq(fo_optimizer_step(opt, NULL), FO_SUCCESS, "%s", fo_last_error());
+    for (int i = 0; i < 4; i++)
+      cr_expect_eq(p[i], (float)((i % 2 ? -1 : 1) * (i + 1)), "alg %d: p[%d] = %g", (int)algs[a], i,
+                   (double)p[i]);
+    fo_optimizer_destroy(opt);
+  }
+}

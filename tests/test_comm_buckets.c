@@ -276,3 +276,24 @@ Test(comm_dp, reduce_calls_validate) {
   rig_free(&r);
   OK(fo_comm_destroy(comm));
 }
+
+/* A tensor that fills its bucket exactly (bytes + size == bucket_bytes)
+ * joins it: bf16, limit (1000 + 3) * 2 bytes holds tensors 0 and 1 (and the
+ * empty tensor 2, which never opens a bucket). */
+Test(comm_dp, a_tensor_that_fills_the_bucket_exactly_joins_it) {
+  config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 0, 0};
+  rig r;
+  rig_make(&r, &c);
+  fake f;
+  fo_comm *comm = fake_comm(&f, 4);
+  fo_dp_options o;
+  OK(fo_dp_options_default(&o));
+  o.bucket_bytes = (size_t)(SIZES[0] + SIZES[1]) * 2;
+  OK(fo_optimizer_set_comm(r.opt, comm, &o));
+  int64_t first = -1, count = -1;
+  OK(fo_optimizer_bucket_tensors(r.opt, 0, &first, &count));
+  cr_expect_eq(first, 0);
+  cr_expect_eq(count, 3, "bucket 0 holds %lld tensors, expected 3", (long long)count);
+  rig_free(&r);
+  OK(fo_comm_destroy(comm));
+}

@@ -8,6 +8,7 @@
  * from the library's own functions.
  */
 #include <criterion/criterion.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -170,6 +171,32 @@ Test(scaler, never_grows_past_max_or_to_inf) {
     cr_expect_eq(info(opt).loss_scale, expect[s], "step %d: %g", s + 1,
                  (double)info(opt).loss_scale);
   }
+  fo_optimizer_destroy(opt);
+  model_free(&m);
+}
+
+/* A scale of +inf (written through the pointer) backs off like any other
+ * overflow, onto the largest finite float -- inf * backoff is still inf, so
+ * without the clamp the scale would stay inf and every step skip. */
+Test(scaler, an_infinite_scale_backs_off_to_flt_max) {
+  model m;
+  model_init(&m, 14);
+  fo_options o;
+  fo_options_default(&o);
+  o.loss_scaler.enabled = 1;
+  fo_hparams h;
+  fo_hparams_default(FO_ALG_SGD, &h);
+  fo_optimizer *opt = make(&m, &o, &h);
+  float *scale = NULL;
+  cr_assert_eq(fo_optimizer_loss_scale_ptr(opt, &scale), FO_SUCCESS);
+  *scale = INFINITY;
+  model_fill_grads(&m, INFINITY); /* a backward pass at scale inf */
+  step(opt);
+  cr_expect(info(opt).last_step_skipped);
+  cr_expect_eq(info(opt).loss_scale, FLT_MAX, "scale %a", (double)info(opt).loss_scale);
+  model_fill_grads(&m, INFINITY);
+  step(opt);
+  cr_expect_eq(info(opt).loss_scale, FLT_MAX * 0.5f, "scale %a", (double)info(opt).loss_scale);
   fo_optimizer_destroy(opt);
   model_free(&m);
 }
@@ -362,6 +389,26 @@ Test(clipping, norm_is_reproducible_bit_for_bit) {
   model_free(&m);
 }
 
+/* A step skipped for a non-finite gradient does not clip: it reports the
+ * plain unscale (1 here), not a coefficient from an infinite norm. */
+Test(clipping, a_skipped_step_reports_the_unclipped_coefficient) {
+  float p = 0.0f, g = INFINITY;
+  fo_tensor_desc t = {1, 0, &p, &g, NULL};
+  fo_options o;
+  fo_options_default(&o);
+  o.algorithm = FO_ALG_SGD;
+  o.max_grad_norm = 1.0f;
+  fo_hparams h;
+  fo_hparams_default(FO_ALG_SGD, &h);
+  fo_optimizer *opt = NULL;
+  cr_assert_eq(fo_optimizer_create(&opt, &o, &h, 1, &t, 1), FO_SUCCESS, "%s", fo_last_error());
+  step(opt);
+  cr_expect(info(opt).last_step_skipped);
+  cr_expect_eq(info(opt).grad_coef, 1.0f, "coef %g", (double)info(opt).grad_coef);
+  cr_expect_eq(p, 0.0f);
+  fo_optimizer_destroy(opt);
+}
+
 /* ------------------------------------------------------------ schedules */
 
 typedef struct sched_case {
@@ -393,7 +440,11 @@ static const sched_case sched_cases[] = {
      5,
      {0, 2, 3, 5, 6},
      {1, 1, 0.5, 0.5, 0.25}},
-    {"exponential", {FO_SCHED_EXPONENTIAL, 0, 0, 0, 0, 1, 0.5f, 0.0f}, 3, {0, 1, 4}, {1, 0.5, 0.0625}},
+    {"exponential",
+     {FO_SCHED_EXPONENTIAL, 0, 0, 0, 0, 1, 0.5f, 0.0f},
+     3,
+     {0, 1, 4},
+     {1, 0.5, 0.0625}},
     /* SGDR, period 4, mult 2, floor 0: periods [0,4) [4,12) [12,28);
      * f = 0.5 * (1 + cos(pi * pos / len)) */
     {"cosine restarts",
@@ -407,6 +458,35 @@ static const sched_case sched_cases[] = {
      6,
      {0, 2, 4, 6, 8, 9},
      {0.2, 0.6, 1.0, 0.6, 0.2, 0.4}},
+    /* past total_steps the cosine stays at its floor */
+    {"cosine past total_steps",
+     {FO_SCHED_COSINE, 2, 10, 0, 0, 1, 0.1f, 0.1f},
+     3,
+     {11, 14, 1000},
+     {0.1, 0.1, 0.1}},
+    /* after a warmup the decays count from its end: j = k - 2 */
+    {"step decay after warmup",
+     {FO_SCHED_STEP, 2, 0, 3, 0, 1, 0.5f, 0.0f},
+     5,
+     {0, 2, 4, 5, 8},
+     {0.5, 1, 1, 0.5, 0.25}},
+    {"exponential after warmup",
+     {FO_SCHED_EXPONENTIAL, 2, 0, 0, 0, 1, 0.5f, 0.0f},
+     3,
+     {2, 3, 5},
+     {1, 0.5, 0.125}},
+    {"cyclic after warmup",
+     {FO_SCHED_CYCLIC, 2, 0, 4, 0, 1, 0.1f, 0.2f},
+     3,
+     {2, 6, 10},
+     {0.2, 1.0, 0.2}},
+    /* SGDR with equal periods (mult 1): pos = k mod 4 */
+    {"cosine restarts, equal periods",
+     {FO_SCHED_COSINE_RESTARTS, 0, 0, 0, 4, 1, 0.1f, 0.0f},
+     5,
+     {4, 6, 9, 13, 4001},
+     {1.0, 0.5, 0.5 * (1 + 0.70710678118654752), 0.5 * (1 + 0.70710678118654752),
+      0.5 * (1 + 0.70710678118654752)}},
 };
 
 Test(schedule, every_kind_matches_its_closed_form) {

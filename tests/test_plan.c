@@ -279,3 +279,26 @@ Test(plan, count_overflow_returns_minus_one) {
   cr_assert_eq(fo_plan_count_blocks(t, 4, 1), -1, "2^64 blocks");
   cr_assert_eq(fo_plan_count_blocks(t, 4, 4), ((int64_t)1 << 62), "2^62 blocks fit");
 }
+
+/* vector_ok (the kernels' 16-byte vector path) is set only where both the
+ * parameter and the gradient start on a 16-byte boundary: an 8-byte
+ * aligned buffer must take the scalar path. */
+Test(plan, vector_ok_needs_16_byte_aligned_param_and_grad) {
+  _Alignas(16) float buf[64] = {0};
+  fo_tensor_desc t[3] = {
+      {4, 0, buf, buf + 32, NULL},      /* both on 16 bytes */
+      {4, 0, buf + 10, buf + 48, NULL}, /* param on 8 bytes only */
+      {4, 0, buf + 16, buf + 42, NULL}, /* grad on 8 bytes only */
+  };
+  fo_options o;
+  fo_options_default(&o);
+  o.algorithm = FO_ALG_SGD;
+  fo_hparams h;
+  fo_hparams_default(FO_ALG_SGD, &h);
+  fo_optimizer *opt = NULL;
+  cr_assert_eq(fo_optimizer_create(&opt, &o, &h, 1, t, 3), FO_SUCCESS, "%s", fo_last_error());
+  cr_expect_eq(opt->tensors[0].vector_ok, 1);
+  cr_expect_eq(opt->tensors[1].vector_ok, 0, "param at 8 bytes past a 16-byte boundary");
+  cr_expect_eq(opt->tensors[2].vector_ok, 0, "grad at 8 bytes past a 16-byte boundary");
+  fo_optimizer_destroy(opt);
+}
