@@ -459,6 +459,12 @@ def progress(what):
     print("# " + what, file=sys.stderr, flush=True)
 
 
+# The implementations whose capture failed, for the summary (and
+# --require-graphs): a run without its graph rows must not read as one
+# whose graphs replayed cleanly.
+CAPTURE_FAILURES = []
+
+
 def graphed(step, name):
     """Capture step into a CUDA graph after warm-up on a side stream (the
     recipe of torch.cuda.graph's documentation); None if capture fails."""
@@ -475,6 +481,7 @@ def graphed(step, name):
             step()
     except RuntimeError as e:
         print("# graph capture failed: %s" % str(e).splitlines()[0], file=sys.stderr)
+        CAPTURE_FAILURES.append(name)
         return None
     return graph.replay
 
@@ -694,6 +701,8 @@ def main():
                          "torch.nn.utils.clip_grad_norm_ for torch's optimizers, "
                          "max_grad_norm for fusedopt's (default 0: off)")
     ap.add_argument("--csv", help="write the rows as CSV")
+    ap.add_argument("--require-graphs", action="store_true",
+                    help="exit 3 when a CUDA graph capture failed (its rows are missing)")
     args = ap.parse_args()
     cuda = not args.cpu
     args.reps = args.reps or (50 if cuda else 10)
@@ -730,7 +739,12 @@ def main():
     failed = [r for r in rows if r["check"] == "FAIL"]
     if failed:
         print("# %d correctness checks FAILED" % len(failed))
-    return 2 if failed else 0
+    if CAPTURE_FAILURES:
+        print("# %d graph captures failed, their rows are missing: %s"
+              % (len(CAPTURE_FAILURES), ", ".join(CAPTURE_FAILURES)))
+    if failed:
+        return 2
+    return 3 if args.require_graphs and CAPTURE_FAILURES else 0
 
 
 if __name__ == "__main__":

@@ -569,9 +569,13 @@ def main():
               "runs on the CPU)" % torch.__version__)
         return 0
     torch.set_num_threads(args.threads)
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
+    if cuda and args.tf32:
+        # only when asked: torch 2.9 and later warn on these legacy setters,
+        # and fp32 matmuls are full fp32 by default
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = True
     fo_pkg, ft = import_fusedopt_torch(find_lib(args.lib, "bench_torch_train"))
     device = torch.device(args.device)
     name = torch.cuda.get_device_name() if cuda else "%s, %d thread%s" % (

@@ -43,8 +43,9 @@
 #                  torchdebug  (only when named) the illegal address seen
 #                           2026-12-04: torch alone, a graph replayed after
 #                           its optimizer is freed (should fault) or kept;
-#                           bench_torch.py's AdamW fp32 with graphs on lists
-#                           a and mlp (CUDA_LAUNCH_BLOCKING=1), and on mlp
+#                           bench_torch.py's AdamW fp32 with graphs on list
+#                           mlp, on lists a and mlp (CUDA_LAUNCH_BLOCKING=1),
+#                           each failing (3) if a capture did, and on mlp
 #                           under memcheck; every step's whole output in
 #                           logs/torchdebug_*.log
 #                  torchtrain  scripts/bench_torch_train.py: GPT-2 small's
@@ -446,7 +447,7 @@ run_torchdebug() {
   # Each step's whole output goes to a file of its own in logs/ as it runs
   # (bundled even when the part is killed: the progress lines locate a
   # fault), its end to the part's log; the last line sums up the exits.
-  local keep log=$work/logs/torchdebug rc_keep=() rc_bench rc_san
+  local keep log=$work/logs/torchdebug rc_keep=() rc_async rc_bench rc_san
   for keep in 0 1; do
     echo "== torch alone: graph of a capturable AdamW replayed, optimizer kept=$keep"
     python3 - "$keep" >"${log}_keep$keep.log" 2>&1 <<'PY'
@@ -479,8 +480,17 @@ PY
     tail -3 "${log}_keep$keep.log"
     echo "== exit ${rc_keep[-1]}"
   done
+  # --require-graphs: exit 3 when a capture failed, so that a run without
+  # graph rows does not read as one whose replays were clean; once without
+  # CUDA_LAUNCH_BLOCKING, so that a capture refused only in blocking mode
+  # still shows the answer
+  echo "== bench_torch.py with graphs, list mlp"
+  "${py[@]}" --lists mlp --require-graphs >"${log}_graphs_async.log" 2>&1
+  rc_async=$?
+  tail -30 "${log}_graphs_async.log"
+  echo "== exit $rc_async"
   echo "== bench_torch.py with graphs, lists a and mlp, CUDA_LAUNCH_BLOCKING=1"
-  CUDA_LAUNCH_BLOCKING=1 "${py[@]}" --lists a,mlp >"${log}_graphs.log" 2>&1
+  CUDA_LAUNCH_BLOCKING=1 "${py[@]}" --lists a,mlp --require-graphs >"${log}_graphs.log" 2>&1
   rc_bench=$?
   tail -60 "${log}_graphs.log"
   echo "== exit $rc_bench"
@@ -493,7 +503,8 @@ PY
   head -80 "${log}_memcheck.log"
   echo "== exit $rc_san"
   echo "torchdebug: torch alone keep=0 exit ${rc_keep[0]}, keep=1 exit ${rc_keep[1]};" \
-    "bench_torch graphs exit $rc_bench; under memcheck exit $rc_san" \
+    "bench_torch graphs exit $rc_async, blocking exit $rc_bench (3: a capture failed);" \
+    "under memcheck exit $rc_san" \
     "($(grep -ah 'ERROR SUMMARY' "${log}_memcheck.log" | tail -1))"
 }
 
