@@ -103,10 +103,10 @@ static int on_path(const char *name) {
   return 0;
 }
 
-/* Runs "gnuplot script" and waits; 0 when it exits 0. */
-/* gnuplot's stderr goes to /dev/null: a run of one epoch plots single
- * points, for which it warns of empty ranges on every success.  A failure
- * is still reported (its exit status), with the script to rerun by hand. */
+/* Runs "gnuplot script" and waits; 0 when it exits 0.  gnuplot's stderr
+ * goes to /dev/null: a run of one epoch plots single points, for which it
+ * warns of empty ranges on every success.  A failure is still reported
+ * (its exit status), with the script to rerun by hand. */
 static int run_gnuplot(const char *script) {
   char prog[] = "gnuplot";
   char *argv[] = {prog, (char *)script, NULL};
