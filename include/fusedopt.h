@@ -47,7 +47,12 @@
  *     current).  On the CPU executor the stream must be NULL and the work
  *     is done before the call returns.
  *   - A step never waits for the host: no call that launches work
- *     synchronizes, unless its documentation says so.
+ *     synchronizes, unless its documentation says so.  A call that says
+ *     it synchronizes waits for the whole device (and destroy frees device
+ *     memory, which does too): CUDA refuses that while any stream of the
+ *     device is being captured into a graph, by any thread and in any
+ *     capture mode, relaxed included, and invalidates that capture; the
+ *     call then fails with FO_ERR_CUDA.  Make such calls outside captures.
  *   - Sizes and offsets are 64-bit.
  *   - Destroying NULL (fo_optimizer_destroy, fo_comm_destroy) is a no-op.
  *   - Structs the caller fills (fo_options, fo_hparams, fo_dp_options,

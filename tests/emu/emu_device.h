@@ -179,10 +179,13 @@ void run_before(Stream *s, uint64_t seq);
 /* Run queued work in order up to the first host function. */
 void make_progress();
 
-/* The capture rules: a call a capture forbids (check_unsafe); work on or a
+/* The capture rules: a call a capture forbids (check_unsafe); a wait for
+ * a whole device while any of its streams is captured (check_device_wait);
+ * work on or a
  * wait for the legacy stream beside a blocking capturing stream
  * (check_legacy); a call on a capturing stream it cannot hold. */
 cudaError_t check_unsafe();
+cudaError_t check_device_wait(int device);
 cudaError_t check_legacy(int device, bool invalidate);
 cudaError_t refuse_in_capture(Stream *s);
 /* End capture c: its streams leave it, its events become stale. */

@@ -193,6 +193,8 @@ cudaError_t cudaFree(void *ptr) {
   Device &d = dev();
   auto it = d.allocs.find((uintptr_t)ptr);
   if (it == d.allocs.end()) return fail(cudaErrorInvalidValue);
+  e = check_device_wait(it->second.home);
+  if (e != cudaSuccess) return fail(e);
   flush_device(it->second.home); /* cudaFree waits for the device */
   d.used[it->second.home] -= it->second.bytes;
   unmap_device(ptr, it->second.bytes);

@@ -280,6 +280,24 @@ cudaError_t check_unsafe() {
   return e;
 }
 
+/* A call that waits for a whole device (cudaDeviceSynchronize; cudaFree,
+ * which synchronizes it): CUDA refuses it while any stream of the device is
+ * being captured, in any mode and from any thread, and invalidates those
+ * captures (Programming Guide, "Prohibited and Unhandled Operations": a
+ * device handle may not be synchronized while an associated stream is in
+ * capture mode), beyond what check_unsafe's per-mode rule forbids. */
+cudaError_t check_device_wait(int device) {
+  cudaError_t e = cudaSuccess;
+  for (Capture *c : dev().captures)
+    for (Stream *m : c->members)
+      if (m->device == device) {
+        c->invalid = true;
+        e = cudaErrorStreamCaptureUnsupported;
+        break;
+      }
+  return e;
+}
+
 /* Work on a device's legacy stream waits for every blocking stream of the
  * device: beside one that is capturing, that is an implicit dependency the
  * capture cannot hold. */
@@ -476,7 +494,8 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
 
 cudaError_t cudaDeviceSynchronize(void) {
   LOCK;
-  const cudaError_t e = check_unsafe();
+  cudaError_t e = check_unsafe();
+  if (e == cudaSuccess) e = check_device_wait(current_device);
   if (e != cudaSuccess) return fail(e);
   flush_device(current_device); /* the current device's work only */
   return cudaSuccess;

@@ -3,7 +3,8 @@
  * "The emulated device"): the GPU tier on it is only as strict as these.
  * Each case builds the mistake the rule is there to expose -- a missing
  * wait between streams, eager or inside a graph, a capture left unjoined,
- * a wait across a capture's boundary, a host read of device memory -- and
+ * a wait across a capture's boundary, a whole-device wait during a
+ * capture, a host read of device memory -- and
  * checks that it shows, beside the correct program, which must not.
  */
 #include <criterion/criterion.h>
@@ -165,6 +166,36 @@ Test(emu_graphs, a_wait_across_a_captures_boundary_is_refused) {
   (void)cudaGetLastError();
   CHECK(cudaEventDestroy(outside));
   rig_free(&r);
+}
+
+/* A whole-device wait while a stream of the device is captured in relaxed
+ * mode, which permits the capturing thread's own unsafe calls: CUDA still
+ * refuses to synchronize the device (or free, which synchronizes it), and
+ * the capture is invalidated. */
+static void device_wait_in_relaxed_capture(int use_free) {
+  rig r = rig_make();
+  void *spare;
+  CHECK(cudaMalloc(&spare, BYTES));
+  CHECK(cudaStreamBeginCapture(r.main, cudaStreamCaptureModeRelaxed));
+  CHECK(cudaMemsetAsync(r.c, NEW, BYTES, r.main));
+  cr_assert_eq(use_free ? cudaFree(spare) : cudaDeviceSynchronize(),
+               cudaErrorStreamCaptureUnsupported);
+  cudaGraph_t graph;
+  cr_assert_eq(cudaStreamEndCapture(r.main, &graph), cudaErrorStreamCaptureInvalidated);
+  cr_assert_null(graph);
+  (void)cudaGetLastError();
+  CHECK(cudaDeviceSynchronize());
+  expect_c(&r, 0); /* the captured memset never ran */
+  CHECK(cudaFree(spare));
+  rig_free(&r);
+}
+
+Test(emu_graphs, a_device_synchronize_during_a_relaxed_capture_is_refused) {
+  device_wait_in_relaxed_capture(0);
+}
+
+Test(emu_graphs, a_free_during_a_relaxed_capture_is_refused) {
+  device_wait_in_relaxed_capture(1);
 }
 
 /* On a device the host cannot dereference device memory; here it faults
