@@ -82,6 +82,12 @@ def _as_float(value, where):
         if value.numel() != 1 or value.is_complex():
             raise TypeError("%s must be a real number or a one-element tensor; got a tensor "
                             "of shape %s" % (where, tuple(value.shape)))
+        if value.is_cuda and torch.cuda.is_current_stream_capturing():
+            # .item() would synchronize, which CUDA refuses inside a capture
+            # (and invalidates it): refuse first, the capture intact
+            raise RuntimeError("%s is a CUDA tensor, which cannot be read inside a CUDA graph "
+                               "capture (it would synchronize); give a Python number or a CPU "
+                               "tensor" % where)
         value = value.item()
     if not _is_real(value):
         raise TypeError("%s must be a real number; got %r" % (where, value))

@@ -856,6 +856,28 @@ class Cuda(unittest.TestCase):
                      tol=1e-4)
         self.assertEqual(o1.step_count, len(data) + 2)
 
+    def test_graph_capture_refuses_a_cuda_tensor_lr(self):
+        """A group's lr in a CUDA tensor is read with .item(), a host
+        synchronization, which a capture cannot hold: the step refuses it
+        with a message before any work, the capture ends intact, and the
+        optimizer still steps eagerly."""
+        m = make_model(device="cuda")
+        o = ft.AdamW(m.parameters(), lr=torch.tensor(1e-2, device="cuda"))
+        (x, y), = batches(1, device="cuda")
+        train(m, o, [(x, y)])  # eager: the tensor is read, as torch reads it
+        g = torch.cuda.CUDAGraph()
+        o.zero_grad()
+        with self.assertRaisesRegex(RuntimeError, "lr is a CUDA tensor"):
+            with torch.cuda.graph(g):
+                loss_of(m, x, y).backward()
+                o.step()
+        torch.cuda.synchronize()
+        self.assertEqual(o.step_count, 1)
+        o.param_groups[0]["lr"] = 1e-2
+        train(m, o, [(x, y)])
+        torch.cuda.synchronize()
+        self.assertEqual(o.step_count, 2)
+
     def test_graph_capture_loss_scale(self):
         """The loss scaler inside a capture: scale_loss multiplies by the
         device-resident scale (no host synchronization, which a capture
