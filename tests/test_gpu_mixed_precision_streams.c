@@ -356,6 +356,33 @@ Test(gpu_mp, step_never_waits_for_the_host, .timeout = 120) {
   OK(fo_optimizer_step(r.opt, NULL)); /* the legacy stream serves again after the capture */
   cr_assert_eq(run_info(&r).step, 3, "%s", ctx);
 
+  /* An eager step on a stream that is not captured while this thread
+   * captures another one in global mode: the step's calls (the stream
+   * checks, the launches) must leave that capture intact.  (CUDA documents
+   * cudaStreamGetDevice's refusal on the capturing stream itself only;
+   * this probes it on another.) */
+  cudaStream_t other, eager;
+  CK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&eager, cudaStreamNonBlocking));
+  CK(cudaStreamBeginCapture(other, cudaStreamCaptureModeGlobal));
+  const fo_status est = fo_optimizer_step(r.opt, eager);
+  char emsg[256];
+  snprintf(emsg, sizeof emsg, "%s", fo_last_error());
+  enum cudaStreamCaptureStatus ecap = cudaStreamCaptureStatusNone;
+  const cudaError_t eq = cudaStreamIsCapturing(other, &ecap);
+  graph = NULL;
+  const cudaError_t ee = cudaStreamEndCapture(other, &graph);
+  cr_assert_eq(est, FO_SUCCESS, "%s: an eager step beside a capture: %s", ctx, emsg);
+  cr_assert_eq(eq, cudaSuccess, "%s: %s", ctx, cudaGetErrorName(eq));
+  cr_assert_eq(ecap, cudaStreamCaptureStatusActive, "%s: the eager step invalidated the capture",
+               ctx);
+  cr_assert_eq(ee, cudaSuccess, "%s: capture beside an eager step: %s", ctx, cudaGetErrorName(ee));
+  if (graph) CK(cudaGraphDestroy(graph));
+  CK(cudaStreamSynchronize(eager));
+  cr_assert_eq(run_info(&r).step, 4, "%s: the eager step beside the capture", ctx);
+  CK(cudaStreamDestroy(other));
+  CK(cudaStreamDestroy(eager));
+
   snap_free(&s0);
   snap_free(&s);
   OK(fo_optimizer_destroy(arena));
