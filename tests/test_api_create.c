@@ -68,6 +68,8 @@ MUT(m_sr_2, e->o.stochastic_rounding = 2)
 MUT(m_sr_neg, e->o.stochastic_rounding = -1)
 MUT(m_threads_neg, e->o.num_threads = -1)
 MUT(m_threads_1, e->o.num_threads = 1)
+MUT(m_threads_max, e->o.num_threads = FO_MAX_THREADS)
+MUT(m_threads_over, e->o.num_threads = FO_MAX_THREADS + 1)
 MUT(m_seed, e->o.seed = UINT64_MAX)
 /* dtype / master / stochastic-rounding combinations */
 MUT(m_bf16, e->o.param_dtype = e->o.grad_dtype = FO_DTYPE_BF16)
@@ -206,6 +208,8 @@ static const create_case k_create_cases[] = {
     {"stochastic_rounding -1", m_sr_neg, FO_ERR_INVALID_ARGUMENT, "stochastic_rounding"},
     {"num_threads -1", m_threads_neg, FO_ERR_INVALID_ARGUMENT, "num_threads"},
     {"num_threads 1", m_threads_1, FO_SUCCESS, NULL},
+    {"num_threads FO_MAX_THREADS", m_threads_max, FO_SUCCESS, NULL},
+    {"num_threads FO_MAX_THREADS + 1", m_threads_over, FO_ERR_INVALID_ARGUMENT, "num_threads"},
     {"seed ~0", m_seed, FO_SUCCESS, NULL},
     {"device 3 on the CPU executor (ignored)", m_device_3, FO_SUCCESS, NULL},
     /* clipping, loss scaling */

@@ -573,3 +573,76 @@ Test(schedule, bad_schedules_are_refused) {
   cr_expect_eq(fo_optimizer_create(&opt, &o, &h, 1, &t, 1), FO_ERR_INVALID_ARGUMENT);
   cr_expect_null(opt);
 }
+
+/* write_unscaled_grads with 16-bit gradients: the unscaled values are
+ * rounded back into the caller's buffer (fp32 ones are scaled in place). */
+Test(clipping, unscaled_bf16_grads_are_written_back) {
+  enum { N = 1000 }; /* two tiles and a part */
+  static float p[N];
+  static uint16_t g[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = 1.0f;
+    g[i] = 0x4100; /* bf16 8.0 */
+  }
+  fo_options o;
+  fo_options_default(&o);
+  o.algorithm = FO_ALG_SGD;
+  o.grad_dtype = FO_DTYPE_BF16;
+  o.num_threads = 1;
+  o.write_unscaled_grads = 1;
+  o.loss_scaler.enabled = 1;
+  o.loss_scaler.init_scale = 4.0f;
+  fo_hparams h;
+  fo_hparams_default(FO_ALG_SGD, &h);
+  fo_tensor_desc t = {.numel = N, .group = 0, .param = p, .grad = g, .name = NULL};
+  fo_optimizer *opt = NULL;
+  cr_assert_eq(fo_optimizer_create(&opt, &o, &h, 1, &t, 1), FO_SUCCESS, "%s", fo_last_error());
+  cr_assert_eq(fo_optimizer_step(opt, NULL), FO_SUCCESS, "%s", fo_last_error());
+  for (int i = 0; i < N; i++)
+    cr_assert_eq(g[i], 0x4000, "grad %d = 0x%04x, want bf16 2.0", i, g[i]);
+  cr_expect_eq(fo_optimizer_destroy(opt), FO_SUCCESS);
+}
+
+/* Arena storage with master weights but no elements: nothing to set, so
+ * the step runs without fo_optimizer_sync_master(). */
+Test(scaler, empty_arena_needs_no_master_sync) {
+  fo_options o;
+  fo_options_default(&o);
+  o.storage = FO_STORAGE_ARENA;
+  o.param_dtype = o.grad_dtype = FO_DTYPE_BF16;
+  fo_hparams h;
+  fo_hparams_default(FO_ALG_ADAMW, &h);
+  fo_tensor_desc t = {.numel = 0, .group = 0, .param = NULL, .grad = NULL, .name = NULL};
+  fo_optimizer *opt = NULL;
+  cr_assert_eq(fo_optimizer_create(&opt, &o, &h, 1, &t, 1), FO_SUCCESS, "%s", fo_last_error());
+  cr_expect_eq(fo_optimizer_step(opt, NULL), FO_SUCCESS, "%s", fo_last_error());
+  cr_expect_eq(fo_optimizer_destroy(opt), FO_SUCCESS);
+}
+
+/* zero_grad on arena storage clears every byte of every gradient (fp32:
+ * four bytes an element). */
+Test(clipping, arena_zero_grad_clears_every_gradient) {
+  static const int64_t n[2] = {300, 1000};
+  fo_options o;
+  fo_options_default(&o);
+  o.storage = FO_STORAGE_ARENA;
+  fo_hparams h;
+  fo_hparams_default(FO_ALG_ADAMW, &h);
+  fo_tensor_desc t[2] = {{.numel = n[0]}, {.numel = n[1]}};
+  fo_optimizer *opt = NULL;
+  cr_assert_eq(fo_optimizer_create(&opt, &o, &h, 1, t, 2), FO_SUCCESS, "%s", fo_last_error());
+  for (int64_t i = 0; i < 2; i++) {
+    void *g = NULL;
+    cr_assert_eq(fo_optimizer_grad_ptr(opt, i, &g), FO_SUCCESS, "%s", fo_last_error());
+    for (int64_t k = 0; k < n[i]; k++) ((float *)g)[k] = 1.0f;
+  }
+  cr_assert_eq(fo_optimizer_zero_grad(opt, NULL), FO_SUCCESS, "%s", fo_last_error());
+  for (int64_t i = 0; i < 2; i++) {
+    void *g = NULL;
+    cr_assert_eq(fo_optimizer_grad_ptr(opt, i, &g), FO_SUCCESS, "%s", fo_last_error());
+    for (int64_t k = 0; k < n[i]; k++)
+      cr_assert_eq(((float *)g)[k], 0.0f, "tensor %lld element %lld not zeroed", (long long)i,
+                   (long long)k);
+  }
+  cr_expect_eq(fo_optimizer_destroy(opt), FO_SUCCESS);
+}

@@ -226,6 +226,10 @@ Test(shard, refusals_change_nothing) {
   cr_assert(first == 0 && (size_t)count * 4 == bytes && nb == 0, "a refusal changed the state");
   FAILS(fo_optimizer_get_shard(NULL, &first, &count), FO_ERR_NULL_POINTER);
   OK(fo_comm_destroy(plain_ops));
+  fake half; /* one shard op of the two is not enough */
+  fo_comm *half_ops = fake_shard_comm(&half, 0, 2, 2);
+  FAILS(fo_optimizer_set_comm(r.opt, half_ops, &d), FO_ERR_UNSUPPORTED);
+  OK(fo_comm_destroy(half_ops));
 
   fake g;
   fo_comm *c = fake_shard_comm(&g, 1, 2, 1);
@@ -333,6 +337,10 @@ static void failing(int which) {
     free(s.exp_avg);
     /* the shards were updated but not gathered: refuse until a load */
     FAILS(fo_optimizer_step(r.opt, NULL), FO_ERR_INVALID_STATE);
+    /* the refusal names the original failure's status and message */
+    cr_assert(
+        strstr(fo_last_error(), "(communicator error: ") && strstr(fo_last_error(), "injected"),
+        "%s", fo_last_error());
     FAILS(fo_optimizer_zero_grad(r.opt, NULL), FO_ERR_INVALID_STATE);
   }
   OK(fo_optimizer_destroy(r.opt));

@@ -5,6 +5,7 @@ arguments refused in Python before the library is called."""
 
 import array
 import ctypes
+import json
 import math
 import os
 import random
@@ -542,6 +543,54 @@ class StateAndBuffers(unittest.TestCase):
         del opt
         gc.collect()
         p.append(2.0)  # the export was released
+
+
+class ArgumentGaps(unittest.TestCase):
+    """Arguments and names whose handling no other test would notice going
+    wrong."""
+
+    def test_betas_pair_sets_both(self):
+        with fusedopt.Optimizer([array.array("f", [1.0])], "adam", betas=(0.8, 0.95)) as opt:
+            hp = opt.get_hparams(0)
+            self.assertEqual((hp["beta1"], hp["beta2"]), (f32(0.8), f32(0.95)))
+
+    def test_group_index_past_the_end_refused(self):
+        ps = [array.array("f", [1.0]), array.array("f", [2.0])]
+        with self.assertRaisesRegex(ValueError, "outside"):
+            fusedopt.Optimizer(ps, "sgd", [{"params": [0, 2]}, {"params": [1]}])
+
+    def test_longer_gradient_refused(self):
+        with self.assertRaisesRegex(ValueError, "grads\\[0\\] has 3 elements"):
+            fusedopt.Optimizer([array.array("f", [1.0, 2.0])], "sgd",
+                               grads=[array.array("f", [0.0] * 3)])
+
+    def test_max_grad_norm_clips(self):
+        p = array.array("f", [0.0] * 4)
+        with fusedopt.Optimizer([p], "sgd", lr=1.0, max_grad_norm=1.5) as opt:
+            g = opt.grads[0]
+            for i in range(4):
+                g[i] = 3.0  # norm 6: scaled by 1.5 / 6
+            opt.step()
+            self.assertAlmostEqual(opt.info().grad_norm, 6.0, places=4)
+            for x in p:  # lr * 3 * 1.5 / (6 + eps): not 3
+                self.assertAlmostEqual(x, -0.75, places=5)
+
+    def test_set_hparams_keeps_the_others(self):
+        with fusedopt.Optimizer([array.array("f", [1.0])], "sgd", lr=0.5, momentum=0.9) as opt:
+            opt.set_hparams(0, weight_decay=0.1)
+            hp = opt.get_hparams(0)
+            self.assertEqual((hp["lr"], hp["momentum"], hp["weight_decay"]),
+                             (0.5, f32(0.9), f32(0.1)))
+
+    def test_lars_checkpoint_names_its_momentum_buffer(self):
+        with fusedopt.Optimizer({"w": array.array("f", [1.0, 2.0])}, "lars") as opt:
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "lars.safetensors")
+                opt.save(path)
+                with open(path, "rb") as f:
+                    n = struct.unpack("<Q", f.read(8))[0]
+                    keys = set(json.loads(f.read(n)))
+        self.assertIn("w.momentum_buffer", keys)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ SKIP_RETURN_CODE), saying why, when torch cannot be imported.
 
 import collections
 import sys
+import ctypes
 import unittest
 import warnings
 
@@ -563,6 +564,133 @@ class CudaFrozenParameters(FrozenParameters):
 
 class CudaStepState(StepState):
     device = "cuda"
+
+
+class OptionsAndLoadGaps(unittest.TestCase):
+    """Options that must reach the library, and state-dict rules, each
+    one a bug no other test would notice."""
+
+    def library_options(self, opt):
+        from fusedopt import _ctypes as C
+        out = C.FoOptions()
+        out.struct_size = ctypes.sizeof(out)
+        self.assertEqual(opt._lib.fo_optimizer_get_options(opt._handle, ctypes.byref(out)), 0)
+        return out
+
+    def test_options_reach_the_library(self):
+        p = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
+        opt = ft.SGD([p], lr=0.1, master_weights=False, num_threads=3, max_grad_norm=2.5)
+        o = self.library_options(opt)
+        self.assertEqual((o.master_weights, o.num_threads, o.max_grad_norm), (0, 3, 2.5))
+
+    def test_max_grad_norm_clips(self):
+        p = torch.nn.Parameter(torch.zeros(4))
+        opt = ft.SGD([p], lr=1.0, max_grad_norm=1.5)
+        opt.zero_grad()
+        p.grad.fill_(3.0)  # norm 6: scaled by 1.5 / 6
+        opt.step()
+        self.assertAlmostEqual(opt.info().grad_norm, 6.0, places=4)
+        assert_close(self, [p], [torch.full((4,), -0.75)], "clipped step")
+
+    def test_bf16_without_master_weights_rounds_every_step(self):
+        for master, moved in ((False, False), (True, True)):
+            p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+            opt = ft.SGD([p], lr=1e-3, master_weights=master)
+            for _ in range(10):
+                opt.zero_grad()
+                p.grad.fill_(1.0)  # -0.001 a step: under half a bf16 ulp of 1.0
+                opt.step()
+            self.assertEqual(bool((p != 1.0).all()), moved, "master_weights=%s" % master)
+
+    def test_gradient_of_another_dtype_refused(self):
+        p = torch.nn.Parameter(torch.zeros(4))
+        opt = ft.SGD([p], lr=0.1)
+        opt.zero_grad()
+        p.grad.data = torch.ones(4, dtype=torch.float64)  # torch allows it through .data
+        with self.assertRaisesRegex(RuntimeError, "gradient is torch.float64"):
+            opt.step()
+        self.assertTrue(torch.equal(p.detach(), torch.zeros(4)))
+        self.assertEqual(opt.step_count, 0)
+
+    def test_skip_keeps_the_master_weights_of_a_skipped_parameter(self):
+        a = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+        b = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+        opt = ft.AdamW([a, b], lr=0.1, weight_decay=0.5, missing_grad="skip")
+        opt.zero_grad()
+        a.grad.fill_(1.0)
+        b.grad.fill_(1.0)
+        opt.step()
+        before = opt.state_dict()["state"][1]["master"].clone()
+        b_before = b.detach().clone()
+        opt.zero_grad()
+        a.grad.fill_(1.0)
+        b.grad = None  # skipped: weight decay must not move its master copy
+        opt.step()
+        self.assertTrue(torch.equal(b.detach(), b_before))
+        self.assertTrue(torch.equal(opt.state_dict()["state"][1]["master"], before))
+
+    def test_state_for_some_parameters_only_refused(self):
+        m = make_model()
+        opt = ft.Adam(m.parameters(), lr=1e-2)
+        x, y = batches(1)[0]
+        step_on(m, opt, x, y)
+        sd = opt.state_dict()
+        del sd["state"][1]
+        before = snapshot(opt, m)
+        with self.assertRaisesRegex(ValueError, "covers 3 of 4 parameters"):
+            opt.load_state_dict(sd)
+        assert_same(self, before, snapshot(opt, m))
+
+    def test_adagrad_fresh_state_from_the_loaded_groups(self):
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = ft.Adagrad([p], lr=0.1, initial_accumulator_value=0.0)
+        sd = opt.state_dict()
+        sd["state"] = {}
+        sd["param_groups"][0]["initial_accumulator_value"] = 0.5
+        opt.load_state_dict(sd)
+        self.assertTrue(torch.equal(opt.state_dict()["state"][0]["sum"], torch.full((3,), 0.5)))
+
+    def test_centered_rmsprop_without_momentum_has_grad_avg(self):
+        m1, m2 = make_model(), make_model()
+        o1 = ft.RMSprop(m1.parameters(), lr=1e-2, centered=True)
+        o2 = torch.optim.RMSprop(m2.parameters(), lr=1e-2, centered=True)
+        for x, y in batches(2):
+            step_on(m1, o1, x, y)
+            step_on(m2, o2, x, y)
+        sd = o1.state_dict()
+        self.assertIn("grad_avg", sd["state"][0])
+        assert_close(self, [sd["state"][i]["grad_avg"] for i in range(4)],
+                     [o2.state[p]["grad_avg"] for p in m2.parameters()], "grad_avg")
+        o1.load_state_dict(o2.state_dict())  # torch's centered state loads
+
+    def test_failed_load_keeps_the_step_count(self):
+        m = make_model()
+        opt = ft.Adam(m.parameters(), lr=1e-2)
+        data = batches(2)
+        step_on(m, opt, *data[0])
+        sd = opt.state_dict()
+        step_on(m, opt, *data[1])
+
+        def fail(*args, **kwargs):
+            raise RuntimeError("the device failed")
+        opt._init_state = fail  # fails after the step count was set
+        with self.assertRaisesRegex(RuntimeError, "the device failed"):
+            opt.load_state_dict(sd)
+        self.assertEqual(opt.step_count, 2)
+
+    def test_failed_rebuilding_load_keeps_the_library_hparams(self):
+        from fusedopt import _ctypes as C
+        ps = [torch.nn.Parameter(torch.zeros(2)) for _ in range(3)]
+        opt = ft.Adam([{"params": [p]} for p in ps], lr=1e-2)
+        sd = opt.state_dict()
+        sd["param_groups"][0]["lr"] = 0.5       # pushed first
+        sd["param_groups"][1]["amsgrad"] = True  # needs a buffer: the optimizer is made again
+        sd["param_groups"][2]["eps"] = -1.0      # which the library refuses
+        with self.assertRaises(fusedopt.InvalidArgument):
+            opt.load_state_dict(sd)
+        hp = C.FoHparams()
+        opt._call("fo_optimizer_get_hparams", 0, ctypes.byref(hp))
+        self.assertAlmostEqual(hp.lr, 1e-2, places=6)
 
 
 if __name__ == "__main__":

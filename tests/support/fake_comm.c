@@ -100,7 +100,7 @@ fo_comm *fake_shard_comm(fake *f, int rank, int size, int with_shard_ops) {
   ops.allreduce_sum = refuse_allreduce;
   if (with_shard_ops) {
     ops.reduce_scatter_sum = fake_reduce_scatter;
-    ops.all_gather = fake_all_gather;
+    if (with_shard_ops != 2) ops.all_gather = fake_all_gather; /* 2: reduce-scatter only */
   }
   fo_comm *c = NULL;
   OK(fo_comm_create_host(&c, &ops, f, rank, size));

@@ -43,7 +43,8 @@ fo_comm_ops fake_ops(void);
 /* Rank 0 of size over f (cleared first). */
 fo_comm *fake_comm(fake *f, int size);
 /* Rank rank of size over f (cleared first), refusing to all-reduce; with
- * the reduce-scatter and all-gather operations when with_shard_ops. */
+ * the reduce-scatter and all-gather operations when with_shard_ops is 1,
+ * the reduce-scatter alone when it is 2. */
 fo_comm *fake_shard_comm(fake *f, int rank, int size, int with_shard_ops);
 
 #endif /* FO_TEST_FAKE_COMM_H */
