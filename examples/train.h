@@ -100,7 +100,7 @@ fo_dtype precision_dtype(int precision);
 
 /* Prints "train: <call>: <status>: <fo_last_error()>" and returns 1 when
  * st is a failure; 0 otherwise. */
-int fo_failed(fo_status st, const char *call);
+int train_failed(fo_status st, const char *call);
 
 fo_algorithm opt_algorithm(int opt);
 /* Whether the optimizer reads momentum (SGD, Nesterov, LARS) or betas. */

@@ -61,12 +61,12 @@ static int create_bowl_optimizer(const train_config *cfg, bowl *b, fo_optimizer 
   fo_hparams hp, unused;
   make_hparams(cfg, cfg->opt, &hp, &unused);
   fo_tensor_desc t = {b->n, 0, b->x, b->g, "x"};
-  return fo_failed(fo_optimizer_create(out, &o, &hp, 1, &t, 1), "fo_optimizer_create");
+  return train_failed(fo_optimizer_create(out, &o, &hp, 1, &t, 1), "fo_optimizer_create");
 }
 
 static int print_bowl_header(const train_config *cfg, const bowl *b, const fo_optimizer *opt) {
   fo_hparams hp;
-  if (fo_failed(fo_optimizer_get_hparams(opt, 0, &hp), "fo_optimizer_get_hparams")) return 1;
+  if (train_failed(fo_optimizer_get_hparams(opt, 0, &hp), "fo_optimizer_get_hparams")) return 1;
   printf("bowl: f(x) = 1/2 sum a_i x_i^2, a = (");
   print_vector(stdout, ", ", b->a, b->n);
   printf("), x0 = (");
@@ -88,7 +88,7 @@ static int descend(const train_config *cfg, bowl *b, fo_optimizer *opt, FILE *tr
     if (traj) write_trajectory_row(traj, step, b);
     if (step == cfg->steps) return 0;
     bowl_gradient(b);
-    if (fo_failed(fo_optimizer_step(opt, NULL), "fo_optimizer_step")) return 1;
+    if (train_failed(fo_optimizer_step(opt, NULL), "fo_optimizer_step")) return 1;
   }
 }
 

@@ -140,15 +140,15 @@ static void backward(cpu_engine *e, int rows) {
 /* 16-bit: widen the current parameters into the mirror the loops read. */
 static int refresh_params(cpu_engine *e) {
   if (!e->param_mirror) return 0;
-  return fo_failed(fo_convert_to_f32(e->dtype, e->params.base, e->param_mirror, e->params.elems),
-                   "fo_convert_to_f32");
+  return train_failed(fo_convert_to_f32(e->dtype, e->params.base, e->param_mirror, e->params.elems),
+                      "fo_convert_to_f32");
 }
 
 /* 16-bit: round the fp32 gradients into the optimizer's gradient arena. */
 static int publish_grads(cpu_engine *e) {
   if (!e->grad_mirror) return 0;
-  return fo_failed(fo_convert_from_f32(e->dtype, e->grad_mirror, e->grads.base, e->grads.elems),
-                   "fo_convert_from_f32");
+  return train_failed(fo_convert_from_f32(e->dtype, e->grad_mirror, e->grads.base, e->grads.elems),
+                      "fo_convert_from_f32");
 }
 
 static int cpu_train_step(void *handle, const float *x, const int *y) {
@@ -164,7 +164,7 @@ static int cpu_train_step(void *handle, const float *x, const int *y) {
   e->loss_sum += softmax_xent(e->act[last], y, e->batch, coef, e->dact[last]);
   backward(e, e->batch);
   if (publish_grads(e)) return 1;
-  return fo_failed(fo_optimizer_step(e->opt, NULL), "fo_optimizer_step");
+  return train_failed(fo_optimizer_step(e->opt, NULL), "fo_optimizer_step");
 }
 
 static int cpu_take_loss_sum(void *handle, double *sum) {
@@ -192,11 +192,11 @@ static int cpu_write_params(void *handle, float *const init[]) {
   cpu_engine *e = handle;
   for (int i = 0; i < e->num_tensors; i++) {
     char *dst = (char *)e->params.base + e->params.offset[i] * (int64_t)fo_dtype_size(e->dtype);
-    if (fo_failed(fo_convert_from_f32(e->dtype, init[i], dst, net_tensor_numel(&e->net, i)),
-                  "fo_convert_from_f32"))
+    if (train_failed(fo_convert_from_f32(e->dtype, init[i], dst, net_tensor_numel(&e->net, i)),
+                     "fo_convert_from_f32"))
       return 1;
   }
-  return fo_failed(fo_optimizer_sync_master(e->opt, NULL), "fo_optimizer_sync_master");
+  return train_failed(fo_optimizer_sync_master(e->opt, NULL), "fo_optimizer_sync_master");
 }
 
 /* ------------------------------------------------------------ set-up */

@@ -293,7 +293,7 @@ static int enqueue_step(gpu_engine *e) {
       e->loss_sum);
   if (launch_failed("softmax_xent_kernel")) return 1;
   if (enqueue_backward(e, e->batch) || enqueue_narrow_grads(e)) return 1;
-  return fo_failed(fo_optimizer_step(e->opt, e->stream), "fo_optimizer_step");
+  return train_failed(fo_optimizer_step(e->opt, e->stream), "fo_optimizer_step");
 }
 
 /* Records enqueue_step into e->graph.  A failure inside ends the capture
@@ -371,15 +371,15 @@ static int gpu_write_params(void *handle, float *const init[]) {
     int64_t numel = net_tensor_numel(&e->net, i);
     void *staged = malloc((size_t)numel * esize);
     char *dst = (char *)e->params.base + e->params.offset[i] * (int64_t)esize;
-    int rc = !staged || fo_failed(fo_convert_from_f32(e->dtype, init[i], staged, numel),
-                                  "fo_convert_from_f32");
+    int rc = !staged || train_failed(fo_convert_from_f32(e->dtype, init[i], staged, numel),
+                                     "fo_convert_from_f32");
     if (!rc)
       rc = upload(e, dst, staged, (size_t)numel * esize, "copying the initial weights") ||
            cuda_failed(cudaStreamSynchronize(e->stream), "copying the initial weights");
     free(staged);
     if (rc) return 1;
   }
-  return fo_failed(fo_optimizer_sync_master(e->opt, e->stream), "fo_optimizer_sync_master") ||
+  return train_failed(fo_optimizer_sync_master(e->opt, e->stream), "fo_optimizer_sync_master") ||
          cuda_failed(cudaStreamSynchronize(e->stream), "fo_optimizer_sync_master");
 }
 

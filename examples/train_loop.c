@@ -57,13 +57,14 @@ static void make_net(const train_config *cfg, net_shape *net) {
 int get_arena_layout(fo_optimizer *opt, fo_role role, fo_dtype dtype, int num_tensors,
                      arena_layout *out) {
   size_t bytes, size = fo_dtype_size(dtype);
-  if (fo_failed(fo_optimizer_arena(opt, role, &out->base, &bytes), "fo_optimizer_arena")) return 1;
+  if (train_failed(fo_optimizer_arena(opt, role, &out->base, &bytes), "fo_optimizer_arena"))
+    return 1;
   out->elems = (int64_t)(bytes / size);
   for (int i = 0; i < num_tensors; i++) {
     void *p;
     fo_status st = role == FO_ROLE_PARAM ? fo_optimizer_param_ptr(opt, i, &p)
                                          : fo_optimizer_grad_ptr(opt, i, &p);
-    if (fo_failed(st, "fo_optimizer_param_ptr/grad_ptr")) return 1;
+    if (train_failed(st, "fo_optimizer_param_ptr/grad_ptr")) return 1;
     out->offset[i] = (int64_t)(((char *)p - (char *)out->base) / (ptrdiff_t)size);
   }
   return 0;
@@ -73,9 +74,10 @@ int find_loss_scale(fo_optimizer *opt, const float **out) {
   fo_options o;
   float *scale = NULL;
   *out = NULL;
-  if (fo_failed(fo_optimizer_get_options(opt, &o), "fo_optimizer_get_options")) return 1;
+  if (train_failed(fo_optimizer_get_options(opt, &o), "fo_optimizer_get_options")) return 1;
   if (!o.loss_scaler.enabled) return 0;
-  if (fo_failed(fo_optimizer_loss_scale_ptr(opt, &scale), "fo_optimizer_loss_scale_ptr")) return 1;
+  if (train_failed(fo_optimizer_loss_scale_ptr(opt, &scale), "fo_optimizer_loss_scale_ptr"))
+    return 1;
   *out = scale;
   return 0;
 }
@@ -194,8 +196,8 @@ static int create_optimizer(const run_plan *p, int opt, fo_optimizer **out, doub
     t[i].group = i % 2; /* group 1: biases, no weight decay */
     t[i].name = names[i];
   }
-  if (fo_failed(fo_optimizer_create(out, &o, groups, 2, t, net_num_tensors(&p->net)),
-                "fo_optimizer_create"))
+  if (train_failed(fo_optimizer_create(out, &o, groups, 2, t, net_num_tensors(&p->net)),
+                   "fo_optimizer_create"))
     return 1;
   /* Several ranks: the step sums the gradients over the ranks (one
    * all-reduce of the gradient arena per bucket, default 25 MiB buckets:
@@ -206,7 +208,7 @@ static int create_optimizer(const run_plan *p, int opt, fo_optimizer **out, doub
   fo_dp_options_default(&dp);
   dp.shard_state = p->cfg->zero;
   return p->world->comm &&
-         fo_failed(fo_optimizer_set_comm(*out, p->world->comm, &dp), "fo_optimizer_set_comm");
+         train_failed(fo_optimizer_set_comm(*out, p->world->comm, &dp), "fo_optimizer_set_comm");
 }
 
 /* He-normal weights for the ReLU layers, 1/sqrt(fan_in) for the logits,
@@ -289,7 +291,7 @@ static int inspect(run_state *s, double base_lr, int *correct, epoch_record *rec
   double count = *correct; /* this rank's validation rows; then all of them */
   world_sum(s->plan->world, &count, 1);
   *correct = (int)count;
-  if (fo_failed(fo_optimizer_get_info(s->opt, &info), "fo_optimizer_get_info")) return 1;
+  if (train_failed(fo_optimizer_get_info(s->opt, &info), "fo_optimizer_get_info")) return 1;
   rec->val_acc = (double)*correct / (double)s->plan->data->val.n;
   rec->step = info.step;
   rec->lr = base_lr * (double)info.lr_factor;
@@ -338,7 +340,7 @@ static int alloc_run_state(run_state *s, const run_plan *p) {
 
 static void free_run_state(run_state *s) {
   if (s->engine) s->plan->engine->destroy(s->engine);
-  fo_failed(fo_optimizer_destroy(s->opt), "fo_optimizer_destroy");
+  train_failed(fo_optimizer_destroy(s->opt), "fo_optimizer_destroy");
   free(s->order);
   free(s->batch_x);
   free(s->batch_y);

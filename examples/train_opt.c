@@ -32,7 +32,7 @@ static const opt_defaults bowl_defaults[OPT_COUNT] = {
     [OPT_LAMB] = {0.05f, 0.0f, 0.0f},    [OPT_LARS] = {50.0f, 0.0f, 0.9f},
 };
 
-int fo_failed(fo_status st, const char *call) {
+int train_failed(fo_status st, const char *call) {
   if (st == FO_SUCCESS) return 0;
   fprintf(stderr, "train: %s: %s: %s\n", call, fo_status_string(st), fo_last_error());
   return 1;

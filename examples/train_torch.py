@@ -165,8 +165,9 @@ def main():
                                                       fusedopt.library_version(),
                                                       torch.__version__, len(yt), len(yv),
                                                       args.hidden, args.hidden, n_params))
-    print("%s, %s, batch %d, %d steps/epoch, %d epochs, warmup %d steps then cosine"
-          % (device, args.precision, args.batch, steps_per_epoch, args.epochs, warmup))
+    print("%s, %s, batch %d, %d steps/epoch, %d epoch%s, warmup %d steps then cosine"
+          % (device, args.precision, args.batch, steps_per_epoch, args.epochs,
+             "" if args.epochs == 1 else "s", warmup))
 
     runs = []
     model = make_model(args.seed, dtype, device, args.hidden)
@@ -223,8 +224,9 @@ def main():
     for run in runs:
         last = run.rows[-1]
         print("done: %s AdamW reached %.2f%% validation accuracy, training loss %.4f, in %d "
-              "epochs (%d steps, %d skipped)" % (run.name, 100 * last[3], last[2], args.epochs,
-                                                 last[1], last[6]))
+              "epoch%s (%d steps, %d skipped)" % (run.name, 100 * last[3], last[2], args.epochs,
+                                                  "" if args.epochs == 1 else "s", last[1],
+                                                  last[6]))
         path = os.path.join(args.out, "train_torch_%s.csv" % run.name)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)

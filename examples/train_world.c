@@ -181,7 +181,7 @@ int world_create_comm(train_world *w, int cuda) {
 #ifdef FO_TRAIN_MPI
   fo_status st = cuda ? fo_comm_create_nccl_mpi(&w->comm, MPI_COMM_WORLD, w->device)
                       : fo_comm_create_mpi(&w->comm, MPI_COMM_WORLD);
-  if (fo_failed(st, cuda ? "fo_comm_create_nccl_mpi" : "fo_comm_create_mpi")) {
+  if (train_failed(st, cuda ? "fo_comm_create_nccl_mpi" : "fo_comm_create_mpi")) {
     w->comm = NULL;
     return EXIT_TRAIN_FAILED;
   }
@@ -192,7 +192,7 @@ int world_create_comm(train_world *w, int cuda) {
 
 void world_destroy_comm(train_world *w) {
   if (!w->comm) return;
-  fo_failed(fo_comm_destroy(w->comm), "fo_comm_destroy");
+  train_failed(fo_comm_destroy(w->comm), "fo_comm_destroy");
   w->comm = NULL;
 }
 
