@@ -10,7 +10,8 @@
  *   - Programmatic Dependent Launch exactly on sm_90 and newer;
  *   - a step on a non-blocking stream right after create sees everything
  *     create did on the legacy stream (zero-filled state, master weights);
- *   - pointers in the wrong memory: FO_ERR_BAD_POINTER.
+ *   - pointers in the wrong memory, or buffers too short for their dtype:
+ *     FO_ERR_BAD_POINTER.
  *
  * Every test first asks fo_cuda_device_count(); without a usable device it
  * is skipped with the reason (never passed without running).
@@ -415,4 +416,80 @@ Test(gpu, bad_pointers) {
   CK(cudaFree(dev_g));
   free(host);
   free(hostg);
+}
+
+/* 1 when CUDA reports the byte at p as no device memory: a buffer whose
+ * last element would lie there runs off its allocation, and create can see
+ * it.  (A real device may map the next allocation right behind a small
+ * one; the emulated device never does.) */
+static int past_allocation(const void *p) {
+  struct cudaPointerAttributes a;
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    (void)cudaGetLastError(); /* this probe's own error, not the caller's */
+    return 1;
+  }
+  return a.type != cudaMemoryTypeDevice && a.type != cudaMemoryTypeManaged;
+}
+
+/* Each buffer is checked for numel elements of its own dtype: a gradient
+ * of fp32 beside bf16 parameters spans twice the parameter's bytes, and
+ * one allocated for the parameter's dtype is refused, as is a parameter
+ * buffer too short for its dtype beside 16-bit gradients. */
+Test(gpu, buffers_sized_by_their_own_dtype) {
+  require_device(1);
+  enum { N = 4096 };
+  unsigned char *p2 = NULL, *p4 = NULL, *g2 = NULL, *g4 = NULL;
+  CK(cudaMalloc((void **)&p2, N * 2));
+  CK(cudaMalloc((void **)&p4, N * 4));
+  CK(cudaMalloc((void **)&g2, N * 2));
+  CK(cudaMalloc((void **)&g4, N * 4));
+  fo_hparams h;
+  OK(fo_hparams_default(FO_ALG_ADAMW, &h));
+  const struct {
+    fo_dtype pt, gt;
+    void *p, *g;
+    const char *short_one; /* NULL: both buffers are exactly their size */
+  } cases[] = {{FO_DTYPE_BF16, FO_DTYPE_F32, p2, g4, NULL},
+               {FO_DTYPE_F32, FO_DTYPE_BF16, p4, g2, NULL},
+               {FO_DTYPE_BF16, FO_DTYPE_F32, p2, g2, "grad"},
+               {FO_DTYPE_F32, FO_DTYPE_BF16, p2, g2, "param"}};
+  int refusals = 0;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    fo_options o;
+    OK(fo_options_default(&o));
+    o.executor = FO_EXEC_CUDA;
+    o.param_dtype = cases[i].pt;
+    o.grad_dtype = cases[i].gt;
+    fo_tensor_desc t = {N, 0, cases[i].p, cases[i].g, "t"};
+    fo_optimizer *opt = NULL;
+    fo_status st = fo_optimizer_create(&opt, &o, &h, 1, &t, 1);
+    if (!cases[i].short_one) {
+      cr_assert_eq(st, FO_SUCCESS, "case %zu: %s", i, fo_last_error());
+      OK(fo_optimizer_destroy(opt));
+      continue;
+    }
+    const unsigned char *buf = strcmp(cases[i].short_one, "grad") == 0 ? cases[i].g : cases[i].p;
+    if (!past_allocation(buf + (size_t)N * 4 - 1)) {
+      cr_log_info(
+          "case %zu: the device maps memory right behind a %d-byte buffer; "
+          "an overrun there cannot be seen",
+          i, N * 2);
+      if (st == FO_SUCCESS) OK(fo_optimizer_destroy(opt));
+      continue;
+    }
+    refusals++;
+    cr_assert_eq(st, FO_ERR_BAD_POINTER, "case %zu: %s (%s)", i, fo_status_string(st),
+                 fo_last_error());
+    cr_assert_null(opt);
+    char want[32];
+    snprintf(want, sizeof want, "tensors[0].%s", cases[i].short_one);
+    cr_assert(strstr(fo_last_error(), want), "case %zu: %s", i, fo_last_error());
+  }
+  cr_log_info("%d short buffers could be checked", refusals);
+  if (getenv("FO_GPU_TEST_EMULATED")) /* the emulated device maps nothing behind a buffer */
+    cr_assert_eq(refusals, 2, "the emulated device checked %d short buffers of 2", refusals);
+  CK(cudaFree(p2));
+  CK(cudaFree(p4));
+  CK(cudaFree(g2));
+  CK(cudaFree(g4));
 }
