@@ -989,6 +989,13 @@ FO_API fo_status fo_optimizer_arena(fo_optimizer *opt, fo_role role, void **base
  *  issue the same collectives in the same order (the same buckets, in the
  *  same order, then the step).  A communicator must outlive the optimizers
  *  attached to it, and it and they are used from one thread at a time.
+ *
+ *  NCCL communicators may be non-blocking (ncclConfig_t.blocking = 0, or
+ *  NCCL_COMM_BLOCKING=0): the library waits (polls ncclCommGetAsyncError)
+ *  until each of its NCCL calls is done.  After an NCCL error other than a
+ *  refused argument the communicator is broken (NCCL leaves its state
+ *  undefined): every later reduction through it fails with FO_ERR_COMM;
+ *  destroy it (fo_comm_destroy aborts an owned one) and attach another.
  *  See docs/data-parallel.md. */
 typedef struct fo_comm fo_comm;
 

@@ -5,11 +5,15 @@
  * libfusedopt itself never links MPI.  A host communicator is a table of
  * collective functions (fo_comm_ops in fusedopt.h); this library fills it
  * with MPI_Allreduce (and, for a sharded state, reduce-scatter and
- * all-gather as one MPI_Reduce / MPI_Bcast per rank), and bootstraps NCCL communicators through MPI.  It
- * must be built against the MPI implementation the program uses (MPI has
- * no common ABI).  Both functions are collective over comm: every rank
- * must call them.  MPI must be initialised, and stay so until the
- * communicator is destroyed.
+ * all-gather as one MPI_Reduce / MPI_Bcast per rank), and bootstraps NCCL communicators through
+ * MPI.  It must be built against the MPI implementation the program uses (MPI has no common ABI).
+ * Both functions are collective over comm: every rank must call them.  MPI must be initialised, and
+ * stay so until the communicator is destroyed.  Every rank checks its own arguments, and the ranks
+ * agree (one MPI_Allreduce) before anything else that would wait for the others: a refusal on one
+ * rank (out NULL, a bad device, no device) makes every rank fail, and return, with that rank's
+ * status (the lowest such rank's, named in the others' fo_last_error()).  Only a rank that cannot
+ * communicate at all (MPI not initialised or finalised, comm MPI_COMM_NULL) returns at once: pass
+ * every rank the same comm.
  */
 #ifndef FUSEDOPT_MPI_H
 #define FUSEDOPT_MPI_H

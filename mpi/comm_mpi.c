@@ -180,10 +180,39 @@ static fo_status ctx_init(const char *fn, MPI_Comm comm, mpi_ctx *c) {
   return FO_SUCCESS;
 }
 
+/* The ranks' verdict on their own checks, before the first collective that
+ * would wait for a rank that returned early: FO_SUCCESS on every rank, or
+ * a failure on every rank.  A rank that failed keeps its own message; the
+ * others return the lowest failing rank's status, naming it.  Only a rank
+ * that cannot communicate at all (check_mpi) returns without this. */
+static fo_status agree(const char *fn, MPI_Comm comm, fo_status local) {
+  int rank = 0, size = 0;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  /* MPI_MINLOC compares the first int and carries the second: a failing
+   * rank offers (its rank, its status), a passing one (size, 0), so the
+   * result is the lowest failing rank and its status, or (size, 0). */
+  struct {
+    int key, status;
+  } mine = {local == FO_SUCCESS ? size : rank, (int)local}, first = {0, 0};
+  int rc = MPI_Allreduce(&mine, &first, 1, MPI_2INT, MPI_MINLOC, comm);
+  if (rc != MPI_SUCCESS) return mpi_fail(fn, "MPI_Allreduce", rc);
+  if (local != FO_SUCCESS) return local; /* our own reason is in fo_last_error() */
+  if (first.key >= size) return FO_SUCCESS;
+  char msg[160];
+  snprintf(msg, sizeof msg, "rank %d of %d refused its call (see its message); no rank went on",
+           first.key, size);
+  fo_status theirs = (fo_status)first.status;
+  return fo_set_last_error(theirs > FO_SUCCESS && theirs < FO_STATUS_COUNT ? theirs : FO_ERR_COMM,
+                           fn, msg);
+}
+
 fo_status fo_comm_create_mpi(fo_comm **out, MPI_Comm comm) {
   static const char fn[] = "fo_comm_create_mpi";
-  if (!out) return fo_set_last_error(FO_ERR_NULL_POINTER, fn, "out is NULL");
   fo_status st = check_mpi(fn, comm);
+  if (st != FO_SUCCESS) return st;
+  st = out ? FO_SUCCESS : fo_set_last_error(FO_ERR_NULL_POINTER, fn, "out is NULL");
+  st = agree(fn, comm, st);
   if (st != FO_SUCCESS) return st;
   mpi_ctx *c = calloc(1, sizeof *c);
   if (!c) return fo_set_last_error(FO_ERR_OUT_OF_MEMORY, fn, "no memory for the context");
@@ -211,7 +240,7 @@ fo_status fo_comm_create_mpi(fo_comm **out, MPI_Comm comm) {
 
 /* ------------------------------------------------------ NCCL over MPI */
 
-/* The rank's index among the ranks of its node. */
+/* The rank's index among the ranks of its node.  Collective over comm. */
 static int local_rank(MPI_Comm comm) {
   int rank = 0, local = 0;
   MPI_Comm node = MPI_COMM_NULL;
@@ -224,39 +253,37 @@ static int local_rank(MPI_Comm comm) {
   return local;
 }
 
-/* Pick this rank's device and make every rank agree that all have one.
- * Returns FO_SUCCESS on every rank, or a failure on every rank. */
-static fo_status agree_on_devices(const char *fn, MPI_Comm comm, int device, int *out) {
+/* This rank's arguments and device: FO_SUCCESS with the device in *out,
+ * or the reason (checked locally; agree() makes it every rank's). */
+static fo_status check_nccl_args(const char *fn, fo_comm **out_comm, int device, int local,
+                                 int *out) {
+  if (!out_comm) return fo_set_last_error(FO_ERR_NULL_POINTER, fn, "out is NULL");
+  if (device < -1) return fo_set_last_error(FO_ERR_INVALID_ARGUMENT, fn, "device must be >= -1");
   int ndev = 0;
   fo_status st = fo_cuda_device_count(&ndev);
-  int dev = device >= 0 ? device : (ndev > 0 ? local_rank(comm) % ndev : 0);
-  if (st == FO_SUCCESS && dev >= ndev) {
+  if (st != FO_SUCCESS) return st;
+  int dev = device >= 0 ? device : (ndev > 0 ? local % ndev : 0);
+  if (dev >= ndev) {
     char msg[128];
     snprintf(msg, sizeof msg, "device = %d, but this node has %d CUDA devices", dev, ndev);
-    st = fo_set_last_error(FO_ERR_INVALID_ARGUMENT, fn, msg);
+    return fo_set_last_error(FO_ERR_INVALID_ARGUMENT, fn, msg);
   }
-  int ok = st == FO_SUCCESS, all_ok = 0;
-  int rc = MPI_Allreduce(&ok, &all_ok, 1, MPI_INT, MPI_MIN, comm);
-  if (rc != MPI_SUCCESS) return mpi_fail(fn, "MPI_Allreduce", rc);
-  if (!ok) return st; /* our own reason is in fo_last_error() */
-  if (!all_ok)
-    return fo_set_last_error(FO_ERR_NO_DEVICE, fn,
-                             "another rank has no usable CUDA device (see its message)");
   *out = dev;
   return FO_SUCCESS;
 }
 
 fo_status fo_comm_create_nccl_mpi(fo_comm **out, MPI_Comm comm, int device) {
   static const char fn[] = "fo_comm_create_nccl_mpi";
-  if (!out) return fo_set_last_error(FO_ERR_NULL_POINTER, fn, "out is NULL");
-  if (device < -1)
-    return fo_set_last_error(FO_ERR_INVALID_ARGUMENT, fn, "device must be >= -1");
   fo_status st = check_mpi(fn, comm);
   if (st != FO_SUCCESS) return st;
   int rank = 0, size = 0, dev = 0;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
-  st = agree_on_devices(fn, comm, device, &dev);
+  /* local_rank is collective (MPI_Comm_split_type): every rank, first.
+   * Then every rank checks its arguments and device, and the ranks agree
+   * before NCCL starts, so that one rank's refusal cannot hang the rest. */
+  const int local = local_rank(comm);
+  st = agree(fn, comm, check_nccl_args(fn, out, device, local, &dev));
   if (st != FO_SUCCESS) return st;
   /* rank 0's id and whether it got one, so a failure cannot hang the rest */
   struct {

@@ -18,6 +18,7 @@
  * the MPI tier's (tests/mpi, CPU); multi-process NCCL runs bootstrap
  * through MPI (fusedopt_mpi.h).
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include <criterion/criterion.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -414,4 +415,110 @@ Test(gpu_comm, wrap_and_kinds, .timeout = 60) {
   CK(cudaFree(d));
   OK(fo_comm_destroy(c)); /* leaves the caller's NCCL communicator alone */
   NC(ncclCommDestroy(nccl));
+}
+
+/* ------------------------------------------ non-blocking and failed NCCL */
+
+/* NCCL_COMM_BLOCKING=0 makes every communicator non-blocking: init and
+ * each collective may answer ncclInProgress, and nothing else may be asked
+ * of the communicator until ncclCommGetAsyncError says the call is done.
+ * The library waits for that, so the steps are the blocking ones'.  (Set
+ * in this test's own process, before it first loads NCCL.) */
+Test(gpu_comm, one_rank_non_blocking_communicator, .timeout = 120) {
+  require_devices(1);
+  cr_assert_eq(setenv("NCCL_COMM_BLOCKING", "0", 1), 0);
+  gc_config in_place = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0};
+  one_rank_case(&in_place, 1);
+  gc_config packed = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 3, 0, 0, 0};
+  one_rank_case(&packed, 0);
+  gc_config sharded = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1};
+  one_rank_case(&sharded, 0); /* grouped ncclReduce / ncclBroadcast */
+}
+
+/* A caller's non-blocking communicator, wrapped while it may still be
+ * initialising. */
+Test(gpu_comm, wrap_a_non_blocking_communicator, .timeout = 60) {
+  require_devices(1);
+  ncclUniqueId id;
+  NC(ncclGetUniqueId(&id));
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  ncclComm_t nccl = NULL;
+  CK(cudaSetDevice(0));
+  ncclResult_t r = ncclCommInitRankConfig(&nccl, 1, id, 0, &config);
+  cr_assert(r == ncclSuccess || r == ncclInProgress, "ncclCommInitRankConfig: %s",
+            ncclGetErrorString(r));
+  fo_comm *c = NULL;
+  OK(fo_comm_wrap_nccl(&c, nccl));
+  int rank = -1, size = -1;
+  OK(fo_comm_get_rank(c, &rank, &size));
+  cr_assert(rank == 0 && size == 1, "rank %d of %d", rank, size);
+  float *d, host[3] = {1.5f, -2.0f, 3.25f};
+  CK(cudaMalloc((void **)&d, sizeof host));
+  CK(cudaMemcpy(d, host, sizeof host, cudaMemcpyHostToDevice));
+  OK(fo_comm_allreduce_sum(c, d, 3, FO_DTYPE_F32, NULL));
+  OK(fo_comm_allreduce_sum(c, d, 3, FO_DTYPE_F32, NULL)); /* after the first is done */
+  float back[3];
+  CK(cudaMemcpy(back, d, sizeof back, cudaMemcpyDeviceToHost));
+  cr_assert(memcmp(back, host, sizeof host) == 0, "a sum over one rank changed the values");
+  CK(cudaFree(d));
+  OK(fo_comm_destroy(c));
+  ncclResult_t state = ncclInProgress;
+  while (state == ncclInProgress) NC(ncclCommGetAsyncError(nccl, &state));
+  NC(state);
+  r = ncclCommDestroy(nccl);
+  cr_assert(r == ncclSuccess || r == ncclInProgress, "ncclCommDestroy: %s", ncclGetErrorString(r));
+}
+
+/* The emulated NCCL's count of ncclCommAbort calls (tests/emu/emu_nccl.cpp;
+ * absent with a real NCCL). */
+extern int fo_emu_nccl_aborts(void) __attribute__((weak));
+
+/* After NCCL fails (kind "sync": the all-reduce returns an error; "async":
+ * it is enqueued and the communicator then reports an asynchronous error)
+ * the communicator cannot be used again: the step that sees the failure
+ * and every later one are refused, after zero_grad too, and nothing is
+ * stepped; fo_comm_destroy aborts it.  Only the emulated NCCL can fail on
+ * request (FO_EMU_NCCL_FAIL). */
+static void failed_collective_case(const char *kind) {
+  if (!getenv("FO_GPU_TEST_EMULATED") || !fo_emu_nccl_aborts)
+    cr_skip_test("making NCCL fail needs the emulated NCCL (emu_test_gpu_comm)");
+  const int async = strcmp(kind, "async") == 0;
+  cr_assert_eq(setenv("FO_EMU_NCCL_FAIL", async ? "1:async" : "1:sync", 1), 0);
+  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
+  gc_rig dp, ref;
+  fo_comm *comm = gc_pair_make(&dp, &ref, &c);
+  int k = 0;
+  if (async) { /* the failing all-reduce itself returns success */
+    gc_grads(&dp, k, 0);
+    gc_grads(&ref, k, 0);
+    OK(fo_optimizer_step(dp.opt, NULL));
+    OK(fo_optimizer_step(ref.opt, NULL));
+    k++;
+  }
+  gc_grads(&dp, k, 0);
+  fo_status st = fo_optimizer_step(dp.opt, NULL);
+  cr_assert_eq(st, FO_ERR_COMM, "%s: %s", fo_status_string(st), fo_last_error());
+  cr_assert(strstr(fo_last_error(), "cannot be used again"), "%s", fo_last_error());
+  for (int again = 0; again < 2; again++) {
+    OK(fo_optimizer_zero_grad(dp.opt, NULL));
+    gc_grads(&dp, k + 1 + again, 0);
+    st = fo_optimizer_step(dp.opt, NULL);
+    cr_assert_eq(st, FO_ERR_COMM, "retry %d: %s", again, fo_status_string(st));
+    cr_assert(strstr(fo_last_error(), "failed earlier"), "%s", fo_last_error());
+  }
+  gc_expect_same(&dp, &ref, "the steps refused after NCCL failed");
+  const int aborts = fo_emu_nccl_aborts();
+  gc_pair_free(&dp, &ref, comm);
+  cr_assert_eq(fo_emu_nccl_aborts(), aborts + 1, "fo_comm_destroy did not abort the communicator");
+}
+
+Test(gpu_comm, a_failed_all_reduce_breaks_the_communicator, .timeout = 60) {
+  require_devices(1);
+  failed_collective_case("sync");
+}
+
+Test(gpu_comm, an_asynchronous_nccl_error_breaks_the_communicator, .timeout = 60) {
+  require_devices(1);
+  failed_collective_case("async");
 }

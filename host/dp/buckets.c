@@ -487,7 +487,8 @@ static fo_status reduce_remaining(const char *fn, fo_optimizer *opt, fo_stream_t
 static fo_status refuse_poisoned(const char *fn) {
   return fo_fail(FO_ERR_COMM, fn,
                  "an earlier all-reduce of the gradients failed and left them partly "
-                 "summed; zero them (fo_optimizer_zero_grad), recompute them and try again");
+                 "summed; zero them (fo_optimizer_zero_grad), recompute them and try again (an "
+                 "NCCL communicator that failed is refused then: attach another)");
 }
 
 /* The arguments every reduce call shares (opt not NULL, claimed); the

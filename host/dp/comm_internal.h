@@ -25,6 +25,7 @@ struct fo_comm {
   int owns_nccl;    /* created by fo_comm_init_nccl: destroyed with us */
   fo_nccl_lib *lib; /* the loaded NCCL library (nccl.c) */
   int device;       /* the NCCL communicator's CUDA device */
+  int broken;       /* an NCCL error left it unusable: refuse, and abort it */
   /* FO_COMM_HOST */
   fo_comm_ops ops;
   void *ctx;

@@ -5,6 +5,20 @@
  * Calls that use a device make the communicator's device current and
  * restore the caller's.
  *
+ * A non-blocking communicator (ncclConfig_t.blocking = 0, or
+ * NCCL_COMM_BLOCKING=0 in the environment) answers ncclInProgress while a
+ * call is still being carried out, and NCCL allows no other call on it
+ * until ncclCommGetAsyncError says the state has left ncclInProgress.
+ * fusedopt waits for that (settle) after each of its calls, so a
+ * non-blocking communicator behaves as a blocking one inside the library.
+ *
+ * After an NCCL error other than a refused argument the communicator's
+ * state is undefined (NCCL's user guide: abort it and create another); a
+ * peer may already wait in the collective this rank failed to join.  The
+ * communicator is then marked broken: every later collective is refused,
+ * and fo_comm_destroy aborts one the library owns instead of destroying it
+ * (a destroy would wait for the peers' work).
+ *
  * NCCL is loaded when a call needs it (dlopen of libnccl.so.2), never
  * linked: a CUDA build of libfusedopt loads and runs the CPU executor, host
  * communicators and single-GPU steps on a machine without NCCL, and only a
@@ -20,6 +34,7 @@
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 #include <nccl.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,12 +135,39 @@ static fo_status load(const char *fn, fo_nccl_lib **out) {
 
 /* -------------------------------------------------------------- errors */
 
-static fo_status nccl_fail(const char *fn, const fo_nccl_lib *lib, const char *what, ncclResult_t r,
-                           ncclComm_t comm) {
+/* r, or once a non-blocking communicator's call in progress is done, its
+ * outcome: ncclCommGetAsyncError is polled until it leaves ncclInProgress
+ * (NCCL's rule before any other call on the communicator). */
+static ncclResult_t settle(const fo_nccl_lib *lib, ncclComm_t comm, ncclResult_t r) {
+  while (r == ncclInProgress && comm) {
+    ncclResult_t state = ncclInProgress;
+    ncclResult_t q = lib->comm_get_async_error(comm, &state);
+    if (q != ncclSuccess) return q;
+    r = state;
+    if (r == ncclInProgress) sched_yield();
+  }
+  return r;
+}
+
+/* A failure that leaves the communicator usable: NCCL refused the call's
+ * arguments before doing anything. */
+static int refused_before_work(ncclResult_t r) {
+  return r == ncclInvalidArgument || r == ncclInvalidUsage;
+}
+
+/* FO_ERR_COMM: what failed, NCCL's words for r and its last error, then
+ * `after`. */
+static fo_status nccl_fail_then(const char *fn, const fo_nccl_lib *lib, const char *what,
+                                ncclResult_t r, ncclComm_t comm, const char *after) {
   const char *detail = lib->get_last_error(comm);
   int has = detail && detail[0];
-  return fo_fail(FO_ERR_COMM, fn, "%s: %s (ncclResult %d)%s%s", what, lib->get_error_string(r),
-                 (int)r, has ? ": " : "", has ? detail : "");
+  return fo_fail(FO_ERR_COMM, fn, "%s: %s (ncclResult %d)%s%s%s", what, lib->get_error_string(r),
+                 (int)r, has ? ": " : "", has ? detail : "", after);
+}
+
+static fo_status nccl_fail(const char *fn, const fo_nccl_lib *lib, const char *what, ncclResult_t r,
+                           ncclComm_t comm) {
+  return nccl_fail_then(fn, lib, what, r, comm, "");
 }
 
 #define NCCL_TRY(fn, lib, what, call, comm)    \
@@ -184,8 +226,14 @@ fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int s
   st = fo_cuda_enter(fn, device, &prev);
   if (st == FO_SUCCESS) {
     ncclResult_t r = lib->comm_init_rank(&nccl, size, uid, rank);
+    r = settle(lib, nccl, r); /* NCCL_COMM_BLOCKING=0: still initialising */
     fo_cuda_leave(device, prev);
-    if (r != ncclSuccess) st = nccl_fail(fn, lib, "ncclCommInitRank", r, NULL);
+    if (r != ncclSuccess) {
+      st = nccl_fail(fn, lib, "ncclCommInitRank", r, nccl);
+      /* a communicator NCCL handed back in error would wait for peers */
+      if (nccl) (void)lib->comm_abort(nccl);
+      nccl = NULL;
+    }
   }
   if (st == FO_SUCCESS) {
     st = new_nccl_comm(fn, lib, nccl, 1, rank, size, device, out);
@@ -202,6 +250,10 @@ fo_status fo_comm_wrap_nccl(fo_comm **out, fo_nccl_comm_t nccl) {
   fo_status st = load(fn, &lib);
   if (st != FO_SUCCESS) return st;
   int rank = 0, size = 0, device = 0;
+  /* a non-blocking communicator may still be initialising: wait for it,
+   * and refuse one already in error */
+  NCCL_TRY(fn, lib, "the communicator's state (ncclCommGetAsyncError)",
+           settle(lib, nccl, ncclInProgress), nccl);
   NCCL_TRY(fn, lib, "ncclCommCount", lib->comm_count(nccl, &size), nccl);
   NCCL_TRY(fn, lib, "ncclCommUserRank", lib->comm_user_rank(nccl, &rank), nccl);
   NCCL_TRY(fn, lib, "ncclCommCuDevice", lib->comm_cu_device(nccl, &device), nccl);
@@ -217,7 +269,7 @@ void fo_nccl_release(fo_comm *c) {
     /* A communicator with an error may wait forever for peers that are
      * gone: abort it.  Otherwise destroy it (which flushes its work). */
     ncclResult_t async = ncclSuccess;
-    if (lib->comm_get_async_error(c->nccl, &async) != ncclSuccess ||
+    if (c->broken || lib->comm_get_async_error(c->nccl, &async) != ncclSuccess ||
         (async != ncclSuccess && async != ncclInProgress))
       (void)lib->comm_abort(c->nccl);
     else
@@ -229,6 +281,17 @@ void fo_nccl_release(fo_comm *c) {
 }
 
 /* ---------------------------------------------------------- collectives */
+
+#define BROKEN_ADVICE                                                                 \
+  "; the NCCL communicator cannot be used again: destroy it (fo_comm_destroy aborts " \
+  "one fusedopt created) and attach another"
+
+/* A collective's failure: the communicator is broken unless NCCL refused
+ * the call before doing anything (see the top of this file). */
+static fo_status collective_failed(const char *fn, fo_comm *c, const char *what, ncclResult_t r) {
+  if (!refused_before_work(r)) c->broken = 1;
+  return nccl_fail_then(fn, c->lib, what, r, c->nccl, c->broken ? BROKEN_ADVICE : "");
+}
 
 static ncclDataType_t nccl_type(fo_dtype dtype) {
   switch (dtype) {
@@ -245,8 +308,9 @@ fo_status fo_nccl_sum(const char *fn, fo_comm *c, void *buf, int64_t count, fo_d
   if (st != FO_SUCCESS) return st;
   ncclResult_t r = c->lib->all_reduce(buf, buf, (size_t)count, nccl_type(dtype), ncclSum, c->nccl,
                                       (cudaStream_t)stream);
+  r = settle(c->lib, c->nccl, r);
   fo_cuda_leave(c->device, prev);
-  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, c->lib, "ncclAllReduce", r, c->nccl);
+  return r == ncclSuccess ? FO_SUCCESS : collective_failed(fn, c, "ncclAllReduce", r);
 }
 
 /* Uneven reduce-scatter and all-gather as one group of rooted calls, the
@@ -272,13 +336,13 @@ static fo_status rooted_group(const char *fn, fo_comm *c, char *buf, const int64
     buf += (size_t)parts[k] * unit;
   }
   /* the group must be closed even when a call inside it failed */
-  ncclResult_t end = lib->group_end();
+  ncclResult_t end = settle(lib, c->nccl, lib->group_end());
   if (r == ncclSuccess && end != ncclSuccess) {
     r = end;
     what = "ncclGroupEnd";
   }
   fo_cuda_leave(c->device, prev);
-  return r == ncclSuccess ? FO_SUCCESS : nccl_fail(fn, lib, what, r, c->nccl);
+  return r == ncclSuccess ? FO_SUCCESS : collective_failed(fn, c, what, r);
 }
 
 fo_status fo_nccl_reduce_scatter(const char *fn, fo_comm *c, void *buf, const int64_t *counts,
@@ -292,11 +356,13 @@ fo_status fo_nccl_all_gather(const char *fn, fo_comm *c, void *buf, const int64_
 }
 
 fo_status fo_nccl_check_async(const char *fn, fo_comm *c) {
-  ncclResult_t async = ncclSuccess;
-  ncclResult_t r = c->lib->comm_get_async_error(c->nccl, &async);
-  if (r != ncclSuccess) return nccl_fail(fn, c->lib, "ncclCommGetAsyncError", r, c->nccl);
-  if (async != ncclSuccess && async != ncclInProgress)
-    return nccl_fail(fn, c->lib, "the communicator reports an earlier asynchronous error", async,
-                     c->nccl);
+  if (c->broken)
+    return fo_fail(FO_ERR_COMM, fn, "the NCCL communicator failed earlier%s", BROKEN_ADVICE);
+  ncclResult_t async = settle(c->lib, c->nccl, ncclInProgress);
+  if (async != ncclSuccess) {
+    c->broken = 1;
+    return collective_failed(fn, c, "the communicator reports an earlier asynchronous error",
+                             async);
+  }
   return FO_SUCCESS;
 }

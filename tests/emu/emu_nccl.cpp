@@ -15,6 +15,20 @@
  * and the other parts find it done.  Collectives over several ranks are not
  * captured (refused: ncclInvalidUsage).  The sums over several processes
  * are the MPI tier's (tests/mpi).
+ *
+ * Non-blocking communicators (ncclCommInitRankConfig with blocking = 0,
+ * or NCCL_COMM_BLOCKING=0 in the environment, as in NCCL): each call that
+ * succeeds answers ncclInProgress, and ncclCommGetAsyncError says
+ * ncclInProgress twice before the call's outcome; any other call on the
+ * communicator before then is refused (ncclInvalidUsage, said on stderr):
+ * NCCL's rule, which a real NCCL need not enforce.
+ *
+ * Faults, for the tests of what the library does after NCCL fails:
+ * FO_EMU_NCCL_FAIL="N:sync" makes the process's N-th collective call
+ * (ncclAllReduce, ncclReduce, ncclBroadcast; from 1) return
+ * ncclSystemError, "N:async" lets it run and then reports ncclRemoteError
+ * from ncclCommGetAsyncError.  fo_emu_nccl_aborts() counts ncclCommAbort's
+ * calls.
  */
 #include <cuda_runtime_api.h>
 #include <nccl.h>
@@ -67,6 +81,9 @@ struct ncclComm {
   int device;
   int rank;
   Clique *clique; /* NULL: a one-rank communicator */
+  bool nonblocking = false;
+  int busy = 0;                     /* polls before the call in progress is done */
+  ncclResult_t async = ncclSuccess; /* what ncclCommGetAsyncError reports then */
 };
 
 namespace {
@@ -100,14 +117,49 @@ ncclResult_t copy(const void *send, void *recv, size_t count, ncclDataType_t t,
   return e == 0 ? ncclSuccess : ncclUnhandledCudaError;
 }
 
+/* A non-blocking communicator's call that succeeded: in progress now. */
+ncclResult_t started(ncclComm_t comm, ncclResult_t r) {
+  if (r != ncclSuccess || !comm->nonblocking) return r;
+  comm->busy = 2;
+  return ncclInProgress;
+}
+
+/* A call on a communicator whose last call is still in progress. */
+bool busy(ncclComm_t comm) {
+  if (!comm || !comm->busy) return false;
+  fprintf(stderr,
+          "emulated NCCL: a call on a non-blocking communicator while its last call is "
+          "in progress (poll ncclCommGetAsyncError first)\n");
+  return true;
+}
+
+/* NCCL_COMM_BLOCKING=0: every communicator is non-blocking, as in NCCL. */
+bool blocking_by_default() {
+  const char *e = getenv("NCCL_COMM_BLOCKING");
+  return !(e && strcmp(e, "0") == 0);
+}
+
+/* The fault FO_EMU_NCCL_FAIL asks of the process's next collective call:
+ * 0 none, 1 sync, 2 async. */
+int next_fault() {
+  static uint64_t calls = 0;
+  calls++;
+  const char *e = getenv("FO_EMU_NCCL_FAIL");
+  unsigned long long n = 0;
+  char kind[8] = "";
+  if (!e || sscanf(e, "%llu:%7s", &n, kind) != 2 || n != calls) return 0;
+  return strcmp(kind, "sync") == 0 ? 1 : strcmp(kind, "async") == 0 ? 2 : 0;
+}
+
 /* On the current device, as ncclCommInitRank. */
-ncclResult_t one_rank(ncclComm_t *comm, int nranks, int rank) {
+ncclResult_t one_rank(ncclComm_t *comm, int nranks, int rank, bool blocking) {
   if (!comm) return ncclInvalidArgument;
   if (nranks != 1 || rank != 0) return ncclInvalidUsage; /* one rank per process */
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return ncclUnhandledCudaError;
   *comm = new ncclComm{device, 0, nullptr};
-  return ncclSuccess;
+  (*comm)->nonblocking = !blocking;
+  return started(*comm, ncclSuccess);
 }
 
 /* ------------------------------------------------- several ranks' sums */
@@ -237,11 +289,15 @@ ncclResult_t issue(const Collective &call, const void *send, void *recv, ncclCom
  * its work goes on its stream at the outermost ncclGroupEnd -- after any
  * work the program enqueued on that stream in between. */
 thread_local int group_depth = 0;
-thread_local std::vector<std::function<ncclResult_t()>> grouped;
+thread_local std::vector<std::pair<ncclComm_t, std::function<ncclResult_t()>>> grouped;
 
 ncclResult_t collective(Kind kind, const void *send, void *recv, size_t count, ncclDataType_t t,
                         ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
   if (!comm || !dtype_size(t) || (count && (!send || !recv))) return ncclInvalidArgument;
+  if (busy(comm)) return ncclInvalidUsage;
+  const int fault = next_fault();
+  if (fault == 1) return ncclSystemError;
+  if (fault == 2) comm->async = ncclRemoteError;
   if (root < 0 || root >= (comm->clique ? comm->clique->size : 1)) return ncclInvalidArgument;
   int device = -1;
   void *s = fo_emu_stream(stream, &device);
@@ -268,8 +324,8 @@ ncclResult_t collective(Kind kind, const void *send, void *recv, size_t count, n
     const Collective call{kind, count, t, op, root, {}};
     work = [=]() { return issue(call, send, recv, comm, s); };
   }
-  if (!group_depth) return work();
-  grouped.push_back(std::move(work));
+  if (!group_depth) return started(comm, work());
+  grouped.emplace_back(comm, std::move(work));
   return ncclSuccess;
 }
 
@@ -286,7 +342,16 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
 
 ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank) {
   (void)id;
-  return one_rank(comm, nranks, rank);
+  return one_rank(comm, nranks, rank, blocking_by_default());
+}
+
+ncclResult_t ncclCommInitRankConfig(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank,
+                                    ncclConfig_t *config) {
+  (void)id;
+  const bool blocking = !config || config->blocking == NCCL_CONFIG_UNDEF_INT
+                            ? blocking_by_default()
+                            : config->blocking != 0;
+  return one_rank(comm, nranks, rank, blocking);
 }
 
 /* One rank per device, devices distinct (devlist NULL: 0 .. ndev - 1). */
@@ -312,13 +377,26 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   return ncclSuccess;
 }
 
+static int aborts = 0;
+
+/* The process's ncclCommAbort calls (tests/test_gpu_comm.c). */
+int fo_emu_nccl_aborts(void) {
+  return aborts;
+}
+
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
+  aborts++;
   return ncclCommDestroy(comm);
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *error) {
   if (!comm || !error) return ncclInvalidArgument;
-  *error = ncclSuccess;
+  if (comm->busy) {
+    comm->busy--;
+    *error = ncclInProgress;
+  } else {
+    *error = comm->async;
+  }
   return ncclSuccess;
 }
 
@@ -339,18 +417,21 @@ const char *ncclGetLastError(ncclComm_t comm) {
 
 ncclResult_t ncclCommCount(const ncclComm_t comm, int *count) {
   if (!comm || !count) return ncclInvalidArgument;
+  if (busy(comm)) return ncclInvalidUsage;
   *count = comm->clique ? comm->clique->size : 1;
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommUserRank(const ncclComm_t comm, int *rank) {
   if (!comm || !rank) return ncclInvalidArgument;
+  if (busy(comm)) return ncclInvalidUsage;
   *rank = comm->rank;
   return ncclSuccess;
 }
 
 ncclResult_t ncclCommCuDevice(const ncclComm_t comm, int *device) {
   if (!comm || !device) return ncclInvalidArgument;
+  if (busy(comm)) return ncclInvalidUsage;
   *device = comm->device;
   return ncclSuccess;
 }
@@ -379,11 +460,19 @@ ncclResult_t ncclGroupEnd(void) {
   if (!group_depth) return ncclInvalidUsage;
   if (--group_depth) return ncclSuccess;
   ncclResult_t r = ncclSuccess;
-  std::vector<std::function<ncclResult_t()>> work;
+  std::vector<std::pair<ncclComm_t, std::function<ncclResult_t()>>> work;
   work.swap(grouped);
+  bool nonblocking = false;
   for (const auto &w : work) {
-    const ncclResult_t e = w();
+    const ncclResult_t e = w.second();
     if (r == ncclSuccess) r = e;
+    nonblocking = nonblocking || w.first->nonblocking;
+  }
+  /* a group of non-blocking communicators is in progress on each of them */
+  if (r == ncclSuccess && nonblocking) {
+    for (const auto &w : work)
+      if (w.first->nonblocking) w.first->busy = 2;
+    return ncclInProgress;
   }
   return r;
 }

@@ -384,6 +384,31 @@ static void check_nccl_bootstrap_agrees(void) {
   CHECK(st == FO_ERR_INVALID_ARGUMENT, "MPI_COMM_NULL: %s", fo_status_string(st));
 }
 
+/* A refusal on one rank (a bad argument) fails every rank, which returns:
+ * neither create may leave the other ranks waiting in a collective. */
+static void check_one_rank_refusal_fails_everywhere(void) {
+  if (g_size < 2) return;
+  fo_comm *c = NULL;
+  fo_status st = fo_comm_create_mpi(g_rank == 1 ? NULL : &c, MPI_COMM_WORLD);
+  CHECK(st == FO_ERR_NULL_POINTER, "fo_comm_create_mpi, NULL out on rank 1: %s (%s)",
+        fo_status_string(st), fo_last_error());
+  CHECK(c == NULL, "a communicator came back");
+  if (g_rank != 1)
+    CHECK(strstr(fo_last_error(), "rank 1 of"), "the message names rank 1: %s", fo_last_error());
+  int n = 0;
+  if (fo_cuda_device_count(&n) == FO_SUCCESS && n > 0) return; /* see tests/test_gpu_comm.c */
+  /* rank 1's device is out of range; the others choose theirs (-1) */
+  st = fo_comm_create_nccl_mpi(&c, MPI_COMM_WORLD, g_rank == 1 ? -5 : -1);
+  CHECK(st == (g_rank == 1 ? FO_ERR_INVALID_ARGUMENT : FO_ERR_NO_DEVICE),
+        "fo_comm_create_nccl_mpi, device -5 on rank 1: %s (%s)", fo_status_string(st),
+        fo_last_error());
+  /* ranks naming their device beside ranks that let it be chosen */
+  st = fo_comm_create_nccl_mpi(&c, MPI_COMM_WORLD, g_rank == 0 ? 0 : -1);
+  CHECK(st == FO_ERR_NO_DEVICE, "fo_comm_create_nccl_mpi, device 0 and -1: %s (%s)",
+        fo_status_string(st), fo_last_error());
+  CHECK(c == NULL, "a communicator came back");
+}
+
 static void check_comm_shape(void) {
   int rank = -1, size = -1;
   fo_comm_kind kind = FO_COMM_NCCL;
@@ -404,5 +429,6 @@ int main(int argc, char **argv) {
   run("overflow on one rank: every rank skips", check_overflow_on_one_rank_skips_everywhere);
   run("overflow of the fp16 sum: every rank skips", check_overflow_of_the_sum_skips_everywhere);
   run("NCCL bootstrap without a device fails alike", check_nccl_bootstrap_agrees);
+  run("one rank's refusal fails every rank, none waits", check_one_rank_refusal_fails_everywhere);
   return finish(g_comm);
 }
