@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ckpt_harness.h"
 #include "gpu_harness.h"
@@ -243,8 +244,16 @@ Test(gpu_checkpoint, host_to_device) {
 
 /* ----------------------------------------------------- stream ordering */
 
-/* Steps queued on a non-blocking stream and not waited for: the save must
- * see their results (it waits for the device). */
+/* A host function that holds its stream for 200 ms. */
+static void CUDART_CB hold_the_stream(void *unused) {
+  (void)unused;
+  const struct timespec t = {0, 200 * 1000 * 1000};
+  nanosleep(&t, NULL);
+}
+
+/* Steps queued on a non-blocking stream behind 200 ms of a host function,
+ * so still queued when the save begins: the save must see their results
+ * (it waits for the device). */
 Test(gpu_checkpoint, save_waits_for_queued_steps) {
   int cuda = require_device(0);
   if (!cuda) cr_skip_test("stand-in: stream ordering needs a CUDA device");
@@ -256,7 +265,8 @@ Test(gpu_checkpoint, save_waits_for_queued_steps) {
   g_create(&a, &c, 1, 1);
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  fill(&a, c.gd, a.g[5], 5, 3, 3, 1.0f);
+  for (int i = 0; i < CK_TENSORS; i++) fill(&a, c.gd, a.g[i], i, 3, 3, 1.0f);
+  CK(cudaLaunchHostFunc(st, hold_the_stream, NULL));
   for (int s = 0; s < 20; s++) CK_OK(fo_optimizer_step(a.opt, (fo_stream_t)st));
   CK_OK(fo_optimizer_save(a.opt, path, (fo_stream_t)st));
   ck_snap after, loaded;

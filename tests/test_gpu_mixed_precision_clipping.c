@@ -139,15 +139,25 @@ Test(gpu_mp, overflow_in_one_element_skips_the_whole_step) {
         snap_take(&r, &again);
         cr_assert_eq(again.info.step, 3, "%s", ctx);
         cr_assert_eq(again.info.last_step_skipped, 0, "%s", ctx);
-        /* the fp32 master where there is one: LARS's step (lr x eta x
-         * ||w|| / ||g||, about 1e-6 of a weight) is below a bf16
-         * parameter's resolution */
-        if (before.state[0])
-          cr_assert(memcmp(before.state[0], again.state[0], (size_t)w.total * 4) != 0,
-                    "%s: the clean step after a skip changed no master weight", ctx);
-        else
-          cr_assert(memcmp(before.param, again.param, w.pbytes) != 0,
-                    "%s: the clean step after a skip changed nothing", ctx);
+        /* in fp32: the master where there is one (every 16-bit case here;
+         * LARS's step, lr x eta x ||w|| / ||g||, about 1e-6 of a weight,
+         * is below a bf16 parameter's resolution), else the parameter.
+         * Nearly every element moves (99 %; 90 % for LAMB's and LARS's
+         * steps of about 1e-6 of a weight, some below an fp32 ulp): a
+         * block that read a stale skip decision or scale would leave its
+         * elements, up to a chunk of 32768 of the world's ~300,000, where
+         * they were. */
+        int64_t moved = 0;
+        for (int64_t ti = 0; ti < w.nt; ti++)
+          for (int64_t ei = 0; ei < w.numel[ti]; ei++)
+            moved +=
+                before.state[0]
+                    ? before.state[0][w.hoff[ti] + ei] != again.state[0][w.hoff[ti] + ei]
+                    : img_load(&w, before.param, 0, ti, ei) != img_load(&w, again.param, 0, ti, ei);
+        const int layerwise = a == FO_ALG_LAMB || a == FO_ALG_LARS;
+        cr_assert(moved >= w.total - w.total / (layerwise ? 10 : 100),
+                  "%s: the clean step after a skip moved %lld of %lld weights", ctx,
+                  (long long)moved, (long long)w.total);
         mp_check_gaps(&w, again.param, 0, ctx);
         mp_check_gaps(&w, again.grad, 1, ctx);
         snap_free(&before);

@@ -322,6 +322,26 @@ static void weights_finite(const world *w, const snap *s, const char *what, cons
                 (long long)e, (double)s->state[k][e]);
 }
 
+/* The device's master weights and moments against the CPU executor's
+ * after the same steps, within the GPU tier's fp32 bound (gpu_matrix.h). */
+static void state_like_cpu(const world *w, const snap *gpu, const snap *cpu, const char *what,
+                           const char *ctx) {
+  double *want = malloc((size_t)w->total * sizeof *want + 8);
+  cr_assert_not_null(want);
+  for (int k = 0; k < 4; k++) {
+    cr_assert_eq(gpu->state[k] == NULL, cpu->state[k] == NULL, "%s: %s", ctx, ROLE_NAMES[k]);
+    if (!cpu->state[k]) continue;
+    for (int64_t e = 0; e < w->total; e++) want[e] = (double)cpu->state[k][e];
+    const tu_tol tol = {1e-5 * max_abs(want, w->total), 1e-5, 0.0, FO_DTYPE_F32};
+    tu_report rep;
+    char label[96];
+    snprintf(label, sizeof label, "%s: %s", what, ROLE_NAMES[k]);
+    expect_report(tu_compare(&rep, want, gpu->state[k], FO_DTYPE_F32, w->total, tol), &rep, label,
+                  ctx);
+  }
+  free(want);
+}
+
 /* Issue #20 on the device (fo_prepare_step is the same code): 200
  * consecutive overflows from 2^16 end at FO_LOSS_SCALE_MIN with every
  * parameter and state byte as it was and a checkpoint that verifies and
@@ -379,21 +399,46 @@ Test(gpu_mp, scale_floor_and_non_finite_coefficient_on_the_device) {
   snap_take(&fresh, &loaded);
   weights_identical(&w, &after, &loaded, "loaded", ctx);
   info_identical(&after.info, &loaded.info, "loaded", ctx);
+  /* the CPU executor's twin, from the same checkpoint */
+  const dev host = dev_open(0);
+  run twin;
+  run_open(&twin, &host, &w, &o, h, pimg2);
+  OK(fo_optimizer_load(twin.opt, path, NULL));
   unlink(path);
   rmdir(dir);
 
-  /* the next clean step at the floor applies, on both */
+  /* the next clean step at the floor applies, on both; the gradients (in
+   * fp32, times the floor's scale 2^-126) are subnormal: the device must
+   * not flush them to zero, so its first run ends as the CPU's twin */
   run *runs[2] = {&r, &fresh};
   for (int k = 0; k < 2; k++) {
-    scaler_step(runs[k], &rng, 1.0, 0);
+    const double scale = (double)run_scale_at_ptr(runs[k]);
+    unsigned char *g = grad_image(&w, &rng, scale);
+    run_grads(runs[k], g);
+    run_step(runs[k]);
+    dev_sync(&runs[k]->d);
     const fo_step_info i = run_info(runs[k]);
     cr_assert_eq(i.step, 3, "%s: run %d", ctx, k);
     cr_assert(isfinite(i.grad_coef), "%s: run %d: coef %g", ctx, k, (double)i.grad_coef);
     snap s;
     snap_take(runs[k], &s);
     weights_finite(&w, &s, "the clean step at the floor", ctx);
+    if (k == 0) {
+      run_grads(&twin, g);
+      run_step(&twin);
+      snap t;
+      snap_take(&twin, &t);
+      cr_assert(t.info.step == i.step && t.info.skipped_steps == i.skipped_steps &&
+                    t.info.loss_scale == i.loss_scale && t.info.grad_coef == i.grad_coef,
+                "%s: the CPU executor at the floor: step %lld, scale %a, coef %a", ctx,
+                (long long)t.info.step, (double)t.info.loss_scale, (double)t.info.grad_coef);
+      state_like_cpu(&w, &s, &t, "the clean step at the floor", ctx);
+      snap_free(&t);
+    }
     snap_free(&s);
+    free(g);
   }
+  run_close(&twin);
   run_close(&fresh);
 
   /* a scale written below the floor through the pointer */

@@ -159,3 +159,83 @@ Test(gpu_scalars, within_one_ulp_of_the_cpu_for_every_schedule_and_algorithm) {
   printf("gpu_scalars: %lld of %lld per-step floats not bit-identical (each within 1 ulp)\n",
          (long long)differ, (long long)floats);
 }
+
+/* The fields a pre-pass and the loss scaler decide: the skip, the counts
+ * and the scaler's state identical, the norm within 1 ulp. */
+static void compare_decision(const fo_step_state *c, const fo_step_state *d, const char *what) {
+  cr_assert_eq(c->skipped, d->skipped, "%s: skipped %lld vs %lld", what, (long long)c->skipped,
+               (long long)d->skipped);
+  cr_assert_eq(c->growth_tracker, d->growth_tracker, "%s: growth tracker", what);
+  cr_assert_eq(c->hysteresis_left, d->hysteresis_left, "%s: hysteresis", what);
+  cr_assert(c->scale == d->scale, "%s: scale %a vs %a", what, (double)c->scale, (double)d->scale);
+  cr_assert_leq(ulps_apart(c->grad_norm, d->grad_norm), 1, "%s: norm %.9g vs %.9g", what,
+                (double)c->grad_norm, (double)d->grad_norm);
+}
+
+/* With a pre-pass: more partial sums than the prepare kernel has threads
+ * (some non-finite, past the first 1024), clipping, a divisor, and the
+ * loss scaler growing, holding and backing off.  The CPU gets the
+ * partials' sum; the device folds them itself. */
+Test(gpu_scalars, pre_pass_scaler_and_clipping_within_one_ulp_of_the_cpu) {
+  require_device(1);
+  enum { PARTIALS = 1500, SCALED_STEPS = 120 };
+  fo_step_state *dstate = NULL;
+  double *dpartials = NULL;
+  CK(cudaMalloc((void **)&dstate, sizeof *dstate));
+  CK(cudaMalloc((void **)&dpartials, PARTIALS * sizeof *dpartials));
+  static double partials[PARTIALS];
+  tu_rng r;
+  tu_rng_seed(&r, 2026, 20);
+  int64_t floats = 0, differ = 0, skips = 0, changes = 0;
+  const float divisors[3] = {1.0f, 3.0f, 8.0f};
+  for (int alg = FO_RULE_SGD; alg <= FO_RULE_LARS; alg++) {
+    fo_prepare_args a;
+    random_args(&r, alg, FO_RULE_SCHED_COSINE, GROUPS, &a);
+    a.head.check_grads = 1;
+    a.head.max_grad_norm = alg % 2 ? (float)tu_rng_range(&r, 0.5, 5.0) : 0.0f;
+    a.head.grad_divisor = divisors[alg % 3];
+    a.head.scaler =
+        (fo_scaler_params){1, 2 + alg % 3, 1 + alg % 2, 2.0f, 0.5f, alg % 4 == 0 ? 0x1p20f : 0.0f};
+    fo_step_state cpu, gpu;
+    memset(&cpu, 0, sizeof cpu);
+    cpu.scale = 0x1p16f;
+    cpu.hysteresis_left = a.head.scaler.hysteresis;
+    for (int g = 0; g < FO_PLAN_MAX_GROUPS; g++) cpu.mu_product[g] = 1.0f;
+    CK(cudaMemcpy(dstate, &cpu, sizeof cpu, cudaMemcpyHostToDevice));
+    for (int s = 0; s < SCALED_STEPS; s++) {
+      /* the scaled gradients' sums of squares: about scale^2 each */
+      const double sq = (double)cpu.scale * (double)cpu.scale;
+      for (int i = 0; i < PARTIALS; i++) partials[i] = sq * tu_rng_range(&r, 1e-6, 1e-3);
+      const uint32_t dice = tu_rng_u32(&r) % 10;
+      if (dice == 0) partials[1024 + tu_rng_u32(&r) % (PARTIALS - 1024)] = INFINITY;
+      if (dice == 1) partials[1100] = NAN;
+      double sumsq = 0.0;
+      for (int i = 0; i < PARTIALS; i++) sumsq += partials[i];
+      const float scale_before = cpu.scale;
+      fo_prepare_step(&a, sumsq, &cpu);
+      CK(cudaMemcpy(dpartials, partials, sizeof partials, cudaMemcpyHostToDevice));
+      CK(cudaMemset(dstate->groups, 0xff, sizeof dstate->groups)); /* written each step */
+      CK((cudaError_t)fo_launch_prepare(&a, dpartials, PARTIALS, dstate, NULL));
+      CK(cudaMemcpy(&gpu, dstate, sizeof gpu, cudaMemcpyDeviceToHost));
+      char what[96];
+      snprintf(what, sizeof what, "alg %d, pre-pass, step %d (partials %s)", alg, s + 1,
+               dice == 0   ? "with inf"
+               : dice == 1 ? "with NaN"
+                           : "finite");
+      cr_assert_eq(cpu.skip, dice <= 1, "%s: the CPU's own skip decision", what);
+      compare_decision(&cpu, &gpu, what);
+      if (!cpu.skip) compare(&cpu, &gpu, a.head.num_groups, what, &floats, &differ);
+      skips += cpu.skip;
+      changes += cpu.scale != scale_before;
+    }
+  }
+  /* the sequence exercised what it is for */
+  cr_assert_gt(skips, 20, "only %lld skipped steps", (long long)skips);
+  cr_assert_gt(changes, 40, "the scale changed only %lld times", (long long)changes);
+  CK(cudaFree(dpartials));
+  CK(cudaFree(dstate));
+  printf(
+      "gpu_scalars (pre-pass): %lld of %lld per-step floats not bit-identical; %lld skips, "
+      "%lld scale changes\n",
+      (long long)differ, (long long)floats, (long long)skips, (long long)changes);
+}

@@ -21,16 +21,21 @@
 #include <string.h>
 
 #include "cr_status.h"
+#include "exec.h"
+#include "internal.h"
 #include "testutil.h"
 
 /* ---------------------------------------------------------------- world */
 
 /* Odd sizes around vectors, thread counts and the chunk, then many small
- * tensors, then a few large ones. */
+ * tensors, then a few large ones.  Placed for gpu_world.c's alignment
+ * pattern (index % 3 == 0: the vector path): 65549 (3 chunks) at 18 takes
+ * the vector path, 32769 at 19 the scalar one, and the first large tensor
+ * (index 23 + N_SMALL = 174) the vector path. */
 static const int64_t ODD_SIZES[] = {1,    2,    3,     5,     7,     8,   9,   15,
                                     16,   17,   31,    33,    255,   256, 257, 1023,
-                                    4095, 4097, 32767, 32769, 65549, 0,   3};
-#define N_SMALL 150
+                                    4095, 4097, 65549, 32769, 32767, 0,   3};
+#define N_SMALL 151
 
 void mx_world_make(world *w, fo_dtype pt, fo_dtype gt, const int64_t *extra, int n_extra,
                    uint64_t seed) {
@@ -215,6 +220,7 @@ void gather(const dev *d, fo_optimizer *opt, const world *w, result *r) {
     }
   }
   OK(fo_optimizer_get_info(opt, &r->info));
+  r->host_scalars = 0; /* dev_run says */
 }
 
 void result_free(result *r) {
@@ -382,6 +388,24 @@ void cpu_run(const cfg *c, const world *w, unsigned char *const *grads,
   free(g);
 }
 
+/* External tensors of several chunks take both of the step's paths: 16-byte
+ * vectors (parameter and gradient both aligned) and elements one at a time. */
+static void expect_both_paths(const fo_optimizer *opt, const char *ctx) {
+  int64_t vector = 0, scalar = 0;
+  for (int64_t i = 0; i < opt->num_tensors; i++) {
+    const fo_plan_tensor *t = &opt->tensors[i];
+    if (t->numel <= opt->exec->chunk) continue;
+    if (t->vector_ok)
+      vector++;
+    else
+      scalar++;
+  }
+  cr_assert(vector > 0 && scalar > 0,
+            "%s: of the tensors past one chunk, %lld take the vector path and %lld not: the "
+            "world must have both",
+            ctx, (long long)vector, (long long)scalar);
+}
+
 /* The executor under test (d) over the world with the given gradients:
  * external tensors at their offsets in poisoned buffers (gaps checked
  * afterwards), or the arena.  mode GRAPH: step 1 eager, then one step
@@ -400,6 +424,7 @@ void dev_run(const dev *d, const cfg *c, const world *w, unsigned char *const *g
       dev_put(d, dp + w->poff[i], init_param + (size_t)w->hoff[i] * ps, (size_t)w->numel[i] * ps);
     if (d->cuda) CK(cudaStreamSynchronize(d->stream));
     opt = gpu_make_opt(c, w, d->cuda, dp, dg, 0);
+    expect_both_paths(opt, ctx);
   } else {
     opt = gpu_make_opt(c, w, d->cuda, NULL, NULL, 0);
     for (int64_t i = 0; i < w->nt; i++) {
@@ -437,6 +462,8 @@ void dev_run(const dev *d, const cfg *c, const world *w, unsigned char *const *g
   if (exec) CK(cudaGraphExecDestroy(exec));
   if (graph) CK(cudaGraphDestroy(graph));
   gather(d, opt, w, out);
+  const char *host = getenv("FUSEDOPT_HOST_SCALARS");
+  out->host_scalars = mode == EAGER && c->set != 2 && !(host && strcmp(host, "0") == 0);
   if (c->storage == FO_STORAGE_EXTERNAL) {
     mx_check_gaps(d, w, dp, w->pbytes, w->poff, ps, "parameter", ctx);
     mx_check_gaps(d, w, dg, w->gbytes, w->goff, gs, "gradient", ctx);
@@ -467,6 +494,22 @@ static double *widen_all(fo_dtype dt, const void *buf, int64_t n) {
   return x;
 }
 
+/* With the scalars the CPU executor has (got->host_scalars) and the same
+ * arithmetic (no contraction on either side; IEEE sqrt and division; no
+ * per-tensor norms, which are summed in another order), every updated
+ * value should equal the CPU executor's.  Asserted as at most 1 in 1000
+ * differing, so that a rare boundary case does not fail the tier, while a
+ * kernel built with fast math or FMA contraction, or reading a stale
+ * scalar, which change most values by an ulp or more, does. */
+static void expect_nearly_bitwise(const cfg *c, const result *got, const tu_report *rep,
+                                  const char *what, const char *ctx) {
+  if (!got->host_scalars || c->alg == FO_ALG_LAMB || c->alg == FO_ALG_LARS) return;
+  cr_assert(rep->inexact <= rep->n / 1000,
+            "%s: %lld of %lld %s differ from the CPU executor's, whose scalars and arithmetic "
+            "the step shares (at most 1 in 1000 may)",
+            ctx, (long long)rep->inexact, (long long)rep->n, what);
+}
+
 /* The run under test (got) against the CPU executor (want), with the
  * tolerances of the file comment. */
 void compare(const cfg *c, const world *w, const result *want, const result *got, const char *ctx) {
@@ -486,6 +529,7 @@ void compare(const cfg *c, const world *w, const result *want, const result *got
   if (sixteen) tol.ulps = fed_back ? 2.0 : 1.0;
   int ok = tu_compare(&rep, pw, got->param, c->pt, n, tol);
   expect_report(ok, &rep, "parameters", ctx);
+  expect_nearly_bitwise(c, got, &rep, "parameters", ctx);
   if (fed_back)
     cr_assert(rep.inexact <= n / 100, "%s: %lld of %lld parameters differ (> 1 %%)", ctx,
               (long long)rep.inexact, (long long)n);
@@ -519,6 +563,7 @@ void compare(const cfg *c, const world *w, const result *want, const result *got
     const double smax = max_abs(sw, n);
     tu_tol st = {1e-5 * smax, 1e-5, 0.0, FO_DTYPE_F32};
     ok = tu_compare(&rep, sw, got->state[k], FO_DTYPE_F32, n, st);
+    expect_nearly_bitwise(c, got, &rep, ROLE_NAMES[k], ctx);
     if (!ok && fed_back && l2 && k != 0) {
       /* the parameter's flips enter the gradient as wd*dp (file comment) */
       double wd = h[0].weight_decay > h[1].weight_decay ? h[0].weight_decay : h[1].weight_decay;

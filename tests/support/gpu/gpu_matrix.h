@@ -25,6 +25,10 @@
  *     wd x the parameter's difference: at most 1 % of its elements may
  *     exceed the fp32 tolerance, none by more than wd x 4 ulps x (2 + 1/(1 -
  *     momentum)) x max(1, 2 |d|max).
+ * Where the device's eager steps take their scalars from the host (no
+ * pre-pass; result.host_scalars) and no per-tensor norm is summed
+ * (neither LAMB nor LARS), at most 1 in 1000 values may differ at all
+ * (the same scalars, the same arithmetic: docs/numerics.md).
  * Discontinuities are avoided by choosing the data, as in docs/numerics.md:
  * gradients are redrawn where Lion's c = b1*m + (1-b1)*d or Adam's
  * L2-decayed gradient d cancels to below 1e-3 of its terms.
@@ -57,12 +61,16 @@ typedef struct result {
   unsigned char *param;
   float *state[4]; /* STATE_ROLES; NULL: not kept */
   fo_step_info info;
+  /* every step's scalars came from the host's libm, as the CPU executor's
+   * do (an eager CUDA step without a pre-pass, FUSEDOPT_HOST_SCALARS not
+   * 0; the CPU stand-in) */
+  int host_scalars;
 } result;
 
 /* How the run under test steps. */
 enum { EAGER = 0, GRAPH = 1 };
 
-/* The odd sizes (around vectors, thread counts and the chunk), 150 small
+/* The odd sizes (around vectors, thread counts and the chunk), 151 small
  * tensors, then the n_extra sizes of extra. */
 void mx_world_make(world *w, fo_dtype pt, fo_dtype gt, const int64_t *extra, int n_extra,
                    uint64_t seed);

@@ -12,12 +12,17 @@ const fo_role STATE_ROLES[4] = {FO_ROLE_MASTER, FO_ROLE_EXP_AVG, FO_ROLE_EXP_AVG
                                 FO_ROLE_MAX_EXP_AVG_SQ};
 const char *const ROLE_NAMES[4] = {"master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
 
+/* phase 0: the parameters' buffer, 1: the gradients'.  Tensor i is
+ * 256-byte aligned in both when i % 3 == 0 (the vector path: the step
+ * loads 16 bytes at a time only when a tensor's parameter and gradient are
+ * both 16-byte aligned, host/layout.c), only its gradient is when
+ * i % 3 == 1, only its parameter when i % 3 == 2; the one off is 1..7
+ * elements off (for 4-byte elements, 4 off is aligned again). */
 static size_t layout(world *w, size_t *off, size_t elem, int phase) {
   size_t cursor = 0;
   for (int64_t i = 0; i < w->nt; i++) {
     cursor = (cursor + GAP + 255) & ~(size_t)255;
-    /* one tensor in three 256-byte aligned, the others 1..7 elements off */
-    int64_t k = (i + phase) % 3 == 0 ? 0 : 1 + (i * 5 + phase) % 7;
+    int64_t k = i % 3 == 1 + phase ? 1 + (i * 5 + phase) % 7 : 0;
     off[i] = cursor + (size_t)k * elem;
     cursor = off[i] + (size_t)w->numel[i] * elem;
   }
