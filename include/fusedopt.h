@@ -1088,7 +1088,13 @@ typedef struct fo_comm_ops {
 FO_API fo_status fo_comm_create_host(fo_comm **out, const fo_comm_ops *ops, void *ctx, int rank,
                                      int size);
 
-/** Destroy a communicator.  NULL is a no-op (FO_SUCCESS).
+/** Destroy a communicator.  NULL is a no-op (FO_SUCCESS).  An NCCL
+ *  communicator the library created (fo_comm_init_nccl,
+ *  fo_comm_create_nccl_mpi) is destroyed with ncclCommDestroy, which waits
+ *  for its work and, since NCCL 2.14, may wait for the other ranks: every
+ *  rank destroys its communicator.  One that NCCL reported an error on is
+ *  aborted (ncclCommAbort), which waits for nobody.  A wrapped one is left
+ *  to its owner.
  *  Statuses: FO_ERR_INVALID_STATE (an optimizer is still attached to it:
  *  nothing is destroyed). */
 FO_API fo_status fo_comm_destroy(fo_comm *comm);
