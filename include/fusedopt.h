@@ -161,7 +161,8 @@ typedef enum fo_status {
 FO_API const char *fo_status_string(fo_status status);
 
 /** The detail of the last failing call on this thread ("fo_optimizer_create:
- *  hparams[2].beta1 = 1.5 is outside [0, 1)"), or "" if no call failed.  The
+ *  hparams[2]: beta1 = 1.5 and beta2 = 0.999 must be in [0, 1)"), or "" if
+ *  no call failed.  The
  *  string is thread-local and valid until the next failing call on this
  *  thread; successful calls leave it as it is.  Cannot fail; never NULL. */
 FO_API const char *fo_last_error(void);
@@ -595,9 +596,11 @@ FO_API fo_status fo_optimizer_destroy(fo_optimizer *opt);
  *  synchronization), so a stream capture of it is a replayable CUDA graph;
  *  a replay runs without this call, and a replay past FO_MAX_STEP is
  *  skipped on the device instead of refused.  An eager CUDA step without
- *  clipping or loss scaling (and with at most 4 groups) is one kernel
+ *  clipping or loss scaling (and with at most 4 groups) has no prepare
  *  launch: the host computes its per-step scalars and carries them in the
- *  launch.  Once a step of opt has been captured, every later step computes
+ *  step's launch, so it is one kernel launch for every algorithm but LAMB
+ *  and LARS (whose norms take passes of their own), without
+ *  write_unscaled_grads.  Once a step of opt has been captured, every later step computes
  *  them on the device (a small prepare kernel first), since the graph's
  *  replays advance the step count where the host cannot see them; so does
  *  every step of an optimizer created with the environment variable
@@ -908,8 +911,9 @@ FO_API fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, fl
  *  Statuses: FO_ERR_NULL_POINTER (opt or hparams is NULL);
  *  FO_ERR_INVALID_ARGUMENT (group outside [0, num_groups); a wrong
  *  struct_size, a non-zero reserved word or a value out of its range);
- *  FO_ERR_INVALID_STATE (switching amsgrad or SGD momentum on, which needs
- *  state the optimizer was created without; another thread is inside a
+ *  FO_ERR_INVALID_STATE (switching on amsgrad, momentum (SGD, RMSprop,
+ *  LARS) or RMSprop's centered, which need state the optimizer was created
+ *  without; another thread is inside a
  *  call on opt).  On failure the group keeps its hyper-parameters. */
 FO_API fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group, const fo_hparams *hparams);
 
@@ -1023,7 +1027,9 @@ typedef struct fo_nccl_id {
  *  every other rank before they all call fo_comm_init_nccl().
  *  Statuses: FO_ERR_NULL_POINTER (out is NULL); FO_ERR_COMM (NCCL failed;
  *  its message); FO_ERR_UNSUPPORTED (a build without NCCL,
- *  FO_ENABLE_NCCL=OFF, always so without CUDA: "built without NCCL"). */
+ *  FO_ENABLE_NCCL=OFF, always so without CUDA: "built without NCCL"; or
+ *  NCCL 2.13 or newer cannot be loaded: libnccl.so.2 is not on the
+ *  loader's path, the message says the loader's error). */
 FO_API fo_status fo_nccl_get_id(fo_nccl_id *out);
 
 /** Create an NCCL communicator for rank rank of size ranks on CUDA device
@@ -1034,15 +1040,17 @@ FO_API fo_status fo_nccl_get_id(fo_nccl_id *out);
  *  negative or not present); FO_ERR_NO_DEVICE (no usable driver or
  *  device, or a build without CUDA); FO_ERR_CUDA (selecting the device);
  *  FO_ERR_COMM (NCCL failed; its message); FO_ERR_OUT_OF_MEMORY;
- *  FO_ERR_UNSUPPORTED (a build without NCCL but with a usable device). */
+ *  FO_ERR_UNSUPPORTED (a build without NCCL but with a usable device, or
+ *  NCCL cannot be loaded, as for fo_nccl_get_id). */
 FO_API fo_status fo_comm_init_nccl(fo_comm **out, const fo_nccl_id *id, int rank, int size,
                                    int device);
 
 /** Wrap an NCCL communicator the caller created; fo_comm_destroy() leaves it
  *  alone.  Its rank, size and device are read from NCCL.
  *  Statuses: FO_ERR_NULL_POINTER (out or nccl is NULL); FO_ERR_COMM (NCCL
- *  failed to report them); FO_ERR_OUT_OF_MEMORY; FO_ERR_UNSUPPORTED (a
- *  build without NCCL). */
+ *  failed to report them, or the communicator is in error); FO_ERR_OUT_OF_MEMORY;
+ *  FO_ERR_UNSUPPORTED (a build without NCCL, or NCCL cannot be loaded, as
+ *  for fo_nccl_get_id). */
 FO_API fo_status fo_comm_wrap_nccl(fo_comm **out, fo_nccl_comm_t nccl);
 
 /** The collective functions of an FO_COMM_HOST communicator.  Fill with

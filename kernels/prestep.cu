@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(FO_CUDA_THREADS)
 /* The prepare kernel's parameter: the head and G groups' hyper-parameters
  * (at least num_groups of them).  Most optimizers have one or two groups:
  * their launch carries FO_PREPARE_FEW groups, about 300 bytes, instead of
- * all FO_PLAN_MAX_GROUPS (3.4 KB) that every eager step would copy into the
+ * all FO_PLAN_MAX_GROUPS (3,184 bytes) that every eager step would copy into the
  * launch (issue #15, as for the step's own parameter). */
 #define FO_PREPARE_FEW 4
 template <int G>
