@@ -1412,7 +1412,9 @@ FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char 
  *  state, hyper-parameters and parameters) -- so that every rank loads or
  *  none does, and every rank returns the same status, with the failing
  *  rank's message ("rank r of N: ...").  (Should a copy into device memory
- *  fail on one rank after that, every rank is left faulted.)  An
+ *  fail on one rank after that, or the ranks' last agreement -- that every
+ *  rank loaded -- itself fail, every rank that loaded is left faulted: the
+ *  ranks may no longer hold one state.)  An
  *  unsharded optimizer loading a per-rank file gets FO_ERR_CHECKPOINT;
  *  fo_optimizer_load_shards() assembles the ranks' files.
  *
@@ -1431,7 +1433,7 @@ FO_API fo_status fo_optimizer_save_gathered(const fo_optimizer *opt, const char 
  *                            FO_EXEC_CUDA in a forked process.
  *    FO_ERR_OUT_OF_MEMORY    no memory to read the file.
  *    FO_ERR_COMM             a sharded optimizer: the ranks' agreement
- *                            failed.
+ *                            failed (after this rank loaded: faulted).
  *    FO_ERR_CUDA             FO_EXEC_CUDA: a copy into device memory
  *                            failed part-way; the optimizer is now
  *                            faulted. */
