@@ -56,13 +56,15 @@ void make_sizes(tu_rng *r, SimplePlan *p) {
 struct Recorder {
   std::vector<uint8_t> *hits;
   int64_t n;
+  int64_t by_vector = 0, by_scalar = 0; /* elements each path visited */
   template <int N, int K>
-  void operator()(const int64_t (&off)[K]) const {
+  void operator()(const int64_t (&off)[K]) {
     for (int k = 0; k < K; k++) {
       if (off[k] == -1) continue;
       if (off[k] < 0 || off[k] + N > n)
         cr_assert_fail("access [%" PRId64 ", +%d) of %" PRId64, off[k], N, n);
       for (int j = 0; j < N; j++) (*hits)[(size_t)(off[k] + j)]++;
+      (N > 1 ? by_vector : by_scalar) += N;
     }
   }
 };
@@ -77,6 +79,15 @@ void loop_alone(int64_t n, bool vec, int nthreads) {
       cr_assert_fail("W %d ILP %d/%d n %" PRId64 " vec %d nthreads %d: element %" PRId64
                      " touched %d times",
                      W, IV, IS, n, (int)vec, nthreads, e, (int)hits[(size_t)e]);
+  /* every whole vector on the vector path, only the tail of n % W on the
+   * scalar one (a last whole vector sent to the scalar path is correct but
+   * slow, and misses the vector path's own checks) */
+  const int64_t want_vec = vec && W > 1 ? n / W * W : 0;
+  if (rec.by_vector != want_vec || rec.by_scalar != n - want_vec)
+    cr_assert_fail("W %d ILP %d/%d n %" PRId64 " vec %d nthreads %d: %" PRId64
+                   " elements by vectors, %" PRId64 " one at a time; want %" PRId64 " and %" PRId64,
+                   W, IV, IS, n, (int)vec, nthreads, rec.by_vector, rec.by_scalar, want_vec,
+                   n - want_vec);
 }
 
 }  // namespace

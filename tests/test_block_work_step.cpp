@@ -456,6 +456,70 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
     for (auto &hits : cov.hits)
       for (uint8_t hit : hits) cr_assert_eq(hit, 0, "%s: a skipped step visited an element", ctx);
   }
+
+  /* A broken plan does nothing where it is broken, rather than fault or
+   * write garbage: a carried launch whose blocks name a group past the
+   * carried ones (the slot poisoned), and a master-weight step over a
+   * tensor whose master is missing. */
+  for (int broken = 0; broken < 2; broken++) {
+    const bool masters = c.master && c.pt != FO_DTYPE_F32;
+    if (broken == 1 && !masters) continue;
+    std::vector<fo_plan_tensor> bt = tensors;
+    int64_t victim = -1; /* broken == 1: the tensor without its master */
+    for (int64_t i = 0; i < nt && broken == 1 && victim < 0; i++)
+      if (numel[i] > 0) victim = i;
+    if (victim >= 0) bt[(size_t)victim].master = nullptr;
+    fo_step_state sink;
+    memset(&sink, 0xa5, sizeof sink);
+    fo_step_launch a;
+    memset(&a, 0, sizeof a);
+    a.blocks = blocks.data();
+    a.tensors = bt.data();
+    a.num_blocks = nb;
+    a.chunk = chunk;
+    a.algorithm = (int32_t)c.alg;
+    a.param_dtype = (int32_t)c.pt;
+    a.grad_dtype = (int32_t)c.gt;
+    a.master = masters;
+    a.stochastic = c.sr;
+    a.num_groups = 2;
+    a.state = &sink;
+    a.known = 1;
+    memset(&a.k, 0xff, sizeof a.k);
+    fo_known_from_state(opt->state, broken == 0 ? 1 : 2, &a.k);
+    if (broken == 0) memset(&a.k.groups[1], 0xff, sizeof a.k.groups[1]); /* past the carried */
+    std::vector<std::vector<unsigned char>> before;
+    for (int64_t i = 0; i < nt; i++) {
+      before.emplace_back((unsigned char *)param[i].data,
+                          (unsigned char *)param[i].data + param[i].bytes);
+      for (int r = 0; r < 4; r++) {
+        const Buf &b = state[(size_t)(i * 4 + r)];
+        before.emplace_back((unsigned char *)b.data, (unsigned char *)b.data + b.bytes);
+      }
+    }
+    Coverage cov = step_coverage();
+    char bctx[256];
+    snprintf(bctx, sizeof bctx, "%s, %s", ctx,
+             broken == 0 ? "a block of a group past the carried ones" : "a missing master");
+    run_step(a, &cov, bctx);
+    int64_t spared = 0;
+    for (int64_t i = 0; i < nt; i++) {
+      const bool untouched = broken == 0 ? tensors[(size_t)i].group >= 1 : i == victim;
+      if (!untouched || numel[i] == 0) continue;
+      spared++;
+      for (uint8_t hit : cov.hits[(size_t)i])
+        cr_assert_eq(hit, 0, "%s: tensor %" PRId64 " was visited", bctx, i);
+      cr_assert(memcmp(before[(size_t)(i * 5)].data(), param[i].data, param[i].bytes) == 0,
+                "%s: tensor %" PRId64 "'s parameter changed", bctx, i);
+      for (int r = 0; r < 4; r++) {
+        const Buf &b = state[(size_t)(i * 4 + r)];
+        cr_assert(
+            b.bytes == 0 || memcmp(before[(size_t)(i * 5 + 1 + r)].data(), b.data, b.bytes) == 0,
+            "%s: tensor %" PRId64 "'s state %d changed", bctx, i, r);
+      }
+    }
+    cr_assert_gt(spared, 0, "%s: no tensor to spare", bctx);
+  }
   cr_assert_eq(fo_optimizer_destroy(opt), FO_SUCCESS);
 }
 

@@ -254,6 +254,28 @@ Test(plan, sizes_past_2_31_by_arithmetic) {
                (int64_t)expected_count(t, 3, FO_CUDA_CHUNK));
 }
 
+/* A bucket segment whose byte offsets pass 2^31 (2^29 + 40000 fp32
+ * elements): every pack block's address and packed offset in 64 bits.
+ * Only arithmetic on a made-up address; nothing is dereferenced. */
+Test(plan, pack_cut_past_2_31_bytes) {
+  char *const base = (char *)(uintptr_t)0x10000;
+  const int64_t count = ((int64_t)1 << 29) + 40000, packed_at = 7;
+  const int64_t k = fo_pack_cut(base, 4, count, packed_at, NULL);
+  cr_assert_eq(k, (count + FO_PACK_CHUNK - 1) / FO_PACK_CHUNK);
+  fo_pack_block *out = malloc((size_t)k * sizeof *out);
+  cr_assert_not_null(out);
+  cr_assert_eq(fo_pack_cut(base, 4, count, packed_at, out), k);
+  for (int64_t b = 0; b < k; b++) {
+    const int64_t start = b * FO_PACK_CHUNK;
+    cr_assert_eq((uintptr_t)out[b].grad, (uintptr_t)base + (uintptr_t)start * 4u, "block %lld",
+                 (long long)b);
+    cr_assert_eq(out[b].packed_at, packed_at + start, "block %lld", (long long)b);
+    const int64_t left = count - start;
+    cr_assert_eq(out[b].n, left < FO_PACK_CHUNK ? left : FO_PACK_CHUNK, "block %lld", (long long)b);
+  }
+  free(out);
+}
+
 Test(plan, count_overflow_returns_minus_one) {
   fo_plan_tensor t[4];
   const int64_t max = INT64_MAX;
