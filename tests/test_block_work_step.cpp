@@ -265,6 +265,24 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
     cov.check_exactly_once(ctx);
   }
 
+  /* A launch of this combination over the plan (tensor records t), with
+   * no step state and nothing carried yet. */
+  auto plan_launch = [&](const fo_plan_tensor *t) {
+    fo_step_launch l;
+    memset(&l, 0, sizeof l);
+    l.blocks = blocks.data();
+    l.tensors = t;
+    l.num_blocks = nb;
+    l.chunk = chunk;
+    l.algorithm = (int32_t)c.alg;
+    l.param_dtype = (int32_t)c.pt;
+    l.grad_dtype = (int32_t)c.gt;
+    l.master = c.master && c.pt != FO_DTYPE_F32;
+    l.stochastic = c.sr;
+    l.num_groups = 2;
+    return l;
+  };
+
   /* Which buffers the step touches, by the test's own reading of the
    * rules: SGD's buffer only in groups with momentum, the second moment for
    * Adam(W), its running max only in AMSGrad groups. */
@@ -311,18 +329,7 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
     cr_assert_eq(st->step, t);
     cr_assert_eq(st->skip, 0);
 
-    fo_step_launch a;
-    memset(&a, 0, sizeof a);
-    a.blocks = blocks.data();
-    a.tensors = tensors.data();
-    a.num_blocks = nb;
-    a.chunk = chunk;
-    a.algorithm = (int32_t)c.alg;
-    a.param_dtype = (int32_t)c.pt;
-    a.grad_dtype = (int32_t)c.gt;
-    a.master = c.master && c.pt != FO_DTYPE_F32;
-    a.stochastic = c.sr;
-    a.num_groups = 2;
+    fo_step_launch a = plan_launch(tensors.data());
     a.seed = o.seed;
     /* odd steps: the scalars from the step state, as a step after the
      * prepare kernel reads them (the carried copy is poisoned and must be
@@ -426,18 +433,7 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
   {
     fo_step_state skipped = *opt->state;
     skipped.skip = 1;
-    fo_step_launch a;
-    memset(&a, 0, sizeof a);
-    a.blocks = blocks.data();
-    a.tensors = tensors.data();
-    a.num_blocks = nb;
-    a.chunk = chunk;
-    a.algorithm = (int32_t)c.alg;
-    a.param_dtype = (int32_t)c.pt;
-    a.grad_dtype = (int32_t)c.gt;
-    a.master = c.master && c.pt != FO_DTYPE_F32;
-    a.stochastic = c.sr;
-    a.num_groups = 2;
+    fo_step_launch a = plan_launch(tensors.data());
     a.state = &skipped;
     memset(&a.k, 0xff, sizeof a.k);
     std::vector<std::vector<unsigned char>> before;
@@ -471,18 +467,7 @@ void run_combo(const Combo &c, uint64_t seed, int64_t chunk) {
     if (victim >= 0) bt[(size_t)victim].master = nullptr;
     fo_step_state sink;
     memset(&sink, 0xa5, sizeof sink);
-    fo_step_launch a;
-    memset(&a, 0, sizeof a);
-    a.blocks = blocks.data();
-    a.tensors = bt.data();
-    a.num_blocks = nb;
-    a.chunk = chunk;
-    a.algorithm = (int32_t)c.alg;
-    a.param_dtype = (int32_t)c.pt;
-    a.grad_dtype = (int32_t)c.gt;
-    a.master = masters;
-    a.stochastic = c.sr;
-    a.num_groups = 2;
+    fo_step_launch a = plan_launch(bt.data());
     a.state = &sink;
     a.known = 1;
     memset(&a.k, 0xff, sizeof a.k);
