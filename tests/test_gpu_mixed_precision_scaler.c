@@ -173,15 +173,26 @@ Test(gpu_mp, unscaled_grads_written_back_and_loss_scale_ptr) {
 
 /* ============================================================ 7. scaler */
 
-/* Step a run whose gradients are mp_draw_grad() * the scale read through
+/* Gradients for a run: mp_draw_grad() * the scale read through
  * loss_scale_ptr (times mult), with a NaN in one element when overflow. */
-static void scaler_step(run *r, tu_rng *rng, double mult, int overflow) {
+static unsigned char *scaler_grads(const run *r, tu_rng *rng, double mult, int overflow) {
   const double scale = (double)run_scale_at_ptr(r);
   unsigned char *g = grad_image(r->w, rng, scale * mult);
   if (overflow) img_store(r->w, g, 1, find_tensor(r->w, 257), 100, NAN);
+  return g;
+}
+
+/* One step of r over the gradient image g, finished. */
+static void step_over(run *r, const unsigned char *g) {
   run_grads(r, g);
   run_step(r);
   dev_sync(&r->d);
+}
+
+/* Step a run over scaler_grads(). */
+static void scaler_step(run *r, tu_rng *rng, double mult, int overflow) {
+  unsigned char *g = scaler_grads(r, rng, mult, overflow);
+  step_over(r, g);
   free(g);
 }
 
@@ -412,11 +423,8 @@ Test(gpu_mp, scale_floor_and_non_finite_coefficient_on_the_device) {
    * not flush them to zero, so its first run ends as the CPU's twin */
   run *runs[2] = {&r, &fresh};
   for (int k = 0; k < 2; k++) {
-    const double scale = (double)run_scale_at_ptr(runs[k]);
-    unsigned char *g = grad_image(&w, &rng, scale);
-    run_grads(runs[k], g);
-    run_step(runs[k]);
-    dev_sync(&runs[k]->d);
+    unsigned char *g = scaler_grads(runs[k], &rng, 1.0, 0);
+    step_over(runs[k], g);
     const fo_step_info i = run_info(runs[k]);
     cr_assert_eq(i.step, 3, "%s: run %d", ctx, k);
     cr_assert(isfinite(i.grad_coef), "%s: run %d: coef %g", ctx, k, (double)i.grad_coef);
@@ -424,8 +432,7 @@ Test(gpu_mp, scale_floor_and_non_finite_coefficient_on_the_device) {
     snap_take(runs[k], &s);
     weights_finite(&w, &s, "the clean step at the floor", ctx);
     if (k == 0) {
-      run_grads(&twin, g);
-      run_step(&twin);
+      step_over(&twin, g);
       snap t;
       snap_take(&twin, &t);
       cr_assert(t.info.step == i.step && t.info.skipped_steps == i.skipped_steps &&

@@ -111,15 +111,22 @@ static void compare(const fo_step_state *c, const fo_step_state *d, int num_grou
   }
 }
 
+/* A fresh step state (step 0, the given scale and hysteresis, every NAdam
+ * product 1) in *cpu and, copied, in the device's dstate. */
+static void start_both(fo_step_state *cpu, fo_step_state *dstate, float scale, int hysteresis) {
+  memset(cpu, 0, sizeof *cpu);
+  cpu->scale = scale;
+  cpu->hysteresis_left = hysteresis;
+  for (int g = 0; g < FO_PLAN_MAX_GROUPS; g++) cpu->mu_product[g] = 1.0f;
+  CK(cudaMemcpy(dstate, cpu, sizeof *cpu, cudaMemcpyHostToDevice));
+}
+
 /* steps prepare steps of a on the CPU and on the device, from the same
  * state, compared after each. */
 static void run_case(fo_step_state *dstate, const fo_prepare_args *a, int steps, int64_t *floats,
                      int64_t *differ) {
   fo_step_state cpu, gpu;
-  memset(&cpu, 0, sizeof cpu);
-  cpu.scale = 1.0f;
-  for (int g = 0; g < FO_PLAN_MAX_GROUPS; g++) cpu.mu_product[g] = 1.0f;
-  CK(cudaMemcpy(dstate, &cpu, sizeof cpu, cudaMemcpyHostToDevice));
+  start_both(&cpu, dstate, 1.0f, 0);
   for (int s = 0; s < steps; s++) {
     fo_prepare_step(a, 0.0, &cpu);
     CK(cudaMemset(dstate->groups, 0xff, sizeof dstate->groups)); /* poison: written each step */
@@ -197,11 +204,7 @@ Test(gpu_scalars, pre_pass_scaler_and_clipping_within_one_ulp_of_the_cpu) {
     a.head.scaler =
         (fo_scaler_params){1, 2 + alg % 3, 1 + alg % 2, 2.0f, 0.5f, alg % 4 == 0 ? 0x1p20f : 0.0f};
     fo_step_state cpu, gpu;
-    memset(&cpu, 0, sizeof cpu);
-    cpu.scale = 0x1p16f;
-    cpu.hysteresis_left = a.head.scaler.hysteresis;
-    for (int g = 0; g < FO_PLAN_MAX_GROUPS; g++) cpu.mu_product[g] = 1.0f;
-    CK(cudaMemcpy(dstate, &cpu, sizeof cpu, cudaMemcpyHostToDevice));
+    start_both(&cpu, dstate, 0x1p16f, a.head.scaler.hysteresis);
     for (int s = 0; s < SCALED_STEPS; s++) {
       /* the scaled gradients' sums of squares: about scale^2 each */
       const double sq = (double)cpu.scale * (double)cpu.scale;

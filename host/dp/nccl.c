@@ -360,7 +360,7 @@ fo_status fo_nccl_check_async(const char *fn, fo_comm *c) {
     return fo_fail(FO_ERR_COMM, fn, "the NCCL communicator failed earlier%s", BROKEN_ADVICE);
   ncclResult_t async = settle(c->lib, c->nccl, ncclInProgress);
   if (async != ncclSuccess) {
-    c->broken = 1;
+    c->broken = 1; /* whatever its code: an asynchronous error came after work began */
     return collective_failed(fn, c, "the communicator reports an earlier asynchronous error",
                              async);
   }
