@@ -37,8 +37,10 @@
  * The benchmark's RMSprop has momentum 0.9 and is not centered (S = 2);
  * the counts follow bench_hparams(), so another choice there counts its
  * own bytes.  (SGD's and LARS's first steps, which set the buffer without
- * reading it, and AdaGrad's, which sets the sum, are never timed: warm-up
- * runs first.)
+ * reading it, 4 B less, are never timed: warm-up runs first.  AdaGrad's
+ * first step reads its sum, which starts at initial_accumulator_value.)
+ * tests/emu/test_emu_traffic.c holds the kernels to these counts, byte
+ * for byte, on the emulated device.
  */
 #include <math.h>
 #include <string.h>

@@ -219,6 +219,9 @@ struct fo_step_op {
   static constexpr bool TWO_PASS = ALG == FO_RULE_LAMB || ALG == FO_RULE_LARS;
   static_assert(TWO_PASS == (PASS != FO_PASS_UPDATE), "LAMB and LARS run two passes, the rest one");
   static constexpr bool NORMS = PASS == FO_PASS_NORMS;
+  /* LAMB's apply pass updates from the moments its norms pass stored: the
+   * gradient is not read again (bench/model.c counts it once). */
+  static constexpr bool READS_GRAD = !(ALG == FO_RULE_LAMB && PASS == FO_PASS_APPLY);
 
   /* The block's buffers, offset to its first element. */
   param_t *param;
@@ -286,7 +289,8 @@ struct fo_step_op {
         load_m = use_m && !(s.flags & FO_RULE_FIRST_STEP);
         use_v = use_vmax = false;
         break;
-      case FO_RULE_ADAGRAD: /* the sum; its first step does not read it */
+      case FO_RULE_ADAGRAD: /* the sum, read on every step (it starts at
+                               initial_accumulator_value) */
         use_m = load_m = use_vmax = false;
         use_v = v != nullptr;
         break;
@@ -346,7 +350,7 @@ struct fo_step_op {
         fo_ld_f32<N>(master + e, p[k]);
       else
         fo_ld_widen<PT, N>(param + e, p[k]);
-      fo_ld_widen<GT, N>(grad + e, g[k]);
+      if constexpr (READS_GRAD) fo_ld_widen<GT, N>(grad + e, g[k]);
       if (load_m) fo_ld_f32<N>(m + e, mm[k]);
       if (use_v) fo_ld_f32<N>(v + e, vv[k]);
       if (use_vmax) fo_ld_f32<N>(vmax + e, xx[k]);

@@ -45,6 +45,19 @@ FO_BW_FN bool fo_aligned_vec(const T *p) {
   return ((uintptr_t)p & (uintptr_t)(W * sizeof(T) - 1)) == 0;
 }
 
+/* A count of the bytes the block work moves (the emulated device's,
+ * tests/emu): a host build may define FO_BW_TRACE as the name of a
+ * function that every element load (store 0) and store (store 1) of the
+ * accessors below then reports to, so a test can hold the step's traffic
+ * to the bytes model the benchmark divides by (bench/model.c).  The device
+ * build never calls it. */
+#if !defined(__CUDA_ARCH__) && defined(FO_BW_TRACE)
+void FO_BW_TRACE(const void *p, size_t bytes, int store);
+#define FO_BW_TRACED(p, bytes, store) FO_BW_TRACE((p), (bytes), (store))
+#else
+#define FO_BW_TRACED(p, bytes, store) ((void)0)
+#endif
+
 /* ------------------------------------------------- loads and stores */
 
 /* The storage type of a dtype code. */
@@ -84,6 +97,7 @@ FO_BW_FN void fo_ld_f32(const float *p, float (&x)[N]) {
   }
 #else
   memcpy(x, p, sizeof x);
+  FO_BW_TRACED(p, sizeof x, 0);
 #endif
 }
 
@@ -101,6 +115,7 @@ FO_BW_FN void fo_st_f32(float *p, const float (&x)[N]) {
   }
 #else
   memcpy(p, x, sizeof x);
+  FO_BW_TRACED(p, sizeof x, 1);
 #endif
 }
 
@@ -133,6 +148,7 @@ FO_BW_FN void fo_ld_u16(const uint16_t *p, uint16_t (&h)[N]) {
   }
 #else
   memcpy(h, p, sizeof h);
+  FO_BW_TRACED(p, sizeof h, 0);
 #endif
 }
 
@@ -158,6 +174,7 @@ FO_BW_FN void fo_st_u16(uint16_t *p, const uint16_t (&h)[N]) {
   }
 #else
   memcpy(p, h, sizeof h);
+  FO_BW_TRACED(p, sizeof h, 1);
 #endif
 }
 

@@ -19,6 +19,9 @@
  *       instruction).  Guard zones must stay poisoned.
  *   The sync-master and zero-grad kernels over a plan, and the loop alone
  *   for shapes and thread counts the kernels do not use today.
+ *   fo_piece_blocks, which LAMB's and LARS's per-tensor sums use to find
+ *   the blocks of the optimizer's tensor k in a plan that may hold only
+ *   some tensors (a shard's), against a linear scan.
  */
 #include <criterion/criterion.h>
 
@@ -215,4 +218,54 @@ Test(block_work, loop_covers_every_shape) {
         loop_alone<1, 1, 1>(n, vec, nthreads);
       }
     }
+}
+
+/* A shard's plan holds pieces of some of the optimizer's tensors only (in
+ * index order, an empty tensor among them here too): for every tensor k,
+ * fo_piece_blocks gives exactly the blocks of k's piece, and an empty range
+ * for a tensor the plan does not hold (whose sums must stay 0: another
+ * tensor's blocks there would add its norms to k's across the ranks). */
+Test(block_work, piece_blocks_find_each_piece) {
+  tu_rng rng;
+  tu_rng_seed(&rng, 11, 3);
+  for (int rep = 0; rep < 200; rep++) {
+    const int64_t all = 1 + (int64_t)(tu_rng_u32(&rng) % 12); /* the optimizer's tensors */
+    const int64_t chunk = 1 + (int64_t)(tu_rng_u32(&rng) % 700);
+    std::vector<fo_plan_tensor> tensors;
+    for (int64_t k = 0; k < all; k++) {
+      if (tu_rng_u32(&rng) % 3 == 0) continue; /* not in this plan */
+      fo_plan_tensor t;
+      memset(&t, 0, sizeof t);
+      t.index = k;
+      t.numel = tu_rng_u32(&rng) % 5 == 0 ? 0 : 1 + (int64_t)(tu_rng_u32(&rng) % 3000);
+      tensors.push_back(t);
+    }
+    const int64_t nt = (int64_t)tensors.size();
+    const int64_t nb = fo_plan_count_blocks(tensors.data(), nt, chunk);
+    std::vector<fo_plan_block> blocks((size_t)nb + 1);
+    fo_plan_fill_blocks(tensors.data(), nt, chunk, blocks.data());
+    for (int64_t k = -1; k <= all; k++) {
+      int64_t want_lo = -1, want_hi = -1, count = 0;
+      for (int64_t b = 0; b < nb; b++)
+        if (tensors[(size_t)blocks[(size_t)b].tensor].index == k) {
+          if (want_lo < 0) want_lo = b;
+          want_hi = b + 1;
+          count++;
+        }
+      int64_t lo = -7, hi = -7;
+      fo_piece_blocks(blocks.data(), tensors.data(), nb, nt, k, &lo, &hi);
+      if (count == 0) {
+        cr_assert_eq(lo, hi,
+                     "rep %d: tensor %" PRId64 " is not in the plan, but blocks [%" PRId64
+                     ", %" PRId64 ") were found",
+                     rep, k, lo, hi);
+      } else {
+        cr_assert_eq(want_hi - want_lo, count, "the plan's blocks of a tensor are consecutive");
+        cr_assert(lo == want_lo && hi == want_hi,
+                  "rep %d: tensor %" PRId64 ": blocks [%" PRId64 ", %" PRId64 "), want [%" PRId64
+                  ", %" PRId64 ")",
+                  rep, k, lo, hi, want_lo, want_hi);
+      }
+    }
+  }
 }

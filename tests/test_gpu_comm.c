@@ -82,21 +82,21 @@ static void one_rank_case(const gc_config *c, int side_stream) {
 
 Test(gpu_comm, one_rank_arena_in_place, .timeout = 120) {
   require_devices(1);
-  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 0, 0, 0};
+  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 0, 0, 0, 0};
   one_rank_case(&c, 0);
 }
 
 Test(gpu_comm, one_rank_buckets_on_a_side_stream, .timeout = 120) {
   require_devices(1);
-  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0};
+  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0, 0};
   one_rank_case(&c, 1);
 }
 
 Test(gpu_comm, one_rank_scattered_external_packed, .timeout = 120) {
   require_devices(1);
-  gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_F16, FO_DTYPE_F16, 77, 0, 0, 0};
+  gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_F16, FO_DTYPE_F16, 77, 0, 0, 0, 0};
   one_rank_case(&c, 0);
-  gc_config b = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 3, 8192, 0, 0};
+  gc_config b = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 3, 8192, 0, 0, 0};
   one_rank_case(&b, 1);
 }
 
@@ -107,7 +107,7 @@ Test(gpu_comm, one_rank_scattered_external_packed, .timeout = 120) {
 Test(gpu_comm, one_rank_scattered_gradients_come_back, .timeout = 120) {
   require_devices(1);
   for (int f32 = 0; f32 < 2; f32++) {
-    gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, f32, 0};
+    gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, f32, 0, 0};
     gc_rig r;
     gc_make(&r, &c, 0);
     size_t total = 0;
@@ -218,21 +218,28 @@ Test(gpu_comm, pack_op_on_the_device, .timeout = 120) {
 
 Test(gpu_comm, one_rank_bf16_reduced_in_f32, .timeout = 120) {
   require_devices(1);
-  gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 4096, 1, 0};
+  gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 4096, 1, 0, 0};
   one_rank_case(&c, 1);
-  gc_config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F16, 0, 0, 1, 0};
+  gc_config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F16, 0, 0, 1, 0, 0};
   one_rank_case(&a, 0);
 }
 
 /* A sharded state over one rank: reduce-scatter (grouped ncclReduce), the
  * norm's all-gather and the parameters' (grouped ncclBroadcast) run, and
- * the result stays bit-identical. */
+ * the result stays bit-identical.  LAMB and LARS add the per-tensor norms'
+ * sums; the shard's plan leaves the empty tensor out, so a trust factor
+ * looked up by the optimizer's tensor index instead of the plan's would
+ * land on the next tensor. */
 Test(gpu_comm, one_rank_sharded_state, .timeout = 120) {
   require_devices(1);
-  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1};
+  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1, 0};
   one_rank_case(&c, 1);
-  gc_config f = {FO_STORAGE_ARENA, FO_DTYPE_F16, FO_DTYPE_F16, 0, 0, 1, 1};
+  gc_config f = {FO_STORAGE_ARENA, FO_DTYPE_F16, FO_DTYPE_F16, 0, 0, 1, 1, 0};
   one_rank_case(&f, 0);
+  gc_config lamb = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1, FO_ALG_LAMB};
+  one_rank_case(&lamb, 0);
+  gc_config lars = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 1, FO_ALG_LARS};
+  one_rank_case(&lars, 1);
 }
 
 /* A step captured with its all-reduce replays like eager steps. */
@@ -269,11 +276,11 @@ static void graph_capture_case(const gc_config *c) {
  * is captured whole too. */
 Test(gpu_comm, one_rank_graph_capture, .timeout = 120) {
   require_devices(1);
-  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
+  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0, 0};
   graph_capture_case(&c);
-  gc_config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
+  gc_config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0, 0};
   graph_capture_case(&x);
-  gc_config z = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 1, 1};
+  gc_config z = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 1, 1, 0};
   graph_capture_case(&z);
 }
 
@@ -342,11 +349,11 @@ static void side_stream_capture_case(const gc_config *c) {
 
 Test(gpu_comm, one_rank_side_stream_buckets_eager_then_captured, .timeout = 120) {
   require_devices(1);
-  gc_config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
+  gc_config x = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0, 0};
   side_stream_capture_case(&x);
-  gc_config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0};
+  gc_config a = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0, 0};
   side_stream_capture_case(&a);
-  gc_config z = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 1, 1}; /* sharded */
+  gc_config z = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 1, 1, 0}; /* sharded */
   side_stream_capture_case(&z);
 }
 
@@ -356,7 +363,7 @@ Test(gpu_comm, one_rank_side_stream_buckets_eager_then_captured, .timeout = 120)
  * reduces the rest. */
 Test(gpu_comm, a_bucket_reduced_outside_the_steps_capture_is_refused, .timeout = 120) {
   require_devices(1);
-  gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0};
+  gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0, 0};
   gc_rig dp, ref;
   fo_comm *comm = gc_pair_make(&dp, &ref, &c);
   cudaStream_t s;
@@ -427,11 +434,11 @@ Test(gpu_comm, wrap_and_kinds, .timeout = 60) {
 Test(gpu_comm, one_rank_non_blocking_communicator, .timeout = 120) {
   require_devices(1);
   cr_assert_eq(setenv("NCCL_COMM_BLOCKING", "0", 1), 0);
-  gc_config in_place = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0};
+  gc_config in_place = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0, 0};
   one_rank_case(&in_place, 1);
-  gc_config packed = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 3, 0, 0, 0};
+  gc_config packed = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 3, 0, 0, 0, 0};
   one_rank_case(&packed, 0);
-  gc_config sharded = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1};
+  gc_config sharded = {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 1, 0};
   one_rank_case(&sharded, 0); /* grouped ncclReduce / ncclBroadcast */
 }
 
@@ -485,7 +492,7 @@ static void failed_collective_case(const char *kind) {
     cr_skip_test("making NCCL fail needs the emulated NCCL (emu_test_gpu_comm)");
   const int async = strcmp(kind, "async") == 0;
   cr_assert_eq(setenv("FO_EMU_NCCL_FAIL", async ? "1:async" : "1:sync", 1), 0);
-  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0};
+  gc_config c = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 0, 0, 0, 0};
   gc_rig dp, ref;
   fo_comm *comm = gc_pair_make(&dp, &ref, &c);
   int k = 0;

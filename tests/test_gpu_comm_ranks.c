@@ -112,8 +112,8 @@ Test(gpu_comm, one_rank_per_gpu, .timeout = 300) {
   /* the arena, summed in place: what one thread driving several GPUs can
    * use (docs/data-parallel.md, "Limits") */
   const gc_config c[] = {
-      {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 16384, 0, 0},
-      {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 0},
+      {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 16384, 0, 0, 0},
+      {FO_STORAGE_ARENA, FO_DTYPE_BF16, FO_DTYPE_BF16, 0, 8192, 0, 0, 0},
   };
   for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) one_rank_per_gpu_case(&c[i], n);
 }

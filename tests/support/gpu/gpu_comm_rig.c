@@ -34,9 +34,12 @@ void gc_make(gc_rig *r, const gc_config *c, int device) {
   o.max_grad_norm = 0.5f;
   o.loss_scaler.enabled = 1;
   o.loss_scaler.init_scale = 1024.0f;
+  const fo_algorithm alg = c->layerwise ? (fo_algorithm)c->layerwise : FO_ALG_ADAMW;
+  o.algorithm = alg;
   fo_hparams h[2];
-  OK(fo_hparams_default(FO_ALG_ADAMW, &h[0]));
-  h[0].lr = 0.0137f;
+  OK(fo_hparams_default(alg, &h[0]));
+  /* LARS: a local rate of about trust_coef * ||w|| / ||g||, 1e-3 of lr */
+  h[0].lr = alg == FO_ALG_LARS ? 5.0f : 0.0137f;
   h[1] = h[0];
   h[1].weight_decay = 0.0f;
   int64_t total = 0, off = 0;

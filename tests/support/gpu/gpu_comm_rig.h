@@ -1,6 +1,7 @@
 /*
  * gpu_comm_rig.h -- the rig of the GPU tier's communicator tests
- * (test_gpu_comm*.c): an AdamW optimizer on a CUDA device over six tensors
+ * (test_gpu_comm*.c): an AdamW (or LAMB, LARS) optimizer on a CUDA device
+ * over six tensors
  * (one empty), with clipping and dynamic loss scaling, its gradients drawn
  * per step and rank, and its parameters read back.
  *
@@ -32,6 +33,10 @@ typedef struct gc_config {
   size_t bucket_bytes;
   int reduce_in_f32;
   int shard_state; /* ZeRO-1 over one rank: the shard is the whole arena */
+  /* FO_ALG_LAMB or FO_ALG_LARS in place of AdamW (0): per-tensor norms,
+   * and a sharded plan without the empty tensor, so its tensor indices
+   * are not the optimizer's */
+  int layerwise;
 } gc_config;
 
 /* An optimizer of config c on device (gc_make), its parameters drawn. */
