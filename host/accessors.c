@@ -231,15 +231,22 @@ fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *ou
   static const char fn[] = "fo_optimizer_get_next_lr";
   if (!opt || !out) return fo_fail(FO_ERR_NULL_POINTER, fn, "%s is NULL", opt ? "out" : "opt");
   fo_status st = check_group(fn, opt, group);
+  if (st == FO_SUCCESS) st = fo_claim(fn, opt);
   if (st != FO_SUCCESS) return st;
+  /* under the claim: a step on another thread would tear the step count
+   * read here, as a set_lr would the rate */
   fo_step_state s;
+  float lr = 0.0f;
   st = read_state(fn, opt, &s);
-  if (st != FO_SUCCESS) return st;
-  fo_prepare_args pa;
-  fo_prepare_args_fill(opt, &pa);
-  /* exactly the prepare step's arithmetic (fo_prepare_step) */
-  *out = (float)((double)opt->hparams[group].lr * fo_schedule_factor(&pa.head.schedule, s.step));
-  return FO_SUCCESS;
+  if (st == FO_SUCCESS) {
+    fo_prepare_args pa;
+    fo_prepare_args_fill(opt, &pa);
+    /* exactly the prepare step's arithmetic (fo_prepare_step) */
+    lr = (float)((double)opt->hparams[group].lr * fo_schedule_factor(&pa.head.schedule, s.step));
+  }
+  st = fo_release(opt, st);
+  if (st == FO_SUCCESS) *out = lr;
+  return st;
 }
 
 fo_status fo_optimizer_set_hparams(fo_optimizer *opt, int group, const fo_hparams *hparams) {

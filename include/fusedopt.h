@@ -703,10 +703,11 @@ FO_API fo_status fo_optimizer_get_fault(const fo_optimizer *opt, fo_status *stat
  * rather than lost steps or a checkpoint of a state no step produced.  It
  * is a detector, not a lock -- callers must still serialise -- and it
  * cannot make fo_optimizer_destroy safe against a concurrent call.  Calls
- * that only return what create fixed (fo_optimizer_get_options,
- * _num_tensors, _param_ptr, _grad_ptr, _state_ptr, _arena, _get_shard,
- * _loss_scale_ptr) are not checked, and neither is
- * fo_optimizer_get_next_lr.  Communicators follow the same rule, and it
+ * that only return what create fixed, or what fo_optimizer_set_comm fixed
+ * when it sharded the state (fo_optimizer_get_options, _num_tensors,
+ * _param_ptr, _grad_ptr, _state_ptr, _arena, _get_shard, _loss_scale_ptr),
+ * are not checked: no step changes what they return.  Communicators
+ * follow the same rule, and it
  * binds the optimizers attached to one communicator together: a step, a
  * reduction or a gathered save of one of them drives the communicator, so
  * they and it are used from one thread at a time (see fo_comm; the flag
@@ -897,12 +898,12 @@ FO_API fo_status fo_optimizer_get_lr(const fo_optimizer *opt, int group, float *
  *  as the step rounds it (the same bits).  Before the first step with a
  *  warmup of W steps, that is lr / W.  (A skipped step leaves it as it
  *  was.  AdaGrad's lr_decay is not in it: the rule divides this rate by
- *  1 + lr_decay * (step - 1) itself.)  Reads the step count: on FO_EXEC_CUDA it synchronizes, like
- *  fo_optimizer_get_info().
+ *  1 + lr_decay * (step - 1) itself.)  Reads the step count: on
+ *  FO_EXEC_CUDA it synchronizes, like fo_optimizer_get_info().
  *  Statuses: FO_ERR_NULL_POINTER (opt or out is NULL);
  *  FO_ERR_INVALID_ARGUMENT (group outside [0, num_groups));
- *  FO_ERR_INVALID_STATE (FO_EXEC_CUDA in a forked process); FO_ERR_CUDA
- *  (reading the device). */
+ *  FO_ERR_INVALID_STATE (another thread is inside a call on opt;
+ *  FO_EXEC_CUDA in a forked process); FO_ERR_CUDA (reading the device). */
 FO_API fo_status fo_optimizer_get_next_lr(const fo_optimizer *opt, int group, float *out);
 
 /** Replace every hyper-parameter of one group, validated as at create

@@ -149,6 +149,9 @@ Test(threads, a_call_during_another_threads_step_is_refused_at_once) {
   expect_busy(fo_optimizer_set_scaler_state(m.opt, &scaler), "set_scaler_state");
   expect_busy(fo_optimizer_set_lr(m.opt, -1, 0.5f), "set_lr");
   expect_busy(fo_optimizer_get_lr(m.opt, 0, &lr), "get_lr");
+  lr = -1.0f;
+  expect_busy(fo_optimizer_get_next_lr(m.opt, 0, &lr), "get_next_lr");
+  cr_expect_eq(lr, -1.0f, "a refused get_next_lr wrote its output");
   expect_busy(fo_optimizer_get_hparams(m.opt, 0, &h), "get_hparams");
   fo_hparams other[2];
   ck_hparams(&nadam_cfg, other);
