@@ -204,6 +204,22 @@ uint64_t fo_cuda_capture_of(fo_stream_t stream) {
   return capture == cudaStreamCaptureStatusNone ? 0 : (uint64_t)id + 1;
 }
 
+uint64_t fo_cuda_capture_on(int device, fo_stream_t stream) {
+  int prev;
+  if (fo_cuda_enter("fo_cuda_capture_on", device, &prev) != FO_SUCCESS)
+    return FO_CAPTURE_UNKNOWN; /* the caller's message replaces enter's */
+  const uint64_t capture = fo_cuda_capture_of(stream);
+  fo_cuda_leave(device, prev);
+  return capture;
+}
+
+int fo_cuda_same_stream(fo_stream_t a, fo_stream_t b) {
+  /* cudaStreamPerThread has one value on every thread and names each
+   * thread's own stream: buckets reduced on one thread's and a step on
+   * another's are not ordered unless the step waits for their events */
+  return a == b && (cudaStream_t)a != cudaStreamPerThread;
+}
+
 /* ---------------------------------------------------------------- memory */
 
 fo_status fo_cuda_alloc_zeroed(const char *fn, int device, size_t bytes, void **out) {

@@ -49,6 +49,13 @@ int fo_cuda_stream_capturing(fo_stream_t stream);
  * none (the legacy default stream never), FO_CAPTURE_UNKNOWN when the
  * runtime cannot say, else the capture's process-unique id plus one. */
 uint64_t fo_cuda_capture_of(fo_stream_t stream);
+/* The same for a stream of device, asked with device current (so that
+ * cudaStreamPerThread names device's per-thread stream, as when work is
+ * enqueued there), from a thread whose current device may be another. */
+uint64_t fo_cuda_capture_on(int device, fo_stream_t stream);
+/* 1 when a and b name one stream on every thread (fo_exec_ops.same_stream):
+ * equal handles other than cudaStreamPerThread. */
+int fo_cuda_same_stream(fo_stream_t a, fo_stream_t b);
 
 /* Zero-filled device memory (bytes may be 0), and its release. */
 fo_status fo_cuda_alloc_zeroed(const char *func, int device, size_t bytes, void **out);

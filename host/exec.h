@@ -86,11 +86,16 @@ struct fo_exec_ops {
   void (*events_destroy)(int device, void **events, int64_t n);
   fo_status (*record)(const char *fn, int device, void *event, fo_stream_t stream);
   fo_status (*wait)(const char *fn, int device, fo_stream_t stream, void *event);
-  /* The CUDA graph capture that work on stream goes into: 0 for none (the
-   * CPU's always), FO_CAPTURE_UNKNOWN when the runtime cannot say, else an
-   * id of that capture (a wait may not cross a capture's boundary:
-   * host/dp/buckets.c). */
-  uint64_t (*capture_of)(fo_stream_t stream);
+  /* The CUDA graph capture that work on stream (of device) goes into: 0
+   * for none (the CPU's always), FO_CAPTURE_UNKNOWN when the runtime cannot
+   * say, else an id of that capture (a wait may not cross a capture's
+   * boundary: host/dp/buckets.c). */
+  uint64_t (*capture_of)(int device, fo_stream_t stream);
+  /* 1 when work enqueued on a and then on b, from any threads, is ordered
+   * by the stream alone, so b need not wait for an event of a's: the same
+   * handle, except cudaStreamPerThread, which names the calling thread's
+   * own stream (an optimizer may be driven by one thread, then another). */
+  int (*same_stream)(fo_stream_t a, fo_stream_t b);
 };
 
 #define FO_CAPTURE_UNKNOWN UINT64_MAX

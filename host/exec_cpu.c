@@ -472,9 +472,13 @@ static fo_status no_wait(const char *fn, int device, fo_stream_t stream, void *e
   return FO_SUCCESS;
 }
 
-static uint64_t never_captured(fo_stream_t stream) {
-  (void)stream;
+static uint64_t never_captured(int device, fo_stream_t stream) {
+  (void)device, (void)stream;
   return 0;
+}
+
+static int same_stream(fo_stream_t a, fo_stream_t b) {
+  return a == b;
 }
 
 static const fo_exec_ops cpu_ops = {
@@ -504,6 +508,7 @@ static const fo_exec_ops cpu_ops = {
     .record = no_record,
     .wait = no_wait,
     .capture_of = never_captured,
+    .same_stream = same_stream,
 };
 
 const fo_exec_ops *fo_exec_cpu_ops(void) {

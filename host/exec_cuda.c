@@ -233,7 +233,8 @@ static const fo_exec_ops cuda_ops = {
     .events_destroy = fo_cuda_events_destroy,
     .record = fo_cuda_record,
     .wait = fo_cuda_wait,
-    .capture_of = fo_cuda_capture_of,
+    .capture_of = fo_cuda_capture_on,
+    .same_stream = fo_cuda_same_stream,
 };
 
 const fo_exec_ops *fo_exec_cuda_ops(void) {

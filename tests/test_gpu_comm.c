@@ -12,7 +12,8 @@
  * a side stream with the step waiting on their events, a step captured in
  * a CUDA graph with its all-reduce, eager steps with a side stream before
  * and after such a capture; a step refused whose bucket was reduced
- * outside its capture).  Several ranks, one per GPU, are
+ * outside its capture; buckets reduced on one thread's per-thread stream
+ * and the step on another's).  Several ranks, one per GPU, are
  * test_gpu_comm_ranks.c's.  The sums over processes, the agreement
  * on overflow and the comparison with one process on the whole batch are
  * the MPI tier's (tests/mpi, CPU); multi-process NCCL runs bootstrap
@@ -23,10 +24,13 @@
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <nccl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "exec.h"
 #include "fusedopt.h"
@@ -98,6 +102,124 @@ Test(gpu_comm, one_rank_scattered_external_packed, .timeout = 120) {
   one_rank_case(&c, 0);
   gc_config b = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 3, 8192, 0, 0, 0};
   one_rank_case(&b, 1);
+}
+
+/* cudaStreamPerThread is one handle on every thread but a different
+ * stream on each: buckets reduced on one thread's and the step on
+ * another's are two streams, and the step must wait for the buckets'
+ * events as for any other stream's.  Thread A holds its per-thread stream
+ * with a host function for 100 ms, then reduces every bucket behind it and
+ * ends; the step on this thread's per-thread stream, waited for, must find
+ * the hold over (a step that took the handles for one stream would finish
+ * at once, ahead of the sums). */
+typedef struct per_thread_job {
+  fo_optimizer *opt;
+  int64_t buckets;
+  atomic_int held; /* set when the host function's hold ends */
+  fo_status st;
+  char msg[256];
+} per_thread_job;
+
+static void CUDART_CB hold_then_mark(void *arg) {
+  per_thread_job *j = arg;
+  struct timespec ts = {0, 100 * 1000 * 1000};
+  nanosleep(&ts, NULL);
+  atomic_store(&j->held, 1);
+}
+
+static void *reduce_on_own_stream(void *arg) {
+  per_thread_job *j = arg;
+  const fo_stream_t mine = (fo_stream_t)cudaStreamPerThread;
+  cudaError_t e = cudaSetDevice(0);
+  if (e == cudaSuccess) e = cudaLaunchHostFunc(cudaStreamPerThread, hold_then_mark, j);
+  if (e != cudaSuccess) {
+    j->st = FO_ERR_CUDA;
+    snprintf(j->msg, sizeof j->msg, "holding the stream: %s", cudaGetErrorName(e));
+    return NULL;
+  }
+  for (int64_t b = j->buckets - 1; b >= 0 && j->st == FO_SUCCESS; b--)
+    j->st = fo_optimizer_reduce_bucket(j->opt, b, mine);
+  if (j->st != FO_SUCCESS) snprintf(j->msg, sizeof j->msg, "%s", fo_last_error());
+  return NULL;
+}
+
+static void per_thread_streams_case(const gc_config *c) {
+  gc_rig dp, ref;
+  fo_comm *comm = gc_pair_make(&dp, &ref, c);
+  int64_t nb = 0;
+  OK(fo_optimizer_num_buckets(dp.opt, &nb));
+  cr_assert_gt(nb, 1, "several buckets");
+  for (int k = 0; k < 3; k++) {
+    gc_grads(&dp, k, 0);
+    gc_grads(&ref, k, 0);
+    per_thread_job j = {.opt = dp.opt, .buckets = nb, .st = FO_SUCCESS};
+    atomic_init(&j.held, 0);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, reduce_on_own_stream, &j), 0);
+    cr_assert_eq(pthread_join(th, NULL), 0);
+    cr_assert_eq(j.st, FO_SUCCESS, "the other thread's reductions: %s", j.msg);
+    OK(fo_optimizer_step(dp.opt, (fo_stream_t)cudaStreamPerThread));
+    CK(cudaStreamSynchronize(cudaStreamPerThread));
+    cr_assert(atomic_load(&j.held),
+              "step %d on this thread's per-thread stream finished before the buckets reduced "
+              "on another thread's could (it did not wait for their events)",
+              k);
+    OK(fo_optimizer_step(ref.opt, NULL));
+    gc_expect_same(&dp, &ref, "buckets on one thread's per-thread stream, the step on another's");
+  }
+  CK(cudaDeviceSynchronize());
+  gc_pair_free(&dp, &ref, comm);
+}
+
+Test(gpu_comm, per_thread_streams_of_two_threads, .timeout = 120) {
+  require_devices(1);
+  /* in place, and packed through the scratch (which each bucket claims) */
+  gc_config in_place = {FO_STORAGE_ARENA, FO_DTYPE_F32, FO_DTYPE_F32, 0, 8192, 0, 0, 0};
+  per_thread_streams_case(&in_place);
+  gc_config packed = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0, 0};
+  per_thread_streams_case(&packed);
+}
+
+/* cudaStreamPerThread names the optimizer's device's per-thread stream,
+ * whichever device the calling thread has current, so that is the stream
+ * the library must ask whether it is being captured.  With device 1's
+ * per-thread stream capturing and device 0 current, a bucket reduced there
+ * goes into the capture; an eager step after it must then be refused (the
+ * sum is in the graph only).  Asking device 0's stream instead, the
+ * library would take the bucket for eager and step without its sum. */
+Test(gpu_comm, per_thread_stream_captured_on_the_optimizers_device, .timeout = 120) {
+  require_devices(2);
+  /* packed: the bucket's pack kernel is captured whatever NCCL does with
+   * an all-reduce over one rank */
+  gc_config c = {FO_STORAGE_EXTERNAL, FO_DTYPE_BF16, FO_DTYPE_BF16, 5, 8192, 1, 0, 0};
+  gc_rig r;
+  gc_make(&r, &c, 1);
+  fo_comm *comm = gc_one_rank_comm(1);
+  const fo_dp_options o = gc_dp_options(&c);
+  OK(fo_optimizer_set_comm(r.opt, comm, &o));
+  gc_grads(&r, 0, 0);
+  const fo_stream_t per_thread = (fo_stream_t)cudaStreamPerThread;
+  CK(cudaSetDevice(1));
+  CK(cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeThreadLocal));
+  CK(cudaSetDevice(0));
+  OK(fo_optimizer_reduce_bucket(r.opt, 0, per_thread));
+  CK(cudaSetDevice(1));
+  cudaGraph_t graph;
+  CK(cudaStreamEndCapture(cudaStreamPerThread, &graph));
+  size_t nodes = 0;
+  CK(cudaGraphGetNodes(graph, NULL, &nodes));
+  cr_assert_gt(nodes, 0, "the reduction did not go into device 1's capture");
+  CK(cudaSetDevice(0));
+  cr_assert_eq(fo_optimizer_step(r.opt, per_thread), FO_ERR_INVALID_STATE, "%s", fo_last_error());
+  cr_assert(strstr(fo_last_error(), "the bucket reduced in a capture, the stream not capturing"),
+            "%s", fo_last_error());
+  CK(cudaGraphDestroy(graph));
+  OK(fo_optimizer_zero_grad(r.opt, NULL)); /* forgets the captured reduction */
+  OK(fo_optimizer_step(r.opt, per_thread));
+  CK(cudaSetDevice(1));
+  CK(cudaDeviceSynchronize());
+  gc_free(&r);
+  OK(fo_comm_destroy(comm));
 }
 
 /* Scattered gradients (odd gaps, several buckets) reduced over one rank:

@@ -361,7 +361,8 @@ static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_strea
                                uint64_t here) {
   const fo_dp *dp = opt->dp;
   const int64_t last = dp->last_packed;
-  if (last < 0 || dp->streams[last] == stream || dp->captures[last] != here) return FO_SUCCESS;
+  if (last < 0 || opt->exec->same_stream(dp->streams[last], stream) || dp->captures[last] != here)
+    return FO_SUCCESS;
   return opt->exec->wait(fn, opt->options.device, stream, dp->events[last]);
 }
 
@@ -374,7 +375,7 @@ static fo_status claim_scratch(const char *fn, const fo_optimizer *opt, fo_strea
 static fo_status check_same_capture(const char *fn, const fo_optimizer *opt, fo_stream_t stream,
                                     uint64_t *capture) {
   const fo_dp *dp = opt->dp;
-  const uint64_t here = opt->exec->capture_of(stream);
+  const uint64_t here = opt->exec->capture_of(opt->options.device, stream);
   *capture = here;
   if (here == FO_CAPTURE_UNKNOWN)
     return fo_fail(FO_ERR_CUDA, fn, "cannot tell whether stream %p is being captured",
@@ -552,7 +553,7 @@ fo_status fo_dp_reduce_for_step(const char *fn, fo_optimizer *opt, fo_stream_t s
   if (st != FO_SUCCESS) return st;
   st = reduce_remaining(fn, opt, stream, capture);
   for (int64_t b = 0; b < dp->num_buckets && st == FO_SUCCESS; b++)
-    if (dp->streams[b] != stream)
+    if (!opt->exec->same_stream(dp->streams[b], stream))
       st = opt->exec->wait(fn, opt->options.device, stream, dp->events[b]);
   if (st != FO_SUCCESS) return st;
   memset(dp->reduced, 0, (size_t)dp->num_buckets);

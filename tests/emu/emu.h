@@ -25,9 +25,10 @@ extern "C" int fo_emu_launch(void *stream, std::function<void()> fn);
  * in the test program that exports them): enqueue fn, which may touch any
  * device's memory, on stream, on any device; *seq (when not NULL) its place
  * in the queue, 0 when it went into a graph or failed.  The stream a
- * handle names now (NULL: the current device's legacy stream), which
- * names itself whatever device is current later, and its device; NULL
- * when it names none.  Run stream's work before seq, with what that work
+ * handle names now (NULL: the current device's legacy stream;
+ * cudaStreamPerThread: the calling thread's own stream of that device),
+ * which names itself whatever device and thread are current later, and
+ * its device; NULL when it names none.  Run stream's work before seq, with what that work
  * waits for (from a collective's fn: another rank's work before its
  * part). */
 extern "C" int fo_emu_enqueue(void *stream, std::function<void()> fn, uint64_t *seq);

@@ -40,6 +40,7 @@ struct Stream {
   unsigned flags = 0;
   int device = 0;
   bool legacy = false;
+  bool per_thread = false; /* a thread's cudaStreamPerThread (stream_of) */
   Capture *cap = nullptr; /* the capture this stream's work goes into */
   long pending = 0;       /* its operations in the queue */
 };

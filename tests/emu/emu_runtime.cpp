@@ -81,10 +81,27 @@ cudaError_t fail(cudaError_t e) {
   return e;
 }
 
+/* The calling thread's per-thread default stream of the current device
+ * (cudaStreamPerThread: one handle, each thread's own stream), made on
+ * first use: blocking, so ordered with the legacy stream as CUDA's is, and
+ * capturable.  It outlives its thread (work left on it runs when something
+ * waits for the device) and cannot be destroyed. */
+static Stream *per_thread_stream() {
+  static thread_local Stream *mine[EMU_DEVICES];
+  Stream *&s = mine[current_device];
+  if (!s) {
+    s = new Stream();
+    s->device = current_device;
+    s->per_thread = true;
+    dev().streams.insert(s);
+  }
+  return s;
+}
+
 Stream *stream_of(cudaStream_t s) {
   Device &d = dev();
-  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread)
-    return &d.legacy[current_device];
+  if (s == cudaStreamPerThread) return per_thread_stream();
+  if (s == nullptr || s == cudaStreamLegacy) return &d.legacy[current_device];
   Stream *p = (Stream *)s;
   for (Stream &legacy : d.legacy)
     if (p == &legacy) return p;

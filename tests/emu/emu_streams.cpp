@@ -31,7 +31,7 @@ cudaError_t cudaStreamCreate(cudaStream_t *stream) {
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   LOCK;
   Stream *s = stream_of(stream);
-  if (!s || s->legacy) return fail(cudaErrorInvalidResourceHandle);
+  if (!s || s->legacy || s->per_thread) return fail(cudaErrorInvalidResourceHandle);
   if (s->cap) return fail(refuse_in_capture(s));
   flush(s); /* its work still runs */
   dev().streams.erase(s);

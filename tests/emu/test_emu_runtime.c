@@ -9,6 +9,7 @@
  */
 #include <criterion/criterion.h>
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -270,6 +271,31 @@ Test(emu_devices, a_device_synchronize_waits_for_its_own_device_only) {
   CHECK(cudaDeviceSynchronize());
   cr_assert_eq(flag, 1, "device 1's synchronize did not run its work");
   CHECK(cudaStreamDestroy(s));
+}
+
+/* cudaStreamPerThread is one handle and a different stream on each thread
+ * (of each device): another thread's synchronize of "the" per-thread
+ * stream does not run this thread's work on its own, while a synchronize
+ * of the legacy stream does (the per-thread stream is a blocking stream);
+ * it cannot be destroyed. */
+static void *sync_per_thread(void *arg) {
+  (void)arg;
+  return (void *)(intptr_t)cudaStreamSynchronize(cudaStreamPerThread);
+}
+
+Test(emu_streams, each_thread_has_its_own_per_thread_stream) {
+  int flag = 0;
+  CHECK(cudaLaunchHostFunc(cudaStreamPerThread, set_flag, &flag));
+  pthread_t th;
+  void *ret = NULL;
+  cr_assert_eq(pthread_create(&th, NULL, sync_per_thread, NULL), 0);
+  cr_assert_eq(pthread_join(th, &ret), 0);
+  cr_assert_eq((cudaError_t)(intptr_t)ret, cudaSuccess);
+  cr_assert_eq(flag, 0, "another thread's per-thread stream ran this thread's work");
+  CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+  cr_assert_eq(flag, 1, "the legacy stream did not wait for a per-thread stream");
+  cr_assert_eq(cudaStreamDestroy(cudaStreamPerThread), cudaErrorInvalidResourceHandle);
+  cr_assert_eq(cudaGetLastError(), cudaErrorInvalidResourceHandle);
 }
 
 /* A kernel goes on a stream of the current device, and touches its own
