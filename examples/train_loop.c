@@ -302,7 +302,7 @@ static int inspect(run_state *s, double base_lr, int *correct, epoch_record *rec
 
 static void print_epoch(const run_plan *p, const epoch_record *r) {
   printf(
-      "epoch %3d/%ld  loss %.4f  val acc %6.2f%%  lr %.3e  scale %-8g  skipped %lld  "
+      "epoch %3d/%ld  loss %.4f  val acc %6.2f%%  lr %.3e  scale %-11.9g  skipped %lld  "
       "%.0f samples/s\n",
       r->epoch, p->cfg->epochs, r->train_loss, 100.0 * r->val_acc, r->lr, r->loss_scale,
       (long long)r->skipped, r->samples_per_s);

@@ -217,7 +217,7 @@ def main():
                 scale, skipped, steps = 1.0, 0, step
             sps = steps_per_epoch * args.batch / max(times[i], 1e-9)
             run.rows.append((epoch, steps, loss, acc, run.lr, scale, skipped, sps))
-            print("%-8s epoch %3d/%d  loss %.4f  val acc %6.2f%%  lr %.3e  scale %-8g  "
+            print("%-8s epoch %3d/%d  loss %.4f  val acc %6.2f%%  lr %.3e  scale %-11.9g  "
                   "skipped %d  %.0f samples/s" % (run.name, epoch, args.epochs, loss, 100 * acc,
                                                   run.lr, scale, skipped, sps))
 
