@@ -45,7 +45,13 @@ FO_API fo_status fo_comm_create_mpi(fo_comm **out, MPI_Comm comm);
  *  ranks agree (MPI_Allreduce) before NCCL starts, so a rank without a
  *  device makes every rank fail (FO_ERR_NO_DEVICE) rather than hang.  Rank
  *  0 then creates the NCCL id and broadcasts it (MPI_Bcast), and every
- *  rank calls fo_comm_init_nccl().  NCCL refuses two ranks on one GPU. */
+ *  rank calls fo_comm_init_nccl().  NCCL refuses two ranks on one GPU.
+ *  Not covered by the agreement: a rank that fails inside
+ *  fo_comm_init_nccl() before NCCL's own initialisation starts (no
+ *  libnccl.so.2 on its node alone; its device held by another process in
+ *  exclusive compute mode) returns its error while the other ranks wait
+ *  in NCCL's bootstrap for it, as with ncclCommInitRank itself: a job
+ *  launcher's timeout ends them. */
 FO_API fo_status fo_comm_create_nccl_mpi(fo_comm **out, MPI_Comm comm, int device);
 
 #ifdef __cplusplus
