@@ -88,10 +88,11 @@ static void upload_random(tu_rng *rng, void *dst, fo_dtype dtype, int64_t n) {
 }
 
 /* One (algorithm, configuration) with the groups' hyper-parameters h and
- * state buffers state[g] per parameter of group g: three steps, each
- * counted. */
+ * state buffers state[g] per parameter of group g, and with
+ * write_unscaled_grads when unscaled (a pass after the update that reads
+ * and writes each gradient: + 2G): three steps, each counted. */
 static void check_steps(fo_algorithm alg, const bench_config *c, const fo_hparams h[2],
-                        const int64_t state[2], const char *ctx, uint64_t seed) {
+                        const int64_t state[2], int unscaled, const char *ctx, uint64_t seed) {
   tu_rng rng;
   tu_rng_seed(&rng, seed, 3u);
 
@@ -127,6 +128,7 @@ static void check_steps(fo_algorithm alg, const bench_config *c, const fo_hparam
     o.loss_scaler.init_scale = 1.0f;
     o.loss_scaler.growth_interval = 1 << 30;
   }
+  o.write_unscaled_grads = unscaled;
   fo_optimizer *opt = NULL;
   cr_assert_eq(fo_optimizer_create(&opt, &o, h, 2, desc, NT), FO_SUCCESS, "%s: %s", ctx,
                fo_last_error());
@@ -140,7 +142,8 @@ static void check_steps(fo_algorithm alg, const bench_config *c, const fo_hparam
   for (int64_t i = 0; i < NT; i++) {
     const int64_t s = state[desc[i].group];
     model += (bench_bytes_per_param(alg, c) + 8 * (s - bench_state)) * SIZES[i];
-    writes += (weights_written + 4 * s) * SIZES[i];
+    writes += (weights_written + 4 * s + (unscaled ? (int64_t)gs : 0)) * SIZES[i];
+    model += (unscaled ? 2 * (int64_t)gs : 0) * SIZES[i];
     momentum += s * SIZES[i];
   }
   for (int step = 1; step <= 3; step++) {
@@ -188,7 +191,7 @@ static void check_algorithm(fo_algorithm alg) {
     const int64_t state[2] = {state_buffers(alg, c), state_buffers(alg, c)};
     char ctx[96];
     snprintf(ctx, sizeof ctx, "%s %s", bench_alg_name(alg), c->name);
-    check_steps(alg, c, h, state, ctx, tu_hash((uint64_t)alg, (uint64_t)k));
+    check_steps(alg, c, h, state, 0, ctx, tu_hash((uint64_t)alg, (uint64_t)k));
   }
 }
 
@@ -208,7 +211,7 @@ static void check_mixed(fo_algorithm alg, const char *what, void (*g0)(fo_hparam
     const int64_t state[2] = {s0, s1};
     char ctx[128];
     snprintf(ctx, sizeof ctx, "%s %s, %s", bench_alg_name(alg), c->name, what);
-    check_steps(alg, c, h, state, ctx, tu_hash(99u + (uint64_t)alg, (uint64_t)k));
+    check_steps(alg, c, h, state, 0, ctx, tu_hash(99u + (uint64_t)alg, (uint64_t)k));
   }
 }
 
@@ -231,6 +234,24 @@ Test(traffic, options_of_one_group) {
               momentum_off, 1);
   check_mixed(FO_ALG_SGD, "group 1 without momentum", NULL, 1, momentum_off, 0);
   check_mixed(FO_ALG_LARS, "group 1 without momentum", NULL, 1, momentum_off, 0);
+}
+
+/* write_unscaled_grads costs one pass over the gradients, after the
+ * update (fusedopt.h: "saves a pass over memory" when off): each gradient
+ * read and written once more, with clipping and loss scaling on or off. */
+Test(traffic, unscaled_gradients_written_back) {
+  const fo_algorithm algs[] = {FO_ALG_ADAMW, FO_ALG_SGD, FO_ALG_LAMB, FO_ALG_LARS};
+  for (size_t a = 0; a < sizeof algs / sizeof algs[0]; a++)
+    for (int k = 0; k < bench_num_configs; k++) {
+      const bench_config *c = &bench_configs[k];
+      fo_hparams h[2];
+      bench_hparams(algs[a], 0, &h[0]);
+      bench_hparams(algs[a], 1, &h[1]);
+      const int64_t state[2] = {state_buffers(algs[a], c), state_buffers(algs[a], c)};
+      char ctx[96];
+      snprintf(ctx, sizeof ctx, "%s %s, write_unscaled_grads", bench_alg_name(algs[a]), c->name);
+      check_steps(algs[a], c, h, state, 1, ctx, tu_hash(7u + (uint64_t)algs[a], (uint64_t)k));
+    }
 }
 
 /* The benchmark's algorithms are the library's: one test each. */
