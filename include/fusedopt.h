@@ -784,7 +784,9 @@ FO_API fo_status fo_optimizer_loss_scale_ptr(fo_optimizer *opt, float **out);
  *  run with the group's current hyper-parameters (bit for bit, rounded
  *  at each step as the steps round it, unless beta1 is so close to 1
  *  that the product neither underflows nor settles within 2^24 steps of
- *  a constant mu_t: then within a few ulps); a caller that changed
+ *  a constant mu_t: the steps past those are then one power, rounded
+ *  once, from which the steps' own roundings drift by up to half an ulp
+ *  each, about 3e-8 relative); a caller that changed
  *  beta1 or momentum_decay along the way restores the real products with
  *  fo_optimizer_set_mu_product() after this call.  The loss scaler's state
  *  is left as it is (fo_optimizer_set_scaler_state()).

@@ -46,15 +46,12 @@
  * The same tolerance holds for Adagrad, RMSprop and NAdam.  Their step
  * scalars are computed in double on both sides (Adagrad's lr / (1 +
  * (t-1)*lr_decay); NAdam's mu_t = beta1*(1 - 0.5*0.96^(t*psi)), mu_{t+1},
- * the bias correction) and reach fp32 once.  One difference is
- * systematic: PyTorch keeps NAdam's mu_product, the product of the mu_t,
- * in an fp32 tensor (rounded once per step), fusedopt in double.  After t
- * steps PyTorch's product is off by at most t*u relative, and the two
- * coefficients lr*(1-mu_t)/(1-mu_product) and lr*mu_{t+1}/(1 -
- * mu_product*mu_{t+1}) by that times mu_product/(1 - mu_product) (at most
- * about 1 here: mu_t is below 0.9*0.5... 0.9 and the product shrinks
- * geometrically), so by at most ~10u ~ 6e-7 relative over 10 steps, a
- * third of the tolerance, in the worst case and far less in practice.
+ * the bias correction) and reach fp32 once.  NAdam's mu_product, the
+ * product of the mu_t, is kept in fp32 and rounded once per step, as
+ * PyTorch keeps it in an fp32 tensor (step_state.h; the coefficients
+ * lr*(1-mu_t)/(1-mu_product) and lr*mu_{t+1}/(1 - mu_product*mu_{t+1})
+ * read that fp32 product: test_step_scalars.c holds them to it bit for
+ * bit).
  * RMSprop's centered variance square_avg - grad_avg^2 could cancel; with
  * random-sign gradients grad_avg^2 stays a fraction of square_avg.  A
  * wrong formula (eps inside the square root, Adagrad's sum starting

@@ -480,16 +480,18 @@ static const sched_case sched_cases[] = {
      3,
      {2, 6, 10},
      {0.2, 1.0, 0.2}},
-    /* SGDR with equal periods (mult 1): pos = k mod 4 */
+    /* SGDR with equal periods (mult 1): pos = k mod 4, found at once even
+     * 2^40 and 2^62 - 1 steps in (the test's timeout: a walk period by
+     * period would take hours) */
     {"cosine restarts, equal periods",
      {FO_SCHED_COSINE_RESTARTS, 0, 0, 0, 4, 1, 0.1f, 0.0f},
-     5,
-     {4, 6, 9, 13, 4001},
+     7,
+     {4, 6, 9, 13, 4001, (int64_t)1 << 40, FO_MAX_STEP - 1},
      {1.0, 0.5, 0.5 * (1 + 0.70710678118654752), 0.5 * (1 + 0.70710678118654752),
-      0.5 * (1 + 0.70710678118654752)}},
+      0.5 * (1 + 0.70710678118654752), 1.0, 0.5 * (1 - 0.70710678118654752)}},
 };
 
-Test(schedule, every_kind_matches_its_closed_form) {
+Test(schedule, every_kind_matches_its_closed_form, .timeout = 60) {
   for (size_t c = 0; c < sizeof sched_cases / sizeof sched_cases[0]; c++) {
     const sched_case *sc = &sched_cases[c];
     float p = 0.0f, g = 1.0f;
