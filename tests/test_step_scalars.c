@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "fusedopt.h"
+#include "reliability.h" /* info_of */
 #include "step_state.h"
 #include "testutil.h"
 
@@ -151,12 +152,6 @@ Test(step_scalars, adagrad_and_rmsprop) {
 
 /* ------------------------------------------ through the public API */
 
-static fo_step_info info(fo_optimizer *opt) {
-  fo_step_info i;
-  cr_assert_eq(fo_optimizer_get_info(opt, &i), FO_SUCCESS, "%s", fo_last_error());
-  return i;
-}
-
 static void step(fo_optimizer *opt) {
   cr_assert_eq(fo_optimizer_step(opt, NULL), FO_SUCCESS, "step: %s", fo_last_error());
 }
@@ -178,10 +173,10 @@ Test(step_scalars, a_skipped_step_does_not_advance_the_schedule) {
   fo_optimizer *opt = NULL;
   cr_assert_eq(fo_optimizer_create(&opt, &o, &h, 1, &t, 1), FO_SUCCESS, "%s", fo_last_error());
   step(opt);
-  cr_assert(info(opt).last_step_skipped && p == 0.0f);
+  cr_assert(info_of(opt).last_step_skipped && p == 0.0f);
   g = 1.0f;
   step(opt);
-  const fo_step_info i = info(opt);
+  const fo_step_info i = info_of(opt);
   cr_assert(!i.last_step_skipped && i.step == 1 && i.skipped_steps == 1);
   cr_expect_eq(i.lr_factor, 0.25f, "lr factor %.9g after a skipped step, want 0.25",
                (double)i.lr_factor);
@@ -212,7 +207,7 @@ Test(step_scalars, a_skipped_step_leaves_nadams_product) {
   cr_assert(before > 0.0f && before < 1.0f, "product %.9g after one step", (double)before);
   g[0] = INFINITY;
   step(opt);
-  cr_assert(info(opt).last_step_skipped);
+  cr_assert(info_of(opt).last_step_skipped);
   cr_assert_eq(fo_optimizer_get_mu_product(opt, 0, &after), FO_SUCCESS);
   cr_expect_eq(after, before, "a skipped step moved the product from %.9g to %.9g", (double)before,
                (double)after);
