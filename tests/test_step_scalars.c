@@ -18,6 +18,8 @@
  * neither the schedule nor NAdam's product; set_step far past 2^24 settled
  * NAdam steps.
  */
+#define _POSIX_C_SOURCE 200809L /* mkdtemp in ckpt_harness.h (reliability.h) */
+
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
