@@ -551,9 +551,16 @@ fo_status fo_dp_reduce_for_step(const char *fn, fo_optimizer *opt, fo_stream_t s
   uint64_t capture;
   fo_status st = check_same_capture(fn, opt, stream, &capture);
   if (st != FO_SUCCESS) return st;
+  /* The buckets earlier calls reduced (marked 2 here) may be on another
+   * stream, or on another thread's per-thread stream under the same
+   * handle: the step waits for their events.  Those this call reduces
+   * (marked 1) are on this very stream, this thread's: no wait, so a step
+   * on cudaStreamPerThread that reduces everything itself pays none. */
+  for (int64_t b = 0; b < dp->num_buckets; b++)
+    if (dp->reduced[b]) dp->reduced[b] = 2;
   st = reduce_remaining(fn, opt, stream, capture);
   for (int64_t b = 0; b < dp->num_buckets && st == FO_SUCCESS; b++)
-    if (!opt->exec->same_stream(dp->streams[b], stream))
+    if (dp->reduced[b] == 2 && !opt->exec->same_stream(dp->streams[b], stream))
       st = opt->exec->wait(fn, opt->options.device, stream, dp->events[b]);
   if (st != FO_SUCCESS) return st;
   memset(dp->reduced, 0, (size_t)dp->num_buckets);

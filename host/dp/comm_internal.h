@@ -58,7 +58,8 @@ struct fo_dp {
   int64_t num_buckets, num_segs;
   fo_dp_bucket *buckets;
   fo_dp_segment *segs;
-  unsigned char *reduced; /* per bucket: reduced since the last step */
+  unsigned char *reduced; /* per bucket: reduced since the last step (1; 2 in a
+                           * step: by an earlier call, buckets.c) */
   /* The packed (or widened) bucket, in the executor's memory; NULL when
    * every bucket is reduced in place. */
   void *scratch;
