@@ -35,17 +35,12 @@
 
 #include "bench.h"
 #include "fusedopt.h"
+#include "gpu_harness.h" /* CK */
 #include "testutil.h"
 
 /* emu_traffic.cpp */
 void fo_emu_traffic_start(void);
 void fo_emu_traffic_stop(uint64_t *loaded, uint64_t *stored);
-
-#define CK(call)                                                          \
-  do {                                                                    \
-    cudaError_t e_ = (call);                                              \
-    cr_assert_eq(e_, cudaSuccess, "%s: %s", #call, cudaGetErrorName(e_)); \
-  } while (0)
 
 /* bench/model.c's error exits, as the test's failures. */
 void bench_fo_check(fo_status st, const char *what, const char *file, int line) {
